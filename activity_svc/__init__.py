@@ -1,0 +1,1 @@
+"""ActivityService: seckill activities and the Seckill call."""

@@ -1,0 +1,255 @@
+"""SQL for activities, and the seckill transaction.
+
+The seckill transaction is the one place where the activity service touches the products'
+stock row and the orders table directly (everything else about products and orders goes
+through their services' stubs): an order and its stock decrement must commit together, in
+one transaction that holds the stock row. Lock order, everywhere: the product's stock row,
+then the activity row, then order rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import aiomysql
+import pymysql
+
+from seckill_common.db import error_code
+from seckill_common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+
+ROW_IS_REFERENCED = 1451  # a foreign key still points at the row
+NO_REFERENCED_ROW = 1452  # a foreign key points at a missing row
+_COLUMNS = "id, product_id, name, start_time, end_time, create_time"
+UPDATABLE = ("name", "start_time", "end_time")
+
+
+@dataclass(frozen=True)
+class ActivityRow:
+    id: int
+    product_id: int
+    name: str
+    start_time: datetime
+    end_time: datetime
+    create_time: datetime
+
+
+async def create(cur: aiomysql.Cursor, product_id: int, name: str, start_time: datetime,
+                 end_time: datetime) -> ActivityRow:
+    try:
+        await cur.execute(
+            "INSERT INTO activities (product_id, name, start_time, end_time, create_time)"
+            " VALUES (%s, %s, %s, %s, UTC_TIMESTAMP(6))",
+            (product_id, name, start_time, end_time),
+        )
+    except pymysql.err.IntegrityError as exc:
+        if error_code(exc) != NO_REFERENCED_ROW:
+            raise
+        raise NotFound("Product", product_id) from exc  # deleted since the caller checked
+    return await get(cur, cur.lastrowid)
+
+
+async def get(cur: aiomysql.Cursor, activity_id: int, *, lock: bool = False) -> ActivityRow:
+    await cur.execute(
+        f"SELECT {_COLUMNS} FROM activities WHERE id = %s" + (" FOR UPDATE" if lock else ""),
+        (activity_id,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise NotFound("Activity", activity_id)
+    return ActivityRow(*row)
+
+
+async def list_page(cur: aiomysql.Cursor, after_id: int, limit: int) -> list[ActivityRow]:
+    await cur.execute(
+        f"SELECT {_COLUMNS} FROM activities WHERE id > %s ORDER BY id LIMIT %s",
+        (after_id, limit),
+    )
+    return [ActivityRow(*row) for row in await cur.fetchall()]
+
+
+async def update(cur: aiomysql.Cursor, activity_id: int,
+                 changes: dict[str, object]) -> ActivityRow:
+    """Applies `changes` (keys from UPDATABLE); the resulting window must stay ordered."""
+    current = await get(cur, activity_id, lock=True)
+    start = changes.get("start_time", current.start_time)
+    end = changes.get("end_time", current.end_time)
+    if not end > start:  # type: ignore[operator]
+        raise InvalidArgument({"activity.end_time": "must be after start_time"})
+    if changes:
+        # Column names come from UPDATABLE, never from the client; values are parameters.
+        assert set(changes) <= set(UPDATABLE), changes
+        assignments = ", ".join(f"{column} = %s" for column in changes)
+        await cur.execute(
+            f"UPDATE activities SET {assignments} WHERE id = %s",
+            (*changes.values(), activity_id),
+        )
+    return await get(cur, activity_id)
+
+
+async def delete(cur: aiomysql.Cursor, activity_id: int) -> None:
+    """Deletes an activity without orders (the foreign key from orders refuses otherwise)."""
+    activity = await get(cur, activity_id)
+    await _lock_stock_row(cur, activity.product_id)
+    await get(cur, activity_id, lock=True)
+    try:
+        await cur.execute("DELETE FROM activities WHERE id = %s", (activity_id,))
+    except pymysql.err.IntegrityError as exc:
+        if error_code(exc) != ROW_IS_REFERENCED:
+            raise
+        raise has_orders(activity_id) from exc
+
+
+def has_orders(activity_id: int) -> FailedPrecondition:
+    return FailedPrecondition(
+        "ACTIVITY_HAS_ORDERS",
+        f"activity {activity_id} has orders; cancel them first",
+        {"activity_id": str(activity_id)},
+    )
+
+
+async def product_of(cur: aiomysql.Cursor, activity_id: int) -> int:
+    """The activity's product id (immutable, so callers may cache it)."""
+    await cur.execute("SELECT product_id FROM activities WHERE id = %s", (activity_id,))
+    row = await cur.fetchone()
+    if row is None:
+        raise NotFound("Activity", activity_id)
+    return int(row[0])
+
+
+async def _lock_stock_row(cur: aiomysql.Cursor, product_id: int) -> int | None:
+    await cur.execute("SELECT stock FROM products WHERE id = %s FOR UPDATE", (product_id,))
+    row = await cur.fetchone()
+    return None if row is None else int(row[0])
+
+
+# --- the seckill transaction -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SeckillAttempt:
+    activity_id: int
+    user_id: str
+
+
+@dataclass(frozen=True)
+class Won:
+    order_id: int
+    product_id: int
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A refusal: `error` is what the caller answers (SOLD_OUT, ALREADY_PURCHASED, ...)."""
+
+    error: Exception
+
+
+Outcome = Won | Refused
+
+
+def already_purchased(order_id: int) -> Refused:
+    return Refused(AlreadyExists(
+        "ALREADY_PURCHASED",
+        f"you already hold order {order_id} for this activity",
+        {"order_id": str(order_id)},
+    ))
+
+
+def _precondition(reason: str, message: str, activity_id: int) -> Refused:
+    return Refused(FailedPrecondition(reason, message, {"activity_id": str(activity_id)}))
+
+
+async def seckill(cur: aiomysql.Cursor, product_id: int,
+                  attempts: Sequence[SeckillAttempt]) -> list[Outcome]:
+    """Decides and records a batch of seckills on one product, first come first served.
+
+    One transaction: lock the stock row, read the activities' windows (the database's clock
+    decides), skip users who already hold an order, insert the winners' orders, decrement the
+    stock by their count. Returns one outcome per attempt, in order. The caller commits.
+    """
+    stock = await _lock_stock_row(cur, product_id)
+    activity_ids = sorted({a.activity_id for a in attempts})
+    marks = ", ".join(["%s"] * len(activity_ids))
+    await cur.execute(
+        "SELECT id, product_id, start_time <= UTC_TIMESTAMP(6), end_time <= UTC_TIMESTAMP(6)"
+        f" FROM activities WHERE id IN ({marks}) LOCK IN SHARE MODE",
+        activity_ids,
+    )
+    windows = {row[0]: (row[1], bool(row[2]), bool(row[3])) for row in await cur.fetchall()}
+    held = await _existing_orders(cur, attempts)
+
+    outcomes: list[Outcome | None] = []
+    winners: list[SeckillAttempt] = []
+    remaining = stock or 0
+    for attempt in attempts:
+        key = (attempt.activity_id, attempt.user_id)
+        window = windows.get(attempt.activity_id)
+        if stock is None or window is None or window[0] != product_id:
+            outcomes.append(Refused(NotFound("Activity", attempt.activity_id)))
+        elif key in held:
+            outcomes.append(already_purchased(held[key]))
+        elif any((w.activity_id, w.user_id) == key for w in winners):
+            outcomes.append(None)  # a twin of a winner in this batch: filled in below
+        elif not window[1]:
+            outcomes.append(_precondition("NOT_STARTED", "the sale has not started yet",
+                                          attempt.activity_id))
+        elif window[2]:
+            outcomes.append(_precondition("ENDED", "the sale has ended", attempt.activity_id))
+        elif remaining <= 0:
+            outcomes.append(_precondition("SOLD_OUT", "sold out", attempt.activity_id))
+        else:
+            remaining -= 1
+            winners.append(attempt)
+            outcomes.append(None)
+    if not winners:
+        return [o for o in outcomes if o is not None]  # no twins without winners
+
+    rows = ", ".join(["(%s, %s, %s, UTC_TIMESTAMP(6))"] * len(winners))
+    params: list[object] = []
+    for w in winners:
+        params += [w.activity_id, product_id, w.user_id]
+    await cur.execute(
+        f"INSERT INTO orders (activity_id, product_id, user_id, create_time) VALUES {rows}",
+        params,
+    )
+    await cur.execute(
+        "UPDATE products SET stock = stock - %s, update_time = UTC_TIMESTAMP(6) WHERE id = %s",
+        (len(winners), product_id),
+    )
+    created = await _existing_orders(cur, winners, with_time=True)
+    result: list[Outcome] = []
+    first_seen: set[tuple[int, str]] = set()
+    for attempt, outcome in zip(attempts, outcomes, strict=True):
+        if outcome is not None:
+            result.append(outcome)
+            continue
+        key = (attempt.activity_id, attempt.user_id)
+        order_id, create_time = created[key]
+        if key in first_seen:
+            result.append(already_purchased(order_id))
+        else:
+            first_seen.add(key)
+            result.append(Won(order_id, product_id, create_time))
+    return result
+
+
+async def _existing_orders(cur: aiomysql.Cursor, attempts: Sequence[SeckillAttempt], *,
+                           with_time: bool = False) -> dict:
+    """Orders already held, keyed by (activity_id, user_id), via the unique key."""
+    by_activity: dict[int, list[str]] = {}
+    for a in attempts:
+        by_activity.setdefault(a.activity_id, []).append(a.user_id)
+    found: dict = {}
+    for activity_id, users in by_activity.items():
+        marks = ", ".join(["%s"] * len(users))
+        await cur.execute(
+            "SELECT user_id, id, create_time FROM orders"
+            f" WHERE activity_id = %s AND user_id IN ({marks})",
+            (activity_id, *users),
+        )
+        for user_id, order_id, create_time in await cur.fetchall():
+            key = (activity_id, user_id.decode("utf-8"))
+            found[key] = (order_id, create_time) if with_time else order_id
+    return found

@@ -1,0 +1,41 @@
+"""Wiring of the activity service: its servicer, the seckill engine and the peer stubs."""
+
+from __future__ import annotations
+
+import grpc
+from seckill.v1 import activity_pb2, activity_pb2_grpc, order_pb2_grpc, product_pb2_grpc
+
+from activity_svc.seckill import SeckillEngine
+from activity_svc.servicer import ActivityServicer
+from seckill_common.clients import open_channel
+from seckill_common.config import Settings
+from seckill_common.db import Database
+from seckill_common.server import Cleanup, ServiceDefinition
+
+SERVICE_NAME = activity_pb2.DESCRIPTOR.services_by_name["ActivityService"].full_name
+
+
+async def add_servicers(server: grpc.aio.Server, database: Database,
+                        settings: Settings) -> list[Cleanup]:
+    product_channel = open_channel(settings.product_addr)
+    order_channel = open_channel(settings.order_addr)
+    servicer = ActivityServicer(
+        database,
+        SeckillEngine(database),
+        product_pb2_grpc.ProductServiceStub(product_channel),
+        order_pb2_grpc.OrderServiceStub(order_channel),
+        settings.peer_timeout_s,
+    )
+    activity_pb2_grpc.add_ActivityServiceServicer_to_server(servicer, server)
+    return [product_channel.close, order_channel.close]
+
+
+DEFINITION = ServiceDefinition(
+    name="activity",
+    service_names=[SERVICE_NAME],
+    admin_methods=frozenset(
+        f"/{SERVICE_NAME}/{method}"
+        for method in ("CreateActivity", "UpdateActivity", "DeleteActivity")
+    ),
+    add_servicers=add_servicers,
+)

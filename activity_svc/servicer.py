@@ -1,0 +1,166 @@
+"""ActivityService: protobuf in, domain calls, protobuf out.
+
+Products and orders are reached through their services' stubs; only the seckill transaction
+(repository.seckill) touches their tables.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import empty_pb2
+from grpc.aio import ServicerContext
+from seckill.v1 import (
+    activity_pb2,
+    activity_pb2_grpc,
+    order_pb2,
+    order_pb2_grpc,
+    product_pb2,
+    product_pb2_grpc,
+)
+
+from activity_svc import repository
+from activity_svc.seckill import SeckillEngine
+from seckill_common.clients import call_peer
+from seckill_common.db import Database
+from seckill_common.validation import (
+    MAX_NAME_CHARS,
+    Violations,
+    db_time,
+    decode_page_token,
+    encode_page_token,
+    page_size,
+    to_datetime,
+    to_timestamp,
+    update_paths,
+)
+
+
+def to_proto(row: repository.ActivityRow,
+             product: product_pb2.Product | None = None) -> activity_pb2.Activity:
+    activity = activity_pb2.Activity(
+        id=row.id,
+        product_id=row.product_id,
+        name=row.name,
+        start_time=to_timestamp(row.start_time),
+        end_time=to_timestamp(row.end_time),
+        create_time=to_timestamp(row.create_time),
+    )
+    if product is not None:
+        activity.product.CopyFrom(product)
+    return activity
+
+
+def _check_fields(violations: Violations, activity: activity_pb2.Activity,
+                  paths: list[str]) -> None:
+    if "name" in paths:
+        violations.text("activity.name", activity.name, max_chars=MAX_NAME_CHARS, required=True)
+    for field in ("start_time", "end_time"):
+        if field in paths:
+            violations.time(f"activity.{field}", getattr(activity, field),
+                            present=activity.HasField(field))
+
+
+class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
+    def __init__(self, database: Database, engine: SeckillEngine,
+                 products: product_pb2_grpc.ProductServiceStub,
+                 orders: order_pb2_grpc.OrderServiceStub, peer_timeout_s: float) -> None:
+        self._db = database
+        self._engine = engine
+        self._products = products
+        self._orders = orders
+        self._peer_timeout_s = peer_timeout_s
+
+    async def _get_product(self, product_id: int) -> product_pb2.Product:
+        return await call_peer(self._products.GetProduct,
+                               product_pb2.GetProductRequest(id=product_id),
+                               peer="product", timeout_s=self._peer_timeout_s)
+
+    async def CreateActivity(self, request: activity_pb2.CreateActivityRequest,
+                             context: ServicerContext) -> activity_pb2.Activity:
+        violations = Violations()
+        if not request.HasField("activity"):
+            violations.add("activity", "is required")
+        violations.check()
+        activity = request.activity
+        violations.positive_id("activity.product_id", activity.product_id)
+        _check_fields(violations, activity, list(repository.UPDATABLE))
+        violations.check()
+        start, end = to_datetime(activity.start_time), to_datetime(activity.end_time)
+        if not end > start:
+            violations.add("activity.end_time", "must be after start_time")
+        violations.check()
+        await self._get_product(activity.product_id)  # NOT_FOUND for an unknown product
+        row = await self._db.run(lambda cur: repository.create(
+            cur, activity.product_id, activity.name, db_time(start), db_time(end)))
+        return to_proto(row)
+
+    async def GetActivity(self, request: activity_pb2.GetActivityRequest,
+                          context: ServicerContext) -> activity_pb2.Activity:
+        violations = Violations()
+        violations.positive_id("id", request.id)
+        violations.check()
+        row = await self._db.run(lambda cur: repository.get(cur, request.id))
+        return to_proto(row, await self._get_product(row.product_id))
+
+    async def ListActivities(self, request: activity_pb2.ListActivitiesRequest,
+                             context: ServicerContext) -> activity_pb2.ListActivitiesResponse:
+        limit = page_size(request.page_size)
+        after = decode_page_token(request.page_token, {})
+        rows = await self._db.run(lambda cur: repository.list_page(cur, after, limit + 1))
+        response = activity_pb2.ListActivitiesResponse(
+            activities=[to_proto(row) for row in rows[:limit]]
+        )
+        if len(rows) > limit:
+            response.next_page_token = encode_page_token(rows[limit - 1].id, {})
+        return response
+
+    async def UpdateActivity(self, request: activity_pb2.UpdateActivityRequest,
+                             context: ServicerContext) -> activity_pb2.Activity:
+        violations = Violations()
+        if not request.HasField("activity"):
+            violations.add("activity", "is required")
+        violations.check()
+        activity = request.activity
+        violations.positive_id("activity.id", activity.id)
+        violations.check()
+        paths = update_paths(request.update_mask, activity, updatable=repository.UPDATABLE,
+                             immutable=("product_id",), field_prefix="activity")
+        _check_fields(violations, activity, paths)
+        violations.check()
+        changes: dict[str, object] = {}
+        for path in paths:
+            value = getattr(activity, path)
+            changes[path] = db_time(to_datetime(value)) if path.endswith("_time") else value
+        row = await self._db.run(lambda cur: repository.update(cur, activity.id, changes))
+        return to_proto(row)
+
+    async def DeleteActivity(self, request: activity_pb2.DeleteActivityRequest,
+                             context: ServicerContext) -> empty_pb2.Empty:
+        violations = Violations()
+        violations.positive_id("id", request.id)
+        violations.check()
+        await self._db.run(lambda cur: repository.get(cur, request.id))  # NOT_FOUND first
+        orders = await call_peer(
+            self._orders.ListOrders,
+            order_pb2.ListOrdersRequest(activity_id=request.id, page_size=1),
+            peer="order", timeout_s=self._peer_timeout_s,
+        )
+        if orders.orders:
+            raise repository.has_orders(request.id)
+        # The orders table's foreign key refuses the delete if an order landed meanwhile.
+        await self._db.run(lambda cur: repository.delete(cur, request.id))
+        return empty_pb2.Empty()
+
+    async def Seckill(self, request: activity_pb2.SeckillRequest,
+                      context: ServicerContext) -> activity_pb2.SeckillResponse:
+        violations = Violations()
+        violations.positive_id("activity_id", request.activity_id)
+        violations.user_id("user_id", request.user_id)
+        violations.check()
+        won = await self._engine.buy(request.activity_id, request.user_id)
+        return activity_pb2.SeckillResponse(order=order_pb2.Order(
+            id=won.order_id,
+            activity_id=request.activity_id,
+            product_id=won.product_id,
+            user_id=request.user_id,
+            create_time=to_timestamp(won.create_time),
+        ))

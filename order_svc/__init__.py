@@ -1,0 +1,1 @@
+"""OrderService: users' orders, and cancelling them."""

@@ -1,0 +1,71 @@
+"""OrderService: protobuf in, repository calls, protobuf out."""
+
+from __future__ import annotations
+
+from google.protobuf import empty_pb2
+from grpc.aio import ServicerContext
+from seckill.v1 import order_pb2, order_pb2_grpc
+
+from order_svc import repository
+from seckill_common.db import Database
+from seckill_common.validation import (
+    MAX_USER_ID_CHARS,
+    Violations,
+    decode_page_token,
+    encode_page_token,
+    page_size,
+    to_timestamp,
+)
+
+
+def to_proto(row: repository.OrderRow) -> order_pb2.Order:
+    return order_pb2.Order(
+        id=row.id,
+        activity_id=row.activity_id,
+        product_id=row.product_id,
+        user_id=row.user_id,
+        create_time=to_timestamp(row.create_time),
+    )
+
+
+class OrderServicer(order_pb2_grpc.OrderServiceServicer):
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    async def GetOrder(self, request: order_pb2.GetOrderRequest,
+                       context: ServicerContext) -> order_pb2.Order:
+        violations = Violations()
+        violations.positive_id("id", request.id)
+        violations.check()
+        return to_proto(await self._db.run(lambda cur: repository.get(cur, request.id)))
+
+    async def ListOrders(self, request: order_pb2.ListOrdersRequest,
+                         context: ServicerContext) -> order_pb2.ListOrdersResponse:
+        violations = Violations()
+        if request.activity_id < 0:
+            violations.add("activity_id", "must be 0 (any) or a positive id")
+        if len(request.user_id) > MAX_USER_ID_CHARS:
+            violations.add("user_id", f"must be at most {MAX_USER_ID_CHARS} characters")
+        violations.check()
+        limit = page_size(request.page_size)
+        filters = {"user_id": request.user_id, "activity_id": request.activity_id}
+        after = decode_page_token(request.page_token, filters)
+        rows = await self._db.run(lambda cur: repository.list_page(
+            cur,
+            user_id=request.user_id or None,
+            activity_id=request.activity_id or None,
+            after_id=after,
+            limit=limit + 1,
+        ))
+        response = order_pb2.ListOrdersResponse(orders=[to_proto(row) for row in rows[:limit]])
+        if len(rows) > limit:
+            response.next_page_token = encode_page_token(rows[limit - 1].id, filters)
+        return response
+
+    async def DeleteOrder(self, request: order_pb2.DeleteOrderRequest,
+                          context: ServicerContext) -> empty_pb2.Empty:
+        violations = Violations()
+        violations.positive_id("id", request.id)
+        violations.check()
+        await self._db.run(lambda cur: repository.cancel(cur, request.id))
+        return empty_pb2.Empty()

@@ -1,0 +1,1 @@
+"""ProductService: products and their stock."""

@@ -1,0 +1,87 @@
+"""SQL for products. Every function takes the cursor of a transaction the caller owns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import aiomysql
+import pymysql
+
+from seckill_common.db import error_code
+from seckill_common.errors import FailedPrecondition, NotFound
+
+ROW_IS_REFERENCED = 1451  # ER_ROW_IS_REFERENCED_2: a foreign key still points at the row
+_COLUMNS = "id, name, description, price_cents, stock, create_time, update_time"
+UPDATABLE = ("name", "description", "price_cents", "stock")
+
+
+@dataclass(frozen=True)
+class ProductRow:
+    id: int
+    name: str
+    description: str
+    price_cents: int
+    stock: int
+    create_time: datetime
+    update_time: datetime
+
+
+async def create(cur: aiomysql.Cursor, name: str, description: str, price_cents: int,
+                 stock: int) -> ProductRow:
+    await cur.execute(
+        "INSERT INTO products (name, description, price_cents, stock, create_time, update_time)"
+        " VALUES (%s, %s, %s, %s, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))",
+        (name, description, price_cents, stock),
+    )
+    return await get(cur, cur.lastrowid)
+
+
+async def get(cur: aiomysql.Cursor, product_id: int, *, lock: bool = False) -> ProductRow:
+    # FOR UPDATE takes the stock row's lock: the first lock of any transaction that changes
+    # stock, so every such transaction locks in the same order (stock row, then orders).
+    await cur.execute(
+        f"SELECT {_COLUMNS} FROM products WHERE id = %s" + (" FOR UPDATE" if lock else ""),
+        (product_id,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise NotFound("Product", product_id)
+    return ProductRow(*row)
+
+
+async def list_page(cur: aiomysql.Cursor, after_id: int, limit: int) -> list[ProductRow]:
+    await cur.execute(
+        f"SELECT {_COLUMNS} FROM products WHERE id > %s ORDER BY id LIMIT %s",
+        (after_id, limit),
+    )
+    return [ProductRow(*row) for row in await cur.fetchall()]
+
+
+async def update(cur: aiomysql.Cursor, product_id: int,
+                 changes: dict[str, object]) -> ProductRow:
+    """Applies `changes` (keys from UPDATABLE) under the stock row's lock."""
+    await get(cur, product_id, lock=True)
+    if changes:
+        # Column names come from UPDATABLE, never from the client; values are parameters.
+        assert set(changes) <= set(UPDATABLE), changes
+        assignments = ", ".join(f"{column} = %s" for column in changes)
+        await cur.execute(
+            f"UPDATE products SET {assignments}, update_time = UTC_TIMESTAMP(6) WHERE id = %s",
+            (*changes.values(), product_id),
+        )
+    return await get(cur, product_id)
+
+
+async def delete(cur: aiomysql.Cursor, product_id: int) -> None:
+    await get(cur, product_id, lock=True)
+    try:
+        await cur.execute("DELETE FROM products WHERE id = %s", (product_id,))
+    except pymysql.err.IntegrityError as exc:
+        if error_code(exc) != ROW_IS_REFERENCED:
+            raise
+        raise FailedPrecondition(
+            "PRODUCT_IN_USE",
+            f"product {product_id} is still sold by an activity or referenced by orders",
+            {"product_id": str(product_id)},
+        ) from exc

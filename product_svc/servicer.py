@@ -1,0 +1,108 @@
+"""ProductService: protobuf in, repository calls, protobuf out."""
+
+from __future__ import annotations
+
+from google.protobuf import empty_pb2
+from grpc.aio import ServicerContext
+from seckill.v1 import product_pb2, product_pb2_grpc
+
+from product_svc import repository
+from seckill_common.db import Database
+from seckill_common.validation import (
+    MAX_DESCRIPTION_CHARS,
+    MAX_NAME_CHARS,
+    Violations,
+    decode_page_token,
+    encode_page_token,
+    page_size,
+    to_timestamp,
+    update_paths,
+)
+
+
+def to_proto(row: repository.ProductRow) -> product_pb2.Product:
+    return product_pb2.Product(
+        id=row.id,
+        name=row.name,
+        description=row.description,
+        price_cents=row.price_cents,
+        stock=row.stock,
+        create_time=to_timestamp(row.create_time),
+        update_time=to_timestamp(row.update_time),
+    )
+
+
+def _check_fields(violations: Violations, product: product_pb2.Product, paths: list[str]
+) -> None:
+    if "name" in paths:
+        violations.text("product.name", product.name, max_chars=MAX_NAME_CHARS, required=True)
+    if "description" in paths:
+        violations.text("product.description", product.description,
+                        max_chars=MAX_DESCRIPTION_CHARS, required=False)
+    if "price_cents" in paths:
+        violations.bounded("product.price_cents", product.price_cents)
+    if "stock" in paths:
+        violations.bounded("product.stock", product.stock)
+
+
+class ProductServicer(product_pb2_grpc.ProductServiceServicer):
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    async def CreateProduct(self, request: product_pb2.CreateProductRequest,
+                            context: ServicerContext) -> product_pb2.Product:
+        violations = Violations()
+        if not request.HasField("product"):
+            violations.add("product", "is required")
+        violations.check()
+        product = request.product
+        _check_fields(violations, product, list(repository.UPDATABLE))
+        violations.check()
+        row = await self._db.run(lambda cur: repository.create(
+            cur, product.name, product.description, product.price_cents, product.stock))
+        return to_proto(row)
+
+    async def GetProduct(self, request: product_pb2.GetProductRequest,
+                         context: ServicerContext) -> product_pb2.Product:
+        violations = Violations()
+        violations.positive_id("id", request.id)
+        violations.check()
+        return to_proto(await self._db.run(lambda cur: repository.get(cur, request.id)))
+
+    async def ListProducts(self, request: product_pb2.ListProductsRequest,
+                           context: ServicerContext) -> product_pb2.ListProductsResponse:
+        limit = page_size(request.page_size)
+        after = decode_page_token(request.page_token, {})
+        # One row more than asked tells whether another page exists.
+        rows = await self._db.run(lambda cur: repository.list_page(cur, after, limit + 1))
+        response = product_pb2.ListProductsResponse(
+            products=[to_proto(row) for row in rows[:limit]]
+        )
+        if len(rows) > limit:
+            response.next_page_token = encode_page_token(rows[limit - 1].id, {})
+        return response
+
+    async def UpdateProduct(self, request: product_pb2.UpdateProductRequest,
+                            context: ServicerContext) -> product_pb2.Product:
+        violations = Violations()
+        if not request.HasField("product"):
+            violations.add("product", "is required")
+        violations.check()
+        product = request.product
+        violations.positive_id("product.id", product.id)
+        violations.check()
+        paths = update_paths(request.update_mask, product, updatable=repository.UPDATABLE,
+                             field_prefix="product")
+        _check_fields(violations, product, paths)
+        violations.check()
+        changes = {path: getattr(product, path) for path in paths}
+        row = await self._db.run(lambda cur: repository.update(cur, product.id, changes))
+        return to_proto(row)
+
+    async def DeleteProduct(self, request: product_pb2.DeleteProductRequest,
+                            context: ServicerContext) -> empty_pb2.Empty:
+        violations = Violations()
+        violations.positive_id("id", request.id)
+        violations.check()
+        await self._db.run(lambda cur: repository.delete(cur, request.id))
+        return empty_pb2.Empty()

@@ -1,0 +1,124 @@
+"""Configuration from environment variables, with defaults; bad values fail fast."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/seckill"
+DEFAULT_ADDRS = {
+    "product": "127.0.0.1:50051",
+    "activity": "127.0.0.1:50052",
+    "order": "127.0.0.1:50053",
+}
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the process should exit with this message."""
+
+
+@dataclass(frozen=True)
+class MySQLTarget:
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+
+    @classmethod
+    def parse(cls, url: str) -> MySQLTarget:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mysql", "mariadb") or not parts.hostname:
+            raise ConfigError(
+                f"SECKILL_MYSQL_URL must look like mysql://user:password@host:port/database, "
+                f"got scheme {parts.scheme!r}"
+            )
+        database = parts.path.lstrip("/")
+        if not database:
+            raise ConfigError("SECKILL_MYSQL_URL must name a database")
+        return cls(
+            host=parts.hostname,
+            port=parts.port or 3306,
+            user=unquote(parts.username or "root"),
+            password=unquote(parts.password or ""),
+            database=unquote(database),
+        )
+
+    def redacted(self) -> str:
+        """The URL without its password, safe to log."""
+        return f"mysql://{self.user}@{self.host}:{self.port}/{self.database}"
+
+
+def _int(env: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be within {lo}..{hi}, got {value}")
+    return value
+
+
+def _float(env: dict[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be within {lo}..{hi}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of a service process. See the README's configuration table."""
+
+    mysql: MySQLTarget
+    product_addr: str
+    activity_addr: str
+    order_addr: str
+    admin_token: str
+    db_pool_size: int
+    db_connect_timeout_s: float
+    db_startup_timeout_s: float
+    db_lock_wait_timeout_s: int
+    peer_timeout_s: float
+    shutdown_grace_s: float
+    health_interval_s: float
+    log_level: str
+
+    def listen_addr(self, service: str) -> str:
+        return {"product": self.product_addr, "activity": self.activity_addr,
+                "order": self.order_addr}[service]
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        token = env.get("SECKILL_ADMIN_TOKEN", "")
+        if not token:
+            raise ConfigError(
+                "SECKILL_ADMIN_TOKEN must be set: admin RPCs compare it with the "
+                "'authorization: Bearer <token>' metadata"
+            )
+        return cls(
+            mysql=MySQLTarget.parse(env.get("SECKILL_MYSQL_URL") or DEFAULT_MYSQL_URL),
+            product_addr=env.get("SECKILL_PRODUCT_ADDR") or DEFAULT_ADDRS["product"],
+            activity_addr=env.get("SECKILL_ACTIVITY_ADDR") or DEFAULT_ADDRS["activity"],
+            order_addr=env.get("SECKILL_ORDER_ADDR") or DEFAULT_ADDRS["order"],
+            admin_token=token,
+            db_pool_size=_int(env, "SECKILL_DB_POOL_SIZE", 10, 1, 1000),
+            db_connect_timeout_s=_float(env, "SECKILL_DB_CONNECT_TIMEOUT", 3.0, 0.1, 60.0),
+            db_startup_timeout_s=_float(env, "SECKILL_DB_STARTUP_TIMEOUT", 30.0, 0.0, 3600.0),
+            db_lock_wait_timeout_s=_int(env, "SECKILL_DB_LOCK_WAIT_TIMEOUT", 5, 1, 3600),
+            peer_timeout_s=_float(env, "SECKILL_PEER_TIMEOUT", 3.0, 0.05, 60.0),
+            shutdown_grace_s=_float(env, "SECKILL_SHUTDOWN_GRACE", 5.0, 0.0, 300.0),
+            health_interval_s=_float(env, "SECKILL_HEALTH_INTERVAL", 1.0, 0.05, 60.0),
+            log_level=(env.get("SECKILL_LOG_LEVEL") or "INFO").upper(),
+        )

@@ -1,0 +1,165 @@
+"""Server lifecycle shared by the three services.
+
+Start-up: wait for the database, apply migrations, open the pool, add servicers, health
+(NOT_SERVING), reflection, start, then SERVING once the database answers. A monitor keeps
+health in step with the database afterwards. Shutdown (SIGTERM/SIGINT): NOT_SERVING,
+`stop(grace)` so in-flight calls finish, then the service's own cleanup and the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from seckill_common.config import Settings
+from seckill_common.db import Database, create_pool, wait_for_server
+from seckill_common.interceptors import interceptors_for
+from seckill_common.migrations import migrate
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 1024 * 1024
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+]
+
+Cleanup = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class ServiceDefinition:
+    """What a service plugs into the shared lifecycle."""
+
+    name: str  # short name: product, activity, order
+    service_names: Sequence[str]  # full proto names, for health and reflection
+    admin_methods: frozenset[str]
+    # Adds the servicers to the server; returns cleanup to run after the server stops.
+    add_servicers: Callable[[grpc.aio.Server, Database, Settings], Awaitable[list[Cleanup]]]
+
+
+@dataclass
+class RunningService:
+    definition: ServiceDefinition
+    settings: Settings
+    server: grpc.aio.Server
+    database: Database
+    health: health.aio.HealthServicer
+    port: int
+    cleanups: list[Cleanup] = field(default_factory=list)
+    _monitor: asyncio.Task[None] | None = None
+    _db_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _stopping: bool = False
+
+    @property
+    def address(self) -> str:
+        host = self.settings.listen_addr(self.definition.name).rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", *self.definition.service_names):
+            await self.health.set(name, status)
+
+    async def _watch_database(self) -> None:
+        """Keeps health in step with the database: NOT_SERVING at once when a call sees it
+        go away, SERVING again as soon as a ping succeeds."""
+        serving: bool | None = None
+        interval = self.settings.health_interval_s
+        while not self._stopping:
+            up = await self.database.ping()
+            if up != serving:
+                serving = up
+                await self._set_health(
+                    health_pb2.HealthCheckResponse.SERVING
+                    if up
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+            self._db_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._db_changed.wait(), interval)
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("shutting down", extra={"address": self.address})
+        await self.health.enter_graceful_shutdown()
+        if self._monitor:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
+        for cleanup in self.cleanups:
+            await cleanup()
+        await self.database.close()
+        log.info("stopped", extra={"address": self.address})
+
+
+async def start_service(
+    definition: ServiceDefinition, settings: Settings, listen_addr: str | None = None
+) -> RunningService:
+    """Starts a service and returns once it is listening (health SERVING if the DB is up)."""
+    await wait_for_server(settings)
+    await migrate(settings)
+    database = Database(await create_pool(settings))
+
+    server = grpc.aio.server(
+        interceptors=interceptors_for(definition.admin_methods, settings.admin_token),
+        options=SERVER_OPTIONS,
+    )
+    cleanups = await definition.add_servicers(server, database, settings)
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*definition.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    addr = listen_addr or settings.listen_addr(definition.name)
+    port = server.add_insecure_port(addr)
+    running = RunningService(
+        definition, settings, server, database, health_servicer, port, cleanups
+    )
+    await running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.start()
+    database.on_change.append(lambda _up: running._db_changed.set())
+    running._monitor = asyncio.create_task(running._watch_database())
+    log.info("listening", extra={"address": running.address, "port": port})
+    return running
+
+
+def main(definition: ServiceDefinition) -> None:
+    """Process entry point: JSON logs, config from the environment, run until a signal."""
+    from seckill_common.config import ConfigError
+    from seckill_common.logs import setup_logging
+
+    setup_logging(definition.name)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        log.error("bad configuration: %s", exc)
+        raise SystemExit(2) from None
+    setup_logging(definition.name, settings.log_level)
+
+    async def run() -> None:
+        running = await start_service(definition, settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await running.stop()
+
+    try:
+        asyncio.run(run())
+    except Exception as exc:  # start-up failures: one clear line, non-zero exit
+        log.error("service failed: %s", exc, exc_info=not isinstance(exc, grpc.RpcError))
+        raise SystemExit(1) from None

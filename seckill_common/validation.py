@@ -1,0 +1,163 @@
+"""Request checks shared by the servicers: ids, text, bounds, times, pages and update masks.
+
+Checks collect every field violation of a request, so one INVALID_ARGUMENT names them all.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+
+from google.protobuf import field_mask_pb2, timestamp_pb2
+from google.protobuf.message import Message
+
+from seckill_common.errors import InvalidArgument
+
+MAX_MONEY_OR_STOCK = 10**12
+MAX_NAME_CHARS = 200
+MAX_DESCRIPTION_CHARS = 10_000
+MAX_USER_ID_CHARS = 64
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+# DATETIME holds years 1000..9999; we accept the Unix era up to the end of 9999.
+MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+
+class Violations:
+    """Collects BadRequest field violations; `check()` raises them together."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.items.append((field, description))
+
+    def check(self) -> None:
+        if self.items:
+            raise InvalidArgument(self.items)
+
+    def positive_id(self, field: str, value: int) -> None:
+        if value <= 0:
+            self.add(field, "must be a positive id")
+
+    def text(self, field: str, value: str, *, max_chars: int, required: bool) -> None:
+        if required and not value.strip():
+            self.add(field, "is required and must not be blank")
+        elif len(value) > max_chars:
+            self.add(field, f"must be at most {max_chars} characters")
+
+    def user_id(self, field: str, value: str) -> None:
+        if not value:
+            self.add(field, "is required")
+        elif len(value) > MAX_USER_ID_CHARS:
+            self.add(field, f"must be at most {MAX_USER_ID_CHARS} characters")
+        elif not value.isprintable():
+            self.add(field, "must contain only printable characters")
+
+    def bounded(self, field: str, value: int, lo: int = 0, hi: int = MAX_MONEY_OR_STOCK) -> None:
+        if not lo <= value <= hi:
+            self.add(field, f"must be within {lo}..{hi}")
+
+    def time(self, field: str, value: timestamp_pb2.Timestamp, *, present: bool) -> None:
+        if not present:
+            self.add(field, "is required")
+            return
+        try:
+            when = to_datetime(value)
+        except (ValueError, OverflowError):
+            self.add(field, "is not a valid timestamp")
+            return
+        if not MIN_TIME <= when <= MAX_TIME:
+            self.add(field, "must be between 1970-01-01 and 9999-12-31 (UTC)")
+
+
+def to_datetime(value: timestamp_pb2.Timestamp) -> datetime:
+    """A protobuf Timestamp as an aware UTC datetime (microsecond precision, as stored)."""
+    if not 0 <= value.nanos < 1_000_000_000:
+        raise ValueError("nanos out of range")
+    return value.ToDatetime(tzinfo=UTC)
+
+
+def to_timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    """A naive-UTC DATETIME from the database as a protobuf Timestamp."""
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value.replace(tzinfo=UTC) if value.tzinfo is None else value)
+    return ts
+
+
+def db_time(value: datetime) -> datetime:
+    """An aware datetime as the naive UTC value a DATETIME(6) column stores."""
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def page_size(value: int) -> int:
+    if value < 0:
+        raise InvalidArgument({"page_size": "must not be negative"})
+    return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def _filters_digest(filters: Mapping[str, object]) -> str:
+    canonical = json.dumps(filters, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def encode_page_token(after_id: int, filters: Mapping[str, object]) -> str:
+    """An opaque keyset cursor: the last id served, bound to the filters it was made for."""
+    body = json.dumps({"after": after_id, "f": _filters_digest(filters)}).encode()
+    return base64.urlsafe_b64encode(body).decode().rstrip("=")
+
+
+def decode_page_token(token: str, filters: Mapping[str, object]) -> int:
+    """The id to continue after (0 for the first page); INVALID_ARGUMENT for a bad token."""
+    if not token:
+        return 0
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        body = json.loads(raw)
+        after = body["after"]
+        digest = body["f"]
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise InvalidArgument({"page_token": "is not a token this server issued"}) from None
+    if not isinstance(after, int) or after < 0 or digest != _filters_digest(filters):
+        raise InvalidArgument(
+            {"page_token": "does not belong to this list request (filters changed?)"}
+        )
+    return after
+
+
+def update_paths(
+    mask: field_mask_pb2.FieldMask,
+    resource: Message,
+    *,
+    updatable: Iterable[str],
+    immutable: Iterable[str] = (),
+    field_prefix: str,
+) -> list[str]:
+    """The paths an AIP-134 update applies: the mask's, or every populated updatable field.
+
+    Unknown paths, and fields that cannot change, are INVALID_ARGUMENT.
+    """
+    allowed = list(updatable)
+    fixed = set(immutable)
+    if not mask.paths:
+        populated = {field.name for field, _ in resource.ListFields()}
+        return [path for path in allowed if path in populated]
+    violations = Violations()
+    paths: list[str] = []
+    for path in mask.paths:
+        if path == "*":
+            paths.extend(p for p in allowed if p not in paths)
+        elif path in allowed:
+            if path not in paths:
+                paths.append(path)
+        elif path in fixed:
+            violations.add("update_mask", f"{field_prefix}.{path} cannot be changed")
+        else:
+            violations.add("update_mask", f"unknown or read-only path {path!r}")
+    violations.check()
+    return paths
