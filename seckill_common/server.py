@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -31,9 +33,38 @@ SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
+    # grpc-core cancels calls that wait for the application beyond 1,000 pending (CANCELLED,
+    # which a client cannot tell from its own cancel). A flash sale arrives as one burst, so
+    # queue far more and let the calls be answered.
+    ("grpc.server.max_pending_requests", 20_000),
+    ("grpc.server.max_pending_requests_hard_limit", 40_000),
 ]
 
 Cleanup = Callable[[], Awaitable[None]]
+
+
+class _MethodAwarePool:
+    """The default descriptor pool, plus lookups of `package.Service.Method` symbols.
+
+    protobuf's Python pool cannot find a method by its full name, so reflection clients such as
+    `grpcurl describe seckill.v1.ActivityService.Seckill` would fail without this.
+    """
+
+    def __init__(self) -> None:
+        self._pool = descriptor_pool.Default()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._pool, name)
+
+    def FindFileContainingSymbol(self, symbol: str) -> FileDescriptor:  # noqa: N802
+        try:
+            return self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            service_name, _, method = symbol.rpartition(".")
+            service = self._pool.FindServiceByName(service_name)  # KeyError if not a service
+            if method not in service.methods_by_name:
+                raise
+            return service.file
 
 
 @dataclass
@@ -121,7 +152,8 @@ async def start_service(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        [*definition.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        [*definition.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server,
+        pool=_MethodAwarePool(),
     )
     addr = listen_addr or settings.listen_addr(definition.name)
     port = server.add_insecure_port(addr)

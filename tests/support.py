@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -14,8 +18,9 @@ from pathlib import Path
 
 import aiomysql
 import grpc
-from grpc_status import rpc_status
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 from seckill.v1 import (
     activity_pb2_grpc,
     order_pb2_grpc,
@@ -197,3 +202,77 @@ def error_details(error: grpc.aio.AioRpcError) -> dict[str, object]:
                 detail.Unpack(message)
                 found[kind.__name__] = message
     return found
+
+
+class ServiceProcess:
+    """A service run as its own process (`python -m <module>`), its log kept in a file."""
+
+    def __init__(self, module: str, env: dict[str, str], log_path: Path) -> None:
+        self.module = module
+        self.env = env
+        self.log_path = log_path
+        self.process: asyncio.subprocess.Process | None = None
+        self.port = 0
+        self._drain: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self, timeout_s: float = 30.0) -> None:
+        """Starts the process and returns once its "listening" log line names the port."""
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", self.module, cwd=REPO, env=self.env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        log = self.log_path.open("ab")
+        assert self.process.stdout is not None
+        async with asyncio.timeout(timeout_s):
+            while True:
+                line = await self.process.stdout.readline()
+                if not line:
+                    log.close()
+                    raise RuntimeError(f"{self.module} exited; see {self.log_path}")
+                log.write(line)
+                with contextlib.suppress(ValueError):
+                    record = json.loads(line)
+                    if record.get("message") == "listening":
+                        self.port = int(record["port"])
+                        break
+        self._drain = asyncio.create_task(self._copy(self.process.stdout, log))
+        await wait_serving(self.address, timeout_s)
+
+    @staticmethod
+    async def _copy(stream: asyncio.StreamReader, log) -> None:  # type: ignore[no-untyped-def]
+        try:
+            while line := await stream.readline():
+                log.write(line)
+                log.flush()
+        finally:
+            log.close()
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.send_signal(sig)
+        async with asyncio.timeout(timeout_s):
+            code = await self.process.wait()
+            if self._drain:
+                await self._drain
+        return code
+
+
+async def wait_serving(address: str, timeout_s: float = 30.0) -> None:
+    """Waits, through the gRPC health protocol's Watch stream, until `address` is SERVING."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        async with asyncio.timeout(timeout_s):
+            while True:
+                try:
+                    async for reply in stub.Watch(health_pb2.HealthCheckRequest(service=""),
+                                                  wait_for_ready=True):
+                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                            return
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise

@@ -40,3 +40,29 @@ async def test_repeat_seckill_is_already_exists_with_the_order_id(stack: Stack, 
     assert info.metadata["order_id"] == str(order.id)
     # User ids compare exactly: a trailing space is another user.
     assert (await buy(stack, activity.id, "bob ")).id != order.id
+
+
+async def test_cancelled_unit_goes_back_to_stock_and_another_user_buys_it(
+    stack: Stack,
+) -> None:
+    product = await make_product(stack, stock=1)
+    activity = await make_activity(stack, product.id)
+    order = await buy(stack, activity.id, "alice")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await buy(stack, activity.id, "bob")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_details(err.value)["ErrorInfo"].reason == "SOLD_OUT"
+
+    await stack.orders.DeleteOrder(order_pb2.DeleteOrderRequest(id=order.id), metadata=ADMIN)
+    got = await stack.products.GetProduct(product_pb2.GetProductRequest(id=product.id))
+    assert got.stock == 1
+    assert await query(stack.db_url, "SELECT id FROM orders WHERE id = %s", (order.id,)) == []
+
+    bobs = await buy(stack, activity.id, "bob")
+    assert bobs.user_id == "bob"
+    got = await stack.products.GetProduct(product_pb2.GetProductRequest(id=product.id))
+    assert got.stock == 0
+    # Alice may buy again too: her order was cancelled, but the last unit is gone.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await buy(stack, activity.id, "alice")
+    assert error_details(err.value)["ErrorInfo"].reason == "SOLD_OUT"

@@ -1,0 +1,68 @@
+"""A flash sale over two activity-service processes on one database: the rules hold."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import pytest
+from seckill.v1 import activity_pb2, activity_pb2_grpc, product_pb2
+
+from tests.conftest import make_activity, make_product
+from tests.support import ServiceProcess, Stack, error_details, query, subprocess_env
+
+pytestmark = pytest.mark.slow
+
+STOCK = 100
+USERS = 2000
+
+
+async def test_flash_sale_over_two_processes_never_oversells(
+    stack: Stack, tmp_path: Path
+) -> None:
+    product = await make_product(stack, stock=STOCK)
+    activity = await make_activity(stack, product.id)
+    env = subprocess_env(stack.db_url, SECKILL_ACTIVITY_ADDR="127.0.0.1:0",
+                         SECKILL_PRODUCT_ADDR=stack.product.address,
+                         SECKILL_ORDER_ADDR=stack.order.address)
+    processes = [ServiceProcess("activity_svc", env, tmp_path / f"activity{i}.log")
+                 for i in range(2)]
+    await asyncio.gather(*(p.start() for p in processes))
+    channels = [grpc.aio.insecure_channel(p.address) for p in processes]
+    try:
+        stubs = [activity_pb2_grpc.ActivityServiceStub(c) for c in channels]
+
+        async def attempt(stub: activity_pb2_grpc.ActivityServiceStub, user: str) -> str:
+            try:
+                await stub.Seckill(activity_pb2.SeckillRequest(
+                    activity_id=activity.id, user_id=user), timeout=60)
+                return "OK"
+            except grpc.aio.AioRpcError as exc:
+                info = error_details(exc).get("ErrorInfo")
+                return f"{exc.code().name}:{info.reason if info else exc.details()}"
+
+        # Every user fires twice at once, one call at each process.
+        calls = [attempt(stubs[i], f"user-{n}") for n in range(USERS) for i in range(2)]
+        outcomes = Counter(await asyncio.gather(*calls))
+    finally:
+        for channel in channels:
+            await channel.close()
+        codes = await asyncio.gather(*(p.stop() for p in processes))
+
+    assert codes == [0, 0], "activity processes did not shut down cleanly"
+    assert outcomes["OK"] == STOCK, outcomes
+    assert set(outcomes) <= {"OK", "ALREADY_EXISTS:ALREADY_PURCHASED",
+                             "FAILED_PRECONDITION:SOLD_OUT"}, outcomes
+    assert sum(outcomes.values()) == 2 * USERS
+    # The database agrees: stock 0, 100 orders, nobody with two.
+    got = await stack.products.GetProduct(product_pb2.GetProductRequest(id=product.id))
+    assert got.stock == 0
+    rows = await query(stack.db_url,
+                       "SELECT COUNT(*), COUNT(DISTINCT user_id) FROM orders WHERE activity_id = %s",
+                       (activity.id,))
+    assert rows == [(STOCK, STOCK)]
+    [(stock,)] = await query(stack.db_url, "SELECT stock FROM products WHERE id = %s",
+                             (product.id,))
+    assert stock == 0

