@@ -1,0 +1,28 @@
+# One image for all three services; docker-compose.yml picks the service with `command`.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+COPY pyproject.toml README.md ./
+COPY gen/ gen/
+COPY seckill_common/ seckill_common/
+COPY product_svc/ product_svc/
+COPY activity_svc/ activity_svc/
+COPY order_svc/ order_svc/
+COPY seckill_cli/ seckill_cli/
+
+# The pinned dependencies (cryptography among them, for MySQL 8's caching_sha2_password
+# login over plain TCP) come from pyproject.toml.
+RUN pip install --no-cache-dir . \
+    && rm -rf build ./*.egg-info \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin seckill
+
+USER seckill
+
+# 50051 product, 50052 activity, 50053 order. No CMD: compose sets one per service,
+# and the healthchecks run `python -m seckill_cli.wait_serving` from /app.
+EXPOSE 50051 50052 50053
