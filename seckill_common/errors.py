@@ -56,12 +56,16 @@ class InvalidArgument(ServiceError):
         ]
 
 
+# AIP-122 collection ids: the plural of each resource type, as in resource names.
+COLLECTIONS = {"Product": "products", "Activity": "activities", "Order": "orders"}
+
+
 class NotFound(ServiceError):
     code = grpc.StatusCode.NOT_FOUND
 
     def __init__(self, resource_type: str, resource_id: int | str) -> None:
         self.resource_type = resource_type
-        self.resource_name = f"{resource_type.lower()}s/{resource_id}"
+        self.resource_name = f"{COLLECTIONS[resource_type]}/{resource_id}"
         super().__init__(f"{resource_type} {resource_id} not found")
 
     def details(self) -> list[object]:

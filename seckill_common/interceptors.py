@@ -102,14 +102,16 @@ class AdminAuthInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, admin_methods: frozenset[str], token: str) -> None:
         self._admin_methods = admin_methods
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
     def check(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> None:
         values = [v for k, v in (metadata or ()) if k == "authorization"]
         if not values:
             raise Unauthenticated("admin RPC: missing 'authorization: Bearer <token>' metadata")
-        given = values[0].encode() if isinstance(values[0], str) else values[0]
-        if not hmac.compare_digest(given, self._expected):
+        value = values[0].encode() if isinstance(values[0], str) else values[0]
+        scheme, _, given = value.partition(b" ")
+        # The scheme is case-insensitive (RFC 7235); the token is compared in constant time.
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._expected):
             raise PermissionDenied("admin RPC: the bearer token is not the admin token")
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[override]

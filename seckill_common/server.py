@@ -56,7 +56,7 @@ class _MethodAwarePool:
     def __getattr__(self, name: str) -> object:
         return getattr(self._pool, name)
 
-    def FindFileContainingSymbol(self, symbol: str) -> FileDescriptor:  # noqa: N802
+    def FindFileContainingSymbol(self, symbol: str) -> FileDescriptor:
         try:
             return self._pool.FindFileContainingSymbol(symbol)
         except KeyError:

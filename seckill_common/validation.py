@@ -23,6 +23,8 @@ MAX_DESCRIPTION_CHARS = 10_000
 MAX_USER_ID_CHARS = 64
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+# Tokens we issue are under 80 characters; a bound keeps hostile ones (deeply nested JSON) cheap.
+MAX_PAGE_TOKEN_CHARS = 200
 # DATETIME holds years 1000..9999; we accept the Unix era up to the end of 9999.
 MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
@@ -116,6 +118,8 @@ def decode_page_token(token: str, filters: Mapping[str, object]) -> int:
     """The id to continue after (0 for the first page); INVALID_ARGUMENT for a bad token."""
     if not token:
         return 0
+    if len(token) > MAX_PAGE_TOKEN_CHARS:
+        raise InvalidArgument({"page_token": "is not a token this server issued"})
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         body = json.loads(raw)
@@ -123,7 +127,7 @@ def decode_page_token(token: str, filters: Mapping[str, object]) -> int:
         digest = body["f"]
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise InvalidArgument({"page_token": "is not a token this server issued"}) from None
-    if not isinstance(after, int) or after < 0 or digest != _filters_digest(filters):
+    if type(after) is not int or after < 0 or digest != _filters_digest(filters):
         raise InvalidArgument(
             {"page_token": "does not belong to this list request (filters changed?)"}
         )

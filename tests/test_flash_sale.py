@@ -59,9 +59,11 @@ async def test_flash_sale_over_two_processes_never_oversells(
     # The database agrees: stock 0, 100 orders, nobody with two.
     got = await stack.products.GetProduct(product_pb2.GetProductRequest(id=product.id))
     assert got.stock == 0
-    rows = await query(stack.db_url,
-                       "SELECT COUNT(*), COUNT(DISTINCT user_id) FROM orders WHERE activity_id = %s",
-                       (activity.id,))
+    rows = await query(
+        stack.db_url,
+        "SELECT COUNT(*), COUNT(DISTINCT user_id) FROM orders WHERE activity_id = %s",
+        (activity.id,),
+    )
     assert rows == [(STOCK, STOCK)]
     [(stock,)] = await query(stack.db_url, "SELECT stock FROM products WHERE id = %s",
                              (product.id,))
