@@ -1,0 +1,62 @@
+# Developer entry points. Every variable below can be overridden from the environment or the
+# command line, e.g. `make up MARIADB_PORT=3310` or `make run DEMO_ARGS="--users 2000"`.
+# Only python3 must exist beforehand: `make run` creates the venv, a private MariaDB (installing
+# mariadb-server through apt when missing and run as root) and the services.
+
+BOOTSTRAP_PYTHON ?= python3
+VENV ?= .venv
+MARIADB_PORT ?= 3307
+MARIADB_DIR ?= .run/mariadb
+DEMO_ARGS ?=
+export MARIADB_PORT MARIADB_DIR
+
+PY := $(VENV)/bin/python
+# Re-install when the dependencies change, not on every run.
+STAMP := $(VENV)/.installed
+PROTOS := $(wildcard protos/seckill/v1/*.proto)
+
+.PHONY: venv gen check-gen up down status demo run test lint
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+gen: venv
+	$(PY) -m grpc_tools.protoc -I protos --python_out=gen --grpc_python_out=gen --pyi_out=gen $(PROTOS)
+	@# protoc writes no __init__.py; these make `seckill.v1` a regular package.
+	touch gen/seckill/__init__.py gen/seckill/v1/__init__.py
+
+# CI: the committed gen/ must be what the committed protos/ generate.
+check-gen: gen
+	@if [ -n "$$(git status --porcelain -- gen/)" ]; then \
+		echo "gen/ is out of date with protos/: run 'make gen' and commit gen/" >&2; \
+		git status --porcelain -- gen/ >&2; \
+		exit 1; \
+	fi
+
+up: venv
+	STACK_PYTHON=$(PY) scripts/stack.sh up
+
+down:
+	scripts/stack.sh down
+
+# Exit 3 (something stopped) is an answer here, not a failure of make.
+status:
+	@scripts/stack.sh status || true
+
+# Uses the settings (addresses, admin token) of the stack that `make up` started.
+demo: venv
+	@test -f .run/stack.env || { echo "the stack is not up: run 'make up' first" >&2; exit 1; }
+	. ./.run/stack.env && PYTHONPATH=.:gen $(PY) -m seckill_cli.demo $(DEMO_ARGS)
+
+run: up
+	$(MAKE) --no-print-directory demo
+
+test: venv
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check .

@@ -1,0 +1,1 @@
+"""Command-line tools around the running services: readiness wait and the demo."""
