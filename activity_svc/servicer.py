@@ -26,8 +26,9 @@ from seckill_common.validation import (
     Violations,
     db_time,
     decode_page_token,
-    encode_page_token,
+    page_of,
     page_size,
+    require_id,
     to_datetime,
     to_timestamp,
     update_paths,
@@ -77,9 +78,7 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
     async def CreateActivity(self, request: activity_pb2.CreateActivityRequest,
                              context: ServicerContext) -> activity_pb2.Activity:
         violations = Violations()
-        if not request.HasField("activity"):
-            violations.add("activity", "is required")
-        violations.check()
+        violations.present(request, "activity")
         activity = request.activity
         violations.positive_id("activity.product_id", activity.product_id)
         _check_fields(violations, activity, list(repository.UPDATABLE))
@@ -95,9 +94,7 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
 
     async def GetActivity(self, request: activity_pb2.GetActivityRequest,
                           context: ServicerContext) -> activity_pb2.Activity:
-        violations = Violations()
-        violations.positive_id("id", request.id)
-        violations.check()
+        require_id(request.id)
         row = await self._db.run(lambda cur: repository.get(cur, request.id))
         return to_proto(row, await self._get_product(row.product_id))
 
@@ -106,19 +103,14 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
         limit = page_size(request.page_size)
         after = decode_page_token(request.page_token, {})
         rows = await self._db.run(lambda cur: repository.list_page(cur, after, limit + 1))
-        response = activity_pb2.ListActivitiesResponse(
-            activities=[to_proto(row) for row in rows[:limit]]
-        )
-        if len(rows) > limit:
-            response.next_page_token = encode_page_token(rows[limit - 1].id, {})
-        return response
+        page, token = page_of(rows, limit, {})
+        return activity_pb2.ListActivitiesResponse(
+            activities=[to_proto(row) for row in page], next_page_token=token)
 
     async def UpdateActivity(self, request: activity_pb2.UpdateActivityRequest,
                              context: ServicerContext) -> activity_pb2.Activity:
         violations = Violations()
-        if not request.HasField("activity"):
-            violations.add("activity", "is required")
-        violations.check()
+        violations.present(request, "activity")
         activity = request.activity
         violations.positive_id("activity.id", activity.id)
         violations.check()
@@ -135,9 +127,7 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
 
     async def DeleteActivity(self, request: activity_pb2.DeleteActivityRequest,
                              context: ServicerContext) -> empty_pb2.Empty:
-        violations = Violations()
-        violations.positive_id("id", request.id)
-        violations.check()
+        require_id(request.id)
         await self._db.run(lambda cur: repository.get(cur, request.id))  # NOT_FOUND first
         orders = await call_peer(
             self._orders.ListOrders,

@@ -12,8 +12,9 @@ from seckill_common.validation import (
     MAX_USER_ID_CHARS,
     Violations,
     decode_page_token,
-    encode_page_token,
+    page_of,
     page_size,
+    require_id,
     to_timestamp,
 )
 
@@ -34,9 +35,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
 
     async def GetOrder(self, request: order_pb2.GetOrderRequest,
                        context: ServicerContext) -> order_pb2.Order:
-        violations = Violations()
-        violations.positive_id("id", request.id)
-        violations.check()
+        require_id(request.id)
         return to_proto(await self._db.run(lambda cur: repository.get(cur, request.id)))
 
     async def ListOrders(self, request: order_pb2.ListOrdersRequest,
@@ -57,15 +56,12 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
             after_id=after,
             limit=limit + 1,
         ))
-        response = order_pb2.ListOrdersResponse(orders=[to_proto(row) for row in rows[:limit]])
-        if len(rows) > limit:
-            response.next_page_token = encode_page_token(rows[limit - 1].id, filters)
-        return response
+        page, token = page_of(rows, limit, filters)
+        return order_pb2.ListOrdersResponse(
+            orders=[to_proto(row) for row in page], next_page_token=token)
 
     async def DeleteOrder(self, request: order_pb2.DeleteOrderRequest,
                           context: ServicerContext) -> empty_pb2.Empty:
-        violations = Violations()
-        violations.positive_id("id", request.id)
-        violations.check()
+        require_id(request.id)
         await self._db.run(lambda cur: repository.cancel(cur, request.id))
         return empty_pb2.Empty()

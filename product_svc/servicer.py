@@ -13,8 +13,9 @@ from seckill_common.validation import (
     MAX_NAME_CHARS,
     Violations,
     decode_page_token,
-    encode_page_token,
+    page_of,
     page_size,
+    require_id,
     to_timestamp,
     update_paths,
 )
@@ -52,9 +53,7 @@ class ProductServicer(product_pb2_grpc.ProductServiceServicer):
     async def CreateProduct(self, request: product_pb2.CreateProductRequest,
                             context: ServicerContext) -> product_pb2.Product:
         violations = Violations()
-        if not request.HasField("product"):
-            violations.add("product", "is required")
-        violations.check()
+        violations.present(request, "product")
         product = request.product
         _check_fields(violations, product, list(repository.UPDATABLE))
         violations.check()
@@ -64,9 +63,7 @@ class ProductServicer(product_pb2_grpc.ProductServiceServicer):
 
     async def GetProduct(self, request: product_pb2.GetProductRequest,
                          context: ServicerContext) -> product_pb2.Product:
-        violations = Violations()
-        violations.positive_id("id", request.id)
-        violations.check()
+        require_id(request.id)
         return to_proto(await self._db.run(lambda cur: repository.get(cur, request.id)))
 
     async def ListProducts(self, request: product_pb2.ListProductsRequest,
@@ -75,19 +72,14 @@ class ProductServicer(product_pb2_grpc.ProductServiceServicer):
         after = decode_page_token(request.page_token, {})
         # One row more than asked tells whether another page exists.
         rows = await self._db.run(lambda cur: repository.list_page(cur, after, limit + 1))
-        response = product_pb2.ListProductsResponse(
-            products=[to_proto(row) for row in rows[:limit]]
-        )
-        if len(rows) > limit:
-            response.next_page_token = encode_page_token(rows[limit - 1].id, {})
-        return response
+        page, token = page_of(rows, limit, {})
+        return product_pb2.ListProductsResponse(
+            products=[to_proto(row) for row in page], next_page_token=token)
 
     async def UpdateProduct(self, request: product_pb2.UpdateProductRequest,
                             context: ServicerContext) -> product_pb2.Product:
         violations = Violations()
-        if not request.HasField("product"):
-            violations.add("product", "is required")
-        violations.check()
+        violations.present(request, "product")
         product = request.product
         violations.positive_id("product.id", product.id)
         violations.check()
@@ -101,8 +93,6 @@ class ProductServicer(product_pb2_grpc.ProductServiceServicer):
 
     async def DeleteProduct(self, request: product_pb2.DeleteProductRequest,
                             context: ServicerContext) -> empty_pb2.Empty:
-        violations = Violations()
-        violations.positive_id("id", request.id)
-        violations.check()
+        require_id(request.id)
         await self._db.run(lambda cur: repository.delete(cur, request.id))
         return empty_pb2.Empty()

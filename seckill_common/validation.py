@@ -9,14 +9,16 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from seckill_common.errors import InvalidArgument
 
+T = TypeVar("T")
 MAX_MONEY_OR_STOCK = 10**12
 MAX_NAME_CHARS = 200
 MAX_DESCRIPTION_CHARS = 10_000
@@ -42,6 +44,12 @@ class Violations:
     def check(self) -> None:
         if self.items:
             raise InvalidArgument(self.items)
+
+    def present(self, message: Message, field: str) -> None:
+        """A required message-typed field is set (raises at once: nothing else to check)."""
+        if not message.HasField(field):
+            self.add(field, "is required")
+            self.check()
 
     def positive_id(self, field: str, value: int) -> None:
         if value <= 0:
@@ -97,6 +105,14 @@ def db_time(value: datetime) -> datetime:
     return value.astimezone(UTC).replace(tzinfo=None)
 
 
+def require_id(value: int, field: str = "id") -> int:
+    """The id of a Get/Delete request, or INVALID_ARGUMENT."""
+    violations = Violations()
+    violations.positive_id(field, value)
+    violations.check()
+    return value
+
+
 def page_size(value: int) -> int:
     if value < 0:
         raise InvalidArgument({"page_size": "must not be negative"})
@@ -132,6 +148,14 @@ def decode_page_token(token: str, filters: Mapping[str, object]) -> int:
             {"page_token": "does not belong to this list request (filters changed?)"}
         )
     return after
+
+
+def page_of(rows: Sequence[T], limit: int, filters: Mapping[str, object]) -> tuple[
+        Sequence[T], str]:
+    """Splits `limit + 1` fetched rows into the page and the next page's token ("" if none)."""
+    if len(rows) <= limit:
+        return rows, ""
+    return rows[:limit], encode_page_token(rows[limit - 1].id, filters)  # type: ignore[attr-defined]
 
 
 def update_paths(
