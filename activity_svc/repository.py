@@ -161,13 +161,19 @@ def _precondition(reason: str, message: str, activity_id: int) -> Refused:
     return Refused(FailedPrecondition(reason, message, {"activity_id": str(activity_id)}))
 
 
+@dataclass(frozen=True)
+class BatchResult:
+    outcomes: list[Outcome]  # one per attempt, in order
+    stock_left: int | None  # committed stock after this batch; None: the product is gone
+
+
 async def seckill(cur: aiomysql.Cursor, product_id: int,
-                  attempts: Sequence[SeckillAttempt]) -> list[Outcome]:
+                  attempts: Sequence[SeckillAttempt]) -> BatchResult:
     """Decides and records a batch of seckills on one product, first come first served.
 
     One transaction: lock the stock row, read the activities' windows (the database's clock
     decides), skip users who already hold an order, insert the winners' orders, decrement the
-    stock by their count. Returns one outcome per attempt, in order. The caller commits.
+    stock by their count. The caller commits.
     """
     stock = await _lock_stock_row(cur, product_id)
     activity_ids = sorted({a.activity_id for a in attempts})
@@ -181,7 +187,7 @@ async def seckill(cur: aiomysql.Cursor, product_id: int,
     held = await _existing_orders(cur, attempts)
 
     outcomes: list[Outcome | None] = []
-    winners: list[SeckillAttempt] = []
+    winners: dict[tuple[int, str], SeckillAttempt] = {}  # insertion order = arrival order
     remaining = stock or 0
     for attempt in attempts:
         key = (attempt.activity_id, attempt.user_id)
@@ -190,7 +196,7 @@ async def seckill(cur: aiomysql.Cursor, product_id: int,
             outcomes.append(Refused(NotFound("Activity", attempt.activity_id)))
         elif key in held:
             outcomes.append(already_purchased(held[key]))
-        elif any((w.activity_id, w.user_id) == key for w in winners):
+        elif key in winners:
             outcomes.append(None)  # a twin of a winner in this batch: filled in below
         elif not window[1]:
             outcomes.append(_precondition("NOT_STARTED", "the sale has not started yet",
@@ -201,14 +207,15 @@ async def seckill(cur: aiomysql.Cursor, product_id: int,
             outcomes.append(_precondition("SOLD_OUT", "sold out", attempt.activity_id))
         else:
             remaining -= 1
-            winners.append(attempt)
+            winners[key] = attempt
             outcomes.append(None)
     if not winners:
-        return [o for o in outcomes if o is not None]  # no twins without winners
+        # No twins without winners, so every outcome is decided.
+        return BatchResult([o for o in outcomes if o is not None], stock)
 
     rows = ", ".join(["(%s, %s, %s, UTC_TIMESTAMP(6))"] * len(winners))
     params: list[object] = []
-    for w in winners:
+    for w in winners.values():
         params += [w.activity_id, product_id, w.user_id]
     await cur.execute(
         f"INSERT INTO orders (activity_id, product_id, user_id, create_time) VALUES {rows}",
@@ -218,21 +225,33 @@ async def seckill(cur: aiomysql.Cursor, product_id: int,
         "UPDATE products SET stock = stock - %s, update_time = UTC_TIMESTAMP(6) WHERE id = %s",
         (len(winners), product_id),
     )
-    created = await _existing_orders(cur, winners, with_time=True)
+    created = await _existing_orders(cur, list(winners.values()), with_time=True)
     result: list[Outcome] = []
-    first_seen: set[tuple[int, str]] = set()
+    answered: set[tuple[int, str]] = set()
     for attempt, outcome in zip(attempts, outcomes, strict=True):
         if outcome is not None:
             result.append(outcome)
             continue
         key = (attempt.activity_id, attempt.user_id)
         order_id, create_time = created[key]
-        if key in first_seen:
+        if key in answered:
             result.append(already_purchased(order_id))
         else:
-            first_seen.add(key)
+            answered.add(key)
             result.append(Won(order_id, product_id, create_time))
-    return result
+    return BatchResult(result, remaining)
+
+
+async def orders_of_product(cur: aiomysql.Cursor, product_id: int,
+                            after_id: int) -> list[tuple[int, int, str]]:
+    """(order id, activity id, user id) of the product's orders with ids above `after_id`."""
+    await cur.execute(
+        "SELECT id, activity_id, user_id FROM orders WHERE product_id = %s AND id > %s"
+        " ORDER BY id",
+        (product_id, after_id),
+    )
+    return [(order_id, activity_id, user.decode("utf-8"))
+            for order_id, activity_id, user in await cur.fetchall()]
 
 
 async def _existing_orders(cur: aiomysql.Cursor, attempts: Sequence[SeckillAttempt], *,

@@ -1,19 +1,95 @@
-"""The seckill path between the servicer and the repository's seckill transaction."""
+"""The seckill path between the servicer and the repository's seckill transaction.
+
+A flash sale is a stampede on one row: every buyer of a product needs its stock row's lock, so
+one transaction per buyer serialises them all behind it, and the driver's fixed cost per
+transaction caps the rate. In `coalesced` mode (the default) the buyers of one product that
+arrive while its transaction is in flight, or within a short gathering window after it, are
+decided together by the next single transaction (repository.seckill), first come first
+served; each caller then gets its own answer. An idle product commits at once.
+`per_request` mode keeps one transaction per call, for comparison.
+
+Sold-out fast path: once a committed transaction shows a product's stock at 0, later calls
+for it are answered from memory (SOLD_OUT, or ALREADY_EXISTS for users who hold an order)
+without touching the database, for `soldout_recheck_s` at most; the next call after that
+goes to the database again, which confirms the flag or clears it. So a buyer is never refused
+for longer than that delay (plus one commit) after stock comes back (a cancel, an admin
+update), whichever process made it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
 from activity_svc import repository
-from activity_svc.repository import SeckillAttempt, Won
+from activity_svc.repository import Refused, SeckillAttempt, Won
 from seckill_common.db import Database
+from seckill_common.errors import FailedPrecondition
+
+log = logging.getLogger(__name__)
+
+CommitMode = Literal["coalesced", "per_request"]
+# Past this many orders, a sold-out product is not mirrored in memory (the fast path is off).
+MAX_MIRRORED_ORDERS = 1_000_000
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    mode: CommitMode = "coalesced"
+    batch_window_s: float = 0.002
+    batch_max: int = 500
+    soldout_recheck_s: float = 0.1
+
+
+@dataclass
+class BatchStats:
+    """Running totals of committed batches (bounded memory, however long the sale)."""
+
+    batches: int = 0
+    attempts: int = 0
+    largest: int = 0
+
+    def add(self, size: int) -> None:
+        self.batches += 1
+        self.attempts += size
+        self.largest = max(self.largest, size)
+
+    @property
+    def mean(self) -> float:
+        return self.attempts / self.batches if self.batches else 0.0
+
+
+@dataclass
+class _Pending:
+    attempt: SeckillAttempt
+    future: asyncio.Future[Won]
+
+
+@dataclass
+class _SoldOut:
+    """A product seen with stock 0 by a committed transaction, and who holds its orders."""
+
+    confirmed_at: float  # monotonic time of the transaction start that saw stock 0
+    holders: dict[tuple[int, str], int] = field(default_factory=dict)  # -> order id
+    last_order_id: int = 0
 
 
 class SeckillEngine:
-    """Commits each Seckill in its own transaction on the product's stock row."""
-
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, settings: EngineSettings | None = None) -> None:
         self._db = database
+        self.settings = settings or EngineSettings()
         # activity id -> product id; safe to cache because an activity's product never changes.
         self._product_of: dict[int, int] = {}
+        self._queues: dict[int, deque[_Pending]] = {}
+        self._arrived: dict[int, asyncio.Event] = {}
+        # Strong references: the event loop keeps only weak ones to tasks.
+        self._committers: dict[int, asyncio.Task[None]] = {}
+        self._sold_out: dict[int, _SoldOut] = {}
+        self.stats = BatchStats()
 
     async def product_of(self, activity_id: int) -> int:
         product_id = self._product_of.get(activity_id)
@@ -26,9 +102,128 @@ class SeckillEngine:
         """The committed order, or raises the refusal (a `ServiceError`)."""
         product_id = await self.product_of(activity_id)
         attempt = SeckillAttempt(activity_id, user_id)
-        (outcome,) = await self._db.run(
-            lambda cur: repository.seckill(cur, product_id, [attempt])
-        )
-        if isinstance(outcome, repository.Refused):
+        self._refuse_if_sold_out(product_id, attempt)
+        if self.settings.mode == "per_request":
+            return await self._commit_one(product_id, attempt)
+        future: asyncio.Future[Won] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(product_id, deque()).append(_Pending(attempt, future))
+        self._arrived.setdefault(product_id, asyncio.Event()).set()
+        if product_id not in self._committers:
+            self._committers[product_id] = asyncio.create_task(
+                self._commit_loop(product_id), name=f"seckill-commit-{product_id}")
+        return await future
+
+    # --- sold-out fast path -------------------------------------------------------------
+
+    def _refuse_if_sold_out(self, product_id: int, attempt: SeckillAttempt) -> None:
+        entry = self._sold_out.get(product_id)
+        if entry is None:
+            return
+        if time.monotonic() - entry.confirmed_at >= self.settings.soldout_recheck_s:
+            return  # stale: let the database decide (and confirm or clear the flag)
+        order_id = entry.holders.get((attempt.activity_id, attempt.user_id))
+        if order_id is not None:
+            raise repository.already_purchased(order_id).error
+        raise FailedPrecondition("SOLD_OUT", "sold out",
+                                 {"activity_id": str(attempt.activity_id)})
+
+    async def _note_stock(self, product_id: int, stock_left: int | None, seen_at: float) -> None:
+        if self.settings.soldout_recheck_s <= 0:
+            return
+        if stock_left != 0:
+            self._sold_out.pop(product_id, None)
+            return
+        entry = self._sold_out.setdefault(product_id, _SoldOut(seen_at))
+        entry.confirmed_at = max(entry.confirmed_at, seen_at)
+        # Mirror the orders committed since the last look, so repeat buyers still learn
+        # their order id (ALREADY_EXISTS) from the fast path.
+        newer = await self._db.run(
+            lambda cur: repository.orders_of_product(cur, product_id, entry.last_order_id))
+        for order_id, activity_id, user_id in newer:
+            entry.holders[(activity_id, user_id)] = order_id
+            entry.last_order_id = max(entry.last_order_id, order_id)
+        if len(entry.holders) > MAX_MIRRORED_ORDERS:
+            self._sold_out.pop(product_id, None)
+
+    # --- committing ---------------------------------------------------------------------
+
+    async def _run_batch(self, product_id: int,
+                         attempts: list[SeckillAttempt]) -> list[repository.Outcome]:
+        started = time.monotonic()
+        result = await self._db.run(lambda cur: repository.seckill(cur, product_id, attempts))
+        self.stats.add(len(attempts))
+        try:
+            await self._note_stock(product_id, result.stock_left, started)
+        except Exception:  # the fast path is an optimisation: never fail the committed batch
+            log.warning("could not refresh the sold-out state of product %s", product_id,
+                        exc_info=True)
+            self._sold_out.pop(product_id, None)
+        return result.outcomes
+
+    async def _commit_one(self, product_id: int, attempt: SeckillAttempt) -> Won:
+        (outcome,) = await self._run_batch(product_id, [attempt])
+        if isinstance(outcome, Refused):
             raise outcome.error
         return outcome
+
+    async def _commit_loop(self, product_id: int) -> None:
+        """Commits the product's queue batch by batch until it is empty, then ends."""
+        queue = self._queues[product_id]
+        arrived = self._arrived[product_id]
+        first = True
+        try:
+            while queue:
+                if not first and len(queue) < self.settings.batch_max:
+                    await self._gather(queue, arrived)
+                first = False
+                batch = self._take_batch(queue)
+                if batch:
+                    await self._commit_batch(product_id, batch)
+        except asyncio.CancelledError:
+            while queue:  # shutting down: nobody will commit these
+                queue.popleft().future.cancel()
+            raise
+        finally:
+            del self._committers[product_id]
+
+    async def _gather(self, queue: deque[_Pending], arrived: asyncio.Event) -> None:
+        """Waits up to the gathering window for the batch to fill."""
+        deadline = time.monotonic() + self.settings.batch_window_s
+        while len(queue) < self.settings.batch_max:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            arrived.clear()
+            try:
+                await asyncio.wait_for(arrived.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self, queue: deque[_Pending]) -> list[_Pending]:
+        batch: list[_Pending] = []
+        while queue and len(batch) < self.settings.batch_max:
+            pending = queue.popleft()
+            if not pending.future.done():  # skip callers that gave up (deadline, cancel)
+                batch.append(pending)
+        return batch
+
+    async def _commit_batch(self, product_id: int, batch: list[_Pending]) -> None:
+        try:
+            outcomes = await self._run_batch(product_id, [p.attempt for p in batch])
+        except asyncio.CancelledError:
+            for pending in batch:
+                pending.future.cancel()
+            raise
+        except Exception as exc:
+            # The transaction rolled back as a whole: every caller in it gets the error.
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+            return
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            if pending.future.done():
+                continue  # the caller left; a retry will find its order (ALREADY_EXISTS)
+            if isinstance(outcome, Refused):
+                pending.future.set_exception(outcome.error)
+            else:
+                pending.future.set_result(outcome)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 from seckill.v1 import activity_pb2, activity_pb2_grpc, order_pb2_grpc, product_pb2_grpc
 
-from activity_svc.seckill import SeckillEngine
+from activity_svc.seckill import EngineSettings, SeckillEngine
 from activity_svc.servicer import ActivityServicer
 from seckill_common.clients import open_channel
 from seckill_common.config import Settings
@@ -21,7 +21,12 @@ async def add_servicers(server: grpc.aio.Server, database: Database,
     order_channel = open_channel(settings.order_addr)
     servicer = ActivityServicer(
         database,
-        SeckillEngine(database),
+        SeckillEngine(database, EngineSettings(
+            mode=settings.commit_mode,  # type: ignore[arg-type]
+            batch_window_s=settings.batch_window_s,
+            batch_max=settings.batch_max,
+            soldout_recheck_s=settings.soldout_recheck_s,
+        )),
         product_pb2_grpc.ProductServiceStub(product_channel),
         order_pb2_grpc.OrderServiceStub(order_channel),
         settings.peer_timeout_s,

@@ -76,6 +76,13 @@ def _float(env: dict[str, str], name: str, default: float, lo: float, hi: float)
     return value
 
 
+def _choice(env: dict[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name) or default
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob of a service process. See the README's configuration table."""
@@ -93,6 +100,11 @@ class Settings:
     shutdown_grace_s: float
     health_interval_s: float
     log_level: str
+    commit_mode: str
+    batch_window_s: float
+    batch_max: int
+    soldout_recheck_s: float
+    workers: int
 
     def listen_addr(self, service: str) -> str:
         return {"product": self.product_addr, "activity": self.activity_addr,
@@ -121,4 +133,11 @@ class Settings:
             shutdown_grace_s=_float(env, "SECKILL_SHUTDOWN_GRACE", 5.0, 0.0, 300.0),
             health_interval_s=_float(env, "SECKILL_HEALTH_INTERVAL", 1.0, 0.05, 60.0),
             log_level=(env.get("SECKILL_LOG_LEVEL") or "INFO").upper(),
+            commit_mode=_choice(env, "SECKILL_COMMIT_MODE", "coalesced",
+                                ("coalesced", "per_request")),
+            batch_window_s=_float(env, "SECKILL_BATCH_WINDOW_MS", 2.0, 0.0, 1000.0) / 1000,
+            batch_max=_int(env, "SECKILL_BATCH_MAX", 500, 1, 10_000),
+            soldout_recheck_s=_float(env, "SECKILL_SOLDOUT_RECHECK_MS", 100.0, 0.0,
+                                     60_000.0) / 1000,
+            workers=_int(env, "SECKILL_WORKERS", os.cpu_count() or 1, 1, 256),
         )

@@ -120,7 +120,8 @@ class Database:
             raise
         try:
             async with conn.cursor() as cur:
-                await conn.begin()
+                # autocommit is off: the first statement opens the transaction, which saves
+                # the round trip of an explicit BEGIN.
                 yield cur
                 await conn.commit()
         except asyncio.CancelledError:

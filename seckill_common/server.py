@@ -8,6 +8,7 @@ health in step with the database afterwards. Shutdown (SIGTERM/SIGINT): NOT_SERV
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -25,6 +26,7 @@ from seckill_common.config import Settings
 from seckill_common.db import Database, create_pool, wait_for_server
 from seckill_common.interceptors import interceptors_for
 from seckill_common.migrations import migrate
+from seckill_common.workers import is_worker, supervise
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,6 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
-    ("grpc.so_reuseport", 0),
     # grpc-core cancels calls that wait for the application beyond 1,000 pending (CANCELLED,
     # which a client cannot tell from its own cancel). A flash sale arrives as one burst, so
     # queue far more and let the calls be answered.
@@ -136,7 +137,8 @@ class RunningService:
 
 
 async def start_service(
-    definition: ServiceDefinition, settings: Settings, listen_addr: str | None = None
+    definition: ServiceDefinition, settings: Settings, listen_addr: str | None = None,
+    *, reuse_port: bool = False,
 ) -> RunningService:
     """Starts a service and returns once it is listening (health SERVING if the DB is up)."""
     await wait_for_server(settings)
@@ -145,7 +147,8 @@ async def start_service(
 
     server = grpc.aio.server(
         interceptors=interceptors_for(definition.admin_methods, settings.admin_token),
-        options=SERVER_OPTIONS,
+        # Workers share their port on purpose; a lone server must not share it by accident.
+        options=[*SERVER_OPTIONS, ("grpc.so_reuseport", int(reuse_port))],
     )
     cleanups = await definition.add_servicers(server, database, settings)
 
@@ -168,11 +171,26 @@ async def start_service(
     return running
 
 
-def main(definition: ServiceDefinition) -> None:
+def parse_args(definition: ServiceDefinition, argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {definition.name}_svc",
+        description=f"Runs the seckill {definition.name} service (configured by SECKILL_* "
+                    "environment variables, see the README).",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None,
+        help="server processes sharing the port (SO_REUSEPORT); default SECKILL_WORKERS, "
+             "else the number of cores",
+    )
+    return parser.parse_args(argv)
+
+
+def main(definition: ServiceDefinition, argv: list[str] | None = None) -> None:
     """Process entry point: JSON logs, config from the environment, run until a signal."""
     from seckill_common.config import ConfigError
     from seckill_common.logs import setup_logging
 
+    args = parse_args(definition, argv)
     setup_logging(definition.name)
     try:
         settings = Settings.from_env()
@@ -180,9 +198,18 @@ def main(definition: ServiceDefinition) -> None:
         log.error("bad configuration: %s", exc)
         raise SystemExit(2) from None
     setup_logging(definition.name, settings.log_level)
+    workers = args.workers if args.workers is not None else settings.workers
+    if workers < 1:
+        log.error("bad configuration: --workers must be at least 1")
+        raise SystemExit(2)
+
+    if workers > 1 and not is_worker():
+        raise SystemExit(asyncio.run(supervise(
+            f"{definition.name}_svc", f"SECKILL_{definition.name.upper()}_ADDR",
+            settings.listen_addr(definition.name), workers)))
 
     async def run() -> None:
-        running = await start_service(definition, settings)
+        running = await start_service(definition, settings, reuse_port=is_worker())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -19,14 +19,20 @@ STOCK = 100
 USERS = 2000
 
 
+@pytest.mark.parametrize(("mode", "workers"), [
+    ("coalesced", "2"),  # two services x two worker processes each, on one database
+    ("per_request", "1"),
+])
 async def test_flash_sale_over_two_processes_never_oversells(
-    stack: Stack, tmp_path: Path
+    stack: Stack, tmp_path: Path, mode: str, workers: str
 ) -> None:
     product = await make_product(stack, stock=STOCK)
     activity = await make_activity(stack, product.id)
     env = subprocess_env(stack.db_url, SECKILL_ACTIVITY_ADDR="127.0.0.1:0",
                          SECKILL_PRODUCT_ADDR=stack.product.address,
-                         SECKILL_ORDER_ADDR=stack.order.address)
+                         SECKILL_ORDER_ADDR=stack.order.address,
+                         SECKILL_COMMIT_MODE=mode, SECKILL_WORKERS=workers,
+                         SECKILL_SOLDOUT_RECHECK_MS="100")
     processes = [ServiceProcess("activity_svc", env, tmp_path / f"activity{i}.log")
                  for i in range(2)]
     await asyncio.gather(*(p.start() for p in processes))
