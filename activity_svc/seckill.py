@@ -89,6 +89,7 @@ class SeckillEngine:
         # Strong references: the event loop keeps only weak ones to tasks.
         self._committers: dict[int, asyncio.Task[None]] = {}
         self._sold_out: dict[int, _SoldOut] = {}
+        self._stock_seen_at: dict[int, float] = {}  # start of the newest transaction's look
         self.stats = BatchStats()
 
     async def product_of(self, activity_id: int) -> int:
@@ -128,22 +129,33 @@ class SeckillEngine:
                                  {"activity_id": str(attempt.activity_id)})
 
     async def _note_stock(self, product_id: int, stock_left: int | None, seen_at: float) -> None:
+        """Records what a committed transaction (started at `seen_at`) saw of the stock."""
         if self.settings.soldout_recheck_s <= 0:
             return
+        latest = self._stock_seen_at.get(product_id, float("-inf"))
+        if seen_at < latest:
+            return  # a newer transaction already told us more
+        self._stock_seen_at[product_id] = seen_at
         if stock_left != 0:
             self._sold_out.pop(product_id, None)
             return
-        entry = self._sold_out.setdefault(product_id, _SoldOut(seen_at))
-        entry.confirmed_at = max(entry.confirmed_at, seen_at)
-        # Mirror the orders committed since the last look, so repeat buyers still learn
-        # their order id (ALREADY_EXISTS) from the fast path.
+        # Mirror the orders committed since the last look before the flag is published, so
+        # repeat buyers learn their order id (ALREADY_EXISTS) from the fast path.
+        entry = self._sold_out.get(product_id)
+        after = entry.last_order_id if entry else 0
         newer = await self._db.run(
-            lambda cur: repository.orders_of_product(cur, product_id, entry.last_order_id))
+            lambda cur: repository.orders_of_product(cur, product_id, after))
+        if self._stock_seen_at[product_id] != seen_at:
+            return  # stock was seen again meanwhile: that observation decides
+        entry = self._sold_out.get(product_id) or _SoldOut(seen_at)
         for order_id, activity_id, user_id in newer:
             entry.holders[(activity_id, user_id)] = order_id
             entry.last_order_id = max(entry.last_order_id, order_id)
+        entry.confirmed_at = max(entry.confirmed_at, seen_at)
         if len(entry.holders) > MAX_MIRRORED_ORDERS:
             self._sold_out.pop(product_id, None)
+        else:
+            self._sold_out[product_id] = entry
 
     # --- committing ---------------------------------------------------------------------
 

@@ -1,0 +1,132 @@
+"""`seckill-bench`: the command line, with ghz's option names where they exist.
+
+    seckill-bench --call seckill.v1.ActivityService/Seckill \\
+        -d '{"activity_id": 1, "user_id": "user-{{.RequestNumber}}"}' \\
+        -n 20000 -c 64 --connections 4 --procs 2 127.0.0.1:50052
+
+Exit codes: 0 done, 1 an invariant failed, 2 the run could not be done (bad options, unknown
+method, unreachable target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from seckill_bench.config import BenchConfig, ConfigError, parse_duration
+from seckill_bench.runner import BenchError, run
+
+FORMATS = ("summary", "json", "pretty", "html")
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _metadata(text: str) -> dict[str, str]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"metadata is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError('metadata must be a JSON object, e.g. {"key": "value"}')
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="seckill-bench",
+        description="Load-test a unary gRPC method of the seckill services (ghz-like).",
+        epilog="Template placeholders: {{.RequestNumber}} {{.WorkerID}} {{.UUID}} "
+               "{{.TimestampUnix}} {{.TimestampUnixMilli}} {{.TimestampUnixNano}} "
+               "{{.FullyQualifiedName}} {{.MethodName}} {{.ServiceName}}",
+    )
+    p.add_argument("host", help="target address, e.g. 127.0.0.1:50052")
+    p.add_argument("--call", required=True,
+                   help="package.Service/Method (or package.Service.Method)")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("-d", "--data", default="{}", help="request as a JSON template")
+    data.add_argument("-D", "--data-file", type=Path, help="file holding the JSON template")
+    p.add_argument("-n", "--total", type=int, help="number of calls (default 200 without -z)")
+    p.add_argument("-z", "--duration", type=_duration,
+                   help="send calls for this long, e.g. 10s (with -n: whichever comes first)")
+    p.add_argument("-c", "--concurrency", type=int, default=50,
+                   help="calls in flight, in total over all processes (default 50)")
+    p.add_argument("--connections", type=int,
+                   help="channels (TCP connections) in total (default: one per process)")
+    p.add_argument("--procs", type=int, default=1, help="client processes (default 1)")
+    p.add_argument("-m", "--metadata", type=_metadata, default={},
+                   help='call metadata as JSON, e.g. \'{"authorization": "Bearer x"}\'')
+    p.add_argument("-t", "--timeout", type=_duration, default=20.0,
+                   help="deadline of each call (default 20s)")
+    p.add_argument("--connect-timeout", type=_duration, default=10.0,
+                   help="time to wait for the connections (default 10s)")
+    p.add_argument("-O", "--format", choices=FORMATS, default="summary",
+                   help="output format (default summary)")
+    p.add_argument("-o", "--output", type=Path, help="write the output to this file")
+    p.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML report")
+    p.add_argument("--insecure", action="store_true",
+                   help="accepted for ghz compatibility: plaintext is the only mode")
+    p.add_argument("--skip-first", type=int, default=0,
+                   help="leave the first N request numbers out of the statistics")
+    p.add_argument("--name", default="", help="a name for the report")
+    p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
+    check = p.add_argument_group("Seckill invariants (checked after a Seckill run)")
+    check.add_argument("--no-check", action="store_true", help="skip the invariant check")
+    check.add_argument("--order-addr",
+                       help="OrderService address (default $SECKILL_ORDER_ADDR or "
+                            "127.0.0.1:50053)")
+    check.add_argument("--product-addr",
+                       help="read the stock from ProductService here instead of GetActivity")
+    check.add_argument("--initial-stock", type=int,
+                       help="the product's stock before the sale: also check orders == "
+                            "initial stock - remaining stock")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    data = args.data_file.read_text() if args.data_file else args.data
+    return BenchConfig(
+        call=args.call, host=args.host, data=data, total=args.total,
+        duration_s=args.duration, concurrency=args.concurrency, connections=args.connections,
+        procs=args.procs, metadata=args.metadata, timeout_s=args.timeout,
+        connect_timeout_s=args.connect_timeout, skip_first=args.skip_first, name=args.name,
+        progress=not args.no_progress, check=not args.no_check, order_addr=args.order_addr,
+        product_addr=args.product_addr, initial_stock=args.initial_stock, handle_sigint=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        report = run(config)
+    except (BenchError, ConfigError, OSError) as exc:
+        print(f"seckill-bench: error: {exc}", file=sys.stderr)
+        return 2
+    if args.format == "summary":
+        text = report.summary_text()
+    elif args.format == "html":
+        text = report.to_html()
+    else:
+        text = report.to_json(indent=2 if args.format == "pretty" else None) + "\n"
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    if args.html:
+        args.html.write_text(report.to_html(), encoding="utf-8")
+    if not report.invariants_ok:
+        failed = [i.name for i in report.invariants if not i.ok]
+        print(f"seckill-bench: invariant(s) FAILED: {'; '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""After a Seckill run: the platform's promises, checked through the public API.
+
+Before the run the activity's existing orders are listed (the baseline), so "orders listed ==
+OK answers" compares only the orders this run added. That comparison assumes nobody else
+buys in the activity during the run; the other checks hold whoever buys.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import grpc
+from seckill.v1 import (
+    activity_pb2,
+    activity_pb2_grpc,
+    order_pb2,
+    order_pb2_grpc,
+    product_pb2,
+    product_pb2_grpc,
+)
+
+CALL_TIMEOUT_S = 30.0
+PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class Invariant:
+    name: str
+    ok: bool
+    detail: str
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+async def list_orders(order_addr: str, activity_id: int) -> list[order_pb2.Order]:
+    """Every order of the activity, walking ListOrders pages of 1,000."""
+    orders: list[order_pb2.Order] = []
+    async with grpc.aio.insecure_channel(order_addr) as channel:
+        stub = order_pb2_grpc.OrderServiceStub(channel)
+        token = ""
+        while True:
+            page = await stub.ListOrders(
+                order_pb2.ListOrdersRequest(activity_id=activity_id, page_size=PAGE_SIZE,
+                                            page_token=token),
+                timeout=CALL_TIMEOUT_S,
+            )
+            orders.extend(page.orders)
+            token = page.next_page_token
+            if not token:
+                return orders
+
+
+async def remaining_stock(activity_addr: str, product_addr: str | None,
+                          activity_id: int) -> int:
+    """The activity's product's stock: GetActivity's embedded product, or GetProduct."""
+    async with grpc.aio.insecure_channel(activity_addr) as channel:
+        activity = await activity_pb2_grpc.ActivityServiceStub(channel).GetActivity(
+            activity_pb2.GetActivityRequest(id=activity_id), timeout=CALL_TIMEOUT_S)
+    if product_addr is None:
+        return activity.product.stock
+    async with grpc.aio.insecure_channel(product_addr) as channel:
+        product = await product_pb2_grpc.ProductServiceStub(channel).GetProduct(
+            product_pb2.GetProductRequest(id=activity.product_id), timeout=CALL_TIMEOUT_S)
+    return product.stock
+
+
+@dataclass
+class SeckillCheck:
+    activity_addr: str
+    order_addr: str
+    activity_id: int
+    product_addr: str | None = None
+    initial_stock: int | None = None
+    baseline_ids: frozenset[int] = frozenset()
+
+    async def take_baseline(self) -> None:
+        self.baseline_ids = frozenset(
+            o.id for o in await list_orders(self.order_addr, self.activity_id))
+
+    async def verify(self, ok_answers: int, ok_order_ids: Iterable[int]) -> list[Invariant]:
+        try:
+            orders = await list_orders(self.order_addr, self.activity_id)
+            stock = await remaining_stock(self.activity_addr, self.product_addr,
+                                          self.activity_id)
+        except grpc.aio.AioRpcError as exc:
+            return [Invariant("orders and stock readable through the API", False,
+                              f"{exc.code().name}: {exc.details()}")]
+        answered = list(ok_order_ids)
+        listed_ids = {o.id for o in orders}
+        new_ids = listed_ids - self.baseline_ids
+        per_user = Counter(o.user_id for o in orders)
+        doubles = sorted(user for user, n in per_user.items() if n > 1)
+        missing = [i for i in set(answered) if i not in listed_ids]
+        before = (f" ({len(self.baseline_ids)} listed before the run)"
+                  if self.baseline_ids else "")
+        checks = [
+            Invariant("orders listed == OK answers", len(new_ids) == ok_answers,
+                      f"{len(new_ids)} new orders listed{before}, {ok_answers} OK answers"),
+            Invariant("every OK answer's order id is listed", not missing,
+                      f"{len(missing)} of {len(set(answered))} missing"
+                      + (f", e.g. {missing[:5]}" if missing else "")),
+            Invariant("no order id answered OK twice", len(set(answered)) == len(answered),
+                      f"{len(answered)} OK order ids, {len(set(answered))} distinct"),
+            Invariant("no user holds two orders", not doubles,
+                      f"{len(per_user)} buyers" + (f"; twice: {doubles[:5]}" if doubles else "")),
+            Invariant("remaining stock >= 0", stock >= 0, f"remaining stock {stock}"),
+        ]
+        if self.initial_stock is not None:
+            sold = self.initial_stock - stock
+            checks.append(Invariant(
+                "orders == initial stock - remaining stock", len(orders) == sold,
+                f"{len(orders)} orders, {self.initial_stock} - {stock} = {sold}"))
+        return checks
