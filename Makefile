@@ -8,6 +8,7 @@ VENV ?= .venv
 MARIADB_PORT ?= 3307
 MARIADB_DIR ?= .run/mariadb
 DEMO_ARGS ?=
+BENCH_ARGS ?=
 export MARIADB_PORT MARIADB_DIR
 
 PY := $(VENV)/bin/python
@@ -15,7 +16,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/seckill/v1/*.proto)
 
-.PHONY: venv gen check-gen up down status demo run test lint
+.PHONY: venv gen check-gen up down status demo run test lint bench
 
 venv: $(STAMP)
 
@@ -60,3 +61,8 @@ test: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+
+# The benchmark table of BENCHMARKS.md, on a stack of its own (a few minutes), e.g.
+# `make bench BENCH_ARGS="--soak-seconds 0"`.
+bench: venv
+	$(PY) -m seckill_bench.table $(BENCH_ARGS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 from seckill.v1 import activity_pb2, activity_pb2_grpc, order_pb2_grpc, product_pb2_grpc
 
@@ -12,6 +14,7 @@ from seckill_common.config import Settings
 from seckill_common.db import Database
 from seckill_common.server import Cleanup, ServiceDefinition
 
+log = logging.getLogger(__name__)
 SERVICE_NAME = activity_pb2.DESCRIPTOR.services_by_name["ActivityService"].full_name
 
 
@@ -19,20 +22,28 @@ async def add_servicers(server: grpc.aio.Server, database: Database,
                         settings: Settings) -> list[Cleanup]:
     product_channel = open_channel(settings.product_addr)
     order_channel = open_channel(settings.order_addr)
-    servicer = ActivityServicer(
-        database,
-        SeckillEngine(database, EngineSettings(
+    engine = SeckillEngine(database, EngineSettings(
             mode=settings.commit_mode,  # type: ignore[arg-type]
             batch_window_s=settings.batch_window_s,
             batch_max=settings.batch_max,
             soldout_recheck_s=settings.soldout_recheck_s,
-        )),
+    ))
+    servicer = ActivityServicer(
+        database,
+        engine,
         product_pb2_grpc.ProductServiceStub(product_channel),
         order_pb2_grpc.OrderServiceStub(order_channel),
         settings.peer_timeout_s,
     )
     activity_pb2_grpc.add_ActivityServiceServicer_to_server(servicer, server)
-    return [product_channel.close, order_channel.close]
+
+    async def report() -> None:
+        stats = engine.stats
+        log.info("seckill batches", extra={"batches": stats.batches, "attempts": stats.attempts,
+                                           "mean": round(stats.mean, 2),
+                                           "largest": stats.largest})
+
+    return [report, product_channel.close, order_channel.close]
 
 
 DEFINITION = ServiceDefinition(

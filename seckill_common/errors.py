@@ -6,6 +6,7 @@ statuses, so no servicer calls `context.abort`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 
 import grpc
@@ -78,6 +79,17 @@ class NotFound(ServiceError):
         ]
 
 
+@functools.lru_cache(maxsize=1024)
+def _error_info_status(code: int, message: str, reason: str,
+                       metadata: tuple[tuple[str, str], ...]) -> grpc.Status:
+    status = status_pb2.Status(code=code, message=message)
+    packed = any_pb2.Any()
+    packed.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN,
+                                            metadata=dict(metadata)))
+    status.details.append(packed)
+    return rpc_status.to_status(status)
+
+
 class _WithErrorInfo(ServiceError):
     def __init__(self, reason: str, message: str, metadata: Mapping[str, str] | None = None):
         super().__init__(message)
@@ -90,6 +102,11 @@ class _WithErrorInfo(ServiceError):
                 reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata
             )
         ]
+
+    def to_status(self) -> grpc.Status:
+        # A sold-out sale answers the same status thousands of times a second: build it once.
+        return _error_info_status(self.code.value[0], self.message, self.reason,
+                                  tuple(sorted(self.metadata.items())))
 
 
 class AlreadyExists(_WithErrorInfo):

@@ -87,18 +87,19 @@ async def test_a_batch_that_fails_midway_commits_nothing(
     await engine.product_of(activity.id)
     assert await fire(engine, activity.id, ["before"]) == ["won"]
 
-    real = repository._existing_orders
+    real = repository._pipeline
 
-    async def fail_after_the_writes(cur, attempts, *, with_time=False):  # type: ignore[no-untyped-def]
-        if with_time:  # called after INSERT and UPDATE: the connection drops before COMMIT
+    async def fail_after_the_writes(cur, sql, params):  # type: ignore[no-untyped-def]
+        results = await real(cur, sql, params)
+        if sql.startswith("INSERT INTO orders"):  # written, not committed: the link drops
             raise pymysql.err.OperationalError(2013, "Lost connection during query")
-        return await real(cur, attempts, with_time=with_time)
+        return results
 
-    monkeypatch.setattr(repository, "_existing_orders", fail_after_the_writes)
+    monkeypatch.setattr(repository, "_pipeline", fail_after_the_writes)
     tasks = [asyncio.create_task(engine.buy(activity.id, f"u{i}")) for i in range(6)]
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert all(isinstance(r, Unavailable) for r in results), results
-    monkeypatch.setattr(repository, "_existing_orders", real)
+    monkeypatch.setattr(repository, "_pipeline", real)
 
     rows = await query(stack.db_url, "SELECT user_id FROM orders")
     assert rows == [(b"before",)]
