@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from seckill_common.config import Settings
 from seckill_common.db import Database, create_pool, wait_for_server
+from seckill_common.errors import Unavailable
 from seckill_common.interceptors import interceptors_for
 from seckill_common.migrations import migrate
 from seckill_common.workers import is_worker, supervise
@@ -45,6 +46,10 @@ SERVER_OPTIONS = [
 ]
 
 Cleanup = Callable[[], Awaitable[None]]
+
+
+class StartupError(RuntimeError):
+    """A start-up failure explained in one line; logged without a traceback."""
 T = TypeVar("T")
 
 
@@ -163,7 +168,11 @@ async def start_service(
         pool=_MethodAwarePool(),
     )
     addr = listen_addr or settings.listen_addr(definition.name)
-    port = server.add_insecure_port(addr)
+    try:
+        port = server.add_insecure_port(addr)
+    except RuntimeError as exc:  # grpc's message names no cause: the usual one is a busy port
+        await database.close()
+        raise StartupError(f"cannot listen on {addr} (is the port taken?): {exc}") from None
     running = RunningService(
         definition, settings, server, database, health_servicer, port, cleanups
     )
@@ -235,5 +244,6 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> None:
     try:
         run_loop(run())
     except Exception as exc:  # start-up failures: one clear line, non-zero exit
-        log.error("service failed: %s", exc, exc_info=not isinstance(exc, grpc.RpcError))
+        expected = isinstance(exc, StartupError | Unavailable | grpc.RpcError)
+        log.error("service failed: %s", exc, exc_info=not expected)
         raise SystemExit(1) from None
