@@ -167,29 +167,40 @@ class BatchResult:
     stock_left: int | None  # committed stock after this batch; None: the product is gone
 
 
+# The window of an activity as one number, computed by the database: its clock decides.
+_OPEN, _NOT_STARTED, _ENDED = 0, 1, 2
+
+
 async def seckill(cur: aiomysql.Cursor, product_id: int,
                   attempts: Sequence[SeckillAttempt]) -> BatchResult:
     """Decides and records a batch of seckills on one product, first come first served.
 
     One transaction: lock the stock row, read the activities' windows (the database's clock
-    decides), skip users who already hold an order, insert the winners' orders, decrement the
-    stock by their count. The caller commits. Statements travel in two pipelined round trips
-    (the server runs them in order, so the stock row is still locked first): the driver's
-    fixed cost per round trip is what a flash sale pays for.
+    decides, and its reading is the orders' create time), skip users who already hold an
+    order, insert the winners' orders, decrement the stock by their count. The caller commits.
+
+    The statements travel in two pipelined round trips (the server runs them in order, so the
+    stock row is still locked first) and return as few columns as they can: the driver parses
+    every column definition of every result in Python, and that is most of what a flash sale
+    pays per transaction.
     """
     activity_ids = sorted({a.activity_id for a in attempts})
     marks = ", ".join(["%s"] * len(activity_ids))
-    held_sql, held_params = _orders_query(attempts, "user_id, id")
+    users = _users_by_activity(attempts)
+    held_sql, held_params = _orders_query(users)
     stock_rows, window_rows, *held_sets = await _pipeline(
         cur,
         "SELECT stock FROM products WHERE id = %s FOR UPDATE; "
-        "SELECT id, product_id, start_time <= UTC_TIMESTAMP(6), end_time <= UTC_TIMESTAMP(6)"
-        f" FROM activities WHERE id IN ({marks}) LOCK IN SHARE MODE; " + held_sql,
-        (product_id, *activity_ids, *held_params),
+        f"SELECT id, IF(start_time > UTC_TIMESTAMP(6), {_NOT_STARTED},"
+        f" IF(end_time <= UTC_TIMESTAMP(6), {_ENDED}, {_OPEN})), UTC_TIMESTAMP(6)"
+        f" FROM activities WHERE id IN ({marks}) AND product_id = %s LOCK IN SHARE MODE; "
+        + held_sql,
+        (product_id, *activity_ids, product_id, *held_params),
     )
     stock = int(stock_rows[0][0]) if stock_rows else None
-    windows = {row[0]: (row[1], bool(row[2]), bool(row[3])) for row in window_rows}
-    held = {key: order_id for key, (order_id,) in _by_key(held_sets)}
+    windows = {row[0]: row[1] for row in window_rows}
+    now = window_rows[0][2] if window_rows else None
+    held = _by_key(users, held_sets)
 
     outcomes: list[Outcome | None] = []
     winners: dict[tuple[int, str], SeckillAttempt] = {}  # insertion order = arrival order
@@ -197,16 +208,16 @@ async def seckill(cur: aiomysql.Cursor, product_id: int,
     for attempt in attempts:
         key = (attempt.activity_id, attempt.user_id)
         window = windows.get(attempt.activity_id)
-        if stock is None or window is None or window[0] != product_id:
+        if stock is None or window is None:
             outcomes.append(Refused(NotFound("Activity", attempt.activity_id)))
         elif key in held:
             outcomes.append(already_purchased(held[key]))
         elif key in winners:
             outcomes.append(None)  # a twin of a winner in this batch: filled in below
-        elif not window[1]:
+        elif window == _NOT_STARTED:
             outcomes.append(_precondition("NOT_STARTED", "the sale has not started yet",
                                           attempt.activity_id))
-        elif window[2]:
+        elif window == _ENDED:
             outcomes.append(_precondition("ENDED", "the sale has ended", attempt.activity_id))
         elif remaining <= 0:
             outcomes.append(_precondition("SOLD_OUT", "sold out", attempt.activity_id))
@@ -218,19 +229,21 @@ async def seckill(cur: aiomysql.Cursor, product_id: int,
         # No twins without winners, so every outcome is decided.
         return BatchResult([o for o in outcomes if o is not None], stock)
 
-    rows = ", ".join(["(%s, %s, %s, UTC_TIMESTAMP(6))"] * len(winners))
+    assert now is not None
+    rows = ", ".join(["(%s, %s, %s, %s)"] * len(winners))
     params: list[object] = []
     for w in winners.values():
-        params += [w.activity_id, product_id, w.user_id]
-    created_sql, created_params = _orders_query(list(winners.values()), "user_id, id, create_time")
+        params += [w.activity_id, product_id, w.user_id, now]
+    won_users = _users_by_activity(list(winners.values()))
+    created_sql, created_params = _orders_query(won_users)
     _, _, *created_sets = await _pipeline(
         cur,
         f"INSERT INTO orders (activity_id, product_id, user_id, create_time) VALUES {rows}; "
-        "UPDATE products SET stock = stock - %s, update_time = UTC_TIMESTAMP(6) WHERE id = %s; "
+        "UPDATE products SET stock = stock - %s, update_time = %s WHERE id = %s; "
         + created_sql,
-        (*params, len(winners), product_id, *created_params),
+        (*params, len(winners), now, product_id, *created_params),
     )
-    created = dict(_by_key(created_sets))
+    created = _by_key(won_users, created_sets)
     result: list[Outcome] = []
     answered: set[tuple[int, str]] = set()
     for attempt, outcome in zip(attempts, outcomes, strict=True):
@@ -238,12 +251,12 @@ async def seckill(cur: aiomysql.Cursor, product_id: int,
             result.append(outcome)
             continue
         key = (attempt.activity_id, attempt.user_id)
-        order_id, create_time = created[key]
+        order_id = created[key]
         if key in answered:
             result.append(already_purchased(order_id))
         else:
             answered.add(key)
-            result.append(Won(order_id, product_id, create_time))
+            result.append(Won(order_id, product_id, now))
     return BatchResult(result, remaining)
 
 
@@ -259,24 +272,29 @@ async def orders_of_product(cur: aiomysql.Cursor, product_id: int,
             for order_id, activity_id, user in await cur.fetchall()]
 
 
-def _orders_query(attempts: Sequence[SeckillAttempt], columns: str) -> tuple[str, list[object]]:
-    """One SELECT per activity of the attempts' orders, through the unique key."""
+def _users_by_activity(attempts: Sequence[SeckillAttempt]) -> dict[int, list[str]]:
     by_activity: dict[int, list[str]] = {}
     for a in attempts:
         by_activity.setdefault(a.activity_id, []).append(a.user_id)
+    return by_activity
+
+
+def _orders_query(users: dict[int, list[str]]) -> tuple[str, list[object]]:
+    """One SELECT (user_id, id) per activity, through the unique key, in `users`' order."""
     statements, params = [], []
-    for activity_id, users in by_activity.items():
-        marks = ", ".join(["%s"] * len(users))
-        statements.append(f"SELECT {activity_id:d} AS activity_id, {columns} FROM orders"
-                          f" WHERE activity_id = %s AND user_id IN ({marks})")
-        params += [activity_id, *users]
+    for activity_id, names in users.items():
+        marks = ", ".join(["%s"] * len(names))
+        statements.append(
+            f"SELECT user_id, id FROM orders WHERE activity_id = %s AND user_id IN ({marks})")
+        params += [activity_id, *names]
     return "; ".join(statements), params
 
 
-def _by_key(result_sets: list[tuple]) -> list[tuple[tuple[int, str], tuple]]:
-    """Rows of `_orders_query` results as ((activity_id, user_id), rest of the row)."""
-    return [((row[0], row[1].decode("utf-8")), tuple(row[2:]))
-            for rows in result_sets for row in rows]
+def _by_key(users: dict[int, list[str]], result_sets: list[tuple]) -> dict[tuple[int, str], int]:
+    """Order ids by (activity_id, user_id) from `_orders_query`'s results, one set per activity."""
+    return {(activity_id, user_id.decode("utf-8")): order_id
+            for activity_id, rows in zip(users, result_sets, strict=True)
+            for user_id, order_id in rows}
 
 
 async def _pipeline(cur: aiomysql.Cursor, sql: str, params: Sequence[object]) -> list[tuple]:
