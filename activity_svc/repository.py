@@ -260,13 +260,13 @@ async def seckill(cur: aiomysql.Cursor, product_id: int,
     return BatchResult(result, remaining)
 
 
-async def orders_of_product(cur: aiomysql.Cursor, product_id: int,
-                            after_id: int) -> list[tuple[int, int, str]]:
+async def orders_of_product(cur: aiomysql.Cursor, product_id: int, after_id: int,
+                            limit: int) -> list[tuple[int, int, str]]:
     """(order id, activity id, user id) of the product's orders with ids above `after_id`."""
     await cur.execute(
         "SELECT id, activity_id, user_id FROM orders WHERE product_id = %s AND id > %s"
-        " ORDER BY id",
-        (product_id, after_id),
+        " ORDER BY id LIMIT %s",
+        (product_id, after_id, limit),
     )
     return [(order_id, activity_id, user.decode("utf-8"))
             for order_id, activity_id, user in await cur.fetchall()]

@@ -195,3 +195,18 @@ async def test_cancels_during_a_coalesced_sale_keep_stock_and_orders_in_balance(
     assert orders == outcomes["OK"]
     assert cancelled and not await query(
         stack.db_url, f"SELECT id FROM orders WHERE id IN ({','.join(map(str, cancelled))})")
+
+
+async def test_fast_path_mirrors_every_holder_page_by_page(
+    stack: Stack, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("activity_svc.seckill.MIRROR_PAGE", 2)
+    product = await make_product(stack, stock=5)
+    activity = await make_activity(stack, product.id)
+    engine = SeckillEngine(database, EngineSettings(soldout_recheck_s=30))
+    buyers = [f"b{i}" for i in range(5)]
+    assert await fire(engine, activity.id, buyers) == ["won"] * 5
+    batches = engine.stats.batches
+    outcomes = await fire(engine, activity.id, [*buyers, "late"])
+    assert outcomes == ["ALREADY_EXISTS:ALREADY_PURCHASED"] * 5 + ["FAILED_PRECONDITION:SOLD_OUT"]
+    assert engine.stats.batches == batches  # all answered from memory
