@@ -16,7 +16,7 @@ from datetime import datetime
 import aiomysql
 import pymysql
 
-from seckill_common.db import error_code
+from seckill_common.db import committed_in_pipeline, error_code
 from seckill_common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 ROW_IS_REFERENCED = 1451  # a foreign key still points at the row
@@ -236,13 +236,17 @@ async def seckill(cur: aiomysql.Cursor, product_id: int,
         params += [w.activity_id, product_id, w.user_id, now]
     won_users = _users_by_activity(list(winners.values()))
     created_sql, created_params = _orders_query(won_users)
-    _, _, *created_sets = await _pipeline(
+    # COMMIT rides in the same round trip. Should anything before it fail, the server stops
+    # there and the caller's transaction rolls back; should the link drop after it was sent,
+    # the outcome is unknown and the callers get UNAVAILABLE, and a retry finds the order.
+    _, _, *created_sets, _ = await _pipeline(
         cur,
         f"INSERT INTO orders (activity_id, product_id, user_id, create_time) VALUES {rows}; "
         "UPDATE products SET stock = stock - %s, update_time = %s WHERE id = %s; "
-        + created_sql,
+        + created_sql + "; COMMIT",
         (*params, len(winners), now, product_id, *created_params),
     )
+    committed_in_pipeline(cur)
     created = _by_key(won_users, created_sets)
     result: list[Outcome] = []
     answered: set[tuple[int, str]] = set()

@@ -116,6 +116,11 @@ class SeckillEngine:
                 self._commit_loop(product_id), name=f"seckill-commit-{product_id}")
         return await future
 
+    async def wait_idle(self) -> None:
+        """Returns once no batch is queued or committing (its follow-up work included)."""
+        while self._committers:
+            await asyncio.gather(*self._committers.values(), return_exceptions=True)
+
     # --- sold-out fast path -------------------------------------------------------------
 
     def _refuse_if_sold_out(self, product_id: int, attempt: SeckillAttempt) -> None:
@@ -171,21 +176,28 @@ class SeckillEngine:
 
     # --- committing ---------------------------------------------------------------------
 
-    async def _run_batch(self, product_id: int,
-                         attempts: list[SeckillAttempt]) -> list[repository.Outcome]:
+    async def _run_batch(self, product_id: int, attempts: list[SeckillAttempt]
+                         ) -> tuple[list[repository.Outcome], int | None, float]:
+        """One transaction: (outcomes, stock left, when it started)."""
         started = time.monotonic()
         result = await self._db.run(lambda cur: repository.seckill(cur, product_id, attempts))
         self.stats.add(len(attempts))
+        return result.outcomes, result.stock_left, started
+
+    async def _after_batch(self, product_id: int, stock_left: int | None,
+                           started: float) -> None:
+        # After the callers have their answers: the fast path is an optimisation, and must
+        # neither delay nor fail a committed batch.
         try:
-            await self._note_stock(product_id, result.stock_left, started)
-        except Exception:  # the fast path is an optimisation: never fail the committed batch
+            await self._note_stock(product_id, stock_left, started)
+        except Exception:
             log.warning("could not refresh the sold-out state of product %s", product_id,
                         exc_info=True)
             self._sold_out.pop(product_id, None)
-        return result.outcomes
 
     async def _commit_one(self, product_id: int, attempt: SeckillAttempt) -> Won:
-        (outcome,) = await self._run_batch(product_id, [attempt])
+        (outcome,), stock_left, started = await self._run_batch(product_id, [attempt])
+        await self._after_batch(product_id, stock_left, started)
         if isinstance(outcome, Refused):
             raise outcome.error
         return outcome
@@ -238,7 +250,8 @@ class SeckillEngine:
 
     async def _commit_batch(self, product_id: int, batch: list[_Pending]) -> None:
         try:
-            outcomes = await self._run_batch(product_id, [p.attempt for p in batch])
+            outcomes, stock_left, started = await self._run_batch(
+                product_id, [p.attempt for p in batch])
         except asyncio.CancelledError:
             for pending in batch:
                 pending.future.cancel()
@@ -256,3 +269,4 @@ class SeckillEngine:
                 pending.future.set_exception(outcome.error)
             else:
                 pending.future.set_result(outcome)
+        await self._after_batch(product_id, stock_left, started)

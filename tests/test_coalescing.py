@@ -16,7 +16,7 @@ from activity_svc import repository
 from activity_svc.repository import Won
 from activity_svc.seckill import EngineSettings, SeckillEngine
 from seckill_common.db import Database, create_pool
-from seckill_common.errors import ServiceError, Unavailable
+from seckill_common.errors import ServiceError
 from tests.conftest import make_activity, make_product
 from tests.support import ADMIN, Stack, error_details, query, settings_for, start_stack
 
@@ -90,15 +90,15 @@ async def test_a_batch_that_fails_midway_commits_nothing(
     real = repository._pipeline
 
     async def fail_after_the_writes(cur, sql, params):  # type: ignore[no-untyped-def]
-        results = await real(cur, sql, params)
-        if sql.startswith("INSERT INTO orders"):  # written, not committed: the link drops
-            raise pymysql.err.OperationalError(2013, "Lost connection during query")
-        return results
+        # The server runs the INSERT and the UPDATE, then fails before the COMMIT.
+        return await real(cur, sql.replace("; COMMIT", "; SELECT * FROM no_such_table; COMMIT"),
+                          params)
 
     monkeypatch.setattr(repository, "_pipeline", fail_after_the_writes)
     tasks = [asyncio.create_task(engine.buy(activity.id, f"u{i}")) for i in range(6)]
     results = await asyncio.gather(*tasks, return_exceptions=True)
-    assert all(isinstance(r, Unavailable) for r in results), results
+    assert all(isinstance(r, pymysql.err.ProgrammingError) for r in results), results
+    assert len({id(r) for r in results}) == 1  # one failed transaction, one error for all
     monkeypatch.setattr(repository, "_pipeline", real)
 
     rows = await query(stack.db_url, "SELECT user_id FROM orders")
@@ -117,6 +117,7 @@ async def test_sold_out_fast_path_answers_from_committed_state(
     engine = SeckillEngine(database, EngineSettings(soldout_recheck_s=30))
     assert await fire(engine, activity.id, ["a", "b"]) == ["won", "won"]
     assert await fire(engine, activity.id, ["c"]) == ["FAILED_PRECONDITION:SOLD_OUT"]
+    await engine.wait_idle()
     batches = engine.stats.batches
 
     # Within the recheck delay: answered without a transaction, repeat buyers included.
@@ -206,6 +207,7 @@ async def test_fast_path_mirrors_every_holder_page_by_page(
     engine = SeckillEngine(database, EngineSettings(soldout_recheck_s=30))
     buyers = [f"b{i}" for i in range(5)]
     assert await fire(engine, activity.id, buyers) == ["won"] * 5
+    await engine.wait_idle()  # the sold-out state is recorded after the answers
     batches = engine.stats.batches
     outcomes = await fire(engine, activity.id, [*buyers, "late"])
     assert outcomes == ["ALREADY_EXISTS:ALREADY_PURCHASED"] * 5 + ["FAILED_PRECONDITION:SOLD_OUT"]
