@@ -91,7 +91,9 @@ class SeckillEngine:
         # Strong references: the event loop keeps only weak ones to tasks.
         self._committers: dict[int, asyncio.Task[None]] = {}
         self._sold_out: dict[int, _SoldOut] = {}
-        self._stock_seen_at: dict[int, float] = {}  # start of the newest transaction's look
+        # Per product, the newest transaction's look at the stock: (when it started, stock left).
+        self._stock_seen: dict[int, tuple[float, int | None]] = {}
+        self._mirroring: set[int] = set()  # products whose orders are being loaded
         self.stats = BatchStats()
 
     async def product_of(self, activity_id: int) -> int:
@@ -139,13 +141,22 @@ class SeckillEngine:
         """Records what a committed transaction (started at `seen_at`) saw of the stock."""
         if self.settings.soldout_recheck_s <= 0:
             return
-        latest = self._stock_seen_at.get(product_id, float("-inf"))
+        latest, _ = self._stock_seen.get(product_id, (float("-inf"), None))
         if seen_at < latest:
             return  # a newer transaction already told us more
-        self._stock_seen_at[product_id] = seen_at
+        self._stock_seen[product_id] = (seen_at, stock_left)
         if stock_left != 0:
             self._sold_out.pop(product_id, None)
             return
+        if product_id in self._mirroring:
+            return  # one load at a time per product (per_request mode sees stock 0 per call)
+        self._mirroring.add(product_id)
+        try:
+            await self._mirror(product_id)
+        finally:
+            self._mirroring.discard(product_id)
+
+    async def _mirror(self, product_id: int) -> None:
         # Mirror the orders committed since the last look before the flag is published, so
         # repeat buyers learn their order id (ALREADY_EXISTS) from the fast path. In pages,
         # yielding between them: parsing 10,000 rows at once would stall every call in this
@@ -162,8 +173,9 @@ class SeckillEngine:
                 break
             after = page[-1][0]
             await asyncio.sleep(0)
-        if self._stock_seen_at[product_id] != seen_at:
-            return  # stock was seen again meanwhile: that observation decides
+        seen_at, stock_left = self._stock_seen[product_id]
+        if stock_left != 0:
+            return  # stock came back meanwhile: that newer observation decides
         entry = self._sold_out.get(product_id) or _SoldOut(seen_at)
         for order_id, activity_id, user_id in newer:
             entry.holders[(activity_id, user_id)] = order_id
