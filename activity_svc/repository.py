@@ -161,6 +161,10 @@ def _precondition(reason: str, message: str, activity_id: int) -> Refused:
     return Refused(FailedPrecondition(reason, message, {"activity_id": str(activity_id)}))
 
 
+def sold_out(activity_id: int) -> Refused:
+    return _precondition("SOLD_OUT", "sold out", activity_id)
+
+
 @dataclass(frozen=True)
 class BatchResult:
     outcomes: list[Outcome]  # one per attempt, in order
@@ -177,7 +181,8 @@ async def seckill(cur: aiomysql.Cursor, product_id: int,
 
     One transaction: lock the stock row, read the activities' windows (the database's clock
     decides, and its reading is the orders' create time), skip users who already hold an
-    order, insert the winners' orders, decrement the stock by their count. The caller commits.
+    order, insert the winners' orders, decrement the stock by their count, and commit them in
+    the same round trip. A batch without winners wrote nothing; the caller's transaction ends it.
 
     The statements travel in two pipelined round trips (the server runs them in order, so the
     stock row is still locked first) and return as few columns as they can: the driver parses
@@ -220,7 +225,7 @@ async def seckill(cur: aiomysql.Cursor, product_id: int,
         elif window == _ENDED:
             outcomes.append(_precondition("ENDED", "the sale has ended", attempt.activity_id))
         elif remaining <= 0:
-            outcomes.append(_precondition("SOLD_OUT", "sold out", attempt.activity_id))
+            outcomes.append(sold_out(attempt.activity_id))
         else:
             remaining -= 1
             winners[key] = attempt

@@ -29,7 +29,6 @@ from typing import Literal
 from activity_svc import repository
 from activity_svc.repository import Refused, SeckillAttempt, Won
 from seckill_common.db import Database
-from seckill_common.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +131,9 @@ class SeckillEngine:
         if time.monotonic() - entry.confirmed_at >= self.settings.soldout_recheck_s:
             return  # stale: let the database decide (and confirm or clear the flag)
         order_id = entry.holders.get((attempt.activity_id, attempt.user_id))
-        if order_id is not None:
-            raise repository.already_purchased(order_id).error
-        raise FailedPrecondition("SOLD_OUT", "sold out",
-                                 {"activity_id": str(attempt.activity_id)})
+        refusal = (repository.sold_out(attempt.activity_id) if order_id is None
+                   else repository.already_purchased(order_id))
+        raise refusal.error
 
     async def _note_stock(self, product_id: int, stock_left: int | None, seen_at: float) -> None:
         """Records what a committed transaction (started at `seen_at`) saw of the stock."""
@@ -171,15 +169,16 @@ class SeckillEngine:
             newer += page
             if len(page) < MIRROR_PAGE:
                 break
-            after = page[-1][0]
+            after = page[-1][0]  # pages come in id order
             await asyncio.sleep(0)
         seen_at, stock_left = self._stock_seen[product_id]
         if stock_left != 0:
             return  # stock came back meanwhile: that newer observation decides
         entry = self._sold_out.get(product_id) or _SoldOut(seen_at)
-        for order_id, activity_id, user_id in newer:
-            entry.holders[(activity_id, user_id)] = order_id
-            entry.last_order_id = max(entry.last_order_id, order_id)
+        entry.holders.update(((activity_id, user_id), order_id)
+                             for order_id, activity_id, user_id in newer)
+        if newer:
+            entry.last_order_id = newer[-1][0]
         entry.confirmed_at = max(entry.confirmed_at, seen_at)
         if len(entry.holders) > MAX_MIRRORED_ORDERS:
             self._sold_out.pop(product_id, None)

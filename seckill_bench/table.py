@@ -37,12 +37,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import grpc
-from google.protobuf import timestamp_pb2
 from seckill.v1 import activity_pb2, activity_pb2_grpc, product_pb2, product_pb2_grpc
 
 from seckill_bench.config import BenchConfig
 from seckill_bench.report import Report
 from seckill_bench.runner import BenchError, run
+from seckill_common.validation import to_timestamp
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_DIR = REPO / ".run" / "bench"
@@ -358,12 +358,6 @@ def mariadb_version(port: int) -> str:
 
 # --- sales -------------------------------------------------------------------------------------
 
-def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
-
-
 async def _create_sale(product_addr: str, activity_addr: str, token: str, name: str,
                        stock: int) -> int:
     metadata = (("authorization", f"Bearer {token}"),)
@@ -372,12 +366,13 @@ async def _create_sale(product_addr: str, activity_addr: str, token: str, name: 
             product_pb2.CreateProductRequest(product=product_pb2.Product(
                 name=name, price_cents=100, stock=stock)),
             metadata=metadata, timeout=10)
-    now = time.time()
+    now = dt.datetime.now(dt.UTC)
     async with grpc.aio.insecure_channel(activity_addr) as channel:
         activity = await activity_pb2_grpc.ActivityServiceStub(channel).CreateActivity(
             activity_pb2.CreateActivityRequest(activity=activity_pb2.Activity(
-                product_id=product.id, name=name, start_time=timestamp(now - 5),
-                end_time=timestamp(now + 3600))),
+                product_id=product.id, name=name,
+                start_time=to_timestamp(now - dt.timedelta(seconds=5)),
+                end_time=to_timestamp(now + dt.timedelta(hours=1)))),
             metadata=metadata, timeout=10)
     return activity.id
 

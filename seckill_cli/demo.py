@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import os
 import sys
@@ -21,17 +22,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import grpc
-from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from seckill.v1 import (
     activity_pb2,
     activity_pb2_grpc,
-    order_pb2,
-    order_pb2_grpc,
     product_pb2,
     product_pb2_grpc,
 )
+
+from seckill_bench.invariants import list_orders
+from seckill_common.validation import to_timestamp
 
 CALL_TIMEOUT_S = 30.0
 
@@ -108,27 +109,6 @@ async def user_session(stub: activity_pb2_grpc.ActivityServiceStub, activity_id:
     await asyncio.gather(*(buy(stub, activity_id, user, limit, tally) for _ in range(2)))
 
 
-async def list_all_orders(stub: order_pb2_grpc.OrderServiceStub,
-                          activity_id: int) -> list[order_pb2.Order]:
-    orders: list[order_pb2.Order] = []
-    token = ""
-    while True:
-        page = await stub.ListOrders(
-            order_pb2.ListOrdersRequest(activity_id=activity_id, page_size=1000, page_token=token),
-            timeout=CALL_TIMEOUT_S,
-        )
-        orders.extend(page.orders)
-        token = page.next_page_token
-        if not token:
-            return orders
-
-
-def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
-
-
 def check(invariants: list[tuple[str, bool]], name: str, holds: bool) -> None:
     invariants.append((name, holds))
 
@@ -138,13 +118,11 @@ async def run(targets: Targets, users: int, stock: int, concurrency: int) -> int
     async with (
         grpc.aio.insecure_channel(targets.product) as product_channel,
         grpc.aio.insecure_channel(targets.activity) as activity_channel,
-        grpc.aio.insecure_channel(targets.order) as order_channel,
     ):
         products = product_pb2_grpc.ProductServiceStub(product_channel)
         activities = activity_pb2_grpc.ActivityServiceStub(activity_channel)
-        orders_stub = order_pb2_grpc.OrderServiceStub(order_channel)
 
-        now = time.time()
+        now = dt.datetime.now(dt.UTC)
         product = await products.CreateProduct(
             product_pb2.CreateProductRequest(product=product_pb2.Product(
                 name=f"Demo phone {time.strftime('%H:%M:%S')}",
@@ -156,7 +134,8 @@ async def run(targets: Targets, users: int, stock: int, concurrency: int) -> int
             activity_pb2.CreateActivityRequest(activity=activity_pb2.Activity(
                 product_id=product.id, name=f"Flash sale of product {product.id}",
                 # Opened a second ago, so the sale is on by the database's clock too.
-                start_time=timestamp(now - 1), end_time=timestamp(now + 3600),
+                start_time=to_timestamp(now - dt.timedelta(seconds=1)),
+                end_time=to_timestamp(now + dt.timedelta(hours=1)),
             )),
             metadata=admin, timeout=CALL_TIMEOUT_S,
         )
@@ -174,7 +153,7 @@ async def run(targets: Targets, users: int, stock: int, concurrency: int) -> int
 
         stock_left = (await products.GetProduct(
             product_pb2.GetProductRequest(id=product.id), timeout=CALL_TIMEOUT_S)).stock
-        listed = await list_all_orders(orders_stub, activity.id)
+        listed = await list_orders(targets.order, activity.id)
 
     per_user = Counter(order.user_id for order in listed)
     print(f"\n{2 * users} Seckill calls in {elapsed:.2f}s ({2 * users / elapsed:.0f}/s)")

@@ -79,17 +79,6 @@ class NotFound(ServiceError):
         ]
 
 
-@functools.lru_cache(maxsize=1024)
-def _error_info_status(code: int, message: str, reason: str,
-                       metadata: tuple[tuple[str, str], ...]) -> grpc.Status:
-    status = status_pb2.Status(code=code, message=message)
-    packed = any_pb2.Any()
-    packed.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN,
-                                            metadata=dict(metadata)))
-    status.details.append(packed)
-    return rpc_status.to_status(status)
-
-
 class _WithErrorInfo(ServiceError):
     def __init__(self, reason: str, message: str, metadata: Mapping[str, str] | None = None):
         super().__init__(message)
@@ -105,8 +94,14 @@ class _WithErrorInfo(ServiceError):
 
     def to_status(self) -> grpc.Status:
         # A sold-out sale answers the same status thousands of times a second: build it once.
-        return _error_info_status(self.code.value[0], self.message, self.reason,
-                                  tuple(sorted(self.metadata.items())))
+        return _cached_status(type(self), self.reason, self.message,
+                              tuple(sorted(self.metadata.items())))
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_status(kind: type[_WithErrorInfo], reason: str, message: str,
+                   metadata: tuple[tuple[str, str], ...]) -> grpc.Status:
+    return ServiceError.to_status(kind(reason, message, dict(metadata)))
 
 
 class AlreadyExists(_WithErrorInfo):
@@ -138,10 +133,6 @@ class Unavailable(ServiceError):
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(self.retry_after_s * 1000))
         return [error_details_pb2.RetryInfo(retry_delay=delay)]
-
-
-class DeadlineExceeded(ServiceError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def internal_status() -> grpc.Status:

@@ -19,7 +19,6 @@ from pathlib import Path
 import aiomysql
 import grpc
 from google.rpc import error_details_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from seckill.v1 import (
     activity_pb2_grpc,
@@ -30,6 +29,7 @@ from seckill.v1 import (
 from activity_svc.server import DEFINITION as ACTIVITY
 from order_svc.server import DEFINITION as ORDER
 from product_svc.server import DEFINITION as PRODUCT
+from seckill_cli.wait_serving import wait_serving as health_wait
 from seckill_common.config import Settings
 from seckill_common.server import RunningService, start_service
 
@@ -269,15 +269,5 @@ class ServiceProcess:
 
 async def wait_serving(address: str, timeout_s: float = 30.0) -> None:
     """Waits, through the gRPC health protocol's Watch stream, until `address` is SERVING."""
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        async with asyncio.timeout(timeout_s):
-            while True:
-                try:
-                    async for reply in stub.Watch(health_pb2.HealthCheckRequest(service=""),
-                                                  wait_for_ready=True):
-                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                            return
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                        raise
+    async with asyncio.timeout(timeout_s):
+        await health_wait(address, "", {})
