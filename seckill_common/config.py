@@ -83,6 +83,26 @@ def _choice(env: dict[str, str], name: str, default: str, allowed: tuple[str, ..
     return value
 
 
+def _secret(env: dict[str, str], name: str) -> str:
+    value = env.get(name, "")
+    # HS256 keys shorter than the hash are brute-forceable (RFC 7518 3.2).
+    if value and len(value.encode()) < 32:
+        raise ConfigError(f"{name} must be at least 32 bytes long (HS256 key)")
+    return value
+
+
+def _tls(env: dict[str, str]) -> dict[str, str]:
+    paths = {key: env.get(f"SECKILL_TLS_{key.upper()}", "") for key in ("cert", "key", "ca")}
+    if bool(paths["cert"]) != bool(paths["key"]):
+        raise ConfigError("SECKILL_TLS_CERT and SECKILL_TLS_KEY must be set together")
+    if paths["ca"] and not paths["cert"]:
+        raise ConfigError("SECKILL_TLS_CA (mutual TLS) needs SECKILL_TLS_CERT and _KEY")
+    for key, path in paths.items():
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"SECKILL_TLS_{key.upper()}: no such file {path!r}")
+    return {f"tls_{key}": path for key, path in paths.items()}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob of a service process. See the README's configuration table."""
@@ -105,6 +125,20 @@ class Settings:
     batch_max: int
     soldout_recheck_s: float
     workers: int
+    max_message_bytes: int = 64 * 1024
+    db_statement_timeout_s: float = 10.0
+    user_token_secret: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    user_rate: float = 20.0
+    user_burst: int = 40
+    process_rate: float = 0.0
+    process_burst: int = 0
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
 
     def listen_addr(self, service: str) -> str:
         return {"product": self.product_addr, "activity": self.activity_addr,
@@ -140,4 +174,14 @@ class Settings:
             soldout_recheck_s=_float(env, "SECKILL_SOLDOUT_RECHECK_MS", 100.0, 0.0,
                                      60_000.0) / 1000,
             workers=_int(env, "SECKILL_WORKERS", os.cpu_count() or 1, 1, 256),
+            max_message_bytes=_int(env, "SECKILL_MAX_MESSAGE_BYTES", 64 * 1024, 1024,
+                                   64 * 1024 * 1024),
+            db_statement_timeout_s=_float(env, "SECKILL_DB_STATEMENT_TIMEOUT", 10.0, 0.0,
+                                          3600.0),
+            user_token_secret=_secret(env, "SECKILL_USER_TOKEN_SECRET"),
+            **_tls(env),
+            user_rate=_float(env, "SECKILL_RATE_LIMIT_USER", 20.0, 0.0, 1e6),
+            user_burst=_int(env, "SECKILL_RATE_LIMIT_USER_BURST", 40, 1, 1_000_000),
+            process_rate=_float(env, "SECKILL_RATE_LIMIT_PROCESS", 0.0, 0.0, 1e7),
+            process_burst=_int(env, "SECKILL_RATE_LIMIT_PROCESS_BURST", 0, 0, 10_000_000),
         )

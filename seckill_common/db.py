@@ -37,10 +37,13 @@ class Aborted(ServiceError):
 def _session_init(settings: Settings) -> str:
     # READ COMMITTED: every read sees the latest commit, and inserts take no gap locks.
     # UTC session clock: DATETIME columns hold UTC, and NOW() agrees across processes.
+    # max_statement_time bounds a slow statement on MariaDB (an executable comment, so MySQL,
+    # which has no such variable for writes, reads it as a comment).
     return (
         "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; "
         f"SET SESSION time_zone = '+00:00', "
-        f"innodb_lock_wait_timeout = {int(settings.db_lock_wait_timeout_s)}"
+        f"innodb_lock_wait_timeout = {int(settings.db_lock_wait_timeout_s)} "
+        f"/*M!100108 , max_statement_time = {settings.db_statement_timeout_s:.3f} */"
     )
 
 

@@ -34,10 +34,10 @@ from seckill_common.workers import is_worker, supervise
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 1024 * 1024
 SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
+    # Replies (a page of up to 1,000 orders) stay far below this; requests are capped by
+    # SECKILL_MAX_MESSAGE_BYTES (RESOURCE_EXHAUSTED before any of our code runs).
+    ("grpc.max_send_message_length", 16 * 1024 * 1024),
     # grpc-core cancels calls that wait for the application beyond 1,000 pending (CANCELLED,
     # which a client cannot tell from its own cancel). A flash sale arrives as one burst, so
     # queue far more and let the calls be answered.
@@ -157,7 +157,8 @@ async def start_service(
     server = grpc.aio.server(
         interceptors=interceptors_for(definition.admin_methods, settings.admin_token),
         # Workers share their port on purpose; a lone server must not share it by accident.
-        options=[*SERVER_OPTIONS, ("grpc.so_reuseport", int(reuse_port))],
+        options=[*SERVER_OPTIONS, ("grpc.so_reuseport", int(reuse_port)),
+                 ("grpc.max_receive_message_length", settings.max_message_bytes)],
     )
     cleanups = await definition.add_servicers(server, database, settings)
 
