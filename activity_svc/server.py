@@ -20,8 +20,8 @@ SERVICE_NAME = activity_pb2.DESCRIPTOR.services_by_name["ActivityService"].full_
 
 async def add_servicers(server: grpc.aio.Server, database: Database,
                         settings: Settings) -> list[Cleanup]:
-    product_channel = open_channel(settings.product_addr)
-    order_channel = open_channel(settings.order_addr)
+    product_channel = open_channel(settings.product_addr, settings)
+    order_channel = open_channel(settings.order_addr, settings)
     engine = SeckillEngine(database, EngineSettings(
             mode=settings.commit_mode,  # type: ignore[arg-type]
             batch_window_s=settings.batch_window_s,
@@ -53,5 +53,6 @@ DEFINITION = ServiceDefinition(
         f"/{SERVICE_NAME}/{method}"
         for method in ("CreateActivity", "UpdateActivity", "DeleteActivity")
     ),
+    user_methods=frozenset(f"/{SERVICE_NAME}/{method}" for method in ("Seckill",)),
     add_servicers=add_servicers,
 )

@@ -19,6 +19,7 @@ from seckill.v1 import (
 
 from activity_svc import repository
 from activity_svc.seckill import SeckillEngine
+from seckill_common.auth import acting_user
 from seckill_common.clients import call_peer
 from seckill_common.db import Database
 from seckill_common.validation import (
@@ -142,15 +143,16 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
 
     async def Seckill(self, request: activity_pb2.SeckillRequest,
                       context: ServicerContext) -> activity_pb2.SeckillResponse:
+        user_id = acting_user(request.user_id)
         violations = Violations()
         violations.positive_id("activity_id", request.activity_id)
-        violations.user_id("user_id", request.user_id)
+        violations.user_id("user_id", user_id)
         violations.check()
-        won = await self._engine.buy(request.activity_id, request.user_id)
+        won = await self._engine.buy(request.activity_id, user_id)
         return activity_pb2.SeckillResponse(order=order_pb2.Order(
             id=won.order_id,
             activity_id=request.activity_id,
             product_id=won.product_id,
-            user_id=request.user_id,
+            user_id=user_id,
             create_time=to_timestamp(won.create_time),
         ))

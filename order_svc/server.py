@@ -23,5 +23,7 @@ DEFINITION = ServiceDefinition(
     name="order",
     service_names=[SERVICE_NAME],
     admin_methods=frozenset({f"/{SERVICE_NAME}/DeleteOrder"}),
+    user_methods=frozenset(f"/{SERVICE_NAME}/{method}"
+                           for method in ("ListOrders", "GetOrder", "DeleteOrder")),
     add_servicers=add_servicers,
 )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from aiomysql import Cursor
 from google.protobuf import empty_pb2
 from grpc.aio import ServicerContext
 from seckill.v1 import order_pb2, order_pb2_grpc
 
 from order_svc import repository
+from seckill_common.auth import acting_user, may_see
 from seckill_common.db import Database
 from seckill_common.validation import (
     MAX_USER_ID_CHARS,
@@ -36,7 +38,9 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
     async def GetOrder(self, request: order_pb2.GetOrderRequest,
                        context: ServicerContext) -> order_pb2.Order:
         require_id(request.id)
-        return to_proto(await self._db.run(lambda cur: repository.get(cur, request.id)))
+        row = await self._db.run(lambda cur: repository.get(cur, request.id))
+        may_see(row.user_id, "Order", row.id)
+        return to_proto(row)
 
     async def ListOrders(self, request: order_pb2.ListOrdersRequest,
                          context: ServicerContext) -> order_pb2.ListOrdersResponse:
@@ -46,12 +50,13 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         if len(request.user_id) > MAX_USER_ID_CHARS:
             violations.add("user_id", f"must be at most {MAX_USER_ID_CHARS} characters")
         violations.check()
+        user_id = acting_user(request.user_id)
         limit = page_size(request.page_size)
-        filters = {"user_id": request.user_id, "activity_id": request.activity_id}
+        filters = {"user_id": user_id, "activity_id": request.activity_id}
         after = decode_page_token(request.page_token, filters)
         rows = await self._db.run(lambda cur: repository.list_page(
             cur,
-            user_id=request.user_id or None,
+            user_id=user_id or None,
             activity_id=request.activity_id or None,
             after_id=after,
             limit=limit + 1,
@@ -63,5 +68,11 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
     async def DeleteOrder(self, request: order_pb2.DeleteOrderRequest,
                           context: ServicerContext) -> empty_pb2.Empty:
         require_id(request.id)
-        await self._db.run(lambda cur: repository.cancel(cur, request.id))
+
+        async def cancel_own(cur: Cursor) -> None:
+            order = await repository.get(cur, request.id)
+            may_see(order.user_id, "Order", order.id)
+            await repository.cancel(cur, request.id)
+
+        await self._db.run(cancel_own)
         return empty_pb2.Empty()

@@ -26,5 +26,6 @@ DEFINITION = ServiceDefinition(
         f"/{SERVICE_NAME}/{method}"
         for method in ("CreateProduct", "UpdateProduct", "DeleteProduct")
     ),
+    user_methods=frozenset(),
     add_servicers=add_servicers,
 )

@@ -14,7 +14,9 @@ from typing import TypeVar
 import grpc
 from grpc_status import rpc_status
 
+from seckill_common.config import Settings
 from seckill_common.errors import ServiceError, Unavailable
+from seckill_common.tls import channel_credentials
 
 log = logging.getLogger(__name__)
 Resp = TypeVar("Resp")
@@ -51,8 +53,11 @@ class PeerNotFound(ServiceError):
         return rpc_status.to_status(status)
 
 
-def open_channel(addr: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
+def open_channel(addr: str, settings: Settings) -> grpc.aio.Channel:
+    credentials = channel_credentials(settings)
+    if credentials is None:
+        return grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(addr, credentials, options=CHANNEL_OPTIONS)
 
 
 async def call_peer(

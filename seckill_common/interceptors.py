@@ -5,7 +5,9 @@ Order (outermost first), as `interceptors_for` builds it:
    the codes the inner layers produce, auth refusals included.
 2. map_errors: domain `ServiceError`s become canonical codes with details; anything
    unexpected is logged with its traceback and answered INTERNAL, without internals.
-3. require_admin (admin methods only): `authorization: Bearer <SECKILL_ADMIN_TOKEN>`.
+3. auth (seckill_common.auth): the admin token for admin methods, user tokens for user methods.
+4. refuse_malformed: bytes that are not the method's message are INVALID_ARGUMENT.
+5. rate limits (seckill_common.ratelimit): per process and per user, RESOURCE_EXHAUSTED.
 
 The layers are plain functions composed once per method by one grpc interceptor, which caches
 the wrapped handler: grpc.aio calls every interceptor on every RPC, and building handlers per
@@ -15,7 +17,6 @@ and reflection streams pass through.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,12 +25,10 @@ from typing import Any
 import grpc
 from grpc.aio import ServicerContext
 
-from seckill_common.errors import (
-    PermissionDenied,
-    ServiceError,
-    Unauthenticated,
-    internal_status,
-)
+from seckill_common.auth import Authenticator
+from seckill_common.config import Settings
+from seckill_common.errors import InvalidArgument, ServiceError, internal_status
+from seckill_common.ratelimit import RateLimiter
 
 log = logging.getLogger("seckill.rpc")
 
@@ -86,33 +85,36 @@ def map_errors(method: str, behavior: Behavior) -> Behavior:
     return mapped
 
 
-class AdminToken:
-    """Checks `authorization: Bearer <token>` (scheme case-insensitive, constant-time compare)."""
+def refuse_malformed(method: str, behavior: Behavior) -> Behavior:
+    async def checked(request: Any, context: ServicerContext) -> Any:
+        if isinstance(request, Malformed):
+            raise InvalidArgument([("request", request.why)])
+        return await behavior(request, context)
 
-    def __init__(self, token: str) -> None:
-        self._expected = token.encode()
+    return checked
 
-    def check(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> None:
-        values = [v for k, v in (metadata or ()) if k == "authorization"]
-        if not values:
-            raise Unauthenticated("admin RPC: missing 'authorization: Bearer <token>' metadata")
-        value = values[0].encode() if isinstance(values[0], str) else values[0]
-        scheme, _, given = value.partition(b" ")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._expected):
-            raise PermissionDenied("admin RPC: the bearer token is not the admin token")
 
-    def layer(self, admin_methods: frozenset[str]) -> Layer:
-        def require_admin(method: str, behavior: Behavior) -> Behavior:
-            if method not in admin_methods:
-                return behavior
+class Malformed:
+    """What the request deserializer gives for bytes that are not the method's message.
 
-            async def guarded(request: Any, context: ServicerContext) -> Any:
-                self.check(context.invocation_metadata())
-                return await behavior(request, context)
+    grpc answers a deserializer's exception with a bare INTERNAL; this way the client gets
+    INVALID_ARGUMENT with a BadRequest detail instead.
+    """
 
-            return guarded
+    __slots__ = ("why",)
 
-        return require_admin
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data) if deserializer else data
+        except Exception as exc:  # protobuf's DecodeError, and anything else a parser raises
+            return Malformed(f"not a valid request message for {method}: {exc}")
+
+    return deserialize
 
 
 class LayeredInterceptor(grpc.aio.ServerInterceptor):
@@ -135,17 +137,18 @@ class LayeredInterceptor(grpc.aio.ServerInterceptor):
             behavior = layer(method, behavior)
         wrapped = grpc.unary_unary_rpc_method_handler(
             behavior,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer, method),
             response_serializer=handler.response_serializer,
         )
         self._handlers[method] = wrapped
         return wrapped
 
 
-def interceptors_for(admin_methods: frozenset[str], admin_token: str) -> list[
-        grpc.aio.ServerInterceptor]:
-    return [LayeredInterceptor([
-        access_log,
-        map_errors,
-        AdminToken(admin_token).layer(admin_methods),
-    ])]
+def interceptors_for(settings: Settings, admin_methods: frozenset[str],
+                     user_methods: frozenset[str]) -> list[grpc.aio.ServerInterceptor]:
+    auth = Authenticator(settings.admin_token, settings.user_token_secret, admin_methods,
+                         user_methods)
+    limits = RateLimiter(settings.user_rate, settings.user_burst, settings.process_rate,
+                         settings.process_burst)
+    return [LayeredInterceptor([access_log, map_errors, auth.layer, refuse_malformed,
+                                limits.layer])]

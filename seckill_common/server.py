@@ -30,6 +30,7 @@ from seckill_common.db import Database, create_pool, wait_for_server
 from seckill_common.errors import Unavailable
 from seckill_common.interceptors import interceptors_for
 from seckill_common.migrations import migrate
+from seckill_common.tls import server_credentials
 from seckill_common.workers import is_worker, supervise
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,9 @@ class ServiceDefinition:
     name: str  # short name: product, activity, order
     service_names: Sequence[str]  # full proto names, for health and reflection
     admin_methods: frozenset[str]
+    # Methods that act for one user: they take a user token when SECKILL_USER_TOKEN_SECRET is
+    # set (seckill_common.auth).
+    user_methods: frozenset[str]
     # Adds the servicers to the server; returns cleanup to run after the server stops.
     add_servicers: Callable[[grpc.aio.Server, Database, Settings], Awaitable[list[Cleanup]]]
 
@@ -155,7 +159,8 @@ async def start_service(
     database = Database(await create_pool(settings))
 
     server = grpc.aio.server(
-        interceptors=interceptors_for(definition.admin_methods, settings.admin_token),
+        interceptors=interceptors_for(settings, definition.admin_methods,
+                                      definition.user_methods),
         # Workers share their port on purpose; a lone server must not share it by accident.
         options=[*SERVER_OPTIONS, ("grpc.so_reuseport", int(reuse_port)),
                  ("grpc.max_receive_message_length", settings.max_message_bytes)],
@@ -170,7 +175,9 @@ async def start_service(
     )
     addr = listen_addr or settings.listen_addr(definition.name)
     try:
-        port = server.add_insecure_port(addr)
+        credentials = server_credentials(settings)
+        port = (server.add_secure_port(addr, credentials) if credentials
+                else server.add_insecure_port(addr))
     except RuntimeError as exc:  # grpc's message names no cause: the usual one is a busy port
         await database.close()
         raise StartupError(f"cannot listen on {addr} (is the port taken?): {exc}") from None
@@ -181,7 +188,8 @@ async def start_service(
     await server.start()
     database.on_change.append(lambda _up: running._db_changed.set())
     running._monitor = asyncio.create_task(running._watch_database())
-    log.info("listening", extra={"address": running.address, "port": port})
+    log.info("listening", extra={"address": running.address, "port": port,
+                                 "tls": "mutual" if settings.tls_ca else settings.tls})
     return running
 
 

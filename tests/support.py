@@ -201,7 +201,8 @@ def error_details(error: grpc.aio.AioRpcError) -> dict[str, object]:
         return found
     for detail in status.details:
         for kind in (error_details_pb2.BadRequest, error_details_pb2.ResourceInfo,
-                     error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo):
+                     error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo,
+                     error_details_pb2.QuotaFailure):
             if detail.Is(kind.DESCRIPTOR):
                 message = kind()
                 detail.Unpack(message)

@@ -32,8 +32,19 @@ class ActivityServiceStub:
     Create, Update and Delete are admin RPCs: they need
     `authorization: Bearer <SECKILL_ADMIN_TOKEN>` metadata and answer
     UNAUTHENTICATED without it and PERMISSION_DENIED for a wrong token.
-    Every RPC answers UNAVAILABLE while the database, or a service it needs,
-    cannot be reached.
+
+    Seckill is a user RPC: when the services run with
+    SECKILL_USER_TOKEN_SECRET it needs `authorization: Bearer <user token>`
+    (a JWT, see the README) and buys as the token's user; it answers
+    UNAUTHENTICATED for a missing, invalid or expired token and
+    PERMISSION_DENIED for a user_id other than the token's. The admin token
+    may buy as any user. Without the secret, user_id is trusted.
+
+    Every RPC answers UNAVAILABLE (RetryInfo) while the database, or a
+    service it needs, cannot be reached; RESOURCE_EXHAUSTED (RetryInfo,
+    QuotaFailure) over a rate limit (SECKILL_RATE_LIMIT_*) or for a request
+    larger than SECKILL_MAX_MESSAGE_BYTES; INVALID_ARGUMENT for bytes that are
+    not the request message.
     """
 
     def __init__(self, channel):
@@ -80,8 +91,19 @@ class ActivityServiceServicer:
     Create, Update and Delete are admin RPCs: they need
     `authorization: Bearer <SECKILL_ADMIN_TOKEN>` metadata and answer
     UNAUTHENTICATED without it and PERMISSION_DENIED for a wrong token.
-    Every RPC answers UNAVAILABLE while the database, or a service it needs,
-    cannot be reached.
+
+    Seckill is a user RPC: when the services run with
+    SECKILL_USER_TOKEN_SECRET it needs `authorization: Bearer <user token>`
+    (a JWT, see the README) and buys as the token's user; it answers
+    UNAUTHENTICATED for a missing, invalid or expired token and
+    PERMISSION_DENIED for a user_id other than the token's. The admin token
+    may buy as any user. Without the secret, user_id is trusted.
+
+    Every RPC answers UNAVAILABLE (RetryInfo) while the database, or a
+    service it needs, cannot be reached; RESOURCE_EXHAUSTED (RetryInfo,
+    QuotaFailure) over a rate limit (SECKILL_RATE_LIMIT_*) or for a request
+    larger than SECKILL_MAX_MESSAGE_BYTES; INVALID_ARGUMENT for bytes that are
+    not the request message.
     """
 
     def CreateActivity(self, request, context):
@@ -133,7 +155,8 @@ class ActivityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Seckill(self, request, context):
-        """Buys one unit of the activity's product for user_id.
+        """Buys one unit of the activity's product for user_id (with user tokens:
+        for the token's user; user_id may then be empty).
 
         The answer is sent only after the order and the stock decrement have
         committed together, so OK means the order is durable. Retrying is always
@@ -196,8 +219,19 @@ class ActivityService:
     Create, Update and Delete are admin RPCs: they need
     `authorization: Bearer <SECKILL_ADMIN_TOKEN>` metadata and answer
     UNAUTHENTICATED without it and PERMISSION_DENIED for a wrong token.
-    Every RPC answers UNAVAILABLE while the database, or a service it needs,
-    cannot be reached.
+
+    Seckill is a user RPC: when the services run with
+    SECKILL_USER_TOKEN_SECRET it needs `authorization: Bearer <user token>`
+    (a JWT, see the README) and buys as the token's user; it answers
+    UNAUTHENTICATED for a missing, invalid or expired token and
+    PERMISSION_DENIED for a user_id other than the token's. The admin token
+    may buy as any user. Without the secret, user_id is trusted.
+
+    Every RPC answers UNAVAILABLE (RetryInfo) while the database, or a
+    service it needs, cannot be reached; RESOURCE_EXHAUSTED (RetryInfo,
+    QuotaFailure) over a rate limit (SECKILL_RATE_LIMIT_*) or for a request
+    larger than SECKILL_MAX_MESSAGE_BYTES; INVALID_ARGUMENT for bytes that are
+    not the request message.
     """
 
     @staticmethod

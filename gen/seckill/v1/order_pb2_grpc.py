@@ -32,7 +32,20 @@ class OrderServiceStub:
     Orders are created only by ActivityService.Seckill. DeleteOrder is an
     admin RPC: it needs `authorization: Bearer <SECKILL_ADMIN_TOKEN>` metadata
     and answers UNAUTHENTICATED without it and PERMISSION_DENIED for a wrong
-    token. Every RPC answers UNAVAILABLE while the database cannot be reached.
+    token.
+
+    With SECKILL_USER_TOKEN_SECRET set, every RPC here is a user RPC: it needs
+    `authorization: Bearer <user token>` (or the admin token), answers
+    UNAUTHENTICATED for a missing, invalid or expired token, and acts for the
+    token's user only: ListOrders lists that user's orders (PERMISSION_DENIED
+    for another user_id), GetOrder and DeleteOrder answer NOT_FOUND for
+    another user's order, and a user may cancel their own orders.
+
+    Every RPC answers UNAVAILABLE (RetryInfo) while the database cannot be
+    reached; RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure) over a
+    rate limit (SECKILL_RATE_LIMIT_*) or for a request larger than
+    SECKILL_MAX_MESSAGE_BYTES; INVALID_ARGUMENT for bytes that are not the
+    request message.
     """
 
     def __init__(self, channel):
@@ -64,7 +77,20 @@ class OrderServiceServicer:
     Orders are created only by ActivityService.Seckill. DeleteOrder is an
     admin RPC: it needs `authorization: Bearer <SECKILL_ADMIN_TOKEN>` metadata
     and answers UNAUTHENTICATED without it and PERMISSION_DENIED for a wrong
-    token. Every RPC answers UNAVAILABLE while the database cannot be reached.
+    token.
+
+    With SECKILL_USER_TOKEN_SECRET set, every RPC here is a user RPC: it needs
+    `authorization: Bearer <user token>` (or the admin token), answers
+    UNAUTHENTICATED for a missing, invalid or expired token, and acts for the
+    token's user only: ListOrders lists that user's orders (PERMISSION_DENIED
+    for another user_id), GetOrder and DeleteOrder answer NOT_FOUND for
+    another user's order, and a user may cancel their own orders.
+
+    Every RPC answers UNAVAILABLE (RetryInfo) while the database cannot be
+    reached; RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure) over a
+    rate limit (SECKILL_RATE_LIMIT_*) or for a request larger than
+    SECKILL_MAX_MESSAGE_BYTES; INVALID_ARGUMENT for bytes that are not the
+    request message.
     """
 
     def GetOrder(self, request, context):
@@ -89,7 +115,8 @@ class OrderServiceServicer:
     def DeleteOrder(self, request, context):
         """Cancels an order: deletes it and gives its unit back to the product's
         stock in one transaction.
-        Admin. Errors: INVALID_ARGUMENT for an id <= 0; NOT_FOUND (ResourceInfo).
+        Admin (or, with user tokens, the order's owner). Errors: INVALID_ARGUMENT
+        for an id <= 0; NOT_FOUND (ResourceInfo).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -127,7 +154,20 @@ class OrderService:
     Orders are created only by ActivityService.Seckill. DeleteOrder is an
     admin RPC: it needs `authorization: Bearer <SECKILL_ADMIN_TOKEN>` metadata
     and answers UNAUTHENTICATED without it and PERMISSION_DENIED for a wrong
-    token. Every RPC answers UNAVAILABLE while the database cannot be reached.
+    token.
+
+    With SECKILL_USER_TOKEN_SECRET set, every RPC here is a user RPC: it needs
+    `authorization: Bearer <user token>` (or the admin token), answers
+    UNAUTHENTICATED for a missing, invalid or expired token, and acts for the
+    token's user only: ListOrders lists that user's orders (PERMISSION_DENIED
+    for another user_id), GetOrder and DeleteOrder answer NOT_FOUND for
+    another user's order, and a user may cancel their own orders.
+
+    Every RPC answers UNAVAILABLE (RetryInfo) while the database cannot be
+    reached; RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure) over a
+    rate limit (SECKILL_RATE_LIMIT_*) or for a request larger than
+    SECKILL_MAX_MESSAGE_BYTES; INVALID_ARGUMENT for bytes that are not the
+    request message.
     """
 
     @staticmethod

@@ -32,7 +32,12 @@ class ProductServiceStub:
     Reads are open to everyone. Create, Update and Delete are admin RPCs: they
     need `authorization: Bearer <SECKILL_ADMIN_TOKEN>` metadata and answer
     UNAUTHENTICATED without it and PERMISSION_DENIED for a wrong token.
-    Every RPC answers UNAVAILABLE while the database cannot be reached.
+
+    Every RPC answers UNAVAILABLE (RetryInfo) while the database cannot be
+    reached; RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure) over a rate limit
+    (SECKILL_RATE_LIMIT_*) or for a request larger than
+    SECKILL_MAX_MESSAGE_BYTES; INVALID_ARGUMENT for bytes that are not the
+    request message.
     """
 
     def __init__(self, channel):
@@ -74,7 +79,12 @@ class ProductServiceServicer:
     Reads are open to everyone. Create, Update and Delete are admin RPCs: they
     need `authorization: Bearer <SECKILL_ADMIN_TOKEN>` metadata and answer
     UNAUTHENTICATED without it and PERMISSION_DENIED for a wrong token.
-    Every RPC answers UNAVAILABLE while the database cannot be reached.
+
+    Every RPC answers UNAVAILABLE (RetryInfo) while the database cannot be
+    reached; RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure) over a rate limit
+    (SECKILL_RATE_LIMIT_*) or for a request larger than
+    SECKILL_MAX_MESSAGE_BYTES; INVALID_ARGUMENT for bytes that are not the
+    request message.
     """
 
     def CreateProduct(self, request, context):
@@ -165,7 +175,12 @@ class ProductService:
     Reads are open to everyone. Create, Update and Delete are admin RPCs: they
     need `authorization: Bearer <SECKILL_ADMIN_TOKEN>` metadata and answer
     UNAUTHENTICATED without it and PERMISSION_DENIED for a wrong token.
-    Every RPC answers UNAVAILABLE while the database cannot be reached.
+
+    Every RPC answers UNAVAILABLE (RetryInfo) while the database cannot be
+    reached; RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure) over a rate limit
+    (SECKILL_RATE_LIMIT_*) or for a request larger than
+    SECKILL_MAX_MESSAGE_BYTES; INVALID_ARGUMENT for bytes that are not the
+    request message.
     """
 
     @staticmethod

@@ -1,0 +1,118 @@
+"""Rate limits per user and per process: token buckets, refused with RESOURCE_EXHAUSTED.
+
+A refusal is answered before any database work and carries RetryInfo (when a token will be
+there) and QuotaFailure (which limit). Limits are per process: with N workers a user may get up
+to N times the rate, spread over the workers by the kernel's SO_REUSEPORT balancing.
+
+Buckets are in memory, one per key. Written here, not taken from a library: aiolimiter makes
+callers wait rather than refusing them with a retry delay, and `limits`' moving window keeps a
+list of timestamps per key where a token bucket needs two floats.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2
+from grpc.aio import ServicerContext
+
+from seckill_common.auth import current_caller
+from seckill_common.errors import ServiceError
+
+HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check"})
+
+
+class ResourceExhausted(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, scope: str, retry_after_s: float) -> None:
+        # Whole milliseconds, at least one: the status is cached per (scope, delay).
+        self.retry_ms = max(1, int(retry_after_s * 1000 + 0.999))
+        self.scope = scope
+        super().__init__(f"rate limit of this {scope} exceeded; retry in {self.retry_ms} ms")
+
+    def details(self) -> list[object]:
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(self.retry_ms)
+        return [
+            error_details_pb2.RetryInfo(retry_delay=delay),
+            error_details_pb2.QuotaFailure(violations=[error_details_pb2.QuotaFailure.Violation(
+                subject=self.scope, description=self.message)]),
+        ]
+
+    def to_status(self) -> grpc.Status:
+        # A flood is refused thousands of times a second: build each answer once.
+        return _cached_status(self.scope, self.retry_ms)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_status(scope: str, retry_ms: int) -> grpc.Status:
+    return ServiceError.to_status(ResourceExhausted(scope, retry_ms / 1000))
+
+
+class TokenBuckets:
+    """`rate` tokens a second per key, up to `burst`; `take` says how long until one is there."""
+
+    def __init__(self, rate: float, burst: int, max_keys: int = 100_000) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._max_keys = max_keys
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+
+    def take(self, key: str, now: float | None = None) -> float:
+        """0 if a token was taken; else the seconds until one will be there."""
+        now = time.monotonic() if now is None else now
+        tokens, at = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            if len(self._buckets) > self._max_keys:
+                self._forget_full(now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (1.0 - tokens) / self.rate
+
+    def _forget_full(self, now: float) -> None:
+        # A bucket that has refilled is the same as no bucket: drop those.
+        self._buckets = {k: (t, at) for k, (t, at) in self._buckets.items()
+                         if t + (now - at) * self.rate < self.burst}
+
+
+class RateLimiter:
+    """The rate-limit layer: the process bucket for every RPC but health checks, then the
+    user's bucket for calls that name a user (the token's subject, else the request's
+    user_id)."""
+
+    def __init__(self, user_rate: float, user_burst: int, process_rate: float,
+                 process_burst: int) -> None:
+        self.users = TokenBuckets(user_rate, user_burst) if user_rate > 0 else None
+        self.process = (TokenBuckets(process_rate, process_burst or max(1, int(process_rate)))
+                        if process_rate > 0 else None)
+
+    def check(self, request: Any) -> None:
+        if self.process is not None:
+            wait = self.process.take("")
+            if wait:
+                raise ResourceExhausted("process", wait)
+        if self.users is not None:
+            caller = current_caller()
+            user = caller.user if caller is not None and caller.user else getattr(
+                request, "user_id", "")
+            if user:
+                wait = self.users.take(user)
+                if wait:
+                    raise ResourceExhausted("user", wait)
+
+    def layer(self, method: str, behavior: Any) -> Any:
+        if method in HEALTH_METHODS or (self.users is None and self.process is None):
+            return behavior
+
+        async def limited(request: Any, context: ServicerContext) -> Any:
+            self.check(request)
+            return await behavior(request, context)
+
+        return limited
