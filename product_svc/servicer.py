@@ -13,12 +13,18 @@ from seckill_common.validation import (
     MAX_NAME_CHARS,
     Violations,
     decode_page_token,
+    encode_page_token,
     page_of,
     page_size,
     require_id,
     to_timestamp,
     update_paths,
 )
+
+# A page of 1,000 products with 10,000-character descriptions (up to 4 bytes a character) would
+# be 40 MB: past grpc's default 4 MiB that clients accept, and past our 16 MiB send limit. So a
+# page ends early, with a next_page_token, once it holds this many bytes.
+MAX_PAGE_BYTES = 2 * 1024 * 1024
 
 
 def to_proto(row: repository.ProductRow) -> product_pb2.Product:
@@ -73,8 +79,17 @@ class ProductServicer(product_pb2_grpc.ProductServiceServicer):
         # One row more than asked tells whether another page exists.
         rows = await self._db.run(lambda cur: repository.list_page(cur, after, limit + 1))
         page, token = page_of(rows, limit, {})
-        return product_pb2.ListProductsResponse(
-            products=[to_proto(row) for row in page], next_page_token=token)
+        products: list[product_pb2.Product] = []
+        size = 0
+        for row in page:
+            product = to_proto(row)
+            size += product.ByteSize() + 8  # the field's tag and length
+            if size > MAX_PAGE_BYTES and products:
+                # A short page (AIP-158 allows it): the rest follows the token.
+                token = encode_page_token(products[-1].id, {})
+                break
+            products.append(product)
+        return product_pb2.ListProductsResponse(products=products, next_page_token=token)
 
     async def UpdateProduct(self, request: product_pb2.UpdateProductRequest,
                             context: ServicerContext) -> product_pb2.Product:

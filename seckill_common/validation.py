@@ -27,9 +27,24 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 # Tokens we issue are under 80 characters; a bound keeps hostile ones (deeply nested JSON) cheap.
 MAX_PAGE_TOKEN_CHARS = 200
+MAX_ID = 2**63 - 1  # ids are BIGINT
 # DATETIME holds years 1000..9999; we accept the Unix era up to the end of 9999.
 MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+
+# A refusal travels in the call's trailers, which clients cap (grpc: 8 KiB, then 16 KiB hard;
+# past it the client sees RESOURCE_EXHAUSTED instead of our answer). So a refusal names at most
+# MAX_VIOLATIONS violations and quotes at most MAX_QUOTED_CHARS of any value a client sent.
+MAX_VIOLATIONS = 10
+MAX_QUOTED_CHARS = 20
+
+
+def quoted(value: str) -> str:
+    """A client's value for an error message: repr'd (control characters visible), cut short."""
+    if len(value) <= MAX_QUOTED_CHARS:
+        return repr(value)
+    return f"{value[:MAX_QUOTED_CHARS]!r}... ({len(value)} characters)"
 
 
 class Violations:
@@ -37,11 +52,17 @@ class Violations:
 
     def __init__(self) -> None:
         self.items: list[tuple[str, str]] = []
+        self._seen: set[tuple[str, str]] = set()
 
     def add(self, field: str, description: str) -> None:
-        self.items.append((field, description))
+        if (field, description) not in self._seen:  # a mask may repeat one bad path 20,000 times
+            self._seen.add((field, description))
+            self.items.append((field, description))
 
     def check(self) -> None:
+        if len(self.items) > MAX_VIOLATIONS:
+            kept, rest = self.items[:MAX_VIOLATIONS - 1], self.items[MAX_VIOLATIONS - 1:]
+            raise InvalidArgument([*kept, (rest[0][0], f"and {len(rest)} more violations")])
         if self.items:
             raise InvalidArgument(self.items)
 
@@ -143,7 +164,10 @@ def decode_page_token(token: str, filters: Mapping[str, object]) -> int:
         digest = body["f"]
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise InvalidArgument({"page_token": "is not a token this server issued"}) from None
-    if type(after) is not int or after < 0 or digest != _filters_digest(filters):
+    # Ids are BIGINTs: a cursor past 2^63-1 was never issued, and in SQL it would overflow.
+    if type(after) is not int or not 0 <= after <= MAX_ID:
+        raise InvalidArgument({"page_token": "is not a token this server issued"})
+    if digest != _filters_digest(filters):
         raise InvalidArgument(
             {"page_token": "does not belong to this list request (filters changed?)"}
         )
@@ -186,6 +210,6 @@ def update_paths(
         elif path in fixed:
             violations.add("update_mask", f"{field_prefix}.{path} cannot be changed")
         else:
-            violations.add("update_mask", f"unknown or read-only path {path!r}")
+            violations.add("update_mask", f"unknown or read-only path {quoted(path)}")
     violations.check()
     return paths

@@ -147,8 +147,9 @@ class ActivityServiceServicer:
 
     def DeleteActivity(self, request, context):
         """Deletes an activity that has no orders.
-        Admin. Errors: NOT_FOUND (ResourceInfo); FAILED_PRECONDITION (ErrorInfo
-        reason ACTIVITY_HAS_ORDERS) while any order of the activity exists.
+        Admin. Errors: INVALID_ARGUMENT (BadRequest) for an id <= 0; NOT_FOUND
+        (ResourceInfo); FAILED_PRECONDITION (ErrorInfo reason
+        ACTIVITY_HAS_ORDERS) while any order of the activity exists.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -106,7 +106,9 @@ class ProductServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListProducts(self, request, context):
-        """Returns products in ascending id order, one page at a time.
+        """Returns products in ascending id order, one page at a time. A page holds
+        at most about 2 MiB of products, so it may be shorter than page_size
+        while more follow: next_page_token says whether they do.
         Errors: INVALID_ARGUMENT for a negative page_size or a bad page_token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -126,8 +128,9 @@ class ProductServiceServicer:
 
     def DeleteProduct(self, request, context):
         """Deletes a product.
-        Admin. Errors: NOT_FOUND (ResourceInfo); FAILED_PRECONDITION (ErrorInfo
-        reason PRODUCT_IN_USE) while an activity still sells it.
+        Admin. Errors: INVALID_ARGUMENT (BadRequest) for an id <= 0; NOT_FOUND
+        (ResourceInfo); FAILED_PRECONDITION (ErrorInfo reason PRODUCT_IN_USE)
+        while an activity still sells it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,410 @@
+"""Shared by the bad-input tests: one stack per module, a caller that checks every answer
+against the protos' documented errors, and hostile-value strategies.
+
+Every call goes through `Prober.call`, which asserts:
+- the code is OK or one the proto comment of that RPC (or of its service) documents, and never
+  UNKNOWN or INTERNAL;
+- a refusal carries its google.rpc detail (INVALID_ARGUMENT: BadRequest, NOT_FOUND:
+  ResourceInfo, FAILED_PRECONDITION / ALREADY_EXISTS: ErrorInfo) and no traceback;
+- a refused call, and any read, left the tables as they were (CHECKSUM TABLE after the call
+  against the one taken after the previous call: this module's database has no other writer).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import aiomysql
+import grpc
+from google.protobuf import field_mask_pb2, message_factory, timestamp_pb2
+from google.protobuf.message import DecodeError, Message
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from seckill.v1 import activity_pb2, order_pb2, product_pb2
+
+from tests.support import ADMIN, REPO, Stack, create_database, error_details, start_stack
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+CALL_TIMEOUT_S = 30.0
+SERVICES = [
+    product_pb2.DESCRIPTOR.services_by_name["ProductService"],
+    activity_pb2.DESCRIPTOR.services_by_name["ActivityService"],
+    order_pb2.DESCRIPTOR.services_by_name["OrderService"],
+]
+SHORT = {"ProductService": "product", "ActivityService": "activity", "OrderService": "order"}
+# Calls that never write: the tables must be unchanged whatever they answer.
+READS = frozenset({"GetProduct", "ListProducts", "GetActivity", "ListActivities", "GetOrder",
+                   "ListOrders"})
+# Documented for every RPC of a service, but impossible in this setup: we send the admin token,
+# the database and peers are up, rate limits are off, and requests stay under the size cap
+# (the oversize tests expect RESOURCE_EXHAUSTED on their own). Seeing one is a failure.
+NOT_IN_THIS_SETUP = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "UNAVAILABLE",
+                               "RESOURCE_EXHAUSTED"})
+NEVER = frozenset({"UNKNOWN", "INTERNAL"})
+DETAIL_OF = {
+    "INVALID_ARGUMENT": "BadRequest",
+    "NOT_FOUND": "ResourceInfo",
+    "FAILED_PRECONDITION": "ErrorInfo",
+    "ALREADY_EXISTS": "ErrorInfo",
+}
+
+# SECKILL_FUZZ_SCALE multiplies every test's examples (0.1 for a quick look, 10 for a soak).
+SCALE = float(os.environ.get("SECKILL_FUZZ_SCALE", "1"))
+
+
+def examples(n: int) -> settings:
+    """Repeatable in CI: derandomized (a fixed seed per test), no example database to replay
+    from, no per-example deadline on a busy 2-core machine."""
+    return settings(
+        max_examples=max(1, int(n * SCALE)), deadline=None, derandomize=True, database=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                               HealthCheck.large_base_example],
+    )
+
+
+def method_path(service: str, rpc: str) -> str:
+    return f"/seckill.v1.{service}/{rpc}"
+
+
+def all_methods() -> list[str]:
+    return [method_path(s.name, m.name) for s in SERVICES for m in s.methods]
+
+
+@dataclass(frozen=True)
+class Documented:
+    """The status codes the protos document for one RPC."""
+
+    rpc: frozenset[str]  # named in the comment above the rpc
+    service: frozenset[str]  # named in the comment above its service (every RPC's)
+
+    def for_request(self) -> frozenset[str]:
+        """For a request that parses. The service comment's INVALID_ARGUMENT is for bytes that
+        are not the request message: a parsed request's must be in the rpc's own comment."""
+        return frozenset({"OK", *self.rpc, *(self.service - {"INVALID_ARGUMENT"})})
+
+
+def documented_codes() -> dict[str, Documented]:
+    """Per method path, the codes protos/seckill/v1/*.proto name above the rpc and above its
+    service: the contract the answers are checked against."""
+    names = {code.name for code in grpc.StatusCode}
+    table: dict[str, Documented] = {}
+    for proto in sorted((REPO / "protos" / "seckill" / "v1").glob("*.proto")):
+        text = proto.read_text()
+        for service in re.finditer(r"((?:^//[^\n]*\n)*)^service (\w+) \{(.*?)^\}", text,
+                                   re.M | re.S):
+            comment, name, body = service.groups()
+            common = frozenset(set(re.findall(r"\b[A-Z_]+\b", comment)) & names)
+            for rpc in re.finditer(r"((?:^[ \t]*//[^\n]*\n)+)^[ \t]*rpc (\w+)\(", body, re.M):
+                codes = frozenset(set(re.findall(r"\b[A-Z_]+\b", rpc.group(1))) & names)
+                table[method_path(name, rpc.group(2))] = Documented(codes, common)
+    return table
+
+
+@dataclass
+class Outcome:
+    code: str
+    response: Message | None
+    error: grpc.aio.AioRpcError | None
+
+
+@dataclass
+class Prober:
+    """Calls any RPC of the stack with the admin token and checks the answer (see module doc)."""
+
+    stack: Stack
+    conn: aiomysql.Connection
+    max_message_bytes: int
+    documented: dict[str, Documented]
+    last: tuple = ()
+    seen: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    _calls: dict[str, tuple] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        channels = dict(zip(("product", "activity", "order"), self.stack.channels, strict=True))
+        for service in SERVICES:
+            channel = channels[SHORT[service.name]]
+            for method in service.methods:
+                path = method_path(service.name, method.name)
+                request_cls = message_factory.GetMessageClass(method.input_type)
+                response_cls = message_factory.GetMessageClass(method.output_type)
+                typed = channel.unary_unary(path, request_serializer=request_cls.SerializeToString,
+                                            response_deserializer=response_cls.FromString)
+                raw = channel.unary_unary(path)  # bytes in, bytes out
+                self._calls[path] = (request_cls, response_cls, typed, raw)
+
+    def request_class(self, path: str) -> type[Message]:
+        return self._calls[path][0]
+
+    async def snapshot(self) -> tuple:
+        async with self.conn.cursor() as cur:
+            await cur.execute("CHECKSUM TABLE products, activities, orders")
+            rows = tuple(await cur.fetchall())
+        # A dropped table still gets a row, with a NULL checksum.
+        assert len(rows) == 3 and all(r[1] is not None for r in rows), rows
+        return rows
+
+    async def resync(self) -> None:
+        """After the test itself wrote (clean-up), the current state is the new reference."""
+        self.last = await self.snapshot()
+
+    async def call(self, path: str, request: Message | bytes) -> Outcome:
+        """Calls `path` with a message, or with raw bytes sent as they are."""
+        request_cls, response_cls, typed, raw = self._calls[path]
+        size = len(request) if isinstance(request, bytes) else request.ByteSize()
+        parsed = not isinstance(request, bytes) or parses(request_cls, request)
+        try:
+            if isinstance(request, bytes):
+                body = await raw(request, metadata=ADMIN, timeout=CALL_TIMEOUT_S)
+                response: Message = response_cls.FromString(body)
+            else:
+                response = await typed(request, metadata=ADMIN, timeout=CALL_TIMEOUT_S)
+            outcome = Outcome("OK", response, None)
+        except grpc.aio.AioRpcError as error:
+            outcome = Outcome(error.code().name, None, error)
+        after = await self.snapshot()
+        rpc = path.rsplit("/", 1)[1]
+        if outcome.code != "OK" or rpc in READS:
+            assert after == self.last, (
+                f"{path} answered {outcome.code} but changed the tables:\n"
+                f"before {self.last}\nafter  {after}\nrequest {request!r:.300}")
+        self.last = after
+        self.seen[path][outcome.code] += 1
+        self._check_answer(path, outcome, size, parsed, request)
+        return outcome
+
+    def _check_answer(self, path: str, outcome: Outcome, size: int, parsed: bool,
+                      request: Message | bytes) -> None:
+        shown = f"{path} {request!r:.300}"
+        code = outcome.code
+        assert code not in NEVER, f"{shown} -> {code}: {outcome.error and outcome.error.details()}"
+        documented = self.documented[path]
+        if size > self.max_message_bytes:
+            assert "RESOURCE_EXHAUSTED" in documented.service, f"{path}: undocumented size cap"
+            assert code == "RESOURCE_EXHAUSTED", f"{shown}: {size} bytes answered {code}"
+            return
+        if not parsed:
+            assert "INVALID_ARGUMENT" in documented.service, f"{path}: undocumented"
+            allowed = frozenset({"INVALID_ARGUMENT"})
+        else:
+            allowed = documented.for_request() - NOT_IN_THIS_SETUP
+        assert code in allowed, (
+            f"{shown} -> {code} ({outcome.error and outcome.error.details()}), "
+            f"not among the documented {sorted(allowed)}")
+        if outcome.error is None:
+            return
+        message = outcome.error.details() or ""
+        assert message and "Traceback" not in message and 'File "' not in message, message
+        details = error_details(outcome.error)
+        wanted = DETAIL_OF.get(code)
+        if wanted is None:
+            return
+        assert wanted in details, f"{shown} -> {code} without {wanted}: {message}"
+        detail = details[wanted]
+        if wanted == "BadRequest":
+            assert detail.field_violations, message  # type: ignore[attr-defined]
+            assert all(v.field and v.description
+                       for v in detail.field_violations), detail  # type: ignore[attr-defined]
+        elif wanted == "ResourceInfo":
+            assert detail.resource_type.startswith("seckill.v1."), detail  # type: ignore[attr-defined]
+            assert detail.resource_name, detail  # type: ignore[attr-defined]
+        else:
+            assert detail.reason and detail.domain == "seckill.v1", detail  # type: ignore[attr-defined]
+
+    def bad_fields(self, outcome: Outcome) -> set[str]:
+        assert outcome.error is not None
+        return {v.field for v in error_details(outcome.error)["BadRequest"].field_violations}
+
+    def table(self) -> str:
+        """Codes answered per RPC: the numbers behind the RELIABILITY.md table."""
+        lines = []
+        for path in all_methods():
+            counts = self.seen.get(path, Counter())
+            lines.append(f"{path}: {sum(counts.values())} "
+                         + ", ".join(f"{c}={n}" for c, n in sorted(counts.items())))
+        return "\n".join(lines)
+
+
+def parses(request_cls: type[Message], data: bytes) -> bool:
+    """The oracle for raw bytes: does protobuf itself accept them as the request message?"""
+    try:
+        request_cls.FromString(data)
+    except DecodeError:
+        return False
+    return True
+
+
+class ServerLog(logging.Handler):
+    """Collects the services' access-log codes and any error they log (in-process stack)."""
+
+    LOGGERS = ("seckill.rpc", "seckill_common", "activity_svc", "order_svc", "product_svc")
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.codes: Counter[tuple[str, str]] = Counter()
+        self.errors: list[str] = []
+        self._saved: list[tuple[logging.Logger, int, bool]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == "seckill.rpc" and record.getMessage() == "rpc":
+            self.codes[(record.method, record.code)] += 1  # type: ignore[attr-defined]
+        if record.levelno >= logging.ERROR:
+            self.errors.append(f"{record.name}: {record.getMessage()}")
+
+    def __enter__(self) -> ServerLog:
+        for name in self.LOGGERS:
+            logger = logging.getLogger(name)
+            self._saved.append((logger, logger.level, logger.propagate))
+            logger.setLevel(logging.INFO)
+            logger.addHandler(self)
+        # Thousands of access-log lines would flood pytest's report of a failure; errors still
+        # propagate from the other loggers, and this handler keeps the codes.
+        logging.getLogger("seckill.rpc").propagate = False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for logger, level, propagate in self._saved:
+            logger.removeHandler(self)
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+    def server_errors(self) -> list[str]:
+        assert self.codes, "the access log recorded nothing: this check would be blind"
+        bad = [f"{method} answered {code} x{n}" for (method, code), n in self.codes.items()
+               if code in NEVER]
+        return bad + self.errors
+
+
+# --- strategies ---------------------------------------------------------------------------
+
+SQL_INJECTIONS = [
+    "'; DROP TABLE orders; --",
+    "'; DROP TABLE products; DROP TABLE activities; --",
+    "' OR '1'='1",
+    "\" OR \"\"=\"",
+    "1; DELETE FROM products",
+    "') ; TRUNCATE activities; --",
+    "' UNION SELECT id, user_id FROM orders --",
+    "x' AND SLEEP(5) --",
+    "\\'; UPDATE products SET stock = 0; --",
+    "%s", "%(name)s", "%%", "%", "\\", "\\\\", "`orders`", "/*", "*/", "?", ":1",
+]
+NASTY_TEXT = [
+    "", " ", "\t\n\r ", "\u3000", "\x00", "a\x00b", "\x00" * 64, "\x7f", "\x1b[31mred",
+    "NULL", "null", "None", "0", "-1",
+    "\U0001f600", "\U0001f525" * 64, "\U0001f525" * 65,
+    "\U0001f469\u200d\U0001f469\u200d\U0001f467", "\u202eevil", "\ufeff", "\u200b",
+    "e\u0301" * 100, "\U0001d54f" * 200, "\U0001d54f" * 201,
+    "x" * 64, "x" * 65, "x" * 200, "x" * 201, " " * 200 + "x",
+    "x" * 10_000, "x" * 10_001, "\u00e9" * 10_240, "\U0010ffff", "\ue000", "\ud7ff",
+    "${jndi:ldap://x/a}", "<script>alert(1)</script>", "../../etc/passwd", "a\nb", "a ",
+    *SQL_INJECTIONS,
+]
+# No lone surrogates: proto3 strings are UTF-8, and Python's protobuf refuses them on set.
+# (Invalid UTF-8 on the wire is sent by hand in test_malformed_wire.py.)
+any_char = st.characters(exclude_categories=["Cs"])
+texts = st.one_of(
+    st.sampled_from(NASTY_TEXT),
+    st.text(any_char, max_size=80),
+    st.text(any_char, min_size=190, max_size=210),
+    # Big strings built by repetition: cheap to generate at 10 kB.
+    st.builds(lambda unit, n: unit * n,
+              st.sampled_from(["x", "\u00e9", "\U0001f600", "\x00", "'", " ", "ab"]),
+              st.sampled_from([199, 200, 201, 9_999, 10_000, 10_001, 10_240])),
+)
+# Values the contract accepts, so examples also get past validation to the database.
+plausible_text = st.text(st.characters(exclude_categories=["Cs", "C", "Z"]), min_size=1,
+                         max_size=66)
+names = st.one_of(texts, plausible_text)
+user_ids = st.one_of(texts, plausible_text)
+ids = st.one_of(
+    st.sampled_from([0, -1, 1, 2, 3, INT64_MIN, INT64_MIN + 1, INT64_MAX, INT64_MAX - 1,
+                     INT32_MAX, INT32_MAX + 1, 2**32, 2**53 + 1, 10**12, 10**12 + 1, -(10**12)]),
+    st.integers(-3, 40),  # small: the ids of this module's fresh database
+    st.integers(INT64_MIN, INT64_MAX),
+)
+# Ids that often name a seeded row (products 1-2, activities 1-4, order 1: see the fixture).
+known_ids = st.one_of(ids, st.integers(1, 5))
+amounts = st.one_of(  # price_cents and stock: 0..10^12 is the documented range
+    st.sampled_from([0, 1, -1, 10**12, 10**12 + 1, INT64_MIN, INT64_MAX]),
+    st.integers(-5, 1000),
+    st.integers(0, 10**12),
+    st.integers(INT64_MIN, INT64_MAX),
+)
+int32s = st.one_of(
+    st.sampled_from([0, -1, 1, 49, 50, 51, 999, 1000, 1001, INT32_MIN, INT32_MAX]),
+    st.integers(INT32_MIN, INT32_MAX),
+)
+YEAR_1 = -62_135_596_800  # 0001-01-01T00:00:00Z, the smallest valid Timestamp
+YEAR_9999_END = 253_402_300_799  # 9999-12-31T23:59:59Z, the largest
+NOW = int(time.time())
+
+
+def _ts(seconds: int, nanos: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+
+
+timestamps = st.one_of(
+    st.none(),  # unset
+    st.builds(_ts,
+              st.sampled_from([0, -1, 1, YEAR_1, YEAR_1 - 1, YEAR_9999_END, YEAR_9999_END + 1,
+                               INT64_MIN, INT64_MAX, NOW, NOW + 3600, NOW - 3600]),
+              st.sampled_from([0, 1, 999, 999_999_999, 1_000_000_000, -1, INT32_MIN,
+                               INT32_MAX])),
+    st.builds(_ts, st.integers(INT64_MIN, INT64_MAX), st.integers(INT32_MIN, INT32_MAX)),
+    st.builds(_ts, st.integers(YEAR_1, YEAR_9999_END), st.integers(0, 999_999_999)),
+    st.builds(_ts, st.integers(NOW - 10**6, NOW + 10**6), st.integers(0, 999_999_999)),
+)
+MASK_PATHS = [
+    "name", "description", "price_cents", "stock", "start_time", "end_time",  # valid somewhere
+    "product_id", "id", "create_time", "update_time", "product",  # immutable or output only
+    "*", "", " ", "name.first", "product.name", "activity.name", "start_time.seconds",
+    "NAME", " name", "name ", "name\x00", "stock,name", "paths", "update_mask", "..",
+    "x" * 10_000,
+]
+
+
+def masks(updatable: tuple[str, ...]) -> st.SearchStrategy[field_mask_pb2.FieldMask | None]:
+    """Unset, empty, valid (duplicates included), and hostile update masks."""
+    return st.one_of(
+        st.none(),
+        st.lists(st.sampled_from([*updatable, "*"]), max_size=4),
+        st.lists(st.one_of(st.sampled_from(MASK_PATHS), st.text(any_char, max_size=20)),
+                 max_size=6),
+    ).map(lambda paths: None if paths is None else field_mask_pb2.FieldMask(paths=paths))
+
+
+def set_time(message: Message, name: str, value: timestamp_pb2.Timestamp | None) -> None:
+    if value is not None:
+        getattr(message, name).CopyFrom(value)
+
+
+@asynccontextmanager
+async def running_prober(mariadb: str, **overrides: str) -> AsyncIterator[Prober]:
+    """A fresh database and stack for one test module, and a Prober on them.
+
+    SECKILL_RATE_LIMIT_USER=0 turns the per-user rate limit off: thousands of calls in a few
+    seconds would otherwise be refused RESOURCE_EXHAUSTED before reaching validation.
+    """
+    db_url = await create_database(mariadb)
+    stack = await start_stack(db_url, SECKILL_RATE_LIMIT_USER="0", **overrides)
+    base, name = db_url.rsplit("/", 1)
+    host, port = base.rsplit("@", 1)[1].split(":")
+    conn = await aiomysql.connect(host=host, port=int(port), user="root", db=name,
+                                  autocommit=True)
+    try:
+        prober = Prober(stack, conn, stack.product.settings.max_message_bytes,
+                        documented_codes())
+        await prober.resync()
+        yield prober
+    finally:
+        conn.close()
+        await stack.stop()
