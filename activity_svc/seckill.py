@@ -8,6 +8,10 @@ decided together by the next single transaction (repository.seckill), first come
 served; each caller then gets its own answer. An idle product commits at once.
 `per_request` mode keeps one transaction per call, for comparison.
 
+Callers that leave (deadline, cancel) are skipped by batches not yet started; a batch whose
+callers have all left is abandoned, and its transaction ended on the server, so no lock wait
+or connection outlives the callers it was for.
+
 Sold-out fast path: once a committed transaction shows a product's stock at 0, later calls
 for it are answered from memory (SOLD_OUT, or ALREADY_EXISTS for users who hold an order)
 without touching the database, for `soldout_recheck_s` at most; the next call after that
@@ -260,13 +264,17 @@ class SeckillEngine:
         return batch
 
     async def _commit_batch(self, product_id: int, batch: list[_Pending]) -> None:
+        work = asyncio.ensure_future(self._run_batch(product_id, [p.attempt for p in batch]))
+        _cancel_when_all_leave(work, [p.future for p in batch])
         try:
-            outcomes, stock_left, started = await self._run_batch(
-                product_id, [p.attempt for p in batch])
+            outcomes, stock_left, started = await work
         except asyncio.CancelledError:
-            for pending in batch:
-                pending.future.cancel()
-            raise
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():  # shutting down
+                for pending in batch:
+                    pending.future.cancel()
+                raise
+            return  # every caller left (deadline, cancel): the transaction was abandoned
         except Exception as exc:
             # The transaction rolled back as a whole: every caller in it gets the error.
             for pending in batch:
@@ -281,3 +289,23 @@ class SeckillEngine:
             else:
                 pending.future.set_result(outcome)
         await self._after_batch(product_id, stock_left, started)
+
+
+def _cancel_when_all_leave(work: asyncio.Future[object], callers: list[asyncio.Future[Won]]
+                           ) -> None:
+    """Cancels a batch's transaction once every caller in it has gone (deadline, cancel).
+
+    Nobody would hear its outcome, and it may be waiting for a lock: cancelling it frees its
+    connection and ends its session on the server (Database.transaction). Should the
+    cancel come after its COMMIT left, the orders stand, and a retry is told ALREADY_EXISTS.
+    """
+    waiting = len(callers)
+
+    def left(_: asyncio.Future[Won]) -> None:
+        nonlocal waiting
+        waiting -= 1
+        if waiting == 0:
+            work.cancel()  # a no-op once the batch is done
+
+    for future in callers:
+        future.add_done_callback(left)

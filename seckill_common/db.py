@@ -1,13 +1,18 @@
 """The MySQL/MariaDB connection pool: one owner, opened at start, closed at stop.
 
 Every unit of work runs in `transaction(pool)`; driver errors that mean "the database is not
-there" become `Unavailable`, and lock conflicts that outlive their retries become `Aborted`.
+there" become `Unavailable`, a statement that outlives SECKILL_DB_STATEMENT_TIMEOUT becomes
+`Unavailable` too (without marking the database down), and a lock wait timeout or a deadlock
+that outlives its retries becomes `Aborted`. A transaction whose caller is cancelled
+mid-statement is ended on the server at once (KILL), so a caller that left holds no lock, lock
+wait or connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -24,30 +29,45 @@ T = TypeVar("T")
 
 # Errors after which the connection cannot be trusted and the server may be gone.
 CONNECTION_ERRORS = {2003, 2006, 2013, 2055, 1927, 1053, 1077, 1079, 1080}
-LOCK_CONFLICTS = {1205, 1213}  # lock wait timeout, deadlock: the transaction was rolled back
+# A deadlock rolls the transaction back at once: the work is retried from the start in a new
+# one. A lock wait timeout (row or metadata lock) is not retried: the caller has already waited
+# SECKILL_DB_LOCK_WAIT_TIMEOUT, and retrying would multiply the bound.
+DEADLOCK = 1213
+LOCK_WAIT_TIMEOUT = 1205
 MAX_LOCK_RETRIES = 3
+# The statement ran past max_statement_time (MariaDB 1969; MySQL's max_execution_time, 3024).
+STATEMENT_TIMEOUTS = {1969, 3024}
+UNKNOWN_THREAD = 1094  # KILL of a session that has already ended
 
 
 class Aborted(ServiceError):
-    """A lock conflict that did not clear after retries; the client may retry."""
+    """A lock wait that timed out, or a deadlock that outlived its retries; the client may
+    retry."""
 
     code = grpc.StatusCode.ABORTED
 
 
-def _session_init(settings: Settings) -> str:
+def _session_init(settings: Settings, *, bounded: bool) -> str:
     # READ COMMITTED: every read sees the latest commit, and inserts take no gap locks.
     # UTC session clock: DATETIME columns hold UTC, and NOW() agrees across processes.
-    # max_statement_time bounds a slow statement on MariaDB (an executable comment, so MySQL,
-    # which has no such variable for writes, reads it as a comment).
-    return (
-        "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; "
-        f"SET SESSION time_zone = '+00:00', "
-        f"innodb_lock_wait_timeout = {int(settings.db_lock_wait_timeout_s)} "
-        f"/*M!100108 , max_statement_time = {settings.db_statement_timeout_s:.3f} */"
-    )
+    sql = ("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; "
+           "SET SESSION time_zone = '+00:00'")
+    if bounded:
+        # What a call may wait for: a row lock (innodb_lock_wait_timeout), a table's metadata
+        # lock (lock_wait_timeout, a day by default: a LOCK TABLES or a long ALTER would
+        # otherwise hang every call), and any statement as a whole: max_statement_time on
+        # MariaDB (an executable comment, so MySQL, which has no such variable for writes,
+        # reads it as a comment).
+        wait = int(settings.db_lock_wait_timeout_s)
+        sql += (f", innodb_lock_wait_timeout = {wait}, lock_wait_timeout = {wait}"
+                f" /*M!100108 , max_statement_time = {settings.db_statement_timeout_s:.3f} */")
+    return sql
 
 
-def connect_kwargs(settings: Settings, *, with_db: bool = True) -> dict[str, object]:
+def connect_kwargs(settings: Settings, *, with_db: bool = True,
+                   bounded: bool = False) -> dict[str, object]:
+    """Arguments of `aiomysql.connect`. `bounded` adds the lock and statement time limits of
+    the calls' pool; start-up work (the migrations' named lock, DDL) must not inherit them."""
     target: MySQLTarget = settings.mysql
     kwargs: dict[str, object] = dict(
         host=target.host,
@@ -57,7 +77,7 @@ def connect_kwargs(settings: Settings, *, with_db: bool = True) -> dict[str, obj
         charset="utf8mb4",
         autocommit=False,
         connect_timeout=settings.db_connect_timeout_s,
-        init_command=_session_init(settings),
+        init_command=_session_init(settings, bounded=bounded),
     )
     if with_db:
         kwargs["db"] = target.database
@@ -70,7 +90,7 @@ async def create_pool(settings: Settings) -> aiomysql.Pool:
         minsize=0,
         maxsize=settings.db_pool_size,
         pool_recycle=3600,
-        **connect_kwargs(settings),
+        **connect_kwargs(settings, bounded=True),
     )
 
 
@@ -96,14 +116,30 @@ def committed_in_pipeline(cur: aiomysql.Cursor) -> None:
     setattr(cur, _COMMITTED, True)
 
 
-class Database:
-    """The pool plus a liveness flag that the health monitor and failing calls share."""
+class StatementTimeout(Unavailable):
+    """A statement ran past SECKILL_DB_STATEMENT_TIMEOUT (a lock held elsewhere, an overloaded
+    server): the database is there, so it is not marked down; the caller may retry."""
 
-    def __init__(self, pool: aiomysql.Pool) -> None:
+    def __init__(self) -> None:
+        super().__init__("database statement timed out")
+
+
+class Database:
+    """The pool plus a liveness flag that the health monitor and failing calls share.
+
+    With `settings`, the sessions of cancelled transactions are killed on the server over a
+    connection of their own (see `_abandon`); without, they are only disconnected.
+    """
+
+    def __init__(self, pool: aiomysql.Pool, settings: Settings | None = None) -> None:
         self.pool = pool
         self.reachable = asyncio.Event()
         self.reachable.set()
         self.on_change: list[Callable[[bool], None]] = []
+        self._settings = settings
+        self._doomed: deque[int] = deque()  # server thread ids of abandoned sessions
+        self._reaper: asyncio.Task[None] | None = None
+        self._wakers: set[asyncio.Task[None]] = set()  # strong references, see _release
 
     def mark(self, up: bool) -> None:
         if up == self.reachable.is_set():
@@ -140,7 +176,7 @@ class Database:
         except asyncio.CancelledError:
             # The call was cancelled mid-query: the connection's state is unknown, so drop it;
             # the server rolls back whatever the transaction held.
-            conn.close()
+            self._abandon(conn)
             raise
         except BaseException as exc:
             if is_connection_error(exc):
@@ -151,22 +187,81 @@ class Database:
                 await conn.rollback()
             except Exception:
                 conn.close()
+            if error_code(exc) in STATEMENT_TIMEOUTS:
+                raise StatementTimeout() from exc
             raise
         finally:
-            self.pool.release(conn)
+            self._release(conn)
+
+    def _release(self, conn: aiomysql.Connection) -> None:
+        dropped = conn.closed or conn.get_transaction_status()  # the pool closes the latter
+        self.pool.release(conn)
+        if dropped:
+            # aiomysql 0.3.2 wakes the pool's waiters when a connection comes back, but not
+            # when one is dropped: an acquire waiting for a free slot, or wait_closed() at
+            # shutdown, would wait for a release that may never come (a shutdown past its
+            # grace hung here). Its condition is private; the version is pinned.
+            waker = asyncio.create_task(self._wake_pool_waiters())
+            self._wakers.add(waker)
+            waker.add_done_callback(self._wakers.discard)
+
+    async def _wake_pool_waiters(self) -> None:
+        async with self.pool._cond:
+            self.pool._cond.notify_all()
+
+    def _abandon(self, conn: aiomysql.Connection) -> None:
+        """Drops a connection whose transaction was cancelled, and ends its session.
+
+        Closing the socket is not enough: the server notices a gone client only when it next
+        talks to it, so a statement waiting for a lock would wait on (for up to the lock wait
+        timeout), then take the lock and hold it a moment, for nobody. KILL ends it at once.
+        """
+        thread_id = conn.thread_id()
+        conn.close()
+        if self._settings is None or not thread_id:
+            return
+        self._doomed.append(thread_id)
+        if self._reaper is None:
+            self._reaper = asyncio.create_task(self._reap(self._settings), name="db-reaper")
+
+    async def _reap(self, settings: Settings) -> None:
+        """KILLs the abandoned sessions over one connection, opened for the burst."""
+        try:
+            conn = await aiomysql.connect(**connect_kwargs(settings))
+            try:
+                async with conn.cursor() as cur:
+                    while self._doomed:
+                        thread_id = self._doomed.popleft()
+                        try:
+                            async with asyncio.timeout(settings.db_connect_timeout_s):
+                                await cur.execute("KILL %s", (thread_id,))
+                        except pymysql.err.MySQLError as exc:
+                            if error_code(exc) != UNKNOWN_THREAD:
+                                raise
+            finally:
+                conn.close()
+        except Exception as exc:
+            # The server may be gone, which ends the sessions anyway.
+            log.warning("could not end abandoned database sessions: %s", exc)
+            self._doomed.clear()
+        finally:
+            self._reaper = None
 
     async def run(self, work: Callable[[aiomysql.Cursor], Awaitable[T]]) -> T:
-        """Run `work` in a transaction, retrying lock conflicts (deadlock, lock wait timeout)."""
+        """Run `work` in a transaction, retrying deadlocks; a lock wait timeout is ABORTED."""
         for attempt in range(1, MAX_LOCK_RETRIES + 1):
             try:
                 async with self.transaction() as cur:
                     return await work(cur)
             except pymysql.err.OperationalError as exc:
-                if error_code(exc) not in LOCK_CONFLICTS:
+                code = error_code(exc)
+                if code == LOCK_WAIT_TIMEOUT:
+                    raise Aborted("database lock wait timed out, please retry") from exc
+                if code != DEADLOCK:
                     raise
                 if attempt == MAX_LOCK_RETRIES:
-                    raise Aborted("database lock conflict, please retry") from exc
-                log.info("lock conflict %s, retrying (attempt %d)", error_code(exc), attempt)
+                    raise Aborted("database deadlock persisted, please retry") from exc
+                log.info("deadlock, retrying (attempt %d)", attempt)
         raise AssertionError("unreachable")
 
     async def ping(self) -> bool:
@@ -182,6 +277,8 @@ class Database:
     async def close(self) -> None:
         self.pool.close()
         await self.pool.wait_closed()
+        if self._reaper is not None:  # bounded: a connect timeout, then one KILL per session
+            await asyncio.wait({self._reaper})
 
 
 async def wait_for_server(settings: Settings) -> None:

@@ -156,7 +156,7 @@ async def start_service(
     """Starts a service and returns once it is listening (health SERVING if the DB is up)."""
     await wait_for_server(settings)
     await migrate(settings)
-    database = Database(await create_pool(settings))
+    database = Database(await create_pool(settings), settings)
 
     server = grpc.aio.server(
         interceptors=interceptors_for(settings, definition.admin_methods,

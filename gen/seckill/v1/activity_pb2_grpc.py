@@ -44,7 +44,8 @@ class ActivityServiceStub:
     service it needs, cannot be reached; RESOURCE_EXHAUSTED (RetryInfo,
     QuotaFailure) over a rate limit (SECKILL_RATE_LIMIT_*) or for a request
     larger than SECKILL_MAX_MESSAGE_BYTES; INVALID_ARGUMENT for bytes that are
-    not the request message.
+    not the request message; ABORTED when a lock held elsewhere outlasts
+    SECKILL_DB_LOCK_WAIT_TIMEOUT.
     """
 
     def __init__(self, channel):
@@ -103,7 +104,8 @@ class ActivityServiceServicer:
     service it needs, cannot be reached; RESOURCE_EXHAUSTED (RetryInfo,
     QuotaFailure) over a rate limit (SECKILL_RATE_LIMIT_*) or for a request
     larger than SECKILL_MAX_MESSAGE_BYTES; INVALID_ARGUMENT for bytes that are
-    not the request message.
+    not the request message; ABORTED when a lock held elsewhere outlasts
+    SECKILL_DB_LOCK_WAIT_TIMEOUT.
     """
 
     def CreateActivity(self, request, context):
@@ -232,7 +234,8 @@ class ActivityService:
     service it needs, cannot be reached; RESOURCE_EXHAUSTED (RetryInfo,
     QuotaFailure) over a rate limit (SECKILL_RATE_LIMIT_*) or for a request
     larger than SECKILL_MAX_MESSAGE_BYTES; INVALID_ARGUMENT for bytes that are
-    not the request message.
+    not the request message; ABORTED when a lock held elsewhere outlasts
+    SECKILL_DB_LOCK_WAIT_TIMEOUT.
     """
 
     @staticmethod

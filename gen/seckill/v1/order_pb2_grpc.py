@@ -45,7 +45,8 @@ class OrderServiceStub:
     reached; RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure) over a
     rate limit (SECKILL_RATE_LIMIT_*) or for a request larger than
     SECKILL_MAX_MESSAGE_BYTES; INVALID_ARGUMENT for bytes that are not the
-    request message.
+    request message; ABORTED when a lock held elsewhere outlasts
+    SECKILL_DB_LOCK_WAIT_TIMEOUT.
     """
 
     def __init__(self, channel):
@@ -90,7 +91,8 @@ class OrderServiceServicer:
     reached; RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure) over a
     rate limit (SECKILL_RATE_LIMIT_*) or for a request larger than
     SECKILL_MAX_MESSAGE_BYTES; INVALID_ARGUMENT for bytes that are not the
-    request message.
+    request message; ABORTED when a lock held elsewhere outlasts
+    SECKILL_DB_LOCK_WAIT_TIMEOUT.
     """
 
     def GetOrder(self, request, context):
@@ -167,7 +169,8 @@ class OrderService:
     reached; RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure) over a
     rate limit (SECKILL_RATE_LIMIT_*) or for a request larger than
     SECKILL_MAX_MESSAGE_BYTES; INVALID_ARGUMENT for bytes that are not the
-    request message.
+    request message; ABORTED when a lock held elsewhere outlasts
+    SECKILL_DB_LOCK_WAIT_TIMEOUT.
     """
 
     @staticmethod

@@ -37,7 +37,8 @@ class ProductServiceStub:
     reached; RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure) over a rate limit
     (SECKILL_RATE_LIMIT_*) or for a request larger than
     SECKILL_MAX_MESSAGE_BYTES; INVALID_ARGUMENT for bytes that are not the
-    request message.
+    request message; ABORTED when a lock held elsewhere outlasts
+    SECKILL_DB_LOCK_WAIT_TIMEOUT.
     """
 
     def __init__(self, channel):
@@ -84,7 +85,8 @@ class ProductServiceServicer:
     reached; RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure) over a rate limit
     (SECKILL_RATE_LIMIT_*) or for a request larger than
     SECKILL_MAX_MESSAGE_BYTES; INVALID_ARGUMENT for bytes that are not the
-    request message.
+    request message; ABORTED when a lock held elsewhere outlasts
+    SECKILL_DB_LOCK_WAIT_TIMEOUT.
     """
 
     def CreateProduct(self, request, context):
@@ -183,7 +185,8 @@ class ProductService:
     reached; RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure) over a rate limit
     (SECKILL_RATE_LIMIT_*) or for a request larger than
     SECKILL_MAX_MESSAGE_BYTES; INVALID_ARGUMENT for bytes that are not the
-    request message.
+    request message; ABORTED when a lock held elsewhere outlasts
+    SECKILL_DB_LOCK_WAIT_TIMEOUT.
     """
 
     @staticmethod
