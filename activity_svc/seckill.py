@@ -30,9 +30,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
+from opentelemetry.context import Context, get_current
+
 from activity_svc import repository
 from activity_svc.repository import Refused, SeckillAttempt, Won
 from seckill_common.db import Database
+from seckill_common.telemetry import BATCH_SIZE, STOCK_REMAINING, batch_span, tracer
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,7 @@ class BatchStats:
 class _Pending:
     attempt: SeckillAttempt
     future: asyncio.Future[Won]
+    trace_context: Context | None = None  # the caller's, when tracing is on
 
 
 @dataclass
@@ -98,6 +102,7 @@ class SeckillEngine:
         self._stock_seen: dict[int, tuple[float, int | None]] = {}
         self._mirroring: set[int] = set()  # products whose orders are being loaded
         self.stats = BatchStats()
+        self._tracer = tracer()
 
     async def product_of(self, activity_id: int) -> int:
         product_id = self._product_of.get(activity_id)
@@ -114,7 +119,8 @@ class SeckillEngine:
         if self.settings.mode == "per_request":
             return await self._commit_one(product_id, attempt)
         future: asyncio.Future[Won] = asyncio.get_running_loop().create_future()
-        self._queues.setdefault(product_id, deque()).append(_Pending(attempt, future))
+        self._queues.setdefault(product_id, deque()).append(
+            _Pending(attempt, future, None if self._tracer is None else get_current()))
         self._arrived.setdefault(product_id, asyncio.Event()).set()
         if product_id not in self._committers:
             self._committers[product_id] = asyncio.create_task(
@@ -197,7 +203,18 @@ class SeckillEngine:
         started = time.monotonic()
         result = await self._db.run(lambda cur: repository.seckill(cur, product_id, attempts))
         self.stats.add(len(attempts))
+        BATCH_SIZE.observe(len(attempts))
+        if result.stock_left is not None:
+            for activity_id in {attempt.activity_id for attempt in attempts}:
+                STOCK_REMAINING.labels(str(activity_id)).set(result.stock_left)
         return result.outcomes, result.stock_left, started
+
+    async def _run_traced_batch(self, product_id: int, batch: list[_Pending]
+                                ) -> tuple[list[repository.Outcome], int | None, float]:
+        # The batch's span (when tracing) is current in this task: its transaction's span is
+        # the batch's child, and the batch the first caller's.
+        with batch_span(self._tracer, product_id, [p.trace_context for p in batch]):
+            return await self._run_batch(product_id, [p.attempt for p in batch])
 
     async def _after_batch(self, product_id: int, stock_left: int | None,
                            started: float) -> None:
@@ -264,7 +281,7 @@ class SeckillEngine:
         return batch
 
     async def _commit_batch(self, product_id: int, batch: list[_Pending]) -> None:
-        work = asyncio.ensure_future(self._run_batch(product_id, [p.attempt for p in batch]))
+        work = asyncio.ensure_future(self._run_traced_batch(product_id, batch))
         _cancel_when_all_leave(work, [p.future for p in batch])
         try:
             outcomes, stock_left, started = await work

@@ -22,6 +22,8 @@ from activity_svc.seckill import SeckillEngine
 from seckill_common.auth import acting_user
 from seckill_common.clients import call_peer
 from seckill_common.db import Database
+from seckill_common.errors import ServiceError
+from seckill_common.telemetry import SECKILL_OUTCOMES, seckill_outcome
 from seckill_common.validation import (
     MAX_NAME_CHARS,
     Violations,
@@ -148,7 +150,12 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
         violations.positive_id("activity_id", request.activity_id)
         violations.user_id("user_id", user_id)
         violations.check()
-        won = await self._engine.buy(request.activity_id, user_id)
+        try:
+            won = await self._engine.buy(request.activity_id, user_id)
+        except ServiceError as exc:
+            SECKILL_OUTCOMES.labels(seckill_outcome(exc)).inc()
+            raise
+        SECKILL_OUTCOMES.labels("won").inc()
         return activity_pb2.SeckillResponse(order=order_pb2.Order(
             id=won.order_id,
             activity_id=request.activity_id,

@@ -16,6 +16,7 @@ from grpc_status import rpc_status
 
 from seckill_common.config import Settings
 from seckill_common.errors import ServiceError, Unavailable
+from seckill_common.telemetry import client_interceptors
 from seckill_common.tls import channel_credentials
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,14 @@ class PeerNotFound(ServiceError):
 
 
 def open_channel(addr: str, settings: Settings) -> grpc.aio.Channel:
+    """A channel to a peer: TLS as configured, and trace propagation when tracing is on."""
     credentials = channel_credentials(settings)
+    interceptors = client_interceptors() or None
     if credentials is None:
-        return grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
-    return grpc.aio.secure_channel(addr, credentials, options=CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS,
+                                         interceptors=interceptors)
+    return grpc.aio.secure_channel(addr, credentials, options=CHANNEL_OPTIONS,
+                                   interceptors=interceptors)
 
 
 async def call_peer(

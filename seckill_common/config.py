@@ -91,6 +91,14 @@ def _secret(env: dict[str, str], name: str) -> str:
     return value
 
 
+def _addr(env: dict[str, str], name: str) -> str:
+    value = env.get(name, "")
+    _host, sep, port = value.rpartition(":")
+    if value and not (sep and port.isdigit() and int(port) < 65536):
+        raise ConfigError(f"{name} must be host:port (port 0: any free port), got {value!r}")
+    return value
+
+
 def _tls(env: dict[str, str]) -> dict[str, str]:
     paths = {key: env.get(f"SECKILL_TLS_{key.upper()}", "") for key in ("cert", "key", "ca")}
     if bool(paths["cert"]) != bool(paths["key"]):
@@ -135,6 +143,7 @@ class Settings:
     user_burst: int = 40
     process_rate: float = 0.0
     process_burst: int = 0
+    metrics_addr: str = ""
 
     @property
     def tls(self) -> bool:
@@ -184,4 +193,5 @@ class Settings:
             user_burst=_int(env, "SECKILL_RATE_LIMIT_USER_BURST", 40, 1, 1_000_000),
             process_rate=_float(env, "SECKILL_RATE_LIMIT_PROCESS", 0.0, 0.0, 1e7),
             process_burst=_int(env, "SECKILL_RATE_LIMIT_PROCESS_BURST", 0, 0, 10_000_000),
+            metrics_addr=_addr(env, "SECKILL_METRICS_ADDR"),
         )

@@ -20,9 +20,11 @@ from typing import TypeVar
 import aiomysql
 import grpc
 import pymysql
+from opentelemetry import trace
 
 from seckill_common.config import MySQLTarget, Settings
 from seckill_common.errors import ServiceError, Unavailable
+from seckill_common.telemetry import tracer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -135,6 +137,10 @@ class Database:
         self.pool = pool
         self.reachable = asyncio.Event()
         self.reachable.set()
+        self.waiting = 0  # calls waiting for a pooled connection (a metric)
+        # A span per transaction only when tracing is on: untraced, not even a no-op span.
+        self._tracer = tracer()
+        self.transaction = self._transaction if self._tracer is None else self._traced_transaction
         self.on_change: list[Callable[[bool], None]] = []
         self._settings = settings
         self._doomed: deque[int] = deque()  # server thread ids of abandoned sessions
@@ -154,11 +160,21 @@ class Database:
             callback(up)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiomysql.Cursor]:
-        """One transaction on a pooled connection: commit on success, roll back on error.
+    async def _traced_transaction(self) -> AsyncIterator[aiomysql.Cursor]:
+        assert self._tracer is not None
+        with self._tracer.start_as_current_span("db.transaction", kind=trace.SpanKind.CLIENT,
+                                                attributes={"db.system": "mysql"}):
+            async with self._transaction() as cur:
+                yield cur
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiomysql.Cursor]:
+        """One transaction on a pooled connection (`transaction()`): commit on success, roll
+        back on error.
 
         A connection that saw a connection error is closed rather than returned to the pool.
         """
+        self.waiting += 1
         try:
             conn: aiomysql.Connection = await self.pool.acquire()
         except Exception as exc:
@@ -166,6 +182,8 @@ class Database:
                 self.mark(False)
                 raise Unavailable("database unavailable") from exc
             raise
+        finally:
+            self.waiting -= 1
         try:
             async with conn.cursor() as cur:
                 # autocommit is off: the first statement opens the transaction, which saves
@@ -266,7 +284,7 @@ class Database:
 
     async def ping(self) -> bool:
         try:
-            async with self.transaction() as cur:
+            async with self._transaction() as cur:  # untraced: a ping a second is noise
                 await cur.execute("SELECT 1")
             self.mark(True)
             return True

@@ -1,8 +1,8 @@
 """The layers every RPC of the three services passes through.
 
 Order (outermost first), as `interceptors_for` builds it:
-1. access_log: one JSON log line per RPC with the final status code and latency, so it sees
-   the codes the inner layers produce, auth refusals included.
+1. access_log: one JSON log line per RPC with the final status code, latency and trace id,
+   and the RPC metrics, so both see the codes the inner layers produce, auth refusals included.
 2. map_errors: domain `ServiceError`s become canonical codes with details; anything
    unexpected is logged with its traceback and answered INTERNAL, without internals.
 3. auth (seckill_common.auth): the admin token for admin methods, user tokens for user methods.
@@ -29,6 +29,12 @@ from seckill_common.auth import Authenticator
 from seckill_common.config import Settings
 from seckill_common.errors import InvalidArgument, ServiceError, internal_status
 from seckill_common.ratelimit import RateLimiter
+from seckill_common.telemetry import (
+    current_trace_id,
+    rpc_recorder,
+    server_interceptors,
+    tracing_on,
+)
 
 log = logging.getLogger("seckill.rpc")
 
@@ -37,27 +43,38 @@ Behavior = Callable[[Any, ServicerContext], Awaitable[Any]]
 Layer = Callable[[str, Behavior], Behavior]
 
 
-def access_log(method: str, behavior: Behavior) -> Behavior:
-    async def logged(request: Any, context: ServicerContext) -> Any:
-        start = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            response = await behavior(request, context)
-            code = context.code() or grpc.StatusCode.OK
-            return response
-        except BaseException:
-            code = context.code() or grpc.StatusCode.CANCELLED
-            raise
-        finally:
-            if log.isEnabledFor(logging.INFO):
-                log.info("rpc", extra={
-                    "method": method,
-                    "peer": context.peer(),
-                    "code": getattr(code, "name", str(code)),
-                    "latency_ms": round((time.perf_counter() - start) * 1000, 3),
-                })
+def access_log(service: str) -> Layer:
+    """One JSON log line per RPC (method, peer, code, latency, trace id when tracing) and the
+    RPC metrics, both from the call's final status."""
+    with_trace_id = tracing_on()
 
-    return logged
+    def layer(method: str, behavior: Behavior) -> Behavior:
+        record = rpc_recorder(service, method)
+
+        async def logged(request: Any, context: ServicerContext) -> Any:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                response = await behavior(request, context)
+                code = context.code() or grpc.StatusCode.OK
+                return response
+            except BaseException:
+                code = context.code() or grpc.StatusCode.CANCELLED
+                raise
+            finally:
+                seconds = time.perf_counter() - start
+                name = getattr(code, "name", str(code))
+                record(name, seconds)
+                if log.isEnabledFor(logging.INFO):
+                    fields = {"method": method, "peer": context.peer(), "code": name,
+                              "latency_ms": round(seconds * 1000, 3)}
+                    if with_trace_id:
+                        fields["trace_id"] = current_trace_id()
+                    log.info("rpc", extra=fields)
+
+        return logged
+
+    return layer
 
 
 def _answer(context: ServicerContext, status: grpc.Status) -> None:
@@ -144,11 +161,13 @@ class LayeredInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
 
-def interceptors_for(settings: Settings, admin_methods: frozenset[str],
+def interceptors_for(settings: Settings, service: str, admin_methods: frozenset[str],
                      user_methods: frozenset[str]) -> list[grpc.aio.ServerInterceptor]:
+    """Tracing (when on) outermost, so the access log line carries the call's trace id."""
     auth = Authenticator(settings.admin_token, settings.user_token_secret, admin_methods,
                          user_methods)
     limits = RateLimiter(settings.user_rate, settings.user_burst, settings.process_rate,
                          settings.process_burst)
-    return [LayeredInterceptor([access_log, map_errors, auth.layer, refuse_malformed,
-                                limits.layer])]
+    return [*server_interceptors(),
+            LayeredInterceptor([access_log(service), map_errors, auth.layer,
+                                refuse_malformed, limits.layer])]

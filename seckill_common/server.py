@@ -16,6 +16,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from http.server import ThreadingHTTPServer
 from typing import TypeVar
 
 import grpc
@@ -30,8 +31,14 @@ from seckill_common.db import Database, create_pool, wait_for_server
 from seckill_common.errors import Unavailable
 from seckill_common.interceptors import interceptors_for
 from seckill_common.migrations import migrate
+from seckill_common.telemetry import (
+    configure_tracing,
+    flush_traces,
+    serve_metrics,
+    watch_pool,
+)
 from seckill_common.tls import server_credentials
-from seckill_common.workers import is_worker, supervise
+from seckill_common.workers import is_worker, supervise, worker_id
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +108,7 @@ class RunningService:
     health: health.aio.HealthServicer
     port: int
     cleanups: list[Cleanup] = field(default_factory=list)
+    metrics_server: ThreadingHTTPServer | None = None
     _monitor: asyncio.Task[None] | None = None
     _db_changed: asyncio.Event = field(default_factory=asyncio.Event)
     _stopping: bool = False
@@ -146,6 +154,9 @@ class RunningService:
         for cleanup in self.cleanups:
             await cleanup()
         await self.database.close()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         log.info("stopped", extra={"address": self.address})
 
 
@@ -157,9 +168,11 @@ async def start_service(
     await wait_for_server(settings)
     await migrate(settings)
     database = Database(await create_pool(settings), settings)
+    watch_pool(definition.name, lambda: database.pool.size, lambda: database.pool.freesize,
+               lambda: database.waiting)
 
     server = grpc.aio.server(
-        interceptors=interceptors_for(settings, definition.admin_methods,
+        interceptors=interceptors_for(settings, definition.name, definition.admin_methods,
                                       definition.user_methods),
         # Workers share their port on purpose; a lone server must not share it by accident.
         options=[*SERVER_OPTIONS, ("grpc.so_reuseport", int(reuse_port)),
@@ -184,6 +197,9 @@ async def start_service(
     running = RunningService(
         definition, settings, server, database, health_servicer, port, cleanups
     )
+    if settings.metrics_addr:
+        running.metrics_server = serve_metrics(settings.metrics_addr, worker_id())
+        log.info("metrics", extra={"port": running.metrics_server.server_port})
     await running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     database.on_change.append(lambda _up: running._db_changed.set())
@@ -242,6 +258,8 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> None:
             settings.listen_addr(definition.name), workers)))
 
     async def run() -> None:
+        if configure_tracing(definition.name):
+            log.info("tracing: exporting spans by OTLP")
         running = await start_service(definition, settings, reuse_port=is_worker())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -249,6 +267,7 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         await running.stop()
+        flush_traces()
 
     try:
         run_loop(run())

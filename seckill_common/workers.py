@@ -29,6 +29,11 @@ def is_worker() -> bool:
     return WORKER_ENV in os.environ
 
 
+def worker_id() -> int:
+    """This worker's index under the supervisor (0 for a lone process)."""
+    return int(os.environ.get(WORKER_ENV, "0"))
+
+
 def reserve_port(host: str, port: int) -> tuple[socket.socket | None, int]:
     """For port 0, a free port held by a bound (not listening) SO_REUSEPORT socket, so that
     every worker binds the same one; otherwise nothing to hold."""

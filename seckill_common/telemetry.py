@@ -1,0 +1,187 @@
+"""Tracing (OpenTelemetry) and metrics (Prometheus), both off unless configured.
+
+Tracing is on when a process has an SDK tracer provider: `configure_tracing` installs one that
+exports by OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (the standard OTEL_* variables apply:
+OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_HEADERS, ...); tests install one with an in-memory
+exporter. Off, no interceptor is added and no span object is made: zero cost.
+
+Metrics are always counted (a few microseconds a call) and served when SECKILL_METRICS_ADDR is
+set: each process serves the Prometheus text format at http://<addr>/metrics (a worker of
+`--workers N` at the port plus its index).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from http.server import ThreadingHTTPServer
+from typing import Any
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+TRACER_NAME = "seckill"
+# At most this many callers of one batch are linked from its span.
+MAX_BATCH_LINKS = 64
+# The SDK provider of this process, when tracing is on.
+_provider: Any = None
+
+
+# --- tracing ---------------------------------------------------------------------------------
+
+def configure_tracing(service: str) -> bool:
+    """Installs the OTLP exporter when OTEL_EXPORTER_OTLP_ENDPOINT is set; says whether it did."""
+    if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return False
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    name = os.environ.get("OTEL_SERVICE_NAME") or f"seckill-{service}"
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    use_tracer_provider(provider)
+    return True
+
+
+def use_tracer_provider(provider: Any) -> None:
+    """Turns tracing on with `provider` (None: off) for services started from now on."""
+    global _provider
+    _provider = provider
+
+
+def tracing_on() -> bool:
+    return _provider is not None
+
+
+def flush_traces() -> None:
+    if _provider is not None:
+        _provider.force_flush()
+
+
+def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
+    if _provider is None:
+        return []
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+
+    # Only our unary methods: the instrumentation breaks streaming handlers that write to the
+    # context instead of yielding (health Watch), and probes and reflection are noise anyway.
+    ours = filters.service_prefix("seckill.")
+    return [aio_server_interceptor(tracer_provider=_provider, filter_=ours)]
+
+
+def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    if _provider is None:
+        return []
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+    return list(aio_client_interceptors(tracer_provider=_provider))
+
+
+def tracer() -> trace.Tracer | None:
+    """The tracer for spans of our own, or None when tracing is off. Components take it when
+    they are made, so a service keeps the tracing it started with."""
+    return None if _provider is None else trace.get_tracer(TRACER_NAME,
+                                                           tracer_provider=_provider)
+
+
+def current_trace_id() -> str | None:
+    span_context = trace.get_current_span().get_span_context()
+    return format(span_context.trace_id, "032x") if span_context.is_valid else None
+
+
+@contextlib.contextmanager
+def batch_span(tracer: trace.Tracer | None, product_id: int,
+               callers: Sequence[otel_context.Context | None]) -> Iterator[None]:
+    """A span for one coalesced transaction, child of its first caller's span and linked to
+    the others' (each caller's trace shows the batch that decided it)."""
+    if tracer is None or not callers or callers[0] is None:
+        yield
+        return
+    links = [trace.Link(trace.get_current_span(c).get_span_context())
+             for c in callers[1:MAX_BATCH_LINKS + 1] if c is not None]
+    with tracer.start_as_current_span(
+            "seckill.batch", context=callers[0], links=links, kind=trace.SpanKind.INTERNAL,
+            attributes={"seckill.batch_size": len(callers), "seckill.product_id": product_id}):
+        yield
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+# Latency buckets for RPCs on one machine: sub-millisecond to a few seconds.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+RPCS = Counter("seckill_rpc_requests", "RPCs answered, by service, method and status code",
+               ["service", "method", "code"])
+RPC_LATENCY = Histogram("seckill_rpc_latency_seconds",
+                        "RPC latency on the server, by service, method and status code",
+                        ["service", "method", "code"], buckets=LATENCY_BUCKETS)
+SECKILL_OUTCOMES = Counter(
+    "seckill_outcomes", "Seckill answers past validation, by outcome: won, "
+    "already_purchased, sold_out, not_started, ended, not_found, error", ["outcome"])
+BATCH_SIZE = Histogram("seckill_commit_batch_size",
+                       "Seckill attempts decided by one transaction", buckets=BATCH_BUCKETS)
+POOL_CONNECTIONS = Gauge("seckill_db_pool_connections",
+                         "Database pool connections by state (in_use, idle)",
+                         ["service", "state"])
+POOL_WAITING = Gauge("seckill_db_pool_waiting", "Calls waiting for a pooled connection",
+                     ["service"])
+STOCK_REMAINING = Gauge("seckill_activity_stock_remaining",
+                        "Stock left as the last commit of this process saw it, per activity",
+                        ["activity_id"])
+
+_OUTCOME_OF_REASON = {"ALREADY_PURCHASED": "already_purchased", "SOLD_OUT": "sold_out",
+                      "NOT_STARTED": "not_started", "ENDED": "ended"}
+
+
+def seckill_outcome(error: BaseException | None) -> str:
+    """The outcome label of a Seckill answer (None: won)."""
+    if error is None:
+        return "won"
+    reason = getattr(error, "reason", None)
+    if reason in _OUTCOME_OF_REASON:
+        return _OUTCOME_OF_REASON[reason]
+    return "not_found" if getattr(error, "code", None) == grpc.StatusCode.NOT_FOUND else "error"
+
+
+def rpc_recorder(service: str, method: str) -> Callable[[str, float], None]:
+    """Counts and times one method's calls by final status code (children cached per code:
+    resolving labels costs more than the increment itself)."""
+    children: dict[str, tuple[Any, Any]] = {}
+
+    def record(code: str, seconds: float) -> None:
+        child = children.get(code)
+        if child is None:
+            child = children[code] = (RPCS.labels(service, method, code),
+                                      RPC_LATENCY.labels(service, method, code))
+        child[0].inc()
+        child[1].observe(seconds)
+
+    return record
+
+
+def watch_pool(service: str, size: Callable[[], int], free: Callable[[], int],
+               waiting: Callable[[], int]) -> None:
+    """Pool gauges, read at scrape time."""
+    POOL_CONNECTIONS.labels(service, "in_use").set_function(lambda: size() - free())
+    POOL_CONNECTIONS.labels(service, "idle").set_function(free)
+    POOL_WAITING.labels(service).set_function(waiting)
+
+
+def serve_metrics(addr: str, worker_id: int = 0) -> ThreadingHTTPServer:
+    """Serves /metrics on `addr` (host:port; a worker at port + its index)."""
+    host, _, port = addr.rpartition(":")
+    number = int(port)
+    server, _thread = start_http_server(number + worker_id if number else 0,
+                                        addr=host or "0.0.0.0")
+    return server
