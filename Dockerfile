@@ -14,6 +14,9 @@ COPY product_svc/ product_svc/
 COPY activity_svc/ activity_svc/
 COPY order_svc/ order_svc/
 COPY seckill_cli/ seckill_cli/
+# Listed in pyproject.toml's packages, so `pip install .` needs it; it also puts
+# seckill-bench in the image, to load the stack from inside its network.
+COPY seckill_bench/ seckill_bench/
 
 # The pinned dependencies (cryptography among them, for MySQL 8's caching_sha2_password
 # login over plain TCP) come from pyproject.toml.
@@ -23,6 +26,7 @@ RUN pip install --no-cache-dir . \
 
 USER seckill
 
-# 50051 product, 50052 activity, 50053 order. No CMD: compose sets one per service,
-# and the healthchecks run `python -m seckill_cli.wait_serving` from /app.
-EXPOSE 50051 50052 50053
+# 50051 product, 50052 activity, 50053 order; 9464 the Prometheus metrics of
+# SECKILL_METRICS_ADDR (one process per container in compose). No CMD: compose sets one per
+# service, and the healthchecks run `python -m seckill_cli.wait_serving` from /app.
+EXPOSE 50051 50052 50053 9464

@@ -1,27 +1,110 @@
-"""docker-compose.yml is a valid Compose file and wires the stack the way users rely on."""
+"""docker-compose.yml, .env.example and deploy/prometheus.yml wire the stack the way users rely
+on, and the Dockerfile builds what compose runs. No Docker engine runs on the development
+machines, so these read the files: the Compose schema, the variables, the wiring."""
 
 from __future__ import annotations
 
+import ast
+import importlib.machinery
+import importlib.metadata
+import importlib.util
 import json
+import os
+import re
+import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from seckill_common.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = Path(__file__).resolve().parent / "data" / "compose-spec.schema.json"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus.yml"
 PORTS = {"product": 50051, "activity": 50052, "order": 50053}
 SERVICES = tuple(PORTS)
+METRICS_PORT = 9464
+ACTIVITY_REPLICAS = 2
+# Variables whose .env.example value is a placeholder to replace, not the compose default.
+SECRET = re.compile(r"PASSWORD|TOKEN")
+# What Compose interpolates: $$ (a literal $), ${VAR}, ${VAR:-default} and kin, $VAR.
+VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?+])([^}]*))?\}|\$(\w+)")
 
 
 def addr_var(service: str) -> str:
     return f"SECKILL_{service.upper()}_ADDR"
 
 
+def strings(value: Any) -> list[str]:
+    """Every string value in a parsed YAML document (what Compose interpolates)."""
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in strings(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in strings(item)]
+    return [value] if isinstance(value, str) else []
+
+
+def variables(document: dict) -> dict[str, str | None]:
+    """Each variable the document reads, with its default (None: none given)."""
+    found: dict[str, str | None] = {}
+    for text in strings(document):
+        for match in VARIABLE.finditer(text):
+            name = match[1] or match[4]
+            if name:
+                default = match[3] if match[2] in (":-", "-") else None
+                found[name] = found.get(name) or default
+    return found
+
+
+def interpolate(value: Any) -> Any:
+    """The value as Compose resolves it without a .env file: defaults apply."""
+    if isinstance(value, dict):
+        return {key: interpolate(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolate(item) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match[0] == "$$":
+            return "$"
+        return match[3] if match[2] in (":-", "-") else ""
+
+    return VARIABLE.sub(substitute, value)
+
+
 @pytest.fixture(scope="module")
-def compose() -> dict:
+def raw_compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+@pytest.fixture(scope="module")
+def compose(raw_compose) -> dict:
+    """The file as Compose runs it with no .env: defaults substituted."""
+    return interpolate(raw_compose)
+
+
+@pytest.fixture(scope="module")
+def env_example() -> dict[str, str]:
+    pairs = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, sep, value = line.partition("=")
+            assert sep, f".env.example: not KEY=value: {line!r}"
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def prometheus() -> dict:
+    return yaml.safe_load(PROMETHEUS_CONFIG.read_text())
 
 
 def environment(compose: dict, service: str) -> dict[str, str]:
@@ -31,14 +114,58 @@ def environment(compose: dict, service: str) -> dict[str, str]:
     return {key: str(value) for key, value in env.items()}
 
 
-def test_compose_file_matches_the_compose_spec(compose):
+def published_ports(service: dict) -> list[tuple[str, str, int]]:
+    """(host ip, host port or range, container port) of each `ports` entry."""
+    entries = []
+    for entry in service.get("ports", []):
+        if isinstance(entry, dict):
+            entries.append((entry.get("host_ip", ""), str(entry.get("published", "")),
+                            int(entry["target"])))
+            continue
+        parts = str(entry).split("/")[0].split(":")
+        target = int(parts[-1])
+        published = parts[-2] if len(parts) >= 2 else ""
+        host_ip = parts[-3] if len(parts) >= 3 else ""
+        entries.append((host_ip, published, target))
+    return entries
+
+
+# --- the compose file ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("resolved", [False, True], ids=["as-written", "interpolated"])
+def test_compose_file_matches_the_compose_spec(raw_compose, compose, resolved):
     schema = json.loads(SCHEMA.read_text())
     # The schema declares draft 2019-09 by its old http://...# URI, which jsonschema's lookup
     # does not recognise; name the draft rather than fall back to the latest one.
     jsonschema.Draft201909Validator.check_schema(schema)
     validator = jsonschema.Draft201909Validator(schema)
-    errors = sorted(validator.iter_errors(compose), key=lambda e: list(e.path))
+    document = compose if resolved else raw_compose
+    errors = sorted(validator.iter_errors(document), key=lambda e: list(e.path))
     assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+
+
+def test_every_variable_is_listed_in_env_example(raw_compose, env_example):
+    read = variables(raw_compose)
+    assert read, "the compose file reads no variable: has the parser broken?"
+    assert not set(read) - set(env_example), "missing from .env.example"
+    assert not set(env_example) - set(read), ".env.example lists what nothing reads"
+
+
+def test_env_example_states_the_defaults_and_placeholders_for_secrets(raw_compose, env_example):
+    for name, default in variables(raw_compose).items():
+        value = env_example[name]
+        assert value, f".env.example leaves {name} empty"
+        if SECRET.search(name):
+            assert "change-me" in value, f"{name}: a placeholder that says to change it"
+        else:
+            assert value == default, f"{name}: .env.example says {value}, compose {default}"
+
+
+def test_every_container_has_a_healthcheck(compose):
+    for name, service in compose["services"].items():
+        check = service.get("healthcheck", {})
+        assert not check.get("disable"), name
+        assert check.get("test", [None])[0] in ("CMD", "CMD-SHELL"), f"{name}: no healthcheck"
 
 
 def test_db_has_a_healthcheck_to_wait_for(compose):
@@ -55,9 +182,32 @@ def test_healthcheck_uses_grpc_health_protocol(compose, service):
     assert test[4] == f"127.0.0.1:{PORTS[service]}"
 
 
+@pytest.mark.parametrize(("service", "url"), [
+    ("jaeger", "http://127.0.0.1:13133/status"),  # the healthcheckv2 extension of Jaeger v2
+    ("prometheus", "http://127.0.0.1:9090/-/ready"),
+])
+def test_tools_are_probed_over_http_with_the_images_wget(compose, service, url):
+    assert compose["services"][service]["healthcheck"]["test"] == [
+        "CMD", "wget", "-q", "-O", "/dev/null", url]
+
+
+def test_third_party_images_are_pinned(compose):
+    images = {name: service["image"] for name, service in compose["services"].items()
+              if "build" not in service}
+    assert set(images) == {"db", "jaeger", "prometheus"}
+    for name, image in images.items():
+        _repo, _, tag = image.rpartition(":")
+        assert re.fullmatch(r"v?\d+(\.\d+)+", tag), f"{name}: {image} is not pinned to a version"
+    assert images["jaeger"].startswith("jaegertracing/jaeger:2.")  # OTLP on by default
+    assert images["prometheus"].startswith("prom/prometheus:v3.")
+
+
 @pytest.mark.parametrize("service", SERVICES)
-def test_service_starts_after_db_is_healthy(compose, service):
-    assert compose["services"][service]["depends_on"]["db"] == {"condition": "service_healthy"}
+def test_service_waits_for_a_healthy_db_and_a_started_jaeger(compose, service):
+    depends_on = compose["services"][service]["depends_on"]
+    assert depends_on["db"] == {"condition": "service_healthy"}
+    # Tracing must never hold the services back: Jaeger started is enough.
+    assert depends_on["jaeger"] == {"condition": "service_started"}
 
 
 def test_activity_starts_after_product_and_order_are_healthy(compose):
@@ -78,15 +228,105 @@ def test_service_listens_on_all_interfaces_and_dials_peers_by_name(compose, serv
     assert env["SECKILL_MYSQL_URL"].startswith("mysql://")
     assert "@db:3306/seckill" in env["SECKILL_MYSQL_URL"]
     assert env["SECKILL_ADMIN_TOKEN"]
-    assert f"127.0.0.1:{port}:{port}" in compose["services"][service]["ports"]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_service_environment_is_a_valid_configuration(compose, service):
+    settings = Settings.from_env(environment(compose, service))
+    assert settings.listen_addr(service) == f"0.0.0.0:{PORTS[service]}"
+    assert settings.workers == 1
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_service_exports_metrics_and_traces(compose, service):
+    env = environment(compose, service)
+    # One process per container: the container's one metrics endpoint is all of it.
+    assert env["SECKILL_WORKERS"] == "1"
+    assert env["SECKILL_METRICS_ADDR"] == f"0.0.0.0:{METRICS_PORT}"
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
+    assert env["OTEL_SERVICE_NAME"] == f"seckill-{service}"
+    assert "jaeger" in compose["services"]
+
+
+@pytest.mark.parametrize("service", ["product", "order"])
+def test_single_services_publish_their_grpc_port_on_loopback(compose, service):
+    port = PORTS[service]
+    assert published_ports(compose["services"][service]) == [("127.0.0.1", str(port), port)]
+
+
+def test_activity_runs_replicas_without_a_fixed_host_port(compose):
+    activity = compose["services"]["activity"]
+    assert activity["deploy"]["replicas"] == ACTIVITY_REPLICAS
+    assert "container_name" not in activity  # a fixed name allows one container only
+    assert "scale" not in activity
+    for _host_ip, published, target in published_ports(activity):
+        assert target == PORTS["activity"]
+        first, _, last = published.partition("-")
+        # Empty: each replica gets a free port; a range must hold one port per replica.
+        assert not published or (last and int(last) - int(first) + 1 >= ACTIVITY_REPLICAS)
+
+
+def test_published_ports_are_on_loopback_only(compose):
+    for name, service in compose["services"].items():
+        for host_ip, _published, _target in published_ports(service):
+            assert host_ip == "127.0.0.1", f"{name} publishes beyond loopback"
+
+
+def test_ui_ports_are_the_usual_ones(compose):
+    assert published_ports(compose["services"]["jaeger"]) == [("127.0.0.1", "16686", 16686)]
+    assert published_ports(compose["services"]["prometheus"]) == [("127.0.0.1", "9090", 9090)]
+
+
+# --- Prometheus --------------------------------------------------------------------------------
+
+def test_prometheus_mounts_the_config_from_the_repo(compose):
+    volumes = compose["services"]["prometheus"]["volumes"]
+    assert "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in volumes
+    assert PROMETHEUS_CONFIG.is_file()
+
+
+def scrape_targets(prometheus: dict, service: str) -> list[str]:
+    """How Prometheus finds `service`: 'static' and/or 'dns' per matching scrape config."""
+    ways = []
+    for job in prometheus["scrape_configs"]:
+        for static in job.get("static_configs", []):
+            if f"{service}:{METRICS_PORT}" in static["targets"]:
+                ways.append("static")
+        for dns in job.get("dns_sd_configs", []):
+            if service in dns["names"] and dns.get("type", "SRV") == "A" \
+                    and dns.get("port") == METRICS_PORT:
+                ways.append("dns")
+    return ways
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_prometheus_scrapes_every_service_on_its_metrics_port(prometheus, service):
+    assert len(scrape_targets(prometheus, service)) == 1, service
+
+
+def test_prometheus_finds_every_activity_replica_by_dns(prometheus):
+    # A static `activity:9464` would resolve to one replica per scrape, not to each of them.
+    assert scrape_targets(prometheus, "activity") == ["dns"]
+
+
+def test_prometheus_jobs_are_unique_and_paths_default(prometheus):
+    names = [job["job_name"] for job in prometheus["scrape_configs"]]
+    assert len(names) == len(set(names))
+    for job in prometheus["scrape_configs"]:
+        assert job.get("metrics_path", "/metrics") == "/metrics"
+
+
+# --- the image -----------------------------------------------------------------------------
+
+def dockerfile_instructions(keyword: str) -> list[list[str]]:
+    return [line.split()[1:] for line in (ROOT / "Dockerfile").read_text().splitlines()
+            if line.split() and line.split()[0].upper() == keyword]
 
 
 def dockerfile_copy_sources() -> list[str]:
     sources = []
-    for line in (ROOT / "Dockerfile").read_text().splitlines():
-        words = line.split()
-        if words and words[0].upper() == "COPY":
-            sources += [word for word in words[1:] if not word.startswith("--")][:-1]
+    for words in dockerfile_instructions("COPY"):
+        sources += [word for word in words if not word.startswith("--")][:-1]
     return sources
 
 
@@ -100,3 +340,98 @@ def test_dockerfile_copies_only_paths_that_exist():
     assert sources
     missing = [source for source in sources if not (ROOT / source).exists()]
     assert not missing, f"COPY sources missing from the repo: {missing}"
+
+
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_dockerfile_copies_every_package_pip_installs():
+    setuptools = pyproject()["tool"]["setuptools"]
+    package_dir = setuptools.get("package-dir", {})
+    copied = [source.rstrip("/") for source in dockerfile_copy_sources()]
+    for package in setuptools["packages"]:
+        top = package.split(".")[0]
+        folder = package_dir.get(top, top).strip("./") or top
+        assert any(folder == c or folder.startswith(c + "/") for c in copied), (
+            f"`pip install .` needs {folder}/ for package {package}: COPY it")
+
+
+def test_dockerfile_exposes_what_compose_uses(compose):
+    exposed = {int(word.split("/")[0]) for words in dockerfile_instructions("EXPOSE")
+               for word in words}
+    for service in SERVICES:
+        env = environment(compose, service)
+        assert int(env[addr_var(service)].rpartition(":")[2]) in exposed
+        assert int(env["SECKILL_METRICS_ADDR"].rpartition(":")[2]) in exposed
+
+
+def module_owners() -> dict[str, str]:
+    """Installed file → the distribution that installed it."""
+    owners = {}
+    for dist in importlib.metadata.distributions():
+        name = canonicalize_name(dist.metadata["Name"])
+        for file in dist.files or []:
+            owners[os.path.normpath(dist.locate_file(file))] = name
+    return owners
+
+
+def runtime_distributions() -> set[str]:
+    """What `pip install .` installs: pyproject's dependencies and everything they require."""
+    todo = [Requirement(line) for line in pyproject()["project"]["dependencies"]]
+    seen: set[str] = set()
+    while todo:
+        requirement = todo.pop()
+        name = canonicalize_name(requirement.name)
+        if name in seen or (requirement.marker and not requirement.marker.evaluate({"extra": ""})):
+            continue
+        seen.add(name)
+        todo += [Requirement(line) for line in importlib.metadata.requires(name) or []]
+    return seen
+
+
+def imported_modules(folder: Path) -> dict[str, bool]:
+    """Absolute imports under `folder`: module name → whether it must be a module (`import x`,
+    `from x import ...`) rather than maybe a name in one (`from x import y`: x.y)."""
+    modules: dict[str, bool] = {}
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules.update((alias.name, True) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                modules[node.module] = True
+                for alias in node.names:
+                    modules.setdefault(f"{node.module}.{alias.name}", False)
+    return modules
+
+
+def find_spec(module: str) -> importlib.machinery.ModuleSpec | None:
+    try:
+        return importlib.util.find_spec(module)
+    except ModuleNotFoundError:  # a parent is a module, not a package: `module` is a name
+        return None
+
+
+def test_image_installs_every_module_the_services_import():
+    """The image gets pyproject's dependencies only: a module that the venv has by hand (or by
+    the dev extra) imports fine here and fails in the container."""
+    ours = {package.split(".")[0] for package in pyproject()["tool"]["setuptools"]["packages"]}
+    imports: dict[str, bool] = {}
+    for folder in [ROOT / name for name in sorted(ours)] + [ROOT / "gen"]:
+        if folder.is_dir():
+            imports.update(imported_modules(folder))
+    owners = module_owners()
+    runtime = runtime_distributions()
+    missing = {}
+    for module, must_exist in sorted(imports.items()):
+        top = module.split(".")[0]
+        if top in ours or top in sys.stdlib_module_names:
+            continue
+        spec = find_spec(module)
+        assert spec is not None or not must_exist, f"{module} is not installed"
+        if spec is None or not spec.has_location:  # a name, or a namespace package
+            continue
+        owner = owners.get(os.path.normpath(spec.origin))
+        if owner not in runtime:
+            missing[module] = owner
+    assert not missing, f"imported, but not a runtime dependency in pyproject.toml: {missing}"
