@@ -29,12 +29,14 @@ gen: venv
 	$(PY) -m grpc_tools.protoc -I protos --python_out=gen --grpc_python_out=gen --pyi_out=gen $(PROTOS)
 	@# protoc writes no __init__.py; these make `seckill.v1` a regular package.
 	touch gen/seckill/__init__.py gen/seckill/v1/__init__.py
+	@# The API reference, from the protos' comments (protoc's descriptor set with source info).
+	$(PY) scripts/protodoc.py -I protos -o docs/API.md $(PROTOS)
 
-# CI: the committed gen/ must be what the committed protos/ generate.
+# CI: the committed gen/ and docs/API.md must be what the committed protos/ generate.
 check-gen: gen
-	@if [ -n "$$(git status --porcelain -- gen/)" ]; then \
-		echo "gen/ is out of date with protos/: run 'make gen' and commit gen/" >&2; \
-		git status --porcelain -- gen/ >&2; \
+	@if [ -n "$$(git status --porcelain -- gen/ docs/API.md)" ]; then \
+		echo "gen/ or docs/API.md is out of date with protos/: run 'make gen' and commit them" >&2; \
+		git status --porcelain -- gen/ docs/API.md >&2; \
 		exit 1; \
 	fi
 
@@ -48,10 +50,11 @@ down:
 status:
 	@scripts/stack.sh status || true
 
-# Uses the settings (addresses, admin token) of the stack that `make up` started.
+# `seckill sale simulate` with the settings (addresses, admin token) of the stack that
+# `make up` started, e.g. `make demo DEMO_ARGS="--users 2000 --stock 300 --tries 3"`.
 demo: venv
 	@test -f .run/stack.env || { echo "the stack is not up: run 'make up' first" >&2; exit 1; }
-	. ./.run/stack.env && PYTHONPATH=.:gen $(PY) -m seckill_cli.demo $(DEMO_ARGS)
+	. ./.run/stack.env && PYTHONPATH=.:gen $(PY) -m seckill_cli sale simulate $(DEMO_ARGS)
 
 run: up
 	$(MAKE) --no-print-directory demo

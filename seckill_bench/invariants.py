@@ -35,8 +35,12 @@ class Invariant:
         return asdict(self)
 
 
-async def list_orders(order_addr: str, activity_id: int) -> list[order_pb2.Order]:
-    """Every order of the activity, walking ListOrders pages of 1,000."""
+async def list_orders(order_addr: str, activity_id: int,
+                      metadata: tuple[tuple[str, str], ...] = ()) -> list[order_pb2.Order]:
+    """Every order of the activity, walking ListOrders pages of 1,000.
+
+    `metadata`: credentials, for services that take user tokens (ListOrders is a user RPC).
+    """
     orders: list[order_pb2.Order] = []
     async with grpc.aio.insecure_channel(order_addr) as channel:
         stub = order_pb2_grpc.OrderServiceStub(channel)
@@ -45,7 +49,7 @@ async def list_orders(order_addr: str, activity_id: int) -> list[order_pb2.Order
             page = await stub.ListOrders(
                 order_pb2.ListOrdersRequest(activity_id=activity_id, page_size=PAGE_SIZE,
                                             page_token=token),
-                timeout=CALL_TIMEOUT_S,
+                metadata=metadata, timeout=CALL_TIMEOUT_S,
             )
             orders.extend(page.orders)
             token = page.next_page_token
@@ -75,14 +79,15 @@ class SeckillCheck:
     product_addr: str | None = None
     initial_stock: int | None = None
     baseline_ids: frozenset[int] = frozenset()
+    metadata: tuple[tuple[str, str], ...] = ()  # for list_orders
 
     async def take_baseline(self) -> None:
         self.baseline_ids = frozenset(
-            o.id for o in await list_orders(self.order_addr, self.activity_id))
+            o.id for o in await list_orders(self.order_addr, self.activity_id, self.metadata))
 
     async def verify(self, ok_answers: int, ok_order_ids: Iterable[int]) -> list[Invariant]:
         try:
-            orders = await list_orders(self.order_addr, self.activity_id)
+            orders = await list_orders(self.order_addr, self.activity_id, self.metadata)
             stock = await remaining_stock(self.activity_addr, self.product_addr,
                                           self.activity_id)
         except grpc.aio.AioRpcError as exc:

@@ -131,7 +131,10 @@ async def _prepare_check(config: BenchConfig, template: Template, full_name: str
                          "pass --no-check")
     check = SeckillCheck(activity_addr=config.host, order_addr=config.effective_order_addr,
                          activity_id=activity_ids.pop(), product_addr=config.product_addr,
-                         initial_stock=config.initial_stock)
+                         initial_stock=config.initial_stock,
+                         # The call's credentials (e.g. the admin token): ListOrders needs
+                         # them when the services take user tokens.
+                         metadata=tuple(config.metadata.items()))
     try:
         await check.take_baseline()
     except grpc.aio.AioRpcError as exc:

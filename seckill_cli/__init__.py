@@ -1,1 +1,1 @@
-"""Command-line tools around the running services: readiness wait and the demo."""
+"""Command-line tools: the `seckill` CLI, user tokens, and the health waiter of `make up`."""

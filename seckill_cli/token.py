@@ -13,7 +13,7 @@ import os
 import sys
 
 from seckill_common.auth import UserTokens
-from seckill_common.config import ConfigError, Settings
+from seckill_common.config import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,19 +24,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ttl", type=float, default=3600.0,
                         help="seconds until the token expires (default 3600)")
     args = parser.parse_args(argv)
-    if not os.environ.get("SECKILL_USER_TOKEN_SECRET"):
-        print("seckill-token: set SECKILL_USER_TOKEN_SECRET (the services' secret)",
-              file=sys.stderr)
-        return 2
     try:
-        # The same checks as the services apply (length of the secret).
-        secret = Settings.from_env({**os.environ, "SECKILL_ADMIN_TOKEN": "unused"}
-                                   ).user_token_secret
-        print(UserTokens(secret).issue(args.user_id, ttl_s=args.ttl))
-    except (ConfigError, ValueError) as exc:
+        print(issue(args.user_id, args.ttl))
+    except ValueError as exc:
         print(f"seckill-token: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def issue(user_id: str, ttl_s: float) -> str:
+    """A token for `user_id` signed with SECKILL_USER_TOKEN_SECRET; ValueError says what is
+    wrong (no secret, a secret the services would refuse, a bad ttl). Also `seckill token`."""
+    if not os.environ.get("SECKILL_USER_TOKEN_SECRET"):
+        raise ValueError("set SECKILL_USER_TOKEN_SECRET (the services' secret)")
+    # The same checks as the services apply (length of the secret). ConfigError is a ValueError.
+    secret = Settings.from_env({**os.environ, "SECKILL_ADMIN_TOKEN": "unused"}).user_token_secret
+    return UserTokens(secret).issue(user_id, ttl_s=ttl_s)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from seckill_bench.methods import MethodError, resolve, split_call
 from seckill_bench.report import histogram, percentile
 from seckill_bench.template import Template, TemplateError, static_values
 from tests.conftest import make_activity, make_product
-from tests.support import Stack
+from tests.support import ADMIN, Stack, start_stack
 
 SECKILL = "seckill.v1.ActivityService/Seckill"
 GHZ_KEYS = {"date", "options", "count", "total", "average", "fastest", "slowest", "rps",
@@ -213,3 +213,20 @@ async def test_setup_errors_come_before_the_run(stack: Stack) -> None:
     with pytest.raises(BenchError, match="concurrency"):
         await run_load(BenchConfig(call=SECKILL, host=stack.activity.address, procs=4,
                                    concurrency=2))
+
+
+async def test_with_user_tokens_the_admin_token_buys_and_checks(db_url: str) -> None:
+    """Services that take user tokens: the load carries the admin token (which may act as
+    any user), and the invariant check lists the orders with it too."""
+    secured = await start_stack(db_url, SECKILL_USER_TOKEN_SECRET="s" * 40)
+    try:
+        product = await make_product(secured, stock=10)
+        activity = await make_activity(secured, product.id)
+        report = await run_load(BenchConfig(
+            call=SECKILL, host=secured.activity.address, total=30, concurrency=6,
+            data=json.dumps({"activity_id": activity.id, "user_id": "u{{.RequestNumber}}"}),
+            metadata=dict(ADMIN), order_addr=secured.order.address, initial_stock=10))
+        assert report.status_counts == {"OK": 10, "FailedPrecondition": 20}
+        assert report.invariants and report.invariants_ok, report.summary_text()
+    finally:
+        await secured.stop()

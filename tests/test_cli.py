@@ -1,0 +1,361 @@
+"""The `seckill` CLI against the in-process stack: every command, its JSON, each class of error
+told in plain words with its exit code, `status`, and a small `sale simulate`.
+
+The CLI runs in this process (`cli.run(argv)`, stdout captured) so the servers keep running
+on the same event loop; two tests run it as its own process, as people do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from seckill.v1 import activity_pb2, order_pb2, product_pb2
+
+from seckill_cli import cli
+from seckill_cli.client import Exit
+from seckill_common.auth import UserTokens
+from tests.conftest import make_activity, make_product
+from tests.support import (
+    ADMIN,
+    ADMIN_TOKEN,
+    REPO,
+    Stack,
+    free_port,
+    start_stack,
+    wait_serving,
+)
+
+USER_SECRET = "a-user-token-secret-of-32-bytes!"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def admin_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
+    monkeypatch.delenv("SECKILL_USER_TOKEN", raising=False)
+    monkeypatch.setenv("COLUMNS", "160")  # rich's width off a terminal: no cell wraps
+
+
+def addr_flags(stack: Stack) -> list[str]:
+    return ["--product-addr", stack.product.address, "--activity-addr", stack.activity.address,
+            "--order-addr", stack.order.address]
+
+
+class Seckill:
+    """Runs `seckill ARGS` against one stack, in-process, and captures what it prints."""
+
+    def __init__(self, stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+        self.stack = stack
+        self.capsys = capsys
+
+    async def __call__(self, *argv: str) -> Result:
+        self.capsys.readouterr()
+        code = await cli.run([*addr_flags(self.stack), *argv])
+        captured = self.capsys.readouterr()
+        return Result(int(code), captured.out, captured.err)
+
+
+@pytest.fixture
+def seckill(stack: Stack, capsys: pytest.CaptureFixture[str], admin_env: None) -> Seckill:
+    return Seckill(stack, capsys)
+
+
+async def test_product_commands(seckill: Seckill) -> None:
+    created = await seckill("--json", "product", "create", "--name", "Tea", "--description",
+                            "green", "--price-cents", "350", "--stock", "5")
+    assert created.code == Exit.OK, created.err
+    product = created.json()
+    assert product["name"] == "Tea" and product["stock"] == 5 and isinstance(product["id"], int)
+    pid = str(product["id"])
+
+    shown = await seckill("product", "get", pid)
+    assert shown.code == Exit.OK
+    assert f"product {pid}" in shown.out and "Tea" in shown.out and "green" in shown.out
+
+    listed = await seckill("product", "list", "--json")  # --json after the command works too
+    assert [p["id"] for p in listed.json()["products"]] == [product["id"]]
+    assert "Tea" in (await seckill("product", "list")).out
+
+    # Only the fields given change: stock to 0 (a zero value, so the mask matters), not the name.
+    updated = (await seckill("--json", "product", "update", pid, "--stock", "0")).json()
+    assert updated["stock"] == 0 and updated["name"] == "Tea" and updated["price_cents"] == 350
+
+    gone = await seckill("product", "delete", pid)
+    assert gone.code == Exit.OK and f"deleted product {pid}" in gone.out
+    missing = await seckill("product", "get", pid)
+    assert missing.code == Exit.REFUSED
+    assert missing.out == "" and f"product {pid} not found" in missing.err
+
+
+async def test_activity_commands(seckill: Seckill, stack: Stack) -> None:
+    product = await make_product(stack, stock=7)
+    created = await seckill("--json", "activity", "create", "--product", str(product.id),
+                            "--name", "Tea rush", "--start", "now", "--end", "+1h")
+    assert created.code == Exit.OK, created.err
+    activity = created.json()
+    aid = str(activity["id"])
+    start = dt.datetime.fromisoformat(activity["start_time"])
+    end = dt.datetime.fromisoformat(activity["end_time"])
+    assert abs((end - start) - dt.timedelta(hours=1)) < dt.timedelta(seconds=5)
+
+    shown = await seckill("activity", "get", aid)
+    assert shown.code == Exit.OK
+    assert "Tea rush" in shown.out and "stock left" in shown.out and "open" in shown.out
+    assert (await seckill("--json", "activity", "get", aid)).json()["product"]["stock"] == 7
+    listed = await seckill("--json", "activity", "list")
+    assert [a["id"] for a in listed.json()["activities"]] == [activity["id"]]
+    assert "Tea rush" in (await seckill("activity", "list")).out
+
+    updated = (await seckill("--json", "activity", "update", aid, "--name", "Later rush",
+                             "--end", "2030-01-01T00:00:00Z")).json()
+    assert updated["name"] == "Later rush" and updated["end_time"] == "2030-01-01T00:00:00Z"
+    assert updated["start_time"] == activity["start_time"]  # not in the mask: unchanged
+
+    gone = await seckill("activity", "delete", aid)
+    assert gone.code == Exit.OK and f"deleted activity {aid}" in gone.out
+    missing = await seckill("activity", "get", aid)
+    assert missing.code == Exit.REFUSED and f"activity {aid} not found" in missing.err
+
+
+async def test_buy_orders_and_cancel(seckill: Seckill, stack: Stack,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    product = await make_product(stack, stock=10)
+    aid = str((await make_activity(stack, product.id)).id)
+    bought = await seckill("buy", "--activity", aid, "--user", "alice")
+    assert bought.code == Exit.OK, bought.err
+    assert "user alice bought" in bought.out
+    order = (await seckill("--json", "buy", "--activity", aid, "--user", "bob")).json()["order"]
+    for user in ("carol", "dave", "erin"):
+        assert (await seckill("buy", "--activity", aid, "--user", user)).code == Exit.OK
+
+    mine = (await seckill("--json", "orders", "--user", "bob")).json()["orders"]
+    assert [o["id"] for o in mine] == [order["id"]]
+    assert "bob" in (await seckill("orders", "--user", "bob", "--activity", aid)).out
+    # Pages of 2: the CLI walks all three.
+    monkeypatch.setattr(cli, "MAX_PAGE_SIZE", 2)
+    every = (await seckill("--json", "orders", "--activity", aid)).json()["orders"]
+    assert [o["user_id"] for o in every] == ["alice", "bob", "carol", "dave", "erin"]
+    assert len((await seckill("--json", "orders", "--activity", aid, "--limit", "3")
+                ).json()["orders"]) == 3
+
+    cancelled = await seckill("cancel", str(order["id"]))
+    assert cancelled.code == Exit.OK and f"cancelled order {order['id']}" in cancelled.out
+    stock = (await seckill("--json", "product", "get", str(product.id))).json()["stock"]
+    assert stock == 10 - 5 + 1
+    assert (await seckill("--json", "orders", "--user", "bob")).json() == {"orders": []}
+
+
+async def test_already_holds_an_order(seckill: Seckill, stack: Stack) -> None:
+    aid = (await make_activity(stack, (await make_product(stack)).id)).id
+    first = (await seckill("--json", "buy", "--activity", str(aid), "--user", "u")).json()
+    again = await seckill("buy", "--activity", str(aid), "--user", "u")
+    assert again.code == Exit.REFUSED
+    assert (f"user u already holds order {first['order']['id']} for activity {aid}"
+            in again.err)
+
+
+async def test_sold_out_and_not_started(seckill: Seckill, stack: Stack) -> None:
+    product = await make_product(stack, stock=1)
+    aid = (await make_activity(stack, product.id)).id
+    assert (await seckill("buy", "--activity", str(aid), "--user", "a")).code == Exit.OK
+    late = await seckill("buy", "--activity", str(aid), "--user", "b")
+    assert late.code == Exit.REFUSED and f"activity {aid} is sold out" in late.err
+
+    early_id = (await make_activity(stack, (await make_product(stack)).id, start_s=3600)).id
+    early = await seckill("--json", "buy", "--activity", str(early_id), "--user", "a")
+    assert early.code == Exit.REFUSED and "has not started yet" in early.err
+    # --json: the error as a document on stdout too, with the status details.
+    error = early.json()["error"]
+    assert error["code"] == "FAILED_PRECONDITION"
+    assert error["details"][0]["reason"] == "NOT_STARTED"
+
+
+async def test_invalid_arguments_list_every_violation(seckill: Seckill) -> None:
+    bad = await seckill("product", "create", "--name", " ", "--price-cents", "-1")
+    assert bad.code == Exit.REFUSED
+    assert "invalid request:" in bad.err
+    assert "- product.name: is required" in bad.err
+    assert "- product.price_cents: must be within" in bad.err
+    zero = await seckill("product", "get", "0")
+    assert zero.code == Exit.REFUSED and "- id: must be a positive id" in zero.err
+
+
+async def test_admin_token_missing_or_wrong(seckill: Seckill,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SECKILL_ADMIN_TOKEN")
+    missing = await seckill("product", "create", "--name", "Tea")
+    assert missing.code == Exit.REFUSED
+    assert "missing 'authorization: Bearer <token>'" in missing.err
+    assert "set SECKILL_ADMIN_TOKEN" in missing.err
+    monkeypatch.setenv("SECKILL_ADMIN_TOKEN", "not-the-token")
+    wrong = await seckill("product", "create", "--name", "Tea")
+    assert wrong.code == Exit.REFUSED and "not the admin token" in wrong.err
+    assert "set SECKILL_ADMIN_TOKEN" in wrong.err
+
+
+async def test_unreachable_service(seckill: Seckill) -> None:
+    closed = f"127.0.0.1:{free_port()}"
+    down = await seckill("--product-addr", closed, "product", "list")
+    assert down.code == Exit.UNREACHABLE
+    assert (f"cannot reach the product service at {closed} (is it running? `make up`)"
+            in down.err)
+
+
+async def test_deadline_exceeded(seckill: Seckill) -> None:
+    slow = await seckill("--timeout", "0.000001", "activity", "list")
+    assert slow.code == Exit.UNREACHABLE
+    assert "did not answer within 1e-06s (--timeout)" in slow.err
+
+
+async def test_usage_errors(seckill: Seckill) -> None:
+    assert (await seckill()).code == Exit.USAGE
+    assert (await seckill("product", "get", "one")).code == Exit.USAGE
+    nothing = await seckill("product", "update", "1")
+    assert nothing.code == Exit.USAGE and "nothing to update" in nothing.err
+    when = await seckill("activity", "create", "--product", "1", "--name", "x", "--end", "soon")
+    assert when.code == Exit.USAGE and "is not a time" in when.err
+    assert (await seckill("sale", "simulate", "--users", "0")).code == Exit.USAGE
+    assert (await seckill("--help")).code == Exit.OK
+
+
+async def test_status(seckill: Seckill, stack: Stack) -> None:
+    # A service starts NOT_SERVING and turns SERVING once its database answers a ping.
+    for service in (stack.product, stack.activity, stack.order):
+        await wait_serving(service.address)
+    up = await seckill("status")
+    assert up.code == Exit.OK and up.out.count("SERVING") == 3
+    rows = (await seckill("--json", "status")).json()["services"]
+    assert {r["service"]: r["status"] for r in rows} == {
+        "product": "SERVING", "activity": "SERVING", "order": "SERVING"}
+
+    await stack.order.stop(0)
+    one_down = await seckill("--json", "status")
+    assert one_down.code == Exit.UNREACHABLE
+    states = {r["service"]: r["status"] for r in one_down.json()["services"]}
+    assert states == {"product": "SERVING", "activity": "SERVING", "order": "UNREACHABLE"}
+    assert "not listening" in (await seckill("status")).out
+
+
+async def test_user_tokens(db_url: str, capsys: pytest.CaptureFixture[str],
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """With SECKILL_USER_TOKEN_SECRET on the services, buy needs a token: `seckill token`."""
+    monkeypatch.delenv("SECKILL_ADMIN_TOKEN", raising=False)
+    monkeypatch.delenv("SECKILL_USER_TOKEN", raising=False)
+    monkeypatch.delenv("SECKILL_USER_TOKEN_SECRET", raising=False)
+    stack = await start_stack(db_url, SECKILL_USER_TOKEN_SECRET=USER_SECRET)
+    try:
+        seckill = Seckill(stack, capsys)
+        aid = str((await make_activity(stack, (await make_product(stack)).id)).id)
+        no_token = await seckill("buy", "--activity", aid, "--user", "alice")
+        assert no_token.code == Exit.REFUSED and "--user-token" in no_token.err
+        assert (await seckill("token", "alice")).code == Exit.USAGE  # no secret here
+
+        monkeypatch.setenv("SECKILL_USER_TOKEN_SECRET", USER_SECRET)
+        issued = await seckill("token", "alice", "--ttl", "60")
+        token = issued.out.strip()
+        assert UserTokens(USER_SECRET).verify(token.encode()) == "alice"
+        bought = await seckill("--user-token", token, "buy", "--activity", aid)
+        assert bought.code == Exit.OK and "user alice bought" in bought.out
+        monkeypatch.setenv("SECKILL_USER_TOKEN", token)
+        assert len((await seckill("--json", "orders")).json()["orders"]) == 1
+    finally:
+        await stack.stop()
+
+
+async def test_rate_limited(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    stack = await start_stack(db_url, SECKILL_RATE_LIMIT_USER="0.01",
+                              SECKILL_RATE_LIMIT_USER_BURST="1")
+    try:
+        seckill = Seckill(stack, capsys)
+        assert (await seckill("orders", "--user", "greedy")).code == Exit.OK
+        again = await seckill("orders", "--user", "greedy")
+        assert again.code == Exit.REFUSED
+        assert "rate limited:" in again.err and "retry in" in again.err
+    finally:
+        await stack.stop()
+
+
+async def test_sale_simulate(seckill: Seckill, stack: Stack) -> None:
+    sale = await seckill("--json", "sale", "simulate", "--users", "200", "--stock", "20",
+                         "--concurrency", "100")
+    assert sale.code == Exit.OK, sale.err
+    summary = sale.json()
+    assert summary["calls"] == 400
+    assert summary["orders"] == 20 and summary["stock_left"] == 0
+    # Each user's second try is a duplicate (winners) or sold out; nothing else.
+    assert summary["sold_out"] + summary["duplicates"] == 380
+    assert summary["other_errors"] == {}
+    assert summary["latency_ms"]["p99"] >= summary["latency_ms"]["p50"] > 0
+    assert [i["ok"] for i in summary["invariants"]] == [True] * len(summary["invariants"])
+    listed = await stack.orders.ListOrders(
+        order_pb2.ListOrdersRequest(
+            activity_id=summary["activity"]["id"], page_size=1000))
+    assert len({o.user_id for o in listed.orders}) == 20
+    product = await stack.products.GetProduct(
+        product_pb2.GetProductRequest(id=summary["product"]["id"]))
+    assert product.stock == 0
+
+
+async def test_sale_simulate_for_people(seckill: Seckill, stack: Stack) -> None:
+    sale = await seckill("sale", "simulate", "--users", "30", "--stock", "5", "--tries", "3")
+    assert sale.code == Exit.OK, sale.err
+    for text in ("orders placed (OK)", "sold-out refusals", "duplicates refused",
+                 "other errors", "latency p50 / p99", "stock left", "0 of 5", "invariants"):
+        assert text in sale.out, f"{text!r} missing from:\n{sale.out}"
+    assert "FAILED" not in sale.out and sale.out.count(" ok ") >= 6
+    products = await stack.products.ListProducts(product_pb2.ListProductsRequest())
+    pid = products.products[-1].id
+    activity_id = (await stack.activities.ListActivities(
+        activity_pb2.ListActivitiesRequest())
+    ).activities[-1].id
+    assert f"seckill activity get {activity_id}" in sale.out
+    assert f"seckill product update {pid} --stock 10" in sale.out
+    assert "grpcurl -plaintext" in sale.out and "make down" in sale.out
+
+
+async def run_process(*argv: str, env: dict[str, str]) -> Result:
+    """The CLI as its own process; asyncio's, so this loop keeps serving the stack."""
+    process = await asyncio.create_subprocess_exec(
+        *argv, env=env, cwd=REPO, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return Result(process.returncode, out.decode(), err.decode())
+
+
+async def test_as_a_process(stack: Stack) -> None:
+    """`seckill` (the installed script) and `python -m seckill_cli`, configured by env vars."""
+    env = {**os.environ, "SECKILL_ADMIN_TOKEN": ADMIN_TOKEN,
+           "SECKILL_PRODUCT_ADDR": stack.product.address,
+           "SECKILL_ACTIVITY_ADDR": stack.activity.address,
+           "SECKILL_ORDER_ADDR": stack.order.address}
+    await stack.products.CreateProduct(product_pb2.CreateProductRequest(
+        product=product_pb2.Product(name="Kettle", stock=3)), metadata=ADMIN)
+    for service in (stack.product, stack.activity, stack.order):
+        await wait_serving(service.address)
+    script = Path(sys.executable).parent / "seckill"
+    listed = await run_process(str(script), "product", "list", "--json", env=env)
+    assert listed.code == 0, listed.err
+    assert [p["name"] for p in listed.json()["products"]] == ["Kettle"]
+    status = await run_process(sys.executable, "-m", "seckill_cli", "status", env=env)
+    assert status.code == 0 and status.out.count("SERVING") == 3
+    closed = {**env, "SECKILL_ORDER_ADDR": f"127.0.0.1:{free_port()}"}
+    assert (await run_process(sys.executable, "-m", "seckill_cli", "status", env=closed)
+            ).code == Exit.UNREACHABLE
