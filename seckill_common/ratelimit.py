@@ -55,31 +55,46 @@ def _cached_status(scope: str, retry_ms: int) -> grpc.Status:
 
 
 class TokenBuckets:
-    """`rate` tokens a second per key, up to `burst`; `take` says how long until one is there."""
+    """`rate` tokens a second per key, up to `burst`; `take` says how long until one is there.
+
+    A bucket that has refilled is the same as no bucket, so those are dropped once per refill
+    time: memory follows the keys seen in the last few seconds, not every key ever seen (a
+    sale of a million users would otherwise keep a million buckets). `max_keys` caps it
+    within a refill time too.
+    """
 
     def __init__(self, rate: float, burst: int, max_keys: int = 100_000) -> None:
         self.rate = rate
         self.burst = float(burst)
         self._max_keys = max_keys
+        self._refill_s = burst / rate
+        self._pruned_at = 0.0
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
 
     def take(self, key: str, now: float | None = None) -> float:
         """0 if a token was taken; else the seconds until one will be there."""
         now = time.monotonic() if now is None else now
+        if now - self._pruned_at >= self._refill_s or len(self._buckets) >= self._max_keys:
+            self._forget_full(now)
         tokens, at = self._buckets.get(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - at) * self.rate)
         if tokens >= 1.0:
             self._buckets[key] = (tokens - 1.0, now)
-            if len(self._buckets) > self._max_keys:
-                self._forget_full(now)
             return 0.0
         self._buckets[key] = (tokens, now)
         return (1.0 - tokens) / self.rate
 
+    def __len__(self) -> int:
+        return len(self._buckets)
+
     def _forget_full(self, now: float) -> None:
-        # A bucket that has refilled is the same as no bucket: drop those.
+        self._pruned_at = now
         self._buckets = {k: (t, at) for k, (t, at) in self._buckets.items()
                          if t + (now - at) * self.rate < self.burst}
+        if len(self._buckets) >= self._max_keys:
+            # A flood of distinct keys within one refill time: forgetting them errs on the
+            # side of letting calls through, which the process limit still bounds.
+            self._buckets.clear()
 
 
 class RateLimiter:

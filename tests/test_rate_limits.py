@@ -25,12 +25,20 @@ def test_a_bucket_allows_its_burst_then_its_rate() -> None:
     assert [buckets.take("u", now=200.0) for _ in range(4)][:3] == [0.0, 0.0, 0.0]
 
 
-def test_idle_buckets_are_forgotten() -> None:
-    buckets = TokenBuckets(rate=1, burst=1, max_keys=10)
-    for n in range(11):
-        buckets.take(f"user-{n}", now=0.0)
-    buckets.take("late", now=5.0)  # past max_keys: every refilled bucket goes
-    assert len(buckets._buckets) == 1
+def test_refilled_buckets_are_forgotten_so_memory_stays_flat() -> None:
+    buckets = TokenBuckets(rate=10, burst=20)  # refills in 2 s
+    for second in range(60):  # a minute of 1,000 new users a second
+        for n in range(1000):
+            buckets.take(f"user-{second}-{n}", now=second + n / 1000)
+        assert len(buckets) <= 3000  # the last ~2 s of users, not all 60,000
+    assert buckets.take("user-59-0", now=59.5) == 0.0  # a recent user keeps its bucket
+
+
+def test_max_keys_caps_the_buckets_within_a_refill_time() -> None:
+    buckets = TokenBuckets(rate=1, burst=100, max_keys=10)  # refills in 100 s
+    for n in range(25):
+        buckets.take(f"user-{n}", now=1.0)
+    assert len(buckets) <= 10
 
 
 async def test_a_flooding_user_is_refused_while_the_others_buy(db_url: str) -> None:
