@@ -17,6 +17,7 @@ from pathlib import Path
 
 from seckill_bench.config import BenchConfig, ConfigError, parse_duration
 from seckill_bench.runner import BenchError, run
+from seckill_common.tls import ClientTLS
 
 FORMATS = ("summary", "json", "pretty", "html")
 
@@ -71,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="write the output to this file")
     p.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML report")
     p.add_argument("--insecure", action="store_true",
-                   help="accepted for ghz compatibility: plaintext is the only mode")
+                   help="plaintext (the default unless --cacert; accepted for ghz compatibility)")
+    p.add_argument("--cacert", default="",
+                   help="PEM file of the CA (or self-signed certificate) to trust: TLS")
+    p.add_argument("--cert", default="", help="client certificate PEM, for mutual TLS")
+    p.add_argument("--key", default="", help="client private key PEM, for mutual TLS")
     p.add_argument("--skip-first", type=int, default=0,
                    help="leave the first N request numbers out of the statistics")
     p.add_argument("--name", default="", help="a name for the report")
@@ -89,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def client_tls(args: argparse.Namespace) -> ClientTLS:
+    if args.insecure and args.cacert:
+        raise ConfigError("--insecure and --cacert contradict each other")
+    try:
+        return ClientTLS(cacert=args.cacert, cert=args.cert, key=args.key)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     data = args.data_file.read_text() if args.data_file else args.data
     return BenchConfig(
@@ -98,6 +112,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         connect_timeout_s=args.connect_timeout, skip_first=args.skip_first, name=args.name,
         progress=not args.no_progress, check=not args.no_check, order_addr=args.order_addr,
         product_addr=args.product_addr, initial_stock=args.initial_stock, handle_sigint=True,
+        tls=client_tls(args),
     )
 
 

@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from seckill_common.tls import ClientTLS
+
 DEFAULT_TOTAL = 200  # ghz's default when neither -n nor -z is given
 DEFAULT_ORDER_ADDR = "127.0.0.1:50053"
 
@@ -67,6 +69,8 @@ class BenchConfig:
     initial_stock: int | None = None
     # Ctrl-C stops sending and reports what completed (the CLI sets this).
     handle_sigint: bool = False
+    # Plaintext unless a CA is given (--cacert; --cert/--key for mutual TLS).
+    tls: ClientTLS = field(default_factory=ClientTLS)
 
     @property
     def data_text(self) -> str:

@@ -21,6 +21,9 @@ from seckill.v1 import (
     product_pb2_grpc,
 )
 
+from seckill_common.tls import ClientTLS
+
+PLAINTEXT = ClientTLS()
 CALL_TIMEOUT_S = 30.0
 PAGE_SIZE = 1000
 
@@ -36,13 +39,14 @@ class Invariant:
 
 
 async def list_orders(order_addr: str, activity_id: int,
-                      metadata: tuple[tuple[str, str], ...] = ()) -> list[order_pb2.Order]:
+                      metadata: tuple[tuple[str, str], ...] = (),
+                      tls: ClientTLS = PLAINTEXT) -> list[order_pb2.Order]:
     """Every order of the activity, walking ListOrders pages of 1,000.
 
     `metadata`: credentials, for services that take user tokens (ListOrders is a user RPC).
     """
     orders: list[order_pb2.Order] = []
-    async with grpc.aio.insecure_channel(order_addr) as channel:
+    async with tls.channel(order_addr) as channel:
         stub = order_pb2_grpc.OrderServiceStub(channel)
         token = ""
         while True:
@@ -58,14 +62,14 @@ async def list_orders(order_addr: str, activity_id: int,
 
 
 async def remaining_stock(activity_addr: str, product_addr: str | None,
-                          activity_id: int) -> int:
+                          activity_id: int, tls: ClientTLS = PLAINTEXT) -> int:
     """The activity's product's stock: GetActivity's embedded product, or GetProduct."""
-    async with grpc.aio.insecure_channel(activity_addr) as channel:
+    async with tls.channel(activity_addr) as channel:
         activity = await activity_pb2_grpc.ActivityServiceStub(channel).GetActivity(
             activity_pb2.GetActivityRequest(id=activity_id), timeout=CALL_TIMEOUT_S)
     if product_addr is None:
         return activity.product.stock
-    async with grpc.aio.insecure_channel(product_addr) as channel:
+    async with tls.channel(product_addr) as channel:
         product = await product_pb2_grpc.ProductServiceStub(channel).GetProduct(
             product_pb2.GetProductRequest(id=activity.product_id), timeout=CALL_TIMEOUT_S)
     return product.stock
@@ -80,16 +84,19 @@ class SeckillCheck:
     initial_stock: int | None = None
     baseline_ids: frozenset[int] = frozenset()
     metadata: tuple[tuple[str, str], ...] = ()  # for list_orders
+    tls: ClientTLS = PLAINTEXT
 
     async def take_baseline(self) -> None:
         self.baseline_ids = frozenset(
-            o.id for o in await list_orders(self.order_addr, self.activity_id, self.metadata))
+            o.id for o in await list_orders(self.order_addr, self.activity_id, self.metadata,
+                                      self.tls))
 
     async def verify(self, ok_answers: int, ok_order_ids: Iterable[int]) -> list[Invariant]:
         try:
-            orders = await list_orders(self.order_addr, self.activity_id, self.metadata)
+            orders = await list_orders(self.order_addr, self.activity_id, self.metadata,
+                                       self.tls)
             stock = await remaining_stock(self.activity_addr, self.product_addr,
-                                          self.activity_id)
+                                          self.activity_id, self.tls)
         except grpc.aio.AioRpcError as exc:
             return [Invariant("orders and stock readable through the API", False,
                               f"{exc.code().name}: {exc.details()}")]

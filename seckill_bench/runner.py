@@ -134,7 +134,7 @@ async def _prepare_check(config: BenchConfig, template: Template, full_name: str
                          initial_stock=config.initial_stock,
                          # The call's credentials (e.g. the admin token): ListOrders needs
                          # them when the services take user tokens.
-                         metadata=tuple(config.metadata.items()))
+                         metadata=tuple(config.metadata.items()), tls=config.tls)
     try:
         await check.take_baseline()
     except grpc.aio.AioRpcError as exc:

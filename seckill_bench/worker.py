@@ -27,6 +27,7 @@ from google.rpc import error_details_pb2, status_pb2
 from seckill_bench.config import BenchConfig, share
 from seckill_bench.methods import Method, resolve
 from seckill_bench.template import Template, static_values
+from seckill_common.tls import ClientTLS
 
 CHANNEL_OPTIONS = [
     # Without it, channels to the same target in one process share one TCP connection.
@@ -65,6 +66,7 @@ class PartSpec:
     connect_timeout_s: float
     skip_first: int
     collect_order_ids: bool
+    tls: ClientTLS
 
 
 def plan_parts(config: BenchConfig, collect_order_ids: bool) -> list[PartSpec]:
@@ -82,6 +84,7 @@ def plan_parts(config: BenchConfig, collect_order_ids: bool) -> list[PartSpec]:
             first_channel=first_channel, metadata=tuple(config.metadata.items()),
             timeout_s=config.timeout_s, connect_timeout_s=config.connect_timeout_s,
             skip_first=config.skip_first, collect_order_ids=collect_order_ids,
+            tls=config.tls,
         ))
         first_worker += workers
         first_channel += channels
@@ -150,7 +153,7 @@ class Part:
 
     async def connect(self) -> None:
         spec = self.spec
-        self._channels = [grpc.aio.insecure_channel(spec.host, options=CHANNEL_OPTIONS)
+        self._channels = [spec.tls.channel(spec.host, CHANNEL_OPTIONS)
                           for _ in range(spec.channels)]
         try:
             async with asyncio.timeout(spec.connect_timeout_s):

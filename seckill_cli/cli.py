@@ -41,6 +41,7 @@ from seckill_cli.client import (
 )
 from seckill_cli.render import Output
 from seckill_cli.sale import simulate
+from seckill_common.tls import ClientTLS
 from seckill_common.validation import MAX_PAGE_SIZE, to_timestamp
 
 Handler = Callable[[argparse.Namespace, Session, Output], Awaitable[int]]
@@ -361,6 +362,14 @@ def add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
                         default=default(os.environ.get("SECKILL_USER_TOKEN", "")),
                         help=text("user token for buy, orders, cancel "
                                   "(default $SECKILL_USER_TOKEN)"))
+    parser.add_argument("--cacert", metavar="PEM", default=default(""),
+                        help=text("dial with TLS, trusting this CA or certificate (default: "
+                                  "the services' own SECKILL_TLS_CA or SECKILL_TLS_CERT when "
+                                  "set, else plaintext)"))
+    parser.add_argument("--cert", metavar="PEM", default=default(""),
+                        help=text("client certificate, for mutual TLS"))
+    parser.add_argument("--key", metavar="PEM", default=default(""),
+                        help=text("client private key, for mutual TLS"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -468,9 +477,16 @@ async def run(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse printed the usage error (or the help)
         return exc.code if isinstance(exc.code, int) else Exit.USAGE
     out = Output(args.json)
+    try:
+        tls = (ClientTLS(cacert=args.cacert, cert=args.cert, key=args.key)
+               if args.cacert or args.cert or args.key else ClientTLS.from_env())
+    except ValueError as exc:
+        out.error(f"seckill: {exc}")
+        return Exit.USAGE
     session = Session(
         addrs={s: getattr(args, f"{s}_addr") for s in SERVICES}, timeout_s=args.timeout,
-        admin_token=os.environ.get("SECKILL_ADMIN_TOKEN", ""), user_token=args.user_token)
+        admin_token=os.environ.get("SECKILL_ADMIN_TOKEN", ""), user_token=args.user_token,
+        tls=tls)
     try:
         return await args.handler(args, session, out)
     except CliError as err:

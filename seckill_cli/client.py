@@ -19,6 +19,8 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from seckill.v1 import activity_pb2_grpc, order_pb2_grpc, product_pb2_grpc
 
+from seckill_common.tls import ClientTLS
+
 
 class Exit(enum.IntEnum):
     """The CLI's exit codes (listed in `seckill --help` and the README)."""
@@ -176,11 +178,12 @@ class Session:
     timeout_s: float
     admin_token: str = ""
     user_token: str = ""
+    tls: ClientTLS = field(default_factory=ClientTLS)
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
 
     def channel(self, service: str) -> grpc.aio.Channel:
         if service not in self._channels:
-            self._channels[service] = grpc.aio.insecure_channel(self.addrs[service])
+            self._channels[service] = self.tls.channel(self.addrs[service])
         return self._channels[service]
 
     def stub(self, service: str) -> Any:

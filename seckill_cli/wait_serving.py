@@ -18,6 +18,8 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from seckill_common.tls import ClientTLS
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 # gRPC's default reconnect backoff grows to minutes; a server that binds a few seconds
 # after we start should be seen within a fraction of a second.
@@ -30,7 +32,8 @@ CHANNEL_OPTIONS = [
 
 async def wait_serving(addr: str, service: str, last_seen: dict[str, str]) -> None:
     """Returns once `addr` reports SERVING; records what it last said in `last_seen`."""
-    async with grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS) as channel:
+    # TLS as the services are configured (SECKILL_TLS_*), e.g. in a compose healthcheck.
+    async with ClientTLS.from_env().channel(addr, CHANNEL_OPTIONS) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         request = health_pb2.HealthCheckRequest(service=service)
         while True:

@@ -17,7 +17,7 @@ from grpc_status import rpc_status
 from seckill_common.config import Settings
 from seckill_common.errors import ServiceError, Unavailable
 from seckill_common.telemetry import client_interceptors
-from seckill_common.tls import channel_credentials
+from seckill_common.tls import ClientTLS
 
 log = logging.getLogger(__name__)
 Resp = TypeVar("Resp")
@@ -56,13 +56,8 @@ class PeerNotFound(ServiceError):
 
 def open_channel(addr: str, settings: Settings) -> grpc.aio.Channel:
     """A channel to a peer: TLS as configured, and trace propagation when tracing is on."""
-    credentials = channel_credentials(settings)
-    interceptors = client_interceptors() or None
-    if credentials is None:
-        return grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS,
-                                         interceptors=interceptors)
-    return grpc.aio.secure_channel(addr, credentials, options=CHANNEL_OPTIONS,
-                                   interceptors=interceptors)
+    tls = ClientTLS.of_service(settings.tls_cert, settings.tls_key, settings.tls_ca)
+    return tls.channel(addr, CHANNEL_OPTIONS, client_interceptors() or None)
 
 
 async def call_peer(

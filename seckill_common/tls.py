@@ -10,7 +10,11 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -31,12 +35,49 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-def channel_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
-    if not settings.tls:
-        return None
-    mutual = bool(settings.tls_ca)
-    return grpc.ssl_channel_credentials(
-        root_certificates=_read(settings.tls_ca or settings.tls_cert),
-        private_key=_read(settings.tls_key) if mutual else None,
-        certificate_chain=_read(settings.tls_cert) if mutual else None,
-    )
+@dataclass(frozen=True)
+class ClientTLS:
+    """How a client tool (CLI, load tool, health waiter) dials: plaintext, TLS or mutual TLS.
+
+    The flags mirror ghz's and grpcurl's: `cacert` turns TLS on and names the PEM the server's
+    certificate must chain to; `cert` and `key` are the client's own, for mutual TLS.
+    Picklable, so the load tool's client processes get it whole.
+    """
+
+    cacert: str = ""
+    cert: str = ""
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("a client certificate needs its key, and a key its certificate")
+        if self.cert and not self.cacert:
+            raise ValueError("a client certificate (mutual TLS) needs the CA (--cacert)")
+
+    @classmethod
+    def of_service(cls, cert: str, key: str, ca: str) -> ClientTLS:
+        """How a service (or a tool beside it) dials its peers with its own SECKILL_TLS_*
+        files: trust the CA, or the certificate itself, and present the certificate when a
+        CA asks for mutual TLS."""
+        if not cert:
+            return cls()
+        return cls(cacert=ca or cert, cert=cert if ca else "", key=key if ca else "")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ClientTLS:
+        env = os.environ if env is None else env
+        return cls.of_service(*(env.get(f"SECKILL_TLS_{k}", "") for k in ("CERT", "KEY", "CA")))
+
+    def channel(self, addr: str, options: Sequence[tuple[str, Any]] = (),
+                interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None
+                ) -> grpc.aio.Channel:
+        if not self.cacert:
+            return grpc.aio.insecure_channel(addr, options=list(options),
+                                             interceptors=interceptors)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read(self.cacert),
+            private_key=_read(self.key) if self.key else None,
+            certificate_chain=_read(self.cert) if self.cert else None,
+        )
+        return grpc.aio.secure_channel(addr, credentials, options=list(options),
+                                       interceptors=interceptors)

@@ -3,8 +3,10 @@ made here: clients must speak TLS, and the activity service reaches its peers ov
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from seckill.v1 import activity_pb2, activity_pb2_grpc, product_pb2, product_pb2_grpc
 
+from seckill_bench import BenchConfig, run_load
+from seckill_cli import cli
+from seckill_cli.wait_serving import wait_serving
+from seckill_common.tls import ClientTLS
 from tests.conftest import timestamp
 from tests.support import ADMIN, Stack, start_stack
 
@@ -102,6 +108,53 @@ async def tls_stack(db_url: str, tmp_path: Path) -> AsyncIterator[tuple[Stack, P
     await running.stop()
 
 
+async def test_the_tools_dial_tls(tls_stack: tuple[Stack, Pem], tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """seckill-bench (--cacert), the seckill CLI (--cacert, or the services' SECKILL_TLS_*)
+    and the health waiter of `make up` and compose all reach a TLS stack."""
+    stack, _server = tls_stack
+    cacert = str(tmp_path / "server.crt")
+    product = await make_product_over(stack, cacert)
+    activity = await make_activity_over(stack, cacert, product)
+    report = await run_load(BenchConfig(
+        call="seckill.v1.ActivityService/Seckill", host=stack.activity.address, total=20,
+        concurrency=4, data=json.dumps({"activity_id": activity, "user_id": "u{{.RequestNumber}}"}),
+        order_addr=stack.order.address, initial_stock=5, tls=ClientTLS(cacert=cacert)))
+    assert report.status_counts == {"OK": 5, "FailedPrecondition": 15}
+    assert report.invariants_ok, report.summary_text()
+
+    addrs = ["--product-addr", stack.product.address, "--activity-addr",
+             stack.activity.address, "--order-addr", stack.order.address]
+    monkeypatch.delenv("SECKILL_TLS_CERT", raising=False)
+    assert await cli.run([*addrs, "--timeout", "3", "status"]) == 3  # plaintext: refused
+    assert await cli.run([*addrs, "--cacert", cacert, "status"]) == 0
+    monkeypatch.setenv("SECKILL_TLS_CERT", cacert)
+    monkeypatch.setenv("SECKILL_TLS_KEY", str(tmp_path / "server.key"))
+    capsys.readouterr()
+    assert await cli.run([*addrs, "--json", "orders", "--activity", str(activity)]) == 0
+    assert len(json.loads(capsys.readouterr().out)["orders"]) == 5
+    async with asyncio.timeout(10):
+        await wait_serving(stack.activity.address, "", {})
+
+
+async def make_product_over(stack: Stack, cacert: str) -> int:
+    async with ClientTLS(cacert=cacert).channel(stack.product.address) as channel:
+        product = await product_pb2_grpc.ProductServiceStub(channel).CreateProduct(
+            product_pb2.CreateProductRequest(product=product_pb2.Product(name="TLS", stock=5)),
+            metadata=ADMIN)
+    return product.id
+
+
+async def make_activity_over(stack: Stack, cacert: str, product_id: int) -> int:
+    async with ClientTLS(cacert=cacert).channel(stack.activity.address) as channel:
+        activity = await activity_pb2_grpc.ActivityServiceStub(channel).CreateActivity(
+            activity_pb2.CreateActivityRequest(activity=activity_pb2.Activity(
+                product_id=product_id, name="sale", start_time=timestamp(-1),
+                end_time=timestamp(60))), metadata=ADMIN)
+    return activity.id
+
+
 async def test_tls_serves_tls_clients_and_refuses_plaintext(
         tls_stack: tuple[Stack, Pem]) -> None:
     stack, server = tls_stack
@@ -136,6 +189,16 @@ async def test_mutual_tls_needs_a_client_certificate_from_the_ca(
         async with grpc.aio.secure_channel(stack.product.address, mutual) as p, \
                 grpc.aio.secure_channel(stack.activity.address, mutual) as a:
             await sale_over(p, a)
+
+        # The CLI with a client certificate; a certificate without its key is a usage error.
+        client_files = write(tmp_path, "client", client)
+        addrs = ["--product-addr", stack.product.address, "--activity-addr",
+                 stack.activity.address, "--order-addr", stack.order.address]
+        ca_file = str(tmp_path / "ca.crt")
+        assert await cli.run([*addrs, "--cacert", ca_file, "--cert", client_files["cert"],
+                              "--key", client_files["key"], "status"]) == 0
+        assert await cli.run([*addrs, "--cacert", ca_file, "--cert", client_files["cert"],
+                              "status"]) == 2
 
         no_cert = grpc.ssl_channel_credentials(root_certificates=ca_pem.cert)
         async with grpc.aio.secure_channel(stack.product.address, no_cert) as anonymous:
