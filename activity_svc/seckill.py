@@ -281,7 +281,9 @@ class SeckillEngine:
         return batch
 
     async def _commit_batch(self, product_id: int, batch: list[_Pending]) -> None:
-        work = asyncio.ensure_future(self._run_traced_batch(product_id, batch))
+        work = asyncio.ensure_future(
+            self._run_batch(product_id, [p.attempt for p in batch]) if self._tracer is None
+            else self._run_traced_batch(product_id, batch))
         _cancel_when_all_leave(work, [p.future for p in batch])
         try:
             outcomes, stock_left, started = await work

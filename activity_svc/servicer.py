@@ -23,7 +23,7 @@ from seckill_common.auth import acting_user
 from seckill_common.clients import call_peer
 from seckill_common.db import Database
 from seckill_common.errors import ServiceError
-from seckill_common.telemetry import SECKILL_OUTCOMES, seckill_outcome
+from seckill_common.telemetry import count_seckill
 from seckill_common.validation import (
     MAX_NAME_CHARS,
     Violations,
@@ -153,9 +153,9 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
         try:
             won = await self._engine.buy(request.activity_id, user_id)
         except ServiceError as exc:
-            SECKILL_OUTCOMES.labels(seckill_outcome(exc)).inc()
+            count_seckill(exc)
             raise
-        SECKILL_OUTCOMES.labels("won").inc()
+        count_seckill(None)
         return activity_pb2.SeckillResponse(order=order_pb2.Order(
             id=won.order_id,
             activity_id=request.activity_id,

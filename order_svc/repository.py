@@ -57,9 +57,14 @@ async def list_page(cur: aiomysql.Cursor, *, user_id: str | None, activity_id: i
     return [OrderRow.from_db(row) for row in await cur.fetchall()]
 
 
-async def cancel(cur: aiomysql.Cursor, order_id: int) -> None:
-    """Deletes the order and returns its unit to stock, in the caller's transaction."""
+async def cancel(cur: aiomysql.Cursor, order_id: int, owner: str | None = None) -> None:
+    """Deletes the order and returns its unit to stock, in the caller's transaction.
+
+    With `owner`, an order of anyone else is NOT_FOUND, as if it did not exist.
+    """
     order = await get(cur, order_id)
+    if owner is not None and order.user_id != owner:
+        raise NotFound("Order", order_id)
     # Lock order: the stock row first (as every seckill does), then the order row.
     await cur.execute("SELECT stock FROM products WHERE id = %s FOR UPDATE", (order.product_id,))
     await get(cur, order_id, lock=True)  # NOT_FOUND if a concurrent cancel won the race

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from aiomysql import Cursor
 from google.protobuf import empty_pb2
 from grpc.aio import ServicerContext
 from seckill.v1 import order_pb2, order_pb2_grpc
 
 from order_svc import repository
-from seckill_common.auth import acting_user, may_see
+from seckill_common.auth import acting_user, confined_to, may_see
 from seckill_common.db import Database
 from seckill_common.validation import (
     MAX_USER_ID_CHARS,
@@ -68,11 +67,6 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
     async def DeleteOrder(self, request: order_pb2.DeleteOrderRequest,
                           context: ServicerContext) -> empty_pb2.Empty:
         require_id(request.id)
-
-        async def cancel_own(cur: Cursor) -> None:
-            order = await repository.get(cur, request.id)
-            may_see(order.user_id, "Order", order.id)
-            await repository.cancel(cur, request.id)
-
-        await self._db.run(cancel_own)
+        owner = confined_to()
+        await self._db.run(lambda cur: repository.cancel(cur, request.id, owner))
         return empty_pb2.Empty()

@@ -118,10 +118,6 @@ class Report:
         return {k: v * 1000.0 for k, v in values.items()}
 
     @property
-    def average_ms(self) -> float:
-        return self.average_s * 1000.0
-
-    @property
     def ok(self) -> int:
         return self.status_counts.get("OK", 0)
 

@@ -6,8 +6,8 @@ is set, the user RPCs (Seckill, ListOrders, GetOrder, DeleteOrder) take
 (the user id) and `exp`; the admin token is accepted there too and may act as any user (load
 tests, support). Unset, the request's user_id field is trusted (development).
 
-The layer authenticates; servicers ask `acting_user` / `may_see` what the caller may do, so the
-rules for each RPC stay next to that RPC.
+The layer authenticates; servicers ask `acting_user`, `may_see` and `confined_to` what the
+caller may do, so the rules for each RPC stay next to that RPC.
 """
 
 from __future__ import annotations
@@ -62,11 +62,18 @@ def acting_user(requested: str, field: str = "user_id") -> str:
     return caller.user  # type: ignore[return-value]
 
 
+def confined_to() -> str | None:
+    """The user whose resources alone the caller may see: a token's user; None for the admin,
+    or when user tokens are off."""
+    caller = _caller.get()
+    return None if caller is None else caller.user
+
+
 def may_see(owner: str, resource: str, resource_id: int) -> None:
     """NOT_FOUND, not PERMISSION_DENIED, for another user's resource: its existence stays
     private."""
-    caller = _caller.get()
-    if caller is not None and not caller.is_admin and caller.user != owner:
+    user = confined_to()
+    if user is not None and user != owner:
         raise NotFound(resource, resource_id)
 
 

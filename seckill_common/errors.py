@@ -79,8 +79,26 @@ class NotFound(ServiceError):
         ]
 
 
-class _WithErrorInfo(ServiceError):
-    def __init__(self, reason: str, message: str, metadata: Mapping[str, str] | None = None):
+class _Repeated(ServiceError):
+    """An answer given thousands of times a second (a sold-out sale, a flood refused): its
+    status is built once per distinct content, which `key()` gives as the constructor's
+    arguments."""
+
+    def key(self) -> tuple[object, ...]:
+        raise NotImplementedError
+
+    def to_status(self) -> grpc.Status:
+        return _cached_status(type(self), self.key())
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_status(kind: type[_Repeated], key: tuple[object, ...]) -> grpc.Status:
+    return ServiceError.to_status(kind(*key))
+
+
+class _WithErrorInfo(_Repeated):
+    def __init__(self, reason: str, message: str,
+                 metadata: Mapping[str, str] | Iterable[tuple[str, str]] | None = None):
         super().__init__(message)
         self.reason = reason
         self.metadata = dict(metadata or {})
@@ -92,16 +110,8 @@ class _WithErrorInfo(ServiceError):
             )
         ]
 
-    def to_status(self) -> grpc.Status:
-        # A sold-out sale answers the same status thousands of times a second: build it once.
-        return _cached_status(type(self), self.reason, self.message,
-                              tuple(sorted(self.metadata.items())))
-
-
-@functools.lru_cache(maxsize=1024)
-def _cached_status(kind: type[_WithErrorInfo], reason: str, message: str,
-                   metadata: tuple[tuple[str, str], ...]) -> grpc.Status:
-    return ServiceError.to_status(kind(reason, message, dict(metadata)))
+    def key(self) -> tuple[object, ...]:
+        return (self.reason, self.message, tuple(sorted(self.metadata.items())))
 
 
 class AlreadyExists(_WithErrorInfo):
@@ -118,6 +128,30 @@ class Unauthenticated(ServiceError):
 
 class PermissionDenied(ServiceError):
     code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhausted(_Repeated):
+    """Over a rate limit (`scope`: user or process); the client may retry after the delay."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, scope: str, retry_after_s: float) -> None:
+        # Whole milliseconds, at least one: the status is cached per (scope, delay).
+        self.retry_ms = max(1, int(retry_after_s * 1000 + 0.999))
+        self.scope = scope
+        super().__init__(f"rate limit of this {scope} exceeded; retry in {self.retry_ms} ms")
+
+    def details(self) -> list[object]:
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(self.retry_ms)
+        return [
+            error_details_pb2.RetryInfo(retry_delay=delay),
+            error_details_pb2.QuotaFailure(violations=[error_details_pb2.QuotaFailure.Violation(
+                subject=self.scope, description=self.message)]),
+        ]
+
+    def key(self) -> tuple[object, ...]:
+        return (self.scope, self.retry_ms / 1000)
 
 
 class Unavailable(ServiceError):

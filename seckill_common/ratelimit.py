@@ -11,47 +11,15 @@ list of timestamps per key where a token bucket needs two floats.
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Any
 
-import grpc
-from google.protobuf import duration_pb2
-from google.rpc import error_details_pb2
 from grpc.aio import ServicerContext
 
 from seckill_common.auth import current_caller
-from seckill_common.errors import ServiceError
+from seckill_common.errors import ResourceExhausted
 
 HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check"})
-
-
-class ResourceExhausted(ServiceError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-    def __init__(self, scope: str, retry_after_s: float) -> None:
-        # Whole milliseconds, at least one: the status is cached per (scope, delay).
-        self.retry_ms = max(1, int(retry_after_s * 1000 + 0.999))
-        self.scope = scope
-        super().__init__(f"rate limit of this {scope} exceeded; retry in {self.retry_ms} ms")
-
-    def details(self) -> list[object]:
-        delay = duration_pb2.Duration()
-        delay.FromMilliseconds(self.retry_ms)
-        return [
-            error_details_pb2.RetryInfo(retry_delay=delay),
-            error_details_pb2.QuotaFailure(violations=[error_details_pb2.QuotaFailure.Violation(
-                subject=self.scope, description=self.message)]),
-        ]
-
-    def to_status(self) -> grpc.Status:
-        # A flood is refused thousands of times a second: build each answer once.
-        return _cached_status(self.scope, self.retry_ms)
-
-
-@functools.lru_cache(maxsize=4096)
-def _cached_status(scope: str, retry_ms: int) -> grpc.Status:
-    return ServiceError.to_status(ResourceExhausted(scope, retry_ms / 1000))
 
 
 class TokenBuckets:

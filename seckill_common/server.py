@@ -204,8 +204,8 @@ async def start_service(
     await server.start()
     database.on_change.append(lambda _up: running._db_changed.set())
     running._monitor = asyncio.create_task(running._watch_database())
-    log.info("listening", extra={"address": running.address, "port": port,
-                                 "tls": "mutual" if settings.tls_ca else settings.tls})
+    tls = "mutual" if settings.tls_ca else "on" if settings.tls else "off"
+    log.info("listening", extra={"address": running.address, "port": port, "tls": tls})
     return running
 
 

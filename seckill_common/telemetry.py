@@ -144,14 +144,21 @@ _OUTCOME_OF_REASON = {"ALREADY_PURCHASED": "already_purchased", "SOLD_OUT": "sol
                       "NOT_STARTED": "not_started", "ENDED": "ended"}
 
 
-def seckill_outcome(error: BaseException | None) -> str:
-    """The outcome label of a Seckill answer (None: won)."""
+_outcome_counters: dict[str, Any] = {}
+
+
+def count_seckill(error: BaseException | None) -> None:
+    """Counts a Seckill answer by outcome (None: won); label children cached, as per call."""
     if error is None:
-        return "won"
-    reason = getattr(error, "reason", None)
-    if reason in _OUTCOME_OF_REASON:
-        return _OUTCOME_OF_REASON[reason]
-    return "not_found" if getattr(error, "code", None) == grpc.StatusCode.NOT_FOUND else "error"
+        outcome = "won"
+    else:
+        outcome = _OUTCOME_OF_REASON.get(getattr(error, "reason", None) or "") or (
+            "not_found" if getattr(error, "code", None) == grpc.StatusCode.NOT_FOUND
+            else "error")
+    counter = _outcome_counters.get(outcome)
+    if counter is None:
+        counter = _outcome_counters[outcome] = SECKILL_OUTCOMES.labels(outcome)
+    counter.inc()
 
 
 def rpc_recorder(service: str, method: str) -> Callable[[str, float], None]:
