@@ -78,14 +78,23 @@ def may_see(owner: str, resource: str, resource_id: int) -> None:
 
 
 def bearer(metadata: Sequence[tuple[str, str | bytes]] | None, what: str) -> bytes:
-    """The credential of `authorization: Bearer <credential>` (scheme case-insensitive); b""
-    when the metadata is there but not in that form. UNAUTHENTICATED when it is missing."""
+    """The credential of `authorization: Bearer <credential>` (scheme case-insensitive).
+
+    UNAUTHENTICATED, saying which, when it is missing or malformed: the caller has not
+    authenticated yet, so the fix is the credential's form, not another token.
+    """
     values = [v for k, v in (metadata or ()) if k == "authorization"]
     if not values:
         raise Unauthenticated(f"{what}: missing 'authorization: Bearer <token>' metadata")
     value = values[0].encode() if isinstance(values[0], str) else values[0]
     scheme, _, given = value.partition(b" ")
-    return given.strip() if scheme.lower() == b"bearer" else b""
+    if scheme.lower() != b"bearer":
+        raise Unauthenticated(f"{what}: the authorization metadata must be 'Bearer <token>'; "
+                              "it does not start with 'Bearer '")
+    if not given.strip():
+        raise Unauthenticated(f"{what}: the authorization metadata has no token after "
+                              "'Bearer '")
+    return given.strip()
 
 
 class AdminToken:
@@ -158,9 +167,6 @@ class Authenticator:
 
     def caller(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Caller:
         given = bearer(metadata, "user RPC")
-        if not given:
-            raise Unauthenticated("user RPC: the authorization metadata must be "
-                                  "'Bearer <user token>'")
         if self.admin.matches(given):
             return ADMIN_CALLER
         assert self.users is not None
