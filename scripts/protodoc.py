@@ -2,10 +2,11 @@
 
     python scripts/protodoc.py -I protos -o docs/API.md protos/seckill/v1/*.proto
 
-protoc (grpc_tools, as `make gen` runs it) compiles the protos into a FileDescriptorSet with
-`--include_source_info`; its SourceCodeInfo holds each element's comment under the element's
-path (e.g. [6, 0, 2, 1]: the file's `service` 0, its `method` 1). No protoc plugin is involved.
-The output depends only on the protos: files in name order, elements in declaration order.
+protoc (run as `make gen` runs it, scripts/protogen.py) compiles the protos into a
+FileDescriptorSet with `--include_source_info`; its SourceCodeInfo holds each element's comment
+under the element's path (e.g. [6, 0, 2, 1]: the file's `service` 0, its `method` 1). No protoc
+plugin is involved. The output depends only on the protos: files in name order, elements in
+declaration order. A field's behavior column shows its `google.api.field_behavior` options.
 
 An RPC's access is read from the comments: "admin" when a sentence of the RPC's comment starts
 with "Admin"; "user" when its service's comment says "<Rpc> is a user RPC" or "every RPC here
@@ -16,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import protogen  # scripts/, beside this file
+from google.api import field_behavior_pb2
 from google.protobuf import descriptor_pb2 as d
 
 FDP = d.FieldDescriptorProto
@@ -42,14 +44,13 @@ SourcePath = tuple[int, ...]
 
 
 def compile_protos(include: str, protos: Sequence[str]) -> d.FileDescriptorSet:
-    """Runs protoc (grpc_tools, with its well-known types) and returns the descriptor set."""
+    """Runs protoc (as `make gen` does) and returns the descriptor set."""
+    root = Path(include).resolve()
+    # protoc names a file by its path under the include folder.
+    names = [str(Path(p).resolve().relative_to(root)) for p in protos]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "protos.pb"
-        subprocess.run(
-            [sys.executable, "-m", "grpc_tools.protoc", "-I", include, "--include_source_info",
-             f"--descriptor_set_out={out}", *protos],
-            check=True,
-        )
+        protogen.protoc(["--include_source_info", f"--descriptor_set_out={out}"], names, root)
         return d.FileDescriptorSet.FromString(out.read_bytes())
 
 
@@ -70,6 +71,12 @@ def _dedent(comment: str) -> str:
 def _one_line(text: str) -> str:
     """A comment for a table cell: lines joined, paragraphs apart by <br><br>."""
     return "<br><br>".join(" ".join(p.split()) for p in text.split("\n\n") if p.strip())
+
+
+def field_behavior(fd: d.FieldDescriptorProto) -> str:
+    """The field's `google.api.field_behavior` annotations (AIP-203), e.g. `REQUIRED`."""
+    behaviors = fd.options.Extensions[field_behavior_pb2.field_behavior]
+    return ", ".join(f"`{field_behavior_pb2.FieldBehavior.Name(b)}`" for b in behaviors)
 
 
 def _short(full_name: str) -> str:
@@ -250,11 +257,13 @@ class Renderer:
         lines = self._anchor(name, f"### {_short(name)}", file, comments.get(path, ""))
         if not message.field:
             return [*lines, "No fields.", ""]
-        lines += ["| field | number | type | label | description |", "|---|---|---|---|---|"]
+        lines += ["| field | number | type | label | behavior | description |",
+                  "|---|---|---|---|---|---|"]
         for k, fd in enumerate(message.field):
             comment = comments.get((*path, MESSAGE_FIELD, k), "")
             lines.append(f"| `{fd.name}` | {fd.number} | {self.field_type(fd)} | "
-                         f"{self.field_label(message, fd)} | {self.cell(comment)} |")
+                         f"{self.field_label(message, fd)} | {field_behavior(fd)} | "
+                         f"{self.cell(comment)} |")
         return [*lines, ""]
 
     def _enum(self, name: str, file: str, enum: d.EnumDescriptorProto,
