@@ -7,7 +7,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-COPY pyproject.toml README.md ./
+COPY pyproject.toml requirements.lock README.md ./
 COPY gen/ gen/
 COPY seckill_common/ seckill_common/
 COPY product_svc/ product_svc/
@@ -18,9 +18,10 @@ COPY seckill_cli/ seckill_cli/
 # seckill-bench in the image, to load the stack from inside its network.
 COPY seckill_bench/ seckill_bench/
 
-# The pinned dependencies (cryptography among them, for MySQL 8's caching_sha2_password
-# login over plain TCP) come from pyproject.toml.
-RUN pip install --no-cache-dir . \
+# pyproject.toml's runtime dependencies (cryptography among them, for MySQL 8's
+# caching_sha2_password login over plain TCP) at requirements.lock's exact versions, the build
+# backend included (PIP_CONSTRAINT, unlike -c, reaches pip's isolated build environment).
+RUN PIP_CONSTRAINT=requirements.lock pip install --no-cache-dir . \
     && rm -rf build ./*.egg-info \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin seckill
 

@@ -16,19 +16,28 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/seckill/v1/*.proto)
 
-.PHONY: venv gen check-gen up down status demo run test lint bench
+.PHONY: venv lock gen check-gen up down status demo run test lint bench
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The exact versions of requirements.lock, also for the build backend (PIP_CONSTRAINT, unlike
+# -c, reaches pip's isolated build environment).
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	PIP_CONSTRAINT=requirements.lock $(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# Re-pins requirements.lock within pyproject.toml's ranges, keeping the pins that still fit;
+# `make lock LOCK_ARGS=--upgrade` moves every pin to the newest version allowed.
+LOCK_ARGS ?=
+lock: venv
+	CUSTOM_COMPILE_COMMAND="make lock" $(PY) -m piptools compile --quiet --extra dev \
+		--strip-extras --all-build-deps --allow-unsafe --no-emit-index-url \
+		--no-emit-find-links -o requirements.lock $(LOCK_ARGS) pyproject.toml
+
 gen: venv
-	$(PY) -m grpc_tools.protoc -I protos --python_out=gen --grpc_python_out=gen --pyi_out=gen $(PROTOS)
-	@# protoc writes no __init__.py; these make `seckill.v1` a regular package.
-	touch gen/seckill/__init__.py gen/seckill/v1/__init__.py
+	@# Messages, gRPC stubs and their .pyi type stubs (mypy-protobuf), see scripts/protogen.py.
+	$(PY) scripts/protogen.py gen
 	@# The API reference, from the protos' comments (protoc's descriptor set with source info).
 	$(PY) scripts/protodoc.py -I protos -o docs/API.md $(PROTOS)
 
