@@ -71,8 +71,20 @@ run: up
 test: venv
 	$(PY) -m pytest -q
 
-lint: venv
+# npm's tools (buf) from package-lock.json into ./node_modules. --ignore-scripts: buf's
+# install script only caches the binary that its platform package already ships.
+NODE_STAMP := node_modules/.installed
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Python style and types (ruff, mypy: settings in pyproject.toml), and the protos' style
+# (buf lint: buf.yaml).
+lint: venv $(NODE_STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(PY) scripts/protogen.py --imports-only build/protodeps
+	node_modules/.bin/buf lint
 
 # The benchmark table of BENCHMARKS.md, on a stack of its own (a few minutes), e.g.
 # `make bench BENCH_ARGS="--soak-seconds 0"`.

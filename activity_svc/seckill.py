@@ -28,18 +28,18 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any
 
 from opentelemetry.context import Context, get_current
 
 from activity_svc import repository
 from activity_svc.repository import Refused, SeckillAttempt, Won
+from seckill_common.config import CommitMode
 from seckill_common.db import Database
 from seckill_common.telemetry import BATCH_SIZE, STOCK_REMAINING, batch_span, tracer
 
 log = logging.getLogger(__name__)
 
-CommitMode = Literal["coalesced", "per_request"]
 # Past this many orders, a sold-out product is not mirrored in memory (the fast path is off).
 MAX_MIRRORED_ORDERS = 1_000_000
 MIRROR_PAGE = 1000
@@ -310,7 +310,7 @@ class SeckillEngine:
         await self._after_batch(product_id, stock_left, started)
 
 
-def _cancel_when_all_leave(work: asyncio.Future[object], callers: list[asyncio.Future[Won]]
+def _cancel_when_all_leave(work: asyncio.Future[Any], callers: list[asyncio.Future[Won]]
                            ) -> None:
     """Cancels a batch's transaction once every caller in it has gone (deadline, cancel).
 

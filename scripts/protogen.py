@@ -1,6 +1,7 @@
 """Generates the Python code of protos/: messages, gRPC stubs, and type stubs for both.
 
-    python scripts/protogen.py gen        # what `make gen` runs
+    python scripts/protogen.py gen                                # what `make gen` runs
+    python scripts/protogen.py --imports-only build/protodeps     # for buf (`make lint`)
 
 The one owner of the protoc invocation: `make gen`, scripts/protodoc.py and the test that gen/
 is fresh all come here. protoc is grpc_tools' (it ships google/protobuf/*.proto); the
@@ -13,6 +14,8 @@ plugins write the .pyi stubs: messages (*_pb2.pyi) and sync + asyncio gRPC stubs
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -53,10 +56,23 @@ def generate(out: Path) -> None:
         (out / "seckill" / marker).touch()
 
 
+def copy_imports(out: Path) -> None:
+    """Copies the wheel's google/api/*.proto that protos/ imports under `out`: buf resolves
+    imports only within its workspace (buf.yaml), and reaches no registry here."""
+    for proto in proto_files():
+        for name in re.findall(r'^import "(google/api/[^"]+)";', (PROTOS / proto).read_text(),
+                               re.M):
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(GOOGLEAPIS / name, out / name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("out", type=Path, help="the output folder (gen)")
-    generate(parser.parse_args(argv).out)
+    parser.add_argument("--imports-only", action="store_true",
+                        help="only copy the imported google/api protos to OUT (for buf)")
+    args = parser.parse_args(argv)
+    (copy_imports if args.imports_only else generate)(args.out)
     return 0
 
 

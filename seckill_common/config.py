@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
 DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/seckill"
@@ -12,6 +13,9 @@ DEFAULT_ADDRS = {
     "activity": "127.0.0.1:50052",
     "order": "127.0.0.1:50053",
 }
+# SECKILL_COMMIT_MODE: how the activity service commits seckills (activity_svc.seckill).
+CommitMode = Literal["coalesced", "per_request"]
+Choice = TypeVar("Choice", bound=str)
 
 
 class ConfigError(ValueError):
@@ -76,11 +80,13 @@ def _float(env: dict[str, str], name: str, default: float, lo: float, hi: float)
     return value
 
 
-def _choice(env: dict[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+def _choice(env: dict[str, str], name: str, default: Choice, allowed: tuple[Choice, ...]
+            ) -> Choice:
     value = env.get(name) or default
-    if value not in allowed:
-        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-    return value
+    for choice in allowed:
+        if value == choice:
+            return choice
+    raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
 
 
 def _secret(env: dict[str, str], name: str) -> str:
@@ -128,7 +134,7 @@ class Settings:
     shutdown_grace_s: float
     health_interval_s: float
     log_level: str
-    commit_mode: str
+    commit_mode: CommitMode
     batch_window_s: float
     batch_max: int
     soldout_recheck_s: float

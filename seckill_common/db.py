@@ -88,12 +88,13 @@ def connect_kwargs(settings: Settings, *, with_db: bool = True,
 
 async def create_pool(settings: Settings) -> aiomysql.Pool:
     # minsize=0: a pool made while the database is down still opens; calls then fail fast.
-    return await aiomysql.create_pool(
+    pool: aiomysql.Pool = await aiomysql.create_pool(
         minsize=0,
         maxsize=settings.db_pool_size,
         pool_recycle=3600,
         **connect_kwargs(settings, bounded=True),
     )
+    return pool
 
 
 def is_connection_error(exc: BaseException) -> bool:

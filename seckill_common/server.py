@@ -16,8 +16,8 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from typing import TypeVar
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 import uvloop
@@ -108,7 +108,7 @@ class RunningService:
     health: health.aio.HealthServicer
     port: int
     cleanups: list[Cleanup] = field(default_factory=list)
-    metrics_server: ThreadingHTTPServer | None = None
+    metrics_server: WSGIServer | None = None
     _monitor: asyncio.Task[None] | None = None
     _db_changed: asyncio.Event = field(default_factory=asyncio.Event)
     _stopping: bool = False
@@ -118,7 +118,7 @@ class RunningService:
         host = self.settings.listen_addr(self.definition.name).rsplit(":", 1)[0]
         return f"{host}:{self.port}"
 
-    async def _set_health(self, status: int) -> None:
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         for name in ("", *self.definition.service_names):
             await self.health.set(name, status)
 
