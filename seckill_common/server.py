@@ -24,13 +24,13 @@ import uvloop
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from seckill_common.config import Settings
 from seckill_common.db import Database, create_pool, wait_for_server
 from seckill_common.errors import Unavailable
 from seckill_common.interceptors import interceptors_for
 from seckill_common.migrations import migrate
+from seckill_common.reflection import enable_reflection
 from seckill_common.telemetry import (
     configure_tracing,
     flush_traces,
@@ -182,10 +182,8 @@ async def start_service(
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [*definition.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server,
-        pool=_MethodAwarePool(),
-    )
+    enable_reflection(server, [*definition.service_names, health.SERVICE_NAME],
+                      pool=_MethodAwarePool())
     addr = listen_addr or settings.listen_addr(definition.name)
     try:
         credentials = server_credentials(settings)
