@@ -167,6 +167,8 @@ async def test_metrics_endpoint_counts_rpcs_outcomes_batches_pool_and_stock(
         assert after[("seckill_db_pool_connections",
                       (("service", "activity"), ("state", "in_use")))] == 0
         assert ("seckill_db_pool_waiting", (("service", "activity"),)) in after
+        assert after[("seckill_db_pool_max_connections", (("service", "activity"),))] == (
+            stack.activity.settings.db_pool_size)
         # The product service's calls are counted under its name (one registry per process).
         await stack.products.GetProduct(product_pb2.GetProductRequest(id=product.id))
         assert delta(after, scrape(port), "seckill_rpc_requests_total", service="product",
