@@ -29,11 +29,15 @@ from activity_svc.decision import (
     decide,
 )
 from seckill_common import stock
-from seckill_common.db import committed_in_pipeline, error_code, pipeline
+from seckill_common.db import (
+    NO_REFERENCED_ROW,
+    ROW_IS_REFERENCED,
+    committed_in_pipeline,
+    error_code,
+    pipeline,
+)
 from seckill_common.errors import FailedPrecondition, InvalidArgument, NotFound
 
-ROW_IS_REFERENCED = 1451  # a foreign key still points at the row
-NO_REFERENCED_ROW = 1452  # a foreign key points at a missing row
 _COLUMNS = "id, product_id, name, start_time, end_time, create_time"
 UPDATABLE = ("name", "start_time", "end_time")
 

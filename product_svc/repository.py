@@ -9,10 +9,9 @@ import aiomysql
 import pymysql
 
 from seckill_common import stock
-from seckill_common.db import error_code
+from seckill_common.db import ROW_IS_REFERENCED, error_code
 from seckill_common.errors import FailedPrecondition, NotFound
 
-ROW_IS_REFERENCED = 1451  # ER_ROW_IS_REFERENCED_2: a foreign key still points at the row
 _COLUMNS = "id, name, description, price_cents, stock, create_time, update_time"
 UPDATABLE = ("name", "description", "price_cents", "stock")
 
