@@ -41,14 +41,14 @@ check-gen: gen
 	fi
 
 up: venv
-	STACK_PYTHON=$(PY) scripts/stack.sh up
+	$(PY) -m seckill_stack up
 
-down:
-	scripts/stack.sh down
+down: venv
+	$(PY) -m seckill_stack down
 
-# Exit 3 (something stopped) is an answer here, not a failure of make.
-status:
-	@scripts/stack.sh status || true
+# Exit 3 (something not serving) is an answer here, not a failure of make.
+status: venv
+	@$(PY) -m seckill_stack status || true
 
 # `seckill sale simulate` with the settings (addresses, admin token) of the stack that
 # `make up` started, e.g. `make demo DEMO_ARGS="--users 2000 --stock 300 --tries 3"`.
