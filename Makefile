@@ -68,4 +68,4 @@ lint: venv
 # The benchmark table of BENCHMARKS.md, on a stack of its own (a few minutes), e.g.
 # `make bench BENCH_ARGS="--soak-seconds 0"`.
 bench: venv
-	$(PY) -m seckill_bench.table $(BENCH_ARGS)
+	$(PY) -m seckill_bench.suite $(BENCH_ARGS)

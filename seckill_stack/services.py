@@ -25,6 +25,7 @@ STOP_TIMEOUT_S = 30.0  # above the services' default shutdown grace of 5 s
 # Chosen ports lie below Linux's range for outgoing connections, so that a client socket cannot
 # take a port between the check and the service's bind.
 PORT_FLOOR = 20_000
+_CHOSEN: set[int] = set()  # ports handed out by this process, never handed out twice
 
 
 def _local_port_floor() -> int:
@@ -36,7 +37,7 @@ def _local_port_floor() -> int:
 
 def free_port(taken: set[int] | None = None) -> int:
     """A port on 127.0.0.1 that nobody has bound, below the range of outgoing ports."""
-    taken = set() if taken is None else taken
+    taken = _CHOSEN if taken is None else taken
     top = max(_local_port_floor(), PORT_FLOOR + 1000)
     for _ in range(500):
         port = random.randrange(PORT_FLOOR, top)
