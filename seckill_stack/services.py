@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import random
 import signal
@@ -170,8 +171,8 @@ async def wait_until_serving(services: list[ServiceProcess], timeout_s: float) -
     """Returns once every service answers SERVING; raises ServiceStartError (with the end
     of each log) on timeout or as soon as one of the processes exits."""
     pids = [pid for pid in (s.pid for s in services) if pid is not None]
-    # Its one-line verdict goes to stderr: a caller's stdout may be a report.
-    with contextlib.redirect_stdout(sys.stderr):
+    # Its "SERVING" line is left out (callers say what they started); why not goes to stderr.
+    with contextlib.redirect_stdout(io.StringIO()):
         code = await wait_serving_all([s.address for s in services], pids, "", timeout_s)
     if code != 0:
         raise ServiceStartError("not serving:\n" + "\n".join(
