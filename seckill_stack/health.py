@@ -67,8 +67,8 @@ async def probe(addr: str, timeout_s: float = 2.0, tls: ClientTLS | None = None)
             # UNAVAILABLE / DEADLINE_EXCEEDED: no gRPC server there; anything else is one.
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 return None
-            return exc.code().name
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+            return str(exc.code().name)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
 
 async def process_exit(pid: int) -> None:

@@ -89,14 +89,12 @@ class MariaDB:
     def error_log(self) -> Path:
         return self.root / "error.log"
 
-    def _connect(self, timeout_s: float) -> pymysql.Connection:  # type: ignore[type-arg]
-        return pymysql.connect(host="127.0.0.1", port=self.port, user="root", password="",
-                               connect_timeout=timeout_s, read_timeout=timeout_s)
-
     def ask(self, sql: str, timeout_s: float = 2.0) -> str | None:
         """The first column of the first row `sql` returns, or None when nobody answers."""
         try:
-            connection = self._connect(timeout_s)
+            connection = pymysql.connect(host="127.0.0.1", port=self.port, user="root",
+                                         password="", connect_timeout=timeout_s,
+                                         read_timeout=timeout_s)
         except pymysql.MySQLError:
             return None
         try:
