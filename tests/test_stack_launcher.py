@@ -26,11 +26,13 @@ def stack(command: str, run_dir: Path, env: dict[str, str]) -> subprocess.Comple
 
 async def test_up_restarts_a_database_that_was_killed(tmp_path: Path) -> None:
     # Free ports instead of the defaults, so the test never meets a stack someone runs.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SECKILL_")}
+    # (make test exports MARIADB_DIR and MARIADB_PORT, the settings of `make up`'s own database.)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SECKILL_", "MARIADB_"))}
     addrs = {name: f"127.0.0.1:{free_port()}" for name in ("PRODUCT", "ACTIVITY", "ORDER")}
-    env = python_env({**env, "MARIADB_PORT": str(free_port()), "WAIT_TIMEOUT": "120",
-                      **{f"SECKILL_{name}_ADDR": addr for name, addr in addrs.items()}})
     run_dir = tmp_path / "run"
+    env = python_env({**env, "MARIADB_PORT": str(free_port()), "WAIT_TIMEOUT": "120",
+                      "MARIADB_DIR": str(run_dir / "mariadb"),
+                      **{f"SECKILL_{name}_ADDR": addr for name, addr in addrs.items()}})
     try:
         up = stack("up", run_dir, env)
         assert up.returncode == 0, up.stdout + up.stderr
