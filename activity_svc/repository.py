@@ -74,6 +74,13 @@ async def get(cur: aiomysql.Cursor, activity_id: int, *, lock: bool = False) -> 
     return ActivityRow(*row)
 
 
+async def get_many(cur: aiomysql.Cursor, activity_ids: list[int]) -> dict[int, ActivityRow]:
+    """The activities among `activity_ids` that exist, by id."""
+    marks = ", ".join(["%s"] * len(activity_ids))
+    await cur.execute(f"SELECT {_COLUMNS} FROM activities WHERE id IN ({marks})", activity_ids)
+    return {row[0]: ActivityRow(*row) for row in await cur.fetchall()}
+
+
 async def list_page(cur: aiomysql.Cursor, after_id: int, limit: int) -> list[ActivityRow]:
     await cur.execute(
         f"SELECT {_COLUMNS} FROM activities WHERE id > %s ORDER BY id LIMIT %s",

@@ -46,6 +46,13 @@ async def get(cur: aiomysql.Cursor, product_id: int) -> ProductRow:
     return ProductRow(*row)
 
 
+async def get_many(cur: aiomysql.Cursor, product_ids: list[int]) -> dict[int, ProductRow]:
+    """The products among `product_ids` that exist, by id."""
+    marks = ", ".join(["%s"] * len(product_ids))
+    await cur.execute(f"SELECT {_COLUMNS} FROM products WHERE id IN ({marks})", product_ids)
+    return {row[0]: ProductRow(*row) for row in await cur.fetchall()}
+
+
 async def list_page(cur: aiomysql.Cursor, after_id: int, limit: int) -> list[ProductRow]:
     await cur.execute(
         f"SELECT {_COLUMNS} FROM products WHERE id > %s ORDER BY id LIMIT %s",
