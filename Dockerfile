@@ -14,6 +14,8 @@ COPY product_svc/ product_svc/
 COPY activity_svc/ activity_svc/
 COPY order_svc/ order_svc/
 COPY seckill_cli/ seckill_cli/
+# The healthcheck's health probe (seckill_cli.wait_serving runs seckill_stack.health).
+COPY seckill_stack/ seckill_stack/
 # Listed in pyproject.toml's packages, so `pip install .` needs it; it also puts
 # seckill-bench in the image, to load the stack from inside its network.
 COPY seckill_bench/ seckill_bench/

@@ -50,14 +50,14 @@ check-gen: gen
 	fi
 
 up: venv
-	STACK_PYTHON=$(PY) scripts/stack.sh up
+	$(PY) -m seckill_stack up
 
-down:
-	scripts/stack.sh down
+down: venv
+	$(PY) -m seckill_stack down
 
-# Exit 3 (something stopped) is an answer here, not a failure of make.
-status:
-	@scripts/stack.sh status || true
+# Exit 3 (something not serving) is an answer here, not a failure of make.
+status: venv
+	@$(PY) -m seckill_stack status || true
 
 # `seckill sale simulate` with the settings (addresses, admin token) of the stack that
 # `make up` started, e.g. `make demo DEMO_ARGS="--users 2000 --stock 300 --tries 3"`.
@@ -89,4 +89,4 @@ lint: venv $(NODE_STAMP)
 # The benchmark table of BENCHMARKS.md, on a stack of its own (a few minutes), e.g.
 # `make bench BENCH_ARGS="--soak-seconds 0"`.
 bench: venv
-	$(PY) -m seckill_bench.table $(BENCH_ARGS)
+	$(PY) -m seckill_bench.suite $(BENCH_ARGS)

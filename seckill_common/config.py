@@ -119,7 +119,7 @@ def _tls(env: dict[str, str]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every knob of a service process. See the README's configuration table."""
+    """Every knob of a service process. Listed in docs/CONFIGURATION.md."""
 
     mysql: MySQLTarget
     product_addr: str

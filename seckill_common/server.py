@@ -222,7 +222,7 @@ def parse_args(definition: ServiceDefinition, argv: list[str] | None) -> argpars
     parser = argparse.ArgumentParser(
         prog=f"python -m {definition.name}_svc",
         description=f"Runs the seckill {definition.name} service (configured by SECKILL_* "
-                    "environment variables, see the README).",
+                    "environment variables, see docs/CONFIGURATION.md).",
     )
     parser.add_argument(
         "--workers", type=int, default=None,
