@@ -41,6 +41,8 @@ from seckill_cli.client import (
 )
 from seckill_cli.render import Output
 from seckill_cli.sale import simulate
+from seckill_common import migrations
+from seckill_common.config import ConfigError, Settings
 from seckill_common.tls import ClientTLS
 from seckill_common.validation import MAX_PAGE_SIZE, to_timestamp
 
@@ -55,6 +57,7 @@ environment:
                         given; `. .run/stack.env` sets it for the stack of `make up`
   SECKILL_USER_TOKEN    the user token for buy, orders and cancel, when the services run with
                         SECKILL_USER_TOKEN_SECRET (--user-token wins)
+  SECKILL_MYSQL_URL     `migrate`: the database, as the services read it
 
 times: ISO-8601 (2026-06-01T12:00:00Z; without an offset it is UTC), `now`, or relative to now:
   +10m, -30s, +2h, +1d
@@ -327,6 +330,24 @@ async def user_token(args: argparse.Namespace, session: Session, out: Output) ->
     return Exit.OK
 
 
+async def migrate(args: argparse.Namespace, session: Session, out: Output) -> int:
+    """Applies the database migrations (SECKILL_MYSQL_URL); talks to no service."""
+    try:
+        settings = Settings.from_env(admin_token_required=False)
+    except ConfigError as exc:
+        raise usage_error(str(exc)) from None
+    try:
+        applied, pending = await migrations.run(settings, check_only=args.check)
+    except Exception as exc:  # the database refused or is not there: one sentence
+        raise CliError(f"migration failed: {exc}",
+                       Exit.UNREACHABLE) from None
+    if out.as_json:
+        out.document({"applied": applied, "pending": pending})
+    else:
+        out.say(migrations.describe(applied, pending))
+    return Exit.REFUSED if pending else Exit.OK
+
+
 # --- the parser ------------------------------------------------------------------------------
 
 def positive_float(text: str) -> float:
@@ -453,6 +474,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("user_id", metavar="USER")
     sub.add_argument("--ttl", type=positive_float, default=3600.0, metavar="S",
                      help="seconds until it expires (default 3600)")
+
+    sub = commands.add_parser(
+        "migrate", help="apply the database migrations (SECKILL_MYSQL_URL)",
+        description="Apply the database migrations that SECKILL_MYSQL_URL's database lacks, "
+                    "as a deployment step before the services start (they then run with "
+                    "SECKILL_MIGRATE_ON_START=false and need no DDL rights). Exit 1 if any "
+                    "stays pending.")
+    sub.add_argument("--check", action="store_true",
+                     help="change nothing: report pending migrations (exit 1 if any)")
+    sub.set_defaults(handler=migrate)
 
     sale = commands.add_parser("sale", help="run a simulated flash sale").add_subparsers(
         title="commands", required=True, metavar="COMMAND")

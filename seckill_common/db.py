@@ -299,8 +299,9 @@ class Database:
             await asyncio.wait({self._reaper})
 
 
-async def wait_for_server(settings: Settings) -> None:
-    """Block until the server accepts connections (creating the database if it is missing).
+async def wait_for_server(settings: Settings, *, create_database: bool = True) -> None:
+    """Block until the server accepts connections: creating the database if it is missing
+    (`create_database`, for whoever migrates), else connecting to it.
 
     Fails with `Unavailable` after SECKILL_DB_STARTUP_TIMEOUT seconds.
     """
@@ -309,17 +310,18 @@ async def wait_for_server(settings: Settings) -> None:
     delay = 0.05
     while True:
         try:
-            conn = await aiomysql.connect(**connect_kwargs(settings, with_db=False))
+            conn = await aiomysql.connect(**connect_kwargs(settings, with_db=not create_database))
             try:
-                async with conn.cursor() as cur:
-                    await cur.execute("SET SESSION sql_notes = 0")
-                    # Identifier quoting: the name comes from our own config, never a client.
-                    name = settings.mysql.database.replace("`", "``")
-                    await cur.execute(
-                        f"CREATE DATABASE IF NOT EXISTS `{name}` "
-                        "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
-                    )
-                await conn.commit()
+                if create_database:
+                    async with conn.cursor() as cur:
+                        await cur.execute("SET SESSION sql_notes = 0")
+                        # Identifier quoting: the name comes from our own config, never a client.
+                        name = settings.mysql.database.replace("`", "``")
+                        await cur.execute(
+                            f"CREATE DATABASE IF NOT EXISTS `{name}` "
+                            "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+                        )
+                    await conn.commit()
             finally:
                 conn.close()
             return
@@ -333,3 +335,35 @@ async def wait_for_server(settings: Settings) -> None:
             log.info("waiting for database %s: %s", settings.mysql.redacted(), exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+
+async def connection_limit(settings: Settings) -> int:
+    """How many connections the server lets our account open: max_connections, or the account's
+    own limit (MAX_USER_CONNECTIONS, which the session's max_user_connections reports) if lower."""
+    conn = await aiomysql.connect(**connect_kwargs(settings))
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT @@GLOBAL.max_connections, @@SESSION.max_user_connections")
+            server, account = await cur.fetchone()
+    finally:
+        conn.close()
+    return min(int(server), int(account)) if int(account) > 0 else int(server)
+
+
+def log_connection_budget(settings: Settings, limit: int) -> None:
+    """One line with what one replica (all its worker processes) asks of the database; a
+    warning, with the numbers, when the database cannot hold it."""
+    asks = settings.workers * settings.db_pool_size
+    fields = {"workers": settings.workers, "pool_size": settings.db_pool_size,
+              "replica_connections": asks, "database_limit": limit}
+    if asks > limit:
+        log.warning(
+            "connection budget: %d workers x pool %d = %d connections for one replica, but the "
+            "database allows %d: calls will fail with 'Too many connections' under load; lower "
+            "SECKILL_WORKERS or SECKILL_DB_POOL_SIZE, or raise max_connections (replicas x "
+            "workers x pool must stay below it)", settings.workers, settings.db_pool_size, asks,
+            limit, extra=fields)
+    else:
+        log.info("connection budget: %d workers x pool %d = %d connections for one replica "
+                 "(database allows %d)", settings.workers, settings.db_pool_size, asks, limit,
+                 extra=fields)

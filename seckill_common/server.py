@@ -1,9 +1,11 @@
 """Server lifecycle shared by the three services.
 
-Start-up: wait for the database, apply migrations, open the pool, add servicers, health
-(NOT_SERVING), reflection, start, then SERVING once the database answers. A monitor keeps
-health in step with the database afterwards. Shutdown (SIGTERM/SIGINT): NOT_SERVING,
-`stop(grace)` so in-flight calls finish, then the service's own cleanup and the pool.
+Start-up: wait for the database, apply migrations (or, with SECKILL_MIGRATE_ON_START=false,
+refuse to start on a schema older than the code), log the connection budget, open the pool,
+add servicers, health (NOT_SERVING), reflection, start, then SERVING once the database answers.
+A monitor keeps health in step with the database afterwards. Shutdown (SIGTERM/SIGINT):
+NOT_SERVING, serving on for SECKILL_DRAIN_DELAY while load balancers notice, `stop(grace)` so
+in-flight calls finish, then the service's own cleanup and the pool.
 """
 
 from __future__ import annotations
@@ -27,10 +29,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from seckill_common.config import Settings
-from seckill_common.db import Database, create_pool, wait_for_server
+from seckill_common.db import (
+    Database,
+    connection_limit,
+    create_pool,
+    log_connection_budget,
+    wait_for_server,
+)
 from seckill_common.errors import Unavailable
 from seckill_common.interceptors import interceptors_for
-from seckill_common.migrations import migrate
+from seckill_common.migrations import SchemaBehind, check_schema, migrate
 from seckill_common.telemetry import (
     configure_tracing,
     flush_traces,
@@ -140,6 +148,25 @@ class RunningService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._db_changed.wait(), interval)
 
+    async def drain(self, delay_s: float, cut_short: asyncio.Event | None = None) -> None:
+        """NOT_SERVING now, still serving for `delay_s` (or until `cut_short` is set).
+
+        Probes and clients that check health stop sending calls here, and the endpoint leaves
+        the Service's DNS answers, while calls already routed here are still answered; the
+        database monitor is stopped first so it cannot turn health back to SERVING.
+        """
+        log.info("draining: NOT_SERVING for %.1f s before stopping", delay_s,
+                 extra={"address": self.address})
+        if self._monitor:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+            self._monitor = None
+        await self.health.enter_graceful_shutdown()
+        if delay_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for((cut_short or asyncio.Event()).wait(), delay_s)
+
     async def stop(self, grace: float | None = None) -> None:
         if self._stopping:
             return
@@ -165,8 +192,15 @@ async def start_service(
     *, reuse_port: bool = False,
 ) -> RunningService:
     """Starts a service and returns once it is listening (health SERVING if the DB is up)."""
-    await wait_for_server(settings)
-    await migrate(settings)
+    await wait_for_server(settings, create_database=settings.migrate_on_start)
+    if settings.migrate_on_start:
+        await migrate(settings)
+    else:
+        try:
+            await check_schema(settings)
+        except SchemaBehind as exc:
+            raise StartupError(str(exc)) from None
+    log_connection_budget(settings, await connection_limit(settings))
     database = Database(await create_pool(settings), settings)
     watch_pool(definition.name, lambda: database.pool.size, lambda: database.pool.freesize,
                lambda: database.waiting)
@@ -229,7 +263,7 @@ def parse_args(definition: ServiceDefinition, argv: list[str] | None) -> argpars
     parser.add_argument(
         "--workers", type=int, default=None,
         help="server processes sharing the port (SO_REUSEPORT); default SECKILL_WORKERS, "
-             "else the number of cores",
+             "else the CPUs this process may use (affinity and cgroup CPU quota)",
     )
     return parser.parse_args(argv)
 
@@ -261,11 +295,18 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> None:
         if configure_tracing(definition.name):
             log.info("tracing: exporting spans by OTLP")
         running = await start_service(definition, settings, reuse_port=is_worker())
-        stop = asyncio.Event()
+        signals = asyncio.Queue[int]()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+            loop.add_signal_handler(sig, signals.put_nowait, sig)
+        await signals.get()
+        if settings.drain_delay_s > 0:
+            # A second signal (an impatient operator's Ctrl-C) cuts the drain short.
+            again = asyncio.Event()
+            waiter = asyncio.create_task(signals.get())
+            waiter.add_done_callback(lambda _t: again.set())
+            await running.drain(settings.drain_delay_s, again)
+            waiter.cancel()
         await running.stop()
         flush_traces()
 

@@ -47,8 +47,9 @@ def free_port() -> int:
 class PrivateMariaDB:
     """A mariadbd of the tests' own: its data dir, socket and port; killable and restartable."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_connections: int = 1000) -> None:
         self.root = root
+        self.max_connections = max_connections
         self.datadir = root / "data"
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -74,7 +75,7 @@ class PrivateMariaDB:
             [mariadbd, "--no-defaults", f"--datadir={self.datadir}",
              f"--socket={self.root / 'mysqld.sock'}", f"--port={self.port}",
              "--bind-address=127.0.0.1", "--user=root", "--skip-name-resolve",
-             "--max-connections=1000", f"--log-error={self.root / 'error.log'}",
+             f"--max-connections={self.max_connections}", f"--log-error={self.root / 'error.log'}",
              f"--pid-file={self.root / 'mysqld.pid'}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
