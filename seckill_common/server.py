@@ -37,8 +37,9 @@ from seckill_common.db import (
     wait_for_server,
 )
 from seckill_common.errors import Unavailable
-from seckill_common.interceptors import interceptors_for
+from seckill_common.interceptors import interceptors_for, rate_limiter_for
 from seckill_common.migrations import SchemaBehind, check_schema, migrate
+from seckill_common.ratelimit import SHARED_HEALTH_NAME, RateLimiter
 from seckill_common.telemetry import (
     configure_tracing,
     flush_traces,
@@ -116,10 +117,12 @@ class RunningService:
     health: health.aio.HealthServicer
     port: int
     cleanups: list[Cleanup] = field(default_factory=list)
+    limits: RateLimiter | None = None
     metrics_server: ThreadingHTTPServer | None = None
     _monitor: asyncio.Task[None] | None = None
     _db_changed: asyncio.Event = field(default_factory=asyncio.Event)
     _stopping: bool = False
+    _health_updates: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def address(self) -> str:
@@ -147,6 +150,15 @@ class RunningService:
             self._db_changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._db_changed.wait(), interval)
+
+    def _report_shared_limits(self, shared: bool) -> None:
+        """Health entry SHARED_HEALTH_NAME: SERVING while per-user limits are counted in
+        Redis, NOT_SERVING while each process counts its own (the service itself serves on)."""
+        status = (health_pb2.HealthCheckResponse.SERVING if shared
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        update = asyncio.ensure_future(self.health.set(SHARED_HEALTH_NAME, status))
+        self._health_updates.add(update)
+        update.add_done_callback(self._health_updates.discard)
 
     async def drain(self, delay_s: float, cut_short: asyncio.Event | None = None) -> None:
         """NOT_SERVING now, still serving for `delay_s` (or until `cut_short` is set).
@@ -180,6 +192,8 @@ class RunningService:
         await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
         for cleanup in self.cleanups:
             await cleanup()
+        if self.limits is not None:
+            await self.limits.close()
         await self.database.close()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
@@ -201,13 +215,15 @@ async def start_service(
         except SchemaBehind as exc:
             raise StartupError(str(exc)) from None
     log_connection_budget(settings, await connection_limit(settings))
+    limits = rate_limiter_for(settings, definition.name)
+    await limits.start()
     database = Database(await create_pool(settings), settings)
     watch_pool(definition.name, lambda: database.pool.size, lambda: database.pool.freesize,
                lambda: database.waiting)
 
     server = grpc.aio.server(
         interceptors=interceptors_for(settings, definition.name, definition.admin_methods,
-                                      definition.user_methods),
+                                      definition.user_methods, limits),
         # Workers share their port on purpose; a lone server must not share it by accident.
         options=[*SERVER_OPTIONS, ("grpc.so_reuseport", int(reuse_port)),
                  ("grpc.max_receive_message_length", settings.max_message_bytes)],
@@ -227,14 +243,18 @@ async def start_service(
                 else server.add_insecure_port(addr))
     except RuntimeError as exc:  # grpc's message names no cause: the usual one is a busy port
         await database.close()
+        await limits.close()
         raise StartupError(f"cannot listen on {addr} (is the port taken?): {exc}") from None
     running = RunningService(
-        definition, settings, server, database, health_servicer, port, cleanups
+        definition, settings, server, database, health_servicer, port, cleanups, limits
     )
     if settings.metrics_addr:
         running.metrics_server = serve_metrics(settings.metrics_addr, worker_id())
         log.info("metrics", extra={"port": running.metrics_server.server_port})
     await running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    if limits.shared is not None:
+        running._report_shared_limits(limits.shared.shared)
+        limits.shared.on_change.append(running._report_shared_limits)
     await server.start()
     database.on_change.append(lambda _up: running._db_changed.set())
     running._monitor = asyncio.create_task(running._watch_database())
