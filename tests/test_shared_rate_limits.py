@@ -42,20 +42,26 @@ def redis_answers(port: int) -> bool:
                           text=True, check=False).stdout.strip() == "PONG"
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    """A redis-server of this test's own, which it may stop."""
+def start_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
+    """A redis-server of the test's own on `port`, answering once this returns."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server not installed")
-    port = free_port()
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-         "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "no", "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while not redis_answers(port):
         assert process.poll() is None and time.monotonic() < deadline, "redis did not start"
         time.sleep(0.02)  # polling a port that cannot be awaited
+    return process
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """A redis-server of this test's own, which it may stop."""
+    port = free_port()
+    process = start_redis(port, tmp_path)
     yield port, process
     if process.poll() is None:
         process.terminate()
@@ -158,15 +164,8 @@ async def test_sales_go_on_when_redis_stops_and_limits_are_shared_again_when_it_
                                        for _ in range(50)))
         assert flood.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 50 - BURST - 1
 
-        restarted = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(tmp_path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        restarted = start_redis(port, tmp_path)
         try:
-            deadline = time.monotonic() + 10
-            while not redis_answers(port):
-                assert time.monotonic() < deadline, "redis did not restart"
-                await asyncio.sleep(0.02)  # polling a port that cannot be awaited
             assert await seckill_code(stack.activities, activity.id, "after") == \
                 grpc.StatusCode.OK
             assert await health_of(stack.activity, ratelimit.SHARED_HEALTH_NAME) == SERVING
