@@ -33,6 +33,7 @@ LOCK_TIMEOUT_S = 120
 _FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 NOT_SUPPORTED_YET = 1235  # GET_LOCK on a Galera node (wsrep_on)
 NO_SUCH_TABLE = 1146
+CHECK_INTERVAL_S = 2.0  # `--check --wait`: another process applies them; nothing to await
 
 
 class MigrationError(RuntimeError):
@@ -150,11 +151,19 @@ async def check_schema(settings: Settings) -> None:
         raise SchemaBehind(needed)
 
 
-async def run(settings: Settings, *, check_only: bool = False) -> tuple[list[str], list[str]]:
-    """The migration step: (applied now, still pending). `check_only` applies nothing."""
+async def run(settings: Settings, *, check_only: bool = False,
+              wait_s: float = 0.0) -> tuple[list[str], list[str]]:
+    """The migration step: (applied now, still pending). `check_only` applies nothing; with
+    `wait_s` it checks again every few seconds until the schema is current or the time is up
+    (a Kubernetes init container waiting for the migration Job)."""
     await wait_for_server(settings, create_database=not check_only)
     if check_only:
-        return [], await missing(settings)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while (pending := await missing(settings)) and loop.time() < deadline:
+            log.info("waiting for the migration step: %s pending", ", ".join(pending))
+            await asyncio.sleep(min(CHECK_INTERVAL_S, max(0.0, deadline - loop.time())))
+        return [], pending
     applied = await migrate(settings)
     return applied, await missing(settings)
 
@@ -177,7 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         description="Apply the database migrations that SECKILL_MYSQL_URL's database lacks.")
     parser.add_argument("--check", action="store_true",
                         help="change nothing: exit 1 if a migration is pending")
+    parser.add_argument("--wait", type=float, default=0.0, metavar="S",
+                        help="with --check: wait up to S seconds for the schema to become "
+                             "current (applied by another process) before giving up")
     args = parser.parse_args(argv)
+    if args.wait and not args.check:
+        parser.error("--wait goes with --check")
     setup_logging("migrate")
     try:
         settings = Settings.from_env(admin_token_required=False)
@@ -185,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("bad configuration: %s", exc)
         return 2
     try:
-        applied, pending = asyncio.run(run(settings, check_only=args.check))
+        applied, pending = asyncio.run(run(settings, check_only=args.check, wait_s=args.wait))
     except Exception as exc:  # one clear line: unreachable database, refused DDL, ...
         log.error("migration failed: %s", exc)
         return 1

@@ -65,6 +65,13 @@ SERVER_OPTIONS = [
 Cleanup = Callable[[], Awaitable[None]]
 
 
+# A health entry that is SERVING from the moment the server answers until it shuts down,
+# whatever the database: what a liveness probe should ask (the process lives), while readiness
+# asks the service's own entries (it can serve). Restarting every pod because the database is
+# away would only add a thundering herd to the outage.
+LIVENESS_HEALTH_NAME = "seckill.liveness"
+
+
 class StartupError(RuntimeError):
     """A start-up failure explained in one line; logged without a traceback."""
 T = TypeVar("T")
@@ -252,6 +259,7 @@ async def start_service(
         running.metrics_server = serve_metrics(settings.metrics_addr, worker_id())
         log.info("metrics", extra={"port": running.metrics_server.server_port})
     await running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health_servicer.set(LIVENESS_HEALTH_NAME, health_pb2.HealthCheckResponse.SERVING)
     if limits.shared is not None:
         running._report_shared_limits(limits.shared.shared)
         limits.shared.on_change.append(running._report_shared_limits)

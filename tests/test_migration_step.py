@@ -115,3 +115,18 @@ async def test_migrate_needs_only_the_database_url(db_url: str) -> None:
     bad = {**env, "SECKILL_MYSQL_URL": "postgres://x/y"}
     code, _out, err = await run_cli("seckill_cli", "migrate", env=bad)
     assert code == 2 and "SECKILL_MYSQL_URL must look like" in err
+
+
+async def test_an_init_container_check_waits_for_the_migration(db_url: str) -> None:
+    """`--check --wait`: what each Kubernetes pod runs before its service, so that pods wait
+    for the migration Job rather than crash-loop on the refusal above."""
+    waiting = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "seckill_common.migrations", "--check", "--wait", "60",
+        env=step_env(db_url), cwd=REPO, stdout=asyncio.subprocess.PIPE)
+    assert waiting.stdout is not None
+    first = json.loads(await waiting.stdout.readline())
+    assert first["message"].startswith("waiting for the migration step")
+    await migrations.migrate(settings_for(db_url))
+    out, _ = await asyncio.wait_for(waiting.communicate(), 30)
+    assert waiting.returncode == 0
+    assert json.loads(out.splitlines()[-1])["message"] == "the schema is current"
