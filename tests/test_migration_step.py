@@ -12,14 +12,14 @@ import sys
 import uuid
 
 import aiomysql
-import grpc
 import pytest
-from seckill.v1 import product_pb2, product_pb2_grpc
+from seckill.v1 import activity_pb2, product_pb2
 
 from product_svc.server import DEFINITION as PRODUCT
 from seckill_common import migrations
 from seckill_common.server import StartupError, start_service
-from tests.support import ADMIN, REPO, query, settings_for, subprocess_env
+from tests.conftest import make_activity, make_product
+from tests.support import REPO, query, settings_for, start_stack, subprocess_env
 
 SHIPPED = [name for _version, name, _sql in migrations.available()]
 NO_MIGRATE = {"SECKILL_MIGRATE_ON_START": "false"}
@@ -72,16 +72,18 @@ async def test_migrate_then_serve_without_ddl_rights(db_url: str) -> None:
     assert code == 0
     assert json.loads(out.splitlines()[-1])["message"] == "the schema is current"
 
-    app_url = await create_app_account(db_url)
-    product = await start_service(PRODUCT, settings_for(app_url, **NO_MIGRATE))
+    # The services, as the deployments run them: an account without DDL rights, no migrating.
+    stack = await start_stack(await create_app_account(db_url), **NO_MIGRATE)
     try:
-        async with grpc.aio.insecure_channel(product.address) as channel:
-            stub = product_pb2_grpc.ProductServiceStub(channel)
-            made = await stub.CreateProduct(product_pb2.CreateProductRequest(
-                product=product_pb2.Product(name="Tea", stock=5)), metadata=ADMIN)
-            assert (await stub.GetProduct(product_pb2.GetProductRequest(id=made.id))).stock == 5
+        product = await make_product(stack, stock=5)
+        activity = await make_activity(stack, product.id)
+        order = await stack.activities.Seckill(activity_pb2.SeckillRequest(
+            activity_id=activity.id, user_id="alice"))
+        assert order.order.user_id == "alice"
+        assert (await stack.products.GetProduct(
+            product_pb2.GetProductRequest(id=product.id))).stock == 4
     finally:
-        await product.stop(0)
+        await stack.stop()
 
 
 async def test_a_service_refuses_an_empty_database_when_not_migrating(db_url: str) -> None:
