@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Errors after which the connection cannot be trusted and the server may be gone.
-CONNECTION_ERRORS = {2003, 2006, 2013, 2055, 1927, 1053, 1077, 1079, 1080}
+# 1047: a Galera node that is not (or no longer) in the primary component: unusable until it
+# has rejoined, like a server that is down.
+CONNECTION_ERRORS = {2003, 2006, 2013, 2055, 1927, 1053, 1077, 1079, 1080, 1047}
 # A deadlock rolls the transaction back at once: the work is retried from the start in a new
 # one. A lock wait timeout (row or metadata lock) is not retried: the caller has already waited
 # SECKILL_DB_LOCK_WAIT_TIMEOUT, and retrying would multiply the bound.

@@ -3,8 +3,10 @@ start-up (SECKILL_MIGRATE_ON_START, the default) or as a step of its own (`secki
 `python -m seckill_common.migrations`) run by an account with DDL rights before the services.
 
 Several processes may start at once: a server-side named lock (GET_LOCK) lets one apply while
-the others wait, then find nothing left to do. Galera clusters do not support named locks: there
-the migration must run as one step at a time (the Kubernetes Job, compose's migrate service).
+the others wait, then find nothing left to do. On a Galera cluster a named lock holds on one node
+only (and older MariaDB releases refuse it, error 1235, which is then skipped): there the
+migration must run as one step at a time through one node (the Kubernetes Job, via the
+operator's primary Service).
 Every statement is idempotent (IF NOT EXISTS), because MySQL DDL commits implicitly and a crash
 can leave a migration half applied.
 
@@ -115,8 +117,8 @@ async def _lock(cur: aiomysql.Cursor) -> bool:
     except pymysql.err.MySQLError as exc:
         if error_code(exc) != NOT_SUPPORTED_YET:
             raise
-        log.warning("the database has no named locks (a Galera cluster?): migrating without "
-                    "one; run a single migration step at a time")
+        log.warning("the database refuses named locks (Galera with wsrep on): migrating "
+                    "without one; run a single migration step at a time")
         return False
     (got,) = await cur.fetchone()
     if got != 1:

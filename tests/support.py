@@ -47,9 +47,11 @@ def free_port() -> int:
 class PrivateMariaDB:
     """A mariadbd of the tests' own: its data dir, socket and port; killable and restartable."""
 
-    def __init__(self, root: Path, max_connections: int = 1000) -> None:
+    def __init__(self, root: Path, max_connections: int = 1000,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.root = root
         self.max_connections = max_connections
+        self.extra_args = extra_args
         self.datadir = root / "data"
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -76,7 +78,7 @@ class PrivateMariaDB:
              f"--socket={self.root / 'mysqld.sock'}", f"--port={self.port}",
              "--bind-address=127.0.0.1", "--user=root", "--skip-name-resolve",
              f"--max-connections={self.max_connections}", f"--log-error={self.root / 'error.log'}",
-             f"--pid-file={self.root / 'mysqld.pid'}"],
+             f"--pid-file={self.root / 'mysqld.pid'}", *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout_s

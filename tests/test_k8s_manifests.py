@@ -432,7 +432,7 @@ def test_the_connection_budget_adds_up(rendered):
 
 def test_the_migration_job_runs_once_at_a_time(rendered):
     job = one(rendered, "Job", "seckill-migrate")
-    # Galera has no GET_LOCK: one migrating process at a time is the Job's to guarantee.
+    # A Galera named lock holds on one node: one migrating process at a time is the Job's job.
     assert job["spec"]["parallelism"] == 1 and job["spec"]["completions"] == 1
     [container] = job["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["python", "-m", "seckill_common.migrations"]
