@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
@@ -42,6 +42,10 @@ MAX_LOCK_RETRIES = 3
 # The statement ran past max_statement_time (MariaDB 1969; MySQL's max_execution_time, 3024).
 STATEMENT_TIMEOUTS = {1969, 3024}
 UNKNOWN_THREAD = 1094  # KILL of a session that has already ended
+ROW_IS_REFERENCED = 1451  # a foreign key still points at the row being deleted
+NO_REFERENCED_ROW = 1452  # a foreign key points at a missing row
+NO_SUCH_TABLE = 1146  # the schema has not been migrated at all (no schema_migrations)
+NOT_SUPPORTED_YET = 1235  # GET_LOCK on a Galera node, in MariaDB releases that refuse it
 
 
 class Aborted(ServiceError):
@@ -109,6 +113,18 @@ def error_code(exc: BaseException) -> int:
     if isinstance(exc, pymysql.err.MySQLError) and exc.args and isinstance(exc.args[0], int):
         return exc.args[0]
     return 0
+
+
+async def pipeline(cur: aiomysql.Cursor, sql: str, params: Sequence[object]) -> list[tuple]:
+    """Runs `;`-separated statements in one round trip; returns each one's rows in order.
+
+    The server runs them in order and stops at the first error, which the driver raises.
+    """
+    await cur.execute(sql, params)
+    results = [await cur.fetchall()]
+    while await cur.nextset():
+        results.append(await cur.fetchall())
+    return results
 
 
 _COMMITTED = "_seckill_committed"

@@ -27,14 +27,18 @@ import aiomysql
 import pymysql
 
 from seckill_common.config import ConfigError, Settings
-from seckill_common.db import connect_kwargs, error_code, wait_for_server
+from seckill_common.db import (
+    NO_SUCH_TABLE,
+    NOT_SUPPORTED_YET,
+    connect_kwargs,
+    error_code,
+    wait_for_server,
+)
 
 log = logging.getLogger(__name__)
 LOCK_NAME = "seckill.schema_migrations"
 LOCK_TIMEOUT_S = 120
 _FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
-NOT_SUPPORTED_YET = 1235  # GET_LOCK on a Galera node (wsrep_on)
-NO_SUCH_TABLE = 1146
 CHECK_INTERVAL_S = 2.0  # `--check --wait`: another process applies them; nothing to await
 
 
