@@ -36,6 +36,7 @@ from seckill_common.db import (
     committed_in_pipeline,
     error_code,
     pipeline,
+    select_only,
 )
 from seckill_common.errors import FailedPrecondition, InvalidArgument, NotFound
 
@@ -82,8 +83,9 @@ async def get(cur: aiomysql.Cursor, activity_id: int, *, lock: bool = False) -> 
 async def get_many(cur: aiomysql.Cursor, activity_ids: list[int]) -> dict[int, ActivityRow]:
     """The activities among `activity_ids` that exist, by id."""
     marks = ", ".join(["%s"] * len(activity_ids))
-    await cur.execute(f"SELECT {_COLUMNS} FROM activities WHERE id IN ({marks})", activity_ids)
-    return {row[0]: ActivityRow(*row) for row in await cur.fetchall()}
+    rows = await select_only(cur, f"SELECT {_COLUMNS} FROM activities WHERE id IN ({marks})",
+                             activity_ids)
+    return {row[0]: ActivityRow(*row) for row in rows}
 
 
 async def list_page(cur: aiomysql.Cursor, after_id: int, limit: int) -> list[ActivityRow]:
@@ -232,7 +234,8 @@ async def read_facts(cur: aiomysql.Cursor, product_id: int,
     marks = ", ".join(["%s"] * len(activity_ids))
     users = _users_by_activity(attempts)
     held_sql, held_params = _orders_query(users, tagged=True)
-    await cur.execute(
+    rows = await select_only(
+        cur,
         "SELECT 0, stock, NULL, NULL FROM products WHERE id = %s"
         f" UNION ALL SELECT 1, id, {_window_sql('UTC_TIMESTAMP(6)')}, NULL FROM activities"
         f" WHERE id IN ({marks}) AND product_id = %s"
@@ -242,7 +245,7 @@ async def read_facts(cur: aiomysql.Cursor, product_id: int,
     stock_left: int | None = None
     windows: dict[int, Window] = {}
     held: dict[tuple[int, str], int] = {}
-    for kind, first, second, third in await cur.fetchall():
+    for kind, first, second, third in rows:
         if kind == 0:
             stock_left = int(first)
         elif kind == 1:

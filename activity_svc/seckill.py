@@ -79,7 +79,7 @@ class SeckillEngine:
         self._db = database
         self.settings = settings or EngineSettings()
         # activity id -> product id; safe to cache because an activity's product never changes.
-        self._product_of: dict[int, int] = {}
+        self.product_of_activity: dict[int, int] = {}
         self._queues: dict[int, deque[_Pending]] = {}
         self._arrived: dict[int, asyncio.Event] = {}
         # Strong references: the event loop keeps only weak ones to tasks.
@@ -92,10 +92,10 @@ class SeckillEngine:
         self._tracer = tracer()
 
     async def product_of(self, activity_id: int) -> int:
-        product_id = self._product_of.get(activity_id)
+        product_id = self.product_of_activity.get(activity_id)
         if product_id is None:
             product_id = await self._db.run(lambda cur: repository.product_of(cur, activity_id))
-            self._product_of[activity_id] = product_id
+            self.product_of_activity[activity_id] = product_id
         return product_id
 
     async def buy(self, activity_id: int, user_id: str) -> Won:
@@ -133,7 +133,10 @@ class SeckillEngine:
                     lambda cur: repository.read_facts(cur, product_id, attempts))
                 return self._refusals(product_id, attempts, facts)
 
-            reader = self._readers[product_id] = BatchLoader(load)
+            # The gathering window of commits serves reads too: a busy product's next read
+            # waits as long for more callers.
+            reader = self._readers[product_id] = BatchLoader(
+                load, gather_s=self.settings.batch_window_s)
         return reader
 
     def _refusals(self, product_id: int, attempts: list[SeckillAttempt], facts: Facts

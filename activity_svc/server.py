@@ -41,6 +41,8 @@ async def add_servicers(server: grpc.aio.Server, database: Database,
         log.info("seckill batches", extra={"batches": stats.batches, "attempts": stats.attempts,
                                            "mean": round(stats.mean, 2),
                                            "largest": stats.largest})
+        log.info("GetActivity reads", extra={"reads": servicer.reads.loads,
+                                             "calls": servicer.reads.gets})
 
     return [report, product_channel.close, order_channel.close]
 

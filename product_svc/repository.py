@@ -9,7 +9,7 @@ import aiomysql
 import pymysql
 
 from seckill_common import stock
-from seckill_common.db import ROW_IS_REFERENCED, error_code
+from seckill_common.db import ROW_IS_REFERENCED, error_code, select_only
 from seckill_common.errors import FailedPrecondition, NotFound
 
 _COLUMNS = "id, name, description, price_cents, stock, create_time, update_time"
@@ -48,8 +48,9 @@ async def get(cur: aiomysql.Cursor, product_id: int) -> ProductRow:
 async def get_many(cur: aiomysql.Cursor, product_ids: list[int]) -> dict[int, ProductRow]:
     """The products among `product_ids` that exist, by id."""
     marks = ", ".join(["%s"] * len(product_ids))
-    await cur.execute(f"SELECT {_COLUMNS} FROM products WHERE id IN ({marks})", product_ids)
-    return {row[0]: ProductRow(*row) for row in await cur.fetchall()}
+    rows = await select_only(cur, f"SELECT {_COLUMNS} FROM products WHERE id IN ({marks})",
+                             product_ids)
+    return {row[0]: ProductRow(*row) for row in rows}
 
 
 async def list_page(cur: aiomysql.Cursor, after_id: int, limit: int) -> list[ProductRow]:

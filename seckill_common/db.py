@@ -139,6 +139,14 @@ def committed_in_pipeline(cur: aiomysql.Cursor) -> None:
     setattr(cur, _COMMITTED, True)
 
 
+async def select_only(cur: aiomysql.Cursor, sql: str, params: Sequence[object]) -> list[tuple]:
+    """Runs one SELECT as the whole transaction, its COMMIT in the same round trip: a hot
+    read (a single-flight load) then costs one round trip, not two."""
+    rows, _ = await pipeline(cur, sql + "; COMMIT", params)
+    committed_in_pipeline(cur)
+    return list(rows)
+
+
 class StatementTimeout(Unavailable):
     """A statement ran past SECKILL_DB_STATEMENT_TIMEOUT (a lock held elsewhere, an overloaded
     server): the database is there, so it is not marked down; the caller may retry."""

@@ -29,13 +29,16 @@ class BatchLoader(Generic[K, V]):
     A caller that leaves (deadline, cancel) does not cancel the load the others wait for.
     """
 
-    def __init__(self, load: Load[K, V]) -> None:
+    def __init__(self, load: Load[K, V], gather_s: float = 0.0) -> None:
         self._load = load
+        self._gather_s = gather_s
         self._next: dict[K, asyncio.Future[V]] = {}
         self._runner: asyncio.Task[None] | None = None
-        self.loads = 0  # loads run so far (a statistic for tests and logs)
+        self.loads = 0  # loads run so far, and the calls they served (statistics)
+        self.gets = 0
 
     async def get(self, key: K) -> V:
+        self.gets += 1
         future = self._next.get(key)
         if future is None:
             future = asyncio.get_running_loop().create_future()
@@ -49,7 +52,13 @@ class BatchLoader(Generic[K, V]):
     async def _run(self) -> None:
         batch: dict[K, asyncio.Future[V]] = {}
         try:
+            first = True
             while self._next:
+                if not first and self._gather_s > 0:
+                    # Busy: callers are arriving faster than loads end. A moment more gathers
+                    # them into fewer, larger loads (an idle loader loads at once).
+                    await asyncio.sleep(self._gather_s)
+                first = False
                 batch, self._next = self._next, {}
                 self.loads += 1
                 try:

@@ -77,3 +77,17 @@ async def test_close_cancels_a_running_load() -> None:
     await loader.close()
     with pytest.raises(asyncio.CancelledError):
         await waiting
+
+
+async def test_a_busy_loader_gathers_callers_for_its_next_load() -> None:
+    source = Source()
+    loader: BatchLoader[str, object] = BatchLoader(source.load, gather_s=0.05)
+    first = asyncio.create_task(loader.get("a"))
+    await source.started.wait()
+    # These arrive while the first load runs, and in the gathering window after it.
+    second = asyncio.create_task(loader.get("b"))
+    source.release.set()
+    await first
+    third = asyncio.create_task(loader.get("c"))
+    assert (await second, await third) == ("b@0", "c@0")
+    assert source.calls == [["a"], ["b", "c"]]
