@@ -243,6 +243,7 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> None:
     setup_logging(definition.name)
     try:
         settings = Settings.from_env()
+        listen_addr = settings.listen_addr(definition.name)
     except ConfigError as exc:
         log.error("bad configuration: %s", exc)
         raise SystemExit(2) from None
@@ -254,8 +255,8 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> None:
 
     if workers > 1 and not is_worker():
         raise SystemExit(run_loop(supervise(
-            f"{definition.name}_svc", f"SECKILL_{definition.name.upper()}_ADDR",
-            settings.listen_addr(definition.name), workers)))
+            f"{definition.name}_svc", f"SECKILL_{definition.name.upper()}_LISTEN_ADDR",
+            listen_addr, workers)))
 
     async def run() -> None:
         if configure_tracing(definition.name):
