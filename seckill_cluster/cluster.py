@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,10 +37,9 @@ import pymysql
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
-NS_PREFIX = "seckill-"
-BRIDGE = "seckill-br0"
-SUBNET = os.environ.get("SECKILL_CLUSTER_SUBNET", "10.77.0")  # a /24 of our own
-BRIDGE_IP = f"{SUBNET}.1"
+# Namespaces are named <prefix>-<host>, the bridge <prefix>-br0; the hosts' /24 is <subnet>.0.
+PREFIX = "seckill"
+SUBNET = "10.77.0"
 DB_PORT = 3306
 AGENT_PORT = 9200
 SERVICE_PORTS = {"product": 50051, "activity": 50052, "order": 50053}
@@ -68,28 +67,24 @@ class ClusterError(RuntimeError):
 class Host:
     name: str
     ip: str
+    prefix: str = PREFIX
 
     @property
     def ns(self) -> str:
-        return NS_PREFIX + self.name
+        return f"{self.prefix}-{self.name}"
 
     @property
     def veth(self) -> str:
-        return "sk-" + self.name  # the root side of the host's link; <= 15 characters
-
-
-def db_hosts(count: int) -> list[Host]:
-    return [Host(f"db{i}", f"{SUBNET}.{10 + i}") for i in range(1, count + 1)]
-
-
-def app_hosts(count: int) -> list[Host]:
-    return [Host(f"app{i}", f"{SUBNET}.{20 + i}") for i in range(1, count + 1)]
+        # The root side of the host's link (interface names have at most 15 characters).
+        return f"{self.prefix[:8]}-{self.name}"
 
 
 @dataclass
 class State:
     """What `up` chose, kept in state.json so that later commands (and tests) agree on it."""
 
+    prefix: str = PREFIX
+    subnet: str = SUBNET
     db_count: int = 3
     app_count: int = 2
     galera: bool = True
@@ -141,6 +136,18 @@ def namespaces_available() -> str:
     return ""
 
 
+def netem_available(ns: str) -> bool:
+    """Whether `tc` can add netem (and prio) qdiscs in namespace `ns`: some kernels (e.g.
+    minimal VM kernels) are built without them."""
+    tc = ("ip", "netns", "exec", ns, "tc")
+    probe = ("qdisc", "add", "dev", "lo", "root", "handle", "1:")
+    ok = all(run(*tc, *probe, *kind, check=False, quiet=True).returncode == 0
+             and run(*tc, "qdisc", "del", "dev", "lo", "root", check=False, quiet=True)
+             .returncode == 0
+             for kind in (("prio", "bands", "4"), ("netem", "delay", "1ms")))
+    return ok
+
+
 def _alive_pids(ns: str) -> list[int]:
     """Every live (not zombie) process in namespace `ns`."""
     result = run("ip", "netns", "pids", ns, check=False, quiet=True)
@@ -165,21 +172,31 @@ def _comm(pid: int) -> str:
 class Cluster:
     """The cluster under `root` (default .run/cluster). Every method is synchronous."""
 
-    def __init__(self, root: Path | None = None, python: str | None = None) -> None:
+    def __init__(self, root: Path | None = None, python: str | None = None, *,
+                 prefix: str = PREFIX, subnet: str = SUBNET) -> None:
+        """`root` must be a directory the mysql user can reach (not a 0700 temp dir)."""
         self.root = (root or REPO / ".run" / "cluster").resolve()
-        self.env_file = self.root.parent / "cluster.env"
+        self.env_file = self.root.parent / f"{self.root.name}.env"
         self.python = python or sys.executable
         self.state = self._load_state()
+        if not (self.root / "state.json").exists():
+            self.state.prefix, self.state.subnet = prefix, subnet
 
     # --- layout --------------------------------------------------------------------------
 
     @property
+    def bridge(self) -> str:
+        return f"{self.state.prefix[:11]}-br0"
+
+    @property
     def dbs(self) -> list[Host]:
-        return db_hosts(self.state.db_count)
+        return [Host(f"db{i}", f"{self.state.subnet}.{10 + i}", self.state.prefix)
+                for i in range(1, self.state.db_count + 1)]
 
     @property
     def apps(self) -> list[Host]:
-        return app_hosts(self.state.app_count)
+        return [Host(f"app{i}", f"{self.state.subnet}.{20 + i}", self.state.prefix)
+                for i in range(1, self.state.app_count + 1)]
 
     def host(self, name: str) -> Host:
         for host in (*self.dbs, *self.apps):
@@ -234,7 +251,8 @@ class Cluster:
         ensure_packages()
         if self.root.exists():  # the leftovers of a failed up
             shutil.rmtree(self.root)
-        self.state = State(db_count=db_count, app_count=app_count, galera=galera,
+        self.state = State(prefix=self.state.prefix, subnet=self.state.subnet,
+                           db_count=db_count, app_count=app_count, galera=galera,
                            password=secrets.token_hex(12), admin_token=secrets.token_hex(24),
                            service_env=dict(service_env or {}))
         self._save_state()
@@ -255,12 +273,13 @@ class Cluster:
             raise
 
     def is_up(self) -> bool:
-        return BRIDGE in run("ip", "-o", "link", "show", "type", "bridge", quiet=True).stdout
+        links = run("ip", "-o", "link", "show", "type", "bridge", quiet=True).stdout
+        return f" {self.bridge}:" in links
 
     def down(self) -> None:
         """Stops every process of the cluster, removes the namespaces, the bridge and files."""
         namespaces = [ns for ns in run("ip", "netns", "list", check=False).stdout.split()
-                      if ns.startswith(NS_PREFIX)]
+                      if ns.startswith(f"{self.state.prefix}-")]
         for ns in namespaces:
             self._signal_all(ns, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
@@ -270,7 +289,7 @@ class Cluster:
             self._signal_all(ns, signal.SIGKILL)
             run("ip", "netns", "del", ns, check=False)
         if self.is_up():
-            run("ip", "link", "del", BRIDGE, check=False)
+            run("ip", "link", "del", self.bridge, check=False)
         shutil.rmtree(self.root, ignore_errors=True)
         self.env_file.unlink(missing_ok=True)
 
@@ -332,6 +351,9 @@ class Cluster:
         the app hosts and the database is not delayed."""
         if not 0 <= ms <= 10_000:
             raise ClusterError(f"delay must be within 0..10000 ms, got {ms}")
+        if ms and not netem_available(self.dbs[0].ns):
+            raise ClusterError("this kernel has no netem or prio qdisc (sch_netem, sch_prio): "
+                               "latency cannot be added here")
         for db in self.dbs:
             tc = ("ip", "netns", "exec", db.ns, "tc")
             run(*tc, "qdisc", "del", "dev", "eth0", "root", check=False, quiet=True)
@@ -419,9 +441,10 @@ class Cluster:
         return positions
 
     @contextmanager
-    def admin(self, db: Host, timeout_s: float = 5) -> Iterator[pymysql.Connection]:
+    def admin(self, db: Host, timeout_s: float = 5, database: str | None = None
+              ) -> Iterator[pymysql.Connection]:
         """root on node `db` through its Unix socket (works whatever its network state)."""
-        conn = pymysql.connect(unix_socket=str(self.socket(db)), user="root",
+        conn = pymysql.connect(unix_socket=str(self.socket(db)), user="root", database=database,
                                connect_timeout=timeout_s, read_timeout=timeout_s,
                                write_timeout=timeout_s, autocommit=True)
         try:
@@ -432,14 +455,14 @@ class Cluster:
     # --- network -------------------------------------------------------------------------
 
     def _network_up(self) -> None:
-        run("ip", "link", "add", BRIDGE, "type", "bridge")
-        run("ip", "addr", "add", f"{BRIDGE_IP}/24", "dev", BRIDGE)
-        run("ip", "link", "set", BRIDGE, "up")
+        run("ip", "link", "add", self.bridge, "type", "bridge")
+        run("ip", "addr", "add", f"{self.state.subnet}.1/24", "dev", self.bridge)
+        run("ip", "link", "set", self.bridge, "up")
         for host in (*self.dbs, *self.apps):
             run("ip", "netns", "add", host.ns)
             run("ip", "link", "add", host.veth, "type", "veth", "peer", "name", "eth0",
                 "netns", host.ns)
-            run("ip", "link", "set", host.veth, "master", BRIDGE, "up")
+            run("ip", "link", "set", host.veth, "master", self.bridge, "up")
             run("ip", "-n", host.ns, "addr", "add", f"{host.ip}/24", "dev", "eth0")
             run("ip", "-n", host.ns, "link", "set", "eth0", "up")
             run("ip", "-n", host.ns, "link", "set", "lo", "up")
@@ -457,10 +480,8 @@ class Cluster:
     @staticmethod
     def _signal_all(ns: str, sig: int) -> None:
         for pid in _alive_pids(ns):
-            try:
+            with suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
     # --- database hosts ------------------------------------------------------------------
 
@@ -468,9 +489,8 @@ class Cluster:
         """One initialised data dir, copied to every node: the joiners' is replaced by the
         state transfer anyway, and one mariadb-install-db is quicker than three."""
         template = self.root / "template"
-        subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={template}",
-                        "--user=mysql", "--auth-root-authentication-method=normal",
-                        "--skip-test-db"], check=True, capture_output=True)
+        run("mariadb-install-db", "--no-defaults", f"--datadir={template}", "--user=mysql",
+            "--auth-root-authentication-method=normal", "--skip-test-db")
         for db in self.dbs:
             shutil.copytree(template, self.root / db.name / "data", symlinks=True)
             shutil.chown(self.root / db.name, "mysql", "mysql")
@@ -504,7 +524,7 @@ class Cluster:
 
     def _start_db(self, db: Host, *, bootstrap: bool = False) -> None:
         home = self.root / db.name
-        args = self._mariadbd_args(db) + [f"--log-error={home / 'error.log'}"]
+        args = [*self._mariadbd_args(db), f"--log-error={home / 'error.log'}"]
         if bootstrap and self.state.galera:
             # Galera refuses to bootstrap from a node that may be behind (safe_to_bootstrap:
             # 0 after a crash); the caller chose this node as the most advanced one.

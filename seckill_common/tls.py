@@ -21,7 +21,6 @@ import grpc
 
 from seckill_common.config import Settings
 
-
 # Client-side load balancing: a target naming several hosts (ipv4:a:p,b:p, or a DNS name with
 # several addresses) gets a connection to each, and calls take turns over the ready ones, so a
 # dead host is skipped. grpc's default (pick_first) would send everything to one host.
