@@ -88,11 +88,10 @@ class Sale:
 
     async def _user(self, user: str) -> None:
         async with self._slots:
-            for attempt in range(1_000_000):
-                if attempt:
-                    await asyncio.sleep(0.05)  # a client's back-off before its retry
+            while True:
                 if (await self._call(user)).code in DEFINITE:
                     return
+                await asyncio.sleep(0.05)  # a client's back-off before its retry
 
     async def run(self) -> None:
         async with asyncio.timeout(SALE_BOUND_S):
