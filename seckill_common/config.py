@@ -104,15 +104,18 @@ _TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
 
 
 def _is_host_port(value: str) -> bool:
+    """A plain host:port (what a server can listen on), not a target string."""
     host, sep, port = value.rpartition(":")
-    return bool(sep and host and port.isdigit() and int(port) < 65536)
+    return bool(sep and host and port.isdigit() and int(port) < 65536
+                and not value.startswith(_TARGET_SCHEMES)
+                and not any(c.isspace() or c in "/," for c in host))
 
 
 def _target(env: dict[str, str], name: str, default: str) -> str:
     """A peer address: host:port, or any gRPC target string (ipv4:a:p,b:p, dns:///name:port),
     which the clients spread calls over with round_robin."""
     value = env.get(name) or default
-    if _is_host_port(value) and not value.startswith(_TARGET_SCHEMES):
+    if _is_host_port(value):
         return value
     rest = next((value[len(s):] for s in _TARGET_SCHEMES if value.startswith(s)), "")
     if not rest.strip("/") or any(c.isspace() for c in value):
@@ -193,7 +196,7 @@ class Settings:
         if explicit:
             return explicit
         target = getattr(self, f"{service}_addr")
-        if not _is_host_port(target) or target.startswith(_TARGET_SCHEMES):
+        if not _is_host_port(target):
             raise ConfigError(
                 f"SECKILL_{service.upper()}_ADDR is the gRPC target {target!r}, which cannot "
                 f"be listened on: set SECKILL_{service.upper()}_LISTEN_ADDR (host:port)")
