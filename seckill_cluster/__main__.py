@@ -1,5 +1,7 @@
 """`python -m seckill_cluster VERB` (scripts/cluster.sh): the cluster and its faults.
 
+A development tool run from the repository (not installed with the services).
+
     up [--nodes 3] [--single]   start db1..db3 (Galera) and app1, app2; write .run/cluster.env
     down                        stop everything, remove namespaces, bridge and files
     status                      every host: processes, Galera state, where each proxy writes
