@@ -28,6 +28,10 @@ def node_state(socket_path: str) -> dict[str, str]:
                            read_timeout=TIMEOUT_S, write_timeout=TIMEOUT_S)
     try:
         with conn.cursor() as cur:
+            cur.execute("SELECT @@GLOBAL.wsrep_on")
+            (wsrep_on,) = cur.fetchone()
+            if not wsrep_on:  # a plain server (the benchmark's baseline): up is healthy
+                return {"wsrep_on": "OFF"}
             cur.execute(STATE_SQL)
             return {name: value for name, value in cur.fetchall()}
     finally:
@@ -35,7 +39,8 @@ def node_state(socket_path: str) -> dict[str, str]:
 
 
 def healthy(state: dict[str, str]) -> bool:
-    return (state.get("wsrep_local_state_comment") == "Synced"
+    return state.get("wsrep_on") == "OFF" or (
+            state.get("wsrep_local_state_comment") == "Synced"
             and state.get("wsrep_cluster_status") == "Primary")
 
 

@@ -330,6 +330,15 @@ class Cluster:
                 self._start_app_processes(app)
         self._wait_apps(apps)
 
+    def restart_apps(self, service_env: dict[str, str]) -> None:
+        """Restarts every app host's processes with these SECKILL_* settings (e.g. another
+        SECKILL_COMMIT_MODE), kept for later `start`s too."""
+        for app in self.apps:
+            self.kill(app.name)
+        self.state.service_env = dict(service_env)
+        self._save_state()
+        self.start(*(app.name for app in self.apps))
+
     def partition(self, name: str) -> None:
         """Cuts host `name` off the network (its link goes down; it keeps running)."""
         host = self.host(name)
@@ -468,14 +477,14 @@ class Cluster:
             run("ip", "-n", host.ns, "link", "set", "lo", "up")
 
     def _spawn(self, host: Host, label: str, cmd: list[str],
-               env: dict[str, str] | None = None) -> None:
+               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         logs = self.root / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         with open(logs / f"{host.name}-{label}.log", "ab") as log:
             # A session of its own: a Ctrl-C in the shell that ran `up` does not reach it.
-            subprocess.Popen(["ip", "netns", "exec", host.ns, *cmd], stdin=subprocess.DEVNULL,
-                             stdout=log, stderr=subprocess.STDOUT, env=env,
-                             start_new_session=True)
+            return subprocess.Popen(["ip", "netns", "exec", host.ns, *cmd],
+                                    stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
     @staticmethod
     def _signal_all(ns: str, sig: int) -> None:
@@ -533,19 +542,20 @@ class Cluster:
                 grastate.write_text(re.sub(r"safe_to_bootstrap: *0", "safe_to_bootstrap: 1",
                                            grastate.read_text()))
             args.append("--wsrep-new-cluster")
-        self._spawn(db, "mariadbd", args)
+        mariadbd = self._spawn(db, "mariadbd", args)
         self._spawn(db, "agent", [self.python, "-m", "seckill_cluster.check_agent",
                                   f"--socket={self.socket(db)}",
                                   f"--listen={db.ip}:{AGENT_PORT}"],
                     env={**os.environ, "PYTHONPATH": str(REPO)})
-        self.wait_synced(db)
+        self.wait_synced(db, mariadbd)
 
-    def wait_synced(self, db: Host, timeout_s: float = NODE_READY_S) -> None:
+    def wait_synced(self, db: Host, process: subprocess.Popen[bytes] | None = None,
+                    timeout_s: float = NODE_READY_S) -> None:
         """Returns once node `db` is Synced in the Primary component (or simply answers,
         without Galera)."""
         deadline = time.monotonic() + timeout_s
         while True:
-            if not self.db_running(db):
+            if process.poll() is not None if process else not self.db_running(db):
                 raise ClusterError(f"mariadbd on {db.name} exited; see "
                                    f"{self.root / db.name / 'error.log'}")
             state = self.node_status(db)
