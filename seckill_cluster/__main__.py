@@ -57,7 +57,12 @@ def print_status(cluster: Cluster) -> int:
         print(f"{name:5} {facts['ip']:12} {procs:40} {rest}{cut}")
     if cluster.state.delay_ms:
         print(f"delay between database hosts: {cluster.state.delay_ms} ms")
-    print(f"settings: . {cluster.env_file}")
+    for name, value in cluster.exports().items():
+        if name.endswith("_ADDR"):
+            print(f"{name}={value}")
+    print(f"databases: mysql://seckill:...@<db ip>:3306/seckill (root: the Unix socket "
+          f"{cluster.root}/<db>/mysqld.sock); logs: {cluster.root}/logs")
+    print(f"settings (admin token, DB URLs): . {cluster.env_file}")
     return 0
 
 
