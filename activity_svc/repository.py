@@ -3,8 +3,8 @@
 The seckill transaction is the one place where the activity service touches the products'
 stock row and the orders table directly (everything else about products and orders goes
 through their services' stubs): an order and its stock decrement must commit together, in
-one transaction that holds the stock row. Lock order, everywhere: the product's stock row,
-then the activity row, then order rows.
+one transaction that holds the stock row, taken through seckill_common.stock (which owns the
+lock order: the stock row, then the activity row, then order rows).
 """
 
 from __future__ import annotations
@@ -16,8 +16,21 @@ from datetime import datetime
 import aiomysql
 import pymysql
 
-from seckill_common.db import committed_in_pipeline, error_code
-from seckill_common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from activity_svc.decision import (
+    Facts,
+    Outcome,
+    Refused,
+    SeckillAttempt,
+    Twin,
+    Win,
+    Window,
+    Won,
+    already_purchased,
+    decide,
+)
+from seckill_common import stock
+from seckill_common.db import committed_in_pipeline, error_code, pipeline
+from seckill_common.errors import FailedPrecondition, InvalidArgument, NotFound
 
 ROW_IS_REFERENCED = 1451  # a foreign key still points at the row
 NO_REFERENCED_ROW = 1452  # a foreign key points at a missing row
@@ -91,7 +104,7 @@ async def update(cur: aiomysql.Cursor, activity_id: int,
 async def delete(cur: aiomysql.Cursor, activity_id: int) -> None:
     """Deletes an activity without orders (the foreign key from orders refuses otherwise)."""
     activity = await get(cur, activity_id)
-    await _lock_stock_row(cur, activity.product_id)
+    await stock.lock(cur, activity.product_id)
     await get(cur, activity_id, lock=True)
     try:
         await cur.execute("DELETE FROM activities WHERE id = %s", (activity_id,))
@@ -118,52 +131,7 @@ async def product_of(cur: aiomysql.Cursor, activity_id: int) -> int:
     return int(row[0])
 
 
-async def _lock_stock_row(cur: aiomysql.Cursor, product_id: int) -> int | None:
-    await cur.execute("SELECT stock FROM products WHERE id = %s FOR UPDATE", (product_id,))
-    row = await cur.fetchone()
-    return None if row is None else int(row[0])
-
-
 # --- the seckill transaction -------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SeckillAttempt:
-    activity_id: int
-    user_id: str
-
-
-@dataclass(frozen=True)
-class Won:
-    order_id: int
-    product_id: int
-    create_time: datetime
-
-
-@dataclass(frozen=True)
-class Refused:
-    """A refusal: `error` is what the caller answers (SOLD_OUT, ALREADY_PURCHASED, ...)."""
-
-    error: Exception
-
-
-Outcome = Won | Refused
-
-
-def already_purchased(order_id: int) -> Refused:
-    return Refused(AlreadyExists(
-        "ALREADY_PURCHASED",
-        f"you already hold order {order_id} for this activity",
-        {"order_id": str(order_id)},
-    ))
-
-
-def _precondition(reason: str, message: str, activity_id: int) -> Refused:
-    return Refused(FailedPrecondition(reason, message, {"activity_id": str(activity_id)}))
-
-
-def sold_out(activity_id: int) -> Refused:
-    return _precondition("SOLD_OUT", "sold out", activity_id)
-
 
 @dataclass(frozen=True)
 class BatchResult:
@@ -171,8 +139,10 @@ class BatchResult:
     stock_left: int | None  # committed stock after this batch; None: the product is gone
 
 
-# The window of an activity as one number, computed by the database: its clock decides.
-_OPEN, _NOT_STARTED, _ENDED = 0, 1, 2
+def _window_sql(now: str) -> str:
+    """The activity's window as a `Window` number, by the database's clock: its clock decides."""
+    return (f"IF(start_time > {now}, {Window.NOT_STARTED:d},"
+            f" IF(end_time <= {now}, {Window.ENDED:d}, {Window.OPEN:d}))")
 
 
 async def seckill(cur: aiomysql.Cursor, product_id: int,
@@ -180,105 +150,98 @@ async def seckill(cur: aiomysql.Cursor, product_id: int,
     """Decides and records a batch of seckills on one product, first come first served.
 
     One transaction: lock the stock row, read the activities' windows (the database's clock
-    decides, and its reading is the orders' create time), skip users who already hold an
-    order, insert the winners' orders, decrement the stock by their count, and commit them in
+    decides, and its reading is the orders' create time) and the orders the users already
+    hold, let `decide` pick the winners, insert their orders, take their units and commit, in
     the same round trip. A batch without winners wrote nothing; the caller's transaction ends it.
 
-    The statements travel in two pipelined round trips (the server runs them in order, so the
-    stock row is still locked first) and return as few columns as they can: the driver parses
-    every column definition of every result in Python, and that is most of what a flash sale
-    pays per transaction.
+    The statements travel in two pipelined round trips and return as few columns as they can:
+    the driver parses every column definition of every result in Python, and that is most of
+    what a flash sale pays per transaction.
     """
     activity_ids = sorted({a.activity_id for a in attempts})
     marks = ", ".join(["%s"] * len(activity_ids))
     users = _users_by_activity(attempts)
     held_sql, held_params = _orders_query(users)
-    stock_rows, window_rows, *held_sets = await _pipeline(
-        cur,
-        "SELECT stock FROM products WHERE id = %s FOR UPDATE; "
-        f"SELECT id, IF(start_time > UTC_TIMESTAMP(6), {_NOT_STARTED},"
-        f" IF(end_time <= UTC_TIMESTAMP(6), {_ENDED}, {_OPEN})), UTC_TIMESTAMP(6)"
+    locked, (window_rows, *held_sets) = await stock.lock_then(
+        cur, product_id,
+        f"SELECT id, {_window_sql('UTC_TIMESTAMP(6)')}, UTC_TIMESTAMP(6)"
         f" FROM activities WHERE id IN ({marks}) AND product_id = %s LOCK IN SHARE MODE; "
         + held_sql,
-        (product_id, *activity_ids, product_id, *held_params),
+        (*activity_ids, product_id, *held_params),
     )
-    stock = int(stock_rows[0][0]) if stock_rows else None
-    windows = {row[0]: row[1] for row in window_rows}
-    now = window_rows[0][2] if window_rows else None
-    held = _by_key(users, held_sets)
+    facts = Facts(None if locked is None else locked.units,
+                  {row[0]: Window(row[1]) for row in window_rows},
+                  _by_key(users, held_sets))
+    decisions = decide(attempts, facts)
+    winners = [a for a, d in zip(attempts, decisions, strict=True) if isinstance(d, Win)]
+    if locked is None or not winners:
+        # No twins without winners, so every decision is a refusal.
+        return BatchResult([d for d in decisions if isinstance(d, Refused)], facts.stock)
 
-    outcomes: list[Outcome | None] = []
-    winners: dict[tuple[int, str], SeckillAttempt] = {}  # insertion order = arrival order
-    remaining = stock or 0
-    for attempt in attempts:
-        key = (attempt.activity_id, attempt.user_id)
-        window = windows.get(attempt.activity_id)
-        if stock is None or window is None:
-            outcomes.append(Refused(NotFound("Activity", attempt.activity_id)))
-        elif key in held:
-            outcomes.append(already_purchased(held[key]))
-        elif key in winners:
-            outcomes.append(None)  # a twin of a winner in this batch: filled in below
-        elif window == _NOT_STARTED:
-            outcomes.append(_precondition("NOT_STARTED", "the sale has not started yet",
-                                          attempt.activity_id))
-        elif window == _ENDED:
-            outcomes.append(_precondition("ENDED", "the sale has ended", attempt.activity_id))
-        elif remaining <= 0:
-            outcomes.append(sold_out(attempt.activity_id))
-        else:
-            remaining -= 1
-            winners[key] = attempt
-            outcomes.append(None)
-    if not winners:
-        # No twins without winners, so every outcome is decided.
-        return BatchResult([o for o in outcomes if o is not None], stock)
-
-    assert now is not None
+    now = window_rows[0][2]
     rows = ", ".join(["(%s, %s, %s, %s)"] * len(winners))
     params: list[object] = []
-    for w in winners.values():
+    for w in winners:
         params += [w.activity_id, product_id, w.user_id, now]
-    won_users = _users_by_activity(list(winners.values()))
+    take_sql, take_params = stock.take_statement(locked, len(winners), now)
+    won_users = _users_by_activity(winners)
     created_sql, created_params = _orders_query(won_users)
     # COMMIT rides in the same round trip. Should anything before it fail, the server stops
     # there and the caller's transaction rolls back; should the link drop after it was sent,
     # the outcome is unknown and the callers get UNAVAILABLE, and a retry finds the order.
-    _, _, *created_sets, _ = await _pipeline(
+    _, _, *created_sets, _ = await pipeline(
         cur,
         f"INSERT INTO orders (activity_id, product_id, user_id, create_time) VALUES {rows}; "
-        "UPDATE products SET stock = stock - %s, update_time = %s WHERE id = %s; "
-        + created_sql + "; COMMIT",
-        (*params, len(winners), now, product_id, *created_params),
+        f"{take_sql}; {created_sql}; COMMIT",
+        (*params, *take_params, *created_params),
     )
     committed_in_pipeline(cur)
     created = _by_key(won_users, created_sets)
-    result: list[Outcome] = []
-    answered: set[tuple[int, str]] = set()
-    for attempt, outcome in zip(attempts, outcomes, strict=True):
-        if outcome is not None:
-            result.append(outcome)
-            continue
-        key = (attempt.activity_id, attempt.user_id)
-        order_id = created[key]
-        if key in answered:
-            result.append(already_purchased(order_id))
+    outcomes: list[Outcome] = []
+    for attempt, decision in zip(attempts, decisions, strict=True):
+        if isinstance(decision, Refused):
+            outcomes.append(decision)
+        elif isinstance(decision, Twin):
+            outcomes.append(already_purchased(created[attempt.key]))
         else:
-            answered.add(key)
-            result.append(Won(order_id, product_id, now))
-    return BatchResult(result, remaining)
+            outcomes.append(Won(created[attempt.key], product_id, now))
+    return BatchResult(outcomes, locked.units - len(winners))
 
 
-async def orders_of_product(cur: aiomysql.Cursor, product_id: int, after_id: int,
-                            limit: int) -> list[tuple[int, int, str]]:
-    """(order id, activity id, user id) of the product's orders with ids above `after_id`."""
+async def read_facts(cur: aiomysql.Cursor, product_id: int,
+                     attempts: Sequence[SeckillAttempt]) -> Facts:
+    """What the seckill transaction would read for `attempts`, without taking any lock.
+
+    One statement, so one consistent snapshot and one reading of the database's clock: every
+    fact is as it was at a single instant, and a refusal decided on them is one the seckill
+    transaction could have given at that instant.
+    """
+    activity_ids = sorted({a.activity_id for a in attempts})
+    marks = ", ".join(["%s"] * len(activity_ids))
+    users = _users_by_activity(attempts)
+    held_sql, held_params = _orders_query(users, tagged=True)
     await cur.execute(
-        "SELECT id, activity_id, user_id FROM orders WHERE product_id = %s AND id > %s"
-        " ORDER BY id LIMIT %s",
-        (product_id, after_id, limit),
+        "SELECT 0, stock, NULL, NULL FROM products WHERE id = %s"
+        f" UNION ALL SELECT 1, id, {_window_sql('UTC_TIMESTAMP(6)')}, NULL FROM activities"
+        f" WHERE id IN ({marks}) AND product_id = %s"
+        " UNION ALL " + held_sql.replace("; ", " UNION ALL "),
+        (product_id, *activity_ids, product_id, *held_params),
     )
-    return [(order_id, activity_id, user.decode("utf-8"))
-            for order_id, activity_id, user in await cur.fetchall()]
+    stock_left: int | None = None
+    windows: dict[int, Window] = {}
+    held: dict[tuple[int, str], int] = {}
+    for kind, first, second, third in await cur.fetchall():
+        if kind == 0:
+            stock_left = int(first)
+        elif kind == 1:
+            windows[int(first)] = Window(int(second))
+        else:
+            held[(int(first), _text(second))] = int(third)
+    return Facts(stock_left, windows, held)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
 def _users_by_activity(attempts: Sequence[SeckillAttempt]) -> dict[int, list[str]]:
@@ -288,28 +251,22 @@ def _users_by_activity(attempts: Sequence[SeckillAttempt]) -> dict[int, list[str
     return by_activity
 
 
-def _orders_query(users: dict[int, list[str]]) -> tuple[str, list[object]]:
-    """One SELECT (user_id, id) per activity, through the unique key, in `users`' order."""
+def _orders_query(users: dict[int, list[str]], *, tagged: bool = False
+                  ) -> tuple[str, list[object]]:
+    """One SELECT (user_id, id) per activity, through the unique key, in `users`' order;
+    `tagged` adds a leading 2 and the activity id (for read_facts' UNION)."""
+    columns = "2, activity_id, user_id, id" if tagged else "user_id, id"
     statements, params = [], []
     for activity_id, names in users.items():
         marks = ", ".join(["%s"] * len(names))
         statements.append(
-            f"SELECT user_id, id FROM orders WHERE activity_id = %s AND user_id IN ({marks})")
+            f"SELECT {columns} FROM orders WHERE activity_id = %s AND user_id IN ({marks})")
         params += [activity_id, *names]
     return "; ".join(statements), params
 
 
 def _by_key(users: dict[int, list[str]], result_sets: list[tuple]) -> dict[tuple[int, str], int]:
     """Order ids by (activity_id, user_id) from `_orders_query`'s results, one set per activity."""
-    return {(activity_id, user_id.decode("utf-8")): order_id
+    return {(activity_id, _text(user_id)): order_id
             for activity_id, rows in zip(users, result_sets, strict=True)
             for user_id, order_id in rows}
-
-
-async def _pipeline(cur: aiomysql.Cursor, sql: str, params: Sequence[object]) -> list[tuple]:
-    """Runs `;`-separated statements in one round trip; returns each one's rows in order."""
-    await cur.execute(sql, params)
-    results = [await cur.fetchall()]
-    while await cur.nextset():
-        results.append(await cur.fetchall())
-    return results

@@ -12,37 +12,35 @@ Callers that leave (deadline, cancel) are skipped by batches not yet started; a 
 callers have all left is abandoned, and its transaction ended on the server, so no lock wait
 or connection outlives the callers it was for.
 
-Sold-out fast path: once a committed transaction shows a product's stock at 0, later calls
-for it are answered from memory (SOLD_OUT, or ALREADY_EXISTS for users who hold an order)
-without touching the database, for `soldout_recheck_s` at most; the next call after that
-goes to the database again, which confirms the flag or clears it. So a buyer is never refused
-for longer than that delay (plus one commit) after stock comes back (a cancel, an admin
-update), whichever process made it.
+Refusals are exact: a call is refused only on facts read after it arrived. Once a product's
+last look (a committed batch or a read) showed no unit to sell, its calls go first to a
+single-flight read of the facts they need (repository.read_facts: stock, windows, their
+orders; one non-locking statement shared by every call that arrived before it started) and
+`decide` refuses them on it; a call the read cannot refuse goes on to a transaction. So a
+sold-out sale's stampede costs a cheap read per burst, not a locking transaction per call,
+and a unit given back (a cancel, a restock, in any process) is sold to the next caller.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from opentelemetry.context import Context, get_current
 
 from activity_svc import repository
-from activity_svc.repository import Refused, SeckillAttempt, Won
+from activity_svc.decision import Facts, Outcome, Refused, SeckillAttempt, Won, decide
 from seckill_common.db import Database
+from seckill_common.singleflight import BatchLoader
 from seckill_common.telemetry import BATCH_SIZE, STOCK_REMAINING, batch_span, tracer
 
 log = logging.getLogger(__name__)
 
 CommitMode = Literal["coalesced", "per_request"]
-# Past this many orders, a sold-out product is not mirrored in memory (the fast path is off).
-MAX_MIRRORED_ORDERS = 1_000_000
-MIRROR_PAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,6 @@ class EngineSettings:
     mode: CommitMode = "coalesced"
     batch_window_s: float = 0.002
     batch_max: int = 500
-    soldout_recheck_s: float = 0.1
 
 
 @dataclass
@@ -78,15 +75,6 @@ class _Pending:
     trace_context: Context | None = None  # the caller's, when tracing is on
 
 
-@dataclass
-class _SoldOut:
-    """A product seen with stock 0 by a committed transaction, and who holds its orders."""
-
-    confirmed_at: float  # monotonic time of the transaction start that saw stock 0
-    holders: dict[tuple[int, str], int] = field(default_factory=dict)  # -> order id
-    last_order_id: int = 0
-
-
 class SeckillEngine:
     def __init__(self, database: Database, settings: EngineSettings | None = None) -> None:
         self._db = database
@@ -97,10 +85,10 @@ class SeckillEngine:
         self._arrived: dict[int, asyncio.Event] = {}
         # Strong references: the event loop keeps only weak ones to tasks.
         self._committers: dict[int, asyncio.Task[None]] = {}
-        self._sold_out: dict[int, _SoldOut] = {}
-        # Per product, the newest transaction's look at the stock: (when it started, stock left).
-        self._stock_seen: dict[int, tuple[float, int | None]] = {}
-        self._mirroring: set[int] = set()  # products whose orders are being loaded
+        # Products whose last look showed nothing to sell: their calls are read before a
+        # transaction (see the module's docstring).
+        self._refusing: set[int] = set()
+        self._readers: dict[int, BatchLoader[SeckillAttempt, Refused | None]] = {}
         self.stats = BatchStats()
         self._tracer = tracer()
 
@@ -115,7 +103,10 @@ class SeckillEngine:
         """The committed order, or raises the refusal (a `ServiceError`)."""
         product_id = await self.product_of(activity_id)
         attempt = SeckillAttempt(activity_id, user_id)
-        self._refuse_if_sold_out(product_id, attempt)
+        if product_id in self._refusing:
+            refusal = await self._reader(product_id).get(attempt)
+            if refusal is not None:
+                raise refusal.error
         if self.settings.mode == "per_request":
             return await self._commit_one(product_id, attempt)
         future: asyncio.Future[Won] = asyncio.get_running_loop().create_future()
@@ -132,104 +123,62 @@ class SeckillEngine:
         while self._committers:
             await asyncio.gather(*self._committers.values(), return_exceptions=True)
 
-    # --- sold-out fast path -------------------------------------------------------------
+    # --- exact refusals ------------------------------------------------------------------
 
-    def _refuse_if_sold_out(self, product_id: int, attempt: SeckillAttempt) -> None:
-        entry = self._sold_out.get(product_id)
-        if entry is None:
-            return
-        if time.monotonic() - entry.confirmed_at >= self.settings.soldout_recheck_s:
-            return  # stale: let the database decide (and confirm or clear the flag)
-        order_id = entry.holders.get((attempt.activity_id, attempt.user_id))
-        refusal = (repository.sold_out(attempt.activity_id) if order_id is None
-                   else repository.already_purchased(order_id))
-        raise refusal.error
+    def _reader(self, product_id: int) -> BatchLoader[SeckillAttempt, Refused | None]:
+        reader = self._readers.get(product_id)
+        if reader is None:
+            async def load(attempts: list[SeckillAttempt]
+                           ) -> dict[SeckillAttempt, Refused | None]:
+                facts = await self._db.run(
+                    lambda cur: repository.read_facts(cur, product_id, attempts))
+                return self._refusals(product_id, attempts, facts)
 
-    async def _note_stock(self, product_id: int, stock_left: int | None, seen_at: float) -> None:
-        """Records what a committed transaction (started at `seen_at`) saw of the stock."""
-        if self.settings.soldout_recheck_s <= 0:
-            return
-        latest, _ = self._stock_seen.get(product_id, (float("-inf"), None))
-        if seen_at < latest:
-            return  # a newer transaction already told us more
-        self._stock_seen[product_id] = (seen_at, stock_left)
-        if stock_left != 0:
-            self._sold_out.pop(product_id, None)
-            return
-        if product_id in self._mirroring:
-            return  # one load at a time per product (per_request mode sees stock 0 per call)
-        self._mirroring.add(product_id)
-        try:
-            await self._mirror(product_id)
-        finally:
-            self._mirroring.discard(product_id)
+            reader = self._readers[product_id] = BatchLoader(load)
+        return reader
 
-    async def _mirror(self, product_id: int) -> None:
-        # Mirror the orders committed since the last look before the flag is published, so
-        # repeat buyers learn their order id (ALREADY_EXISTS) from the fast path. In pages,
-        # yielding between them: parsing 10,000 rows at once would stall every call in this
-        # process for ~100 ms at the moment a sale sells out.
-        entry = self._sold_out.get(product_id)
-        after = entry.last_order_id if entry else 0
-        newer: list[tuple[int, int, str]] = []
-        while len(newer) <= MAX_MIRRORED_ORDERS:
-            page = await self._db.run(functools.partial(
-                repository.orders_of_product, product_id=product_id, after_id=after,
-                limit=MIRROR_PAGE))
-            newer += page
-            if len(page) < MIRROR_PAGE:
-                break
-            after = page[-1][0]  # pages come in id order
-            await asyncio.sleep(0)
-        seen_at, stock_left = self._stock_seen[product_id]
-        if stock_left != 0:
-            return  # stock came back meanwhile: that newer observation decides
-        entry = self._sold_out.get(product_id) or _SoldOut(seen_at)
-        entry.holders.update(((activity_id, user_id), order_id)
-                             for order_id, activity_id, user_id in newer)
-        if newer:
-            entry.last_order_id = newer[-1][0]
-        entry.confirmed_at = max(entry.confirmed_at, seen_at)
-        if len(entry.holders) > MAX_MIRRORED_ORDERS:
-            self._sold_out.pop(product_id, None)
+    def _refusals(self, product_id: int, attempts: list[SeckillAttempt], facts: Facts
+                  ) -> dict[SeckillAttempt, Refused | None]:
+        """Each attempt's refusal on `facts`, or None: a transaction must decide it.
+
+        Each is decided alone: another caller of this read may not take the unit it would
+        leave, so only a refusal that holds whatever the others do is given from a read.
+        """
+        answers = {a: d if isinstance(d := decide([a], facts)[0], Refused) else None
+                   for a in attempts}
+        self._note(product_id, None not in answers.values())
+        return answers
+
+    def _note(self, product_id: int, refusing: bool) -> None:
+        if refusing:
+            self._refusing.add(product_id)
         else:
-            self._sold_out[product_id] = entry
+            self._refusing.discard(product_id)
 
     # --- committing ---------------------------------------------------------------------
 
     async def _run_batch(self, product_id: int, attempts: list[SeckillAttempt]
-                         ) -> tuple[list[repository.Outcome], int | None, float]:
-        """One transaction: (outcomes, stock left, when it started)."""
-        started = time.monotonic()
+                         ) -> list[Outcome]:
+        """One transaction: its outcomes, one per attempt."""
         result = await self._db.run(lambda cur: repository.seckill(cur, product_id, attempts))
         self.stats.add(len(attempts))
         BATCH_SIZE.observe(len(attempts))
         if result.stock_left is not None:
             for activity_id in {attempt.activity_id for attempt in attempts}:
                 STOCK_REMAINING.labels(str(activity_id)).set(result.stock_left)
-        return result.outcomes, result.stock_left, started
+        self._note(product_id, not result.stock_left
+                   or not any(isinstance(o, Won) for o in result.outcomes))
+        return result.outcomes
 
     async def _run_traced_batch(self, product_id: int, batch: list[_Pending]
-                                ) -> tuple[list[repository.Outcome], int | None, float]:
+                                ) -> list[Outcome]:
         # The batch's span (when tracing) is current in this task: its transaction's span is
         # the batch's child, and the batch the first caller's.
         with batch_span(self._tracer, product_id, [p.trace_context for p in batch]):
             return await self._run_batch(product_id, [p.attempt for p in batch])
 
-    async def _after_batch(self, product_id: int, stock_left: int | None,
-                           started: float) -> None:
-        # After the callers have their answers: the fast path is an optimisation, and must
-        # neither delay nor fail a committed batch.
-        try:
-            await self._note_stock(product_id, stock_left, started)
-        except Exception:
-            log.warning("could not refresh the sold-out state of product %s", product_id,
-                        exc_info=True)
-            self._sold_out.pop(product_id, None)
-
     async def _commit_one(self, product_id: int, attempt: SeckillAttempt) -> Won:
-        (outcome,), stock_left, started = await self._run_batch(product_id, [attempt])
-        await self._after_batch(product_id, stock_left, started)
+        (outcome,) = await self._run_batch(product_id, [attempt])
         if isinstance(outcome, Refused):
             raise outcome.error
         return outcome
@@ -286,7 +235,7 @@ class SeckillEngine:
             else self._run_traced_batch(product_id, batch))
         _cancel_when_all_leave(work, [p.future for p in batch])
         try:
-            outcomes, stock_left, started = await work
+            outcomes = await work
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():  # shutting down
@@ -307,7 +256,6 @@ class SeckillEngine:
                 pending.future.set_exception(outcome.error)
             else:
                 pending.future.set_result(outcome)
-        await self._after_batch(product_id, stock_left, started)
 
 
 def _cancel_when_all_leave(work: asyncio.Future[object], callers: list[asyncio.Future[Won]]

@@ -26,7 +26,6 @@ async def add_servicers(server: grpc.aio.Server, database: Database,
             mode=settings.commit_mode,  # type: ignore[arg-type]
             batch_window_s=settings.batch_window_s,
             batch_max=settings.batch_max,
-            soldout_recheck_s=settings.soldout_recheck_s,
     ))
     servicer = ActivityServicer(
         database,

@@ -1,7 +1,8 @@
 """SQL for orders.
 
 Orders are inserted only by the seckill transaction (activity_svc/repository.py). Cancelling
-lives here and, like the seckill, locks the product's stock row before it touches an order.
+lives here and, like the seckill, takes the product's stock row (seckill_common.stock) before
+it touches an order.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from datetime import datetime
 
 import aiomysql
 
+from seckill_common import stock
 from seckill_common.errors import NotFound
 
 _COLUMNS = "id, activity_id, product_id, user_id, create_time"
@@ -65,11 +67,7 @@ async def cancel(cur: aiomysql.Cursor, order_id: int, owner: str | None = None) 
     order = await get(cur, order_id)
     if owner is not None and order.user_id != owner:
         raise NotFound("Order", order_id)
-    # Lock order: the stock row first (as every seckill does), then the order row.
-    await cur.execute("SELECT stock FROM products WHERE id = %s FOR UPDATE", (order.product_id,))
+    locked = await stock.lock(cur, order.product_id)
     await get(cur, order_id, lock=True)  # NOT_FOUND if a concurrent cancel won the race
     await cur.execute("DELETE FROM orders WHERE id = %s", (order_id,))
-    await cur.execute(
-        "UPDATE products SET stock = stock + 1, update_time = UTC_TIMESTAMP(6) WHERE id = %s",
-        (order.product_id,),
-    )
+    await stock.give_back(cur, locked)

@@ -8,6 +8,7 @@ from datetime import datetime
 import aiomysql
 import pymysql
 
+from seckill_common import stock
 from seckill_common.db import error_code
 from seckill_common.errors import FailedPrecondition, NotFound
 
@@ -37,13 +38,8 @@ async def create(cur: aiomysql.Cursor, name: str, description: str, price_cents:
     return await get(cur, cur.lastrowid)
 
 
-async def get(cur: aiomysql.Cursor, product_id: int, *, lock: bool = False) -> ProductRow:
-    # FOR UPDATE takes the stock row's lock: the first lock of any transaction that changes
-    # stock, so every such transaction locks in the same order (stock row, then orders).
-    await cur.execute(
-        f"SELECT {_COLUMNS} FROM products WHERE id = %s" + (" FOR UPDATE" if lock else ""),
-        (product_id,),
-    )
+async def get(cur: aiomysql.Cursor, product_id: int) -> ProductRow:
+    await cur.execute(f"SELECT {_COLUMNS} FROM products WHERE id = %s", (product_id,))
     row = await cur.fetchone()
     if row is None:
         raise NotFound("Product", product_id)
@@ -61,20 +57,25 @@ async def list_page(cur: aiomysql.Cursor, after_id: int, limit: int) -> list[Pro
 async def update(cur: aiomysql.Cursor, product_id: int,
                  changes: dict[str, object]) -> ProductRow:
     """Applies `changes` (keys from UPDATABLE) under the stock row's lock."""
-    await get(cur, product_id, lock=True)
-    if changes:
+    locked = await stock.lock(cur, product_id)
+    others = {column: value for column, value in changes.items() if column != "stock"}
+    if others:
         # Column names come from UPDATABLE, never from the client; values are parameters.
-        assert set(changes) <= set(UPDATABLE), changes
-        assignments = ", ".join(f"{column} = %s" for column in changes)
+        assert set(others) <= set(UPDATABLE), others
+        assignments = ", ".join(f"{column} = %s" for column in others)
         await cur.execute(
             f"UPDATE products SET {assignments}, update_time = UTC_TIMESTAMP(6) WHERE id = %s",
-            (*changes.values(), product_id),
+            (*others.values(), product_id),
         )
+    units = changes.get("stock")
+    if units is not None:
+        assert isinstance(units, int), units
+        await stock.set_units(cur, locked, units)
     return await get(cur, product_id)
 
 
 async def delete(cur: aiomysql.Cursor, product_id: int) -> None:
-    await get(cur, product_id, lock=True)
+    await stock.lock(cur, product_id)
     try:
         await cur.execute("DELETE FROM products WHERE id = %s", (product_id,))
     except pymysql.err.IntegrityError as exc:

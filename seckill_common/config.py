@@ -165,7 +165,6 @@ class Settings:
     commit_mode: str
     batch_window_s: float
     batch_max: int
-    soldout_recheck_s: float
     workers: int
     max_message_bytes: int = 64 * 1024
     db_statement_timeout_s: float = 10.0
@@ -229,8 +228,6 @@ class Settings:
                                 ("coalesced", "per_request")),
             batch_window_s=_float(env, "SECKILL_BATCH_WINDOW_MS", 2.0, 0.0, 1000.0) / 1000,
             batch_max=_int(env, "SECKILL_BATCH_MAX", 500, 1, 10_000),
-            soldout_recheck_s=_float(env, "SECKILL_SOLDOUT_RECHECK_MS", 100.0, 0.0,
-                                     60_000.0) / 1000,
             workers=_int(env, "SECKILL_WORKERS", os.cpu_count() or 1, 1, 256),
             max_message_bytes=_int(env, "SECKILL_MAX_MESSAGE_BYTES", 64 * 1024, 1024,
                                    64 * 1024 * 1024),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
@@ -107,6 +107,18 @@ def error_code(exc: BaseException) -> int:
     if isinstance(exc, pymysql.err.MySQLError) and exc.args and isinstance(exc.args[0], int):
         return exc.args[0]
     return 0
+
+
+async def pipeline(cur: aiomysql.Cursor, sql: str, params: Sequence[object]) -> list[tuple]:
+    """Runs `;`-separated statements in one round trip; returns each one's rows in order.
+
+    The server runs them in order and stops at the first error, which the driver raises.
+    """
+    await cur.execute(sql, params)
+    results = [await cur.fetchall()]
+    while await cur.nextset():
+        results.append(await cur.fetchall())
+    return results
 
 
 _COMMITTED = "_seckill_committed"

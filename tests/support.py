@@ -136,8 +136,6 @@ def settings_for(db_url: str, **overrides: str) -> Settings:
         "SECKILL_DB_STARTUP_TIMEOUT": "10",
         "SECKILL_SHUTDOWN_GRACE": "1",
         "SECKILL_HEALTH_INTERVAL": "0.2",
-        # Exact answers by default; tests of the sold-out fast path turn it on.
-        "SECKILL_SOLDOUT_RECHECK_MS": "0",
         "SECKILL_WORKERS": "1",
         **overrides,
     }
@@ -187,7 +185,6 @@ def subprocess_env(db_url: str, **overrides: str) -> dict[str, str]:
         "SECKILL_MYSQL_URL": db_url,
         "SECKILL_ADMIN_TOKEN": ADMIN_TOKEN,
         "SECKILL_SHUTDOWN_GRACE": "2",
-        "SECKILL_SOLDOUT_RECHECK_MS": "0",
         "SECKILL_WORKERS": "1",
         **overrides,
     }

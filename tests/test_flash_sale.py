@@ -31,8 +31,7 @@ async def test_flash_sale_over_two_processes_never_oversells(
     env = subprocess_env(stack.db_url, SECKILL_ACTIVITY_ADDR="127.0.0.1:0",
                          SECKILL_PRODUCT_ADDR=stack.product.address,
                          SECKILL_ORDER_ADDR=stack.order.address,
-                         SECKILL_COMMIT_MODE=mode, SECKILL_WORKERS=workers,
-                         SECKILL_SOLDOUT_RECHECK_MS="100")
+                         SECKILL_COMMIT_MODE=mode, SECKILL_WORKERS=workers)
     processes = [ServiceProcess("activity_svc", env, tmp_path / f"activity{i}.log")
                  for i in range(2)]
     await asyncio.gather(*(p.start() for p in processes))

@@ -1,0 +1,127 @@
+"""Who wins a seckill batch, and which refusal each loser gets: a pure function, no I/O.
+
+The seckill transaction (repository.seckill) reads the facts under the stock row's lock and
+asks `decide`; the refusal path (repository.read_facts, without locks) asks it too, so both
+answer with the same rules and the same precedence between refusals.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from seckill_common.errors import AlreadyExists, FailedPrecondition, NotFound, ServiceError
+
+
+@dataclass(frozen=True)
+class SeckillAttempt:
+    activity_id: int
+    user_id: str
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return (self.activity_id, self.user_id)
+
+
+class Window(enum.IntEnum):
+    """Where the database clock stands against an activity's window (computed in SQL)."""
+
+    OPEN = 0
+    NOT_STARTED = 1
+    ENDED = 2
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a decision needs, as read at one instant.
+
+    `stock` is None when the product is gone; `windows` holds the activities (of this product)
+    that exist; `held` the order ids of the attempts' users who already hold one.
+    """
+
+    stock: int | None
+    windows: Mapping[int, Window]
+    held: Mapping[tuple[int, str], int]
+
+
+@dataclass(frozen=True)
+class Win:
+    """The attempt takes a unit (a new order, to be inserted by the caller)."""
+
+
+@dataclass(frozen=True)
+class Twin:
+    """A second attempt of a winner within the batch: answered with the winner's order."""
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A refusal: `error` is what the caller is answered."""
+
+    error: ServiceError
+
+
+Decision = Win | Twin | Refused
+
+
+def already_purchased(order_id: int) -> Refused:
+    return Refused(AlreadyExists(
+        "ALREADY_PURCHASED",
+        f"you already hold order {order_id} for this activity",
+        {"order_id": str(order_id)},
+    ))
+
+
+def _precondition(reason: str, message: str, activity_id: int) -> Refused:
+    return Refused(FailedPrecondition(reason, message, {"activity_id": str(activity_id)}))
+
+
+def sold_out(activity_id: int) -> Refused:
+    return _precondition("SOLD_OUT", "sold out", activity_id)
+
+
+def decide(attempts: Sequence[SeckillAttempt], facts: Facts) -> list[Decision]:
+    """One decision per attempt, first come first served.
+
+    Precedence, for each attempt: an unknown activity (NOT_FOUND), an order already held
+    (ALREADY_PURCHASED), a twin of this batch's winner, the window (NOT_STARTED, ENDED), and
+    last the stock (SOLD_OUT): a user is told about the sale's state before its stock.
+    """
+    decisions: list[Decision] = []
+    winners: set[tuple[int, str]] = set()
+    remaining = facts.stock or 0
+    for attempt in attempts:
+        key = attempt.key
+        window = facts.windows.get(attempt.activity_id)
+        if facts.stock is None or window is None:
+            decisions.append(Refused(NotFound("Activity", attempt.activity_id)))
+        elif key in facts.held:
+            decisions.append(already_purchased(facts.held[key]))
+        elif key in winners:
+            decisions.append(Twin())
+        elif window == Window.NOT_STARTED:
+            decisions.append(_precondition("NOT_STARTED", "the sale has not started yet",
+                                           attempt.activity_id))
+        elif window == Window.ENDED:
+            decisions.append(_precondition("ENDED", "the sale has ended", attempt.activity_id))
+        elif remaining <= 0:
+            decisions.append(sold_out(attempt.activity_id))
+        else:
+            remaining -= 1
+            winners.add(key)
+            decisions.append(Win())
+    return decisions
+
+
+@dataclass(frozen=True)
+class Won:
+    """A committed order."""
+
+    order_id: int
+    product_id: int
+    create_time: datetime
+
+
+Outcome = Won | Refused

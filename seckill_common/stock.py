@@ -1,0 +1,76 @@
+"""The products' stock row: the one place that locks it, takes units from it and gives them back.
+
+Every transaction that changes stock or orders (a seckill, a cancel, an expiry, a restock, a
+delete) runs in the product and order services and in the activity service alike. They cannot
+deadlock because each takes its locks in one order: **the product's stock row first**, then the
+activity row, then order rows. This module makes that order structural rather than a comment:
+units can only be taken or given back through a `LockedStock`, and only `lock` / `lock_then`,
+whose statement runs before anything else the caller sends, hand one out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import aiomysql
+
+from seckill_common.db import pipeline
+from seckill_common.errors import NotFound
+
+_LOCK = "SELECT stock FROM products WHERE id = %s FOR UPDATE"
+
+
+@dataclass(frozen=True)
+class LockedStock:
+    """Proof that this transaction holds the product's stock row; `units` as locked."""
+
+    product_id: int
+    units: int
+
+
+async def lock(cur: aiomysql.Cursor, product_id: int) -> LockedStock:
+    """Locks the stock row; NOT_FOUND for an unknown product. Call it before any other lock."""
+    locked, _ = await lock_then(cur, product_id)
+    if locked is None:
+        raise NotFound("Product", product_id)
+    return locked
+
+
+async def lock_then(cur: aiomysql.Cursor, product_id: int, then_sql: str = "",
+                    then_params: Sequence[object] = ()
+                    ) -> tuple[LockedStock | None, list[tuple]]:
+    """Locks the stock row, then runs `then_sql` (`;`-separated statements) in the same round
+    trip: the server runs them in order, so the stock row is still locked first.
+
+    Returns the lock (None: no such product) and the rows of each following statement.
+    """
+    sql = _LOCK + ("; " + then_sql if then_sql else "")
+    stock_rows, *rest = await pipeline(cur, sql, (product_id, *then_params))
+    locked = LockedStock(product_id, int(stock_rows[0][0])) if stock_rows else None
+    return locked, rest
+
+
+def take_statement(locked: LockedStock, units: int, now: datetime) -> tuple[str, list[object]]:
+    """The UPDATE that takes `units` (to send in the caller's pipeline); the CHECK constraint
+    refuses stock below 0, whatever the caller computed."""
+    assert 0 < units <= locked.units, (units, locked)
+    return ("UPDATE products SET stock = stock - %s, update_time = %s WHERE id = %s",
+            [units, now, locked.product_id])
+
+
+async def give_back(cur: aiomysql.Cursor, locked: LockedStock, units: int = 1) -> None:
+    """Returns `units` to stock (a cancelled or expired order's unit)."""
+    await cur.execute(
+        "UPDATE products SET stock = stock + %s, update_time = UTC_TIMESTAMP(6) WHERE id = %s",
+        (units, locked.product_id),
+    )
+
+
+async def set_units(cur: aiomysql.Cursor, locked: LockedStock, units: int) -> None:
+    """Sets the stock to `units` (an admin's restock or correction)."""
+    await cur.execute(
+        "UPDATE products SET stock = %s, update_time = UTC_TIMESTAMP(6) WHERE id = %s",
+        (units, locked.product_id),
+    )
