@@ -29,11 +29,15 @@ from activity_svc.decision import (
     decide,
 )
 from seckill_common import stock
-from seckill_common.db import committed_in_pipeline, error_code, pipeline
+from seckill_common.db import (
+    NO_REFERENCED_ROW,
+    ROW_IS_REFERENCED,
+    committed_in_pipeline,
+    error_code,
+    pipeline,
+)
 from seckill_common.errors import FailedPrecondition, InvalidArgument, NotFound
 
-ROW_IS_REFERENCED = 1451  # a foreign key still points at the row
-NO_REFERENCED_ROW = 1452  # a foreign key points at a missing row
 _COLUMNS = "id, product_id, name, start_time, end_time, create_time"
 UPDATABLE = ("name", "start_time", "end_time")
 
@@ -72,6 +76,13 @@ async def get(cur: aiomysql.Cursor, activity_id: int, *, lock: bool = False) -> 
     if row is None:
         raise NotFound("Activity", activity_id)
     return ActivityRow(*row)
+
+
+async def get_many(cur: aiomysql.Cursor, activity_ids: list[int]) -> dict[int, ActivityRow]:
+    """The activities among `activity_ids` that exist, by id."""
+    marks = ", ".join(["%s"] * len(activity_ids))
+    await cur.execute(f"SELECT {_COLUMNS} FROM activities WHERE id IN ({marks})", activity_ids)
+    return {row[0]: ActivityRow(*row) for row in await cur.fetchall()}
 
 
 async def list_page(cur: aiomysql.Cursor, after_id: int, limit: int) -> list[ActivityRow]:

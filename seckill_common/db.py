@@ -40,6 +40,8 @@ MAX_LOCK_RETRIES = 3
 # The statement ran past max_statement_time (MariaDB 1969; MySQL's max_execution_time, 3024).
 STATEMENT_TIMEOUTS = {1969, 3024}
 UNKNOWN_THREAD = 1094  # KILL of a session that has already ended
+ROW_IS_REFERENCED = 1451  # a foreign key still points at the row being deleted
+NO_REFERENCED_ROW = 1452  # a foreign key points at a missing row
 
 
 class Aborted(ServiceError):

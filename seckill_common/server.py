@@ -169,7 +169,7 @@ async def start_service(
     await migrate(settings)
     database = Database(await create_pool(settings), settings)
     watch_pool(definition.name, lambda: database.pool.size, lambda: database.pool.freesize,
-               lambda: database.waiting)
+               lambda: database.waiting, database.pool.maxsize)
 
     server = grpc.aio.server(
         interceptors=interceptors_for(settings, definition.name, definition.admin_methods,

@@ -75,10 +75,14 @@ class BatchLoader(Generic[K, V]):
             self._runner = None
 
     async def close(self) -> None:
-        """Cancels the running load, if any (shutdown)."""
+        """Cancels the running load and its callers (shutdown)."""
         if self._runner is not None:
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
+        for future in self._next.values():  # a runner cancelled before it began
+            future.cancel()
+        self._next.clear()
+        self._runner = None
 
 
 def _consume(future: asyncio.Future[object]) -> None:

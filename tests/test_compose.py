@@ -185,6 +185,7 @@ def test_healthcheck_uses_grpc_health_protocol(compose, service):
 @pytest.mark.parametrize(("service", "url"), [
     ("jaeger", "http://127.0.0.1:13133/status"),  # the healthcheckv2 extension of Jaeger v2
     ("prometheus", "http://127.0.0.1:9090/-/ready"),
+    ("grafana", "http://127.0.0.1:3000/api/health"),
 ])
 def test_tools_are_probed_over_http_with_the_images_wget(compose, service, url):
     assert compose["services"][service]["healthcheck"]["test"] == [
@@ -194,12 +195,13 @@ def test_tools_are_probed_over_http_with_the_images_wget(compose, service, url):
 def test_third_party_images_are_pinned(compose):
     images = {name: service["image"] for name, service in compose["services"].items()
               if "build" not in service}
-    assert set(images) == {"db", "jaeger", "prometheus"}
+    assert set(images) == {"db", "jaeger", "prometheus", "grafana"}
     for name, image in images.items():
         _repo, _, tag = image.rpartition(":")
         assert re.fullmatch(r"v?\d+(\.\d+)+", tag), f"{name}: {image} is not pinned to a version"
     assert images["jaeger"].startswith("jaegertracing/jaeger:2.")  # OTLP on by default
     assert images["prometheus"].startswith("prom/prometheus:v3.")
+    assert images["grafana"].startswith("grafana/grafana:")
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -275,6 +277,26 @@ def test_published_ports_are_on_loopback_only(compose):
 def test_ui_ports_are_the_usual_ones(compose):
     assert published_ports(compose["services"]["jaeger"]) == [("127.0.0.1", "16686", 16686)]
     assert published_ports(compose["services"]["prometheus"]) == [("127.0.0.1", "9090", 9090)]
+    assert published_ports(compose["services"]["grafana"]) == [("127.0.0.1", "3000", 3000)]
+
+
+def test_bind_mounts_come_from_the_repo(compose):
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]  # the short form, as this file writes them
+            if source.startswith("."):
+                assert (ROOT / source).exists(), f"{name} mounts {source}, which is missing"
+                assert volume.endswith(":ro"), f"{name} may write to the repo: {volume}"
+
+
+def test_grafana_has_no_password_to_guess(compose):
+    env = environment(compose, "grafana")
+    # No admin account and no login at all: anonymous viewers only.
+    assert env["GF_SECURITY_DISABLE_INITIAL_ADMIN_CREATION"] == "true"
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert env["GF_AUTH_BASIC_ENABLED"] == "false"
+    assert not any("PASSWORD" in key for key in env)
 
 
 # --- Prometheus --------------------------------------------------------------------------------
