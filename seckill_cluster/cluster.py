@@ -130,9 +130,19 @@ def namespaces_available() -> str:
         return "the cluster needs root (network namespaces, mariadbd --user=mysql)"
     if shutil.which("ip") is None:
         return "the ip command (iproute2) is missing"
-    probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return f"ip netns does not work here: {probe.stderr.strip()}"
+    # What `up` does, in miniature: a namespace, a bridge and a veth pair between them
+    # (a container without CAP_SYS_ADMIN, or a kernel without bridges, fails here).
+    name = f"skprobe{os.getpid() % 100000}"
+    steps = [("netns", "add", name), ("link", "add", name, "type", "bridge"),
+             ("link", "add", f"{name}v", "type", "veth", "peer", "name", "eth0", "netns", name)]
+    try:
+        for step in steps:
+            probe = subprocess.run(["ip", *step], capture_output=True, text=True)
+            if probe.returncode != 0:
+                return f"`ip {' '.join(step)}` fails here: {probe.stderr.strip()}"
+    finally:
+        for undo in (("link", "del", f"{name}v"), ("link", "del", name), ("netns", "del", name)):
+            subprocess.run(["ip", *undo], capture_output=True)
     return ""
 
 
