@@ -2,7 +2,8 @@
 
 A development tool run from the repository (not installed with the services).
 
-    up [--nodes 3] [--single]   start db1..db3 (Galera) and app1, app2; write .run/cluster.env
+    up [--nodes 3] [--single] [--relay-ms MS]
+                                start db1..db3 (Galera) and app1, app2; write .run/cluster.env
     down                        stop everything, remove namespaces, bridge and files
     status                      every host: processes, Galera state, where each proxy writes
     kill HOST...                SIGKILL every process on the hosts
@@ -33,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Galera nodes (default 3)")
     up.add_argument("--single", action="store_true",
                     help="one plain MariaDB server instead of Galera (the benchmark's baseline)")
+    up.add_argument("--relay-ms", type=float, default=None, metavar="MS",
+                    help="replication between the nodes through delaying TCP relays (MS each "
+                         "way): latency where the kernel has no netem for `delay`")
     verbs.add_parser("down", help="stop and remove everything the cluster made")
     verbs.add_parser("status", help="what runs where")
     for verb, what in (("kill", "SIGKILL every process on these hosts"),
@@ -76,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     cluster = Cluster()
     try:
         if args.verb == "up":
-            cluster.up(db_count=1 if args.single else args.nodes, galera=not args.single)
+            cluster.up(db_count=1 if args.single else args.nodes, galera=not args.single,
+                       relay_ms=args.relay_ms)
             print_status(cluster)
         elif args.verb == "down":
             cluster.down()

@@ -42,6 +42,7 @@ PREFIX = "seckill"
 SUBNET = "10.77.0"
 DB_PORT = 3306
 AGENT_PORT = 9200
+GCOMM_PORT = 4567  # Galera's group communication
 SERVICE_PORTS = {"product": 50051, "activity": 50052, "order": 50053}
 # Start order on an app host: activity calls product and order.
 SERVICES = ("product", "order", "activity")
@@ -91,6 +92,9 @@ class State:
     password: str = ""
     admin_token: str = ""
     delay_ms: int = 0
+    # Replication through seckill_cluster.delay_relay with this delay (ms, each way): the
+    # benchmark's latency where the kernel has no netem. None: nodes talk directly.
+    relay_ms: float | None = None
     partitioned: list[str] = field(default_factory=list)
     # SECKILL_* settings the services were started with beyond the cluster's own.
     service_env: dict[str, str] = field(default_factory=dict)
@@ -172,6 +176,13 @@ def _alive_pids(ns: str) -> list[int]:
     return pids
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def _comm(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
@@ -249,12 +260,12 @@ class Cluster:
     # --- whole cluster -------------------------------------------------------------------
 
     def up(self, *, db_count: int = 3, galera: bool = True, app_count: int = 2,
-           service_env: dict[str, str] | None = None) -> None:
+           service_env: dict[str, str] | None = None, relay_ms: float | None = None) -> None:
         """Builds the network and starts every host: the database first, then the apps."""
         if self.is_up():
             raise ClusterError("the cluster is already up: run 'make cluster-down' first")
-        if not galera and db_count != 1:
-            raise ClusterError("without Galera there is one database host")
+        if not galera and (db_count != 1 or relay_ms is not None):
+            raise ClusterError("without Galera there is one database host, and no relay")
         why = namespaces_available()
         if why:
             raise ClusterError(why)
@@ -264,10 +275,12 @@ class Cluster:
         self.state = State(prefix=self.state.prefix, subnet=self.state.subnet,
                            db_count=db_count, app_count=app_count, galera=galera,
                            password=secrets.token_hex(12), admin_token=secrets.token_hex(24),
-                           service_env=dict(service_env or {}))
+                           service_env=dict(service_env or {}), relay_ms=relay_ms)
         self._save_state()
         try:
             self._network_up()
+            if relay_ms is not None:
+                self._route_relays()
             self._init_datadirs()
             first, *others = self.dbs
             self._start_db(first, bootstrap=True)
@@ -372,7 +385,7 @@ class Cluster:
             raise ClusterError(f"delay must be within 0..10000 ms, got {ms}")
         if ms and not netem_available(self.dbs[0].ns):
             raise ClusterError("this kernel has no netem or prio qdisc (sch_netem, sch_prio): "
-                               "latency cannot be added here")
+                               "use `up --relay-ms MS` for latency between the nodes instead")
         for db in self.dbs:
             tc = ("ip", "netns", "exec", db.ns, "tc")
             run(*tc, "qdisc", "del", "dev", "eth0", "root", check=False, quiet=True)
@@ -524,15 +537,39 @@ class Cluster:
                 f"--bind-address={db.ip}", "--skip-name-resolve", "--max-connections=1000",
                 "--innodb-buffer-pool-size=128M"]
         if self.state.galera:
+            options = PROVIDER_OPTIONS
+            if self.state.relay_ms is not None:
+                # Peers reach this node only through its relay (see delay_relay).
+                options += f";gmcast.listen_addr=tcp://{self._relayed(db)}:{GCOMM_PORT}"
             args += ["--wsrep-on=ON", f"--wsrep-provider={GALERA_PROVIDER}",
                      "--wsrep-cluster-name=seckill",
                      "--wsrep-cluster-address=gcomm://" + ",".join(d.ip for d in self.dbs),
                      f"--wsrep-node-address={db.ip}", f"--wsrep-node-name={db.name}",
-                     "--wsrep-sst-method=rsync", f"--wsrep-provider-options={PROVIDER_OPTIONS}",
+                     "--wsrep-sst-method=rsync", f"--wsrep-provider-options={options}",
                      # What Galera requires of the server it replicates.
                      "--binlog-format=ROW", "--default-storage-engine=InnoDB",
                      "--innodb-autoinc-lock-mode=2"]
         return args
+
+    @staticmethod
+    def _relayed(db: Host) -> str:
+        """The address the node listens for its peers on, behind its relay: on its own link,
+        but in a subnet the other nodes have no route to (see _route_relays)."""
+        a, b, _c = db.ip.split(".", 2)
+        return f"{a}.{b}.250.{db.ip.rsplit('.', 1)[1]}"
+
+    def _route_relays(self) -> None:
+        """Each relay answers its peers' relayed addresses (policy routing: only packets
+        from a host's main address, i.e. its relay, may reach the others' relayed
+        addresses); a node's own connections come from its relayed address, which has no
+        such route, so a node cannot bypass the others' relays."""
+        for db in self.dbs:
+            run("ip", "-n", db.ns, "addr", "add", f"{self._relayed(db)}/32", "dev", "eth0")
+            run("ip", "-n", db.ns, "rule", "add", "from", db.ip, "lookup", "100")
+            for other in self.dbs:
+                if other != db:
+                    run("ip", "-n", db.ns, "route", "add", self._relayed(other), "via",
+                        other.ip, "table", "100")
 
     def _grastate(self, db: Host) -> dict[str, str]:
         path = self.root / db.name / "data" / "grastate.dat"
@@ -552,6 +589,12 @@ class Cluster:
                 grastate.write_text(re.sub(r"safe_to_bootstrap: *0", "safe_to_bootstrap: 1",
                                            grastate.read_text()))
             args.append("--wsrep-new-cluster")
+        if self.state.relay_ms is not None and not any(
+                "delay_relay" in _cmdline(p) for p in _alive_pids(db.ns)):
+            self._spawn(db, "relay", [
+                self.python, "-m", "seckill_cluster.delay_relay",
+                f"--listen={db.ip}:{GCOMM_PORT}", f"--to={self._relayed(db)}:{GCOMM_PORT}",
+                f"--ms={self.state.relay_ms}"], env={**os.environ, "PYTHONPATH": str(REPO)})
         mariadbd = self._spawn(db, "mariadbd", args)
         self._spawn(db, "agent", [self.python, "-m", "seckill_cluster.check_agent",
                                   f"--socket={self.socket(db)}",
