@@ -59,6 +59,8 @@ def print_status(cluster: Cluster) -> int:
         cut = " PARTITIONED" if facts.pop("partitioned") else ""
         rest = " ".join(f"{k}={v}" for k, v in facts.items() if k != "ip")
         print(f"{name:5} {facts['ip']:12} {procs:40} {rest}{cut}")
+    if cluster.state.relay_ms is not None:
+        print(f"replication through delaying relays: {cluster.state.relay_ms:g} ms each way")
     if cluster.state.delay_ms:
         print(f"delay between database hosts: {cluster.state.delay_ms} ms")
     for name, value in cluster.exports().items():
