@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 import aiomysql
 import pymysql
@@ -97,9 +98,9 @@ async def update(cur: aiomysql.Cursor, activity_id: int,
                  changes: dict[str, object]) -> ActivityRow:
     """Applies `changes` (keys from UPDATABLE); the resulting window must stay ordered."""
     current = await get(cur, activity_id, lock=True)
-    start = changes.get("start_time", current.start_time)
-    end = changes.get("end_time", current.end_time)
-    if not end > start:  # type: ignore[operator]
+    start = cast(datetime, changes.get("start_time", current.start_time))
+    end = cast(datetime, changes.get("end_time", current.end_time))
+    if not end > start:
         raise InvalidArgument({"activity.end_time": "must be after start_time"})
     if changes:
         # Column names come from UPDATABLE, never from the client; values are parameters.

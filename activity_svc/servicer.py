@@ -68,8 +68,8 @@ def _check_fields(violations: Violations, activity: activity_pb2.Activity,
 
 class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
     def __init__(self, database: Database, engine: SeckillEngine,
-                 products: product_pb2_grpc.ProductServiceStub,
-                 orders: order_pb2_grpc.OrderServiceStub, peer_timeout_s: float) -> None:
+                 products: product_pb2_grpc.ProductServiceAsyncStub,
+                 orders: order_pb2_grpc.OrderServiceAsyncStub, peer_timeout_s: float) -> None:
         self._db = database
         self._engine = engine
         self._products = products

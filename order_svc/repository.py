@@ -45,7 +45,8 @@ async def get(cur: aiomysql.Cursor, order_id: int, *, lock: bool = False) -> Ord
 
 async def list_page(cur: aiomysql.Cursor, *, user_id: str | None, activity_id: int | None,
                     after_id: int, limit: int) -> list[OrderRow]:
-    conditions, params = ["id > %s"], [after_id]
+    conditions = ["id > %s"]
+    params: list[int | str] = [after_id]
     if user_id is not None:
         conditions.append("user_id = %s")
         params.append(user_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
 DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/seckill"
@@ -12,6 +13,9 @@ DEFAULT_ADDRS = {
     "activity": "127.0.0.1:50052",
     "order": "127.0.0.1:50053",
 }
+# SECKILL_COMMIT_MODE: how the activity service commits seckills (activity_svc.seckill).
+CommitMode = Literal["coalesced", "per_request"]
+Choice = TypeVar("Choice", bound=str)
 
 
 class ConfigError(ValueError):
@@ -76,11 +80,13 @@ def _float(env: dict[str, str], name: str, default: float, lo: float, hi: float)
     return value
 
 
-def _choice(env: dict[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+def _choice(env: dict[str, str], name: str, default: Choice, allowed: tuple[Choice, ...]
+            ) -> Choice:
     value = env.get(name) or default
-    if value not in allowed:
-        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-    return value
+    for choice in allowed:
+        if value == choice:
+            return choice
+    raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
 
 
 def _secret(env: dict[str, str], name: str) -> str:
@@ -147,7 +153,7 @@ def _tls(env: dict[str, str]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every knob of a service process. See the README's configuration table."""
+    """Every knob of a service process. Listed in docs/CONFIGURATION.md."""
 
     mysql: MySQLTarget
     product_addr: str
@@ -162,7 +168,7 @@ class Settings:
     shutdown_grace_s: float
     health_interval_s: float
     log_level: str
-    commit_mode: str
+    commit_mode: CommitMode
     batch_window_s: float
     batch_max: int
     workers: int
@@ -191,10 +197,13 @@ class Settings:
         """The host:port `service` listens on: SECKILL_<SERVICE>_LISTEN_ADDR, else its
         SECKILL_<SERVICE>_ADDR. The latter is also what peers dial, so when it names several
         hosts (a target string) the listen address must be given on its own."""
-        explicit = getattr(self, f"{service}_listen_addr")
+        explicit, target = {
+            "product": (self.product_listen_addr, self.product_addr),
+            "activity": (self.activity_listen_addr, self.activity_addr),
+            "order": (self.order_listen_addr, self.order_addr),
+        }[service]
         if explicit:
             return explicit
-        target = getattr(self, f"{service}_addr")
         if not _is_host_port(target):
             raise ConfigError(
                 f"SECKILL_{service.upper()}_ADDR is the gRPC target {target!r}, which cannot "

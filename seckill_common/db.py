@@ -1,11 +1,13 @@
-"""The MySQL/MariaDB connection pool: one owner, opened at start, closed at stop.
+"""The MySQL/MariaDB connection pool: one owner (`Database`), opened at start (`create_pool`),
+closed at stop (`Database.close`).
 
-Every unit of work runs in `transaction(pool)`; driver errors that mean "the database is not
-there" become `Unavailable`, a statement that outlives SECKILL_DB_STATEMENT_TIMEOUT becomes
-`Unavailable` too (without marking the database down), and a lock wait timeout or a deadlock
-that outlives its retries becomes `Aborted`. A transaction whose caller is cancelled
-mid-statement is ended on the server at once (KILL), so a caller that left holds no lock, lock
-wait or connection.
+Every unit of work is `await db.run(work)`: `work(cursor)` runs in one transaction, committed
+when it returns and rolled back when it raises; a deadlock runs it again from the start. Driver
+errors that mean "the database is not there" become `Unavailable`, a statement that outlives
+SECKILL_DB_STATEMENT_TIMEOUT becomes `Unavailable` too (without marking the database down), and
+a lock wait timeout or a deadlock that outlives its retries becomes `Aborted`. A transaction
+whose caller is cancelled mid-statement is ended on the server at once (KILL), so a caller that
+left holds no lock, lock wait or connection.
 """
 
 from __future__ import annotations
@@ -90,12 +92,13 @@ def connect_kwargs(settings: Settings, *, with_db: bool = True,
 
 async def create_pool(settings: Settings) -> aiomysql.Pool:
     # minsize=0: a pool made while the database is down still opens; calls then fail fast.
-    return await aiomysql.create_pool(
+    pool: aiomysql.Pool = await aiomysql.create_pool(
         minsize=0,
         maxsize=settings.db_pool_size,
         pool_recycle=3600,
         **connect_kwargs(settings, bounded=True),
     )
+    return pool
 
 
 def is_connection_error(exc: BaseException) -> bool:

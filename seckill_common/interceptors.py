@@ -141,7 +141,12 @@ class LayeredInterceptor(grpc.aio.ServerInterceptor):
         self._layers = list(layers)
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[override]
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails],
+                               Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
         cached = self._handlers.get(method)
         if cached is not None:

@@ -16,21 +16,21 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from typing import TypeVar
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 import uvloop
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from seckill_common.config import Settings
 from seckill_common.db import Database, create_pool, wait_for_server
 from seckill_common.errors import Unavailable
 from seckill_common.interceptors import interceptors_for
 from seckill_common.migrations import migrate
+from seckill_common.reflection import enable_reflection
 from seckill_common.telemetry import (
     configure_tracing,
     flush_traces,
@@ -108,7 +108,7 @@ class RunningService:
     health: health.aio.HealthServicer
     port: int
     cleanups: list[Cleanup] = field(default_factory=list)
-    metrics_server: ThreadingHTTPServer | None = None
+    metrics_server: WSGIServer | None = None
     _monitor: asyncio.Task[None] | None = None
     _db_changed: asyncio.Event = field(default_factory=asyncio.Event)
     _stopping: bool = False
@@ -118,7 +118,7 @@ class RunningService:
         host = self.settings.listen_addr(self.definition.name).rsplit(":", 1)[0]
         return f"{host}:{self.port}"
 
-    async def _set_health(self, status: int) -> None:
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         for name in ("", *self.definition.service_names):
             await self.health.set(name, status)
 
@@ -182,10 +182,8 @@ async def start_service(
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [*definition.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server,
-        pool=_MethodAwarePool(),
-    )
+    enable_reflection(server, [*definition.service_names, health.SERVICE_NAME],
+                      pool=_MethodAwarePool())
     addr = listen_addr or settings.listen_addr(definition.name)
     try:
         credentials = server_credentials(settings)
@@ -224,7 +222,7 @@ def parse_args(definition: ServiceDefinition, argv: list[str] | None) -> argpars
     parser = argparse.ArgumentParser(
         prog=f"python -m {definition.name}_svc",
         description=f"Runs the seckill {definition.name} service (configured by SECKILL_* "
-                    "environment variables, see the README).",
+                    "environment variables, see docs/CONFIGURATION.md).",
     )
     parser.add_argument(
         "--workers", type=int, default=None,

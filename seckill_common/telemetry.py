@@ -16,8 +16,8 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from http.server import ThreadingHTTPServer
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from opentelemetry import context as otel_context
@@ -190,7 +190,7 @@ def watch_pool(service: str, size: Callable[[], int], free: Callable[[], int],
     POOL_MAX.labels(service).set(limit)
 
 
-def serve_metrics(addr: str, worker_id: int = 0) -> ThreadingHTTPServer:
+def serve_metrics(addr: str, worker_id: int = 0) -> WSGIServer:
     """Serves /metrics on `addr` (host:port; a worker at port + its index)."""
     host, _, port = addr.rpartition(":")
     number = int(port)

@@ -22,8 +22,8 @@ import pymysql
 import pytest
 from seckill.v1 import activity_pb2, activity_pb2_grpc, product_pb2, product_pb2_grpc
 
-from seckill_bench.invariants import SeckillCheck
 from seckill_cluster.cluster import DATABASE, REPO, Cluster, Host, namespaces_available
+from seckill_common.invariants import SeckillCheck
 from seckill_common.tls import ClientTLS
 from tests.conftest import timestamp
 from tests.support import error_details
