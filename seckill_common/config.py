@@ -131,8 +131,16 @@ def _target(env: dict[str, str], name: str, default: str) -> str:
     return value
 
 
+# Where a service listens when its SECKILL_*_ADDR is a target string that names several hosts.
+LISTEN_SETTINGS = {
+    "product": "SECKILL_PRODUCT_LISTEN_ADDR",
+    "activity": "SECKILL_ACTIVITY_LISTEN_ADDR",
+    "order": "SECKILL_ORDER_LISTEN_ADDR",
+}
+
+
 def _listen(env: dict[str, str], service: str) -> str:
-    name = f"SECKILL_{service.upper()}_LISTEN_ADDR"
+    name = LISTEN_SETTINGS[service]
     value = env.get(name, "")
     if value and not _is_host_port(value):
         raise ConfigError(f"{name} must be host:port (port 0: any free port), got {value!r}")
@@ -207,7 +215,7 @@ class Settings:
         if not _is_host_port(target):
             raise ConfigError(
                 f"SECKILL_{service.upper()}_ADDR is the gRPC target {target!r}, which cannot "
-                f"be listened on: set SECKILL_{service.upper()}_LISTEN_ADDR (host:port)")
+                f"be listened on: set {LISTEN_SETTINGS[service]} (host:port)")
         return target
 
     @classmethod

@@ -25,7 +25,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from seckill_common.config import Settings
+from seckill_common.config import LISTEN_SETTINGS, Settings
 from seckill_common.db import Database, create_pool, wait_for_server
 from seckill_common.errors import Unavailable
 from seckill_common.interceptors import interceptors_for
@@ -253,7 +253,7 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> None:
 
     if workers > 1 and not is_worker():
         raise SystemExit(run_loop(supervise(
-            f"{definition.name}_svc", f"SECKILL_{definition.name.upper()}_LISTEN_ADDR",
+            f"{definition.name}_svc", LISTEN_SETTINGS[definition.name],
             listen_addr, workers)))
 
     async def run() -> None:
