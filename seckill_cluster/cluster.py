@@ -338,6 +338,7 @@ class Cluster:
         hosts = [self.host(n) for n in names]
         dbs = [h for h in hosts if h in self.dbs and not self.db_running(h)]
         apps = [h for h in hosts if h in self.apps]
+        started = list(dbs)
         if dbs:
             if not any(self.db_running(d) for d in self.dbs):
                 positions = self.recover_positions(dbs)
@@ -348,10 +349,33 @@ class Cluster:
                 dbs.remove(first)
             for db in dbs:
                 self._start_db(db)
+            self.wait_routed(started)
         for app in apps:
             if not _alive_pids(app.ns):
                 self._start_app_processes(app)
         self._wait_apps(apps)
+
+    def wait_routed(self, dbs: list[Host], timeout_s: float = 15.0) -> None:
+        """Returns once every running proxy counts `dbs` as up: a node that is back takes
+        the connections again (failback) before `start` returns, not in the middle of
+        whatever comes next."""
+        names = {d.name for d in dbs}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            lagging = {}
+            for app in self.apps:
+                if not _alive_pids(app.ns):
+                    continue
+                up = {r["svname"] for r in self._haproxy_stat(app)
+                      if r.get("status") == "UP" and r.get("svname") in names}
+                if up != names:
+                    lagging[app.name] = sorted(names - up)
+            if not lagging:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"proxies still see nodes down after {timeout_s:.0f}s: "
+                                   f"{lagging}")
+            time.sleep(0.1)  # HAProxy's checks run on their own clock
 
     def restart_apps(self, service_env: dict[str, str]) -> None:
         """Restarts every app host's processes with these SECKILL_* settings (e.g. another
