@@ -35,6 +35,7 @@ from seckill_cli.commands import (
     activity_update,
     buy,
     cancel,
+    migrate,
     orders,
     parse_time,
     product_create,
@@ -58,6 +59,7 @@ environment:
                         given; `. .run/stack.env` sets it for the stack of `make up`
   SECKILL_USER_TOKEN    the user token for buy, orders and cancel, when the services run with
                         SECKILL_USER_TOKEN_SECRET (--user-token wins)
+  SECKILL_MYSQL_URL     `migrate`: the database, as the services read it
 
 times: ISO-8601 (2026-06-01T12:00:00Z; without an offset it is UTC), `now`, or relative to now:
   +10m, -30s, +2h, +1d
@@ -199,6 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("user_id", metavar="USER")
     sub.add_argument("--ttl", type=positive_float, default=3600.0, metavar="S",
                      help="seconds until it expires (default 3600)")
+
+    sub = commands.add_parser(
+        "migrate", help="apply the database migrations (SECKILL_MYSQL_URL)",
+        description="Apply the database migrations that SECKILL_MYSQL_URL's database lacks, "
+                    "as a deployment step before the services start (they then run with "
+                    "SECKILL_MIGRATE_ON_START=false and need no DDL rights). Exit 1 if any "
+                    "stays pending.")
+    sub.add_argument("--check", action="store_true",
+                     help="change nothing: report pending migrations (exit 1 if any)")
+    sub.set_defaults(handler=migrate)
 
     sale = commands.add_parser("sale", help="run a simulated flash sale").add_subparsers(
         title="commands", required=True, metavar="COMMAND")

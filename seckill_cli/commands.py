@@ -19,8 +19,10 @@ from rich.table import Table
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
 from seckill_cli import render, token
-from seckill_cli.client import SERVICES, About, Auth, Exit, Session, usage_error
+from seckill_cli.client import SERVICES, About, Auth, CliError, Exit, Session, usage_error
 from seckill_cli.render import Output
+from seckill_common import migrations
+from seckill_common.config import ConfigError, Settings
 from seckill_common.validation import MAX_PAGE_SIZE, to_timestamp
 
 Handler = Callable[[argparse.Namespace, Session, Output], Awaitable[int]]
@@ -282,5 +284,19 @@ async def user_token(args: argparse.Namespace, session: Session, out: Output) ->
     return Exit.OK
 
 
-# --- the parser ------------------------------------------------------------------------------
+async def migrate(args: argparse.Namespace, session: Session, out: Output) -> int:
+    """Applies the database migrations (SECKILL_MYSQL_URL); talks to no service."""
+    try:
+        settings = Settings.from_env(admin_token_required=False)
+    except ConfigError as exc:
+        raise usage_error(str(exc)) from None
+    try:
+        applied, pending = await migrations.run(settings, check_only=args.check)
+    except Exception as exc:  # the database refused or is not there: one sentence
+        raise CliError(f"migration failed: {exc}", Exit.UNREACHABLE) from None
+    if out.as_json:
+        out.document({"applied": applied, "pending": pending})
+    else:
+        out.say(migrations.describe(applied, pending))
+    return Exit.REFUSED if pending else Exit.OK
 

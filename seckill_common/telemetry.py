@@ -143,6 +143,10 @@ POOL_MAX = Gauge("seckill_db_pool_max_connections",
 STOCK_REMAINING = Gauge("seckill_activity_stock_remaining",
                         "Stock left as the last commit of this process saw it, per activity",
                         ["activity_id"])
+RATE_LIMITS_SHARED = Gauge(
+    "seckill_rate_limits_shared", "1 while per-user rate limits are counted in Redis "
+    "(SECKILL_RATE_LIMIT_REDIS_URL), 0 while Redis is unreachable and they are counted in "
+    "this process", ["service"])
 
 _OUTCOME_OF_REASON = {"ALREADY_PURCHASED": "already_purchased", "SOLD_OUT": "sold_out",
                       "NOT_STARTED": "not_started", "ENDED": "ended"}

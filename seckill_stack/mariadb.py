@@ -65,11 +65,13 @@ def alive(pid: int) -> bool:
 class MariaDB:
     """A mariadbd under `root` on 127.0.0.1:`port`, started, asked and stopped from here."""
 
-    def __init__(self, root: Path, port: int, max_connections: int = 1000) -> None:
+    def __init__(self, root: Path, port: int, max_connections: int = 1000,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.root = Path(root).resolve()  # mariadbd resolves relative paths to its datadir
         self.datadir = self.root / "data"
         self.port = port
         self.max_connections = max_connections
+        self.extra_args = extra_args  # e.g. a test's wsrep_* options
         self.process: subprocess.Popen[bytes] | None = None
         socket = self.root / "mariadbd.sock"
         # A Unix socket path must fit in 108 bytes; a deep folder falls back to /tmp.
@@ -168,7 +170,7 @@ class MariaDB:
                 f"--socket={self.socket}", f"--port={self.port}", "--bind-address=127.0.0.1",
                 "--skip-name-resolve", f"--max-connections={self.max_connections}",
                 f"--pid-file={self.pid_file}", f"--log-error={self.error_log}",
-                *self._as_root()]
+                *self._as_root(), *self.extra_args]
         with (self.root / "mariadbd.out").open("ab") as out:
             self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                             stderr=subprocess.STDOUT, start_new_session=detach)

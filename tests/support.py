@@ -38,8 +38,9 @@ class PrivateMariaDB(MariaDB):
     """A mariadbd of the tests' own on a free port: its data dir, socket and log under `root`;
     killable and restartable. As root, a missing mariadb-server is installed through apt."""
 
-    def __init__(self, root: Path) -> None:
-        super().__init__(root, free_port())
+    def __init__(self, root: Path, max_connections: int = 1000,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        super().__init__(root, free_port(), max_connections, extra_args)
 
 
 async def create_database(url_base: str) -> str:
