@@ -16,7 +16,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/seckill/v1/*.proto)
 
-.PHONY: venv lock gen check-gen up down status demo run test lint bench
+.PHONY: venv lock gen check-gen up down status demo run test lint bench \
+	cluster-up cluster-down cluster-status bench-cluster
 
 venv: $(STAMP)
 
@@ -90,3 +91,20 @@ lint: venv $(NODE_STAMP)
 # `make bench BENCH_ARGS="--soak-seconds 0"`.
 bench: venv
 	$(PY) -m seckill_bench.suite $(BENCH_ARGS)
+
+# The cluster of docs/CLUSTER.md (as root): three Galera nodes and two app hosts in network
+# namespaces. Faults: scripts/cluster.sh {kill|start|partition|heal} HOST, scripts/cluster.sh
+# delay MS. Clients use `. .run/cluster.env`.
+cluster-up: venv
+	STACK_PYTHON=$(PY) scripts/cluster.sh up
+
+cluster-down:
+	STACK_PYTHON=$(PY) scripts/cluster.sh down
+
+# Exit 3 (not up) is an answer here, not a failure of make.
+cluster-status:
+	@STACK_PYTHON=$(PY) scripts/cluster.sh status || true
+
+# The cluster table of BENCHMARKS.md (about 5 minutes; brings its own clusters up and down).
+bench-cluster: venv
+	STACK_PYTHON=$(PY) scripts/cluster.sh bench $(BENCH_ARGS)

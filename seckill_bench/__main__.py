@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                "{{.TimestampUnix}} {{.TimestampUnixMilli}} {{.TimestampUnixNano}} "
                "{{.FullyQualifiedName}} {{.MethodName}} {{.ServiceName}}",
     )
-    p.add_argument("host", help="target address, e.g. 127.0.0.1:50052")
+    p.add_argument("host", help="target address, e.g. 127.0.0.1:50052, or a gRPC target "
+                                "naming several hosts (ipv4:a:p,b:p, dns:///name:p), which "
+                                "the calls take turns over (round_robin)")
     p.add_argument("--call", required=True,
                    help="package.Service/Method (or package.Service.Method)")
     data = p.add_mutually_exclusive_group()
@@ -84,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = p.add_argument_group("Seckill invariants (checked after a Seckill run)")
     check.add_argument("--no-check", action="store_true", help="skip the invariant check")
     check.add_argument("--order-addr",
-                       help="OrderService address (default $SECKILL_ORDER_ADDR or "
-                            "127.0.0.1:50053)")
+                       help="OrderService address or target (default $SECKILL_ORDER_ADDR "
+                            "or 127.0.0.1:50053)")
     check.add_argument("--product-addr",
                        help="read the stock from ProductService here instead of GetActivity")
     check.add_argument("--initial-stock", type=int,

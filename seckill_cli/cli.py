@@ -100,9 +100,11 @@ def add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
                         help=text("deadline of each call in seconds (default 10)"))
     for service in SERVICES:
         env = f"SECKILL_{service.upper()}_ADDR"
-        parser.add_argument(f"--{service}-addr", metavar="HOST:PORT",
+        parser.add_argument(f"--{service}-addr", metavar="TARGET",
                             default=default(os.environ.get(env) or DEFAULT_ADDRS[service]),
-                            help=text(f"the {service} service (default ${env} or "
+                            help=text(f"the {service} service: host:port, or a gRPC target "
+                                      "naming several hosts (ipv4:a:p,b:p, dns:///name:p; "
+                                      f"round_robin) (default ${env} or "
                                       f"{DEFAULT_ADDRS[service]})"))
     parser.add_argument("--user-token", metavar="JWT",
                         default=default(os.environ.get("SECKILL_USER_TOKEN", "")),

@@ -107,6 +107,48 @@ def _addr(env: dict[str, str], name: str) -> str:
     return value
 
 
+# The name resolvers gRPC ships with; see gRPC's doc/naming.md.
+_TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
+
+
+def _is_host_port(value: str) -> bool:
+    """A plain host:port (what a server can listen on), not a target string."""
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isdigit() and int(port) < 65536
+                and not value.startswith(_TARGET_SCHEMES)
+                and not any(c.isspace() or c in "/," for c in host))
+
+
+def _target(env: dict[str, str], name: str, default: str) -> str:
+    """A peer address: host:port, or any gRPC target string (ipv4:a:p,b:p, dns:///name:port),
+    which the clients spread calls over with round_robin."""
+    value = env.get(name) or default
+    if _is_host_port(value):
+        return value
+    rest = next((value[len(s):] for s in _TARGET_SCHEMES if value.startswith(s)), "")
+    if not rest.strip("/") or any(c.isspace() for c in value):
+        raise ConfigError(f"{name} must be host:port or a gRPC target (e.g. "
+                          f"ipv4:10.0.0.1:50052,10.0.0.2:50052 or dns:///name:50052), "
+                          f"got {value!r}")
+    return value
+
+
+# Where a service listens when its SECKILL_*_ADDR is a target string that names several hosts.
+LISTEN_SETTINGS = {
+    "product": "SECKILL_PRODUCT_LISTEN_ADDR",
+    "activity": "SECKILL_ACTIVITY_LISTEN_ADDR",
+    "order": "SECKILL_ORDER_LISTEN_ADDR",
+}
+
+
+def _listen(env: dict[str, str], service: str) -> str:
+    name = LISTEN_SETTINGS[service]
+    value = env.get(name, "")
+    if value and not _is_host_port(value):
+        raise ConfigError(f"{name} must be host:port (port 0: any free port), got {value!r}")
+    return value
+
+
 def _bool(env: dict[str, str], name: str, default: bool) -> bool:
     raw = (env.get(name) or "").strip().lower()
     if not raw:
@@ -171,6 +213,11 @@ class Settings:
     process_rate: float = 0.0
     process_burst: int = 0
     metrics_addr: str = ""
+    # Where each service listens when its SECKILL_*_ADDR is a target string naming several
+    # hosts ("" = its SECKILL_*_ADDR, which must then be host:port).
+    product_listen_addr: str = ""
+    activity_listen_addr: str = ""
+    order_listen_addr: str = ""
     # Apply pending migrations at start-up; off where a migration step (`seckill migrate`, the
     # Kubernetes Job, compose's migrate service) owns the schema and services lack DDL rights.
     migrate_on_start: bool = True
@@ -185,8 +232,21 @@ class Settings:
         return bool(self.tls_cert)
 
     def listen_addr(self, service: str) -> str:
-        return {"product": self.product_addr, "activity": self.activity_addr,
-                "order": self.order_addr}[service]
+        """The host:port `service` listens on: SECKILL_<SERVICE>_LISTEN_ADDR, else its
+        SECKILL_<SERVICE>_ADDR. The latter is also what peers dial, so when it names several
+        hosts (a target string) the listen address must be given on its own."""
+        explicit, target = {
+            "product": (self.product_listen_addr, self.product_addr),
+            "activity": (self.activity_listen_addr, self.activity_addr),
+            "order": (self.order_listen_addr, self.order_addr),
+        }[service]
+        if explicit:
+            return explicit
+        if not _is_host_port(target):
+            raise ConfigError(
+                f"SECKILL_{service.upper()}_ADDR is the gRPC target {target!r}, which cannot "
+                f"be listened on: set {LISTEN_SETTINGS[service]} (host:port)")
+        return target
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, *,
@@ -201,9 +261,9 @@ class Settings:
             )
         return cls(
             mysql=MySQLTarget.parse(env.get("SECKILL_MYSQL_URL") or DEFAULT_MYSQL_URL),
-            product_addr=env.get("SECKILL_PRODUCT_ADDR") or DEFAULT_ADDRS["product"],
-            activity_addr=env.get("SECKILL_ACTIVITY_ADDR") or DEFAULT_ADDRS["activity"],
-            order_addr=env.get("SECKILL_ORDER_ADDR") or DEFAULT_ADDRS["order"],
+            product_addr=_target(env, "SECKILL_PRODUCT_ADDR", DEFAULT_ADDRS["product"]),
+            activity_addr=_target(env, "SECKILL_ACTIVITY_ADDR", DEFAULT_ADDRS["activity"]),
+            order_addr=_target(env, "SECKILL_ORDER_ADDR", DEFAULT_ADDRS["order"]),
             admin_token=token,
             db_pool_size=_int(env, "SECKILL_DB_POOL_SIZE", 10, 1, 1000),
             db_connect_timeout_s=_float(env, "SECKILL_DB_CONNECT_TIMEOUT", 3.0, 0.1, 60.0),
@@ -229,6 +289,7 @@ class Settings:
             process_rate=_float(env, "SECKILL_RATE_LIMIT_PROCESS", 0.0, 0.0, 1e7),
             process_burst=_int(env, "SECKILL_RATE_LIMIT_PROCESS_BURST", 0, 0, 10_000_000),
             metrics_addr=_addr(env, "SECKILL_METRICS_ADDR"),
+            **{f"{s}_listen_addr": _listen(env, s) for s in DEFAULT_ADDRS},
             migrate_on_start=_bool(env, "SECKILL_MIGRATE_ON_START", True),
             rate_limit_redis_url=_redis_url(env, "SECKILL_RATE_LIMIT_REDIS_URL"),
             drain_delay_s=_float(env, "SECKILL_DRAIN_DELAY", 0.0, 0.0, 300.0),

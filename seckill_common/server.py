@@ -27,7 +27,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from seckill_common.config import Settings
+from seckill_common.config import LISTEN_SETTINGS, Settings
 from seckill_common.db import (
     Database,
     connection_limit,
@@ -303,6 +303,7 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> None:
     setup_logging(definition.name)
     try:
         settings = Settings.from_env()
+        listen_addr = settings.listen_addr(definition.name)
     except ConfigError as exc:
         log.error("bad configuration: %s", exc)
         raise SystemExit(2) from None
@@ -314,8 +315,8 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> None:
 
     if workers > 1 and not is_worker():
         raise SystemExit(run_loop(supervise(
-            f"{definition.name}_svc", f"SECKILL_{definition.name.upper()}_ADDR",
-            settings.listen_addr(definition.name), workers)))
+            f"{definition.name}_svc", LISTEN_SETTINGS[definition.name],
+            listen_addr, workers)))
 
     async def run() -> None:
         if configure_tracing(definition.name):

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,12 @@ from typing import Any
 import grpc
 
 from seckill_common.config import Settings
+
+# Client-side load balancing: a target naming several hosts (ipv4:a:p,b:p, or a DNS name with
+# several addresses) gets a connection to each, and calls take turns over the ready ones, so a
+# dead host is skipped. grpc's default (pick_first) would send everything to one host.
+LOAD_BALANCING = ("grpc.service_config",
+                  json.dumps({"loadBalancingConfig": [{"round_robin": {}}]}))
 
 
 def _read(path: str) -> bytes:
@@ -71,6 +78,10 @@ class ClientTLS:
     def channel(self, addr: str, options: Sequence[tuple[str, Any]] = (),
                 interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None
                 ) -> grpc.aio.Channel:
+        """A channel to `addr`, a host:port or any gRPC target string, with round_robin
+        over its addresses unless `options` bring a service config of their own."""
+        if not any(key == LOAD_BALANCING[0] for key, _ in options):
+            options = [*options, LOAD_BALANCING]
         if not self.cacert:
             return grpc.aio.insecure_channel(addr, options=list(options),
                                              interceptors=interceptors)

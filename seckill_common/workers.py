@@ -98,7 +98,9 @@ def reserve_port(host: str, port: int) -> tuple[socket.socket | None, int]:
 
 
 async def supervise(module: str, addr_env: str, listen_addr: str, workers: int) -> int:
-    """Runs `python -m module` `workers` times on one address until a signal; exit code."""
+    """Runs `python -m module` `workers` times on one address until a signal; exit code.
+
+    `addr_env` is the variable that tells each worker where to listen (its port resolved)."""
     host, port = listen_addr.rsplit(":", 1)
     holder, port_number = reserve_port(host, int(port))
     # SECKILL_WORKERS: each worker states the whole process group's connection budget.

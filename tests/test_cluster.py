@@ -1,0 +1,340 @@
+"""Machine faults on a 3-node Galera cluster and two app hosts (seckill_cluster), under a sale.
+
+One cluster serves the whole module (starting it takes ~30 s); each test runs a flash sale from
+the root namespace through both app hosts (a round_robin channel over them), breaks a machine
+mid-sale, heals it, and ends with every host running again and the promises checked through
+the API and in SQL on every node: each acknowledged order is there, no oversell, no user with
+two orders, stock + orders = initial stock. A call caught by the fault may fail (UNAVAILABLE,
+ABORTED, DEADLINE_EXCEEDED); the user retries it, and must then get OK or ALREADY_EXISTS with
+the order id they were told before, if any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+import pymysql
+import pytest
+from seckill.v1 import activity_pb2, activity_pb2_grpc, product_pb2, product_pb2_grpc
+
+from seckill_cluster.cluster import DATABASE, REPO, Cluster, Host, namespaces_available
+from seckill_common.invariants import Invariant, SeckillCheck
+from seckill_common.tls import ClientTLS
+from tests.conftest import timestamp
+from tests.support import error_details
+
+_why = namespaces_available()
+if _why:
+    pytest.skip(f"cluster tests need root and ip netns: {_why}", allow_module_level=True)
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(240)]
+
+OK = grpc.StatusCode.OK
+ALREADY_EXISTS = grpc.StatusCode.ALREADY_EXISTS
+SOLD_OUT = grpc.StatusCode.FAILED_PRECONDITION
+DEFINITE = {OK, ALREADY_EXISTS, SOLD_OUT}
+# What a call caught by a machine fault may answer; the user then retries.
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED,
+             grpc.StatusCode.DEADLINE_EXCEEDED}
+CALL_TIMEOUT_S = 10.0
+RESUME_BOUND_S = 10.0  # selling must resume within this after the write node dies
+SALE_BOUND_S = 150.0  # every user has a definite answer within this
+RETRY_S = 15.0  # how long a set-up or check call is retried while UNAVAILABLE
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Answer:
+    user: str
+    code: grpc.StatusCode
+    order_id: int  # OK: the order placed; ALREADY_EXISTS: the order held; else 0
+    started: float
+    ended: float
+
+
+class Sale:
+    """`users` users, `concurrency` at a time, buy from a sale of `stock` units through both
+    app hosts; each user retries a failed call until the answer is definite."""
+
+    def __init__(self, cluster: Cluster, product_id: int, activity_id: int, stock: int,
+                 users: int, concurrency: int = 16) -> None:
+        self.cluster = cluster
+        self.product_id, self.activity_id, self.stock = product_id, activity_id, stock
+        self.users = [f"user-{n}" for n in range(users)]
+        self.answers: list[Answer] = []
+        self._slots = asyncio.Semaphore(concurrency)
+        self._channel = ClientTLS().channel(cluster.target("activity"))
+        self._stub = activity_pb2_grpc.ActivityServiceStub(self._channel)
+        self._answered = asyncio.Condition()
+
+    async def _call(self, user: str) -> Answer:
+        started = time.monotonic()
+        try:
+            reply = await self._stub.Seckill(
+                activity_pb2.SeckillRequest(activity_id=self.activity_id, user_id=user),
+                timeout=CALL_TIMEOUT_S)
+            answer = Answer(user, OK, reply.order.id, started, time.monotonic())
+        except grpc.aio.AioRpcError as exc:
+            info = error_details(exc).get("ErrorInfo")
+            order_id = int(info.metadata.get("order_id", 0)) if info else 0
+            answer = Answer(user, exc.code(), order_id, started, time.monotonic())
+        self.answers.append(answer)
+        async with self._answered:
+            self._answered.notify_all()
+        return answer
+
+    async def _user(self, user: str) -> None:
+        async with self._slots:
+            while True:
+                if (await self._call(user)).code in DEFINITE:
+                    return
+                await asyncio.sleep(0.05)  # a client's back-off before its retry
+
+    async def run(self) -> None:
+        async with asyncio.timeout(SALE_BOUND_S):
+            await asyncio.gather(*(self._user(u) for u in self.users))
+
+    def ok_after(self, moment: float) -> list[Answer]:
+        return [a for a in self.answers if a.code == OK and a.started >= moment]
+
+    async def wait_for(self, orders: int, after: float = 0.0) -> float:
+        """Returns when `orders` orders were acknowledged for calls started after `after`:
+        the moment the first of them was answered."""
+        async with asyncio.timeout(60), self._answered:
+            await self._answered.wait_for(lambda: len(self.ok_after(after)) >= orders)
+        return min(a.ended for a in self.ok_after(after))
+
+    def acknowledged(self) -> dict[str, int]:
+        return {a.user: a.order_id for a in self.answers if a.code == OK}
+
+    def check_answers(self) -> None:
+        """Only definite or retryable codes; retries never gave a user a second order."""
+        codes = Counter(a.code for a in self.answers)
+        assert set(codes) <= DEFINITE | RETRYABLE, codes
+        told: dict[str, set[int]] = {}
+        for a in self.answers:
+            if a.code in (OK, ALREADY_EXISTS):
+                told.setdefault(a.user, set()).add(a.order_id)
+        assert all(len(ids) == 1 for ids in told.values()), \
+            {u: ids for u, ids in told.items() if len(ids) > 1}
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+def sql_invariants(conn: pymysql.Connection, sale: Sale) -> list[str]:
+    """The promises as rows on one node; the problems found (none: all hold).
+
+    The one place that knows the order schema: an order is a row of `orders` for the
+    activity, and the product's stock is what is left.
+    """
+    with conn.cursor() as cur:
+        # Reads wait until the node has applied everything committed before them.
+        cur.execute("SET SESSION wsrep_sync_wait = 1")
+        cur.execute("SELECT id, user_id FROM orders WHERE activity_id = %s",
+                    (sale.activity_id,))
+        orders = {order_id: user.decode() for order_id, user in cur.fetchall()}
+        cur.execute("SELECT stock FROM products WHERE id = %s", (sale.product_id,))
+        (stock_left,) = cur.fetchone()
+    problems = []
+    missing = {u: i for u, i in sale.acknowledged().items() if orders.get(i) != u}
+    if missing:
+        problems.append(f"acknowledged orders missing: {missing}")
+    twice = [u for u, n in Counter(orders.values()).items() if n > 1]
+    if twice:
+        problems.append(f"users with two orders: {twice}")
+    if stock_left < 0:
+        problems.append(f"oversold: stock {stock_left}")
+    if stock_left + len(orders) != sale.stock:
+        problems.append(f"stock {stock_left} + orders {len(orders)} != {sale.stock}")
+    return problems
+
+
+async def verify(cluster: Cluster, sale: Sale, nodes: list[Host] | None = None) -> None:
+    """The promises through the API and in SQL on each of `nodes` (default: every node)."""
+    sale.check_answers()
+    for db in nodes or cluster.dbs:
+        def check(db: Host = db) -> list[str]:
+            with cluster.admin(db, database=DATABASE) as conn:
+                return sql_invariants(conn, sale)
+        assert not await asyncio.to_thread(check), (db.name, await asyncio.to_thread(check))
+    acknowledged = list(sale.acknowledged().values())
+    with cluster.admin((nodes or cluster.dbs)[0], database=DATABASE) as conn, conn.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM orders WHERE activity_id = %s", (sale.activity_id,))
+        (orders,) = cur.fetchone()
+    api = SeckillCheck(cluster.target("activity"), cluster.target("order"), sale.activity_id,
+                       product_addr=cluster.target("product"), initial_stock=sale.stock)
+    failed = await retried(lambda: api_failures(api, orders, acknowledged))
+    assert not failed, failed
+
+
+async def api_failures(api: SeckillCheck, orders: int, acknowledged: list[int]
+                       ) -> list[Invariant]:
+    failed = [c for c in await api.verify(orders, acknowledged) if not c.ok]
+    if failed and failed[0].detail.startswith("UNAVAILABLE"):  # could not read: try again
+        raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(),
+                                   grpc.aio.Metadata(), failed[0].detail)
+    return failed
+
+
+async def retried(call: Callable[[], Awaitable[T]]) -> T:
+    """`call`, retried while it is UNAVAILABLE, as a client would: a node that rejoins takes
+    the proxies' connections back (failback), and each service connection pooled on the node
+    left behind fails once."""
+    deadline = time.monotonic() + RETRY_S
+    while True:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.1)  # a client's back-off
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    # Its own names and subnet, so a cluster started by hand (make cluster-up) is untouched.
+    running = Cluster(REPO / ".run" / "cluster-test", prefix="sktest", subnet="10.78.0")
+    running.down()
+    running.up()
+    yield running
+    running.down()
+
+
+@pytest.fixture
+async def new_sale(cluster: Cluster) -> AsyncIterator[Sale]:
+    """1200 units for 2000 users, opened through the API (any app host)."""
+    admin = (("authorization", f"Bearer {cluster.state.admin_token}"),)
+    tls = ClientTLS()
+    async with tls.channel(cluster.target("product")) as pc, \
+            tls.channel(cluster.target("activity")) as ac:
+        # A retried create may make a second product or activity, which is harmless here.
+        product = await retried(lambda: product_pb2_grpc.ProductServiceStub(pc).CreateProduct(
+            product_pb2.CreateProductRequest(product=product_pb2.Product(
+                name="Phone", price_cents=9900, stock=1200)), metadata=admin, timeout=10))
+        activity = await retried(lambda: activity_pb2_grpc.ActivityServiceStub(ac)
+                                 .CreateActivity(activity_pb2.CreateActivityRequest(
+                                     activity=activity_pb2.Activity(
+                                         product_id=product.id, name="Flash sale",
+                                         start_time=timestamp(-1), end_time=timestamp(3600))),
+                                     metadata=admin, timeout=10))
+    sale = Sale(cluster, product.id, activity.id, stock=1200, users=2000)
+    yield sale
+    await sale.close()
+
+
+def the_write_node(cluster: Cluster) -> Host:
+    """The node both proxies send connections to (they agree by construction)."""
+    chosen = set(cluster.write_nodes().values())
+    assert len(chosen) == 1, cluster.write_nodes()
+    return cluster.host(chosen.pop())
+
+
+async def test_write_node_killed_mid_sale(cluster: Cluster, new_sale: Sale,
+                                          record_property: pytest.RecordProperty) -> None:
+    """SIGKILL the node both proxies write to: the proxies move to the next Synced+Primary
+    node, the survivors form a Primary component, and selling resumes within the bound."""
+    sale = new_sale
+    running = asyncio.create_task(sale.run())
+    await sale.wait_for(100)
+    victim = the_write_node(cluster)
+    await asyncio.to_thread(cluster.kill, victim.name)
+    killed_at = time.monotonic()
+    resumed_at = await sale.wait_for(1, after=killed_at + 0.001)
+    resume_s = resumed_at - killed_at
+    record_property("resume_after_write_node_kill_s", round(resume_s, 2))
+    print(f"selling resumed {resume_s:.2f} s after the write node was killed")
+    assert resume_s <= RESUME_BOUND_S
+    await running
+    survivors = [d for d in cluster.dbs if d != victim]
+    await verify(cluster, sale, survivors)
+    assert the_write_node(cluster) != victim
+    # The killed node rejoins (state transfer) and holds every order too.
+    await asyncio.to_thread(cluster.start, victim.name)
+    await verify(cluster, sale)
+
+
+async def test_node_partitioned_mid_sale(cluster: Cluster, new_sale: Sale) -> None:
+    """Cut the write node off the network: it leaves the Primary component and commits
+    nothing while cut off; the others go on selling; after `heal` it rejoins with every
+    order."""
+    sale = new_sale
+    running = asyncio.create_task(sale.run())
+    await sale.wait_for(100)
+    cut = the_write_node(cluster)
+    await asyncio.to_thread(cluster.partition, cut.name)
+    cut_at = time.monotonic()
+
+    def refuses_writes() -> str:
+        """'' once the cut-off node is out of the Primary component and refuses a write."""
+        status = cluster.node_status(cut)
+        if status.get("wsrep_cluster_status") == "Primary":
+            return "still Primary"
+        with cluster.admin(cut, database=DATABASE) as conn, conn.cursor() as cur:
+            try:
+                cur.execute("UPDATE products SET stock = stock WHERE id = %s",
+                            (sale.product_id,))
+            except pymysql.MySQLError as exc:
+                assert exc.args[0] == 1047, exc  # ER_UNKNOWN_COM_ERROR: not ready for use
+                return ""
+        return "a write committed on a node cut off from the cluster"
+
+    deadline = time.monotonic() + 20
+    while (why := await asyncio.to_thread(refuses_writes)):
+        assert why == "still Primary", why
+        assert time.monotonic() < deadline, f"{cut.name} still Primary 20 s after the cut"
+        await asyncio.sleep(0.2)  # the node's view changes after its timeouts; no event
+    await sale.wait_for(50, after=cut_at)  # the rest of the cluster goes on selling
+    await running
+    with cluster.admin(cut, database=DATABASE) as conn, conn.cursor() as cur:
+        cur.execute("SET SESSION wsrep_dirty_reads = ON")  # reads on a non-Primary node
+        cur.execute("SELECT COUNT(*) FROM orders WHERE activity_id = %s", (sale.activity_id,))
+        (seen_while_cut,) = cur.fetchone()
+    assert seen_while_cut < len(sale.acknowledged()), "the cut-off node kept up with sales"
+    await asyncio.to_thread(cluster.heal, cut.name)
+    await asyncio.to_thread(cluster.wait_synced, cut)
+    await asyncio.to_thread(cluster.wait_routed, [cut])
+    await verify(cluster, sale)
+
+
+async def test_app_host_killed_mid_sale(cluster: Cluster, new_sale: Sale) -> None:
+    """SIGKILL an app host (its services and its proxy): the clients' round_robin channels
+    drop it and the sale goes on through the other app host."""
+    sale = new_sale
+    running = asyncio.create_task(sale.run())
+    await sale.wait_for(100)
+    victim = cluster.apps[0]
+    await asyncio.to_thread(cluster.kill, victim.name)
+    killed_at = time.monotonic()
+    resumed_at = await sale.wait_for(100, after=killed_at + 0.001)
+    print(f"orders went on through {cluster.apps[1].name}: the first "
+          f"{resumed_at - killed_at:.2f} s after {victim.name}'s death")
+    assert resumed_at - killed_at <= RESUME_BOUND_S
+    await running
+    await verify(cluster, sale)
+    await asyncio.to_thread(cluster.start, victim.name)
+
+
+async def test_whole_cluster_restarted(cluster: Cluster, new_sale: Sale) -> None:
+    """The write node dies, the others sell on, then they die too: a full stop. Started again,
+    the cluster is bootstrapped from the most advanced node (not the first one to die, which
+    lacks the last orders), and every acknowledged order is there on every node."""
+    sale = new_sale
+    running = asyncio.create_task(sale.run())
+    await sale.wait_for(100)
+    first = the_write_node(cluster)
+    await asyncio.to_thread(cluster.kill, first.name)
+    await sale.wait_for(100, after=time.monotonic())  # orders that `first` never saw
+    for db in cluster.dbs:
+        await asyncio.to_thread(cluster.kill, db.name)
+    positions = await asyncio.to_thread(cluster.recover_positions, cluster.dbs)
+    assert positions[first.name] < max(positions.values()), positions
+    await asyncio.to_thread(cluster.start, *(d.name for d in cluster.dbs))
+    await running  # the users' retries go through once the database is back
+    await verify(cluster, sale)
