@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import empty_pb2 as _empty_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -14,7 +15,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Activity(_message.Message):
-    __slots__ = ("id", "product_id", "name", "start_time", "end_time", "product", "create_time")
+    __slots__ = ("id", "product_id", "name", "start_time", "end_time", "product", "create_time", "price_cents", "payment_window")
     ID_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +23,8 @@ class Activity(_message.Message):
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PRICE_CENTS_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_WINDOW_FIELD_NUMBER: _ClassVar[int]
     id: int
     product_id: int
     name: str
@@ -29,13 +32,17 @@ class Activity(_message.Message):
     end_time: _timestamp_pb2.Timestamp
     product: _product_pb2.Product
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[int] = ..., product_id: _Optional[int] = ..., name: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., product: _Optional[_Union[_product_pb2.Product, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    price_cents: int
+    payment_window: _duration_pb2.Duration
+    def __init__(self, id: _Optional[int] = ..., product_id: _Optional[int] = ..., name: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., product: _Optional[_Union[_product_pb2.Product, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., price_cents: _Optional[int] = ..., payment_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class CreateActivityRequest(_message.Message):
-    __slots__ = ("activity",)
+    __slots__ = ("activity", "request_id")
     ACTIVITY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     activity: Activity
-    def __init__(self, activity: _Optional[_Union[Activity, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, activity: _Optional[_Union[Activity, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetActivityRequest(_message.Message):
     __slots__ = ("id",)
