@@ -1,8 +1,10 @@
 """Numbered SQL migrations (`migrations/NNNN_name.sql`), applied once each at start-up.
 
 Several processes may start at once: a server-side named lock (GET_LOCK) lets one apply while
-the others wait, then find nothing left to do. Every statement is idempotent (IF NOT EXISTS),
-because MySQL DDL commits implicitly and a crash can leave a migration half applied.
+the others wait, then find nothing left to do. Every statement is idempotent, because MySQL DDL
+commits implicitly and a crash can leave a migration half applied: IF NOT EXISTS where both
+servers have it, and for ALTER TABLE (atomic on both, but MySQL has no ADD COLUMN IF NOT
+EXISTS) an error saying its change is already there means the statement committed before.
 """
 
 from __future__ import annotations
@@ -12,14 +14,18 @@ import re
 from importlib import resources
 
 import aiomysql
+import pymysql
 
 from seckill_common.config import Settings
-from seckill_common.db import connect_kwargs
+from seckill_common.db import connect_kwargs, error_code
 
 log = logging.getLogger(__name__)
 LOCK_NAME = "seckill.schema_migrations"
 LOCK_TIMEOUT_S = 120
 _FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+# Duplicate column, duplicate key name, can't drop (already gone), duplicate CHECK name
+# (MariaDB, MySQL).
+ALREADY_ALTERED = {1060, 1061, 1091, 4161, 3822}
 
 
 class MigrationError(RuntimeError):
@@ -68,7 +74,7 @@ async def migrate(settings: Settings) -> list[str]:
                     if version in done:
                         continue
                     for statement in statements(sql):
-                        await cur.execute(statement)
+                        await _execute(cur, statement)
                     await cur.execute(
                         "INSERT INTO schema_migrations (version, name, applied_at)"
                         " VALUES (%s, %s, UTC_TIMESTAMP(6))",
@@ -83,3 +89,13 @@ async def migrate(settings: Settings) -> list[str]:
     finally:
         conn.close()
     return applied_now
+
+
+async def _execute(cur: aiomysql.Cursor, statement: str) -> None:
+    try:
+        await cur.execute(statement)
+    except pymysql.err.MySQLError as exc:
+        if not (statement.upper().startswith("ALTER TABLE")
+                and error_code(exc) in ALREADY_ALTERED):
+            raise
+        log.info("migration statement already applied: %s", exc)
