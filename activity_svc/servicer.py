@@ -6,7 +6,7 @@ Products and orders are reached through their services' stubs; only the seckill 
 
 from __future__ import annotations
 
-from google.protobuf import empty_pb2
+from google.protobuf import duration_pb2, empty_pb2
 from grpc.aio import ServicerContext
 from seckill.v1 import (
     activity_pb2,
@@ -19,6 +19,7 @@ from seckill.v1 import (
 
 from activity_svc import repository
 from activity_svc.seckill import SeckillEngine
+from seckill_common import idempotency
 from seckill_common.auth import acting_user
 from seckill_common.clients import call_peer
 from seckill_common.db import Database
@@ -47,10 +48,25 @@ def to_proto(row: repository.ActivityRow,
         start_time=to_timestamp(row.start_time),
         end_time=to_timestamp(row.end_time),
         create_time=to_timestamp(row.create_time),
+        price_cents=row.price_cents,
     )
+    activity.payment_window.FromMilliseconds(row.payment_window_ms)
     if product is not None:
         activity.product.CopyFrom(product)
     return activity
+
+
+DEFAULT_PAYMENT_WINDOW_MS = 15 * 60 * 1000
+MIN_PAYMENT_WINDOW_MS = 1000
+MAX_PAYMENT_WINDOW_MS = 7 * 24 * 3600 * 1000
+
+
+def _window_ms(window: duration_pb2.Duration) -> int | None:
+    """The payment window in milliseconds, or None if out of bounds or not whole ms."""
+    if window.nanos % 1_000_000 or (window.seconds < 0 or window.nanos < 0):
+        return None
+    ms = window.seconds * 1000 + window.nanos // 1_000_000
+    return ms if MIN_PAYMENT_WINDOW_MS <= ms <= MAX_PAYMENT_WINDOW_MS else None
 
 
 def _check_fields(violations: Violations, activity: activity_pb2.Activity,
@@ -61,6 +77,11 @@ def _check_fields(violations: Violations, activity: activity_pb2.Activity,
         if field in paths:
             violations.time(f"activity.{field}", getattr(activity, field),
                             present=activity.HasField(field))
+    if "price_cents" in paths:
+        violations.bounded("activity.price_cents", activity.price_cents)
+    if "payment_window" in paths and _window_ms(activity.payment_window) is None:
+        violations.add("activity.payment_window",
+                       "must be 1 second to 7 days, in whole milliseconds")
 
 
 class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
@@ -84,15 +105,25 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
         violations.present(request, "activity")
         activity = request.activity
         violations.positive_id("activity.product_id", activity.product_id)
-        _check_fields(violations, activity, list(repository.UPDATABLE))
+        _check_fields(violations, activity, [
+            path for path in repository.UPDATABLE
+            if path not in ("price_cents", "payment_window") or activity.HasField(path)])
+        idempotency.check(violations, request.request_id)
         violations.check()
         start, end = to_datetime(activity.start_time), to_datetime(activity.end_time)
         if not end > start:
             violations.add("activity.end_time", "must be after start_time")
         violations.check()
-        await self._get_product(activity.product_id)  # NOT_FOUND for an unknown product
-        row = await self._db.run(lambda cur: repository.create(
-            cur, activity.product_id, activity.name, db_time(start), db_time(end)))
+        product = await self._get_product(activity.product_id)  # NOT_FOUND if unknown
+        price = activity.price_cents if activity.HasField("price_cents") else product.price_cents
+        window_ms = (_window_ms(activity.payment_window) if activity.HasField("payment_window")
+                     else DEFAULT_PAYMENT_WINDOW_MS)
+        assert window_ms is not None  # checked above
+        row = await idempotency.create_once(
+            self._db, "CreateActivity", request,
+            lambda cur: repository.create(cur, activity.product_id, activity.name,
+                                          db_time(start), db_time(end), price, window_ms),
+            repository.get)
         return to_proto(row)
 
     async def GetActivity(self, request: activity_pb2.GetActivityRequest,
@@ -124,7 +155,8 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
         changes: dict[str, object] = {}
         for path in paths:
             value = getattr(activity, path)
-            changes[path] = db_time(to_datetime(value)) if path.endswith("_time") else value
+            changes[path] = (db_time(to_datetime(value)) if path.endswith("_time")
+                             else _window_ms(value) if path == "payment_window" else value)
         row = await self._db.run(lambda cur: repository.update(cur, activity.id, changes))
         return to_proto(row)
 
@@ -134,7 +166,8 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
         await self._db.run(lambda cur: repository.get(cur, request.id))  # NOT_FOUND first
         orders = await call_peer(
             self._orders.ListOrders,
-            order_pb2.ListOrdersRequest(activity_id=request.id, page_size=1),
+            order_pb2.ListOrdersRequest(activity_id=request.id, page_size=1,
+                                        states=[order_pb2.PENDING_PAYMENT, order_pb2.PAID]),
             peer="order", timeout_s=self._peer_timeout_s,
         )
         if orders.orders:
@@ -162,4 +195,8 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
             product_id=won.product_id,
             user_id=user_id,
             create_time=to_timestamp(won.create_time),
+            state=order_pb2.PENDING_PAYMENT,
+            price_cents=won.price_cents,
+            pay_deadline=to_timestamp(won.pay_deadline),
+            update_time=to_timestamp(won.create_time),
         ))

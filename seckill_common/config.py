@@ -143,6 +143,8 @@ class Settings:
     process_rate: float = 0.0
     process_burst: int = 0
     metrics_addr: str = ""
+    expiry_interval_s: float = 1.0
+    expiry_batch: int = 200
 
     @property
     def tls(self) -> bool:
@@ -191,4 +193,7 @@ class Settings:
             process_rate=_float(env, "SECKILL_RATE_LIMIT_PROCESS", 0.0, 0.0, 1e7),
             process_burst=_int(env, "SECKILL_RATE_LIMIT_PROCESS_BURST", 0, 0, 10_000_000),
             metrics_addr=_addr(env, "SECKILL_METRICS_ADDR"),
+            expiry_interval_s=_float(env, "SECKILL_EXPIRY_INTERVAL_MS", 1000.0, 50.0,
+                                     60_000.0) / 1000,
+            expiry_batch=_int(env, "SECKILL_EXPIRY_BATCH", 200, 1, 10_000),
         )
