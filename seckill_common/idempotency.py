@@ -47,12 +47,12 @@ def check(violations: Violations, request_id: str) -> None:
             violations.add(FIELD, "must be a UUID, such as 123e4567-e89b-12d3-a456-426614174000")
 
 
-def fingerprint(request: Message) -> bytes:
-    """SHA-256 of the request without its request id (deterministic serialisation)."""
+def fingerprint(request: Message) -> str:
+    """Hex SHA-256 of the request without its request id (deterministic serialisation)."""
     copy = type(request)()
     copy.CopyFrom(request)
     copy.ClearField(FIELD)  # type: ignore[arg-type]
-    return hashlib.sha256(copy.SerializeToString(deterministic=True)).digest()
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
 
 
 async def create_once(database: Database, method: str, request: Message,
@@ -86,7 +86,7 @@ async def create_once(database: Database, method: str, request: Message,
             "SELECT fingerprint, resource_id FROM create_requests"
             " WHERE method = %s AND request_id = %s", (method, key))
         stored, resource_id = await cur.fetchone()
-        if bytes(stored) != digest:
+        if stored != digest:
             raise InvalidArgument({FIELD: f"was already used for a different {method} request"})
         return await replay(cur, int(resource_id))
 

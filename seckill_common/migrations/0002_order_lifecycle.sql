@@ -59,12 +59,12 @@ ALTER TABLE orders
     ALTER COLUMN state DROP DEFAULT;
 
 -- AIP-155 request ids of CreateProduct and CreateActivity: a retry finds the resource the
--- first call created; the fingerprint (SHA-256 of the request) tells a retry from a different
+-- first call created; the fingerprint (hex SHA-256 of the request) tells a retry from a different
 -- request that reuses the id.
 CREATE TABLE IF NOT EXISTS create_requests (
     method      VARCHAR(64)  NOT NULL,
     request_id  CHAR(36)     NOT NULL,
-    fingerprint BINARY(32)   NOT NULL,
+    fingerprint CHAR(64)     NOT NULL,
     resource_id BIGINT       NOT NULL,
     create_time DATETIME(6)  NOT NULL,
     PRIMARY KEY (method, request_id)
