@@ -51,9 +51,9 @@ environment:
   SECKILL_PRODUCT_ADDR, SECKILL_ACTIVITY_ADDR, SECKILL_ORDER_ADDR
                         the services (default 127.0.0.1:50051, :50052, :50053)
   SECKILL_ADMIN_TOKEN   sent as `authorization: Bearer <token>` on admin calls (create, update,
-                        delete, cancel, sale simulate) and on user calls when no user token is
+                        delete, pay, cancel, sale simulate) and on user calls when no user token is
                         given; `. .run/stack.env` sets it for the stack of `make up`
-  SECKILL_USER_TOKEN    the user token for buy, orders and cancel, when the services run with
+  SECKILL_USER_TOKEN    the user token for buy, orders, pay and cancel, when the services run with
                         SECKILL_USER_TOKEN_SECRET (--user-token wins)
 
 times: ISO-8601 (2026-06-01T12:00:00Z; without an offset it is UTC), `now`, or relative to now:
@@ -180,11 +180,12 @@ def deleted(out: Output, text: str) -> None:
 # --- activities ------------------------------------------------------------------------------
 
 async def activity_create(args: argparse.Namespace, session: Session, out: Output) -> int:
+    activity = activity_pb2.Activity(product_id=args.product, name=args.name,
+                                     start_time=to_timestamp(args.start),
+                                     end_time=to_timestamp(args.end))
+    sale_terms(activity, args)
     activity = await session.call("activity", "CreateActivity", activity_pb2.CreateActivityRequest(
-        activity=activity_pb2.Activity(product_id=args.product, name=args.name,
-                                       start_time=to_timestamp(args.start),
-                                       end_time=to_timestamp(args.end))),
-        auth=Auth.ADMIN)
+        activity=activity), auth=Auth.ADMIN)
     show_activity(out, activity)
     return Exit.OK
 
@@ -206,8 +207,9 @@ async def activity_get(args: argparse.Namespace, session: Session, out: Output) 
 
 
 async def activity_update(args: argparse.Namespace, session: Session, out: Output) -> int:
-    flags = given(args, "name", "start", "end")
+    flags = given(args, "name", "start", "end", "price_cents", "payment_window")
     activity = activity_pb2.Activity(id=args.id)
+    sale_terms(activity, args)
     if args.name is not None:
         activity.name = args.name
     if args.start is not None:
@@ -220,6 +222,14 @@ async def activity_update(args: argparse.Namespace, session: Session, out: Outpu
             activity=activity, update_mask=field_mask_pb2.FieldMask(paths=paths)),
         auth=Auth.ADMIN))
     return Exit.OK
+
+
+def sale_terms(activity: activity_pb2.Activity, args: argparse.Namespace) -> None:
+    """--price-cents and --payment-window (seconds), when given."""
+    if args.price_cents is not None:
+        activity.price_cents = args.price_cents
+    if args.payment_window is not None:
+        activity.payment_window.FromMilliseconds(round(args.payment_window * 1000))
 
 
 async def activity_delete(args: argparse.Namespace, session: Session, out: Output) -> int:
@@ -251,14 +261,16 @@ async def buy(args: argparse.Namespace, session: Session, out: Output) -> int:
     else:
         order = reply.order
         out.say(f"user {order.user_id} bought one unit of product {order.product_id} in "
-                f"activity {order.activity_id}: order {order.id}")
+                f"activity {order.activity_id}: order {order.id}, {order.price_cents} cents; "
+                f"pay before {render.when(order.pay_deadline)}: seckill pay {order.id}")
     return Exit.OK
 
 
 async def orders(args: argparse.Namespace, session: Session, out: Output) -> int:
     found = await every(
         session, "order", "ListOrders",
-        order_pb2.ListOrdersRequest(user_id=args.user, activity_id=args.activity),
+        order_pb2.ListOrdersRequest(user_id=args.user, activity_id=args.activity,
+                                    states=[STATES[name] for name in args.state or ()]),
         "orders", args.limit, auth=Auth.USER)
     if out.as_json:
         out.document({"orders": [render.to_dict(o) for o in found]})
@@ -267,11 +279,28 @@ async def orders(args: argparse.Namespace, session: Session, out: Output) -> int
     return Exit.OK
 
 
-async def cancel(args: argparse.Namespace, session: Session, out: Output) -> int:
-    await session.call("order", "DeleteOrder", order_pb2.DeleteOrderRequest(id=args.order),
-                       auth=Auth.USER)
-    deleted(out, f"cancelled order {args.order}; its unit is back in stock")
+async def pay(args: argparse.Namespace, session: Session, out: Output) -> int:
+    order = await session.call("order", "PayOrder", order_pb2.PayOrderRequest(id=args.order),
+                               auth=Auth.USER)
+    if out.as_json:
+        out.message(order)
+    else:
+        out.say(f"order {order.id} is {render.order_state(order)}: {order.price_cents} cents")
     return Exit.OK
+
+
+async def cancel(args: argparse.Namespace, session: Session, out: Output) -> int:
+    order = await session.call("order", "CancelOrder",
+                               order_pb2.CancelOrderRequest(id=args.order), auth=Auth.USER)
+    if out.as_json:
+        out.message(order)
+    else:
+        out.say(f"cancelled order {order.id}; its unit is back in stock")
+    return Exit.OK
+
+
+STATES = {"pending": order_pb2.PENDING_PAYMENT, "paid": order_pb2.PAID,
+          "cancelled": order_pb2.CANCELLED, "expired": order_pb2.EXPIRED}
 
 
 # --- status and tokens -----------------------------------------------------------------------
@@ -372,6 +401,13 @@ def add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
                         help=text("client private key, for mutual TLS"))
 
 
+def sale_term_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--price-cents", type=int, metavar="N",
+                     help="the sale price (default at creation: the product's price)")
+    sub.add_argument("--payment-window", type=positive_float, metavar="S",
+                     help="seconds a buyer has to pay (default at creation: 900)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seckill", description="\n\n".join(__doc__.split("\n\n")[:2]),
@@ -424,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="when the sale opens (default now)")
     sub.add_argument("--end", type=parse_time, required=True, metavar="TIME",
                      help="when it closes, e.g. +1h")
+    sale_term_options(sub)
     limit_option(command(activities, "list", activity_list, "list activities"))
     command(activities, "get", activity_get,
             "show an activity with its product's stock").add_argument("id", type=int, metavar="ID")
@@ -433,19 +470,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--name")
     sub.add_argument("--start", type=parse_time, metavar="TIME")
     sub.add_argument("--end", type=parse_time, metavar="TIME")
+    sale_term_options(sub)
     command(activities, "delete", activity_delete,
             "delete an activity without orders (admin)").add_argument("id", type=int, metavar="ID")
 
     sub = command(commands, "buy", buy, "buy one unit in a sale (Seckill)")
     sub.add_argument("--activity", type=int, required=True, metavar="ID")
     sub.add_argument("--user", default="", help="the buyer (with a user token: its user)")
-    sub = command(commands, "orders", orders, "list orders, by user and/or activity")
+    sub = command(commands, "orders", orders, "list orders, by user, activity and/or state")
     sub.add_argument("--user", default="")
     sub.add_argument("--activity", type=int, default=0, metavar="ID")
+    sub.add_argument("--state", action="append", choices=list(STATES),
+                     help="only orders in this state (repeatable; default every state)")
     limit_option(sub)
-    command(commands, "cancel", cancel,
-            "cancel an order; its unit goes back to the stock (admin or its owner)"
+    command(commands, "pay", pay,
+            "pay a pending order before its deadline (admin or its owner)"
             ).add_argument("order", type=int, metavar="ORDER")
+    command(commands, "cancel", cancel,
+            "cancel a pending or paid order; its unit goes back to the stock "
+            "(admin or its owner)").add_argument("order", type=int, metavar="ORDER")
     command(commands, "status", status,
             "health of every service (NOT_SERVING: its database is down)")
     sub = command(commands, "token", user_token,
@@ -467,6 +510,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Seckill calls per user, sent at once: a double click (default 2)")
     sub.add_argument("--concurrency", type=int, default=200, metavar="C",
                      help="calls in flight at most (default 200)")
+    sub.add_argument("--pay-share", type=float, default=1.0, metavar="F",
+                     help="share of the orders paid, 0 to 1 (default 1)")
+    sub.add_argument("--payment-window", type=positive_float, default=None, metavar="S",
+                     help="seconds to pay (default the service's 15 minutes); with a short "
+                          "one the unpaid orders' expiry is awaited and checked")
     return parser
 
 

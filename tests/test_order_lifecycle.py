@@ -46,8 +46,8 @@ async def cancel(stack: Stack, order_id: int, metadata=ADMIN) -> order_pb2.Order
 async def short_sale(stack: Stack, stock: int, window_s: float) -> activity_pb2.Activity:
     product = await make_product(stack, stock=stock)
     return await stack.activities.CreateActivity(activity_pb2.CreateActivityRequest(
-        activity=activity_pb2.Activity(product_id=product.id, name="short", start_time=timestamp(-1),
-                                       end_time=timestamp(3600),
+        activity=activity_pb2.Activity(product_id=product.id, name="short",
+                                       start_time=timestamp(-1), end_time=timestamp(3600),
                                        payment_window=window(window_s))), metadata=ADMIN)
 
 
@@ -61,10 +61,12 @@ async def balance(stack: Stack, product_id: int) -> tuple[int, int]:
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
-    """Polls `check` (the database changes behind our back: nothing to await) until true."""
-    async with asyncio.timeout(timeout_s):
-        while not await check():
-            await asyncio.sleep(0.05)
+    """Polls `check` until true: expiry changes the database behind our back, and nothing
+    announces it."""
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        assert time.monotonic() < deadline, f"not true within {timeout_s}s"
+        await asyncio.sleep(0.02)
 
 
 # --- the state machine --------------------------------------------------------------------

@@ -172,7 +172,9 @@ class OrderServiceServicer:
         """Cancels an order, as CancelOrder does, and answers Empty. Kept for
         existing clients; new ones use CancelOrder, which returns the order. The
         order is kept, as CANCELLED.
-        Admin (or, with user tokens, the order's owner). Errors: as CancelOrder.
+        Admin (or, with user tokens, the order's owner). Errors: as CancelOrder's:
+        INVALID_ARGUMENT for an id <= 0; NOT_FOUND (ResourceInfo);
+        FAILED_PRECONDITION (ErrorInfo reason ORDER_EXPIRED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
