@@ -381,3 +381,36 @@ async def test_a_retried_create_with_the_same_request_id_creates_nothing_new(
     activity.request_id = request_id
     await stack.activities.CreateActivity(activity, metadata=ADMIN)
     assert await query(stack.db_url, "SELECT COUNT(*) FROM activities") == [(2,)]
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+async def test_metrics_count_orders_by_state_and_expiry_lag(db_url: str) -> None:
+    from tests.test_telemetry import delta, scrape
+
+    stack = await start_stack(db_url, SECKILL_METRICS_ADDR="127.0.0.1:0")  # to scrape
+    try:
+        assert stack.order.metrics_server is not None
+        port = stack.order.metrics_server.server_port  # one registry for this process
+        activity = await short_sale(stack, stock=3, window_s=1)
+        before = scrape(port)
+        a, b, c = [await buy(stack, activity.id, user) for user in "abc"]
+        await pay(stack, a.id)
+        await pay(stack, a.id)  # a repeat counts once
+        await cancel(stack, b.id)
+
+        async def counted_expired() -> bool:  # counted just after the expiry commits
+            return delta(before, scrape(port), "seckill_orders_total", state="expired") > 0
+
+        await until(counted_expired, 1 + EXPIRY_BOUND_S)
+        after = scrape(port)
+        got = await stack.orders.GetOrder(order_pb2.GetOrderRequest(id=c.id))
+        assert got.state == order_pb2.EXPIRED
+        counted = {state: delta(before, after, "seckill_orders_total", state=state)
+                   for state in ("pending_payment", "paid", "cancelled", "expired")}
+        assert counted == {"pending_payment": 3, "paid": 1, "cancelled": 1, "expired": 1}
+        assert delta(before, after, "seckill_order_expiry_lag_seconds_count") == 1
+        assert 0 <= delta(before, after, "seckill_order_expiry_lag_seconds_sum") <= (
+            EXPIRY_BOUND_S)
+    finally:
+        await stack.stop()
