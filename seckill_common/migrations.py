@@ -25,7 +25,7 @@ LOCK_TIMEOUT_S = 120
 _FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 # Duplicate column, duplicate key name, can't drop (already gone), duplicate CHECK name
 # (MariaDB, MySQL).
-ALREADY_ALTERED = {1060, 1061, 1091, 4161, 3822}
+ALREADY_ALTERED = {1060, 1061, 1091, 1826, 3822}
 
 
 class MigrationError(RuntimeError):
