@@ -6,7 +6,7 @@ Products and orders are reached through their services' stubs; only the seckill 
 
 from __future__ import annotations
 
-from google.protobuf import duration_pb2, empty_pb2
+from google.protobuf import empty_pb2
 from grpc.aio import ServicerContext
 from seckill.v1 import (
     activity_pb2,
@@ -26,12 +26,14 @@ from seckill_common.db import Database
 from seckill_common.errors import ServiceError
 from seckill_common.telemetry import count_seckill
 from seckill_common.validation import (
+    DEFAULT_PAYMENT_WINDOW_MS,
     MAX_NAME_CHARS,
     Violations,
     db_time,
     decode_page_token,
     page_of,
     page_size,
+    payment_window_ms,
     require_id,
     to_datetime,
     to_timestamp,
@@ -56,19 +58,6 @@ def to_proto(row: repository.ActivityRow,
     return activity
 
 
-DEFAULT_PAYMENT_WINDOW_MS = 15 * 60 * 1000
-MIN_PAYMENT_WINDOW_MS = 1000
-MAX_PAYMENT_WINDOW_MS = 7 * 24 * 3600 * 1000
-
-
-def _window_ms(window: duration_pb2.Duration) -> int | None:
-    """The payment window in milliseconds, or None if out of bounds or not whole ms."""
-    if window.nanos % 1_000_000 or (window.seconds < 0 or window.nanos < 0):
-        return None
-    ms = window.seconds * 1000 + window.nanos // 1_000_000
-    return ms if MIN_PAYMENT_WINDOW_MS <= ms <= MAX_PAYMENT_WINDOW_MS else None
-
-
 def _check_fields(violations: Violations, activity: activity_pb2.Activity,
                   paths: list[str]) -> None:
     if "name" in paths:
@@ -79,9 +68,8 @@ def _check_fields(violations: Violations, activity: activity_pb2.Activity,
                             present=activity.HasField(field))
     if "price_cents" in paths:
         violations.bounded("activity.price_cents", activity.price_cents)
-    if "payment_window" in paths and _window_ms(activity.payment_window) is None:
-        violations.add("activity.payment_window",
-                       "must be 1 second to 7 days, in whole milliseconds")
+    if "payment_window" in paths:
+        violations.payment_window("activity.payment_window", activity.payment_window)
 
 
 class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
@@ -116,9 +104,8 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
         violations.check()
         product = await self._get_product(activity.product_id)  # NOT_FOUND if unknown
         price = activity.price_cents if activity.HasField("price_cents") else product.price_cents
-        window_ms = (_window_ms(activity.payment_window) if activity.HasField("payment_window")
-                     else DEFAULT_PAYMENT_WINDOW_MS)
-        assert window_ms is not None  # checked above
+        window_ms = (payment_window_ms(activity.payment_window)
+                     if activity.HasField("payment_window") else DEFAULT_PAYMENT_WINDOW_MS)
         row = await idempotency.create_once(
             self._db, "CreateActivity", request,
             lambda cur: repository.create(cur, activity.product_id, activity.name,
@@ -156,7 +143,8 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
         for path in paths:
             value = getattr(activity, path)
             changes[path] = (db_time(to_datetime(value)) if path.endswith("_time")
-                             else _window_ms(value) if path == "payment_window" else value)
+                             else payment_window_ms(value) if path == "payment_window"
+                             else value)
         row = await self._db.run(lambda cur: repository.update(cur, activity.id, changes))
         return to_proto(row)
 
