@@ -193,7 +193,7 @@ async def seckill(cur: aiomysql.Cursor, product_id: int,
     now = window_rows[0][2]
     terms = {row[0]: (int(row[3]), now + timedelta(milliseconds=int(row[4])))
              for row in window_rows}
-    rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * len(winners))
+    rows = ", ".join(["(%s, %s, %s, %s, %s, 1, %s, %s, %s)"] * len(winners))
     params: list[object] = []
     for w in winners:
         price, deadline = terms[w.activity_id]
@@ -207,8 +207,8 @@ async def seckill(cur: aiomysql.Cursor, product_id: int,
     # the outcome is unknown and the callers get UNAVAILABLE, and a retry finds the order.
     _, _, *created_sets, _ = await pipeline(
         cur,
-        "INSERT INTO orders (activity_id, product_id, user_id, create_time, state, price_cents,"
-        f" pay_deadline, update_time) VALUES {rows}; "
+        "INSERT INTO orders (activity_id, product_id, user_id, create_time, state, active,"
+        f" price_cents, pay_deadline, update_time) VALUES {rows}; "
         f"{take_sql}; {created_sql}; COMMIT",
         (*params, *take_params, *created_params),
     )

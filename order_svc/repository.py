@@ -154,9 +154,11 @@ async def cancel(cur: aiomysql.Cursor, order_id: int, owner: str | None
 
 
 async def _set_state(cur: aiomysql.Cursor, order_ids: Sequence[int], state: int) -> None:
+    """Moves orders to `state`; `active` follows (the schema's CHECK insists)."""
     marks = ", ".join(["%s"] * len(order_ids))
-    await cur.execute(f"UPDATE orders SET state = %s, update_time = UTC_TIMESTAMP(6)"
-                      f" WHERE id IN ({marks})", (state, *order_ids))
+    active = 1 if state in (PENDING_PAYMENT, PAID) else None
+    await cur.execute(f"UPDATE orders SET state = %s, active = %s, update_time = UTC_TIMESTAMP(6)"
+                      f" WHERE id IN ({marks})", (state, active, *order_ids))
 
 
 # --- expiry --------------------------------------------------------------------------------

@@ -549,7 +549,41 @@ async def test_list_orders(prober: Prober, user_id: str, activity_id: int, size:
     return None
 
 
+@property_test
+@examples(300)
+@given(order_id=known_ids)
+async def test_pay_order(prober: Prober, order_id: int) -> None:
+    ran["test_pay_order"] += 1
+    state = await row(prober, "SELECT state FROM orders WHERE id = %s", order_id)
+    outcome = await prober.call(method_path(ORDER, "PayOrder"),
+                                order_pb2.PayOrderRequest(id=order_id))
+    if order_id <= 0:
+        refused_with(prober, outcome, {"id"})
+    elif state is None:
+        assert outcome.code == "NOT_FOUND"
+    else:  # the seeded windows are 15 minutes: nothing is past its deadline here
+        paid = state[0] in (order_pb2.PENDING_PAYMENT, order_pb2.PAID)
+        assert outcome.code == ("OK" if paid else "FAILED_PRECONDITION"), outcome.code
+
+
 # --- Deletes, last: they may remove the seeded rows -----------------------------------------
+
+@property_test
+@examples(300)
+@given(order_id=known_ids)
+async def test_cancel_order(prober: Prober, order_id: int) -> None:
+    ran["test_cancel_order"] += 1
+    state = await row(prober, "SELECT state FROM orders WHERE id = %s", order_id)
+    outcome = await prober.call(method_path(ORDER, "CancelOrder"),
+                                order_pb2.CancelOrderRequest(id=order_id))
+    if order_id <= 0:
+        refused_with(prober, outcome, {"id"})
+    elif state is None:
+        assert outcome.code == "NOT_FOUND"
+    else:
+        assert outcome.code == ("FAILED_PRECONDITION" if state[0] == order_pb2.EXPIRED
+                                else "OK"), outcome.code
+
 
 @property_test
 @examples(500)

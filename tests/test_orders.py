@@ -74,10 +74,10 @@ async def test_list_orders_counts_match_the_fixture(stack: Stack, orders: dict[s
 async def test_list_orders_page_size_defaults_to_50_and_caps_at_1000(
         stack: Stack, sale, page_size: int, served: int) -> None:
     product, activity = sale
-    values = ", ".join(f"({activity.id}, {product.id}, 'u{i}', UTC_TIMESTAMP(6), 2, 0,"
+    values = ", ".join(f"({activity.id}, {product.id}, 'u{i}', UTC_TIMESTAMP(6), 2, 1, 0,"
                        " UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))" for i in range(1001))
     await query(stack.db_url, "INSERT INTO orders (activity_id, product_id, user_id,"
-                " create_time, state, price_cents, pay_deadline, update_time)"
+                " create_time, state, active, price_cents, pay_deadline, update_time)"
                 f" VALUES {values}")
     ids = [row[0] for row in await query(stack.db_url, "SELECT id FROM orders ORDER BY id")]
     for filters in ({}, {"activity_id": activity.id}):
