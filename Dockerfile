@@ -7,20 +7,23 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-COPY pyproject.toml README.md ./
+COPY pyproject.toml requirements.lock README.md ./
 COPY gen/ gen/
 COPY seckill_common/ seckill_common/
 COPY product_svc/ product_svc/
 COPY activity_svc/ activity_svc/
 COPY order_svc/ order_svc/
 COPY seckill_cli/ seckill_cli/
+# The healthcheck's health probe (seckill_cli.wait_serving runs seckill_stack.health).
+COPY seckill_stack/ seckill_stack/
 # Listed in pyproject.toml's packages, so `pip install .` needs it; it also puts
 # seckill-bench in the image, to load the stack from inside its network.
 COPY seckill_bench/ seckill_bench/
 
-# The pinned dependencies (cryptography among them, for MySQL 8's caching_sha2_password
-# login over plain TCP) come from pyproject.toml.
-RUN pip install --no-cache-dir . \
+# pyproject.toml's runtime dependencies (cryptography among them, for MySQL 8's
+# caching_sha2_password login over plain TCP) at requirements.lock's exact versions, the build
+# backend included (PIP_CONSTRAINT, unlike -c, reaches pip's isolated build environment).
+RUN PIP_CONSTRAINT=requirements.lock pip install --no-cache-dir . \
     && rm -rf build ./*.egg-info \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin seckill
 

@@ -16,19 +16,28 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/seckill/v1/*.proto)
 
-.PHONY: venv gen check-gen up down status demo run test lint bench
+.PHONY: venv lock gen check-gen up down status demo run test lint bench
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The exact versions of requirements.lock, also for the build backend (PIP_CONSTRAINT, unlike
+# -c, reaches pip's isolated build environment).
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	PIP_CONSTRAINT=requirements.lock $(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# Re-pins requirements.lock within pyproject.toml's ranges, keeping the pins that still fit;
+# `make lock LOCK_ARGS=--upgrade` moves every pin to the newest version allowed.
+LOCK_ARGS ?=
+lock: venv
+	CUSTOM_COMPILE_COMMAND="make lock" $(PY) -m piptools compile --quiet --extra dev \
+		--strip-extras --all-build-deps --allow-unsafe --no-emit-index-url \
+		--no-emit-find-links -o requirements.lock $(LOCK_ARGS) pyproject.toml
+
 gen: venv
-	$(PY) -m grpc_tools.protoc -I protos --python_out=gen --grpc_python_out=gen --pyi_out=gen $(PROTOS)
-	@# protoc writes no __init__.py; these make `seckill.v1` a regular package.
-	touch gen/seckill/__init__.py gen/seckill/v1/__init__.py
+	@# Messages, gRPC stubs and their .pyi type stubs (mypy-protobuf), see scripts/protogen.py.
+	$(PY) scripts/protogen.py gen
 	@# The API reference, from the protos' comments (protoc's descriptor set with source info).
 	$(PY) scripts/protodoc.py -I protos -o docs/API.md $(PROTOS)
 
@@ -41,14 +50,14 @@ check-gen: gen
 	fi
 
 up: venv
-	STACK_PYTHON=$(PY) scripts/stack.sh up
+	$(PY) -m seckill_stack up
 
-down:
-	scripts/stack.sh down
+down: venv
+	$(PY) -m seckill_stack down
 
-# Exit 3 (something stopped) is an answer here, not a failure of make.
-status:
-	@scripts/stack.sh status || true
+# Exit 3 (something not serving) is an answer here, not a failure of make.
+status: venv
+	@$(PY) -m seckill_stack status || true
 
 # `seckill sale simulate` with the settings (addresses, admin token) of the stack that
 # `make up` started, e.g. `make demo DEMO_ARGS="--users 2000 --stock 300 --tries 3"`.
@@ -62,10 +71,22 @@ run: up
 test: venv
 	$(PY) -m pytest -q
 
-lint: venv
+# npm's tools (buf) from package-lock.json into ./node_modules. --ignore-scripts: buf's
+# install script only caches the binary that its platform package already ships.
+NODE_STAMP := node_modules/.installed
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Python style and types (ruff, mypy: settings in pyproject.toml), and the protos' style
+# (buf lint: buf.yaml).
+lint: venv $(NODE_STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(PY) scripts/protogen.py --imports-only build/protodeps
+	node_modules/.bin/buf lint
 
 # The benchmark table of BENCHMARKS.md, on a stack of its own (a few minutes), e.g.
 # `make bench BENCH_ARGS="--soak-seconds 0"`.
 bench: venv
-	$(PY) -m seckill_bench.table $(BENCH_ARGS)
+	$(PY) -m seckill_bench.suite $(BENCH_ARGS)

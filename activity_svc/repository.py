@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
 import aiomysql
 import pymysql
@@ -30,11 +31,15 @@ from activity_svc.decision import (
     decide,
 )
 from seckill_common import stock
-from seckill_common.db import committed_in_pipeline, error_code, pipeline
+from seckill_common.db import (
+    NO_REFERENCED_ROW,
+    ROW_IS_REFERENCED,
+    committed_in_pipeline,
+    error_code,
+    pipeline,
+)
 from seckill_common.errors import FailedPrecondition, InvalidArgument, NotFound
 
-ROW_IS_REFERENCED = 1451  # a foreign key still points at the row
-NO_REFERENCED_ROW = 1452  # a foreign key points at a missing row
 _COLUMNS = ("id, product_id, name, start_time, end_time, create_time, price_cents,"
             " payment_window_ms")
 # Update mask paths; each is the column of the same name but payment_window.
@@ -80,6 +85,13 @@ async def get(cur: aiomysql.Cursor, activity_id: int, *, lock: bool = False) -> 
     return ActivityRow(*row)
 
 
+async def get_many(cur: aiomysql.Cursor, activity_ids: list[int]) -> dict[int, ActivityRow]:
+    """The activities among `activity_ids` that exist, by id."""
+    marks = ", ".join(["%s"] * len(activity_ids))
+    await cur.execute(f"SELECT {_COLUMNS} FROM activities WHERE id IN ({marks})", activity_ids)
+    return {row[0]: ActivityRow(*row) for row in await cur.fetchall()}
+
+
 async def list_page(cur: aiomysql.Cursor, after_id: int, limit: int) -> list[ActivityRow]:
     await cur.execute(
         f"SELECT {_COLUMNS} FROM activities WHERE id > %s ORDER BY id LIMIT %s",
@@ -93,9 +105,9 @@ async def update(cur: aiomysql.Cursor, activity_id: int,
     """Applies `changes` (keys from UPDATABLE; payment_window in milliseconds); the resulting
     window must stay ordered."""
     current = await get(cur, activity_id, lock=True)
-    start = changes.get("start_time", current.start_time)
-    end = changes.get("end_time", current.end_time)
-    if not end > start:  # type: ignore[operator]
+    start = cast(datetime, changes.get("start_time", current.start_time))
+    end = cast(datetime, changes.get("end_time", current.end_time))
+    if not end > start:
         raise InvalidArgument({"activity.end_time": "must be after start_time"})
     if changes:
         # Column names come from UPDATABLE, never from the client; values are parameters.

@@ -28,19 +28,18 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any
 
 from opentelemetry.context import Context, get_current
 
 from activity_svc import repository
 from activity_svc.decision import Facts, Outcome, Refused, SeckillAttempt, Won, decide
+from seckill_common.config import CommitMode
 from seckill_common.db import Database
 from seckill_common.singleflight import BatchLoader
 from seckill_common.telemetry import BATCH_SIZE, STOCK_REMAINING, batch_span, tracer
 
 log = logging.getLogger(__name__)
-
-CommitMode = Literal["coalesced", "per_request"]
 
 
 @dataclass(frozen=True)
@@ -258,7 +257,7 @@ class SeckillEngine:
                 pending.future.set_result(outcome)
 
 
-def _cancel_when_all_leave(work: asyncio.Future[object], callers: list[asyncio.Future[Won]]
+def _cancel_when_all_leave(work: asyncio.Future[Any], callers: list[asyncio.Future[Won]]
                            ) -> None:
     """Cancels a batch's transaction once every caller in it has gone (deadline, cancel).
 

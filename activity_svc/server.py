@@ -23,7 +23,7 @@ async def add_servicers(server: grpc.aio.Server, database: Database,
     product_channel = open_channel(settings.product_addr, settings)
     order_channel = open_channel(settings.order_addr, settings)
     engine = SeckillEngine(database, EngineSettings(
-            mode=settings.commit_mode,  # type: ignore[arg-type]
+            mode=settings.commit_mode,
             batch_window_s=settings.batch_window_s,
             batch_max=settings.batch_max,
     ))

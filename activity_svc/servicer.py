@@ -6,6 +6,8 @@ Products and orders are reached through their services' stubs; only the seckill 
 
 from __future__ import annotations
 
+import asyncio
+
 from google.protobuf import empty_pb2
 from grpc.aio import ServicerContext
 from seckill.v1 import (
@@ -23,7 +25,8 @@ from seckill_common import idempotency
 from seckill_common.auth import acting_user
 from seckill_common.clients import call_peer
 from seckill_common.db import Database
-from seckill_common.errors import ServiceError
+from seckill_common.errors import NotFound, ServiceError
+from seckill_common.singleflight import BatchLoader
 from seckill_common.telemetry import count_seckill
 from seckill_common.validation import (
     DEFAULT_PAYMENT_WINDOW_MS,
@@ -74,13 +77,33 @@ def _check_fields(violations: Violations, activity: activity_pb2.Activity,
 
 class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
     def __init__(self, database: Database, engine: SeckillEngine,
-                 products: product_pb2_grpc.ProductServiceStub,
-                 orders: order_pb2_grpc.OrderServiceStub, peer_timeout_s: float) -> None:
+                 products: product_pb2_grpc.ProductServiceAsyncStub,
+                 orders: order_pb2_grpc.OrderServiceAsyncStub, peer_timeout_s: float) -> None:
         self._db = database
         self._engine = engine
         self._products = products
         self._orders = orders
         self._peer_timeout_s = peer_timeout_s
+        # Before a sale opens thousands of clients poll it: the calls that arrive while a
+        # read is in flight share the next one (one query, one GetProduct per product).
+        self._reads: BatchLoader[int, activity_pb2.Activity] = BatchLoader(self._read)
+
+    async def _read(self, ids: list[int]) -> dict[int, activity_pb2.Activity | BaseException]:
+        rows = await self._db.run(lambda cur: repository.get_many(cur, ids))
+        product_ids = sorted({row.product_id for row in rows.values()})
+        products = dict(zip(product_ids, await asyncio.gather(
+            *(self._get_product(p) for p in product_ids), return_exceptions=True), strict=True))
+        found: dict[int, activity_pb2.Activity | BaseException] = {}
+        for activity_id in ids:
+            row = rows.get(activity_id)
+            product = None if row is None else products[row.product_id]
+            if row is None:
+                found[activity_id] = NotFound("Activity", activity_id)
+            elif isinstance(product, BaseException):
+                found[activity_id] = product
+            else:
+                found[activity_id] = to_proto(row, product)
+        return found
 
     async def _get_product(self, product_id: int) -> product_pb2.Product:
         return await call_peer(self._products.GetProduct,
@@ -93,9 +116,10 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
         violations.present(request, "activity")
         activity = request.activity
         violations.positive_id("activity.product_id", activity.product_id)
-        _check_fields(violations, activity, [
-            path for path in repository.UPDATABLE
-            if path not in ("price_cents", "payment_window") or activity.HasField(path)])
+        unset = {"price_cents": not activity.HasField("price_cents"),
+                 "payment_window": not activity.HasField("payment_window")}
+        _check_fields(violations, activity,
+                      [path for path in repository.UPDATABLE if not unset.get(path)])
         idempotency.check(violations, request.request_id)
         violations.check()
         start, end = to_datetime(activity.start_time), to_datetime(activity.end_time)
@@ -116,8 +140,7 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
     async def GetActivity(self, request: activity_pb2.GetActivityRequest,
                           context: ServicerContext) -> activity_pb2.Activity:
         require_id(request.id)
-        row = await self._db.run(lambda cur: repository.get(cur, request.id))
-        return to_proto(row, await self._get_product(row.product_id))
+        return await self._reads.get(request.id)
 
     async def ListActivities(self, request: activity_pb2.ListActivitiesRequest,
                              context: ServicerContext) -> activity_pb2.ListActivitiesResponse:

@@ -58,9 +58,8 @@ class Expirer:
         for product_id, order_id in due:
             by_product[product_id].append(order_id)
         for product_id, order_ids in by_product.items():
-            skip = product_id not in self._skipped
-            lags = await self._db.run(lambda cur, p=product_id, ids=order_ids, s=skip:
-                                      repository.expire(cur, p, ids, skip_locked=s))
+            lags = await self._expire(product_id, order_ids,
+                                      skip_locked=product_id not in self._skipped)
             if lags is None:
                 self._skipped.add(product_id)
                 continue
@@ -68,3 +67,8 @@ class Expirer:
             count_expired(lags)
         self._skipped &= set(by_product)
         return len(due)
+
+    async def _expire(self, product_id: int, order_ids: list[int], *, skip_locked: bool
+                      ) -> list[float] | None:
+        return await self._db.run(lambda cur: repository.expire(
+            cur, product_id, order_ids, skip_locked=skip_locked))

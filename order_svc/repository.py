@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import aiomysql
 from seckill.v1.order_pb2 import CANCELLED, EXPIRED, PAID, PENDING_PAYMENT
@@ -38,10 +39,11 @@ class OrderRow:
     update_time: datetime
 
     @classmethod
-    def from_db(cls, row: Sequence[object]) -> OrderRow:
-        order_id, activity_id, product_id, user_id, *rest = row[:9]
-        return cls(order_id, activity_id, product_id,  # type: ignore[arg-type]
-                   user_id.decode("utf-8"), *rest)  # type: ignore[union-attr, arg-type]
+    def from_db(cls, row: tuple[Any, ...]) -> OrderRow:
+        (order_id, activity_id, product_id, user_id, create_time, state, price_cents,
+         pay_deadline, update_time) = row[:9]
+        return cls(order_id, activity_id, product_id, user_id.decode("utf-8"), create_time,
+                   state, price_cents, pay_deadline, update_time)
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,8 @@ async def _get(cur: aiomysql.Cursor, order_id: int, owner: str | None, *, lock: 
 
 async def list_page(cur: aiomysql.Cursor, *, user_id: str | None, activity_id: int | None,
                     states: Sequence[int], after_id: int, limit: int) -> list[OrderRow]:
-    conditions, params = ["id > %s"], [after_id]
+    conditions = ["id > %s"]
+    params: list[int | str] = [after_id]
     if user_id is not None:
         conditions.append("user_id = %s")
         params.append(user_id)

@@ -30,7 +30,7 @@ def to_proto(row: repository.OrderRow) -> order_pb2.Order:
         product_id=row.product_id,
         user_id=row.user_id,
         create_time=to_timestamp(row.create_time),
-        state=row.state,  # type: ignore[arg-type]
+        state=order_pb2.OrderState.ValueType(row.state),
         price_cents=row.price_cents,
         pay_deadline=to_timestamp(row.pay_deadline),
         update_time=to_timestamp(row.update_time),
@@ -61,9 +61,9 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         user_id = acting_user(request.user_id)
         limit = page_size(request.page_size)
         states = sorted(set(request.states))
-        filters = {"user_id": user_id, "activity_id": request.activity_id}
+        filters: dict[str, object] = {"user_id": user_id, "activity_id": request.activity_id}
         if states:  # tokens issued before the filter existed stay valid without it
-            filters["states"] = states  # type: ignore[assignment]
+            filters["states"] = states
         after = decode_page_token(request.page_token, filters)
         rows = await self._db.run(lambda cur: repository.list_page(
             cur,
@@ -85,8 +85,9 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         if isinstance(outcome, repository.Overdue):
             # Too late: expire it now (the stock row first), so the answer and the order agree.
             product_id = outcome.order.product_id
-            count_expired(await self._db.run(
-                lambda cur: repository.expire(cur, product_id, [request.id])))
+            lags = await self._db.run(
+                lambda cur: repository.expire(cur, product_id, [request.id]))
+            count_expired(lags or [])
             raise repository.payment_expired(request.id)
         if isinstance(outcome, repository.Changed):
             count_order("paid")

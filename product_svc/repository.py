@@ -9,10 +9,9 @@ import aiomysql
 import pymysql
 
 from seckill_common import stock
-from seckill_common.db import error_code
+from seckill_common.db import ROW_IS_REFERENCED, error_code
 from seckill_common.errors import FailedPrecondition, NotFound
 
-ROW_IS_REFERENCED = 1451  # ER_ROW_IS_REFERENCED_2: a foreign key still points at the row
 _COLUMNS = "id, name, description, price_cents, stock, create_time, update_time"
 UPDATABLE = ("name", "description", "price_cents", "stock")
 
@@ -44,6 +43,13 @@ async def get(cur: aiomysql.Cursor, product_id: int) -> ProductRow:
     if row is None:
         raise NotFound("Product", product_id)
     return ProductRow(*row)
+
+
+async def get_many(cur: aiomysql.Cursor, product_ids: list[int]) -> dict[int, ProductRow]:
+    """The products among `product_ids` that exist, by id."""
+    marks = ", ".join(["%s"] * len(product_ids))
+    await cur.execute(f"SELECT {_COLUMNS} FROM products WHERE id IN ({marks})", product_ids)
+    return {row[0]: ProductRow(*row) for row in await cur.fetchall()}
 
 
 async def list_page(cur: aiomysql.Cursor, after_id: int, limit: int) -> list[ProductRow]:

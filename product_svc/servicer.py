@@ -9,6 +9,8 @@ from seckill.v1 import product_pb2, product_pb2_grpc
 from product_svc import repository
 from seckill_common import idempotency
 from seckill_common.db import Database
+from seckill_common.errors import NotFound
+from seckill_common.singleflight import BatchLoader
 from seckill_common.validation import (
     MAX_DESCRIPTION_CHARS,
     MAX_NAME_CHARS,
@@ -56,6 +58,13 @@ def _check_fields(violations: Violations, product: product_pb2.Product, paths: l
 class ProductServicer(product_pb2_grpc.ProductServiceServicer):
     def __init__(self, database: Database) -> None:
         self._db = database
+        # A storefront's polling (and every GetActivity) reads the same few products: the
+        # calls that arrive while a read is in flight share the next one.
+        self._reads: BatchLoader[int, product_pb2.Product] = BatchLoader(self._read)
+
+    async def _read(self, ids: list[int]) -> dict[int, product_pb2.Product | BaseException]:
+        rows = await self._db.run(lambda cur: repository.get_many(cur, ids))
+        return {i: to_proto(rows[i]) if i in rows else NotFound("Product", i) for i in ids}
 
     async def CreateProduct(self, request: product_pb2.CreateProductRequest,
                             context: ServicerContext) -> product_pb2.Product:
@@ -75,7 +84,7 @@ class ProductServicer(product_pb2_grpc.ProductServiceServicer):
     async def GetProduct(self, request: product_pb2.GetProductRequest,
                          context: ServicerContext) -> product_pb2.Product:
         require_id(request.id)
-        return to_proto(await self._db.run(lambda cur: repository.get(cur, request.id)))
+        return await self._reads.get(request.id)
 
     async def ListProducts(self, request: product_pb2.ListProductsRequest,
                            context: ServicerContext) -> product_pb2.ListProductsResponse:

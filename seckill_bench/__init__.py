@@ -8,9 +8,9 @@
 """
 
 from seckill_bench.config import BenchConfig, ConfigError, parse_duration
-from seckill_bench.invariants import Invariant
 from seckill_bench.report import Report
 from seckill_bench.runner import BenchError, run, run_load
+from seckill_common.invariants import Invariant
 
 __all__ = [
     "BenchConfig",

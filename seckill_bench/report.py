@@ -10,8 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from seckill_bench.invariants import Invariant
 from seckill_bench.worker import PartResult
+from seckill_common.invariants import Invariant, percentile
 
 # ghz prints status codes with Go's names.
 GHZ_CODE_NAMES = {
@@ -44,17 +44,6 @@ class Bucket:
     mark_s: float  # upper bound of the bucket, seconds
     count: int
     frequency: float
-
-
-def percentile(sorted_values: list[float], pct: float) -> float:
-    """Nearest rank, as ghz computes it."""
-    if not sorted_values:
-        return 0.0
-    rank = pct / 100.0 * len(sorted_values)
-    index = int(rank)
-    if rank == index:
-        index -= 1
-    return sorted_values[max(index, 0)]
 
 
 def histogram(sorted_values: list[float]) -> list[Bucket]:

@@ -21,14 +21,16 @@ from itertools import chain
 from typing import Any
 
 import grpc
+import rich.console
+import rich.progress
 from google.protobuf import json_format
 
 from seckill_bench.config import BenchConfig, ConfigError
-from seckill_bench.invariants import SeckillCheck
 from seckill_bench.methods import MethodError, resolve
 from seckill_bench.report import Report
 from seckill_bench.template import Template, TemplateError, static_values
 from seckill_bench.worker import ConnectError, Part, PartResult, PartSpec, child_main, plan_parts
+from seckill_common.invariants import SeckillCheck
 
 SPAWN_BUDGET_S = 60.0  # for a spawned process to import grpc and the messages
 LINE_INTERVAL_S = 5.0  # progress lines when stderr is not a terminal
@@ -48,7 +50,7 @@ class Progress:
         self.counts: dict[int, int] = {}
         self.source: Callable[[], int] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._bar: Any = None
+        self._bar: rich.progress.Progress | None = None
 
     def set(self, index: int, completed: int) -> None:
         self.counts[index] = completed
@@ -64,13 +66,17 @@ class Progress:
     async def _show(self) -> None:
         started = time.monotonic()
         if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=self.total, unit="call", file=sys.stderr, dynamic_ncols=True,
-                             smoothing=0.1, desc="seckill-bench")
+            self._bar = rich.progress.Progress(
+                rich.progress.TextColumn("seckill-bench"), rich.progress.BarColumn(),
+                rich.progress.MofNCompleteColumn(), rich.progress.TextColumn("calls"),
+                rich.progress.TimeElapsedColumn(),
+                console=rich.console.Console(stderr=True))
+            # No total (a run for a duration): the bar pulses.
+            self._bar.add_task("calls", total=self.total or None)
+            self._bar.start()
             while True:
                 await asyncio.sleep(BAR_INTERVAL_S)
-                self._bar.update(self.done - self._bar.n)
+                self._bar.update(self._bar.task_ids[0], completed=self.done)
         while True:
             await asyncio.sleep(LINE_INTERVAL_S)
             elapsed = time.monotonic() - started
@@ -84,8 +90,8 @@ class Progress:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._bar is not None:
-            self._bar.update(self.done - self._bar.n)
-            self._bar.close()
+            self._bar.update(self._bar.task_ids[0], completed=self.done)
+            self._bar.stop()
 
 
 class Stopper:

@@ -23,7 +23,7 @@ from seckill_common.tls import ClientTLS
 
 
 class Exit(enum.IntEnum):
-    """The CLI's exit codes (listed in `seckill --help` and the README)."""
+    """The CLI's exit codes (listed in `seckill --help` and docs/CLI.md)."""
 
     OK = 0
     REFUSED = 1  # the service answered with an error: not found, invalid, sold out, ...

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -55,11 +55,11 @@ def acting_user(requested: str, field: str = "user_id") -> str:
     PERMISSION_DENIED (the admin may name anyone). Without tokens, `requested` is trusted.
     """
     caller = _caller.get()
-    if caller is None or caller.is_admin:
+    if caller is None or caller.user is None:  # no user tokens, or the admin
         return requested
     if requested and requested != caller.user:
         raise PermissionDenied(f"{field}: this token is for another user")
-    return caller.user  # type: ignore[return-value]
+    return caller.user
 
 
 def confined_to() -> str | None:
@@ -77,15 +77,24 @@ def may_see(owner: str, resource: str, resource_id: int) -> None:
         raise NotFound(resource, resource_id)
 
 
-def bearer(metadata: Sequence[tuple[str, str | bytes]] | None, what: str) -> bytes:
-    """The credential of `authorization: Bearer <credential>` (scheme case-insensitive); b""
-    when the metadata is there but not in that form. UNAUTHENTICATED when it is missing."""
+def bearer(metadata: Iterable[tuple[str, str | bytes]] | None, what: str) -> bytes:
+    """The credential of `authorization: Bearer <credential>` (scheme case-insensitive).
+
+    UNAUTHENTICATED, saying which, when it is missing or malformed: the caller has not
+    authenticated yet, so the fix is the credential's form, not another token.
+    """
     values = [v for k, v in (metadata or ()) if k == "authorization"]
     if not values:
         raise Unauthenticated(f"{what}: missing 'authorization: Bearer <token>' metadata")
     value = values[0].encode() if isinstance(values[0], str) else values[0]
     scheme, _, given = value.partition(b" ")
-    return given.strip() if scheme.lower() == b"bearer" else b""
+    if scheme.lower() != b"bearer":
+        raise Unauthenticated(f"{what}: the authorization metadata must be 'Bearer <token>'; "
+                              "it does not start with 'Bearer '")
+    if not given.strip():
+        raise Unauthenticated(f"{what}: the authorization metadata has no token after "
+                              "'Bearer '")
+    return given.strip()
 
 
 class AdminToken:
@@ -97,7 +106,7 @@ class AdminToken:
     def matches(self, given: bytes) -> bool:
         return hmac.compare_digest(given, self._expected)
 
-    def check(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> None:
+    def check(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
         if not self.matches(bearer(metadata, "admin RPC")):
             raise PermissionDenied("admin RPC: the bearer token is not the admin token")
 
@@ -156,11 +165,8 @@ class Authenticator:
         self._admin_methods = admin_methods
         self._user_methods = user_methods if user_secret else frozenset()
 
-    def caller(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Caller:
+    def caller(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Caller:
         given = bearer(metadata, "user RPC")
-        if not given:
-            raise Unauthenticated("user RPC: the authorization metadata must be "
-                                  "'Bearer <user token>'")
         if self.admin.matches(given):
             return ADMIN_CALLER
         assert self.users is not None

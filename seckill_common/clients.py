@@ -51,7 +51,8 @@ class PeerNotFound(ServiceError):
         status = rpc_status.from_call(self._error)
         if status is None:
             return super().to_status()
-        return rpc_status.to_status(status)
+        answer: grpc.Status = rpc_status.to_status(status)
+        return answer
 
 
 def open_channel(addr: str, settings: Settings) -> grpc.aio.Channel:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Literal, TypeVar
 from urllib.parse import unquote, urlsplit
+
+from seckill_common.workers import usable_cpus
 
 DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/seckill"
 DEFAULT_ADDRS = {
@@ -12,6 +15,9 @@ DEFAULT_ADDRS = {
     "activity": "127.0.0.1:50052",
     "order": "127.0.0.1:50053",
 }
+# SECKILL_COMMIT_MODE: how the activity service commits seckills (activity_svc.seckill).
+CommitMode = Literal["coalesced", "per_request"]
+Choice = TypeVar("Choice", bound=str)
 
 
 class ConfigError(ValueError):
@@ -76,11 +82,13 @@ def _float(env: dict[str, str], name: str, default: float, lo: float, hi: float)
     return value
 
 
-def _choice(env: dict[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+def _choice(env: dict[str, str], name: str, default: Choice, allowed: tuple[Choice, ...]
+            ) -> Choice:
     value = env.get(name) or default
-    if value not in allowed:
-        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-    return value
+    for choice in allowed:
+        if value == choice:
+            return choice
+    raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
 
 
 def _secret(env: dict[str, str], name: str) -> str:
@@ -99,6 +107,26 @@ def _addr(env: dict[str, str], name: str) -> str:
     return value
 
 
+def _bool(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _redis_url(env: dict[str, str], name: str) -> str:
+    value = env.get(name, "")
+    parts = urlsplit(value)
+    if value and (parts.scheme not in ("redis", "rediss") or not parts.hostname):
+        # The value is not echoed: it may hold a password.
+        raise ConfigError(f"{name} must look like redis://[:password@]host:port/db")
+    return value
+
+
 def _tls(env: dict[str, str]) -> dict[str, str]:
     paths = {key: env.get(f"SECKILL_TLS_{key.upper()}", "") for key in ("cert", "key", "ca")}
     if bool(paths["cert"]) != bool(paths["key"]):
@@ -113,7 +141,7 @@ def _tls(env: dict[str, str]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every knob of a service process. See the README's configuration table."""
+    """Every knob of a service process. Listed in docs/CONFIGURATION.md."""
 
     mysql: MySQLTarget
     product_addr: str
@@ -128,7 +156,7 @@ class Settings:
     shutdown_grace_s: float
     health_interval_s: float
     log_level: str
-    commit_mode: str
+    commit_mode: CommitMode
     batch_window_s: float
     batch_max: int
     workers: int
@@ -145,6 +173,14 @@ class Settings:
     metrics_addr: str = ""
     expiry_interval_s: float = 1.0
     expiry_batch: int = 200
+    # Apply pending migrations at start-up; off where a migration step (`seckill migrate`, the
+    # Kubernetes Job, compose's migrate service) owns the schema and services lack DDL rights.
+    migrate_on_start: bool = True
+    # Shared rate-limit counters (redis://host:port/db); empty: counted in each process.
+    rate_limit_redis_url: str = ""
+    # On SIGTERM: NOT_SERVING at once, serving on for this long (so load balancers and DNS
+    # stop sending calls here), then stop(shutdown_grace).
+    drain_delay_s: float = 0.0
 
     @property
     def tls(self) -> bool:
@@ -155,10 +191,12 @@ class Settings:
                 "order": self.order_addr}[service]
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+    def from_env(cls, env: dict[str, str] | None = None, *,
+                 admin_token_required: bool = True) -> Settings:
+        """`admin_token_required=False`: for tools that only reach the database (migrate)."""
         env = dict(os.environ if env is None else env)
         token = env.get("SECKILL_ADMIN_TOKEN", "")
-        if not token:
+        if not token and admin_token_required:
             raise ConfigError(
                 "SECKILL_ADMIN_TOKEN must be set: admin RPCs compare it with the "
                 "'authorization: Bearer <token>' metadata"
@@ -181,7 +219,7 @@ class Settings:
                                 ("coalesced", "per_request")),
             batch_window_s=_float(env, "SECKILL_BATCH_WINDOW_MS", 2.0, 0.0, 1000.0) / 1000,
             batch_max=_int(env, "SECKILL_BATCH_MAX", 500, 1, 10_000),
-            workers=_int(env, "SECKILL_WORKERS", os.cpu_count() or 1, 1, 256),
+            workers=_int(env, "SECKILL_WORKERS", usable_cpus(), 1, 256),
             max_message_bytes=_int(env, "SECKILL_MAX_MESSAGE_BYTES", 64 * 1024, 1024,
                                    64 * 1024 * 1024),
             db_statement_timeout_s=_float(env, "SECKILL_DB_STATEMENT_TIMEOUT", 10.0, 0.0,
@@ -196,4 +234,7 @@ class Settings:
             expiry_interval_s=_float(env, "SECKILL_EXPIRY_INTERVAL_MS", 1000.0, 50.0,
                                      60_000.0) / 1000,
             expiry_batch=_int(env, "SECKILL_EXPIRY_BATCH", 200, 1, 10_000),
+            migrate_on_start=_bool(env, "SECKILL_MIGRATE_ON_START", True),
+            rate_limit_redis_url=_redis_url(env, "SECKILL_RATE_LIMIT_REDIS_URL"),
+            drain_delay_s=_float(env, "SECKILL_DRAIN_DELAY", 0.0, 0.0, 300.0),
         )

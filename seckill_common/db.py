@@ -1,11 +1,13 @@
-"""The MySQL/MariaDB connection pool: one owner, opened at start, closed at stop.
+"""The MySQL/MariaDB connection pool: one owner (`Database`), opened at start (`create_pool`),
+closed at stop (`Database.close`).
 
-Every unit of work runs in `transaction(pool)`; driver errors that mean "the database is not
-there" become `Unavailable`, a statement that outlives SECKILL_DB_STATEMENT_TIMEOUT becomes
-`Unavailable` too (without marking the database down), and a lock wait timeout or a deadlock
-that outlives its retries becomes `Aborted`. A transaction whose caller is cancelled
-mid-statement is ended on the server at once (KILL), so a caller that left holds no lock, lock
-wait or connection.
+Every unit of work is `await db.run(work)`: `work(cursor)` runs in one transaction, committed
+when it returns and rolled back when it raises; a deadlock runs it again from the start. Driver
+errors that mean "the database is not there" become `Unavailable`, a statement that outlives
+SECKILL_DB_STATEMENT_TIMEOUT becomes `Unavailable` too (without marking the database down), and
+a lock wait timeout or a deadlock that outlives its retries becomes `Aborted`. A transaction
+whose caller is cancelled mid-statement is ended on the server at once (KILL), so a caller that
+left holds no lock, lock wait or connection.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Errors after which the connection cannot be trusted and the server may be gone.
-CONNECTION_ERRORS = {2003, 2006, 2013, 2055, 1927, 1053, 1077, 1079, 1080}
+# 1047: a Galera node that is not (or no longer) in the primary component: unusable until it
+# has rejoined, like a server that is down.
+CONNECTION_ERRORS = {2003, 2006, 2013, 2055, 1927, 1053, 1077, 1079, 1080, 1047}
 # A deadlock rolls the transaction back at once: the work is retried from the start in a new
 # one. A lock wait timeout (row or metadata lock) is not retried: the caller has already waited
 # SECKILL_DB_LOCK_WAIT_TIMEOUT, and retrying would multiply the bound.
@@ -40,6 +44,14 @@ MAX_LOCK_RETRIES = 3
 # The statement ran past max_statement_time (MariaDB 1969; MySQL's max_execution_time, 3024).
 STATEMENT_TIMEOUTS = {1969, 3024}
 UNKNOWN_THREAD = 1094  # KILL of a session that has already ended
+ROW_IS_REFERENCED = 1451  # a foreign key still points at the row being deleted
+NO_REFERENCED_ROW = 1452  # a foreign key points at a missing row
+NO_SUCH_TABLE = 1146  # the schema has not been migrated at all (no schema_migrations)
+NOT_SUPPORTED_YET = 1235  # GET_LOCK on a Galera node, in MariaDB releases that refuse it
+DUPLICATE_ENTRY = 1062  # a unique key already holds the value
+# An ALTER TABLE whose change is already there (a migration re-run after a crash): a duplicate
+# column or key name, a column or key already dropped, a duplicate CHECK name (MariaDB, MySQL).
+ALREADY_ALTERED = frozenset({1060, 1061, 1091, 1826, 3822})
 
 
 class Aborted(ServiceError):
@@ -88,12 +100,13 @@ def connect_kwargs(settings: Settings, *, with_db: bool = True,
 
 async def create_pool(settings: Settings) -> aiomysql.Pool:
     # minsize=0: a pool made while the database is down still opens; calls then fail fast.
-    return await aiomysql.create_pool(
+    pool: aiomysql.Pool = await aiomysql.create_pool(
         minsize=0,
         maxsize=settings.db_pool_size,
         pool_recycle=3600,
         **connect_kwargs(settings, bounded=True),
     )
+    return pool
 
 
 def is_connection_error(exc: BaseException) -> bool:
@@ -311,8 +324,9 @@ class Database:
             await asyncio.wait({self._reaper})
 
 
-async def wait_for_server(settings: Settings) -> None:
-    """Block until the server accepts connections (creating the database if it is missing).
+async def wait_for_server(settings: Settings, *, create_database: bool = True) -> None:
+    """Block until the server accepts connections: creating the database if it is missing
+    (`create_database`, for whoever migrates), else connecting to it.
 
     Fails with `Unavailable` after SECKILL_DB_STARTUP_TIMEOUT seconds.
     """
@@ -321,17 +335,18 @@ async def wait_for_server(settings: Settings) -> None:
     delay = 0.05
     while True:
         try:
-            conn = await aiomysql.connect(**connect_kwargs(settings, with_db=False))
+            conn = await aiomysql.connect(**connect_kwargs(settings, with_db=not create_database))
             try:
-                async with conn.cursor() as cur:
-                    await cur.execute("SET SESSION sql_notes = 0")
-                    # Identifier quoting: the name comes from our own config, never a client.
-                    name = settings.mysql.database.replace("`", "``")
-                    await cur.execute(
-                        f"CREATE DATABASE IF NOT EXISTS `{name}` "
-                        "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
-                    )
-                await conn.commit()
+                if create_database:
+                    async with conn.cursor() as cur:
+                        await cur.execute("SET SESSION sql_notes = 0")
+                        # Identifier quoting: the name comes from our own config, never a client.
+                        name = settings.mysql.database.replace("`", "``")
+                        await cur.execute(
+                            f"CREATE DATABASE IF NOT EXISTS `{name}` "
+                            "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+                        )
+                    await conn.commit()
             finally:
                 conn.close()
             return
@@ -345,3 +360,35 @@ async def wait_for_server(settings: Settings) -> None:
             log.info("waiting for database %s: %s", settings.mysql.redacted(), exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+
+async def connection_limit(settings: Settings) -> int:
+    """How many connections the server lets our account open: max_connections, or the account's
+    own limit (MAX_USER_CONNECTIONS, which the session's max_user_connections reports) if lower."""
+    conn = await aiomysql.connect(**connect_kwargs(settings))
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT @@GLOBAL.max_connections, @@SESSION.max_user_connections")
+            server, account = await cur.fetchone()
+    finally:
+        conn.close()
+    return min(int(server), int(account)) if int(account) > 0 else int(server)
+
+
+def log_connection_budget(settings: Settings, limit: int) -> None:
+    """One line with what one replica (all its worker processes) asks of the database; a
+    warning, with the numbers, when the database cannot hold it."""
+    asks = settings.workers * settings.db_pool_size
+    fields = {"workers": settings.workers, "pool_size": settings.db_pool_size,
+              "replica_connections": asks, "database_limit": limit}
+    if asks > limit:
+        log.warning(
+            "connection budget: %d workers x pool %d = %d connections for one replica, but the "
+            "database allows %d: calls will fail with 'Too many connections' under load; lower "
+            "SECKILL_WORKERS or SECKILL_DB_POOL_SIZE, or raise max_connections (replicas x "
+            "workers x pool must stay below it)", settings.workers, settings.db_pool_size, asks,
+            limit, extra=fields)
+    else:
+        log.info("connection budget: %d workers x pool %d = %d connections for one replica "
+                 "(database allows %d)", settings.workers, settings.db_pool_size, asks, limit,
+                 extra=fields)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -26,7 +28,7 @@ class ServiceError(Exception):
         super().__init__(message)
         self.message = message
 
-    def details(self) -> list[object]:
+    def details(self) -> list[Message]:
         return []
 
     def to_status(self) -> grpc.Status:
@@ -35,7 +37,8 @@ class ServiceError(Exception):
             packed = any_pb2.Any()
             packed.Pack(detail)
             status.details.append(packed)
-        return rpc_status.to_status(status)
+        answer: grpc.Status = rpc_status.to_status(status)
+        return answer
 
 
 class InvalidArgument(ServiceError):
@@ -46,7 +49,7 @@ class InvalidArgument(ServiceError):
         self.violations = items
         super().__init__("; ".join(f"{field}: {why}" for field, why in items))
 
-    def details(self) -> list[object]:
+    def details(self) -> list[Message]:
         return [
             error_details_pb2.BadRequest(
                 field_violations=[
@@ -69,7 +72,7 @@ class NotFound(ServiceError):
         self.resource_name = f"{COLLECTIONS[resource_type]}/{resource_id}"
         super().__init__(f"{resource_type} {resource_id} not found")
 
-    def details(self) -> list[object]:
+    def details(self) -> list[Message]:
         return [
             error_details_pb2.ResourceInfo(
                 resource_type=f"{ERROR_DOMAIN}.{self.resource_type}",
@@ -88,11 +91,13 @@ class _Repeated(ServiceError):
         raise NotImplementedError
 
     def to_status(self) -> grpc.Status:
-        return _cached_status(type(self), self.key())
+        return _cached_status((type(self), *self.key()))
 
 
 @functools.lru_cache(maxsize=4096)
-def _cached_status(kind: type[_Repeated], key: tuple[object, ...]) -> grpc.Status:
+def _cached_status(kind_and_key: tuple[Any, ...]) -> grpc.Status:
+    """The status of `kind(*key)`, for `(kind, *key)`."""
+    kind, *key = kind_and_key
     return ServiceError.to_status(kind(*key))
 
 
@@ -103,7 +108,7 @@ class _WithErrorInfo(_Repeated):
         self.reason = reason
         self.metadata = dict(metadata or {})
 
-    def details(self) -> list[object]:
+    def details(self) -> list[Message]:
         return [
             error_details_pb2.ErrorInfo(
                 reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata
@@ -141,7 +146,7 @@ class ResourceExhausted(_Repeated):
         self.scope = scope
         super().__init__(f"rate limit of this {scope} exceeded; retry in {self.retry_ms} ms")
 
-    def details(self) -> list[object]:
+    def details(self) -> list[Message]:
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(self.retry_ms)
         return [
@@ -163,7 +168,7 @@ class Unavailable(ServiceError):
         super().__init__(message)
         self.retry_after_s = retry_after_s
 
-    def details(self) -> list[object]:
+    def details(self) -> list[Message]:
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(self.retry_after_s * 1000))
         return [error_details_pb2.RetryInfo(retry_delay=delay)]
@@ -171,6 +176,7 @@ class Unavailable(ServiceError):
 
 def internal_status() -> grpc.Status:
     """The answer for an unexpected error: no internals leave the process."""
-    return rpc_status.to_status(
+    answer: grpc.Status = rpc_status.to_status(
         status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
     )
+    return answer

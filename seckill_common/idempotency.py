@@ -19,16 +19,16 @@ import aiomysql
 import pymysql
 from google.protobuf.message import Message
 
-from seckill_common.db import Database, error_code
+from seckill_common.db import DUPLICATE_ENTRY, Database, error_code
 from seckill_common.errors import InvalidArgument
 from seckill_common.validation import Violations
 
-DUPLICATE_KEY = 1062
 FIELD = "request_id"
 
 
 class _HasId(Protocol):
-    id: int
+    @property
+    def id(self) -> int: ...
 
 
 R = TypeVar("R", bound=_HasId)
@@ -51,7 +51,7 @@ def fingerprint(request: Message) -> str:
     """Hex SHA-256 of the request without its request id (deterministic serialisation)."""
     copy = type(request)()
     copy.CopyFrom(request)
-    copy.ClearField(FIELD)  # type: ignore[arg-type]
+    copy.ClearField(FIELD)
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
 
 
@@ -72,7 +72,7 @@ async def create_once(database: Database, method: str, request: Message,
                 " create_time) VALUES (%s, %s, %s, 0, UTC_TIMESTAMP(6))",
                 (method, key, digest))
         except pymysql.err.IntegrityError as exc:
-            if error_code(exc) != DUPLICATE_KEY:
+            if error_code(exc) != DUPLICATE_ENTRY:
                 raise
             raise _Taken() from exc
         created = await create(cur)

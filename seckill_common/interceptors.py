@@ -141,7 +141,12 @@ class LayeredInterceptor(grpc.aio.ServerInterceptor):
         self._layers = list(layers)
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[override]
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails],
+                               Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
         cached = self._handlers.get(method)
         if cached is not None:
@@ -161,13 +166,18 @@ class LayeredInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
 
+def rate_limiter_for(settings: Settings, service: str) -> RateLimiter:
+    return RateLimiter(settings.user_rate, settings.user_burst, settings.process_rate,
+                       settings.process_burst, settings.rate_limit_redis_url, service)
+
+
 def interceptors_for(settings: Settings, service: str, admin_methods: frozenset[str],
-                     user_methods: frozenset[str]) -> list[grpc.aio.ServerInterceptor]:
+                     user_methods: frozenset[str], limits: RateLimiter | None = None,
+                     ) -> list[grpc.aio.ServerInterceptor]:
     """Tracing (when on) outermost, so the access log line carries the call's trace id."""
     auth = Authenticator(settings.admin_token, settings.user_token_secret, admin_methods,
                          user_methods)
-    limits = RateLimiter(settings.user_rate, settings.user_burst, settings.process_rate,
-                         settings.process_burst)
+    limits = limits or rate_limiter_for(settings, service)
     return [*server_interceptors(),
             LayeredInterceptor([access_log(service), map_errors, auth.layer,
                                 refuse_malformed, limits.layer])]

@@ -1,9 +1,11 @@
 """Server lifecycle shared by the three services.
 
-Start-up: wait for the database, apply migrations, open the pool, add servicers, health
-(NOT_SERVING), reflection, start, then SERVING once the database answers. A monitor keeps
-health in step with the database afterwards. Shutdown (SIGTERM/SIGINT): NOT_SERVING,
-`stop(grace)` so in-flight calls finish, then the service's own cleanup and the pool.
+Start-up: wait for the database, apply migrations (or, with SECKILL_MIGRATE_ON_START=false,
+refuse to start on a schema older than the code), log the connection budget, open the pool,
+add servicers, health (NOT_SERVING), reflection, start, then SERVING once the database answers.
+A monitor keeps health in step with the database afterwards. Shutdown (SIGTERM/SIGINT):
+NOT_SERVING, serving on for SECKILL_DRAIN_DELAY while load balancers notice, `stop(grace)` so
+in-flight calls finish, then the service's own cleanup and the pool.
 """
 
 from __future__ import annotations
@@ -16,21 +18,28 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from typing import TypeVar
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 import uvloop
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from seckill_common.config import Settings
-from seckill_common.db import Database, create_pool, wait_for_server
+from seckill_common.db import (
+    Database,
+    connection_limit,
+    create_pool,
+    log_connection_budget,
+    wait_for_server,
+)
 from seckill_common.errors import Unavailable
-from seckill_common.interceptors import interceptors_for
-from seckill_common.migrations import migrate
+from seckill_common.interceptors import interceptors_for, rate_limiter_for
+from seckill_common.migrations import SchemaBehind, check_schema, migrate
+from seckill_common.ratelimit import SHARED_HEALTH_NAME, RateLimiter
+from seckill_common.reflection import enable_reflection
 from seckill_common.telemetry import (
     configure_tracing,
     flush_traces,
@@ -54,6 +63,13 @@ SERVER_OPTIONS = [
 ]
 
 Cleanup = Callable[[], Awaitable[None]]
+
+
+# A health entry that is SERVING from the moment the server answers until it shuts down,
+# whatever the database: what a liveness probe should ask (the process lives), while readiness
+# asks the service's own entries (it can serve). Restarting every pod because the database is
+# away would only add a thundering herd to the outage.
+LIVENESS_HEALTH_NAME = "seckill.liveness"
 
 
 class StartupError(RuntimeError):
@@ -108,17 +124,19 @@ class RunningService:
     health: health.aio.HealthServicer
     port: int
     cleanups: list[Cleanup] = field(default_factory=list)
-    metrics_server: ThreadingHTTPServer | None = None
+    limits: RateLimiter | None = None
+    metrics_server: WSGIServer | None = None
     _monitor: asyncio.Task[None] | None = None
     _db_changed: asyncio.Event = field(default_factory=asyncio.Event)
     _stopping: bool = False
+    _health_updates: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def address(self) -> str:
         host = self.settings.listen_addr(self.definition.name).rsplit(":", 1)[0]
         return f"{host}:{self.port}"
 
-    async def _set_health(self, status: int) -> None:
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         for name in ("", *self.definition.service_names):
             await self.health.set(name, status)
 
@@ -140,6 +158,34 @@ class RunningService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._db_changed.wait(), interval)
 
+    def _report_shared_limits(self, shared: bool) -> None:
+        """Health entry SHARED_HEALTH_NAME: SERVING while per-user limits are counted in
+        Redis, NOT_SERVING while each process counts its own (the service itself serves on)."""
+        status = (health_pb2.HealthCheckResponse.SERVING if shared
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        update = asyncio.ensure_future(self.health.set(SHARED_HEALTH_NAME, status))
+        self._health_updates.add(update)
+        update.add_done_callback(self._health_updates.discard)
+
+    async def drain(self, delay_s: float, cut_short: asyncio.Event | None = None) -> None:
+        """NOT_SERVING now, still serving for `delay_s` (or until `cut_short` is set).
+
+        Probes and clients that check health stop sending calls here, and the endpoint leaves
+        the Service's DNS answers, while calls already routed here are still answered; the
+        database monitor is stopped first so it cannot turn health back to SERVING.
+        """
+        log.info("draining: NOT_SERVING for %.1f s before stopping", delay_s,
+                 extra={"address": self.address})
+        if self._monitor:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+            self._monitor = None
+        await self.health.enter_graceful_shutdown()
+        if delay_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for((cut_short or asyncio.Event()).wait(), delay_s)
+
     async def stop(self, grace: float | None = None) -> None:
         if self._stopping:
             return
@@ -153,6 +199,8 @@ class RunningService:
         await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
         for cleanup in self.cleanups:
             await cleanup()
+        if self.limits is not None:
+            await self.limits.close()
         await self.database.close()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
@@ -165,15 +213,24 @@ async def start_service(
     *, reuse_port: bool = False,
 ) -> RunningService:
     """Starts a service and returns once it is listening (health SERVING if the DB is up)."""
-    await wait_for_server(settings)
-    await migrate(settings)
+    await wait_for_server(settings, create_database=settings.migrate_on_start)
+    if settings.migrate_on_start:
+        await migrate(settings)
+    else:
+        try:
+            await check_schema(settings)
+        except SchemaBehind as exc:
+            raise StartupError(str(exc)) from None
+    log_connection_budget(settings, await connection_limit(settings))
+    limits = rate_limiter_for(settings, definition.name)
+    await limits.start()
     database = Database(await create_pool(settings), settings)
     watch_pool(definition.name, lambda: database.pool.size, lambda: database.pool.freesize,
-               lambda: database.waiting)
+               lambda: database.waiting, database.pool.maxsize)
 
     server = grpc.aio.server(
         interceptors=interceptors_for(settings, definition.name, definition.admin_methods,
-                                      definition.user_methods),
+                                      definition.user_methods, limits),
         # Workers share their port on purpose; a lone server must not share it by accident.
         options=[*SERVER_OPTIONS, ("grpc.so_reuseport", int(reuse_port)),
                  ("grpc.max_receive_message_length", settings.max_message_bytes)],
@@ -182,10 +239,8 @@ async def start_service(
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [*definition.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server,
-        pool=_MethodAwarePool(),
-    )
+    enable_reflection(server, [*definition.service_names, health.SERVICE_NAME],
+                      pool=_MethodAwarePool())
     addr = listen_addr or settings.listen_addr(definition.name)
     try:
         credentials = server_credentials(settings)
@@ -193,14 +248,19 @@ async def start_service(
                 else server.add_insecure_port(addr))
     except RuntimeError as exc:  # grpc's message names no cause: the usual one is a busy port
         await database.close()
+        await limits.close()
         raise StartupError(f"cannot listen on {addr} (is the port taken?): {exc}") from None
     running = RunningService(
-        definition, settings, server, database, health_servicer, port, cleanups
+        definition, settings, server, database, health_servicer, port, cleanups, limits
     )
     if settings.metrics_addr:
         running.metrics_server = serve_metrics(settings.metrics_addr, worker_id())
         log.info("metrics", extra={"port": running.metrics_server.server_port})
     await running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health_servicer.set(LIVENESS_HEALTH_NAME, health_pb2.HealthCheckResponse.SERVING)
+    if limits.shared is not None:
+        running._report_shared_limits(limits.shared.shared)
+        limits.shared.on_change.append(running._report_shared_limits)
     await server.start()
     database.on_change.append(lambda _up: running._db_changed.set())
     running._monitor = asyncio.create_task(running._watch_database())
@@ -224,12 +284,12 @@ def parse_args(definition: ServiceDefinition, argv: list[str] | None) -> argpars
     parser = argparse.ArgumentParser(
         prog=f"python -m {definition.name}_svc",
         description=f"Runs the seckill {definition.name} service (configured by SECKILL_* "
-                    "environment variables, see the README).",
+                    "environment variables, see docs/CONFIGURATION.md).",
     )
     parser.add_argument(
         "--workers", type=int, default=None,
         help="server processes sharing the port (SO_REUSEPORT); default SECKILL_WORKERS, "
-             "else the number of cores",
+             "else the CPUs this process may use (affinity and cgroup CPU quota)",
     )
     return parser.parse_args(argv)
 
@@ -261,11 +321,18 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> None:
         if configure_tracing(definition.name):
             log.info("tracing: exporting spans by OTLP")
         running = await start_service(definition, settings, reuse_port=is_worker())
-        stop = asyncio.Event()
+        signals = asyncio.Queue[int]()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+            loop.add_signal_handler(sig, signals.put_nowait, sig)
+        await signals.get()
+        if settings.drain_delay_s > 0:
+            # A second signal (an impatient operator's Ctrl-C) cuts the drain short.
+            again = asyncio.Event()
+            waiter = asyncio.create_task(signals.get())
+            waiter.add_done_callback(lambda _t: again.set())
+            await running.drain(settings.drain_delay_s, again)
+            waiter.cancel()
         await running.stop()
         flush_traces()
 

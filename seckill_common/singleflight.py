@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Mapping
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -75,12 +75,16 @@ class BatchLoader(Generic[K, V]):
             self._runner = None
 
     async def close(self) -> None:
-        """Cancels the running load, if any (shutdown)."""
+        """Cancels the running load and its callers (shutdown)."""
         if self._runner is not None:
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
+        for future in self._next.values():  # a runner cancelled before it began
+            future.cancel()
+        self._next.clear()
+        self._runner = None
 
 
-def _consume(future: asyncio.Future[object]) -> None:
+def _consume(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()

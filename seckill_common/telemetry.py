@@ -16,8 +16,8 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from http.server import ThreadingHTTPServer
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from opentelemetry import context as otel_context
@@ -136,9 +136,17 @@ POOL_CONNECTIONS = Gauge("seckill_db_pool_connections",
                          ["service", "state"])
 POOL_WAITING = Gauge("seckill_db_pool_waiting", "Calls waiting for a pooled connection",
                      ["service"])
+# The pool opens connections as calls need them: in_use against this limit says how close the
+# pool is to making calls wait.
+POOL_MAX = Gauge("seckill_db_pool_max_connections",
+                 "Most connections the pool opens (SECKILL_DB_POOL_SIZE)", ["service"])
 STOCK_REMAINING = Gauge("seckill_activity_stock_remaining",
                         "Stock left as the last commit of this process saw it, per activity",
                         ["activity_id"])
+RATE_LIMITS_SHARED = Gauge(
+    "seckill_rate_limits_shared", "1 while per-user rate limits are counted in Redis "
+    "(SECKILL_RATE_LIMIT_REDIS_URL), 0 while Redis is unreachable and they are counted in "
+    "this process", ["service"])
 
 ORDER_TRANSITIONS = Counter(
     "seckill_orders", "Orders that entered a state in this process, by state: "
@@ -200,14 +208,15 @@ def rpc_recorder(service: str, method: str) -> Callable[[str, float], None]:
 
 
 def watch_pool(service: str, size: Callable[[], int], free: Callable[[], int],
-               waiting: Callable[[], int]) -> None:
+               waiting: Callable[[], int], limit: int) -> None:
     """Pool gauges, read at scrape time."""
     POOL_CONNECTIONS.labels(service, "in_use").set_function(lambda: size() - free())
     POOL_CONNECTIONS.labels(service, "idle").set_function(free)
     POOL_WAITING.labels(service).set_function(waiting)
+    POOL_MAX.labels(service).set(limit)
 
 
-def serve_metrics(addr: str, worker_id: int = 0) -> ThreadingHTTPServer:
+def serve_metrics(addr: str, worker_id: int = 0) -> WSGIServer:
     """Serves /metrics on `addr` (host:port; a worker at port + its index)."""
     host, _, port = addr.rpartition(":")
     number = int(port)

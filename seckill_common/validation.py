@@ -11,14 +11,22 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from seckill_common.errors import InvalidArgument
 
-T = TypeVar("T")
+
+class _Row(Protocol):
+    """A listed row: pages end at an id."""
+
+    @property
+    def id(self) -> int: ...
+
+
+T = TypeVar("T", bound=_Row)
 MAX_MONEY_OR_STOCK = 10**12
 MAX_NAME_CHARS = 200
 MAX_DESCRIPTION_CHARS = 10_000
@@ -201,7 +209,7 @@ def page_of(rows: Sequence[T], limit: int, filters: Mapping[str, object]) -> tup
     """Splits `limit + 1` fetched rows into the page and the next page's token ("" if none)."""
     if len(rows) <= limit:
         return rows, ""
-    return rows[:limit], encode_page_token(rows[limit - 1].id, filters)  # type: ignore[attr-defined]
+    return rows[:limit], encode_page_token(rows[limit - 1].id, filters)
 
 
 def update_paths(

@@ -89,7 +89,22 @@ message M {
     assert ("| [Go](#x.v1.S.Go) | stream [`M`](#x.v1.M) | stream [`M.Inner`](#x.v1.M.Inner) "
             "| admin |") in text
     assert "Msg, see [S.Go](#x.v1.S.Go)." in text
-    assert "| `things` | 1 | map<`string`, [`M.Inner`](#x.v1.M.Inner)> | map |  |" in text
-    assert "| `maybe` | 2 | `int32` | optional |  |" in text
-    assert "| `k` | 4 | [`Kind`](#x.v1.Kind) | oneof `choice` |  |" in text
+    assert "| `things` | 1 | map<`string`, [`M.Inner`](#x.v1.M.Inner)> | map |  |  |" in text
+    assert "| `maybe` | 2 | `int32` | optional |  |  |" in text
+    assert "| `k` | 4 | [`Kind`](#x.v1.Kind) | oneof `choice` |  |  |" in text
     assert "x.v1.M.ThingsEntry" not in text
+
+
+def test_field_behavior_is_annotated_where_the_comments_say_so_and_shown(fresh: str) -> None:
+    """A field whose comment starts "Required" or "Output only" carries the matching
+    google.api.field_behavior, and the reference shows it."""
+    rows = re.findall(r"^\| `(\w+)` \| \d+ \| .*? \| (`[A-Z_, `]*`|) \| (.*) \|$", fresh, re.M)
+    assert len(rows) > 20
+    for name, behavior, description in rows:
+        if description.startswith("Required"):
+            assert "`REQUIRED`" in behavior, name
+        if description.startswith("Output only"):
+            assert behavior == "`OUTPUT_ONLY`", name
+        if "`REQUIRED`" in behavior:
+            assert description.startswith("Required"), name
+    assert "| `product_id` | 2 | `int64` |  | `REQUIRED`, `IMMUTABLE` |" in fresh

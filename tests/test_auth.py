@@ -65,8 +65,8 @@ REFUSALS = {
     "no-metadata": ((), grpc.StatusCode.UNAUTHENTICATED),
     "other-metadata": ((("x-user", "admin"),), grpc.StatusCode.UNAUTHENTICATED),
     "wrong-token": ((("authorization", "Bearer wrong"),), grpc.StatusCode.PERMISSION_DENIED),
-    "no-scheme": ((("authorization", ADMIN_TOKEN),), grpc.StatusCode.PERMISSION_DENIED),
-    "empty": ((("authorization", ""),), grpc.StatusCode.PERMISSION_DENIED),
+    "no-scheme": ((("authorization", ADMIN_TOKEN),), grpc.StatusCode.UNAUTHENTICATED),
+    "empty": ((("authorization", ""),), grpc.StatusCode.UNAUTHENTICATED),
 }
 
 
@@ -115,3 +115,21 @@ async def test_bearer_scheme_is_case_insensitive(stack: Stack) -> None:
     created = await stack.products.CreateProduct(product_pb2.CreateProductRequest(
         product=product_pb2.Product(name="Lowercase", stock=1)), metadata=metadata)
     assert created.id > 0
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    (ADMIN_TOKEN, "it does not start with 'Bearer '"),
+    (f"Basic {ADMIN_TOKEN}", "it does not start with 'Bearer '"),
+    ("", "it does not start with 'Bearer '"),
+    ("Bearer", "no token after 'Bearer '"),
+])
+async def test_a_malformed_authorization_is_unauthenticated_and_says_what_is_wrong(
+        stack: Stack, value: str, says: str) -> None:
+    """Not a wrong token (PERMISSION_DENIED) but no bearer token at all: the message says so,
+    without echoing the credential."""
+    error = await rpc_error(stack.products.CreateProduct(
+        product_pb2.CreateProductRequest(product=product_pb2.Product(name="Bad", stock=1)),
+        metadata=(("authorization", value),)), grpc.StatusCode.UNAUTHENTICATED)
+    message = error.details() or ""
+    assert message.startswith("admin RPC: ") and says in message, message
+    assert ADMIN_TOKEN not in message

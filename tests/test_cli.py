@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
-from seckill_cli import cli
+from seckill_cli import cli, commands
 from seckill_cli.client import Exit
 from seckill_common.auth import UserTokens
 from tests.conftest import make_activity, make_product
@@ -149,7 +149,7 @@ async def test_buy_orders_and_cancel(seckill: Seckill, stack: Stack,
     assert [o["id"] for o in mine] == [order["id"]]
     assert "bob" in (await seckill("orders", "--user", "bob", "--activity", aid)).out
     # Pages of 2: the CLI walks all three.
-    monkeypatch.setattr(cli, "MAX_PAGE_SIZE", 2)
+    monkeypatch.setattr(commands, "MAX_PAGE_SIZE", 2)
     every = (await seckill("--json", "orders", "--activity", aid)).json()["orders"]
     assert [o["user_id"] for o in every] == ["alice", "bob", "carol", "dave", "erin"]
     assert len((await seckill("--json", "orders", "--activity", aid, "--limit", "3")

@@ -22,7 +22,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from seckill_common.config import Settings
+from seckill_common.config import ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = Path(__file__).resolve().parent / "data" / "compose-spec.schema.json"
@@ -31,8 +31,11 @@ PORTS = {"product": 50051, "activity": 50052, "order": 50053}
 SERVICES = tuple(PORTS)
 METRICS_PORT = 9464
 ACTIVITY_REPLICAS = 2
-# Variables whose .env.example value is a placeholder to replace, not the compose default.
+# Secrets: required (`${VAR:?message}`), no default in compose nor in .env.example.
 SECRET = re.compile(r"PASSWORD|TOKEN")
+# What a user's .env supplies for them, to read the file as Compose runs it.
+FILLED_SECRETS = {"SECKILL_ADMIN_TOKEN": "an-admin-token", "MYSQL_ROOT_PASSWORD": "root-pw",
+                  "MYSQL_PASSWORD": "app-pw"}
 # What Compose interpolates: $$ (a literal $), ${VAR}, ${VAR:-default} and kin, $VAR.
 VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?+])([^}]*))?\}|\$(\w+)")
 
@@ -62,18 +65,33 @@ def variables(document: dict) -> dict[str, str | None]:
     return found
 
 
-def interpolate(value: Any) -> Any:
-    """The value as Compose resolves it without a .env file: defaults apply."""
+def required(document: dict) -> dict[str, str]:
+    """Each variable read as `${VAR:?message}`, with its message."""
+    found = {}
+    for text in strings(document):
+        for match in VARIABLE.finditer(text):
+            if match[2] == ":?":
+                found[match[1]] = match[3]
+    return found
+
+
+def interpolate(value: Any, env: dict[str, str] | None = None) -> Any:
+    """The value as Compose resolves it with `env` as the .env file: defaults apply to the
+    rest."""
+    env = env or {}
     if isinstance(value, dict):
-        return {key: interpolate(item) for key, item in value.items()}
+        return {key: interpolate(item, env) for key, item in value.items()}
     if isinstance(value, list):
-        return [interpolate(item) for item in value]
+        return [interpolate(item, env) for item in value]
     if not isinstance(value, str):
         return value
 
     def substitute(match: re.Match[str]) -> str:
         if match[0] == "$$":
             return "$"
+        name = match[1] or match[4]
+        if env.get(name):
+            return env[name]
         return match[3] if match[2] in (":-", "-") else ""
 
     return VARIABLE.sub(substitute, value)
@@ -86,8 +104,9 @@ def raw_compose() -> dict:
 
 @pytest.fixture(scope="module")
 def compose(raw_compose) -> dict:
-    """The file as Compose runs it with no .env: defaults substituted."""
-    return interpolate(raw_compose)
+    """The file as Compose runs it with a .env holding only the secrets: defaults for the
+    rest."""
+    return interpolate(raw_compose, FILLED_SECRETS)
 
 
 @pytest.fixture(scope="module")
@@ -151,18 +170,44 @@ def test_every_variable_is_listed_in_env_example(raw_compose, env_example):
     assert not set(env_example) - set(read), ".env.example lists what nothing reads"
 
 
-def test_env_example_states_the_defaults_and_placeholders_for_secrets(raw_compose, env_example):
+def test_env_example_states_the_defaults_and_leaves_secrets_to_fill(raw_compose, env_example):
     for name, default in variables(raw_compose).items():
         value = env_example[name]
-        assert value, f".env.example leaves {name} empty"
         if SECRET.search(name):
-            assert "change-me" in value, f"{name}: a placeholder that says to change it"
+            assert value == "", f"{name}: .env.example must not hold a secret to reuse"
         else:
+            assert value, f".env.example leaves {name} empty"
             assert value == default, f"{name}: .env.example says {value}, compose {default}"
+
+
+def test_secrets_have_no_default_and_stop_compose_with_a_clear_line(raw_compose):
+    secrets = {name for name in variables(raw_compose) if SECRET.search(name)}
+    assert secrets == set(FILLED_SECRETS)
+    needed = required(raw_compose)
+    for name in secrets:
+        assert variables(raw_compose)[name] is None, f"{name} has a default"
+        assert name in needed, f"{name}: read without `:?`, so a missing one goes unnoticed"
+        assert name in needed[name] and ".env" in needed[name], needed[name]
+    # No secret written into the file itself either.
+    assert "change-me" not in (ROOT / "docker-compose.yml").read_text()
+
+
+def test_missing_secrets_leave_the_services_unconfigured(raw_compose):
+    """What `:?` guards against: without the .env, the services would get an empty token."""
+    bare = interpolate(raw_compose)
+    with pytest.raises(ConfigError, match="SECKILL_ADMIN_TOKEN"):
+        Settings.from_env(environment(bare, "product"))
+
+
+def one_shot(service: dict) -> bool:
+    """A step that runs once and exits (the migration): nothing to health-check."""
+    return service.get("restart") == "no"
 
 
 def test_every_container_has_a_healthcheck(compose):
     for name, service in compose["services"].items():
+        if one_shot(service):
+            continue
         check = service.get("healthcheck", {})
         assert not check.get("disable"), name
         assert check.get("test", [None])[0] in ("CMD", "CMD-SHELL"), f"{name}: no healthcheck"
@@ -185,6 +230,7 @@ def test_healthcheck_uses_grpc_health_protocol(compose, service):
 @pytest.mark.parametrize(("service", "url"), [
     ("jaeger", "http://127.0.0.1:13133/status"),  # the healthcheckv2 extension of Jaeger v2
     ("prometheus", "http://127.0.0.1:9090/-/ready"),
+    ("grafana", "http://127.0.0.1:3000/api/health"),
 ])
 def test_tools_are_probed_over_http_with_the_images_wget(compose, service, url):
     assert compose["services"][service]["healthcheck"]["test"] == [
@@ -194,20 +240,46 @@ def test_tools_are_probed_over_http_with_the_images_wget(compose, service, url):
 def test_third_party_images_are_pinned(compose):
     images = {name: service["image"] for name, service in compose["services"].items()
               if "build" not in service}
-    assert set(images) == {"db", "jaeger", "prometheus"}
+    assert set(images) == {"db", "jaeger", "prometheus", "grafana", "redis"}
     for name, image in images.items():
         _repo, _, tag = image.rpartition(":")
         assert re.fullmatch(r"v?\d+(\.\d+)+", tag), f"{name}: {image} is not pinned to a version"
     assert images["jaeger"].startswith("jaegertracing/jaeger:2.")  # OTLP on by default
     assert images["prometheus"].startswith("prom/prometheus:v3.")
+    assert images["grafana"].startswith("grafana/grafana:")
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_service_waits_for_a_healthy_db_and_a_started_jaeger(compose, service):
+def test_service_waits_for_a_healthy_db_the_migration_and_started_tools(compose, service):
     depends_on = compose["services"][service]["depends_on"]
     assert depends_on["db"] == {"condition": "service_healthy"}
-    # Tracing must never hold the services back: Jaeger started is enough.
+    assert depends_on["migrate"] == {"condition": "service_completed_successfully"}
+    # Tracing and shared rate limits must never hold the services back: started is enough.
     assert depends_on["jaeger"] == {"condition": "service_started"}
+    assert depends_on["redis"] == {"condition": "service_started"}
+
+
+def test_the_migration_is_a_one_shot_step_before_the_services(compose):
+    migrate = compose["services"]["migrate"]
+    assert one_shot(migrate)
+    assert migrate["command"] == ["python", "-m", "seckill_common.migrations"]
+    assert (ROOT / "seckill_common" / "migrations.py").is_file()
+    assert migrate["image"] == compose["services"]["product"]["image"]
+    assert migrate["depends_on"] == {"db": {"condition": "service_healthy"}}
+    env = environment(compose, "migrate")
+    assert env["SECKILL_MYSQL_URL"] == environment(compose, "product")["SECKILL_MYSQL_URL"]
+    assert "SECKILL_ADMIN_TOKEN" not in env  # it serves nothing
+    Settings.from_env(env, admin_token_required=False)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_services_leave_the_schema_to_the_step_and_share_limits_in_redis(compose, service):
+    settings = Settings.from_env(environment(compose, service))
+    assert settings.migrate_on_start is False
+    assert settings.rate_limit_redis_url == "redis://redis:6379/0"
+    redis = compose["services"]["redis"]
+    assert redis["image"].startswith("redis:7.")
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
 
 
 def test_activity_starts_after_product_and_order_are_healthy(compose):
@@ -275,6 +347,26 @@ def test_published_ports_are_on_loopback_only(compose):
 def test_ui_ports_are_the_usual_ones(compose):
     assert published_ports(compose["services"]["jaeger"]) == [("127.0.0.1", "16686", 16686)]
     assert published_ports(compose["services"]["prometheus"]) == [("127.0.0.1", "9090", 9090)]
+    assert published_ports(compose["services"]["grafana"]) == [("127.0.0.1", "3000", 3000)]
+
+
+def test_bind_mounts_come_from_the_repo(compose):
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]  # the short form, as this file writes them
+            if source.startswith("."):
+                assert (ROOT / source).exists(), f"{name} mounts {source}, which is missing"
+                assert volume.endswith(":ro"), f"{name} may write to the repo: {volume}"
+
+
+def test_grafana_has_no_password_to_guess(compose):
+    env = environment(compose, "grafana")
+    # No admin account and no login at all: anonymous viewers only.
+    assert env["GF_SECURITY_DISABLE_INITIAL_ADMIN_CREATION"] == "true"
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert env["GF_AUTH_BASIC_ENABLED"] == "false"
+    assert not any("PASSWORD" in key for key in env)
 
 
 # --- Prometheus --------------------------------------------------------------------------------

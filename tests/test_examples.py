@@ -1,5 +1,5 @@
-"""The README's ways in work as written: examples/python_client.py, the grpcurl walk-through
-and the Kubernetes probe snippet."""
+"""The documented ways in work as written: examples/python_client.py, the grpcurl walk-through
+(docs/CLIENTS.md) and the Kubernetes probe snippet (docs/OPERATIONS.md)."""
 
 from __future__ import annotations
 
@@ -20,13 +20,12 @@ from seckill_common.auth import UserTokens
 from tests.support import ADMIN_TOKEN, REPO, Stack, query, start_stack, subprocess_env
 
 SECRET = "example-user-token-secret-0123456789abcdef"
-README = (REPO / "README.md").read_text(encoding="utf-8")
 BIN = Path(sys.executable).parent
 
 
-def readme_section(title: str) -> str:
-    """The README's text from the heading `title` to the next heading of its level or above."""
-    lines = README.splitlines(keepends=True)
+def doc_section(doc: str, title: str) -> str:
+    """The text of `doc` from the heading `title` to the next heading of its level or above."""
+    lines = (REPO / doc).read_text(encoding="utf-8").splitlines(keepends=True)
     start = lines.index(f"{title}\n")
     level, fenced = len(title.split(" ")[0]), False
     for end in range(start + 1, len(lines)):
@@ -94,8 +93,8 @@ async def test_python_client_example_with_user_tokens(secured: Stack) -> None:
 
 
 @pytest.mark.skipif(not (shutil.which("jq") and shutil.which("bash")), reason="needs bash, jq")
-async def test_readme_grpcurl_walkthrough(stack: Stack, tmp_path: Path) -> None:
-    script = re.search(r"```sh\n(.*?)```", readme_section("### grpcurl"), re.S)
+async def test_grpcurl_walkthrough(stack: Stack, tmp_path: Path) -> None:
+    script = re.search(r"```sh\n(.*?)```", doc_section("docs/CLIENTS.md", "## grpcurl"), re.S)
     assert script and script[1].startswith(". .run/stack.env")
     (tmp_path / ".run").mkdir()
     exports = {"SECKILL_ADMIN_TOKEN": ADMIN_TOKEN, "SECKILL_PRODUCT_ADDR": stack.product.address,
@@ -115,8 +114,8 @@ async def test_readme_grpcurl_walkthrough(stack: Stack, tmp_path: Path) -> None:
         assert await query(stack.db_url, f"SELECT COUNT(*) FROM {table}") == [(0,)]
 
 
-def test_readme_kubernetes_probes() -> None:
-    section = readme_section("### Health probes (Kubernetes)")
+def test_kubernetes_probes() -> None:
+    section = doc_section("docs/OPERATIONS.md", "## Health probes (Kubernetes)")
     deployment = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S)[1])
     pod = deployment["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] > 5  # SECKILL_SHUTDOWN_GRACE's default

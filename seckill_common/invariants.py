@@ -1,5 +1,8 @@
 """After a Seckill run: the platform's promises, checked through the public API.
 
+Shared by the two tools that run sales, the `seckill` CLI (`sale simulate`) and the load tool
+(`seckill-bench --check`), so that both judge a run by the same rules and figures.
+
 Before the run the activity's existing orders are listed (the baseline), so "orders listed ==
 OK answers" compares only the orders this run added. That comparison assumes nobody else
 buys in the activity during the run; the other checks hold whoever buys. Only active orders
@@ -28,6 +31,17 @@ PLAINTEXT = ClientTLS()
 CALL_TIMEOUT_S = 30.0
 PAGE_SIZE = 1000
 ACTIVE = (order_pb2.PENDING_PAYMENT, order_pb2.PAID)
+
+
+def percentile(sorted_values: list[float], pct: float) -> float:
+    """Nearest rank, as ghz computes it."""
+    if not sorted_values:
+        return 0.0
+    rank = pct / 100.0 * len(sorted_values)
+    index = int(rank)
+    if rank == index:
+        index -= 1
+    return sorted_values[max(index, 0)]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,303 @@
+"""The rows of the table: each a load run with the same client settings, its sale set up over
+gRPC first. A row that fails says why in its outcome, and the next one still runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from seckill.v1 import activity_pb2, activity_pb2_grpc, product_pb2, product_pb2_grpc
+
+from seckill_bench.config import BenchConfig
+from seckill_bench.report import Report
+from seckill_bench.runner import BenchError, run
+from seckill_bench.suite.stack import ACTIVITY_MODES, BenchStack, StackError, log
+from seckill_common.validation import to_timestamp
+
+SECKILL = "seckill.v1.ActivityService/Seckill"
+HEALTH = "grpc.health.v1.Health/Check"
+GET_ACTIVITY = "seckill.v1.ActivityService/GetActivity"
+SOAK_STOCK = 10**9  # never sells out: every soak call commits an order
+RSS_SAMPLE_INTERVAL_S = 1.0
+
+
+@dataclass
+class Settings:
+    workers: int
+    concurrency: int
+    connections: int
+    procs: int
+    calls: int  # (a) and (d)
+    flash_users: int
+    flash_stock: int
+    soak_seconds: float
+    warmup_calls: int
+    output: Path
+    reports: Path
+
+
+@dataclass
+class Row:
+    key: str  # a..e
+    title: str
+    calls: int | None = None
+    seconds: float | None = None
+    rps: float | None = None
+    p50: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+    max_ms: float | None = None
+    outcome: str = ""
+    report: Report | None = None
+    failed: bool = False  # the scenario could not be run as intended
+
+    @classmethod
+    def from_report(cls, key: str, title: str, report: Report) -> Row:
+        lat = report.latency_ms
+        return cls(key, title, report.count, report.total_s, report.rps, lat.get("p50"),
+                   lat.get("p90"), lat.get("p99"), lat.get("max"), outcomes(report), report)
+
+
+def outcomes(report: Report) -> str:
+    text = ", ".join(f"{status} {n:,}" for status, n in report.status_counts.items())
+    if report.reason_counts:
+        text += " (" + ", ".join(f"{reason.split('/', 1)[-1]} {n:,}"
+                                 for reason, n in report.reason_counts.items()) + ")"
+    if report.end_reason == "cancel":
+        text += "; stopped early"
+    if report.invariants:
+        failed = [i for i in report.invariants if not i.ok]
+        text += ("; invariants: all " + str(len(report.invariants)) + " ok" if not failed else
+                 "; invariants FAILED: " + "; ".join(f"{i.name} ({i.detail})" for i in failed))
+    return text
+
+
+@dataclass
+class Memory:
+    """VmRSS (MiB) of the activity workers around the soak, by pid."""
+
+    pids: list[int]
+    start: dict[int, float | None]
+    end: dict[int, float | None]
+    peak: dict[int, float]
+    pids_after: list[int]
+
+
+@dataclass
+class Results:
+    settings: Settings
+    started: float
+    rows: list[Row] = field(default_factory=list)
+    memory: Memory | None = None
+    report_files: list[Path] = field(default_factory=list)
+    load_before: str = "?"
+    load_after: str = "?"
+    code: str = "?"
+    db_version: str = "?"
+
+    def row(self, key: str) -> Row | None:
+        return next((r for r in self.rows if r.key == key), None)
+
+
+# --- set-up over gRPC --------------------------------------------------------------------------
+
+async def _create_sale(product_addr: str, activity_addr: str, token: str, name: str,
+                       stock: int) -> int:
+    metadata = (("authorization", f"Bearer {token}"),)
+    async with grpc.aio.insecure_channel(product_addr) as channel:
+        product = await product_pb2_grpc.ProductServiceStub(channel).CreateProduct(
+            product_pb2.CreateProductRequest(product=product_pb2.Product(
+                name=name, price_cents=100, stock=stock)),
+            metadata=metadata, timeout=10)
+    now = dt.datetime.now(dt.UTC)
+    async with grpc.aio.insecure_channel(activity_addr) as channel:
+        activity = await activity_pb2_grpc.ActivityServiceStub(channel).CreateActivity(
+            activity_pb2.CreateActivityRequest(activity=activity_pb2.Activity(
+                product_id=product.id, name=name,
+                start_time=to_timestamp(now - dt.timedelta(seconds=5)),
+                end_time=to_timestamp(now + dt.timedelta(hours=1)))),
+            metadata=metadata, timeout=10)
+    return activity.id
+
+
+def create_sale(stack: BenchStack, activity_label: str, name: str, stock: int) -> int:
+    """A product with `stock` and an activity open now (since 5 s, for an hour): its id."""
+    return asyncio.run(_create_sale(stack.addr("product"), stack.addr(activity_label),
+                                    stack.token, name, stock))
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            found.extend(int(p) for p in path.read_text().split())
+    return sorted(found)
+
+
+def rss_mib(pid: int) -> float | None:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return None
+
+
+class RssSampler:
+    """The workers' VmRSS every second while a run lasts, for the peak."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.peak: dict[int, float] = {}
+        self._pids = pids
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(RSS_SAMPLE_INTERVAL_S):
+            for pid in self._pids:
+                value = rss_mib(pid)
+                if value is not None:
+                    self.peak[pid] = max(self.peak.get(pid, 0.0), value)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# --- the rows ----------------------------------------------------------------------------------
+
+class Suite:
+    def __init__(self, settings: Settings, stack: BenchStack, results: Results) -> None:
+        self.settings = settings
+        self.stack = stack
+        self.results = results
+        self.flash_sale_activity: int | None = None  # (b)'s, read by (d)
+
+    def load(self, name: str, call: str, label: str, data: str | dict[str, Any],
+             **options: Any) -> Report:
+        s = self.settings
+        values: dict[str, Any] = {
+            "concurrency": s.concurrency, "connections": s.connections, "procs": s.procs,
+            "progress": True, "order_addr": self.stack.addr("order"), **options,
+        }
+        return run(BenchConfig(call=call, host=self.stack.addr(label), data=data, name=name,
+                               **values))
+
+    def save(self, stem: str, report: Report) -> None:
+        folder = self.settings.reports
+        folder.mkdir(parents=True, exist_ok=True)
+        for suffix, text in ((".html", report.to_html()), (".json", report.to_json() + "\n")):
+            path = folder / f"{stem}{suffix}"
+            path.write_text(text, encoding="utf-8")
+            self.results.report_files.append(path)
+
+    def row(self, key: str, title: str, body: Callable[[], Row]) -> None:
+        """Runs one row; a failure becomes the row's outcome."""
+        log(f"({key}) {title}")
+        t0 = time.monotonic()
+        try:
+            row = body()
+        except (BenchError, StackError, grpc.RpcError, OSError) as exc:
+            detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            row = Row(key, title, outcome=f"failed: {detail}".splitlines()[0][:300],
+                      failed=True)
+            log(f"({key}) failed: {detail}")
+        self.results.rows.append(row)
+        if row.rps is not None:
+            log(f"({key}) {row.rps:,.0f} calls/s, p99 {row.p99 or 0:.1f} ms; {row.outcome} "
+                f"[{time.monotonic() - t0:.0f} s]")
+        self.stack.check_alive()
+
+    def run_all(self) -> None:
+        self.warm_up()
+        s = self.settings
+        self.row("a", "Health/Check ceiling (coalesced activity svc)", self.ceiling)
+        self.row("b", "flash sale, coalesced", lambda: self.flash_sale("b", "coalesced"))
+        self.row("c", "flash sale, per_request", lambda: self.flash_sale("c", "per_request"))
+        self.row("d", "GetActivity, the load of (a)", self.get_activity)
+        if s.soak_seconds > 0:
+            self.row("e", f"memory soak, {s.soak_seconds:g} s", self.soak)
+        else:
+            self.results.rows.append(Row("e", "memory soak",
+                                         outcome="skipped (--soak-seconds 0)"))
+
+    def warm_up(self) -> None:
+        """Every activity worker opens its DB connections on demand: a small unreported sale."""
+        calls = self.settings.warmup_calls
+        if calls <= 0:
+            return
+        for label in ACTIVITY_MODES:
+            activity = create_sale(self.stack, label, f"warm-up {label}", max(calls // 4, 1))
+            log(f"warm-up: {calls} Seckill calls on {label}")
+            self.load(f"warm-up {label}", SECKILL, label,
+                      {"activity_id": activity, "user_id": "warm-{{div .RequestNumber 2}}"},
+                      total=calls, check=False, progress=False)
+
+    def ceiling(self) -> Row:
+        """(a): a call that does no work, the most the server answers."""
+        report = self.load("(a) Health/Check", HEALTH, "activity-coalesced", "{}",
+                           total=self.settings.calls)
+        self.save("a-health-check", report)
+        return Row.from_report("a", "Health/Check ceiling (coalesced activity svc)", report)
+
+    def flash_sale(self, key: str, mode: str) -> Row:
+        """(b), (c): every user tries twice; the invariants are checked through the API."""
+        s = self.settings
+        activity = create_sale(self.stack, f"activity-{mode}", f"flash sale {mode}",
+                               s.flash_stock)
+        if mode == "coalesced":
+            self.flash_sale_activity = activity
+        report = self.load(f"({key}) flash sale {mode}", SECKILL, f"activity-{mode}",
+                           {"activity_id": activity, "user_id": "user-{{div .RequestNumber 2}}"},
+                           total=2 * s.flash_users, initial_stock=s.flash_stock)
+        self.save(f"{key}-flash-sale-{mode.replace('_', '-')}", report)
+        return Row.from_report(key, f"flash sale, {mode} (stock {s.flash_stock:,}, "
+                                    f"{s.flash_users:,} users, 2 tries each)", report)
+
+    def get_activity(self) -> Row:
+        """(d): a read that also calls the product service, as many calls as (a)."""
+        activity = self.flash_sale_activity or create_sale(
+            self.stack, "activity-coalesced", "get activity", 1)
+        report = self.load("(d) GetActivity", GET_ACTIVITY, "activity-coalesced",
+                           {"id": activity}, total=self.settings.calls)
+        self.save("d-get-activity", report)
+        return Row.from_report("d", "GetActivity (+ ProductService.GetProduct), the load of (a)",
+                               report)
+
+    def soak(self) -> Row:
+        """(e): every call commits an order; the workers' memory before, during and after."""
+        s = self.settings
+        activity = create_sale(self.stack, "activity-coalesced", "soak", SOAK_STOCK)
+        supervisor = self.stack.services["activity-coalesced"].pid
+        assert supervisor is not None
+        # With --workers 1 the service runs in its one process, without a supervisor.
+        pids = children(supervisor) or [supervisor]
+        start = {pid: rss_mib(pid) for pid in pids}
+        with RssSampler(pids) as sampler:
+            report = self.load(f"(e) soak {s.soak_seconds:g} s", SECKILL, "activity-coalesced",
+                               {"activity_id": activity, "user_id": "soak-{{.RequestNumber}}"},
+                               duration_s=s.soak_seconds, initial_stock=SOAK_STOCK)
+        end = {pid: rss_mib(pid) for pid in pids}
+        self.results.memory = Memory(pids, start, end, sampler.peak,
+                                     children(supervisor) or [supervisor])
+        self.save("e-soak-memory", report)
+        growth = [e - b for b, e in ((start[p], end[p]) for p in pids)
+                  if e is not None and b is not None]
+        row = Row.from_report("e", f"soak {s.soak_seconds:g} s, coalesced, stock 10^9 "
+                                   "(memory below)", report)
+        if growth:
+            row.outcome += f"; RSS growth per worker: {', '.join(f'{g:+.1f}' for g in growth)} MiB"
+        return row

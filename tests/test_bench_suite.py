@@ -1,0 +1,39 @@
+"""`make bench`'s report: the targets computed from one run's rows, and BENCHMARKS.md
+rewritten only between its markers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from seckill_bench.suite.report import BEGIN, END, targets, write_markdown
+from seckill_bench.suite.scenarios import Results, Row, Settings
+
+
+def results(tmp_path: Path, **rps: float) -> Results:
+    settings = Settings(workers=2, concurrency=64, connections=4, procs=2, calls=100,
+                        flash_users=100, flash_stock=50, soak_seconds=0, warmup_calls=0,
+                        output=tmp_path / "BENCHMARKS.md", reports=tmp_path)
+    run = Results(settings, started=0.0)
+    run.rows = [Row(key, key, rps=value, p99=40.0 if key == "b" else 10.0)
+                for key, value in rps.items()]
+    return run
+
+
+def test_targets_are_ratios_to_the_ceiling_and_the_p99_of_the_flash_sale(tmp_path: Path):
+    judged = targets(results(tmp_path, a=1000, b=850, d=650))
+    assert [(measured.split()[0], met) for _, measured, met in judged] == [
+        ("0.85", True), ("0.65", False), ("40.0", True)]
+    assert "64 in flight" in judged[2][0]
+
+
+def test_a_row_not_measured_is_said_so(tmp_path: Path):
+    judged = targets(results(tmp_path, a=1000, b=900))
+    assert judged[1][1:] == ("—", None)
+
+
+def test_only_the_bench_section_is_rewritten(tmp_path: Path):
+    path = tmp_path / "BENCHMARKS.md"
+    cluster = "<!-- cluster-table -->\n| kept | as is |\n<!-- cluster-table -->\n"
+    path.write_text(f"# Benchmarks\n\nProse.\n\n{BEGIN}\nold run\n{END}\n\n{cluster}")
+    write_markdown(path, "new run\n")
+    assert path.read_text() == f"# Benchmarks\n\nProse.\n\n{BEGIN}\nnew run\n{END}\n\n{cluster}"
