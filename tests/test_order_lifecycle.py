@@ -18,7 +18,7 @@ from tests.rpc_checks import bad_fields, not_found, refused
 from tests.support import ADMIN, Stack, query, start_stack
 from tests.test_user_tokens import SECRET, as_user
 
-EXPIRY_BOUND_S = 3.0  # the documented bound (two sweeps of 1 s) plus slack for a busy machine
+EXPIRY_BOUND_S = 5.0  # the documented bound (two sweeps of 1 s) plus slack for a busy machine
 
 
 def window(seconds: float) -> duration_pb2.Duration:
