@@ -38,7 +38,8 @@ class Facts:
     """What a decision needs, as read at one instant.
 
     `stock` is None when the product is gone; `windows` holds the activities (of this product)
-    that exist; `held` the order ids of the attempts' users who already hold one.
+    that exist; `held` the ids of the active (pending or paid) orders the attempts' users
+    already hold: a cancelled or expired order does not stop its user from buying again.
     """
 
     stock: int | None
@@ -117,11 +118,13 @@ def decide(attempts: Sequence[SeckillAttempt], facts: Facts) -> list[Decision]:
 
 @dataclass(frozen=True)
 class Won:
-    """A committed order."""
+    """A committed order (PENDING_PAYMENT)."""
 
     order_id: int
     product_id: int
     create_time: datetime
+    price_cents: int
+    pay_deadline: datetime
 
 
 Outcome = Won | Refused

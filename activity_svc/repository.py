@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import cast
 
 import aiomysql
 import pymysql
+from seckill.v1.order_pb2 import PENDING_PAYMENT
 
 from activity_svc.decision import (
     Facts,
@@ -40,8 +41,11 @@ from seckill_common.db import (
 )
 from seckill_common.errors import FailedPrecondition, InvalidArgument, NotFound
 
-_COLUMNS = "id, product_id, name, start_time, end_time, create_time"
-UPDATABLE = ("name", "start_time", "end_time")
+_COLUMNS = ("id, product_id, name, start_time, end_time, create_time, price_cents,"
+            " payment_window_ms")
+# Update mask paths; each is the column of the same name but payment_window.
+UPDATABLE = ("name", "start_time", "end_time", "price_cents", "payment_window")
+_COLUMN_OF = {"payment_window": "payment_window_ms"}
 
 
 @dataclass(frozen=True)
@@ -52,15 +56,17 @@ class ActivityRow:
     start_time: datetime
     end_time: datetime
     create_time: datetime
+    price_cents: int
+    payment_window_ms: int
 
 
 async def create(cur: aiomysql.Cursor, product_id: int, name: str, start_time: datetime,
-                 end_time: datetime) -> ActivityRow:
+                 end_time: datetime, price_cents: int, payment_window_ms: int) -> ActivityRow:
     try:
         await cur.execute(
-            "INSERT INTO activities (product_id, name, start_time, end_time, create_time)"
-            " VALUES (%s, %s, %s, %s, UTC_TIMESTAMP(6))",
-            (product_id, name, start_time, end_time),
+            "INSERT INTO activities (product_id, name, start_time, end_time, create_time,"
+            " price_cents, payment_window_ms) VALUES (%s, %s, %s, %s, UTC_TIMESTAMP(6), %s, %s)",
+            (product_id, name, start_time, end_time, price_cents, payment_window_ms),
         )
     except pymysql.err.IntegrityError as exc:
         if error_code(exc) != NO_REFERENCED_ROW:
@@ -98,7 +104,8 @@ async def list_page(cur: aiomysql.Cursor, after_id: int, limit: int) -> list[Act
 
 async def update(cur: aiomysql.Cursor, activity_id: int,
                  changes: dict[str, object]) -> ActivityRow:
-    """Applies `changes` (keys from UPDATABLE); the resulting window must stay ordered."""
+    """Applies `changes` (keys from UPDATABLE; payment_window in milliseconds); the resulting
+    window must stay ordered."""
     current = await get(cur, activity_id, lock=True)
     start = cast(datetime, changes.get("start_time", current.start_time))
     end = cast(datetime, changes.get("end_time", current.end_time))
@@ -107,7 +114,7 @@ async def update(cur: aiomysql.Cursor, activity_id: int,
     if changes:
         # Column names come from UPDATABLE, never from the client; values are parameters.
         assert set(changes) <= set(UPDATABLE), changes
-        assignments = ", ".join(f"{column} = %s" for column in changes)
+        assignments = ", ".join(f"{_COLUMN_OF.get(path, path)} = %s" for path in changes)
         await cur.execute(
             f"UPDATE activities SET {assignments} WHERE id = %s",
             (*changes.values(), activity_id),
@@ -116,11 +123,14 @@ async def update(cur: aiomysql.Cursor, activity_id: int,
 
 
 async def delete(cur: aiomysql.Cursor, activity_id: int) -> None:
-    """Deletes an activity without orders (the foreign key from orders refuses otherwise)."""
+    """Deletes an activity and its finished (cancelled, expired) orders; while an active order
+    remains, the foreign key from orders refuses."""
     activity = await get(cur, activity_id)
     await stock.lock(cur, activity.product_id)
     await get(cur, activity_id, lock=True)
     try:
+        await cur.execute("DELETE FROM orders WHERE activity_id = %s AND active IS NULL",
+                          (activity_id,))
         await cur.execute("DELETE FROM activities WHERE id = %s", (activity_id,))
     except pymysql.err.IntegrityError as exc:
         if error_code(exc) != ROW_IS_REFERENCED:
@@ -131,7 +141,7 @@ async def delete(cur: aiomysql.Cursor, activity_id: int) -> None:
 def has_orders(activity_id: int) -> FailedPrecondition:
     return FailedPrecondition(
         "ACTIVITY_HAS_ORDERS",
-        f"activity {activity_id} has orders; cancel them first",
+        f"activity {activity_id} has pending or paid orders; cancel them first",
         {"activity_id": str(activity_id)},
     )
 
@@ -164,9 +174,10 @@ async def seckill(cur: aiomysql.Cursor, product_id: int,
     """Decides and records a batch of seckills on one product, first come first served.
 
     One transaction: lock the stock row, read the activities' windows (the database's clock
-    decides, and its reading is the orders' create time) and the orders the users already
-    hold, let `decide` pick the winners, insert their orders, take their units and commit, in
-    the same round trip. A batch without winners wrote nothing; the caller's transaction ends it.
+    decides, and its reading is the orders' create time), prices and payment windows, and the
+    active orders the users already hold, let `decide` pick the winners, insert their
+    PENDING_PAYMENT orders, take their units and commit, in the same round trip. A batch
+    without winners wrote nothing; the caller's transaction ends it.
 
     The statements travel in two pipelined round trips and return as few columns as they can:
     the driver parses every column definition of every result in Python, and that is most of
@@ -178,8 +189,9 @@ async def seckill(cur: aiomysql.Cursor, product_id: int,
     held_sql, held_params = _orders_query(users)
     locked, (window_rows, *held_sets) = await stock.lock_then(
         cur, product_id,
-        f"SELECT id, {_window_sql('UTC_TIMESTAMP(6)')}, UTC_TIMESTAMP(6)"
-        f" FROM activities WHERE id IN ({marks}) AND product_id = %s LOCK IN SHARE MODE; "
+        f"SELECT id, {_window_sql('UTC_TIMESTAMP(6)')}, UTC_TIMESTAMP(6), price_cents,"
+        f" payment_window_ms FROM activities WHERE id IN ({marks}) AND product_id = %s"
+        " LOCK IN SHARE MODE; "
         + held_sql,
         (*activity_ids, product_id, *held_params),
     )
@@ -193,10 +205,14 @@ async def seckill(cur: aiomysql.Cursor, product_id: int,
         return BatchResult([d for d in decisions if isinstance(d, Refused)], facts.stock)
 
     now = window_rows[0][2]
-    rows = ", ".join(["(%s, %s, %s, %s)"] * len(winners))
+    terms = {row[0]: (int(row[3]), now + timedelta(milliseconds=int(row[4])))
+             for row in window_rows}
+    rows = ", ".join(["(%s, %s, %s, %s, %s, 1, %s, %s, %s)"] * len(winners))
     params: list[object] = []
     for w in winners:
-        params += [w.activity_id, product_id, w.user_id, now]
+        price, deadline = terms[w.activity_id]
+        params += [w.activity_id, product_id, w.user_id, now, PENDING_PAYMENT, price, deadline,
+                   now]
     take_sql, take_params = stock.take_statement(locked, len(winners), now)
     won_users = _users_by_activity(winners)
     created_sql, created_params = _orders_query(won_users)
@@ -205,7 +221,8 @@ async def seckill(cur: aiomysql.Cursor, product_id: int,
     # the outcome is unknown and the callers get UNAVAILABLE, and a retry finds the order.
     _, _, *created_sets, _ = await pipeline(
         cur,
-        f"INSERT INTO orders (activity_id, product_id, user_id, create_time) VALUES {rows}; "
+        "INSERT INTO orders (activity_id, product_id, user_id, create_time, state, active,"
+        f" price_cents, pay_deadline, update_time) VALUES {rows}; "
         f"{take_sql}; {created_sql}; COMMIT",
         (*params, *take_params, *created_params),
     )
@@ -218,7 +235,8 @@ async def seckill(cur: aiomysql.Cursor, product_id: int,
         elif isinstance(decision, Twin):
             outcomes.append(already_purchased(created[attempt.key]))
         else:
-            outcomes.append(Won(created[attempt.key], product_id, now))
+            outcomes.append(Won(created[attempt.key], product_id, now,
+                                *terms[attempt.activity_id]))
     return BatchResult(outcomes, locked.units - len(winners))
 
 
@@ -268,14 +286,16 @@ def _users_by_activity(attempts: Sequence[SeckillAttempt]) -> dict[int, list[str
 
 def _orders_query(users: dict[int, list[str]], *, tagged: bool = False
                   ) -> tuple[str, list[object]]:
-    """One SELECT (user_id, id) per activity, through the unique key, in `users`' order;
+    """One SELECT (user_id, id) of active orders per activity, through the unique key, in
+    `users`' order;
     `tagged` adds a leading 2 and the activity id (for read_facts' UNION)."""
     columns = "2, activity_id, user_id, id" if tagged else "user_id, id"
     statements, params = [], []
     for activity_id, names in users.items():
         marks = ", ".join(["%s"] * len(names))
         statements.append(
-            f"SELECT {columns} FROM orders WHERE activity_id = %s AND user_id IN ({marks})")
+            f"SELECT {columns} FROM orders WHERE activity_id = %s AND user_id IN ({marks})"
+            " AND active = 1")
         params += [activity_id, *names]
     return "; ".join(statements), params
 

@@ -21,6 +21,7 @@ from seckill.v1 import (
 
 from activity_svc import repository
 from activity_svc.seckill import SeckillEngine
+from seckill_common import idempotency
 from seckill_common.auth import acting_user
 from seckill_common.clients import call_peer
 from seckill_common.db import Database
@@ -28,12 +29,14 @@ from seckill_common.errors import NotFound, ServiceError
 from seckill_common.singleflight import BatchLoader
 from seckill_common.telemetry import count_seckill
 from seckill_common.validation import (
+    DEFAULT_PAYMENT_WINDOW_MS,
     MAX_NAME_CHARS,
     Violations,
     db_time,
     decode_page_token,
     page_of,
     page_size,
+    payment_window_ms,
     require_id,
     to_datetime,
     to_timestamp,
@@ -55,7 +58,9 @@ def to_proto(row: repository.ActivityRow,
         start_time=to_timestamp(row.start_time),
         end_time=to_timestamp(row.end_time),
         create_time=to_timestamp(row.create_time),
+        price_cents=row.price_cents,
     )
+    activity.payment_window.FromMilliseconds(row.payment_window_ms)
     if product is not None:
         activity.product.CopyFrom(product)
     return activity
@@ -69,6 +74,10 @@ def _check_fields(violations: Violations, activity: activity_pb2.Activity,
         if field in paths:
             violations.time(f"activity.{field}", getattr(activity, field),
                             present=activity.HasField(field))
+    if "price_cents" in paths:
+        violations.bounded("activity.price_cents", activity.price_cents)
+    if "payment_window" in paths:
+        violations.payment_window("activity.payment_window", activity.payment_window)
 
 
 class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
@@ -128,15 +137,25 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
         violations.present(request, "activity")
         activity = request.activity
         violations.positive_id("activity.product_id", activity.product_id)
-        _check_fields(violations, activity, list(repository.UPDATABLE))
+        unset = {"price_cents": not activity.HasField("price_cents"),
+                 "payment_window": not activity.HasField("payment_window")}
+        _check_fields(violations, activity,
+                      [path for path in repository.UPDATABLE if not unset.get(path)])
+        idempotency.check(violations, request.request_id)
         violations.check()
         start, end = to_datetime(activity.start_time), to_datetime(activity.end_time)
         if not end > start:
             violations.add("activity.end_time", "must be after start_time")
         violations.check()
-        await self._get_product(activity.product_id)  # NOT_FOUND for an unknown product
-        row = await self._db.run(lambda cur: repository.create(
-            cur, activity.product_id, activity.name, db_time(start), db_time(end)))
+        product = await self._get_product(activity.product_id)  # NOT_FOUND if unknown
+        price = activity.price_cents if activity.HasField("price_cents") else product.price_cents
+        window_ms = (payment_window_ms(activity.payment_window)
+                     if activity.HasField("payment_window") else DEFAULT_PAYMENT_WINDOW_MS)
+        row = await idempotency.create_once(
+            self._db, "CreateActivity", request,
+            lambda cur: repository.create(cur, activity.product_id, activity.name,
+                                          db_time(start), db_time(end), price, window_ms),
+            repository.get)
         return to_proto(row)
 
     async def GetActivity(self, request: activity_pb2.GetActivityRequest,
@@ -167,7 +186,9 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
         changes: dict[str, object] = {}
         for path in paths:
             value = getattr(activity, path)
-            changes[path] = db_time(to_datetime(value)) if path.endswith("_time") else value
+            changes[path] = (db_time(to_datetime(value)) if path.endswith("_time")
+                             else payment_window_ms(value) if path == "payment_window"
+                             else value)
         row = await self._db.run(lambda cur: repository.update(cur, activity.id, changes))
         return to_proto(row)
 
@@ -177,7 +198,8 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
         await self._db.run(lambda cur: repository.get(cur, request.id))  # NOT_FOUND first
         orders = await call_peer(
             self._orders.ListOrders,
-            order_pb2.ListOrdersRequest(activity_id=request.id, page_size=1),
+            order_pb2.ListOrdersRequest(activity_id=request.id, page_size=1,
+                                        states=[order_pb2.PENDING_PAYMENT, order_pb2.PAID]),
             peer="order", timeout_s=self._peer_timeout_s,
         )
         if orders.orders:
@@ -205,4 +227,8 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
             product_id=won.product_id,
             user_id=user_id,
             create_time=to_timestamp(won.create_time),
+            state=order_pb2.PENDING_PAYMENT,
+            price_cents=won.price_cents,
+            pay_deadline=to_timestamp(won.pay_deadline),
+            update_time=to_timestamp(won.create_time),
         ))

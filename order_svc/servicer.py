@@ -9,6 +9,7 @@ from seckill.v1 import order_pb2, order_pb2_grpc
 from order_svc import repository
 from seckill_common.auth import acting_user, confined_to, may_see
 from seckill_common.db import Database
+from seckill_common.telemetry import count_expired, count_order
 from seckill_common.validation import (
     MAX_USER_ID_CHARS,
     Violations,
@@ -19,6 +20,8 @@ from seckill_common.validation import (
     to_timestamp,
 )
 
+STATES = frozenset(order_pb2.OrderState.values()) - {order_pb2.ORDER_STATE_UNSPECIFIED}
+
 
 def to_proto(row: repository.OrderRow) -> order_pb2.Order:
     return order_pb2.Order(
@@ -27,6 +30,10 @@ def to_proto(row: repository.OrderRow) -> order_pb2.Order:
         product_id=row.product_id,
         user_id=row.user_id,
         create_time=to_timestamp(row.create_time),
+        state=order_pb2.OrderState.ValueType(row.state),
+        price_cents=row.price_cents,
+        pay_deadline=to_timestamp(row.pay_deadline),
+        update_time=to_timestamp(row.update_time),
     )
 
 
@@ -48,15 +55,21 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
             violations.add("activity_id", "must be 0 (any) or a positive id")
         if len(request.user_id) > MAX_USER_ID_CHARS:
             violations.add("user_id", f"must be at most {MAX_USER_ID_CHARS} characters")
+        if not set(request.states) <= STATES:
+            violations.add("states", "must name known states, not ORDER_STATE_UNSPECIFIED")
         violations.check()
         user_id = acting_user(request.user_id)
         limit = page_size(request.page_size)
-        filters = {"user_id": user_id, "activity_id": request.activity_id}
+        states = sorted(set(request.states))
+        filters: dict[str, object] = {"user_id": user_id, "activity_id": request.activity_id}
+        if states:  # tokens issued before the filter existed stay valid without it
+            filters["states"] = states
         after = decode_page_token(request.page_token, filters)
         rows = await self._db.run(lambda cur: repository.list_page(
             cur,
             user_id=user_id or None,
             activity_id=request.activity_id or None,
+            states=states,
             after_id=after,
             limit=limit + 1,
         ))
@@ -64,9 +77,40 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         return order_pb2.ListOrdersResponse(
             orders=[to_proto(row) for row in page], next_page_token=token)
 
-    async def DeleteOrder(self, request: order_pb2.DeleteOrderRequest,
-                          context: ServicerContext) -> empty_pb2.Empty:
+    async def PayOrder(self, request: order_pb2.PayOrderRequest,
+                       context: ServicerContext) -> order_pb2.Order:
         require_id(request.id)
         owner = confined_to()
-        await self._db.run(lambda cur: repository.cancel(cur, request.id, owner))
+        outcome = await self._db.run(lambda cur: repository.pay(cur, request.id, owner))
+        if isinstance(outcome, repository.Overdue):
+            # Too late: expire it now (the stock row first), so the answer and the order agree.
+            product_id = outcome.order.product_id
+            lags = await self._db.run(
+                lambda cur: repository.expire(cur, product_id, [request.id]))
+            count_expired(lags or [])
+            raise repository.payment_expired(request.id)
+        if isinstance(outcome, repository.Changed):
+            count_order("paid")
+            return to_proto(outcome.order)
+        return to_proto(outcome)
+
+    async def CancelOrder(self, request: order_pb2.CancelOrderRequest,
+                          context: ServicerContext) -> order_pb2.Order:
+        return to_proto(await self._cancel(request.id))
+
+    async def DeleteOrder(self, request: order_pb2.DeleteOrderRequest,
+                          context: ServicerContext) -> empty_pb2.Empty:
+        await self._cancel(request.id)
         return empty_pb2.Empty()
+
+    async def _cancel(self, order_id: int) -> repository.OrderRow:
+        require_id(order_id)
+        owner = confined_to()
+        outcome = await self._db.run(lambda cur: repository.cancel(cur, order_id, owner))
+        if isinstance(outcome, repository.Overdue):
+            count_order("expired")
+            raise repository.order_expired(order_id)
+        if isinstance(outcome, repository.Changed):
+            count_order("cancelled")
+            return outcome.order
+        return outcome

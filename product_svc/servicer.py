@@ -7,6 +7,7 @@ from grpc.aio import ServicerContext
 from seckill.v1 import product_pb2, product_pb2_grpc
 
 from product_svc import repository
+from seckill_common import idempotency
 from seckill_common.db import Database
 from seckill_common.errors import NotFound
 from seckill_common.singleflight import BatchLoader
@@ -71,9 +72,13 @@ class ProductServicer(product_pb2_grpc.ProductServiceServicer):
         violations.present(request, "product")
         product = request.product
         _check_fields(violations, product, list(repository.UPDATABLE))
+        idempotency.check(violations, request.request_id)
         violations.check()
-        row = await self._db.run(lambda cur: repository.create(
-            cur, product.name, product.description, product.price_cents, product.stock))
+        row = await idempotency.create_once(
+            self._db, "CreateProduct", request,
+            lambda cur: repository.create(
+                cur, product.name, product.description, product.price_cents, product.stock),
+            repository.get)
         return to_proto(row)
 
     async def GetProduct(self, request: product_pb2.GetProductRequest,

@@ -27,6 +27,7 @@ from seckill_cli.client import (
     Session,
 )
 from seckill_cli.commands import (
+    STATES,
     Handler,
     activity_create,
     activity_delete,
@@ -38,6 +39,7 @@ from seckill_cli.commands import (
     migrate,
     orders,
     parse_time,
+    pay,
     product_create,
     product_delete,
     product_get,
@@ -55,9 +57,9 @@ environment:
   SECKILL_PRODUCT_ADDR, SECKILL_ACTIVITY_ADDR, SECKILL_ORDER_ADDR
                         the services (default 127.0.0.1:50051, :50052, :50053)
   SECKILL_ADMIN_TOKEN   sent as `authorization: Bearer <token>` on admin calls (create, update,
-                        delete, cancel, sale simulate) and on user calls when no user token is
+                        delete, pay, cancel, sale simulate) and on user calls when no user token is
                         given; `. .run/stack.env` sets it for the stack of `make up`
-  SECKILL_USER_TOKEN    the user token for buy, orders and cancel, when the services run with
+  SECKILL_USER_TOKEN    the user token for buy, orders, pay and cancel, when the services run with
                         SECKILL_USER_TOKEN_SECRET (--user-token wins)
   SECKILL_MYSQL_URL     `migrate`: the database, as the services read it
 
@@ -120,6 +122,13 @@ def add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
                         help=text("client private key, for mutual TLS"))
 
 
+def sale_term_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--price-cents", type=int, metavar="N",
+                     help="the sale price (default at creation: the product's price)")
+    sub.add_argument("--payment-window", type=positive_float, metavar="S",
+                     help="seconds a buyer has to pay (default at creation: 900)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seckill", description="\n\n".join(__doc__.split("\n\n")[:2]),
@@ -172,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="when the sale opens (default now)")
     sub.add_argument("--end", type=parse_time, required=True, metavar="TIME",
                      help="when it closes, e.g. +1h")
+    sale_term_options(sub)
     limit_option(command(activities, "list", activity_list, "list activities"))
     command(activities, "get", activity_get,
             "show an activity with its product's stock").add_argument("id", type=int, metavar="ID")
@@ -181,19 +191,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--name")
     sub.add_argument("--start", type=parse_time, metavar="TIME")
     sub.add_argument("--end", type=parse_time, metavar="TIME")
+    sale_term_options(sub)
     command(activities, "delete", activity_delete,
             "delete an activity without orders (admin)").add_argument("id", type=int, metavar="ID")
 
     sub = command(commands, "buy", buy, "buy one unit in a sale (Seckill)")
     sub.add_argument("--activity", type=int, required=True, metavar="ID")
     sub.add_argument("--user", default="", help="the buyer (with a user token: its user)")
-    sub = command(commands, "orders", orders, "list orders, by user and/or activity")
+    sub = command(commands, "orders", orders, "list orders, by user, activity and/or state")
     sub.add_argument("--user", default="")
     sub.add_argument("--activity", type=int, default=0, metavar="ID")
+    sub.add_argument("--state", action="append", choices=list(STATES),
+                     help="only orders in this state (repeatable; default every state)")
     limit_option(sub)
-    command(commands, "cancel", cancel,
-            "cancel an order; its unit goes back to the stock (admin or its owner)"
+    command(commands, "pay", pay,
+            "pay a pending order before its deadline (admin or its owner)"
             ).add_argument("order", type=int, metavar="ORDER")
+    command(commands, "cancel", cancel,
+            "cancel a pending or paid order; its unit goes back to the stock "
+            "(admin or its owner)").add_argument("order", type=int, metavar="ORDER")
     command(commands, "status", status,
             "health of every service (NOT_SERVING: its database is down)")
     sub = command(commands, "token", user_token,
@@ -225,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Seckill calls per user, sent at once: a double click (default 2)")
     sub.add_argument("--concurrency", type=int, default=200, metavar="C",
                      help="calls in flight at most (default 200)")
+    sub.add_argument("--pay-share", type=float, default=1.0, metavar="F",
+                     help="share of the orders paid, 0 to 1 (default 1)")
+    sub.add_argument("--payment-window", type=positive_float, default=None, metavar="S",
+                     help="seconds to pay (default the service's 15 minutes); with a short "
+                          "one the unpaid orders' expiry is awaited and checked")
     return parser
 
 

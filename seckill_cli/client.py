@@ -110,7 +110,7 @@ def _precondition(info: Any, message: str) -> str:
         case "ENDED":
             return f"activity {activity} has ended"
         case "ACTIVITY_HAS_ORDERS":
-            return (f"activity {activity} has orders: cancel them first "
+            return (f"activity {activity} has pending or paid orders: cancel them first "
                     f"(`seckill orders --activity {activity}`)")
         case "PRODUCT_IN_USE":
             return f"{message}: delete its activities first"

@@ -137,11 +137,12 @@ def deleted(out: Output, text: str) -> None:
 # --- activities ------------------------------------------------------------------------------
 
 async def activity_create(args: argparse.Namespace, session: Session, out: Output) -> int:
+    activity = activity_pb2.Activity(product_id=args.product, name=args.name,
+                                     start_time=to_timestamp(args.start),
+                                     end_time=to_timestamp(args.end))
+    sale_terms(activity, args)
     activity = await session.call("activity", "CreateActivity", activity_pb2.CreateActivityRequest(
-        activity=activity_pb2.Activity(product_id=args.product, name=args.name,
-                                       start_time=to_timestamp(args.start),
-                                       end_time=to_timestamp(args.end))),
-        auth=Auth.ADMIN)
+        activity=activity), auth=Auth.ADMIN)
     show_activity(out, activity)
     return Exit.OK
 
@@ -163,8 +164,9 @@ async def activity_get(args: argparse.Namespace, session: Session, out: Output) 
 
 
 async def activity_update(args: argparse.Namespace, session: Session, out: Output) -> int:
-    flags = given(args, "name", "start", "end")
+    flags = given(args, "name", "start", "end", "price_cents", "payment_window")
     activity = activity_pb2.Activity(id=args.id)
+    sale_terms(activity, args)
     if args.name is not None:
         activity.name = args.name
     if args.start is not None:
@@ -177,6 +179,14 @@ async def activity_update(args: argparse.Namespace, session: Session, out: Outpu
             activity=activity, update_mask=field_mask_pb2.FieldMask(paths=paths)),
         auth=Auth.ADMIN))
     return Exit.OK
+
+
+def sale_terms(activity: activity_pb2.Activity, args: argparse.Namespace) -> None:
+    """--price-cents and --payment-window (seconds), when given."""
+    if args.price_cents is not None:
+        activity.price_cents = args.price_cents
+    if args.payment_window is not None:
+        activity.payment_window.FromMilliseconds(round(args.payment_window * 1000))
 
 
 async def activity_delete(args: argparse.Namespace, session: Session, out: Output) -> int:
@@ -208,14 +218,16 @@ async def buy(args: argparse.Namespace, session: Session, out: Output) -> int:
     else:
         order = reply.order
         out.say(f"user {order.user_id} bought one unit of product {order.product_id} in "
-                f"activity {order.activity_id}: order {order.id}")
+                f"activity {order.activity_id}: order {order.id}, {order.price_cents} cents; "
+                f"pay before {render.when(order.pay_deadline)}: seckill pay {order.id}")
     return Exit.OK
 
 
 async def orders(args: argparse.Namespace, session: Session, out: Output) -> int:
     found = await every(
         session, "order", "ListOrders",
-        order_pb2.ListOrdersRequest(user_id=args.user, activity_id=args.activity),
+        order_pb2.ListOrdersRequest(user_id=args.user, activity_id=args.activity,
+                                    states=[STATES[name] for name in args.state or ()]),
         "orders", args.limit, auth=Auth.USER)
     if out.as_json:
         out.document({"orders": [render.to_dict(o) for o in found]})
@@ -224,11 +236,28 @@ async def orders(args: argparse.Namespace, session: Session, out: Output) -> int
     return Exit.OK
 
 
-async def cancel(args: argparse.Namespace, session: Session, out: Output) -> int:
-    await session.call("order", "DeleteOrder", order_pb2.DeleteOrderRequest(id=args.order),
-                       auth=Auth.USER)
-    deleted(out, f"cancelled order {args.order}; its unit is back in stock")
+async def pay(args: argparse.Namespace, session: Session, out: Output) -> int:
+    order = await session.call("order", "PayOrder", order_pb2.PayOrderRequest(id=args.order),
+                               auth=Auth.USER)
+    if out.as_json:
+        out.message(order)
+    else:
+        out.say(f"order {order.id} is {render.order_state(order)}: {order.price_cents} cents")
     return Exit.OK
+
+
+async def cancel(args: argparse.Namespace, session: Session, out: Output) -> int:
+    order = await session.call("order", "CancelOrder",
+                               order_pb2.CancelOrderRequest(id=args.order), auth=Auth.USER)
+    if out.as_json:
+        out.message(order)
+    else:
+        out.say(f"cancelled order {order.id}; its unit is back in stock")
+    return Exit.OK
+
+
+STATES = {"pending": order_pb2.PENDING_PAYMENT, "paid": order_pb2.PAID,
+          "cancelled": order_pb2.CANCELLED, "expired": order_pb2.EXPIRED}
 
 
 # --- status and tokens -----------------------------------------------------------------------

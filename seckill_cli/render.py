@@ -109,6 +109,8 @@ def activity_card(activity: activity_pb2.Activity, now: dt.datetime) -> Table:
         ("name", activity.name), ("product_id", activity.product_id),
         ("start", when(activity.start_time)), ("end", when(activity.end_time)),
         ("state", window(activity, now)), ("created", when(activity.create_time)),
+        ("price_cents", activity.price_cents),
+        ("payment window", f"{activity.payment_window.ToMilliseconds() / 1000:g}s"),
     ]
     if activity.HasField("product"):  # GetActivity fills it: the stock left is the news
         rows[2:2] = [("product", activity.product.name), ("stock left", activity.product.stock)]
@@ -134,8 +136,17 @@ def orders_table(orders: Sequence[order_pb2.Order]) -> Table:
     for column in ("id", "activity", "product"):
         table.add_column(column, justify="right")
     table.add_column("user")
+    table.add_column("state")
+    table.add_column("price", justify="right")
     time_column(table, "created")
+    time_column(table, "pay by")
     for o in orders:
         table.add_row(str(o.id), str(o.activity_id), str(o.product_id), o.user_id,
-                      when(o.create_time))
+                      order_state(o), str(o.price_cents), when(o.create_time),
+                      when(o.pay_deadline) if o.state == order_pb2.PENDING_PAYMENT else "")
     return table
+
+
+def order_state(order: order_pb2.Order) -> str:
+    """PENDING_PAYMENT as `pending`, and so on."""
+    return order_pb2.OrderState.Name(order.state).removesuffix("_PAYMENT").lower()

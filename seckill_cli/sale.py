@@ -4,7 +4,9 @@ Creates a product and an activity that is already open, lets N users each send T
 at once (an impatient double click), shows the race on a progress bar, then prints what the
 service answered and checks through the public API (seckill_common.invariants, as
 `seckill-bench` does after a load run) that every OK answer is a listed order, no user holds
-two, and stock left + orders == stock. This is `make run`'s demo.
+two, and stock left + active orders == stock. Then it pays a share of the orders (--pay-share);
+with a short --payment-window it waits for the rest to expire and checks that they did, that
+the paid ones stayed, and that their units are back. This is `make run`'s demo.
 """
 
 from __future__ import annotations
@@ -19,16 +21,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from seckill.v1 import activity_pb2, product_pb2
+from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
 from seckill_cli import render
 from seckill_cli.client import Auth, Exit, Session, detail, rich_status, usage_error
 from seckill_cli.render import Output
 from seckill_common.invariants import Invariant, SeckillCheck, percentile
 from seckill_common.validation import to_timestamp
+
+# How long past the payment window the expiry check waits: the services' bound (a few seconds)
+# with room to spare.
+EXPIRY_SLACK_S = 15.0
+POLL_S = 0.25
 
 
 @dataclass
@@ -96,8 +104,8 @@ class Sale:
         return tally
 
 
-async def create_sale(session: Session, stock: int) -> tuple[product_pb2.Product,
-                                                                activity_pb2.Activity]:
+async def create_sale(session: Session, stock: int, payment_window_s: float | None = None
+                      ) -> tuple[product_pb2.Product, activity_pb2.Activity]:
     now = dt.datetime.now(dt.UTC)
     product = await session.call("product", "CreateProduct", product_pb2.CreateProductRequest(
         product=product_pb2.Product(
@@ -108,15 +116,71 @@ async def create_sale(session: Session, stock: int) -> tuple[product_pb2.Product
             product_id=product.id, name=f"Flash sale of product {product.id}",
             # Opened a second ago, so the sale is on by the database's clock too.
             start_time=to_timestamp(now - dt.timedelta(seconds=1)),
-            end_time=to_timestamp(now + dt.timedelta(hours=1)))), auth=Auth.ADMIN)
+            end_time=to_timestamp(now + dt.timedelta(hours=1)),
+            payment_window=None if payment_window_s is None else _duration(payment_window_s))),
+        auth=Auth.ADMIN)
     return product, activity
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromMilliseconds(round(seconds * 1000))
+    return duration
+
+
+async def pay_share(session: Session, order_ids: list[int], share: float, concurrency: int
+                    ) -> tuple[list[int], list[int]]:
+    """Pays the first `share` of the orders (by id); returns (paid, unpaid) ids."""
+    ordered = sorted(order_ids)
+    count = round(len(ordered) * share)
+    stub, metadata = session.stub("order"), session.metadata(Auth.ADMIN)
+    limit = asyncio.Semaphore(concurrency)
+
+    async def pay(order_id: int) -> None:
+        async with limit:
+            await stub.PayOrder(order_pb2.PayOrderRequest(id=order_id), metadata=metadata,
+                                timeout=session.timeout_s)
+
+    await asyncio.gather(*map(pay, ordered[:count]))
+    return ordered[:count], ordered[count:]
+
+
+async def await_expiry(session: Session, activity: activity_pb2.Activity, paid: list[int],
+                       unpaid: list[int], stock: int, timeout_s: float) -> list[Invariant]:
+    """Waits (polling the API) until no order of the sale is pending, then checks the end."""
+    stub, metadata = session.stub("order"), session.metadata(Auth.ADMIN)
+
+    async def listed(*states: int) -> list[order_pb2.Order]:
+        reply = await stub.ListOrders(order_pb2.ListOrdersRequest(
+            activity_id=activity.id, states=states, page_size=1000), metadata=metadata,
+            timeout=session.timeout_s)
+        return list(reply.orders)  # a simulated sale's orders fit one page
+
+    for _ in range(int(timeout_s / POLL_S)):  # the services expire them: nothing to await
+        if not await listed(order_pb2.PENDING_PAYMENT):
+            break
+        await asyncio.sleep(POLL_S)
+    expired = {o.id for o in await listed(order_pb2.EXPIRED)}
+    still_paid = {o.id for o in await listed(order_pb2.PAID)}
+    left = (await session.call("product", "GetProduct",
+                               product_pb2.GetProductRequest(id=activity.product_id))).stock
+    return [
+        Invariant("unpaid orders expired", expired == set(unpaid),
+                  f"{len(expired)} expired of {len(unpaid)} unpaid"),
+        Invariant("paid orders stayed paid", still_paid == set(paid),
+                  f"{len(still_paid)} paid of {len(paid)}"),
+        Invariant("stock left + paid orders == stock", left + len(still_paid) == stock,
+                  f"{left} + {len(still_paid)} vs {stock}"),
+    ]
 
 
 async def simulate(args: argparse.Namespace, session: Session, out: Output) -> int:
     stock = max(args.users // 10, 1) if args.stock is None else args.stock
     if args.users < 1 or args.tries < 1 or args.concurrency < 1 or stock < 0:
         raise usage_error("--users, --tries and --concurrency must be >= 1, --stock >= 0")
-    product, activity = await create_sale(session, stock)
+    if not 0 <= args.pay_share <= 1:
+        raise usage_error("--pay-share must be within 0..1")
+    product, activity = await create_sale(session, stock, args.payment_window)
     sale = Sale(session, product, activity, args.users, args.tries, args.concurrency)
     out.say(f"product {product.id} with stock {stock}; activity {activity.id}; "
             f"{args.users} users x {args.tries} Seckill calls at once "
@@ -139,12 +203,17 @@ async def simulate(args: argparse.Namespace, session: Session, out: Output) -> i
     invariants.append(Invariant("SOLD_OUT only once the stock was gone",
                                 tally.sold_out == 0 or left == 0,
                                 f"{tally.sold_out} SOLD_OUT answers, stock left {left}"))
+    paid, unpaid = await pay_share(session, tally.order_ids, args.pay_share, args.concurrency)
+    if args.payment_window is not None and unpaid:
+        out.say(f"paid {len(paid)} orders; waiting for the {len(unpaid)} unpaid to expire")
+        invariants += await await_expiry(session, activity, paid, unpaid, stock,
+                                         args.payment_window + EXPIRY_SLACK_S)
     calls = args.users * args.tries
     summary: dict[str, Any] = {
         "product": render.to_dict(product), "activity": render.to_dict(activity),
         "users": args.users, "tries": args.tries, "calls": calls,
         "elapsed_s": round(elapsed_s, 3), "calls_per_s": round(calls / elapsed_s, 1),
-        "orders": len(tally.order_ids), "sold_out": tally.sold_out,
+        "orders": len(tally.order_ids), "paid": len(paid), "sold_out": tally.sold_out,
         "duplicates": tally.duplicates, "other_errors": dict(tally.other),
         "latency_ms": {"p50": round(tally.latency_ms(50), 2),
                        "p99": round(tally.latency_ms(99), 2)},
@@ -171,6 +240,7 @@ def print_summary(out: Output, summary: dict[str, Any], invariants: list[Invaria
         ("Seckill calls", f"{summary['calls']} in {summary['elapsed_s']:.2f}s "
                           f"({summary['calls_per_s']:.0f}/s)"),
         ("orders placed (OK)", summary["orders"]),
+        ("orders paid", summary["paid"]),
         ("sold-out refusals (SOLD_OUT)", summary["sold_out"]),
         ("duplicates refused (ALREADY_EXISTS)", summary["duplicates"]),
         ("other errors", sum(summary["other_errors"].values())),

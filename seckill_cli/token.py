@@ -2,8 +2,8 @@
 
     SECKILL_USER_TOKEN_SECRET=... python -m seckill_cli.token alice [--ttl 3600]
 
-The services accept it as `authorization: Bearer <token>` on Seckill, ListOrders, GetOrder and
-DeleteOrder when they run with the same SECKILL_USER_TOKEN_SECRET.
+The services accept it as `authorization: Bearer <token>` on Seckill, ListOrders, GetOrder,
+PayOrder, CancelOrder and DeleteOrder when they run with the same SECKILL_USER_TOKEN_SECRET.
 """
 
 from __future__ import annotations

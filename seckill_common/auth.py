@@ -1,8 +1,8 @@
 """Who is calling: the admin token, signed user tokens, and the user a call may act as.
 
 Admin RPCs take `authorization: Bearer <SECKILL_ADMIN_TOKEN>`. When SECKILL_USER_TOKEN_SECRET
-is set, the user RPCs (Seckill, ListOrders, GetOrder, DeleteOrder) take
-`authorization: Bearer <JWT>`: HS256, signed with that secret, issuer "seckill", with `sub`
+is set, the user RPCs (Seckill, ListOrders, GetOrder, PayOrder, CancelOrder, DeleteOrder)
+take `authorization: Bearer <JWT>`: HS256, signed with that secret, issuer "seckill", with `sub`
 (the user id) and `exp`; the admin token is accepted there too and may act as any user (load
 tests, support). Unset, the request's user_id field is trusted (development).
 
@@ -153,7 +153,7 @@ class Authenticator:
     """The auth layer: which methods need which credential, and checking it.
 
     - admin methods: the admin token, unless user tokens are on and the method is also a
-      user method (DeleteOrder: the admin, or the order's owner);
+      user method (PayOrder, CancelOrder, DeleteOrder: the admin, or the order's owner);
     - user methods, with user tokens on: the admin token or a valid user token;
     - everything else: no credential.
     """

@@ -218,6 +218,8 @@ class Settings:
     product_listen_addr: str = ""
     activity_listen_addr: str = ""
     order_listen_addr: str = ""
+    expiry_interval_s: float = 1.0
+    expiry_batch: int = 200
     # Apply pending migrations at start-up; off where a migration step (`seckill migrate`, the
     # Kubernetes Job, compose's migrate service) owns the schema and services lack DDL rights.
     migrate_on_start: bool = True
@@ -290,6 +292,9 @@ class Settings:
             process_burst=_int(env, "SECKILL_RATE_LIMIT_PROCESS_BURST", 0, 0, 10_000_000),
             metrics_addr=_addr(env, "SECKILL_METRICS_ADDR"),
             **{f"{s}_listen_addr": _listen(env, s) for s in DEFAULT_ADDRS},
+            expiry_interval_s=_float(env, "SECKILL_EXPIRY_INTERVAL_MS", 1000.0, 50.0,
+                                     60_000.0) / 1000,
+            expiry_batch=_int(env, "SECKILL_EXPIRY_BATCH", 200, 1, 10_000),
             migrate_on_start=_bool(env, "SECKILL_MIGRATE_ON_START", True),
             rate_limit_redis_url=_redis_url(env, "SECKILL_RATE_LIMIT_REDIS_URL"),
             drain_delay_s=_float(env, "SECKILL_DRAIN_DELAY", 0.0, 0.0, 300.0),

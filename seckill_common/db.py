@@ -48,6 +48,10 @@ ROW_IS_REFERENCED = 1451  # a foreign key still points at the row being deleted
 NO_REFERENCED_ROW = 1452  # a foreign key points at a missing row
 NO_SUCH_TABLE = 1146  # the schema has not been migrated at all (no schema_migrations)
 NOT_SUPPORTED_YET = 1235  # GET_LOCK on a Galera node, in MariaDB releases that refuse it
+DUPLICATE_ENTRY = 1062  # a unique key already holds the value
+# An ALTER TABLE whose change is already there (a migration re-run after a crash): a duplicate
+# column or key name, a column or key already dropped, a duplicate CHECK name (MariaDB, MySQL).
+ALREADY_ALTERED = frozenset({1060, 1061, 1091, 1826, 3822})
 
 
 class Aborted(ServiceError):

@@ -7,11 +7,14 @@ the others wait, then find nothing left to do. On a Galera cluster a named lock 
 only (and older MariaDB releases refuse it, error 1235, which is then skipped): there the
 migration must run as one step at a time through one node (the Kubernetes Job, via the
 operator's primary Service).
-Every statement is idempotent (IF NOT EXISTS), because MySQL DDL commits implicitly and a crash
-can leave a migration half applied.
+Every statement is idempotent, because MySQL DDL commits implicitly and a crash can leave a
+migration half applied: IF NOT EXISTS where both servers have it, and for ALTER TABLE (atomic
+on both, but MySQL has no ADD COLUMN IF NOT EXISTS) an error saying its change is already
+there means the statement committed before.
 
 A service that does not migrate checks instead that every migration it ships has been applied,
 and refuses to start otherwise (`check_schema`).
+
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import pymysql
 
 from seckill_common.config import ConfigError, Settings
 from seckill_common.db import (
+    ALREADY_ALTERED,
     NO_SUCH_TABLE,
     NOT_SUPPORTED_YET,
     connect_kwargs,
@@ -96,7 +100,7 @@ async def migrate(settings: Settings) -> list[str]:
                     if version in done:
                         continue
                     for statement in statements(sql):
-                        await cur.execute(statement)
+                        await _execute(cur, statement)
                     await cur.execute(
                         "INSERT INTO schema_migrations (version, name, applied_at)"
                         " VALUES (%s, %s, UTC_TIMESTAMP(6))",
@@ -112,6 +116,16 @@ async def migrate(settings: Settings) -> list[str]:
     finally:
         conn.close()
     return applied_now
+
+
+async def _execute(cur: aiomysql.Cursor, statement: str) -> None:
+    try:
+        await cur.execute(statement)
+    except pymysql.err.MySQLError as exc:
+        if not (statement.upper().startswith("ALTER TABLE")
+                and error_code(exc) in ALREADY_ALTERED):
+            raise
+        log.info("migration statement already applied: %s", exc)
 
 
 async def _lock(cur: aiomysql.Cursor) -> bool:

@@ -52,6 +52,15 @@ async def lock_then(cur: aiomysql.Cursor, product_id: int, then_sql: str = "",
     return locked, rest
 
 
+async def try_lock(cur: aiomysql.Cursor, product_id: int) -> LockedStock | None:
+    """Locks the stock row unless another transaction holds it (SKIP LOCKED): then, or for an
+    unknown product, None and no lock. For background work (expiry) that can come back later
+    rather than queue behind a sale's transactions. Call it before any other lock."""
+    await cur.execute(_LOCK + " SKIP LOCKED", (product_id,))
+    row = await cur.fetchone()
+    return None if row is None else LockedStock(product_id, int(row[0]))
+
+
 def take_statement(locked: LockedStock, units: int, now: datetime) -> tuple[str, list[object]]:
     """The UPDATE that takes `units` (to send in the caller's pipeline); the CHECK constraint
     refuses stock below 0, whatever the caller computed."""

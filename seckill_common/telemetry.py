@@ -148,17 +148,39 @@ RATE_LIMITS_SHARED = Gauge(
     "(SECKILL_RATE_LIMIT_REDIS_URL), 0 while Redis is unreachable and they are counted in "
     "this process", ["service"])
 
+ORDER_TRANSITIONS = Counter(
+    "seckill_orders", "Orders that entered a state in this process, by state: "
+    "pending_payment (a seckill won), paid, cancelled, expired", ["state"])
+EXPIRY_LAG = Histogram("seckill_order_expiry_lag_seconds",
+                       "How long after its pay deadline an unpaid order was expired",
+                       buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0))
+
+
+def count_order(state: str, n: int = 1) -> None:
+    """Counts orders entering `state` (pending_payment, paid, cancelled, expired)."""
+    ORDER_TRANSITIONS.labels(state).inc(n)
+
+
+def count_expired(lags_s: Sequence[float]) -> None:
+    if lags_s:
+        ORDER_TRANSITIONS.labels("expired").inc(len(lags_s))
+        for lag in lags_s:
+            EXPIRY_LAG.observe(lag)
+
+
 _OUTCOME_OF_REASON = {"ALREADY_PURCHASED": "already_purchased", "SOLD_OUT": "sold_out",
                       "NOT_STARTED": "not_started", "ENDED": "ended"}
 
 
 _outcome_counters: dict[str, Any] = {}
+_pending_orders = ORDER_TRANSITIONS.labels("pending_payment")
 
 
 def count_seckill(error: BaseException | None) -> None:
     """Counts a Seckill answer by outcome (None: won); label children cached, as per call."""
     if error is None:
         outcome = "won"
+        _pending_orders.inc()
     else:
         outcome = _OUTCOME_OF_REASON.get(getattr(error, "reason", None) or "") or (
             "not_found" if getattr(error, "code", None) == grpc.StatusCode.NOT_FOUND

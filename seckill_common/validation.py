@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
-from google.protobuf import field_mask_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from seckill_common.errors import InvalidArgument
@@ -39,6 +39,10 @@ MAX_ID = 2**63 - 1  # ids are BIGINT
 # DATETIME holds years 1000..9999; we accept the Unix era up to the end of 9999.
 MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+# How long a buyer has to pay an order (Activity.payment_window).
+DEFAULT_PAYMENT_WINDOW_MS = 15 * 60 * 1000
+MIN_PAYMENT_WINDOW_MS = 1000
+MAX_PAYMENT_WINDOW_MS = 7 * 24 * 3600 * 1000
 
 
 # A refusal travels in the call's trailers, which clients cap (grpc: 8 KiB, then 16 KiB hard;
@@ -102,6 +106,10 @@ class Violations:
         if not lo <= value <= hi:
             self.add(field, f"must be within {lo}..{hi}")
 
+    def payment_window(self, field: str, value: duration_pb2.Duration) -> None:
+        if not MIN_PAYMENT_WINDOW_MS <= _whole_ms(value) <= MAX_PAYMENT_WINDOW_MS:
+            self.add(field, "must be 1 second to 7 days, in whole milliseconds")
+
     def time(self, field: str, value: timestamp_pb2.Timestamp, *, present: bool) -> None:
         if not present:
             self.add(field, "is required")
@@ -113,6 +121,20 @@ class Violations:
             return
         if not MIN_TIME <= when <= MAX_TIME:
             self.add(field, "must be between 1970-01-01 and 9999-12-31 (UTC)")
+
+
+def _whole_ms(value: duration_pb2.Duration) -> int:
+    """The duration in milliseconds; -1 when negative, malformed or not whole milliseconds."""
+    if value.seconds < 0 or not 0 <= value.nanos < 1_000_000_000 or value.nanos % 1_000_000:
+        return -1
+    return value.seconds * 1000 + value.nanos // 1_000_000
+
+
+def payment_window_ms(value: duration_pb2.Duration) -> int:
+    """A payment window that `Violations.payment_window` accepted, in milliseconds."""
+    ms = _whole_ms(value)
+    assert MIN_PAYMENT_WINDOW_MS <= ms <= MAX_PAYMENT_WINDOW_MS, value
+    return ms
 
 
 def to_datetime(value: timestamp_pb2.Timestamp) -> datetime:

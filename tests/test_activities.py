@@ -29,6 +29,8 @@ def patched(activity: activity_pb2.Activity, **fields: object) -> activity_pb2.A
         elif name.endswith("_time"):
             when = value if isinstance(value, timestamp_pb2.Timestamp) else timestamp(value)
             getattr(activity, name).CopyFrom(when)
+        elif name == "payment_window":
+            activity.payment_window.FromMilliseconds(value)  # type: ignore[arg-type]
         else:
             setattr(activity, name, value)
     return activity
@@ -157,7 +159,10 @@ async def test_unknown_activity_is_not_found(stack: Stack, rpc: str) -> None:
     # Moving the whole window past its old end works when both sides move together.
     (["start_time", "end_time"], {"start_time": 5000, "end_time": 6000},
      {"start_time", "end_time"}),
-    (["*"], {"name": "All", "start_time": 1, "end_time": 2}, {"name", "start_time", "end_time"}),
+    # "*" replaces every updatable field, so the request names them all.
+    (["*"], {"name": "All", "start_time": 1, "end_time": 2, "price_cents": 5,
+             "payment_window": 60_000},
+     {"name", "start_time", "end_time", "price_cents", "payment_window"}),
 ])
 async def test_update_activity_applies_the_mask(stack: Stack, paths: list[str], fields: dict,
                                                 changed: set[str]) -> None:
@@ -168,8 +173,8 @@ async def test_update_activity_applies_the_mask(stack: Stack, paths: list[str], 
     expected = activity_pb2.Activity()
     expected.CopyFrom(activity)
     for name in changed:
-        if name == "name":
-            expected.name = patch.name
+        if name in ("name", "price_cents"):
+            setattr(expected, name, getattr(patch, name))
         else:
             getattr(expected, name).CopyFrom(getattr(patch, name))
     assert updated == expected
@@ -336,10 +341,10 @@ async def test_list_activities_walks_every_row_once(stack: Stack, count: int) ->
 async def test_list_activities_page_size_defaults_to_50_and_caps_at_1000(
         stack: Stack, page_size: int, served: int) -> None:
     product = await make_product(stack)
-    values = ", ".join(f"({product.id}, 'a{i}', '2030-01-01', '2030-01-02', UTC_TIMESTAMP(6))"
-                       for i in range(1001))
+    values = ", ".join(f"({product.id}, 'a{i}', '2030-01-01', '2030-01-02', UTC_TIMESTAMP(6),"
+                       " 0, 1000)" for i in range(1001))
     await query(stack.db_url, "INSERT INTO activities (product_id, name, start_time, end_time,"
-                f" create_time) VALUES {values}")
+                f" create_time, price_cents, payment_window_ms) VALUES {values}")
     ids = [row[0] for row in await query(stack.db_url, "SELECT id FROM activities ORDER BY id")]
     first = await stack.activities.ListActivities(activity_pb2.ListActivitiesRequest(
         page_size=page_size))

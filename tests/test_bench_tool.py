@@ -179,8 +179,8 @@ async def test_a_failed_invariant_exits_1(stack: Stack, capsys: pytest.CaptureFi
     assert code == 1
     out = capsys.readouterr().out
     assert "[OK]" in out and "[FailedPrecondition]" in out
-    assert "[FAILED] orders == initial stock - remaining stock" in out
-    assert "[ok]     no user holds two orders" in out
+    assert "[FAILED] active orders == initial stock - remaining stock" in out
+    assert "[ok]     no user holds two active orders" in out
 
 
 async def test_health_check_run_and_duration_mode(stack: Stack) -> None:

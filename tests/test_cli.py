@@ -159,7 +159,40 @@ async def test_buy_orders_and_cancel(seckill: Seckill, stack: Stack,
     assert cancelled.code == Exit.OK and f"cancelled order {order['id']}" in cancelled.out
     stock = (await seckill("--json", "product", "get", str(product.id))).json()["stock"]
     assert stock == 10 - 5 + 1
-    assert (await seckill("--json", "orders", "--user", "bob")).json() == {"orders": []}
+    # The cancelled order is kept, in its state; --state filters.
+    [kept] = (await seckill("--json", "orders", "--user", "bob")).json()["orders"]
+    assert (kept["id"], kept["state"]) == (order["id"], "CANCELLED")
+    assert (await seckill("--json", "orders", "--user", "bob", "--state", "pending")
+            ).json() == {"orders": []}
+    assert "cancelled" in (await seckill("orders", "--user", "bob")).out
+
+
+async def test_pay_and_the_pay_deadline(seckill: Seckill, stack: Stack) -> None:
+    product = await make_product(stack, stock=10)
+    aid = str((await make_activity(stack, product.id)).id)
+    bought = await seckill("buy", "--activity", aid, "--user", "alice")
+    assert "pay before" in bought.out and "seckill pay" in bought.out
+    order = (await seckill("--json", "orders", "--user", "alice")).json()["orders"][0]
+    assert order["state"] == "PENDING_PAYMENT" and order["price_cents"] == 9900
+    paid = await seckill("pay", str(order["id"]))
+    assert paid.code == Exit.OK and f"order {order['id']} is paid: 9900 cents" in paid.out
+    assert (await seckill("--json", "orders", "--state", "paid")).json()["orders"][0][
+        "id"] == order["id"]
+    cancelled = await seckill("--json", "cancel", str(order["id"]))
+    assert cancelled.json()["state"] == "CANCELLED"
+    again = await seckill("pay", str(order["id"]))
+    assert again.code == Exit.REFUSED and again.err
+
+
+async def test_activity_sale_terms(seckill: Seckill, stack: Stack) -> None:
+    product = await make_product(stack, stock=1)
+    made = (await seckill("--json", "activity", "create", "--product", str(product.id),
+                          "--name", "s", "--end", "+1h", "--price-cents", "500",
+                          "--payment-window", "60")).json()
+    assert (made["price_cents"], made["payment_window"]) == (500, "60s")
+    updated = (await seckill("--json", "activity", "update", str(made["id"]),
+                             "--payment-window", "1.5")).json()
+    assert (updated["price_cents"], updated["payment_window"]) == (500, "1.500s")
 
 
 async def test_already_holds_an_order(seckill: Seckill, stack: Stack) -> None:
@@ -311,6 +344,21 @@ async def test_sale_simulate(seckill: Seckill, stack: Stack) -> None:
     product = await stack.products.GetProduct(
         product_pb2.GetProductRequest(id=summary["product"]["id"]))
     assert product.stock == 0
+
+
+async def test_sale_simulate_pays_a_share_and_lets_the_rest_expire(seckill: Seckill,
+                                                                   stack: Stack) -> None:
+    sale = await seckill("--json", "sale", "simulate", "--users", "20", "--stock", "6",
+                         "--tries", "1", "--pay-share", "0.5", "--payment-window", "1")
+    assert sale.code == Exit.OK, sale.err
+    summary = sale.json()
+    assert (summary["orders"], summary["paid"]) == (6, 3)
+    names = {i["name"]: i["ok"] for i in summary["invariants"]}
+    assert names["unpaid orders expired"] and names["paid orders stayed paid"]
+    assert all(names.values()), summary["invariants"]
+    product = await stack.products.GetProduct(
+        product_pb2.GetProductRequest(id=summary["product"]["id"]))
+    assert product.stock == 3  # the expired orders' units are back
 
 
 async def test_sale_simulate_for_people(seckill: Seckill, stack: Stack) -> None:

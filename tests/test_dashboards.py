@@ -249,6 +249,11 @@ def test_alerts_fire_on_faults_not_on_the_sales_refusals(promtool: str, tmp_path
         series("seckill_db_pool_connections", f"5x{steps}", state="in_use", **order),
         series("seckill_db_pool_connections", f"5x{steps}", state="idle", **order),
         series("seckill_db_pool_max_connections", f"10x{steps}", **order),
+        # 10 expiries/s, 10 to 30 s after their deadlines (p99 about 30 s): alert.
+        series("seckill_order_expiry_lag_seconds_bucket", f"0x{steps}", le="10", **order),
+        series("seckill_order_expiry_lag_seconds_bucket", f"0+150x{steps}", le="30", **order),
+        series("seckill_order_expiry_lag_seconds_bucket", f"0+150x{steps}", le="+Inf",
+               **order),
         # order's target stops answering after 5 minutes (alert); activity's answers (none).
         series("up", f"1x19 0x{steps - 20}", job="order", instance="order:9464"),
         series("up", f"1x{steps}", job="activity", instance="a1:9464"),
@@ -280,6 +285,9 @@ def test_alerts_fire_on_faults_not_on_the_sales_refusals(promtool: str, tmp_path
               "activity at a1:9464: calls wait for a DB connection"),
         alert("SeckillDbPoolNearlyFull", "15m", activity, "warning",
               "activity at a1:9464: 100% of the DB pool in use"),
+        alert("SeckillExpiryLate", "3m"),
+        alert("SeckillExpiryLate", "15m", {}, "warning",
+              "unpaid orders expire 29.8s after their deadline (p99)"),
         alert("SeckillTargetDown", "15m", {"job": "order", "instance": "order:9464"},
               "critical", "order at order:9464 is not answering scrapes"),
     ]

@@ -35,7 +35,7 @@ INPUTS: dict[str, Descriptor] = {
 # Wire types: 0 varint, 1 fixed64, 2 length-delimited, 3/4 group start/end, 5 fixed32; 6 and 7
 # do not exist.
 WIRE_TYPE_OF = {
-    FieldDescriptor.TYPE_INT64: 0, FieldDescriptor.TYPE_INT32: 0,
+    FieldDescriptor.TYPE_INT64: 0, FieldDescriptor.TYPE_INT32: 0, FieldDescriptor.TYPE_ENUM: 0,
     FieldDescriptor.TYPE_STRING: 2, FieldDescriptor.TYPE_MESSAGE: 2,
 }
 ran: Counter[str] = Counter()
@@ -102,6 +102,8 @@ def populated(method: str) -> bytes:
             if field.type == FieldDescriptor.TYPE_MESSAGE:
                 if depth < 3:
                     fill(getattr(message, field.name), depth + 1)
+            elif field.is_repeated and field.type == FieldDescriptor.TYPE_ENUM:
+                getattr(message, field.name).extend([1, 2])
             elif field.is_repeated:
                 getattr(message, field.name).extend(["name", "stock"])
             elif field.type == FieldDescriptor.TYPE_STRING:

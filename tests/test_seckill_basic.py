@@ -56,7 +56,9 @@ async def test_cancelled_unit_goes_back_to_stock_and_another_user_buys_it(
     await stack.orders.DeleteOrder(order_pb2.DeleteOrderRequest(id=order.id), metadata=ADMIN)
     got = await stack.products.GetProduct(product_pb2.GetProductRequest(id=product.id))
     assert got.stock == 1
-    assert await query(stack.db_url, "SELECT id FROM orders WHERE id = %s", (order.id,)) == []
+    # The order is kept, as CANCELLED.
+    assert await query(stack.db_url, "SELECT state FROM orders WHERE id = %s",
+                       (order.id,)) == [(order_pb2.CANCELLED,)]
 
     bobs = await buy(stack, activity.id, "bob")
     assert bobs.user_id == "bob"

@@ -124,7 +124,8 @@ async def test_users_see_and_cancel_only_their_own_orders(secured: Stack, sale: 
 
     await secured.orders.DeleteOrder(order_pb2.DeleteOrderRequest(id=alice.id),
                                      metadata=as_user("alice"))
-    assert await query(secured.db_url, "SELECT CAST(user_id AS CHAR) FROM orders") == [("bob",)]
+    assert await query(secured.db_url, "SELECT CAST(user_id AS CHAR) FROM orders"
+                       " WHERE state = %s", (order_pb2.PENDING_PAYMENT,)) == [("bob",)]
     product = await secured.products.GetProduct(product_pb2.GetProductRequest(
         id=alice.product_id))
     assert product.stock == 9  # 10 - 2 bought + 1 cancelled

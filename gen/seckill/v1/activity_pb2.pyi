@@ -5,6 +5,7 @@ Seckill activities and the Seckill call itself."""
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -35,12 +36,18 @@ class Activity(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     PRODUCT_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    PRICE_CENTS_FIELD_NUMBER: _builtins.int
+    PAYMENT_WINDOW_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Output only. Server-assigned id, > 0."""
     product_id: _builtins.int
     """Required on create, immutable after. The product on sale."""
     name: _builtins.str
     """Display name: 1 to 200 characters, not only white space."""
+    price_cents: _builtins.int
+    """The sale price in cents, 0 to 10^12, that orders of this activity pay.
+    Unset at creation: the product's price_cents at that moment.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Required. The sale opens at this instant (inclusive), by the database's
@@ -59,6 +66,13 @@ class Activity(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the activity was created."""
 
+    @_builtins.property
+    def payment_window(self) -> _duration_pb2.Duration:
+        """How long a buyer has to pay an order (OrderService.PayOrder) before it
+        expires: 1 second to 7 days, in whole milliseconds. Unset at creation:
+        15 minutes.
+        """
+
     def __init__(
         self,
         *,
@@ -69,12 +83,16 @@ class Activity(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         product: _product_pb2.Product | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        price_cents: _builtins.int | None = ...,
+        payment_window: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "product", b"product", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_price_cents", b"_price_cents", "create_time", b"create_time", "end_time", b"end_time", "payment_window", b"payment_window", "price_cents", b"price_cents", "product", b"product", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "id", b"id", "name", b"name", "product", b"product", "product_id", b"product_id", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_price_cents", b"_price_cents", "create_time", b"create_time", "end_time", b"end_time", "id", b"id", "name", b"name", "payment_window", b"payment_window", "price_cents", b"price_cents", "product", b"product", "product_id", b"product_id", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__price_cents: _TypeAlias = _typing.Literal["price_cents"]  # noqa: Y015
+    _WhichOneofArgType__price_cents: _TypeAlias = _typing.Literal["_price_cents", b"_price_cents"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__price_cents) -> _WhichOneofReturnType__price_cents | None: ...
 
 Global___Activity: _TypeAlias = Activity  # noqa: Y015
 
@@ -85,6 +103,12 @@ class CreateActivityRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACTIVITY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional. A UUID naming this request (AIP-155): a retry with the same id
+    and the same request returns the activity created the first time; the
+    same id with a different request is INVALID_ARGUMENT.
+    """
     @_builtins.property
     def activity(self) -> Global___Activity:
         """Required. The activity to create; id, product and create_time are ignored."""
@@ -93,10 +117,11 @@ class CreateActivityRequest(_message.Message):
         self,
         *,
         activity: Global___Activity | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["activity", b"activity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity", b"activity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity", b"activity", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -195,7 +220,7 @@ class UpdateActivityRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to update (AIP-134). Empty means every populated field among
-        name, start_time and end_time.
+        name, start_time, end_time, price_cents and payment_window.
         """
 
     def __init__(

@@ -109,11 +109,16 @@ class ActivityServiceServicer:
     """
 
     def CreateActivity(self, request, context):
-        """Creates an activity for an existing product and returns it.
+        """Creates an activity for an existing product and returns it. A retry
+        with the same request_id and the same request returns the activity the
+        first call created, and creates nothing.
         Admin. Errors: INVALID_ARGUMENT (BadRequest) for a missing activity, a
         product_id <= 0, an empty or too long name, an unset start_time or
-        end_time, or end_time not after start_time; NOT_FOUND (ResourceInfo of
-        the product) when the product does not exist.
+        end_time, end_time not after start_time, a price_cents outside 0..10^12,
+        a payment_window outside 1 s..7 days or not in whole milliseconds, a
+        request_id that is not a UUID, or one already used for a different
+        request; NOT_FOUND (ResourceInfo of the product) when the product does
+        not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -138,7 +143,8 @@ class ActivityServiceServicer:
 
     def UpdateActivity(self, request, context):
         """Updates the fields named by update_mask and returns the activity.
-        Admin. Updatable paths: name, start_time, end_time.
+        Admin. Updatable paths: name, start_time, end_time, price_cents,
+        payment_window. Orders already made keep their price and deadline.
         Errors: INVALID_ARGUMENT (BadRequest) for an unknown or immutable path
         (product_id is immutable), a bad value, or a resulting end_time not
         after start_time; NOT_FOUND (ResourceInfo).
@@ -148,10 +154,11 @@ class ActivityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteActivity(self, request, context):
-        """Deletes an activity that has no orders.
+        """Deletes an activity that has no PENDING_PAYMENT or PAID order; its
+        cancelled and expired orders are deleted with it.
         Admin. Errors: INVALID_ARGUMENT (BadRequest) for an id <= 0; NOT_FOUND
         (ResourceInfo); FAILED_PRECONDITION (ErrorInfo reason
-        ACTIVITY_HAS_ORDERS) while any order of the activity exists.
+        ACTIVITY_HAS_ORDERS) while a pending or paid order of the activity exists.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -159,16 +166,21 @@ class ActivityServiceServicer:
 
     def Seckill(self, request, context):
         """Buys one unit of the activity's product for user_id (with user tokens:
-        for the token's user; user_id may then be empty).
+        for the token's user; user_id may then be empty) and returns the new
+        order: PENDING_PAYMENT at the activity's price_cents, to be paid
+        (OrderService.PayOrder) before its pay_deadline, create_time plus the
+        activity's payment_window; unpaid, it expires and the unit goes back on
+        sale.
 
         The answer is sent only after the order and the stock decrement have
         committed together, so OK means the order is durable. Retrying is always
         safe: a repeat by the same user answers ALREADY_EXISTS with the order id.
+        A user whose order was cancelled or expired may buy again.
         Errors: INVALID_ARGUMENT (BadRequest) for an activity_id <= 0 or a
         user_id that is not 1 to 64 printable characters; NOT_FOUND
         (ResourceInfo) for an unknown activity; ALREADY_EXISTS (ErrorInfo reason
         ALREADY_PURCHASED, metadata order_id) when the user already holds an
-        order for the activity; FAILED_PRECONDITION (ErrorInfo reason
+        PENDING_PAYMENT or PAID order for the activity; FAILED_PRECONDITION (ErrorInfo reason
         NOT_STARTED, ENDED or SOLD_OUT).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

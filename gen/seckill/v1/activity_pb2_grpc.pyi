@@ -54,11 +54,16 @@ class ActivityServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ActivityServiceAsyncStub: ...
     CreateActivity: _grpc.UnaryUnaryMultiCallable[_activity_pb2.CreateActivityRequest, _activity_pb2.Activity]
-    """Creates an activity for an existing product and returns it.
+    """Creates an activity for an existing product and returns it. A retry
+    with the same request_id and the same request returns the activity the
+    first call created, and creates nothing.
     Admin. Errors: INVALID_ARGUMENT (BadRequest) for a missing activity, a
     product_id <= 0, an empty or too long name, an unset start_time or
-    end_time, or end_time not after start_time; NOT_FOUND (ResourceInfo of
-    the product) when the product does not exist.
+    end_time, end_time not after start_time, a price_cents outside 0..10^12,
+    a payment_window outside 1 s..7 days or not in whole milliseconds, a
+    request_id that is not a UUID, or one already used for a different
+    request; NOT_FOUND (ResourceInfo of the product) when the product does
+    not exist.
     """
     GetActivity: _grpc.UnaryUnaryMultiCallable[_activity_pb2.GetActivityRequest, _activity_pb2.Activity]
     """Returns one activity with its product (and the product's current stock).
@@ -71,29 +76,36 @@ class ActivityServiceStub:
     """
     UpdateActivity: _grpc.UnaryUnaryMultiCallable[_activity_pb2.UpdateActivityRequest, _activity_pb2.Activity]
     """Updates the fields named by update_mask and returns the activity.
-    Admin. Updatable paths: name, start_time, end_time.
+    Admin. Updatable paths: name, start_time, end_time, price_cents,
+    payment_window. Orders already made keep their price and deadline.
     Errors: INVALID_ARGUMENT (BadRequest) for an unknown or immutable path
     (product_id is immutable), a bad value, or a resulting end_time not
     after start_time; NOT_FOUND (ResourceInfo).
     """
     DeleteActivity: _grpc.UnaryUnaryMultiCallable[_activity_pb2.DeleteActivityRequest, _empty_pb2.Empty]
-    """Deletes an activity that has no orders.
+    """Deletes an activity that has no PENDING_PAYMENT or PAID order; its
+    cancelled and expired orders are deleted with it.
     Admin. Errors: INVALID_ARGUMENT (BadRequest) for an id <= 0; NOT_FOUND
     (ResourceInfo); FAILED_PRECONDITION (ErrorInfo reason
-    ACTIVITY_HAS_ORDERS) while any order of the activity exists.
+    ACTIVITY_HAS_ORDERS) while a pending or paid order of the activity exists.
     """
     Seckill: _grpc.UnaryUnaryMultiCallable[_activity_pb2.SeckillRequest, _activity_pb2.SeckillResponse]
     """Buys one unit of the activity's product for user_id (with user tokens:
-    for the token's user; user_id may then be empty).
+    for the token's user; user_id may then be empty) and returns the new
+    order: PENDING_PAYMENT at the activity's price_cents, to be paid
+    (OrderService.PayOrder) before its pay_deadline, create_time plus the
+    activity's payment_window; unpaid, it expires and the unit goes back on
+    sale.
 
     The answer is sent only after the order and the stock decrement have
     committed together, so OK means the order is durable. Retrying is always
     safe: a repeat by the same user answers ALREADY_EXISTS with the order id.
+    A user whose order was cancelled or expired may buy again.
     Errors: INVALID_ARGUMENT (BadRequest) for an activity_id <= 0 or a
     user_id that is not 1 to 64 printable characters; NOT_FOUND
     (ResourceInfo) for an unknown activity; ALREADY_EXISTS (ErrorInfo reason
     ALREADY_PURCHASED, metadata order_id) when the user already holds an
-    order for the activity; FAILED_PRECONDITION (ErrorInfo reason
+    PENDING_PAYMENT or PAID order for the activity; FAILED_PRECONDITION (ErrorInfo reason
     NOT_STARTED, ENDED or SOLD_OUT).
     """
 
@@ -122,11 +134,16 @@ class ActivityServiceAsyncStub(ActivityServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateActivity: _aio.UnaryUnaryMultiCallable[_activity_pb2.CreateActivityRequest, _activity_pb2.Activity]  # type: ignore[assignment]
-    """Creates an activity for an existing product and returns it.
+    """Creates an activity for an existing product and returns it. A retry
+    with the same request_id and the same request returns the activity the
+    first call created, and creates nothing.
     Admin. Errors: INVALID_ARGUMENT (BadRequest) for a missing activity, a
     product_id <= 0, an empty or too long name, an unset start_time or
-    end_time, or end_time not after start_time; NOT_FOUND (ResourceInfo of
-    the product) when the product does not exist.
+    end_time, end_time not after start_time, a price_cents outside 0..10^12,
+    a payment_window outside 1 s..7 days or not in whole milliseconds, a
+    request_id that is not a UUID, or one already used for a different
+    request; NOT_FOUND (ResourceInfo of the product) when the product does
+    not exist.
     """
     GetActivity: _aio.UnaryUnaryMultiCallable[_activity_pb2.GetActivityRequest, _activity_pb2.Activity]  # type: ignore[assignment]
     """Returns one activity with its product (and the product's current stock).
@@ -139,29 +156,36 @@ class ActivityServiceAsyncStub(ActivityServiceStub):
     """
     UpdateActivity: _aio.UnaryUnaryMultiCallable[_activity_pb2.UpdateActivityRequest, _activity_pb2.Activity]  # type: ignore[assignment]
     """Updates the fields named by update_mask and returns the activity.
-    Admin. Updatable paths: name, start_time, end_time.
+    Admin. Updatable paths: name, start_time, end_time, price_cents,
+    payment_window. Orders already made keep their price and deadline.
     Errors: INVALID_ARGUMENT (BadRequest) for an unknown or immutable path
     (product_id is immutable), a bad value, or a resulting end_time not
     after start_time; NOT_FOUND (ResourceInfo).
     """
     DeleteActivity: _aio.UnaryUnaryMultiCallable[_activity_pb2.DeleteActivityRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Deletes an activity that has no orders.
+    """Deletes an activity that has no PENDING_PAYMENT or PAID order; its
+    cancelled and expired orders are deleted with it.
     Admin. Errors: INVALID_ARGUMENT (BadRequest) for an id <= 0; NOT_FOUND
     (ResourceInfo); FAILED_PRECONDITION (ErrorInfo reason
-    ACTIVITY_HAS_ORDERS) while any order of the activity exists.
+    ACTIVITY_HAS_ORDERS) while a pending or paid order of the activity exists.
     """
     Seckill: _aio.UnaryUnaryMultiCallable[_activity_pb2.SeckillRequest, _activity_pb2.SeckillResponse]  # type: ignore[assignment]
     """Buys one unit of the activity's product for user_id (with user tokens:
-    for the token's user; user_id may then be empty).
+    for the token's user; user_id may then be empty) and returns the new
+    order: PENDING_PAYMENT at the activity's price_cents, to be paid
+    (OrderService.PayOrder) before its pay_deadline, create_time plus the
+    activity's payment_window; unpaid, it expires and the unit goes back on
+    sale.
 
     The answer is sent only after the order and the stock decrement have
     committed together, so OK means the order is durable. Retrying is always
     safe: a repeat by the same user answers ALREADY_EXISTS with the order id.
+    A user whose order was cancelled or expired may buy again.
     Errors: INVALID_ARGUMENT (BadRequest) for an activity_id <= 0 or a
     user_id that is not 1 to 64 printable characters; NOT_FOUND
     (ResourceInfo) for an unknown activity; ALREADY_EXISTS (ErrorInfo reason
     ALREADY_PURCHASED, metadata order_id) when the user already holds an
-    order for the activity; FAILED_PRECONDITION (ErrorInfo reason
+    PENDING_PAYMENT or PAID order for the activity; FAILED_PRECONDITION (ErrorInfo reason
     NOT_STARTED, ENDED or SOLD_OUT).
     """
 
@@ -193,11 +217,16 @@ class ActivityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _activity_pb2.CreateActivityRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_activity_pb2.Activity, _abc.Awaitable[_activity_pb2.Activity]]:
-        """Creates an activity for an existing product and returns it.
+        """Creates an activity for an existing product and returns it. A retry
+        with the same request_id and the same request returns the activity the
+        first call created, and creates nothing.
         Admin. Errors: INVALID_ARGUMENT (BadRequest) for a missing activity, a
         product_id <= 0, an empty or too long name, an unset start_time or
-        end_time, or end_time not after start_time; NOT_FOUND (ResourceInfo of
-        the product) when the product does not exist.
+        end_time, end_time not after start_time, a price_cents outside 0..10^12,
+        a payment_window outside 1 s..7 days or not in whole milliseconds, a
+        request_id that is not a UUID, or one already used for a different
+        request; NOT_FOUND (ResourceInfo of the product) when the product does
+        not exist.
         """
 
     @_abc_1.abstractmethod
@@ -228,7 +257,8 @@ class ActivityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_activity_pb2.Activity, _abc.Awaitable[_activity_pb2.Activity]]:
         """Updates the fields named by update_mask and returns the activity.
-        Admin. Updatable paths: name, start_time, end_time.
+        Admin. Updatable paths: name, start_time, end_time, price_cents,
+        payment_window. Orders already made keep their price and deadline.
         Errors: INVALID_ARGUMENT (BadRequest) for an unknown or immutable path
         (product_id is immutable), a bad value, or a resulting end_time not
         after start_time; NOT_FOUND (ResourceInfo).
@@ -240,10 +270,11 @@ class ActivityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _activity_pb2.DeleteActivityRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Deletes an activity that has no orders.
+        """Deletes an activity that has no PENDING_PAYMENT or PAID order; its
+        cancelled and expired orders are deleted with it.
         Admin. Errors: INVALID_ARGUMENT (BadRequest) for an id <= 0; NOT_FOUND
         (ResourceInfo); FAILED_PRECONDITION (ErrorInfo reason
-        ACTIVITY_HAS_ORDERS) while any order of the activity exists.
+        ACTIVITY_HAS_ORDERS) while a pending or paid order of the activity exists.
         """
 
     @_abc_1.abstractmethod
@@ -253,16 +284,21 @@ class ActivityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_activity_pb2.SeckillResponse, _abc.Awaitable[_activity_pb2.SeckillResponse]]:
         """Buys one unit of the activity's product for user_id (with user tokens:
-        for the token's user; user_id may then be empty).
+        for the token's user; user_id may then be empty) and returns the new
+        order: PENDING_PAYMENT at the activity's price_cents, to be paid
+        (OrderService.PayOrder) before its pay_deadline, create_time plus the
+        activity's payment_window; unpaid, it expires and the unit goes back on
+        sale.
 
         The answer is sent only after the order and the stock decrement have
         committed together, so OK means the order is durable. Retrying is always
         safe: a repeat by the same user answers ALREADY_EXISTS with the order id.
+        A user whose order was cancelled or expired may buy again.
         Errors: INVALID_ARGUMENT (BadRequest) for an activity_id <= 0 or a
         user_id that is not 1 to 64 printable characters; NOT_FOUND
         (ResourceInfo) for an unknown activity; ALREADY_EXISTS (ErrorInfo reason
         ALREADY_PURCHASED, metadata order_id) when the user already holds an
-        order for the activity; FAILED_PRECONDITION (ErrorInfo reason
+        PENDING_PAYMENT or PAID order for the activity; FAILED_PRECONDITION (ErrorInfo reason
         NOT_STARTED, ENDED or SOLD_OUT).
         """
 

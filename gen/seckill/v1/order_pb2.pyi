@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +19,40 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _OrderState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OrderStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OrderState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ORDER_STATE_UNSPECIFIED: _OrderState.ValueType  # 0
+    """Never used for an order; in ListOrdersRequest.states it is INVALID_ARGUMENT."""
+    PENDING_PAYMENT: _OrderState.ValueType  # 1
+    """Won by a seckill; the unit is reserved until pay_deadline."""
+    PAID: _OrderState.ValueType  # 2
+    """Paid before the deadline; the unit is the buyer's."""
+    CANCELLED: _OrderState.ValueType  # 3
+    """Cancelled by its owner or an admin; the unit went back to stock."""
+    EXPIRED: _OrderState.ValueType  # 4
+    """Not paid by pay_deadline; the unit went back to stock."""
+
+class OrderState(_OrderState, metaclass=_OrderStateEnumTypeWrapper):
+    """Where an order stands. Only PENDING_PAYMENT and PAID orders hold a unit;
+    a user holds at most one of those per activity.
+    """
+
+ORDER_STATE_UNSPECIFIED: OrderState.ValueType  # 0
+"""Never used for an order; in ListOrdersRequest.states it is INVALID_ARGUMENT."""
+PENDING_PAYMENT: OrderState.ValueType  # 1
+"""Won by a seckill; the unit is reserved until pay_deadline."""
+PAID: OrderState.ValueType  # 2
+"""Paid before the deadline; the unit is the buyer's."""
+CANCELLED: OrderState.ValueType  # 3
+"""Cancelled by its owner or an admin; the unit went back to stock."""
+EXPIRED: OrderState.ValueType  # 4
+"""Not paid by pay_deadline; the unit went back to stock."""
+Global___OrderState: _TypeAlias = OrderState  # noqa: Y015
 
 @_typing.final
 class Order(_message.Message):
@@ -30,6 +65,10 @@ class Order(_message.Message):
     PRODUCT_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PRICE_CENTS_FIELD_NUMBER: _builtins.int
+    PAY_DEADLINE_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Output only. Server-assigned id, > 0."""
     activity_id: _builtins.int
@@ -38,9 +77,26 @@ class Order(_message.Message):
     """The product bought."""
     user_id: _builtins.str
     """The buyer."""
+    state: Global___OrderState.ValueType
+    """Where the order stands."""
+    price_cents: _builtins.int
+    """The activity's sale price when the order was made, in cents; later
+    price changes do not change it.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the order committed, by the database's clock."""
+
+    @_builtins.property
+    def pay_deadline(self) -> _timestamp_pb2.Timestamp:
+        """PayOrder must come before this instant (create_time plus the activity's
+        payment_window, by the database's clock). Orders carried over from
+        before order states existed are PAID, with pay_deadline = create_time.
+        """
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the order last changed state (create_time until then)."""
 
     def __init__(
         self,
@@ -50,10 +106,14 @@ class Order(_message.Message):
         product_id: _builtins.int = ...,
         user_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        state: Global___OrderState.ValueType = ...,
+        price_cents: _builtins.int = ...,
+        pay_deadline: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "pay_deadline", b"pay_deadline", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_id", b"activity_id", "create_time", b"create_time", "id", b"id", "product_id", b"product_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_id", b"activity_id", "create_time", b"create_time", "id", b"id", "pay_deadline", b"pay_deadline", "price_cents", b"price_cents", "product_id", b"product_id", "state", b"state", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -91,6 +151,7 @@ class ListOrdersRequest(_message.Message):
     ACTIVITY_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """Only this user's orders, when not empty."""
     activity_id: _builtins.int
@@ -103,6 +164,10 @@ class ListOrdersRequest(_message.Message):
     """The next_page_token of a previous call with the same filters, or empty
     for the first page.
     """
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___OrderState.ValueType]:
+        """Only orders in one of these states, when not empty."""
+
     def __init__(
         self,
         *,
@@ -110,10 +175,11 @@ class ListOrdersRequest(_message.Message):
         activity_id: _builtins.int = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        states: _abc.Iterable[Global___OrderState.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_id", b"activity_id", "page_size", b"page_size", "page_token", b"page_token", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_id", b"activity_id", "page_size", b"page_size", "page_token", b"page_token", "states", b"states", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -146,6 +212,50 @@ class ListOrdersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListOrdersResponse: _TypeAlias = ListOrdersResponse  # noqa: Y015
+
+@_typing.final
+class PayOrderRequest(_message.Message):
+    """Request for OrderService.PayOrder."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Required. The order's id, > 0."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PayOrderRequest: _TypeAlias = PayOrderRequest  # noqa: Y015
+
+@_typing.final
+class CancelOrderRequest(_message.Message):
+    """Request for OrderService.CancelOrder."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Required. The order's id, > 0."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelOrderRequest: _TypeAlias = CancelOrderRequest  # noqa: Y015
 
 @_typing.final
 class DeleteOrderRequest(_message.Message):

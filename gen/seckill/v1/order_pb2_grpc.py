@@ -27,19 +27,26 @@ if _version_not_supported:
 
 
 class OrderServiceStub:
-    """Lets users look at their orders and admins cancel them.
+    """Lets users look at, pay and cancel their orders.
 
-    Orders are created only by ActivityService.Seckill. DeleteOrder is an
-    admin RPC: it needs `authorization: Bearer <SECKILL_ADMIN_TOKEN>` metadata
-    and answers UNAUTHENTICATED without it and PERMISSION_DENIED for a wrong
-    token.
+    Orders are created only by ActivityService.Seckill, as PENDING_PAYMENT:
+    the unit is reserved until the order's pay_deadline. PayOrder before the
+    deadline makes it PAID; past the deadline it becomes EXPIRED within a few
+    seconds (SECKILL_EXPIRY_INTERVAL_MS) and its unit goes back on sale.
+    CancelOrder gives a pending or paid order's unit back. Cancelled and
+    expired orders are kept.
+
+    PayOrder, CancelOrder and DeleteOrder are admin RPCs: they need
+    `authorization: Bearer <SECKILL_ADMIN_TOKEN>` metadata and answer
+    UNAUTHENTICATED without it and PERMISSION_DENIED for a wrong token.
 
     With SECKILL_USER_TOKEN_SECRET set, every RPC here is a user RPC: it needs
     `authorization: Bearer <user token>` (or the admin token), answers
     UNAUTHENTICATED for a missing, invalid or expired token, and acts for the
     token's user only: ListOrders lists that user's orders (PERMISSION_DENIED
-    for another user_id), GetOrder and DeleteOrder answer NOT_FOUND for
-    another user's order, and a user may cancel their own orders.
+    for another user_id), GetOrder, PayOrder, CancelOrder and DeleteOrder
+    answer NOT_FOUND for another user's order, and a user may pay and cancel
+    their own orders.
 
     Every RPC answers UNAVAILABLE (RetryInfo) while the database cannot be
     reached; RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure) over a
@@ -65,6 +72,16 @@ class OrderServiceStub:
                 request_serializer=seckill_dot_v1_dot_order__pb2.ListOrdersRequest.SerializeToString,
                 response_deserializer=seckill_dot_v1_dot_order__pb2.ListOrdersResponse.FromString,
                 _registered_method=True)
+        self.PayOrder = channel.unary_unary(
+                '/seckill.v1.OrderService/PayOrder',
+                request_serializer=seckill_dot_v1_dot_order__pb2.PayOrderRequest.SerializeToString,
+                response_deserializer=seckill_dot_v1_dot_order__pb2.Order.FromString,
+                _registered_method=True)
+        self.CancelOrder = channel.unary_unary(
+                '/seckill.v1.OrderService/CancelOrder',
+                request_serializer=seckill_dot_v1_dot_order__pb2.CancelOrderRequest.SerializeToString,
+                response_deserializer=seckill_dot_v1_dot_order__pb2.Order.FromString,
+                _registered_method=True)
         self.DeleteOrder = channel.unary_unary(
                 '/seckill.v1.OrderService/DeleteOrder',
                 request_serializer=seckill_dot_v1_dot_order__pb2.DeleteOrderRequest.SerializeToString,
@@ -73,19 +90,26 @@ class OrderServiceStub:
 
 
 class OrderServiceServicer:
-    """Lets users look at their orders and admins cancel them.
+    """Lets users look at, pay and cancel their orders.
 
-    Orders are created only by ActivityService.Seckill. DeleteOrder is an
-    admin RPC: it needs `authorization: Bearer <SECKILL_ADMIN_TOKEN>` metadata
-    and answers UNAUTHENTICATED without it and PERMISSION_DENIED for a wrong
-    token.
+    Orders are created only by ActivityService.Seckill, as PENDING_PAYMENT:
+    the unit is reserved until the order's pay_deadline. PayOrder before the
+    deadline makes it PAID; past the deadline it becomes EXPIRED within a few
+    seconds (SECKILL_EXPIRY_INTERVAL_MS) and its unit goes back on sale.
+    CancelOrder gives a pending or paid order's unit back. Cancelled and
+    expired orders are kept.
+
+    PayOrder, CancelOrder and DeleteOrder are admin RPCs: they need
+    `authorization: Bearer <SECKILL_ADMIN_TOKEN>` metadata and answer
+    UNAUTHENTICATED without it and PERMISSION_DENIED for a wrong token.
 
     With SECKILL_USER_TOKEN_SECRET set, every RPC here is a user RPC: it needs
     `authorization: Bearer <user token>` (or the admin token), answers
     UNAUTHENTICATED for a missing, invalid or expired token, and acts for the
     token's user only: ListOrders lists that user's orders (PERMISSION_DENIED
-    for another user_id), GetOrder and DeleteOrder answer NOT_FOUND for
-    another user's order, and a user may cancel their own orders.
+    for another user_id), GetOrder, PayOrder, CancelOrder and DeleteOrder
+    answer NOT_FOUND for another user's order, and a user may pay and cancel
+    their own orders.
 
     Every RPC answers UNAVAILABLE (RetryInfo) while the database cannot be
     reached; RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure) over a
@@ -105,20 +129,52 @@ class OrderServiceServicer:
 
     def ListOrders(self, request, context):
         """Returns orders in ascending id order, one page at a time, optionally
-        only those of one user and/or one activity.
+        only those of one user, one activity and/or some states (every state by
+        default).
         Errors: INVALID_ARGUMENT (BadRequest) for a negative page_size or
-        activity_id, a user_id over 64 characters, or a bad page_token (also one
-        reused with different filters).
+        activity_id, a user_id over 64 characters, an unknown state, or a bad
+        page_token (also one reused with different filters).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PayOrder(self, request, context):
+        """Pays a PENDING_PAYMENT order before its pay_deadline (by the database's
+        clock) and returns it, now PAID. Idempotent: paying a PAID order returns
+        it unchanged. In a real deployment the payment provider's callback calls
+        this.
+        Admin (or, with user tokens, the order's owner). Errors: INVALID_ARGUMENT
+        for an id <= 0; NOT_FOUND (ResourceInfo); FAILED_PRECONDITION (ErrorInfo
+        reason PAYMENT_EXPIRED, metadata order_id) past the deadline (the order is
+        then EXPIRED and its unit back in stock), or ORDER_CANCELLED for a
+        cancelled order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelOrder(self, request, context):
+        """Cancels a PENDING_PAYMENT or PAID order and returns it, now CANCELLED;
+        its unit goes back to the product's stock in the same transaction, so
+        exactly once. The order is kept. Idempotent: cancelling a CANCELLED order
+        returns it unchanged.
+        Admin (or, with user tokens, the order's owner). Errors: INVALID_ARGUMENT
+        for an id <= 0; NOT_FOUND (ResourceInfo); FAILED_PRECONDITION (ErrorInfo
+        reason ORDER_EXPIRED, metadata order_id) for an order past its
+        pay_deadline unpaid (its unit is already back).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteOrder(self, request, context):
-        """Cancels an order: deletes it and gives its unit back to the product's
-        stock in one transaction.
-        Admin (or, with user tokens, the order's owner). Errors: INVALID_ARGUMENT
-        for an id <= 0; NOT_FOUND (ResourceInfo).
+        """Cancels an order, as CancelOrder does, and answers Empty. Kept for
+        existing clients; new ones use CancelOrder, which returns the order. The
+        order is kept, as CANCELLED.
+        Admin (or, with user tokens, the order's owner). Errors: as CancelOrder's:
+        INVALID_ARGUMENT for an id <= 0; NOT_FOUND (ResourceInfo);
+        FAILED_PRECONDITION (ErrorInfo reason ORDER_EXPIRED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -137,6 +193,16 @@ def add_OrderServiceServicer_to_server(servicer, server):
                     request_deserializer=seckill_dot_v1_dot_order__pb2.ListOrdersRequest.FromString,
                     response_serializer=seckill_dot_v1_dot_order__pb2.ListOrdersResponse.SerializeToString,
             ),
+            'PayOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.PayOrder,
+                    request_deserializer=seckill_dot_v1_dot_order__pb2.PayOrderRequest.FromString,
+                    response_serializer=seckill_dot_v1_dot_order__pb2.Order.SerializeToString,
+            ),
+            'CancelOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelOrder,
+                    request_deserializer=seckill_dot_v1_dot_order__pb2.CancelOrderRequest.FromString,
+                    response_serializer=seckill_dot_v1_dot_order__pb2.Order.SerializeToString,
+            ),
             'DeleteOrder': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteOrder,
                     request_deserializer=seckill_dot_v1_dot_order__pb2.DeleteOrderRequest.FromString,
@@ -151,19 +217,26 @@ def add_OrderServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class OrderService:
-    """Lets users look at their orders and admins cancel them.
+    """Lets users look at, pay and cancel their orders.
 
-    Orders are created only by ActivityService.Seckill. DeleteOrder is an
-    admin RPC: it needs `authorization: Bearer <SECKILL_ADMIN_TOKEN>` metadata
-    and answers UNAUTHENTICATED without it and PERMISSION_DENIED for a wrong
-    token.
+    Orders are created only by ActivityService.Seckill, as PENDING_PAYMENT:
+    the unit is reserved until the order's pay_deadline. PayOrder before the
+    deadline makes it PAID; past the deadline it becomes EXPIRED within a few
+    seconds (SECKILL_EXPIRY_INTERVAL_MS) and its unit goes back on sale.
+    CancelOrder gives a pending or paid order's unit back. Cancelled and
+    expired orders are kept.
+
+    PayOrder, CancelOrder and DeleteOrder are admin RPCs: they need
+    `authorization: Bearer <SECKILL_ADMIN_TOKEN>` metadata and answer
+    UNAUTHENTICATED without it and PERMISSION_DENIED for a wrong token.
 
     With SECKILL_USER_TOKEN_SECRET set, every RPC here is a user RPC: it needs
     `authorization: Bearer <user token>` (or the admin token), answers
     UNAUTHENTICATED for a missing, invalid or expired token, and acts for the
     token's user only: ListOrders lists that user's orders (PERMISSION_DENIED
-    for another user_id), GetOrder and DeleteOrder answer NOT_FOUND for
-    another user's order, and a user may cancel their own orders.
+    for another user_id), GetOrder, PayOrder, CancelOrder and DeleteOrder
+    answer NOT_FOUND for another user's order, and a user may pay and cancel
+    their own orders.
 
     Every RPC answers UNAVAILABLE (RetryInfo) while the database cannot be
     reached; RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure) over a
@@ -217,6 +290,60 @@ class OrderService:
             '/seckill.v1.OrderService/ListOrders',
             seckill_dot_v1_dot_order__pb2.ListOrdersRequest.SerializeToString,
             seckill_dot_v1_dot_order__pb2.ListOrdersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PayOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seckill.v1.OrderService/PayOrder',
+            seckill_dot_v1_dot_order__pb2.PayOrderRequest.SerializeToString,
+            seckill_dot_v1_dot_order__pb2.Order.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seckill.v1.OrderService/CancelOrder',
+            seckill_dot_v1_dot_order__pb2.CancelOrderRequest.SerializeToString,
+            seckill_dot_v1_dot_order__pb2.Order.FromString,
             options,
             channel_credentials,
             insecure,

@@ -28,19 +28,26 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class OrderServiceStub:
-    """Lets users look at their orders and admins cancel them.
+    """Lets users look at, pay and cancel their orders.
 
-    Orders are created only by ActivityService.Seckill. DeleteOrder is an
-    admin RPC: it needs `authorization: Bearer <SECKILL_ADMIN_TOKEN>` metadata
-    and answers UNAUTHENTICATED without it and PERMISSION_DENIED for a wrong
-    token.
+    Orders are created only by ActivityService.Seckill, as PENDING_PAYMENT:
+    the unit is reserved until the order's pay_deadline. PayOrder before the
+    deadline makes it PAID; past the deadline it becomes EXPIRED within a few
+    seconds (SECKILL_EXPIRY_INTERVAL_MS) and its unit goes back on sale.
+    CancelOrder gives a pending or paid order's unit back. Cancelled and
+    expired orders are kept.
+
+    PayOrder, CancelOrder and DeleteOrder are admin RPCs: they need
+    `authorization: Bearer <SECKILL_ADMIN_TOKEN>` metadata and answer
+    UNAUTHENTICATED without it and PERMISSION_DENIED for a wrong token.
 
     With SECKILL_USER_TOKEN_SECRET set, every RPC here is a user RPC: it needs
     `authorization: Bearer <user token>` (or the admin token), answers
     UNAUTHENTICATED for a missing, invalid or expired token, and acts for the
     token's user only: ListOrders lists that user's orders (PERMISSION_DENIED
-    for another user_id), GetOrder and DeleteOrder answer NOT_FOUND for
-    another user's order, and a user may cancel their own orders.
+    for another user_id), GetOrder, PayOrder, CancelOrder and DeleteOrder
+    answer NOT_FOUND for another user's order, and a user may pay and cancel
+    their own orders.
 
     Every RPC answers UNAVAILABLE (RetryInfo) while the database cannot be
     reached; RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure) over a
@@ -60,33 +67,64 @@ class OrderServiceStub:
     """
     ListOrders: _grpc.UnaryUnaryMultiCallable[_order_pb2.ListOrdersRequest, _order_pb2.ListOrdersResponse]
     """Returns orders in ascending id order, one page at a time, optionally
-    only those of one user and/or one activity.
+    only those of one user, one activity and/or some states (every state by
+    default).
     Errors: INVALID_ARGUMENT (BadRequest) for a negative page_size or
-    activity_id, a user_id over 64 characters, or a bad page_token (also one
-    reused with different filters).
+    activity_id, a user_id over 64 characters, an unknown state, or a bad
+    page_token (also one reused with different filters).
+    """
+    PayOrder: _grpc.UnaryUnaryMultiCallable[_order_pb2.PayOrderRequest, _order_pb2.Order]
+    """Pays a PENDING_PAYMENT order before its pay_deadline (by the database's
+    clock) and returns it, now PAID. Idempotent: paying a PAID order returns
+    it unchanged. In a real deployment the payment provider's callback calls
+    this.
+    Admin (or, with user tokens, the order's owner). Errors: INVALID_ARGUMENT
+    for an id <= 0; NOT_FOUND (ResourceInfo); FAILED_PRECONDITION (ErrorInfo
+    reason PAYMENT_EXPIRED, metadata order_id) past the deadline (the order is
+    then EXPIRED and its unit back in stock), or ORDER_CANCELLED for a
+    cancelled order.
+    """
+    CancelOrder: _grpc.UnaryUnaryMultiCallable[_order_pb2.CancelOrderRequest, _order_pb2.Order]
+    """Cancels a PENDING_PAYMENT or PAID order and returns it, now CANCELLED;
+    its unit goes back to the product's stock in the same transaction, so
+    exactly once. The order is kept. Idempotent: cancelling a CANCELLED order
+    returns it unchanged.
+    Admin (or, with user tokens, the order's owner). Errors: INVALID_ARGUMENT
+    for an id <= 0; NOT_FOUND (ResourceInfo); FAILED_PRECONDITION (ErrorInfo
+    reason ORDER_EXPIRED, metadata order_id) for an order past its
+    pay_deadline unpaid (its unit is already back).
     """
     DeleteOrder: _grpc.UnaryUnaryMultiCallable[_order_pb2.DeleteOrderRequest, _empty_pb2.Empty]
-    """Cancels an order: deletes it and gives its unit back to the product's
-    stock in one transaction.
-    Admin (or, with user tokens, the order's owner). Errors: INVALID_ARGUMENT
-    for an id <= 0; NOT_FOUND (ResourceInfo).
+    """Cancels an order, as CancelOrder does, and answers Empty. Kept for
+    existing clients; new ones use CancelOrder, which returns the order. The
+    order is kept, as CANCELLED.
+    Admin (or, with user tokens, the order's owner). Errors: as CancelOrder's:
+    INVALID_ARGUMENT for an id <= 0; NOT_FOUND (ResourceInfo);
+    FAILED_PRECONDITION (ErrorInfo reason ORDER_EXPIRED).
     """
 
 @_typing.type_check_only
 class OrderServiceAsyncStub(OrderServiceStub):
-    """Lets users look at their orders and admins cancel them.
+    """Lets users look at, pay and cancel their orders.
 
-    Orders are created only by ActivityService.Seckill. DeleteOrder is an
-    admin RPC: it needs `authorization: Bearer <SECKILL_ADMIN_TOKEN>` metadata
-    and answers UNAUTHENTICATED without it and PERMISSION_DENIED for a wrong
-    token.
+    Orders are created only by ActivityService.Seckill, as PENDING_PAYMENT:
+    the unit is reserved until the order's pay_deadline. PayOrder before the
+    deadline makes it PAID; past the deadline it becomes EXPIRED within a few
+    seconds (SECKILL_EXPIRY_INTERVAL_MS) and its unit goes back on sale.
+    CancelOrder gives a pending or paid order's unit back. Cancelled and
+    expired orders are kept.
+
+    PayOrder, CancelOrder and DeleteOrder are admin RPCs: they need
+    `authorization: Bearer <SECKILL_ADMIN_TOKEN>` metadata and answer
+    UNAUTHENTICATED without it and PERMISSION_DENIED for a wrong token.
 
     With SECKILL_USER_TOKEN_SECRET set, every RPC here is a user RPC: it needs
     `authorization: Bearer <user token>` (or the admin token), answers
     UNAUTHENTICATED for a missing, invalid or expired token, and acts for the
     token's user only: ListOrders lists that user's orders (PERMISSION_DENIED
-    for another user_id), GetOrder and DeleteOrder answer NOT_FOUND for
-    another user's order, and a user may cancel their own orders.
+    for another user_id), GetOrder, PayOrder, CancelOrder and DeleteOrder
+    answer NOT_FOUND for another user's order, and a user may pay and cancel
+    their own orders.
 
     Every RPC answers UNAVAILABLE (RetryInfo) while the database cannot be
     reached; RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure) over a
@@ -103,32 +141,63 @@ class OrderServiceAsyncStub(OrderServiceStub):
     """
     ListOrders: _aio.UnaryUnaryMultiCallable[_order_pb2.ListOrdersRequest, _order_pb2.ListOrdersResponse]  # type: ignore[assignment]
     """Returns orders in ascending id order, one page at a time, optionally
-    only those of one user and/or one activity.
+    only those of one user, one activity and/or some states (every state by
+    default).
     Errors: INVALID_ARGUMENT (BadRequest) for a negative page_size or
-    activity_id, a user_id over 64 characters, or a bad page_token (also one
-    reused with different filters).
+    activity_id, a user_id over 64 characters, an unknown state, or a bad
+    page_token (also one reused with different filters).
+    """
+    PayOrder: _aio.UnaryUnaryMultiCallable[_order_pb2.PayOrderRequest, _order_pb2.Order]  # type: ignore[assignment]
+    """Pays a PENDING_PAYMENT order before its pay_deadline (by the database's
+    clock) and returns it, now PAID. Idempotent: paying a PAID order returns
+    it unchanged. In a real deployment the payment provider's callback calls
+    this.
+    Admin (or, with user tokens, the order's owner). Errors: INVALID_ARGUMENT
+    for an id <= 0; NOT_FOUND (ResourceInfo); FAILED_PRECONDITION (ErrorInfo
+    reason PAYMENT_EXPIRED, metadata order_id) past the deadline (the order is
+    then EXPIRED and its unit back in stock), or ORDER_CANCELLED for a
+    cancelled order.
+    """
+    CancelOrder: _aio.UnaryUnaryMultiCallable[_order_pb2.CancelOrderRequest, _order_pb2.Order]  # type: ignore[assignment]
+    """Cancels a PENDING_PAYMENT or PAID order and returns it, now CANCELLED;
+    its unit goes back to the product's stock in the same transaction, so
+    exactly once. The order is kept. Idempotent: cancelling a CANCELLED order
+    returns it unchanged.
+    Admin (or, with user tokens, the order's owner). Errors: INVALID_ARGUMENT
+    for an id <= 0; NOT_FOUND (ResourceInfo); FAILED_PRECONDITION (ErrorInfo
+    reason ORDER_EXPIRED, metadata order_id) for an order past its
+    pay_deadline unpaid (its unit is already back).
     """
     DeleteOrder: _aio.UnaryUnaryMultiCallable[_order_pb2.DeleteOrderRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Cancels an order: deletes it and gives its unit back to the product's
-    stock in one transaction.
-    Admin (or, with user tokens, the order's owner). Errors: INVALID_ARGUMENT
-    for an id <= 0; NOT_FOUND (ResourceInfo).
+    """Cancels an order, as CancelOrder does, and answers Empty. Kept for
+    existing clients; new ones use CancelOrder, which returns the order. The
+    order is kept, as CANCELLED.
+    Admin (or, with user tokens, the order's owner). Errors: as CancelOrder's:
+    INVALID_ARGUMENT for an id <= 0; NOT_FOUND (ResourceInfo);
+    FAILED_PRECONDITION (ErrorInfo reason ORDER_EXPIRED).
     """
 
 class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Lets users look at their orders and admins cancel them.
+    """Lets users look at, pay and cancel their orders.
 
-    Orders are created only by ActivityService.Seckill. DeleteOrder is an
-    admin RPC: it needs `authorization: Bearer <SECKILL_ADMIN_TOKEN>` metadata
-    and answers UNAUTHENTICATED without it and PERMISSION_DENIED for a wrong
-    token.
+    Orders are created only by ActivityService.Seckill, as PENDING_PAYMENT:
+    the unit is reserved until the order's pay_deadline. PayOrder before the
+    deadline makes it PAID; past the deadline it becomes EXPIRED within a few
+    seconds (SECKILL_EXPIRY_INTERVAL_MS) and its unit goes back on sale.
+    CancelOrder gives a pending or paid order's unit back. Cancelled and
+    expired orders are kept.
+
+    PayOrder, CancelOrder and DeleteOrder are admin RPCs: they need
+    `authorization: Bearer <SECKILL_ADMIN_TOKEN>` metadata and answer
+    UNAUTHENTICATED without it and PERMISSION_DENIED for a wrong token.
 
     With SECKILL_USER_TOKEN_SECRET set, every RPC here is a user RPC: it needs
     `authorization: Bearer <user token>` (or the admin token), answers
     UNAUTHENTICATED for a missing, invalid or expired token, and acts for the
     token's user only: ListOrders lists that user's orders (PERMISSION_DENIED
-    for another user_id), GetOrder and DeleteOrder answer NOT_FOUND for
-    another user's order, and a user may cancel their own orders.
+    for another user_id), GetOrder, PayOrder, CancelOrder and DeleteOrder
+    answer NOT_FOUND for another user's order, and a user may pay and cancel
+    their own orders.
 
     Every RPC answers UNAVAILABLE (RetryInfo) while the database cannot be
     reached; RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure) over a
@@ -155,10 +224,44 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_order_pb2.ListOrdersResponse, _abc.Awaitable[_order_pb2.ListOrdersResponse]]:
         """Returns orders in ascending id order, one page at a time, optionally
-        only those of one user and/or one activity.
+        only those of one user, one activity and/or some states (every state by
+        default).
         Errors: INVALID_ARGUMENT (BadRequest) for a negative page_size or
-        activity_id, a user_id over 64 characters, or a bad page_token (also one
-        reused with different filters).
+        activity_id, a user_id over 64 characters, an unknown state, or a bad
+        page_token (also one reused with different filters).
+        """
+
+    @_abc_1.abstractmethod
+    def PayOrder(
+        self,
+        request: _order_pb2.PayOrderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_order_pb2.Order, _abc.Awaitable[_order_pb2.Order]]:
+        """Pays a PENDING_PAYMENT order before its pay_deadline (by the database's
+        clock) and returns it, now PAID. Idempotent: paying a PAID order returns
+        it unchanged. In a real deployment the payment provider's callback calls
+        this.
+        Admin (or, with user tokens, the order's owner). Errors: INVALID_ARGUMENT
+        for an id <= 0; NOT_FOUND (ResourceInfo); FAILED_PRECONDITION (ErrorInfo
+        reason PAYMENT_EXPIRED, metadata order_id) past the deadline (the order is
+        then EXPIRED and its unit back in stock), or ORDER_CANCELLED for a
+        cancelled order.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelOrder(
+        self,
+        request: _order_pb2.CancelOrderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_order_pb2.Order, _abc.Awaitable[_order_pb2.Order]]:
+        """Cancels a PENDING_PAYMENT or PAID order and returns it, now CANCELLED;
+        its unit goes back to the product's stock in the same transaction, so
+        exactly once. The order is kept. Idempotent: cancelling a CANCELLED order
+        returns it unchanged.
+        Admin (or, with user tokens, the order's owner). Errors: INVALID_ARGUMENT
+        for an id <= 0; NOT_FOUND (ResourceInfo); FAILED_PRECONDITION (ErrorInfo
+        reason ORDER_EXPIRED, metadata order_id) for an order past its
+        pay_deadline unpaid (its unit is already back).
         """
 
     @_abc_1.abstractmethod
@@ -167,10 +270,12 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _order_pb2.DeleteOrderRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Cancels an order: deletes it and gives its unit back to the product's
-        stock in one transaction.
-        Admin (or, with user tokens, the order's owner). Errors: INVALID_ARGUMENT
-        for an id <= 0; NOT_FOUND (ResourceInfo).
+        """Cancels an order, as CancelOrder does, and answers Empty. Kept for
+        existing clients; new ones use CancelOrder, which returns the order. The
+        order is kept, as CANCELLED.
+        Admin (or, with user tokens, the order's owner). Errors: as CancelOrder's:
+        INVALID_ARGUMENT for an id <= 0; NOT_FOUND (ResourceInfo);
+        FAILED_PRECONDITION (ErrorInfo reason ORDER_EXPIRED).
         """
 
 def add_OrderServiceServicer_to_server(servicer: OrderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

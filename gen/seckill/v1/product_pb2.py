@@ -28,7 +28,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18seckill/v1/product.proto\x12\nseckill.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x01\n\x07Product\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x13\n\x0bprice_cents\x18\x04 \x01(\x03\x12\r\n\x05stock\x18\x05 \x01(\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"B\n\x14\x43reateProductRequest\x12*\n\x07product\x18\x01 \x01(\x0b\x32\x13.seckill.v1.ProductB\x04\xe2\x41\x01\x02\"%\n\x11GetProductRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\"<\n\x13ListProductsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x14ListProductsResponse\x12%\n\x08products\x18\x01 \x03(\x0b\x32\x13.seckill.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"s\n\x14UpdateProductRequest\x12*\n\x07product\x18\x01 \x01(\x0b\x32\x13.seckill.v1.ProductB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"(\n\x14\x44\x65leteProductRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x32\x80\x03\n\x0eProductService\x12\x46\n\rCreateProduct\x12 .seckill.v1.CreateProductRequest\x1a\x13.seckill.v1.Product\x12@\n\nGetProduct\x12\x1d.seckill.v1.GetProductRequest\x1a\x13.seckill.v1.Product\x12Q\n\x0cListProducts\x12\x1f.seckill.v1.ListProductsRequest\x1a .seckill.v1.ListProductsResponse\x12\x46\n\rUpdateProduct\x12 .seckill.v1.UpdateProductRequest\x1a\x13.seckill.v1.Product\x12I\n\rDeleteProduct\x12 .seckill.v1.DeleteProductRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18seckill/v1/product.proto\x12\nseckill.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x01\n\x07Product\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x13\n\x0bprice_cents\x18\x04 \x01(\x03\x12\r\n\x05stock\x18\x05 \x01(\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\\\n\x14\x43reateProductRequest\x12*\n\x07product\x18\x01 \x01(\x0b\x32\x13.seckill.v1.ProductB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"%\n\x11GetProductRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\"<\n\x13ListProductsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x14ListProductsResponse\x12%\n\x08products\x18\x01 \x03(\x0b\x32\x13.seckill.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"s\n\x14UpdateProductRequest\x12*\n\x07product\x18\x01 \x01(\x0b\x32\x13.seckill.v1.ProductB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"(\n\x14\x44\x65leteProductRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x32\x80\x03\n\x0eProductService\x12\x46\n\rCreateProduct\x12 .seckill.v1.CreateProductRequest\x1a\x13.seckill.v1.Product\x12@\n\nGetProduct\x12\x1d.seckill.v1.GetProductRequest\x1a\x13.seckill.v1.Product\x12Q\n\x0cListProducts\x12\x1f.seckill.v1.ListProductsRequest\x1a .seckill.v1.ListProductsResponse\x12\x46\n\rUpdateProduct\x12 .seckill.v1.UpdateProductRequest\x1a\x13.seckill.v1.Product\x12I\n\rDeleteProduct\x12 .seckill.v1.DeleteProductRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,6 +43,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PRODUCT'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_CREATEPRODUCTREQUEST'].fields_by_name['product']._loaded_options = None
   _globals['_CREATEPRODUCTREQUEST'].fields_by_name['product']._serialized_options = b'\342A\001\002'
+  _globals['_CREATEPRODUCTREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_CREATEPRODUCTREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
   _globals['_GETPRODUCTREQUEST'].fields_by_name['id']._loaded_options = None
   _globals['_GETPRODUCTREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
   _globals['_UPDATEPRODUCTREQUEST'].fields_by_name['product']._loaded_options = None
@@ -52,17 +54,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PRODUCT']._serialized_start=170
   _globals['_PRODUCT']._serialized_end=378
   _globals['_CREATEPRODUCTREQUEST']._serialized_start=380
-  _globals['_CREATEPRODUCTREQUEST']._serialized_end=446
-  _globals['_GETPRODUCTREQUEST']._serialized_start=448
-  _globals['_GETPRODUCTREQUEST']._serialized_end=485
-  _globals['_LISTPRODUCTSREQUEST']._serialized_start=487
-  _globals['_LISTPRODUCTSREQUEST']._serialized_end=547
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=549
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=635
-  _globals['_UPDATEPRODUCTREQUEST']._serialized_start=637
-  _globals['_UPDATEPRODUCTREQUEST']._serialized_end=752
-  _globals['_DELETEPRODUCTREQUEST']._serialized_start=754
-  _globals['_DELETEPRODUCTREQUEST']._serialized_end=794
-  _globals['_PRODUCTSERVICE']._serialized_start=797
-  _globals['_PRODUCTSERVICE']._serialized_end=1181
+  _globals['_CREATEPRODUCTREQUEST']._serialized_end=472
+  _globals['_GETPRODUCTREQUEST']._serialized_start=474
+  _globals['_GETPRODUCTREQUEST']._serialized_end=511
+  _globals['_LISTPRODUCTSREQUEST']._serialized_start=513
+  _globals['_LISTPRODUCTSREQUEST']._serialized_end=573
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=575
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=661
+  _globals['_UPDATEPRODUCTREQUEST']._serialized_start=663
+  _globals['_UPDATEPRODUCTREQUEST']._serialized_end=778
+  _globals['_DELETEPRODUCTREQUEST']._serialized_start=780
+  _globals['_DELETEPRODUCTREQUEST']._serialized_end=820
+  _globals['_PRODUCTSERVICE']._serialized_start=823
+  _globals['_PRODUCTSERVICE']._serialized_end=1207
 # @@protoc_insertion_point(module_scope)

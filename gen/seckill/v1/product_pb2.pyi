@@ -43,7 +43,7 @@ class Product(_message.Message):
     """Price in cents, 0 to 10^12."""
     stock: _builtins.int
     """Units left to sell, 0 to 10^12 when set by an admin. Seckills take one
-    unit each; cancelled orders give theirs back.
+    unit each; cancelled and expired orders give theirs back.
     """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -79,6 +79,12 @@ class CreateProductRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PRODUCT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional. A UUID naming this request (AIP-155): a retry with the same id
+    and the same request returns the product created the first time; the
+    same id with a different request is INVALID_ARGUMENT.
+    """
     @_builtins.property
     def product(self) -> Global___Product:
         """Required. The product to create; id and timestamps are ignored."""
@@ -87,10 +93,11 @@ class CreateProductRequest(_message.Message):
         self,
         *,
         product: Global___Product | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["product", b"product"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["product", b"product"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["product", b"product", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

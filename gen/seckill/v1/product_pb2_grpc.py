@@ -90,10 +90,13 @@ class ProductServiceServicer:
     """
 
     def CreateProduct(self, request, context):
-        """Creates a product and returns it with its id and timestamps.
+        """Creates a product and returns it with its id and timestamps. A retry
+        with the same request_id and the same request returns the product the
+        first call created, and creates nothing.
         Admin. Errors: INVALID_ARGUMENT (BadRequest) for a missing product, an
-        empty or too long name, a too long description, or a price or stock
-        outside 0..10^12.
+        empty or too long name, a too long description, a price or stock
+        outside 0..10^12, a request_id that is not a UUID, or one already used
+        for a different request.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -47,10 +47,13 @@ class ProductServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ProductServiceAsyncStub: ...
     CreateProduct: _grpc.UnaryUnaryMultiCallable[_product_pb2.CreateProductRequest, _product_pb2.Product]
-    """Creates a product and returns it with its id and timestamps.
+    """Creates a product and returns it with its id and timestamps. A retry
+    with the same request_id and the same request returns the product the
+    first call created, and creates nothing.
     Admin. Errors: INVALID_ARGUMENT (BadRequest) for a missing product, an
-    empty or too long name, a too long description, or a price or stock
-    outside 0..10^12.
+    empty or too long name, a too long description, a price or stock
+    outside 0..10^12, a request_id that is not a UUID, or one already used
+    for a different request.
     """
     GetProduct: _grpc.UnaryUnaryMultiCallable[_product_pb2.GetProductRequest, _product_pb2.Product]
     """Returns one product with its current stock.
@@ -94,10 +97,13 @@ class ProductServiceAsyncStub(ProductServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateProduct: _aio.UnaryUnaryMultiCallable[_product_pb2.CreateProductRequest, _product_pb2.Product]  # type: ignore[assignment]
-    """Creates a product and returns it with its id and timestamps.
+    """Creates a product and returns it with its id and timestamps. A retry
+    with the same request_id and the same request returns the product the
+    first call created, and creates nothing.
     Admin. Errors: INVALID_ARGUMENT (BadRequest) for a missing product, an
-    empty or too long name, a too long description, or a price or stock
-    outside 0..10^12.
+    empty or too long name, a too long description, a price or stock
+    outside 0..10^12, a request_id that is not a UUID, or one already used
+    for a different request.
     """
     GetProduct: _aio.UnaryUnaryMultiCallable[_product_pb2.GetProductRequest, _product_pb2.Product]  # type: ignore[assignment]
     """Returns one product with its current stock.
@@ -144,10 +150,13 @@ class ProductServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _product_pb2.CreateProductRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_product_pb2.Product, _abc.Awaitable[_product_pb2.Product]]:
-        """Creates a product and returns it with its id and timestamps.
+        """Creates a product and returns it with its id and timestamps. A retry
+        with the same request_id and the same request returns the product the
+        first call created, and creates nothing.
         Admin. Errors: INVALID_ARGUMENT (BadRequest) for a missing product, an
-        empty or too long name, a too long description, or a price or stock
-        outside 0..10^12.
+        empty or too long name, a too long description, a price or stock
+        outside 0..10^12, a request_id that is not a UUID, or one already used
+        for a different request.
         """
 
     @_abc_1.abstractmethod
