@@ -21,7 +21,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from seckill_cluster.cluster import Cluster, ClusterError
+from seckill_cluster.cluster import Cluster
+from seckill_cluster.hosts import ClusterError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,7 +29,9 @@ import grpc
 from google.protobuf import timestamp_pb2
 from seckill.v1 import activity_pb2, activity_pb2_grpc, product_pb2, product_pb2_grpc
 
-from seckill_cluster.cluster import REPO, Cluster, ClusterError, netem_available
+from seckill_cluster.cluster import Cluster
+from seckill_cluster.hosts import ClusterError, netem_available
+from seckill_stack.services import REPO, python_env
 
 BEGIN, END = "<!-- cluster-table -->", "<!-- /cluster-table -->"
 MODES = ("coalesced", "per_request")
@@ -76,8 +78,7 @@ def open_sale(cluster: Cluster, name: str) -> int:
 def load(cluster: Cluster, args: argparse.Namespace, name: str, seconds: float) -> Cell:
     """seckill-bench against both app hosts: all-winner Seckill calls for `seconds`."""
     activity_id = open_sale(cluster, name)
-    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'gen'}",
-           "SECKILL_ORDER_ADDR": cluster.target("order")}
+    env = python_env({**os.environ, "SECKILL_ORDER_ADDR": cluster.target("order")})
     cmd = [sys.executable, "-m", "seckill_bench", "--call", "seckill.v1.ActivityService/Seckill",
            "-d", json.dumps({"activity_id": activity_id, "user_id": "u-{{.RequestNumber}}"}),
            "-z", f"{seconds}s", "-c", str(args.concurrency), "--connections",

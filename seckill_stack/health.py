@@ -33,10 +33,11 @@ CHANNEL_OPTIONS = [
 ]
 
 
-async def wait_serving(addr: str, service: str, last_seen: dict[str, str]) -> None:
+async def wait_serving(addr: str, service: str, last_seen: dict[str, str],
+                       tls: ClientTLS | None = None) -> None:
     """Returns once `addr` reports SERVING; records what it last said in `last_seen`."""
-    # TLS as the services are configured (SECKILL_TLS_*), e.g. in a compose healthcheck.
-    async with ClientTLS.from_env().channel(addr, CHANNEL_OPTIONS) as channel:
+    # By default TLS as our SECKILL_TLS_* say, e.g. in a compose healthcheck.
+    async with (tls or ClientTLS.from_env()).channel(addr, CHANNEL_OPTIONS) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         request = health_pb2.HealthCheckRequest(service=service)
         while True:
@@ -89,10 +90,11 @@ async def process_exit(pid: int) -> None:
         os.close(fd)
 
 
-async def run(addrs: list[str], pids: list[int], service: str, timeout_s: float) -> int:
+async def run(addrs: list[str], pids: list[int], service: str, timeout_s: float,
+              tls: ClientTLS | None = None) -> int:
     """0 once every address is SERVING; 1 (and why on stderr) on timeout or a process exit."""
     last_seen = dict.fromkeys(addrs, "no answer (not listening yet?)")
-    serving = [asyncio.create_task(wait_serving(a, service, last_seen)) for a in addrs]
+    serving = [asyncio.create_task(wait_serving(a, service, last_seen, tls)) for a in addrs]
     watchers = {asyncio.create_task(process_exit(p)): p for p in pids}
     try:
         async with asyncio.timeout(timeout_s):

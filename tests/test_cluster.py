@@ -23,11 +23,13 @@ import pymysql
 import pytest
 from seckill.v1 import activity_pb2, activity_pb2_grpc, product_pb2, product_pb2_grpc
 
-from seckill_cluster.cluster import DATABASE, REPO, Cluster, Host, namespaces_available
+from seckill_cluster.cluster import Cluster
+from seckill_cluster.galera import DATABASE
+from seckill_cluster.hosts import Host, namespaces_available
 from seckill_common.invariants import Invariant, SeckillCheck
 from seckill_common.tls import ClientTLS
 from tests.conftest import timestamp
-from tests.support import error_details
+from tests.support import REPO, error_details
 
 _why = namespaces_available()
 if _why:

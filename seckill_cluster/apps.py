@@ -1,0 +1,173 @@
+"""The app hosts: HAProxy on 127.0.0.1:3306, sending every connection to one Synced+Primary
+database node, and the three services behind it, listening on the host's address.
+
+HAProxy's config and admin socket live under <root>/<app>/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from seckill_cluster.galera import AGENT_PORT, DATABASE, DB_PORT
+from seckill_cluster.hosts import ClusterError, Host, alive_pids, spawn
+from seckill_common.tls import ClientTLS
+from seckill_stack.health import run as wait_serving_all
+from seckill_stack.services import SERVICES, python_env
+
+SERVICE_PORTS = {"product": 50051, "activity": 50052, "order": 50053}
+SERVICE_READY_S = 90.0
+
+
+@dataclass(frozen=True)
+class AppHosts:
+    """The app hosts under `root`, in front of the database hosts `dbs`; `python` runs the
+    services, with the app user's `password`, the `admin_token` and `settings` (more SECKILL_*
+    settings)."""
+
+    root: Path
+    hosts: list[Host]
+    dbs: list[Host]
+    python: str
+    password: str = ""
+    admin_token: str = ""
+    settings: dict[str, str] = field(default_factory=dict)
+
+    def target(self, service: str) -> str:
+        """The gRPC target naming `service` on every app host."""
+        port = SERVICE_PORTS[service]
+        return "ipv4:" + ",".join(f"{h.ip}:{port}" for h in self.hosts)
+
+    def service_env(self, app: Host) -> dict[str, str]:
+        """The services' environment on `app`: ours without SECKILL_*, then `settings`, then
+        the database through the local proxy and every service's address."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SECKILL_")}
+        env.update(self.settings)
+        env.update({
+            "SECKILL_MYSQL_URL": f"mysql://seckill:{self.password}@127.0.0.1:{DB_PORT}/"
+                                 f"{DATABASE}",
+            "SECKILL_ADMIN_TOKEN": self.admin_token,
+        })
+        for service, port in SERVICE_PORTS.items():
+            env[f"SECKILL_{service.upper()}_ADDR"] = self.target(service)
+            env[f"SECKILL_{service.upper()}_LISTEN_ADDR"] = f"{app.ip}:{port}"
+        return python_env(env)
+
+    def start(self, apps: list[Host]) -> None:
+        """HAProxy and the services on each of `apps` where nothing runs; returns once every
+        service on `apps` answers SERVING."""
+        logs = self.root / "logs"
+        for app in apps:
+            if alive_pids(app.ns):
+                continue
+            spawn(app, logs, "haproxy", ["/usr/sbin/haproxy", "-db", "-f",
+                                         str(self._haproxy_config(app))])
+            env = self.service_env(app)
+            for service in SERVICES:
+                spawn(app, logs, service, [self.python, "-m", f"{service}_svc"], env=env)
+        if apps:
+            self._wait_serving(apps)
+
+    def _wait_serving(self, apps: list[Host]) -> None:
+        addrs = [f"{app.ip}:{port}" for app in apps for port in SERVICE_PORTS.values()]
+        # Its "SERVING" line is left out (the caller reports); why not goes to stderr.
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = asyncio.run(wait_serving_all(addrs, [], "", SERVICE_READY_S,
+                                                ClientTLS.from_env(self.settings)))
+        if code != 0:
+            raise ClusterError(f"services not SERVING after {SERVICE_READY_S:.0f}s; see "
+                               f"{self.root / 'logs'}")
+
+    # --- HAProxy ---------------------------------------------------------------------------
+
+    def _haproxy_config(self, app: Host) -> Path:
+        home = self.root / app.name
+        home.mkdir(parents=True, exist_ok=True)
+        # The first node that its agent calls Synced+Primary gets every connection; the others
+        # are backups, taken in order. Both proxies list the nodes in the same order, so both
+        # app hosts write to the same node (Galera certifies concurrent writers against each
+        # other; one writer has no conflicts). Sessions on a node marked down are cut, so the
+        # services reconnect through the proxy to the next one at once.
+        servers = "\n".join(
+            f"  server {db.name} {db.ip}:{DB_PORT} check port {AGENT_PORT}"
+            + (" backup" if i else "") for i, db in enumerate(self.dbs))
+        config = home / "haproxy.cfg"
+        config.write_text(f"""\
+global
+  maxconn 4000
+  stats socket {home / 'haproxy.sock'} mode 600 level admin
+
+defaults
+  mode tcp
+  timeout connect 1s
+  timeout client 1h
+  timeout server 1h
+  timeout check 1s
+
+listen mysql
+  bind 127.0.0.1:{DB_PORT}
+  option httpchk GET /
+  http-check expect status 200
+  default-server inter 500ms fastinter 250ms downinter 1s rise 2 fall 2 on-marked-down shutdown-sessions on-marked-up shutdown-backup-sessions
+{servers}
+""")  # noqa: E501
+        return config
+
+    def _haproxy_stat(self, app: Host) -> list[dict[str, str]]:
+        path = self.root / app.name / "haproxy.sock"
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(2)
+                sock.connect(str(path))
+                sock.sendall(b"show stat\n")
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+        except OSError:
+            return []
+        lines = data.decode().splitlines()
+        if not lines:
+            return []
+        header = lines[0].lstrip("# ").split(",")
+        return [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
+
+    def write_nodes(self) -> dict[str, str]:
+        """For each running app host, the database host its proxy sends connections to."""
+        chosen = {}
+        for app in self.hosts:
+            servers = [r for r in self._haproxy_stat(app) if r.get("svname", "") in
+                       {d.name for d in self.dbs}]
+            up = [r for r in servers if r.get("status", "").startswith("UP")]
+            # HAProxy's rule: an active server if one is up, else the first backup up.
+            used = [r for r in up if r.get("bck") == "0"] or up
+            if used:
+                chosen[app.name] = used[0]["svname"]
+        return chosen
+
+    def wait_routed(self, dbs: list[Host], timeout_s: float = 15.0) -> None:
+        """Returns once every running proxy counts `dbs` as up: a node that is back takes
+        the connections again (failback) before `start` returns, not in the middle of
+        whatever comes next."""
+        names = {d.name for d in dbs}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            lagging = {}
+            for app in self.hosts:
+                if not alive_pids(app.ns):
+                    continue
+                up = {r["svname"] for r in self._haproxy_stat(app)
+                      if r.get("status") == "UP" and r.get("svname") in names}
+                if up != names:
+                    lagging[app.name] = sorted(names - up)
+            if not lagging:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"proxies still see nodes down after {timeout_s:.0f}s: "
+                                   f"{lagging}")
+            time.sleep(0.1)  # HAProxy's checks run on their own clock
