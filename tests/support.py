@@ -71,6 +71,10 @@ async def query(url: str, sql: str, params: tuple = ()) -> list[tuple]:
 
 
 def settings_for(db_url: str, **overrides: str) -> Settings:
+    # Every setting that decides an answer (commit mode, batching, rate limits, timeouts of
+    # calls) keeps its shipped default. These differ only for the harness: any free port; a
+    # test's stack fails, stops and notices a database outage within the test's time; and an
+    # in-process service is one process (workers fork).
     env = {
         "SECKILL_MYSQL_URL": db_url,
         "SECKILL_ADMIN_TOKEN": ADMIN_TOKEN,
@@ -122,7 +126,8 @@ async def start_stack(db_url: str, **overrides: str) -> Stack:
 
 
 def subprocess_env(db_url: str, **overrides: str) -> dict[str, str]:
-    """Environment for a service run as its own process (`python -m ..._svc`)."""
+    """Environment for a service run as its own process (`python -m ..._svc`): the shipped
+    defaults but a short shutdown grace and one worker (tests that want more say so)."""
     return {
         **python_env(dict(os.environ)),
         "SECKILL_MYSQL_URL": db_url,

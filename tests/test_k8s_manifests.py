@@ -331,7 +331,7 @@ def test_service_environment_is_a_valid_configuration(rendered, service):
     for peer, port in SERVICES.items():
         if peer != service:
             # Through the peer's headless Service, resolved by gRPC's DNS resolver.
-            assert settings.listen_addr(peer) == f"dns:///seckill-{peer}:{port}"
+            assert getattr(settings, f"{peer}_addr") == f"dns:///seckill-{peer}:{port}"
             one(rendered, "Service", f"seckill-{peer}")
     redis = urlsplit(settings.rate_limit_redis_url)
     redis_service = one(rendered, "Service", redis.hostname)
