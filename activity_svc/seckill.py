@@ -36,7 +36,7 @@ from activity_svc import repository
 from activity_svc.decision import Facts, Outcome, Refused, SeckillAttempt, Won, decide
 from seckill_common.config import CommitMode
 from seckill_common.db import Database
-from seckill_common.singleflight import BatchLoader
+from seckill_common.singleflight import HOT_READ_GATHER_S, BatchLoader
 from seckill_common.telemetry import BATCH_SIZE, STOCK_REMAINING, batch_span, tracer
 
 log = logging.getLogger(__name__)
@@ -133,10 +133,7 @@ class SeckillEngine:
                     lambda cur: repository.read_facts(cur, product_id, attempts))
                 return self._refusals(product_id, attempts, facts)
 
-            # The gathering window of commits serves reads too: a busy product's next read
-            # waits as long for more callers.
-            reader = self._readers[product_id] = BatchLoader(
-                load, gather_s=self.settings.batch_window_s)
+            reader = self._readers[product_id] = BatchLoader(load, gather_s=HOT_READ_GATHER_S)
         return reader
 
     def _refusals(self, product_id: int, attempts: list[SeckillAttempt], facts: Facts

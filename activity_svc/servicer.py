@@ -26,7 +26,7 @@ from seckill_common.auth import acting_user
 from seckill_common.clients import call_peer
 from seckill_common.db import Database
 from seckill_common.errors import NotFound, ServiceError
-from seckill_common.singleflight import BatchLoader
+from seckill_common.singleflight import HOT_READ_GATHER_S, BatchLoader
 from seckill_common.telemetry import count_seckill
 from seckill_common.validation import (
     DEFAULT_PAYMENT_WINDOW_MS,
@@ -42,11 +42,6 @@ from seckill_common.validation import (
     to_timestamp,
     update_paths,
 )
-
-# While reads of activities follow each other without a pause, each next read waits this long
-# for more callers: a read costs two database round trips' worth of CPU here and in the product
-# service, so fewer, larger reads leave more CPU for the calls (BENCHMARKS.md).
-READ_GATHER_S = 0.010
 
 
 def to_proto(row: repository.ActivityRow,
@@ -92,7 +87,7 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
         # Before a sale opens thousands of clients poll it: the calls that arrive while a
         # read is in flight share the next one (one query, one GetProduct per product).
         self.reads: BatchLoader[int, activity_pb2.Activity] = BatchLoader(
-            self._read, gather_s=READ_GATHER_S)
+            self._read, gather_s=HOT_READ_GATHER_S)
 
     async def _read(self, ids: list[int]) -> dict[int, activity_pb2.Activity | BaseException]:
         # An activity's product never changes: products already known are fetched alongside

@@ -10,7 +10,7 @@ from product_svc import repository
 from seckill_common import idempotency
 from seckill_common.db import Database
 from seckill_common.errors import NotFound
-from seckill_common.singleflight import BatchLoader
+from seckill_common.singleflight import HOT_READ_GATHER_S, BatchLoader
 from seckill_common.validation import (
     MAX_DESCRIPTION_CHARS,
     MAX_NAME_CHARS,
@@ -60,7 +60,8 @@ class ProductServicer(product_pb2_grpc.ProductServiceServicer):
         self._db = database
         # A storefront's polling (and every GetActivity) reads the same few products: the
         # calls that arrive while a read is in flight share the next one.
-        self._reads: BatchLoader[int, product_pb2.Product] = BatchLoader(self._read)
+        self._reads: BatchLoader[int, product_pb2.Product] = BatchLoader(
+            self._read, gather_s=HOT_READ_GATHER_S)
 
     async def _read(self, ids: list[int]) -> dict[int, product_pb2.Product | BaseException]:
         rows = await self._db.run(lambda cur: repository.get_many(cur, ids))

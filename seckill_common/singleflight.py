@@ -14,6 +14,13 @@ import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, Generic, TypeVar
 
+# How long a busy loader (one whose loads follow each other without a pause) waits before its
+# next load, for more callers. A hot read costs the CPU of a database round trip (and, for
+# GetActivity, of a peer call), most of it the driver's parsing in Python: under a stampede
+# fewer, larger reads leave that CPU to the calls themselves (BENCHMARKS.md). An idle loader
+# loads at once, so a lone caller waits for nothing.
+HOT_READ_GATHER_S = 0.010
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
