@@ -81,8 +81,14 @@ class AppHosts:
             code = asyncio.run(wait_serving_all(addrs, [], "", SERVICE_READY_S,
                                                 ClientTLS.from_env(self.settings)))
         if code != 0:
+            # The logs may not outlive a failed run (cluster-down removes them): quote them.
+            tails = "".join(
+                f"\n--- {log.name}:\n" + "\n".join(log.read_text(errors="replace")
+                                                   .splitlines()[-8:])
+                for app in apps for service in SERVICES
+                if (log := self.root / "logs" / f"{app.name}-{service}.log").exists())
             raise ClusterError(f"services not SERVING after {SERVICE_READY_S:.0f}s; see "
-                               f"{self.root / 'logs'}")
+                               f"{self.root / 'logs'}; the last lines:{tails}")
 
     # --- HAProxy ---------------------------------------------------------------------------
 
