@@ -163,10 +163,9 @@ class BatchResult:
     stock_left: int | None  # committed stock after this batch; None: the product is gone
 
 
-def _window_sql(now: str) -> str:
-    """The activity's window as a `Window` number, by the database's clock: its clock decides."""
-    return (f"IF(start_time > {now}, {Window.NOT_STARTED:d},"
-            f" IF(end_time <= {now}, {Window.ENDED:d}, {Window.OPEN:d}))")
+# The activity's window as a `Window` number, by the database's clock: its clock decides.
+_WINDOW = (f"IF(start_time > UTC_TIMESTAMP(6), {Window.NOT_STARTED:d},"
+           f" IF(end_time <= UTC_TIMESTAMP(6), {Window.ENDED:d}, {Window.OPEN:d}))")
 
 
 async def seckill(cur: aiomysql.Cursor, product_id: int,
@@ -189,10 +188,10 @@ async def seckill(cur: aiomysql.Cursor, product_id: int,
     held_sql, held_params = _orders_query(users)
     locked, (window_rows, *held_sets) = await stock.lock_then(
         cur, product_id,
-        f"SELECT id, {_window_sql('UTC_TIMESTAMP(6)')}, UTC_TIMESTAMP(6), price_cents,"
+        f"SELECT id, {_WINDOW}, UTC_TIMESTAMP(6), price_cents,"
         f" payment_window_ms FROM activities WHERE id IN ({marks}) AND product_id = %s"
         " LOCK IN SHARE MODE; "
-        + held_sql,
+        + "; ".join(held_sql),
         (*activity_ids, product_id, *held_params),
     )
     facts = Facts(None if locked is None else locked.units,
@@ -223,7 +222,7 @@ async def seckill(cur: aiomysql.Cursor, product_id: int,
         cur,
         "INSERT INTO orders (activity_id, product_id, user_id, create_time, state, active,"
         f" price_cents, pay_deadline, update_time) VALUES {rows}; "
-        f"{take_sql}; {created_sql}; COMMIT",
+        f"{take_sql}; {'; '.join(created_sql)}; COMMIT",
         (*params, *take_params, *created_params),
     )
     committed_in_pipeline(cur)
@@ -254,10 +253,11 @@ async def read_facts(cur: aiomysql.Cursor, product_id: int,
     held_sql, held_params = _orders_query(users, tagged=True)
     rows = await select_only(
         cur,
-        "SELECT 0, stock, NULL, NULL FROM products WHERE id = %s"
-        f" UNION ALL SELECT 1, id, {_window_sql('UTC_TIMESTAMP(6)')}, NULL FROM activities"
-        f" WHERE id IN ({marks}) AND product_id = %s"
-        " UNION ALL " + held_sql.replace("; ", " UNION ALL "),
+        " UNION ALL ".join([
+            "SELECT 0, stock, NULL, NULL FROM products WHERE id = %s",
+            f"SELECT 1, id, {_WINDOW}, NULL FROM activities WHERE id IN ({marks})"
+            " AND product_id = %s",
+            *held_sql]),
         (product_id, *activity_ids, product_id, *held_params),
     )
     stock_left: int | None = None
@@ -285,10 +285,10 @@ def _users_by_activity(attempts: Sequence[SeckillAttempt]) -> dict[int, list[str
 
 
 def _orders_query(users: dict[int, list[str]], *, tagged: bool = False
-                  ) -> tuple[str, list[object]]:
+                  ) -> tuple[list[str], list[object]]:
     """One SELECT (user_id, id) of active orders per activity, through the unique key, in
-    `users`' order;
-    `tagged` adds a leading 2 and the activity id (for read_facts' UNION)."""
+    `users`' order, and their parameters; `tagged` adds a leading 2 and the activity id (for
+    read_facts' UNION)."""
     columns = "2, activity_id, user_id, id" if tagged else "user_id, id"
     statements, params = [], []
     for activity_id, names in users.items():
@@ -297,7 +297,7 @@ def _orders_query(users: dict[int, list[str]], *, tagged: bool = False
             f"SELECT {columns} FROM orders WHERE activity_id = %s AND user_id IN ({marks})"
             " AND active = 1")
         params += [activity_id, *names]
-    return "; ".join(statements), params
+    return statements, params
 
 
 def _by_key(users: dict[int, list[str]], result_sets: list[tuple]) -> dict[tuple[int, str], int]:

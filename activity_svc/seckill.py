@@ -117,11 +117,6 @@ class SeckillEngine:
                 self._commit_loop(product_id), name=f"seckill-commit-{product_id}")
         return await future
 
-    async def wait_idle(self) -> None:
-        """Returns once no batch is queued or committing (its follow-up work included)."""
-        while self._committers:
-            await asyncio.gather(*self._committers.values(), return_exceptions=True)
-
     # --- exact refusals ------------------------------------------------------------------
 
     def _reader(self, product_id: int) -> BatchLoader[SeckillAttempt, Refused | None]:

@@ -25,12 +25,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-from google.protobuf import timestamp_pb2
-from seckill.v1 import activity_pb2, activity_pb2_grpc, product_pb2, product_pb2_grpc
-
 from seckill_cluster.cluster import Cluster
 from seckill_cluster.hosts import ClusterError, netem_available
+from seckill_stack.sale import open_sale
 from seckill_stack.services import REPO, python_env
 
 BEGIN, END = "<!-- cluster-table -->", "<!-- /cluster-table -->"
@@ -54,30 +51,10 @@ class Row:
     note: str = ""
 
 
-def _timestamp(delta_s: float) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delta_s))
-    return ts
-
-
-def open_sale(cluster: Cluster, name: str) -> int:
-    """A product whose stock never runs out and an activity selling it now; its id."""
-    admin = (("authorization", f"Bearer {cluster.state.admin_token}"),)
-    with grpc.insecure_channel(cluster.target("product")) as pc, \
-            grpc.insecure_channel(cluster.target("activity")) as ac:
-        product = product_pb2_grpc.ProductServiceStub(pc).CreateProduct(
-            product_pb2.CreateProductRequest(product=product_pb2.Product(
-                name=name, price_cents=100, stock=STOCK)), metadata=admin, timeout=30)
-        activity = activity_pb2_grpc.ActivityServiceStub(ac).CreateActivity(
-            activity_pb2.CreateActivityRequest(activity=activity_pb2.Activity(
-                product_id=product.id, name=name, start_time=_timestamp(-1),
-                end_time=_timestamp(3600))), metadata=admin, timeout=30)
-    return activity.id
-
-
 def load(cluster: Cluster, args: argparse.Namespace, name: str, seconds: float) -> Cell:
     """seckill-bench against both app hosts: all-winner Seckill calls for `seconds`."""
-    activity_id = open_sale(cluster, name)
+    activity_id = open_sale(cluster.target("product"), cluster.target("activity"),
+                            cluster.state.admin_token, name, STOCK)
     env = python_env({**os.environ, "SECKILL_ORDER_ADDR": cluster.target("order")})
     cmd = [sys.executable, "-m", "seckill_bench", "--call", "seckill.v1.ActivityService/Seckill",
            "-d", json.dumps({"activity_id": activity_id, "user_id": "u-{{.RequestNumber}}"}),

@@ -5,7 +5,6 @@ cluster on loopback; the replication itself is the operator's and Galera's busin
 from __future__ import annotations
 
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,28 +14,17 @@ from seckill.v1 import activity_pb2, product_pb2
 from seckill_common import migrations
 from seckill_common.db import wait_for_server
 from tests.conftest import make_activity, make_product
-from tests.support import PrivateMariaDB, query, settings_for, start_stack
+from tests.support import PrivateMariaDB, free_port, query, settings_for, start_stack
 
 pytestmark = pytest.mark.slow
 PROVIDER = Path("/usr/lib/galera/libgalera_smm.so")
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @pytest.fixture(scope="module")
 def galera(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not PROVIDER.exists() or shutil.which("mariadbd") is None:
         pytest.skip("the Galera provider (package galera-4) is not installed")
-    [group_port] = free_ports(1)
+    group_port = free_port()
     server = PrivateMariaDB(tmp_path_factory.mktemp("galera"), extra_args=(
         "--wsrep-on=ON", f"--wsrep-provider={PROVIDER}", "--wsrep-cluster-address=gcomm://",
         "--wsrep-node-address=127.0.0.1", "--binlog-format=ROW",

@@ -3,9 +3,7 @@ gRPC first. A row that fails says why in its outcome, and the next one still run
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import datetime as dt
 import threading
 import time
 from collections.abc import Callable
@@ -14,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from seckill.v1 import activity_pb2, activity_pb2_grpc, product_pb2, product_pb2_grpc
 
 from seckill_bench.config import BenchConfig
 from seckill_bench.report import Report
 from seckill_bench.runner import BenchError, run
 from seckill_bench.suite.stack import ACTIVITY_MODES, BenchStack, StackError, log
-from seckill_common.validation import to_timestamp
+from seckill_stack.sale import open_sale
 
 SECKILL = "seckill.v1.ActivityService/Seckill"
 HEALTH = "grpc.health.v1.Health/Check"
@@ -109,29 +106,10 @@ class Results:
 
 # --- set-up over gRPC --------------------------------------------------------------------------
 
-async def _create_sale(product_addr: str, activity_addr: str, token: str, name: str,
-                       stock: int) -> int:
-    metadata = (("authorization", f"Bearer {token}"),)
-    async with grpc.aio.insecure_channel(product_addr) as channel:
-        product = await product_pb2_grpc.ProductServiceStub(channel).CreateProduct(
-            product_pb2.CreateProductRequest(product=product_pb2.Product(
-                name=name, price_cents=100, stock=stock)),
-            metadata=metadata, timeout=10)
-    now = dt.datetime.now(dt.UTC)
-    async with grpc.aio.insecure_channel(activity_addr) as channel:
-        activity = await activity_pb2_grpc.ActivityServiceStub(channel).CreateActivity(
-            activity_pb2.CreateActivityRequest(activity=activity_pb2.Activity(
-                product_id=product.id, name=name,
-                start_time=to_timestamp(now - dt.timedelta(seconds=5)),
-                end_time=to_timestamp(now + dt.timedelta(hours=1)))),
-            metadata=metadata, timeout=10)
-    return activity.id
-
-
 def create_sale(stack: BenchStack, activity_label: str, name: str, stock: int) -> int:
     """A product with `stock` and an activity open now (since 5 s, for an hour): its id."""
-    return asyncio.run(_create_sale(stack.addr("product"), stack.addr(activity_label),
-                                    stack.token, name, stock))
+    return open_sale(stack.addr("product"), stack.addr(activity_label), stack.token, name,
+                     stock)
 
 
 # --- memory ------------------------------------------------------------------------------------
@@ -211,7 +189,8 @@ class Suite:
         try:
             row = body()
         except (BenchError, StackError, grpc.RpcError, OSError) as exc:
-            detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            # A failed call (opening a sale) says what went wrong in its details.
+            detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
             row = Row(key, title, outcome=f"failed: {detail}".splitlines()[0][:300],
                       failed=True)
             log(f"({key}) failed: {detail}")
