@@ -111,6 +111,7 @@ async def test_the_budget_is_logged_without_a_warning_when_it_fits(
         small_mariadb: str, caplog: pytest.LogCaptureFixture) -> None:
     db_url = await create_database(small_mariadb)
     caplog.set_level(logging.INFO, logger="seckill_common.db")
+    # A pool size of its own, so the logged budget is seen to follow the setting.
     product = await start_service(PRODUCT, settings_for(db_url, SECKILL_DB_POOL_SIZE="5"))
     await product.stop(0)
     lines = [r for r in caplog.records if r.getMessage().startswith("connection budget")]

@@ -313,6 +313,7 @@ async def test_user_tokens(db_url: str, capsys: pytest.CaptureFixture[str],
 
 
 async def test_rate_limited(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # A limit a single user reaches at once: the CLI's answer to RESOURCE_EXHAUSTED is tested.
     stack = await start_stack(db_url, SECKILL_RATE_LIMIT_USER="0.01",
                               SECKILL_RATE_LIMIT_USER_BURST="1")
     try:

@@ -231,6 +231,7 @@ class Services:
 
     def __init__(self, db_url: str, logs: Path, **overrides: str) -> None:
         self.ports = {name: free_port() for name in self.NAMES}
+        # Health follows the database within the test's time (the default pings every 1 s).
         self.env = subprocess_env(db_url, SECKILL_HEALTH_INTERVAL="0.2", **{
             f"SECKILL_{name.upper()}_ADDR": f"127.0.0.1:{port}"
             for name, port in self.ports.items()}, **overrides)

@@ -42,6 +42,7 @@ def test_max_keys_caps_the_buckets_within_a_refill_time() -> None:
 
 
 async def test_a_flooding_user_is_refused_while_the_others_buy(db_url: str) -> None:
+    # A low limit, so that a flood of a few dozen calls passes it in the test's time.
     stack = await start_stack(db_url, SECKILL_RATE_LIMIT_USER="5",
                               SECKILL_RATE_LIMIT_USER_BURST="5")
     try:
@@ -79,6 +80,7 @@ async def test_a_flooding_user_is_refused_while_the_others_buy(db_url: str) -> N
 
 
 async def test_the_process_limit_refuses_calls_but_not_health_checks(db_url: str) -> None:
+    # The process limit is off by default: this test is about it.
     stack = await start_stack(db_url, SECKILL_RATE_LIMIT_PROCESS="20",
                               SECKILL_RATE_LIMIT_PROCESS_BURST="20")
     try:

@@ -33,6 +33,7 @@ async def test_no_secret_or_token_is_logged(db_url: str, tmp_path: Path) -> None
     wrong_token = UserTokens("z" * 40).issue("alice")
 
     log = tmp_path / "order.log"
+    # DEBUG logs the most; user tokens on, so there are secrets to leak.
     service = ServiceProcess("order_svc", subprocess_env(
         url, SECKILL_LOG_LEVEL="DEBUG", SECKILL_USER_TOKEN_SECRET=SECRET,
         SECKILL_ORDER_ADDR="127.0.0.1:0"), log)

@@ -30,7 +30,8 @@ from tests.conftest import make_activity, make_product
 from tests.support import Stack, free_port, settings_for, start_stack
 
 SYSTEM_REDIS = "redis://127.0.0.1:6379/13"
-# 10 calls at once, then 2 a second: with Redis, at most 10 in any 5 s (the window).
+# Low limits, so that a flood in the test's time passes them: 10 calls at once, then 2 a
+# second: with Redis, at most 10 in any 5 s (the window).
 LIMITS = {"SECKILL_RATE_LIMIT_USER": "2", "SECKILL_RATE_LIMIT_USER_BURST": "10"}
 BURST = 10
 SERVING = health_pb2.HealthCheckResponse.SERVING
