@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,7 +253,13 @@ async def test_unreachable_service(seckill: Seckill) -> None:
 
 
 async def test_deadline_exceeded(seckill: Seckill) -> None:
-    slow = await seckill("--timeout", "0.000001", "activity", "list")
+    # A server that takes the connection and never answers: the deadline decides, not a race
+    # between a 1 us timer and a fast local answer.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        slow = await seckill("--activity-addr", f"127.0.0.1:{silent.getsockname()[1]}",
+                             "--timeout", "0.000001", "activity", "list")
     assert slow.code == Exit.UNREACHABLE
     assert "did not answer within 1e-06s (--timeout)" in slow.err
 
