@@ -14,8 +14,9 @@ COPY product_svc/ product_svc/
 COPY activity_svc/ activity_svc/
 COPY order_svc/ order_svc/
 COPY seckill_cli/ seckill_cli/
-# The healthcheck's health probe (seckill_cli.wait_serving runs seckill_stack.health).
+# The healthcheck's health probe (`python -m seckill_stack.health`).
 COPY seckill_stack/ seckill_stack/
+COPY seckill_cluster/ seckill_cluster/
 # Listed in pyproject.toml's packages, so `pip install .` needs it; it also puts
 # seckill-bench in the image, to load the stack from inside its network.
 COPY seckill_bench/ seckill_bench/
@@ -31,5 +32,5 @@ USER seckill
 
 # 50051 product, 50052 activity, 50053 order; 9464 the Prometheus metrics of
 # SECKILL_METRICS_ADDR (one process per container in compose). No CMD: compose sets one per
-# service, and the healthchecks run `python -m seckill_cli.wait_serving` from /app.
+# service, and the healthchecks run `python -m seckill_stack.health` from /app.
 EXPOSE 50051 50052 50053 9464

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from seckill_common.errors import AlreadyExists, FailedPrecondition, NotFound, ServiceError
+from seckill_common.api.errors import AlreadyExists, FailedPrecondition, NotFound, ServiceError
 
 
 @dataclass(frozen=True)

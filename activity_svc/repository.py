@@ -3,7 +3,7 @@
 The seckill transaction is the one place where the activity service touches the products'
 stock row and the orders table directly (everything else about products and orders goes
 through their services' stubs): an order and its stock decrement must commit together, in
-one transaction that holds the stock row, taken through seckill_common.stock (which owns the
+one transaction that holds the stock row, taken through database.stock (which owns the
 lock order: the stock row, then the activity row, then order rows).
 """
 
@@ -30,8 +30,9 @@ from activity_svc.decision import (
     already_purchased,
     decide,
 )
-from seckill_common import stock
-from seckill_common.db import (
+from seckill_common.api.errors import FailedPrecondition, InvalidArgument, NotFound
+from seckill_common.database import stock
+from seckill_common.database.db import (
     NO_REFERENCED_ROW,
     ROW_IS_REFERENCED,
     committed_in_pipeline,
@@ -39,7 +40,6 @@ from seckill_common.db import (
     pipeline,
     select_only,
 )
-from seckill_common.errors import FailedPrecondition, InvalidArgument, NotFound
 
 _COLUMNS = ("id, product_id, name, start_time, end_time, create_time, price_cents,"
             " payment_window_ms")

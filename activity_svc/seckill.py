@@ -35,9 +35,9 @@ from opentelemetry.context import Context, get_current
 from activity_svc import repository
 from activity_svc.decision import Facts, Outcome, Refused, SeckillAttempt, Won, decide
 from seckill_common.config import CommitMode
-from seckill_common.db import Database
-from seckill_common.singleflight import HOT_READ_GATHER_S, BatchLoader
-from seckill_common.telemetry import BATCH_SIZE, STOCK_REMAINING, batch_span, tracer
+from seckill_common.database.db import Database
+from seckill_common.database.singleflight import HOT_READ_GATHER_S, BatchLoader
+from seckill_common.runtime.telemetry import BATCH_SIZE, STOCK_REMAINING, batch_span, tracer
 
 log = logging.getLogger(__name__)
 

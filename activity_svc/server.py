@@ -9,10 +9,10 @@ from seckill.v1 import activity_pb2, activity_pb2_grpc, order_pb2_grpc, product_
 
 from activity_svc.seckill import EngineSettings, SeckillEngine
 from activity_svc.servicer import ActivityServicer
-from seckill_common.clients import open_channel
 from seckill_common.config import Settings
-from seckill_common.db import Database
-from seckill_common.server import Cleanup, ServiceDefinition
+from seckill_common.database.db import Database
+from seckill_common.runtime.peers import open_channel
+from seckill_common.runtime.server import Cleanup, ServiceDefinition
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = activity_pb2.DESCRIPTOR.services_by_name["ActivityService"].full_name

@@ -20,28 +20,18 @@ from seckill.v1 import (
 )
 
 from activity_svc import repository
+from activity_svc.fields import DEFAULT_PAYMENT_WINDOW_MS, check_payment_window, payment_window_ms
 from activity_svc.seckill import SeckillEngine
-from seckill_common import idempotency
-from seckill_common.auth import acting_user
-from seckill_common.clients import call_peer
-from seckill_common.db import Database
-from seckill_common.errors import NotFound, ServiceError
-from seckill_common.singleflight import HOT_READ_GATHER_S, BatchLoader
-from seckill_common.telemetry import count_seckill
-from seckill_common.validation import (
-    DEFAULT_PAYMENT_WINDOW_MS,
-    MAX_NAME_CHARS,
-    Violations,
-    db_time,
-    decode_page_token,
-    page_of,
-    page_size,
-    payment_window_ms,
-    require_id,
-    to_datetime,
-    to_timestamp,
-    update_paths,
-)
+from seckill_common.api.errors import NotFound, ServiceError
+from seckill_common.api.pages import decode_page_token, page_of, page_size
+from seckill_common.api.times import db_time, to_datetime, to_timestamp
+from seckill_common.api.validation import MAX_NAME_CHARS, Violations, require_id, update_paths
+from seckill_common.database import idempotency
+from seckill_common.database.db import Database
+from seckill_common.database.singleflight import HOT_READ_GATHER_S, BatchLoader
+from seckill_common.runtime.auth import acting_user
+from seckill_common.runtime.peers import call_peer
+from seckill_common.runtime.telemetry import count_seckill
 
 
 def to_proto(row: repository.ActivityRow,
@@ -72,7 +62,7 @@ def _check_fields(violations: Violations, activity: activity_pb2.Activity,
     if "price_cents" in paths:
         violations.bounded("activity.price_cents", activity.price_cents)
     if "payment_window" in paths:
-        violations.payment_window("activity.payment_window", activity.payment_window)
+        check_payment_window(violations, "activity.payment_window", activity.payment_window)
 
 
 class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):

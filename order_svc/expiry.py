@@ -20,8 +20,8 @@ import logging
 from collections import defaultdict
 
 from order_svc import repository
-from seckill_common.db import Database
-from seckill_common.telemetry import count_expired
+from seckill_common.database.db import Database
+from seckill_common.runtime.telemetry import count_expired
 
 log = logging.getLogger(__name__)
 

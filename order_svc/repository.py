@@ -2,7 +2,7 @@
 
 Orders are inserted only by the seckill transaction (activity_svc/repository.py), as
 PENDING_PAYMENT. Every change that gives a unit back (cancel, expiry) takes the product's stock
-row first (seckill_common.stock), then the order rows, like the seckill; paying moves no unit
+row first (database.stock), then the order rows, like the seckill; paying moves no unit
 and locks the order row alone. The deadline is judged by the database's clock inside the
 transaction that holds the order row, so a payment and an expiry of one order never both win.
 """
@@ -17,8 +17,8 @@ from typing import Any
 import aiomysql
 from seckill.v1.order_pb2 import CANCELLED, EXPIRED, PAID, PENDING_PAYMENT
 
-from seckill_common import stock
-from seckill_common.errors import FailedPrecondition, NotFound
+from seckill_common.api.errors import FailedPrecondition, NotFound
+from seckill_common.database import stock
 
 _COLUMNS = ("id, activity_id, product_id, user_id, create_time, state, price_cents,"
             " pay_deadline, update_time")

@@ -8,8 +8,8 @@ from seckill.v1 import order_pb2, order_pb2_grpc
 from order_svc.expiry import Expirer
 from order_svc.servicer import OrderServicer
 from seckill_common.config import Settings
-from seckill_common.db import Database
-from seckill_common.server import Cleanup, ServiceDefinition
+from seckill_common.database.db import Database
+from seckill_common.runtime.server import Cleanup, ServiceDefinition
 
 SERVICE_NAME = order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
 

@@ -7,18 +7,12 @@ from grpc.aio import ServicerContext
 from seckill.v1 import order_pb2, order_pb2_grpc
 
 from order_svc import repository
-from seckill_common.auth import acting_user, confined_to, may_see
-from seckill_common.db import Database
-from seckill_common.telemetry import count_expired, count_order
-from seckill_common.validation import (
-    MAX_USER_ID_CHARS,
-    Violations,
-    decode_page_token,
-    page_of,
-    page_size,
-    require_id,
-    to_timestamp,
-)
+from seckill_common.api.pages import decode_page_token, page_of, page_size
+from seckill_common.api.times import to_timestamp
+from seckill_common.api.validation import MAX_USER_ID_CHARS, Violations, require_id
+from seckill_common.database.db import Database
+from seckill_common.runtime.auth import acting_user, confined_to, may_see
+from seckill_common.runtime.telemetry import count_expired, count_order
 
 STATES = frozenset(order_pb2.OrderState.values()) - {order_pb2.ORDER_STATE_UNSPECIFIED}
 

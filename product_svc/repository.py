@@ -8,9 +8,9 @@ from datetime import datetime
 import aiomysql
 import pymysql
 
-from seckill_common import stock
-from seckill_common.db import ROW_IS_REFERENCED, error_code, select_only
-from seckill_common.errors import FailedPrecondition, NotFound
+from seckill_common.api.errors import FailedPrecondition, NotFound
+from seckill_common.database import stock
+from seckill_common.database.db import ROW_IS_REFERENCED, error_code, select_only
 
 _COLUMNS = "id, name, description, price_cents, stock, create_time, update_time"
 UPDATABLE = ("name", "description", "price_cents", "stock")

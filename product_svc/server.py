@@ -7,8 +7,8 @@ from seckill.v1 import product_pb2, product_pb2_grpc
 
 from product_svc.servicer import ProductServicer
 from seckill_common.config import Settings
-from seckill_common.db import Database
-from seckill_common.server import Cleanup, ServiceDefinition
+from seckill_common.database.db import Database
+from seckill_common.runtime.server import Cleanup, ServiceDefinition
 
 SERVICE_NAME = product_pb2.DESCRIPTOR.services_by_name["ProductService"].full_name
 

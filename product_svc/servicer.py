@@ -7,22 +7,19 @@ from grpc.aio import ServicerContext
 from seckill.v1 import product_pb2, product_pb2_grpc
 
 from product_svc import repository
-from seckill_common import idempotency
-from seckill_common.db import Database
-from seckill_common.errors import NotFound
-from seckill_common.singleflight import HOT_READ_GATHER_S, BatchLoader
-from seckill_common.validation import (
+from seckill_common.api.errors import NotFound
+from seckill_common.api.pages import decode_page_token, encode_page_token, page_of, page_size
+from seckill_common.api.times import to_timestamp
+from seckill_common.api.validation import (
     MAX_DESCRIPTION_CHARS,
     MAX_NAME_CHARS,
     Violations,
-    decode_page_token,
-    encode_page_token,
-    page_of,
-    page_size,
     require_id,
-    to_timestamp,
     update_paths,
 )
+from seckill_common.database import idempotency
+from seckill_common.database.db import Database
+from seckill_common.database.singleflight import HOT_READ_GATHER_S, BatchLoader
 
 # A page of 1,000 products with 10,000-character descriptions (up to 4 bytes a character) would
 # be 40 MB: past grpc's default 4 MiB that clients accept, and past our 16 MiB send limit. So a

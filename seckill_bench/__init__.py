@@ -10,7 +10,7 @@
 from seckill_bench.config import BenchConfig, ConfigError, parse_duration
 from seckill_bench.report import Report
 from seckill_bench.runner import BenchError, run, run_load
-from seckill_common.invariants import Invariant
+from seckill_stack.invariants import Invariant
 
 __all__ = [
     "BenchConfig",

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seckill_bench.worker import PartResult
-from seckill_common.invariants import Invariant, percentile
+from seckill_stack.invariants import Invariant, percentile
 
 # ghz prints status codes with Go's names.
 GHZ_CODE_NAMES = {

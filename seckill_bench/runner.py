@@ -30,7 +30,7 @@ from seckill_bench.methods import MethodError, resolve
 from seckill_bench.report import Report
 from seckill_bench.template import Template, TemplateError, static_values
 from seckill_bench.worker import ConnectError, Part, PartResult, PartSpec, child_main, plan_parts
-from seckill_common.invariants import SeckillCheck
+from seckill_stack.invariants import SeckillCheck
 
 SPAWN_BUDGET_S = 60.0  # for a spawned process to import grpc and the messages
 LINE_INTERVAL_S = 5.0  # progress lines when stderr is not a terminal

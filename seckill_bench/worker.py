@@ -27,7 +27,7 @@ from google.rpc import error_details_pb2, status_pb2
 from seckill_bench.config import BenchConfig, share
 from seckill_bench.methods import Method, resolve
 from seckill_bench.template import Template, static_values
-from seckill_common.tls import ClientTLS
+from seckill_common.runtime.tls import ClientTLS
 
 CHANNEL_OPTIONS = [
     # Without it, channels to the same target in one process share one TCP connection.

@@ -49,8 +49,8 @@ from seckill_cli.commands import (
     user_token,
 )
 from seckill_cli.render import Output
-from seckill_cli.sale import simulate
-from seckill_common.tls import ClientTLS
+from seckill_cli.simulate import simulate
+from seckill_common.runtime.tls import ClientTLS
 
 EPILOG = """\
 environment:

@@ -19,7 +19,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from seckill.v1 import activity_pb2_grpc, order_pb2_grpc, product_pb2_grpc
 
-from seckill_common.tls import ClientTLS
+from seckill_common.runtime.tls import ClientTLS
 
 
 class Exit(enum.IntEnum):

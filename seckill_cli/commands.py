@@ -21,9 +21,10 @@ from seckill.v1 import activity_pb2, order_pb2, product_pb2
 from seckill_cli import render, token
 from seckill_cli.client import SERVICES, About, Auth, CliError, Exit, Session, usage_error
 from seckill_cli.render import Output
-from seckill_common import migrations
+from seckill_common.api.pages import MAX_PAGE_SIZE
+from seckill_common.api.times import to_timestamp
 from seckill_common.config import ConfigError, Settings
-from seckill_common.validation import MAX_PAGE_SIZE, to_timestamp
+from seckill_common.database import migrations
 
 Handler = Callable[[argparse.Namespace, Session, Output], Awaitable[int]]
 

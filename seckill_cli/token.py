@@ -12,8 +12,8 @@ import argparse
 import os
 import sys
 
-from seckill_common.auth import UserTokens
 from seckill_common.config import Settings
+from seckill_common.runtime.auth import UserTokens
 
 
 def main(argv: list[str] | None = None) -> int:

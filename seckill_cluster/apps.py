@@ -18,7 +18,7 @@ from pathlib import Path
 
 from seckill_cluster.galera import AGENT_PORT, DATABASE, DB_PORT
 from seckill_cluster.hosts import ClusterError, Host, alive_pids, spawn
-from seckill_common.tls import ClientTLS
+from seckill_common.runtime.tls import ClientTLS
 from seckill_stack.health import run as wait_serving_all
 from seckill_stack.services import SERVICES, python_env
 
@@ -90,7 +90,7 @@ class AppHosts:
         a real deployment, the migration is one step, and the services check the schema.
         """
         migration = spawn(app, self.root / "logs", "migrate",
-                          [self.python, "-m", "seckill_common.migrations"],
+                          [self.python, "-m", "seckill_common.database.migrations"],
                           env=self.service_env(app))
         try:
             code = migration.wait(timeout=MIGRATE_TIMEOUT_S)

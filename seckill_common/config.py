@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from seckill_common.workers import usable_cpus
+from seckill_common.cpus import usable_cpus
 
 DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/seckill"
 DEFAULT_ADDRS = {

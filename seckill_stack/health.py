@@ -1,7 +1,7 @@
 """Asks gRPC servers how they are, through the standard health protocol.
 
 `probe` asks once; `wait_serving` waits for SERVING. As a command (compose's healthcheck runs it
-as `python -m seckill_cli.wait_serving`):
+as `python -m seckill_stack.health`):
 
     python -m seckill_stack.health 127.0.0.1:50051 127.0.0.1:50052 --timeout 60 \
         [--pid 1234 ...] [--service NAME]
@@ -21,7 +21,7 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from seckill_common.tls import ClientTLS
+from seckill_common.runtime.tls import ClientTLS
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 # gRPC's default reconnect backoff grows to minutes; a server that binds a few seconds

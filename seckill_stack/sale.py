@@ -7,7 +7,7 @@ import datetime as dt
 import grpc
 from seckill.v1 import activity_pb2, activity_pb2_grpc, product_pb2, product_pb2_grpc
 
-from seckill_common.validation import to_timestamp
+from seckill_common.api.times import to_timestamp
 
 
 def open_sale(product_target: str, activity_target: str, admin_token: str, name: str,

@@ -23,7 +23,7 @@ from activity_svc.server import DEFINITION as ACTIVITY
 from order_svc.server import DEFINITION as ORDER
 from product_svc.server import DEFINITION as PRODUCT
 from seckill_common.config import Settings
-from seckill_common.server import RunningService, start_service
+from seckill_common.runtime.server import RunningService, start_service
 from seckill_stack import health
 from seckill_stack.mariadb import MariaDB
 from seckill_stack.services import REPO, ServiceProcess, free_port, python_env

@@ -30,7 +30,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
-from seckill_common.validation import encode_page_token
+from seckill_common.api.pages import encode_page_token
 from tests.bad_input_support import (
     INT64_MAX,
     NOW,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seckill_bench.suite.report import BEGIN, END, targets, write_markdown
 from seckill_bench.suite.scenarios import Results, Row, Settings
+from seckill_bench.suite.table import BEGIN, END, targets, write_markdown
 
 
 def results(tmp_path: Path, **rps: float) -> Results:

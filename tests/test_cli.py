@@ -22,7 +22,7 @@ from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
 from seckill_cli import cli, commands
 from seckill_cli.client import Exit
-from seckill_common.auth import UserTokens
+from seckill_common.runtime.auth import UserTokens
 from tests.conftest import make_activity, make_product
 from tests.support import (
     ADMIN,

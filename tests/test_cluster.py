@@ -26,8 +26,8 @@ from seckill.v1 import activity_pb2, activity_pb2_grpc, product_pb2, product_pb2
 from seckill_cluster.cluster import Cluster
 from seckill_cluster.galera import DATABASE
 from seckill_cluster.hosts import Host, namespaces_available
-from seckill_common.invariants import Invariant, SeckillCheck
-from seckill_common.tls import ClientTLS
+from seckill_common.runtime.tls import ClientTLS
+from seckill_stack.invariants import Invariant, SeckillCheck
 from tests.conftest import timestamp
 from tests.support import REPO, error_details
 

@@ -14,8 +14,8 @@ from seckill.v1 import activity_pb2, order_pb2, product_pb2
 from activity_svc import repository
 from activity_svc.decision import Won
 from activity_svc.seckill import EngineSettings, SeckillEngine
-from seckill_common.db import Database, create_pool
-from seckill_common.errors import ServiceError
+from seckill_common.api.errors import ServiceError
+from seckill_common.database.db import Database, create_pool
 from tests.conftest import make_activity, make_product
 from tests.support import ADMIN, Stack, error_details, query, settings_for
 

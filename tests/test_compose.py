@@ -223,7 +223,7 @@ def test_db_has_a_healthcheck_to_wait_for(compose):
 @pytest.mark.parametrize("service", SERVICES)
 def test_healthcheck_uses_grpc_health_protocol(compose, service):
     test = compose["services"][service]["healthcheck"]["test"]
-    assert test[:4] == ["CMD", "python", "-m", "seckill_cli.wait_serving"]
+    assert test[:4] == ["CMD", "python", "-m", "seckill_stack.health"]
     assert test[4] == f"127.0.0.1:{PORTS[service]}"
 
 
@@ -262,8 +262,8 @@ def test_service_waits_for_a_healthy_db_the_migration_and_started_tools(compose,
 def test_the_migration_is_a_one_shot_step_before_the_services(compose):
     migrate = compose["services"]["migrate"]
     assert one_shot(migrate)
-    assert migrate["command"] == ["python", "-m", "seckill_common.migrations"]
-    assert (ROOT / "seckill_common" / "migrations.py").is_file()
+    assert migrate["command"] == ["python", "-m", "seckill_common.database.migrations"]
+    assert (ROOT / "seckill_common" / "database" / "migrations.py").is_file()
     assert migrate["image"] == compose["services"]["product"]["image"]
     assert migrate["depends_on"] == {"db": {"condition": "service_healthy"}}
     env = environment(compose, "migrate")
@@ -423,8 +423,8 @@ def dockerfile_copy_sources() -> list[str]:
 
 
 def test_healthcheck_module_ships_in_the_image():
-    assert (ROOT / "seckill_cli" / "wait_serving.py").is_file()
-    assert "seckill_cli/" in dockerfile_copy_sources()
+    assert (ROOT / "seckill_stack" / "health.py").is_file()
+    assert "seckill_stack/" in dockerfile_copy_sources()
 
 
 def test_dockerfile_copies_only_paths_that_exist():

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from activity_svc.server import DEFINITION as ACTIVITY
-from seckill_common.auth import UserTokens
+from seckill_common.runtime.auth import UserTokens
 from tests.support import ADMIN_TOKEN, REPO, Stack, query, start_stack, subprocess_env
 
 SECRET = "example-user-token-secret-0123456789abcdef"

@@ -33,8 +33,8 @@ from seckill.v1 import (
     product_pb2_grpc,
 )
 
-from seckill_common.clients import CHANNEL_OPTIONS
-from seckill_common.invariants import SeckillCheck
+from seckill_common.runtime.peers import CHANNEL_OPTIONS
+from seckill_stack.invariants import SeckillCheck
 from tests.conftest import timestamp
 from tests.support import (
     ADMIN,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from seckill.v1 import activity_pb2, product_pb2
 
-from seckill_common import migrations
-from seckill_common.db import wait_for_server
+from seckill_common.database import migrations
+from seckill_common.database.db import wait_for_server
 from tests.conftest import make_activity, make_product
 from tests.support import PrivateMariaDB, free_port, query, settings_for, start_stack
 

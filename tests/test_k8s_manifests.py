@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from seckill_common.config import Settings
-from seckill_common.server import LIVENESS_HEALTH_NAME
+from seckill_common.runtime.server import LIVENESS_HEALTH_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -435,9 +435,9 @@ def test_the_migration_job_runs_once_at_a_time(rendered):
     # A Galera named lock holds on one node: one migrating process at a time is the Job's job.
     assert job["spec"]["parallelism"] == 1 and job["spec"]["completions"] == 1
     [container] = job["spec"]["template"]["spec"]["containers"]
-    assert container["command"] == ["python", "-m", "seckill_common.migrations"]
+    assert container["command"] == ["python", "-m", "seckill_common.database.migrations"]
     for service in SERVICES:
         spec = one(rendered, "Deployment", f"seckill-{service}")["spec"]["template"]["spec"]
         [init] = spec["initContainers"]
-        assert init["command"][:5] == ["python", "-m", "seckill_common.migrations", "--check",
-                                       "--wait"]
+        assert init["command"][:5] == ["python", "-m", "seckill_common.database.migrations",
+                                       "--check", "--wait"]

@@ -16,8 +16,8 @@ import pytest
 from seckill.v1 import activity_pb2, product_pb2
 
 from product_svc.server import DEFINITION as PRODUCT
-from seckill_common import migrations
-from seckill_common.server import StartupError, start_service
+from seckill_common.database import migrations
+from seckill_common.runtime.server import StartupError, start_service
 from tests.conftest import make_activity, make_product
 from tests.support import REPO, query, settings_for, start_stack, subprocess_env
 
@@ -68,7 +68,7 @@ async def test_migrate_then_serve_without_ddl_rights(db_url: str) -> None:
     assert [row[0] for row in await query(db_url, "SELECT name FROM schema_migrations "
                                                   "ORDER BY version")] == SHIPPED
     # Again: nothing to do, through the module entry point this time.
-    code, out, _err = await run_cli("seckill_common.migrations", env=env)
+    code, out, _err = await run_cli("seckill_common.database.migrations", env=env)
     assert code == 0
     assert json.loads(out.splitlines()[-1])["message"] == "the schema is current"
 
@@ -123,7 +123,7 @@ async def test_an_init_container_check_waits_for_the_migration(db_url: str) -> N
     """`--check --wait`: what each Kubernetes pod runs before its service, so that pods wait
     for the migration Job rather than crash-loop on the refusal above."""
     waiting = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "seckill_common.migrations", "--check", "--wait", "60",
+        sys.executable, "-m", "seckill_common.database.migrations", "--check", "--wait", "60",
         env=step_env(db_url), cwd=REPO, stdout=asyncio.subprocess.PIPE)
     assert waiting.stdout is not None
     first = json.loads(await waiting.stdout.readline())

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from seckill.v1 import product_pb2, product_pb2_grpc
 
 from product_svc.server import DEFINITION as PRODUCT
-from seckill_common.server import LIVENESS_HEALTH_NAME, start_service
+from seckill_common.runtime.server import LIVENESS_HEALTH_NAME, start_service
 from tests.support import (
     PrivateMariaDB,
     ServiceProcess,

@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from seckill.v1 import activity_pb2, product_pb2
 
-from seckill_common.ratelimit import TokenBuckets
+from seckill_common.runtime.ratelimit import TokenBuckets
 from tests.conftest import make_activity, make_product
 from tests.support import error_details, query, start_stack
 

@@ -23,9 +23,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from seckill.v1 import activity_pb2, activity_pb2_grpc
 
 from activity_svc.server import DEFINITION as ACTIVITY
-from seckill_common import ratelimit
-from seckill_common.server import RunningService, start_service
-from seckill_common.telemetry import RATE_LIMITS_SHARED
+from seckill_common.runtime import ratelimit
+from seckill_common.runtime.server import RunningService, start_service
+from seckill_common.runtime.telemetry import RATE_LIMITS_SHARED
 from tests.conftest import make_activity, make_product
 from tests.support import Stack, free_port, settings_for, start_stack
 
@@ -120,7 +120,7 @@ async def test_a_flooding_user_gets_the_rate_once_across_two_processes(db_url: s
 
 async def test_without_redis_the_limits_are_per_process_and_the_log_says_so(
         db_url: str, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="seckill_common.ratelimit")
+    caplog.set_level(logging.INFO, logger="seckill_common.runtime.ratelimit")
     stack = await start_stack(db_url, **LIMITS)
     try:
         assert any("SECKILL_RATE_LIMIT_REDIS_URL unset" in r.getMessage()
@@ -158,7 +158,7 @@ async def test_sales_go_on_when_redis_stops_and_limits_are_shared_again_when_it_
         assert await health_of(stack.activity, ratelimit.SHARED_HEALTH_NAME) == NOT_SERVING
         assert RATE_LIMITS_SHARED.labels("activity")._value.get() == 0
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
-                    and r.name == "seckill_common.ratelimit"]
+                    and r.name == "seckill_common.runtime.ratelimit"]
         assert len(warnings) == 1 and "sales go on" in warnings[0]
         # Still limited, by this process's own buckets.
         flood = await asyncio.gather(*(seckill_code(stack.activities, activity.id, "flooder")

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from seckill_common.singleflight import BatchLoader
+from seckill_common.database.singleflight import BatchLoader
 
 
 class Source:

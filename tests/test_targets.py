@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from seckill_common.config import ConfigError, Settings
-from seckill_common.tls import ClientTLS
+from seckill_common.runtime.tls import ClientTLS
 from tests.support import REPO, free_port
 
 BASE = {"SECKILL_ADMIN_TOKEN": "t"}

@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 from seckill.v1 import activity_pb2, product_pb2
 
-from seckill_common import telemetry
+from seckill_common.runtime import telemetry
 from tests.conftest import make_activity, make_product
 from tests.support import ADMIN, ServiceProcess, Stack, start_stack, subprocess_env
 

@@ -21,8 +21,8 @@ from seckill.v1 import activity_pb2, activity_pb2_grpc, product_pb2, product_pb2
 
 from seckill_bench import BenchConfig, run_load
 from seckill_cli import cli
-from seckill_cli.wait_serving import wait_serving
-from seckill_common.tls import ClientTLS
+from seckill_common.runtime.tls import ClientTLS
+from seckill_stack.health import wait_serving
 from tests.conftest import timestamp
 from tests.support import ADMIN, Stack, start_stack
 

@@ -14,7 +14,7 @@ import jwt
 import pytest
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
-from seckill_common.auth import UserTokens
+from seckill_common.runtime.auth import UserTokens
 from tests.conftest import make_activity, make_product
 from tests.rpc_checks import rpc_error
 from tests.support import ADMIN, REPO, Stack, error_details, query, start_stack

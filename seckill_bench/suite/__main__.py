@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from seckill_bench.suite.report import code_version, load_average, section, write_markdown
 from seckill_bench.suite.scenarios import Results, Settings, Suite
 from seckill_bench.suite.stack import BenchStack, StackError, log
+from seckill_bench.suite.table import code_version, load_average, section, write_markdown
 from seckill_stack.services import REPO
 
 

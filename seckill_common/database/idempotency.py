@@ -19,9 +19,9 @@ import aiomysql
 import pymysql
 from google.protobuf.message import Message
 
-from seckill_common.db import DUPLICATE_ENTRY, Database, error_code
-from seckill_common.errors import InvalidArgument
-from seckill_common.validation import Violations
+from seckill_common.api.errors import InvalidArgument
+from seckill_common.api.validation import Violations
+from seckill_common.database.db import DUPLICATE_ENTRY, Database, error_code
 
 FIELD = "request_id"
 

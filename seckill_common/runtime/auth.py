@@ -22,8 +22,8 @@ from typing import Any
 import jwt
 from grpc.aio import ServicerContext
 
-from seckill_common.errors import NotFound, PermissionDenied, Unauthenticated
-from seckill_common.validation import MAX_USER_ID_CHARS
+from seckill_common.api.errors import NotFound, PermissionDenied, Unauthenticated
+from seckill_common.api.validation import MAX_USER_ID_CHARS
 
 ISSUER = "seckill"
 ALGORITHM = "HS256"

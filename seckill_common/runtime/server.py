@@ -27,27 +27,27 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from seckill_common.api.errors import Unavailable
 from seckill_common.config import LISTEN_SETTINGS, Settings
-from seckill_common.db import (
+from seckill_common.database.db import (
     Database,
     connection_limit,
     create_pool,
     log_connection_budget,
     wait_for_server,
 )
-from seckill_common.errors import Unavailable
-from seckill_common.interceptors import interceptors_for, rate_limiter_for
-from seckill_common.migrations import SchemaBehind, check_schema, migrate
-from seckill_common.ratelimit import SHARED_HEALTH_NAME, RateLimiter
-from seckill_common.reflection import enable_reflection
-from seckill_common.telemetry import (
+from seckill_common.database.migrations import SchemaBehind, check_schema, migrate
+from seckill_common.runtime.interceptors import interceptors_for, rate_limiter_for
+from seckill_common.runtime.ratelimit import SHARED_HEALTH_NAME, RateLimiter
+from seckill_common.runtime.reflection import enable_reflection
+from seckill_common.runtime.telemetry import (
     configure_tracing,
     flush_traces,
     serve_metrics,
     watch_pool,
 )
-from seckill_common.tls import server_credentials
-from seckill_common.workers import is_worker, supervise, worker_id
+from seckill_common.runtime.tls import server_credentials
+from seckill_common.runtime.workers import is_worker, supervise, worker_id
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class ServiceDefinition:
     service_names: Sequence[str]  # full proto names, for health and reflection
     admin_methods: frozenset[str]
     # Methods that act for one user: they take a user token when SECKILL_USER_TOKEN_SECRET is
-    # set (seckill_common.auth).
+    # set (seckill_common.runtime.auth).
     user_methods: frozenset[str]
     # Adds the servicers to the server; returns cleanup to run after the server stops.
     add_servicers: Callable[[grpc.aio.Server, Database, Settings], Awaitable[list[Cleanup]]]
@@ -297,7 +297,7 @@ def parse_args(definition: ServiceDefinition, argv: list[str] | None) -> argpars
 def main(definition: ServiceDefinition, argv: list[str] | None = None) -> None:
     """Process entry point: JSON logs, config from the environment, run until a signal."""
     from seckill_common.config import ConfigError
-    from seckill_common.logs import setup_logging
+    from seckill_common.runtime.logs import setup_logging
 
     args = parse_args(definition, argv)
     setup_logging(definition.name)

@@ -14,10 +14,10 @@ from typing import TypeVar
 import grpc
 from grpc_status import rpc_status
 
+from seckill_common.api.errors import ServiceError, Unavailable
 from seckill_common.config import Settings
-from seckill_common.errors import ServiceError, Unavailable
-from seckill_common.telemetry import client_interceptors
-from seckill_common.tls import ClientTLS
+from seckill_common.runtime.telemetry import client_interceptors
+from seckill_common.runtime.tls import ClientTLS
 
 log = logging.getLogger(__name__)
 Resp = TypeVar("Resp")

@@ -24,9 +24,9 @@ import grpc
 import pymysql
 from opentelemetry import trace
 
+from seckill_common.api.errors import ServiceError, Unavailable
 from seckill_common.config import MySQLTarget, Settings
-from seckill_common.errors import ServiceError, Unavailable
-from seckill_common.telemetry import tracer
+from seckill_common.runtime.telemetry import tracer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

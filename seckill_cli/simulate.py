@@ -2,7 +2,7 @@
 
 Creates a product and an activity that is already open, lets N users each send T Seckill calls
 at once (an impatient double click), shows the race on a progress bar, then prints what the
-service answered and checks through the public API (seckill_common.invariants, as
+service answered and checks through the public API (seckill_stack.invariants, as
 `seckill-bench` does after a load run) that every OK answer is a listed order, no user holds
 two, and stock left + active orders == stock. Then it pays a share of the orders (--pay-share);
 with a short --payment-window it waits for the rest to expire and checks that they did, that
@@ -30,8 +30,8 @@ from seckill.v1 import activity_pb2, order_pb2, product_pb2
 from seckill_cli import render
 from seckill_cli.client import Auth, Exit, Session, detail, rich_status, usage_error
 from seckill_cli.render import Output
-from seckill_common.invariants import Invariant, SeckillCheck, percentile
-from seckill_common.validation import to_timestamp
+from seckill_common.api.times import to_timestamp
+from seckill_stack.invariants import Invariant, SeckillCheck, percentile
 
 # How long past the payment window the expiry check waits: the services' bound (a few seconds)
 # with room to spare.

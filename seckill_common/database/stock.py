@@ -16,8 +16,8 @@ from datetime import datetime
 
 import aiomysql
 
-from seckill_common.db import pipeline
-from seckill_common.errors import NotFound
+from seckill_common.api.errors import NotFound
+from seckill_common.database.db import pipeline
 
 _LOCK = "SELECT stock FROM products WHERE id = %s FOR UPDATE"
 

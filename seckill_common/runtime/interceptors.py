@@ -5,9 +5,9 @@ Order (outermost first), as `interceptors_for` builds it:
    and the RPC metrics, so both see the codes the inner layers produce, auth refusals included.
 2. map_errors: domain `ServiceError`s become canonical codes with details; anything
    unexpected is logged with its traceback and answered INTERNAL, without internals.
-3. auth (seckill_common.auth): the admin token for admin methods, user tokens for user methods.
+3. auth (runtime.auth): the admin token for admin methods, user tokens for user methods.
 4. refuse_malformed: bytes that are not the method's message are INVALID_ARGUMENT.
-5. rate limits (seckill_common.ratelimit): per process and per user, RESOURCE_EXHAUSTED.
+5. rate limits (seckill_common.runtime.ratelimit): per process and per user, RESOURCE_EXHAUSTED.
 
 The layers are plain functions composed once per method by one grpc interceptor, which caches
 the wrapped handler: grpc.aio calls every interceptor on every RPC, and building handlers per
@@ -25,11 +25,11 @@ from typing import Any
 import grpc
 from grpc.aio import ServicerContext
 
-from seckill_common.auth import Authenticator
+from seckill_common.api.errors import InvalidArgument, ServiceError, internal_status
 from seckill_common.config import Settings
-from seckill_common.errors import InvalidArgument, ServiceError, internal_status
-from seckill_common.ratelimit import RateLimiter
-from seckill_common.telemetry import (
+from seckill_common.runtime.auth import Authenticator
+from seckill_common.runtime.ratelimit import RateLimiter
+from seckill_common.runtime.telemetry import (
     current_trace_id,
     rpc_recorder,
     server_interceptors,

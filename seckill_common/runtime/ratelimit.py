@@ -38,9 +38,9 @@ from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 
-from seckill_common.auth import current_caller
-from seckill_common.errors import ResourceExhausted
-from seckill_common.telemetry import RATE_LIMITS_SHARED
+from seckill_common.api.errors import ResourceExhausted
+from seckill_common.runtime.auth import current_caller
+from seckill_common.runtime.telemetry import RATE_LIMITS_SHARED
 
 log = logging.getLogger(__name__)
 HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check"})

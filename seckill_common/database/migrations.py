@@ -1,6 +1,6 @@
-"""Numbered SQL migrations (`migrations/NNNN_name.sql`), applied once each: at a service's
+"""Numbered SQL migrations (`schema/NNNN_name.sql`), applied once each: at a service's
 start-up (SECKILL_MIGRATE_ON_START, the default) or as a step of its own (`seckill migrate`,
-`python -m seckill_common.migrations`) run by an account with DDL rights before the services.
+`python -m seckill_common.database.migrations`) run by a user with DDL rights before the services.
 
 Several processes may start at once: a server-side named lock (GET_LOCK) lets one apply while
 the others wait, then find nothing left to do. On a Galera cluster a named lock holds on one node
@@ -30,7 +30,7 @@ import aiomysql
 import pymysql
 
 from seckill_common.config import ConfigError, Settings
-from seckill_common.db import (
+from seckill_common.database.db import (
     ALREADY_ALTERED,
     NO_SUCH_TABLE,
     NOT_SUPPORTED_YET,
@@ -64,7 +64,7 @@ class SchemaBehind(RuntimeError):
 def available() -> list[tuple[int, str, str]]:
     """(version, file name, SQL) of every migration shipped, in order."""
     found = []
-    for entry in resources.files("seckill_common").joinpath("migrations").iterdir():
+    for entry in resources.files("seckill_common.database").joinpath("schema").iterdir():
         match = _FILE.match(entry.name)
         if match:
             found.append((int(match.group(1)), entry.name, entry.read_text("utf-8")))
@@ -197,12 +197,12 @@ def describe(applied: list[str], pending: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m seckill_common.migrations [--check]`, configured like the services by
+    """`python -m seckill_common.database.migrations [--check]`, configured like the services by
     SECKILL_MYSQL_URL (and SECKILL_DB_CONNECT_TIMEOUT, SECKILL_DB_STARTUP_TIMEOUT)."""
-    from seckill_common.logs import setup_logging
+    from seckill_common.runtime.logs import setup_logging
 
     parser = argparse.ArgumentParser(
-        prog="python -m seckill_common.migrations",
+        prog="python -m seckill_common.database.migrations",
         description="Apply the database migrations that SECKILL_MYSQL_URL's database lacks.")
     parser.add_argument("--check", action="store_true",
                         help="change nothing: exit 1 if a migration is pending")

@@ -1,0 +1,1 @@
+"""API helpers: the error model, request checks, page tokens, time conversion."""

@@ -1,0 +1,1 @@
+"""Persistence: the pool and its transactions, migrations, the stock row, idempotency, reads."""

@@ -1,0 +1,1 @@
+"""Server runtime: lifecycle, workers, interceptors, auth, rate limits, telemetry, TLS, peers."""
