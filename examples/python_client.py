@@ -36,8 +36,9 @@ def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
     return info
 
 
-async def buy(activities: activity_pb2_grpc.ActivityServiceStub, activity_id: int, user: str,
-              metadata: Metadata) -> None:
+# The async stub's type lives in the .pyi stubs only, hence the quotes.
+async def buy(activities: "activity_pb2_grpc.ActivityServiceAsyncStub", activity_id: int,
+              user: str, metadata: Metadata) -> None:
     request = activity_pb2.SeckillRequest(activity_id=activity_id, user_id=user)
     try:
         reply = await activities.Seckill(request, metadata=metadata, timeout=5)

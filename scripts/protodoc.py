@@ -75,7 +75,10 @@ def _one_line(text: str) -> str:
 
 def field_behavior(fd: d.FieldDescriptorProto) -> str:
     """The field's `google.api.field_behavior` annotations (AIP-203), e.g. `REQUIRED`."""
-    behaviors = fd.options.Extensions[field_behavior_pb2.field_behavior]
+    # field_behavior_pb2.pyi types the extension as a plain FieldDescriptor, which
+    # Extensions[] does not take; at run time it is the repeated enum extension.
+    behaviors: list[int] = fd.options.Extensions[
+        field_behavior_pb2.field_behavior]  # type: ignore[index]
     return ", ".join(f"`{field_behavior_pb2.FieldBehavior.Name(b)}`" for b in behaviors)
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any
 
 from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.message import Message
 
 # Modules whose services the tool knows about. Each import registers its descriptors.
 KNOWN_MODULES = (
@@ -31,8 +31,8 @@ class MethodError(ValueError):
 class Method:
     service: str  # "seckill.v1.ActivityService"
     name: str  # "Seckill"
-    request_class: Any
-    response_class: Any
+    request_class: type[Message]
+    response_class: type[Message]
 
     @property
     def full_name(self) -> str:

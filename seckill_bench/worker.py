@@ -198,9 +198,10 @@ class Part:
         spec = self.spec
         if not self._channels:
             await self.connect()
-        stubs = [ch.unary_unary(self.method.path, request_serializer=None,
-                                response_deserializer=self.method.response_class.FromString)
-                 for ch in self._channels]
+        stubs: list[grpc.aio.UnaryUnaryMultiCallable[bytes, Any]] = [
+            ch.unary_unary(self.method.path, request_serializer=None,
+                           response_deserializer=self.method.response_class.FromString)
+            for ch in self._channels]
         self.result.started = time.monotonic()
         self._deadline = (None if spec.duration_s is None
                           else self.result.started + spec.duration_s)

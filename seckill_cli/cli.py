@@ -140,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(group: Any, name: str, handler: Handler, help_text: str
                 ) -> argparse.ArgumentParser:
-        sub = group.add_parser(name, parents=[common], help=help_text, description=help_text,
-                               epilog=COMMON_NOTE)
+        sub: argparse.ArgumentParser = group.add_parser(
+            name, parents=[common], help=help_text, description=help_text, epilog=COMMON_NOTE)
         sub.set_defaults(handler=handler)
         return sub
 
@@ -267,7 +267,8 @@ async def run(argv: list[str] | None = None) -> int:
         admin_token=os.environ.get("SECKILL_ADMIN_TOKEN", ""), user_token=args.user_token,
         tls=tls)
     try:
-        return await args.handler(args, session, out)
+        code: int = await args.handler(args, session, out)
+        return code
     except CliError as err:
         out.error(err.message)
         if out.as_json:

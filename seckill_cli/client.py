@@ -10,10 +10,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import duration_pb2, json_format
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -44,6 +44,7 @@ STUBS = {
 UNREACHABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 ADMIN_HINT = ("set SECKILL_ADMIN_TOKEN to the services' admin token "
               "(after `make up`: `. .run/stack.env`)")
+_Detail = TypeVar("_Detail", bound=Message)
 USER_HINT = ("these services require user tokens: pass --user-token or set SECKILL_USER_TOKEN "
              "(`seckill token USER` prints one), or set SECKILL_ADMIN_TOKEN")
 
@@ -80,26 +81,26 @@ class About:
 
 def rich_status(exc: grpc.aio.AioRpcError) -> status_pb2.Status | None:
     try:
-        return rpc_status.from_call(exc)
+        status: status_pb2.Status | None = rpc_status.from_call(exc)
     except ValueError:  # details that disagree with the status: use the status alone
         return None
+    return status
 
 
-def detail(status: status_pb2.Status | None, kind: type[Message]) -> Any:
+def detail(status: status_pb2.Status | None, kind: type[_Detail]) -> _Detail | None:
     """The first detail of type `kind` in the status, or None."""
     for packed in status.details if status else ():
-        if packed.Is(kind.DESCRIPTOR):
-            message = kind()
-            packed.Unpack(message)
+        message = kind()
+        if packed.Unpack(message):  # False for a detail of another type
             return message
     return None
 
 
-def seconds(duration: Any) -> str:
+def seconds(duration: duration_pb2.Duration) -> str:
     return f"{duration.seconds + duration.nanos / 1e9:g}s"
 
 
-def _precondition(info: Any, message: str) -> str:
+def _precondition(info: error_details_pb2.ErrorInfo | None, message: str) -> str:
     reason = info.reason if info else ""
     activity = info.metadata.get("activity_id", "") if info else ""
     match reason:
@@ -126,10 +127,10 @@ def explain(exc: grpc.aio.AioRpcError, service: str, addr: str, *, auth: Auth,
     retry = detail(status, error_details_pb2.RetryInfo)
     match code:
         case grpc.StatusCode.NOT_FOUND:
-            info = detail(status, error_details_pb2.ResourceInfo)
-            if info and "/" in info.resource_name:
-                kind = info.resource_type.rsplit(".", 1)[-1].lower()
-                text = f"{kind} {info.resource_name.rsplit('/', 1)[1]} not found"
+            resource = detail(status, error_details_pb2.ResourceInfo)
+            if resource and "/" in resource.resource_name:
+                kind = resource.resource_type.rsplit(".", 1)[-1].lower()
+                text = f"{kind} {resource.resource_name.rsplit('/', 1)[1]} not found"
             else:
                 text = message or "not found"
         case grpc.StatusCode.INVALID_ARGUMENT:

@@ -150,7 +150,7 @@ async def await_expiry(session: Session, activity: activity_pb2.Activity, paid: 
     """Waits (polling the API) until no order of the sale is pending, then checks the end."""
     stub, metadata = session.stub("order"), session.metadata(Auth.ADMIN)
 
-    async def listed(*states: int) -> list[order_pb2.Order]:
+    async def listed(*states: order_pb2.OrderState.ValueType) -> list[order_pb2.Order]:
         reply = await stub.ListOrders(order_pb2.ListOrdersRequest(
             activity_id=activity.id, states=states, page_size=1000), metadata=metadata,
             timeout=session.timeout_s)

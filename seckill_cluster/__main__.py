@@ -80,34 +80,38 @@ def main(argv: list[str] | None = None) -> int:
         from seckill_cluster.bench import main as bench_main
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
-    cluster = Cluster()
     try:
-        if args.verb == "up":
-            cluster.up(db_count=1 if args.single else args.nodes, galera=not args.single,
-                       relay_ms=args.relay_ms)
-            print_status(cluster)
-        elif args.verb == "down":
-            cluster.down()
-            print("cluster: down (namespaces, processes and .run/cluster removed)")
-        elif args.verb == "status":
-            if not cluster.is_up():
-                print("cluster: not up")
-                return 3
-            return print_status(cluster)
-        elif args.verb == "kill":
-            for host in args.hosts:
-                cluster.kill(host)
-        elif args.verb == "start":
-            cluster.start(*args.hosts)
-        elif args.verb == "partition":
-            cluster.partition(args.host)
-        elif args.verb == "heal":
-            cluster.heal(args.host)
-        elif args.verb == "delay":
-            cluster.delay(args.ms)
+        return run_verb(Cluster(), args)
     except ClusterError as exc:
         print(f"cluster: {exc}", file=sys.stderr)
         return 1
+
+
+def run_verb(cluster: Cluster, args: argparse.Namespace) -> int:
+    """Runs one verb of `seckill_cluster`; the exit code (3: `status` of a cluster not up)."""
+    if args.verb == "up":
+        cluster.up(db_count=1 if args.single else args.nodes, galera=not args.single,
+                   relay_ms=args.relay_ms)
+        print_status(cluster)
+    elif args.verb == "down":
+        cluster.down()
+        print("cluster: down (namespaces, processes and .run/cluster removed)")
+    elif args.verb == "status":
+        if not cluster.is_up():
+            print("cluster: not up")
+            return 3
+        return print_status(cluster)
+    elif args.verb == "kill":
+        for host in args.hosts:
+            cluster.kill(host)
+    elif args.verb == "start":
+        cluster.start(*args.hosts)
+    elif args.verb == "partition":
+        cluster.partition(args.host)
+    elif args.verb == "heal":
+        cluster.heal(args.host)
+    elif args.verb == "delay":
+        cluster.delay(args.ms)
     return 0
 
 

@@ -29,7 +29,9 @@ def node_state(socket_path: str) -> dict[str, str]:
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT @@GLOBAL.wsrep_on")
-            (wsrep_on,) = cur.fetchone()
+            row = cur.fetchone()
+            assert row is not None  # a SELECT of a variable answers one row
+            (wsrep_on,) = row
             if not wsrep_on:  # a plain server (the benchmark's baseline): up is healthy
                 return {"wsrep_on": "OFF"}
             cur.execute(STATE_SQL)
