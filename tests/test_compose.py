@@ -34,8 +34,11 @@ ACTIVITY_REPLICAS = 2
 # Secrets: required (`${VAR:?message}`), no default in compose nor in .env.example.
 SECRET = re.compile(r"PASSWORD|TOKEN")
 # What a user's .env supplies for them, to read the file as Compose runs it.
-FILLED_SECRETS = {"SECKILL_ADMIN_TOKEN": "an-admin-token", "MYSQL_ROOT_PASSWORD": "root-pw",
-                  "MYSQL_PASSWORD": "app-pw"}
+FILLED_SECRETS = {"SECKILL_ADMIN_TOKEN": "an-admin-token", "DB_ROOT_PASSWORD": "root-pw",
+                  "DB_PASSWORD": "app-pw"}
+# MariaDB's long-term-support series: the compose default is the one the tests run (Debian's).
+MARIADB_LTS = ("10.6", "10.11", "11.4", "11.8")
+TESTED_MARIADB = "10.11"
 # What Compose interpolates: $$ (a literal $), ${VAR}, ${VAR:-default} and kin, $VAR.
 VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?+])([^}]*))?\}|\$(\w+)")
 
@@ -213,11 +216,33 @@ def test_every_container_has_a_healthcheck(compose):
         assert check.get("test", [None])[0] in ("CMD", "CMD-SHELL"), f"{name}: no healthcheck"
 
 
+def test_db_is_the_mariadb_the_tests_run(compose):
+    db = compose["services"]["db"]
+    repository, _, tag = db["image"].rpartition(":")
+    assert repository == "mariadb"
+    assert tag in MARIADB_LTS, f"{db['image']}: not a long-term-support series"
+    assert tag == TESTED_MARIADB, f"{db['image']}: the tests run MariaDB {TESTED_MARIADB}"
+
+
 def test_db_has_a_healthcheck_to_wait_for(compose):
     db = compose["services"]["db"]
-    assert db["image"].startswith("mysql:8")
-    assert "mysqladmin ping" in " ".join(db["healthcheck"]["test"])
-    assert environment(compose, "db")["MYSQL_DATABASE"] == "seckill"
+    # The image's own script: over TCP (so not the socket-only init server) until InnoDB is up.
+    assert db["healthcheck"]["test"] == ["CMD", "healthcheck.sh", "--connect",
+                                         "--innodb_initialized"]
+    assert db["healthcheck"]["start_period"]
+
+
+def test_db_creates_the_services_account_and_keeps_its_data(compose):
+    env = environment(compose, "db")
+    assert env["MARIADB_DATABASE"] == "seckill"
+    assert env["MARIADB_USER"] == "seckill"
+    assert env["MARIADB_ROOT_PASSWORD"] == FILLED_SECRETS["DB_ROOT_PASSWORD"]
+    url = environment(compose, "product")["SECKILL_MYSQL_URL"]
+    assert url == f"mysql://seckill:{env['MARIADB_PASSWORD']}@db:3306/seckill"
+    volume, _, target = compose["services"]["db"]["volumes"][0].partition(":")
+    # A volume of its own: MariaDB cannot open the data of the MySQL 8.4 default of old.
+    assert (volume, target) == ("mariadb-data", "/var/lib/mysql")
+    assert volume in compose["volumes"]
 
 
 @pytest.mark.parametrize("service", SERVICES)
