@@ -245,6 +245,34 @@ def test_db_creates_the_services_account_and_keeps_its_data(compose):
     assert volume in compose["volumes"]
 
 
+def mysql_override() -> dict:
+    """The compose.mysql.yml that docs/OPERATIONS.md gives for running on MySQL 8.4."""
+    text = (ROOT / "docs" / "OPERATIONS.md").read_text()
+    section = text.split("### MySQL 8.4 instead", 1)[1]
+    return yaml.safe_load(section.split("```yaml", 1)[1].split("```", 1)[0])
+
+
+def test_the_documented_mysql_override_fits_the_compose_file(raw_compose, env_example):
+    """MySQL is untested here, but the switch the docs give must at least be well formed: the
+    spec's shape, the .env's variables, the mount it replaces, a check MySQL's image can run."""
+    override = mysql_override()
+    validator = jsonschema.Draft201909Validator(json.loads(SCHEMA.read_text()))
+    errors = list(validator.iter_errors(override))
+    assert not errors, [error.message for error in errors]
+    assert set(variables(override)) <= set(env_example)
+    assert required(override).keys() == {"DB_ROOT_PASSWORD", "DB_PASSWORD"}
+    db = override["services"]["db"]
+    assert db["image"] == "mysql:8.4"
+    env = db["environment"]
+    assert (env["MYSQL_DATABASE"], env["MYSQL_USER"]) == ("seckill", "seckill")
+    # Compose merges volumes by their target: the MySQL volume takes the MariaDB one's place.
+    base_target = raw_compose["services"]["db"]["volumes"][0].partition(":")[2]
+    volume, _, target = db["volumes"][0].partition(":")
+    assert target == base_target
+    assert volume in override["volumes"] and volume not in raw_compose["volumes"]
+    assert "mysqladmin ping" in " ".join(db["healthcheck"]["test"])
+
+
 @pytest.mark.parametrize("service", SERVICES)
 def test_healthcheck_uses_grpc_health_protocol(compose, service):
     test = compose["services"][service]["healthcheck"]["test"]
