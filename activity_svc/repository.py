@@ -1,10 +1,11 @@
 """SQL for activities, and the seckill transaction.
 
-The seckill transaction is the one place where the activity service touches the products'
-stock row and the orders table directly (everything else about products and orders goes
-through their services' stubs): an order and its stock decrement must commit together, in
-one transaction that holds the stock row, taken through database.stock (which owns the
-lock order: the stock row, then the activity row, then order rows).
+The activity service touches the products' stock row and the orders table directly only here:
+in the seckill transaction, the refusal read (`read_facts`) and `delete`; everything else
+about products and orders goes through their services' stubs (docs/DESIGN.md, "What the
+activity service touches directly"). An order and its stock decrement must commit together,
+in one transaction that holds the stock row, taken through database.stock in the lock order
+of docs/DESIGN.md ("Locks").
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """The seckill path between the servicer and the repository's seckill transaction.
 
-A flash sale is a stampede on one row: every buyer of a product needs its stock row's lock, so
-one transaction per buyer serialises them all behind it, and the driver's fixed cost per
-transaction caps the rate. In `coalesced` mode (the default) the buyers of one product that
-arrive while its transaction is in flight, or within a short gathering window after it, are
-decided together by the next single transaction (repository.seckill), first come first
+Why buyers are batched, and what that promises: docs/DESIGN.md ("Coalescing", "Exact
+refusals"); this module is how. In `coalesced` mode (the default) the buyers of one product
+that arrive while its transaction is in flight, or within a short gathering window after it,
+are decided together by the next single transaction (repository.seckill), first come first
 served; each caller then gets its own answer. An idle product commits at once.
 `per_request` mode keeps one transaction per call, for comparison.
 
@@ -16,9 +15,7 @@ Refusals are exact: a call is refused only on facts read after it arrived. Once 
 last look (a committed batch or a read) showed no unit to sell, its calls go first to a
 single-flight read of the facts they need (repository.read_facts: stock, windows, their
 orders; one non-locking statement shared by every call that arrived before it started) and
-`decide` refuses them on it; a call the read cannot refuse goes on to a transaction. So a
-sold-out sale's stampede costs a cheap read per burst, not a locking transaction per call,
-and a unit given back (a cancel, a restock, in any process) is sold to the next caller.
+`decide` refuses them on it; a call the read cannot refuse goes on to a transaction.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """ActivityService: protobuf in, domain calls, protobuf out.
 
-Products and orders are reached through their services' stubs; only the seckill transaction
-(repository.seckill) touches their tables.
+Products and orders are reached through their services' stubs; only the repository's seckill
+transaction, refusal read and delete touch their tables (docs/DESIGN.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Orders are inserted only by the seckill transaction (activity_svc/repository.py), as
 PENDING_PAYMENT. Every change that gives a unit back (cancel, expiry) takes the product's stock
-row first (database.stock), then the order rows, like the seckill; paying moves no unit
+row first (database.stock; the lock order is docs/DESIGN.md's "Locks"); paying moves no unit
 and locks the order row alone. The deadline is judged by the database's clock inside the
 transaction that holds the order row, so a payment and an expiry of one order never both win.
 """

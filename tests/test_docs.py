@@ -1,11 +1,15 @@
-"""The README and docs/CONFIGURATION.md stay true to the code: the settings listed are the
-settings read, the make targets named exist, and local links lead somewhere."""
+"""The README, docs/CONFIGURATION.md and docs/DESIGN.md stay true to the code: the settings
+listed are the settings read, the make targets named exist, local links lead somewhere, and
+the layout names every top-level folder and package."""
 
 from __future__ import annotations
 
 import ast
 import re
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from tests.support import REPO
 
@@ -70,3 +74,53 @@ def test_the_readme_is_short_and_its_local_links_exist() -> None:
     for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", doc.read_text()):
             assert (doc.parent / target).exists(), f"{doc.name} links to missing {target}"
+
+
+DESIGN = REPO / "docs" / "DESIGN.md"
+# Lines of the layout block: a name column, then two or more spaces and what it holds. A line
+# indented by two spaces names something inside the last top-level entry; one indented further
+# continues a description.
+ENTRY = re.compile(r"^( {2})?(\S+(?: \S+)*?)(?: {2,}|$)")
+
+
+def tracked_files() -> list[str]:
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True,
+                                capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    return [path for path in listed.split("\0") if path]
+
+
+def layout_listed() -> set[str]:
+    """Every folder docs/DESIGN.md's layout block names, with each of its parents."""
+    text = DESIGN.read_text()
+    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    listed: set[str] = set()
+    parent = ""
+    for line in block.splitlines():
+        if not line.strip() or line.startswith("   "):
+            continue
+        entry = ENTRY.match(line)
+        assert entry, f"docs/DESIGN.md's layout: not an entry: {line!r}"
+        indented, names = entry.groups()
+        for name in names.split():
+            if not name.endswith("/"):
+                continue
+            path = (parent + name if indented else name).rstrip("/")
+            if not indented:
+                parent = path + "/"
+            parts = path.split("/")
+            listed.update("/".join(parts[:end]) for end in range(1, len(parts) + 1))
+    return listed
+
+
+def test_the_design_layout_lists_every_top_level_folder_and_package() -> None:
+    files = tracked_files()
+    folders = {path.split("/")[0] for path in files if "/" in path}
+    # seckill_common's parts are packages of their own, each with its own job.
+    parts = {path.rsplit("/", 1)[0] for path in files
+             if re.fullmatch(r"seckill_common/\w+/__init__\.py", path)}
+    assert {"seckill_common", "tests"} <= folders and parts, "git lists no packages?"
+    missing = sorted((folders | parts) - layout_listed())
+    assert not missing, f"docs/DESIGN.md's layout does not list {missing}"

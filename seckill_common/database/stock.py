@@ -2,8 +2,8 @@
 
 Every transaction that changes stock or orders (a seckill, a cancel, an expiry, a restock, a
 delete) runs in the product and order services and in the activity service alike. They cannot
-deadlock because each takes its locks in one order: **the product's stock row first**, then the
-activity row, then order rows. This module makes that order structural rather than a comment:
+deadlock because each takes its locks in the one order of docs/DESIGN.md ("Locks"), **the
+product's stock row first**. This module makes that order structural rather than a comment:
 units can only be taken or given back through a `LockedStock`, and only `lock` / `lock_then`,
 whose statement runs before anything else the caller sends, hand one out.
 """
