@@ -183,13 +183,16 @@ async def pay(cur: aiomysql.Cursor, order_id: int, owner: str | None) -> Payment
 
     A pending order past its deadline is expired here, in this transaction (TOO_LATE): it
     gives a unit back, so the stock row is taken first, before the order row. Paying in time
-    locks the order row alone, as a consistent read found it not yet due.
+    locks the order row alone, once a consistent read found it not yet due; the deadline is
+    judged again under that lock.
     """
     seen = await _get(cur, order_id, owner, lock=False)
     if seen.order.state == PENDING_PAYMENT and seen.due:
         locked = await stock.lock(cur, seen.order.product_id)
         expiry = await _expire_locked(cur, locked, [order_id])
-        return Payment(outcome=Paid.TOO_LATE, order=seen.order, expired=expiry)
+        if expiry.count:
+            return Payment(outcome=Paid.TOO_LATE, order=seen.order, expired=expiry)
+        # Another transaction moved it meanwhile: answer by its state, read under the lock.
     row, due = await _get(cur, order_id, owner, lock=True)
     if row.state == PAID:
         return Payment(outcome=Paid.ALREADY, order=row)
@@ -197,8 +200,13 @@ async def pay(cur: aiomysql.Cursor, order_id: int, owner: str | None) -> Payment
         raise order_cancelled(order_id)
     if row.state == EXPIRED:
         raise payment_expired(order_id)
-    if due:  # the deadline passed since the read above: too late; the sweeper expires it
-        return Payment(outcome=Paid.TOO_LATE, order=row)
+    if due:
+        # The deadline passed since the read above. The order row is held, so the stock row
+        # may only be taken without waiting (SKIP LOCKED: no wait, no deadlock); when busy,
+        # the sweeper expires the order within an interval.
+        late = await stock.try_lock(cur, row.product_id)
+        expired = None if late is None else await _expire_locked(cur, late, [order_id])
+        return Payment(outcome=Paid.TOO_LATE, order=row, expired=expired)
     await _set_state(cur, [order_id], PAID)
     return Payment(outcome=Paid.NOW, order=await get(cur, order_id))
 
