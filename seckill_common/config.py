@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from seckill_common.cpus import usable_cpus
@@ -21,7 +21,7 @@ CommitMode = Literal["coalesced", "per_request"]
 # SECKILL_EVENT_LOOP: the event loop of a service process (seckill_common.runtime.server).
 EventLoop = Literal["uvloop", "asyncio"]
 Choice = TypeVar("Choice", bound=str)
-Value = TypeVar("Value")
+Value = TypeVar("Value", covariant=True)
 
 
 class ConfigError(ValueError):
@@ -60,18 +60,20 @@ class MySQLTarget:
         return f"mysql://{self.user}@{self.host}:{self.port}/{self.database}"
 
 
-class _Setting(Generic[Value]):
+class _Setting(Protocol[Value]):
     """One SECKILL_* variable: its name, its default, how its text becomes a value."""
 
-    name: str
-    default: Value
+    @property
+    def name(self) -> str: ...
 
-    def read(self, env: Mapping[str, str]) -> Value:
-        raise NotImplementedError
+    @property
+    def default(self) -> Value: ...
+
+    def read(self, env: Mapping[str, str]) -> Value: ...
 
 
 @dataclass(frozen=True)
-class _Int(_Setting[int]):
+class _Int:
     name: str
     default: int
     lo: int
@@ -91,7 +93,7 @@ class _Int(_Setting[int]):
 
 
 @dataclass(frozen=True)
-class _Float(_Setting[float]):
+class _Float:
     """A number within lo..hi as written in the variable; held divided by `per` (a variable in
     milliseconds, per=1000, is held in seconds)."""
 
@@ -102,7 +104,7 @@ class _Float(_Setting[float]):
     per: float = 1.0
 
     @property
-    def default(self) -> float:  # type: ignore[override]
+    def default(self) -> float:
         return self.written_default / self.per
 
     def read(self, env: Mapping[str, str]) -> float:
@@ -119,7 +121,7 @@ class _Float(_Setting[float]):
 
 
 @dataclass(frozen=True)
-class _Choice(_Setting[Choice]):
+class _Choice(Generic[Choice]):
     name: str
     default: Choice
     allowed: tuple[Choice, ...]
@@ -134,7 +136,7 @@ class _Choice(_Setting[Choice]):
 
 
 @dataclass(frozen=True)
-class _Bool(_Setting[bool]):
+class _Bool:
     name: str
     default: bool
 
@@ -150,7 +152,7 @@ class _Bool(_Setting[bool]):
 
 
 @dataclass(frozen=True)
-class _Text(_Setting[str]):
+class _Text:
     """Text, checked by `check` (which raises ConfigError) when set; unset: `default`."""
 
     name: str
