@@ -31,7 +31,7 @@ from opentelemetry.context import Context, get_current
 
 from activity_svc import repository
 from activity_svc.decision import Facts, Outcome, Refused, SeckillAttempt, Won, decide
-from seckill_common.config import CommitMode
+from seckill_common.config import CommitMode, default_of
 from seckill_common.database.db import Database
 from seckill_common.database.singleflight import HOT_READ_GATHER_S, BatchLoader
 from seckill_common.runtime.telemetry import BATCH_SIZE, STOCK_REMAINING, batch_span, tracer
@@ -41,9 +41,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EngineSettings:
-    mode: CommitMode = "coalesced"
-    batch_window_s: float = 0.002
-    batch_max: int = 500
+    # SECKILL_COMMIT_MODE, SECKILL_BATCH_WINDOW_MS and SECKILL_BATCH_MAX; defaults as served.
+    mode: CommitMode = default_of("commit_mode")  # noqa: RUF009 (a constant, read once)
+    batch_window_s: float = default_of("batch_window_s")
+    batch_max: int = default_of("batch_max")
 
 
 @dataclass

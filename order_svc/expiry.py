@@ -20,8 +20,8 @@ import logging
 from collections import defaultdict
 
 from order_svc import repository
+from order_svc.outcomes import observe
 from seckill_common.database.db import Database
-from seckill_common.runtime.telemetry import count_expired
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +55,20 @@ class Expirer:
         """One pass over the due orders; returns how many were due."""
         due = await self._db.run(lambda cur: repository.due(cur, self.batch))
         by_product: dict[int, list[int]] = defaultdict(list)
-        for product_id, order_id in due:
-            by_product[product_id].append(order_id)
+        for order in due:
+            by_product[order.product_id].append(order.order_id)
         for product_id, order_ids in by_product.items():
-            lags = await self._expire(product_id, order_ids,
-                                      skip_locked=product_id not in self._skipped)
-            if lags is None:
+            expiry = await self._expire(product_id, order_ids,
+                                        skip_locked=product_id not in self._skipped)
+            if expiry.outcome is repository.Expired.BUSY:
                 self._skipped.add(product_id)
                 continue
             self._skipped.discard(product_id)
-            count_expired(lags)
+            observe(expiry)
         self._skipped &= set(by_product)
         return len(due)
 
     async def _expire(self, product_id: int, order_ids: list[int], *, skip_locked: bool
-                      ) -> list[float] | None:
+                      ) -> repository.Expiry:
         return await self._db.run(lambda cur: repository.expire(
             cur, product_id, order_ids, skip_locked=skip_locked))

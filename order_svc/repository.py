@@ -9,21 +9,18 @@ transaction that holds the order row, so a payment and an expiry of one order ne
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiomysql
 from seckill.v1.order_pb2 import CANCELLED, EXPIRED, PAID, PENDING_PAYMENT
 
 from seckill_common.api.errors import FailedPrecondition, NotFound
 from seckill_common.database import stock
-
-_COLUMNS = ("id, activity_id, product_id, user_id, create_time, state, price_cents,"
-            " pay_deadline, update_time")
-# The order's columns, and whether its deadline has passed by the database's clock.
-_COLUMNS_DUE = _COLUMNS + ", pay_deadline <= UTC_TIMESTAMP(6)"
+from seckill_common.database.stock import LockedStock
 
 
 @dataclass(frozen=True)
@@ -39,26 +36,88 @@ class OrderRow:
     update_time: datetime
 
     @classmethod
-    def from_db(cls, row: tuple[Any, ...]) -> OrderRow:
-        (order_id, activity_id, product_id, user_id, create_time, state, price_cents,
-         pay_deadline, update_time) = row[:9]
-        return cls(order_id, activity_id, product_id, user_id.decode("utf-8"), create_time,
-                   state, price_cents, pay_deadline, update_time)
+    def from_db(cls, columns: dict[str, Any]) -> OrderRow:
+        """The order from its columns by name (`_named`), user_id decoded (a VARBINARY)."""
+        return cls(
+            id=columns["id"], activity_id=columns["activity_id"],
+            product_id=columns["product_id"], user_id=columns["user_id"].decode("utf-8"),
+            create_time=columns["create_time"], state=columns["state"],
+            price_cents=columns["price_cents"], pay_deadline=columns["pay_deadline"],
+            update_time=columns["update_time"],
+        )
+
+
+# The columns are OrderRow's fields, in its order; `_named` pairs them up again.
+_FIELDS = tuple(field.name for field in fields(OrderRow))
+_COLUMNS = ", ".join(_FIELDS)
+# The order's columns, and whether its deadline has passed by the database's clock.
+_COLUMNS_DUE = _COLUMNS + ", pay_deadline <= UTC_TIMESTAMP(6)"
+
+
+def _named(names: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
+    """A result row by column name: `names` are the SELECT list's, in its order."""
+    assert len(names) == len(row), (names, row)
+    return dict(zip(names, row, strict=True))
+
+
+class _SeenOrder(NamedTuple):
+    order: OrderRow
+    due: bool  # its deadline has passed, by the database's clock
+
+
+class DueOrder(NamedTuple):
+    product_id: int
+    order_id: int
+
+
+class _Overdue(NamedTuple):
+    order_id: int
+    lag_us: int  # how long past its deadline, by the database's clock
+
+
+# --- what each operation did ----------------------------------------------------------------
+# One result type per operation; refusals (a cancelled order paid, ...) are raised instead.
+# order_svc.outcomes turns each into the answer and counts it in the metrics.
+
+class Paid(enum.Enum):
+    NOW = "paid now"  # this call paid it
+    ALREADY = "already paid"  # a repeat: nothing changed
+    TOO_LATE = "too late"  # past its deadline: expired (here, or a moment ago elsewhere)
 
 
 @dataclass(frozen=True)
-class Changed:
-    """The order after a state change this call made (a repeat changes nothing)."""
+class Payment:
+    outcome: Paid
+    order: OrderRow  # as this call left it (TOO_LATE: as it was found, pending)
+    expired: Expiry | None = None  # TOO_LATE: the expiry this call made
 
-    order: OrderRow
+
+class Cancelled(enum.Enum):
+    NOW = "cancelled now"  # this call cancelled it, its unit back to stock
+    ALREADY = "already cancelled"  # a repeat: nothing changed
+    TOO_LATE = "too late"  # pending past its deadline: expired instead, its unit back
 
 
 @dataclass(frozen=True)
-class Overdue:
-    """A pending order found past its deadline: the caller expires it (`expire`), in a
-    transaction that takes the stock row first."""
+class Cancellation:
+    outcome: Cancelled
+    order: OrderRow  # as this call left it (TOO_LATE: as it was found, pending)
+    expired: Expiry | None = None  # TOO_LATE: the expiry this call made
 
-    order: OrderRow
+
+class Expired(enum.Enum):
+    DONE = "done"  # the orders still due expired (maybe none: others were faster)
+    BUSY = "stock row busy"  # skip_locked, and another transaction held the stock row
+
+
+@dataclass(frozen=True)
+class Expiry:
+    outcome: Expired
+    lags_s: tuple[float, ...] = ()  # per order expired: seconds past its deadline
+
+    @property
+    def count(self) -> int:
+        return len(self.lags_s)
 
 
 def _refusal(reason: str, message: str, order_id: int) -> FailedPrecondition:
@@ -81,22 +140,22 @@ def order_cancelled(order_id: int) -> FailedPrecondition:
 
 async def get(cur: aiomysql.Cursor, order_id: int, owner: str | None = None) -> OrderRow:
     """The order; with `owner`, another user's order is NOT_FOUND, as if it did not exist."""
-    row, _ = await _get(cur, order_id, owner, lock=False)
-    return row
+    return (await _get(cur, order_id, owner, lock=False)).order
 
 
 async def _get(cur: aiomysql.Cursor, order_id: int, owner: str | None, *, lock: bool
-               ) -> tuple[OrderRow, bool]:
+               ) -> _SeenOrder:
     await cur.execute(
         f"SELECT {_COLUMNS_DUE} FROM orders WHERE id = %s" + (" FOR UPDATE" if lock else ""),
         (order_id,))
     found = await cur.fetchone()
     if found is None:
         raise NotFound("Order", order_id)
-    row = OrderRow.from_db(found)
+    columns = _named((*_FIELDS, "due"), found)
+    row = OrderRow.from_db(columns)
     if owner is not None and row.user_id != owner:
         raise NotFound("Order", order_id)
-    return row, bool(found[9])
+    return _SeenOrder(order=row, due=bool(columns["due"]))
 
 
 async def list_page(cur: aiomysql.Cursor, *, user_id: str | None, activity_id: int | None,
@@ -116,44 +175,59 @@ async def list_page(cur: aiomysql.Cursor, *, user_id: str | None, activity_id: i
         f"SELECT {_COLUMNS} FROM orders WHERE {' AND '.join(conditions)} ORDER BY id LIMIT %s",
         (*params, limit),
     )
-    return [OrderRow.from_db(row) for row in await cur.fetchall()]
+    return [OrderRow.from_db(_named(_FIELDS, row)) for row in await cur.fetchall()]
 
 
-async def pay(cur: aiomysql.Cursor, order_id: int, owner: str | None
-              ) -> OrderRow | Changed | Overdue:
-    """PENDING_PAYMENT -> PAID before the deadline; a paid order as it is; refusals raised."""
-    row, overdue = await _get(cur, order_id, owner, lock=True)
+async def pay(cur: aiomysql.Cursor, order_id: int, owner: str | None) -> Payment:
+    """PENDING_PAYMENT -> PAID before the deadline; a paid order as it is; refusals raised.
+
+    A pending order past its deadline is expired here, in this transaction (TOO_LATE): it
+    gives a unit back, so the stock row is taken first, before the order row. Paying in time
+    locks the order row alone, once a consistent read found it not yet due; the deadline is
+    judged again under that lock.
+    """
+    seen = await _get(cur, order_id, owner, lock=False)
+    if seen.order.state == PENDING_PAYMENT and seen.due:
+        locked = await stock.lock(cur, seen.order.product_id)
+        expiry = await _expire_locked(cur, locked, [order_id])
+        if expiry.count:
+            return Payment(outcome=Paid.TOO_LATE, order=seen.order, expired=expiry)
+        # Another transaction moved it meanwhile: answer by its state, read under the lock.
+    row, due = await _get(cur, order_id, owner, lock=True)
     if row.state == PAID:
-        return row
+        return Payment(outcome=Paid.ALREADY, order=row)
     if row.state == CANCELLED:
         raise order_cancelled(order_id)
     if row.state == EXPIRED:
         raise payment_expired(order_id)
-    if overdue:
-        return Overdue(row)
+    if due:
+        # The deadline passed since the read above. The order row is held, so the stock row
+        # may only be taken without waiting (SKIP LOCKED: no wait, no deadlock); when busy,
+        # the sweeper expires the order within an interval.
+        late = await stock.try_lock(cur, row.product_id)
+        expired = None if late is None else await _expire_locked(cur, late, [order_id])
+        return Payment(outcome=Paid.TOO_LATE, order=row, expired=expired)
     await _set_state(cur, [order_id], PAID)
-    return Changed(await get(cur, order_id))
+    return Payment(outcome=Paid.NOW, order=await get(cur, order_id))
 
 
-async def cancel(cur: aiomysql.Cursor, order_id: int, owner: str | None
-                 ) -> OrderRow | Changed | Overdue:
+async def cancel(cur: aiomysql.Cursor, order_id: int, owner: str | None) -> Cancellation:
     """PENDING_PAYMENT or PAID -> CANCELLED, its unit back to stock, in the caller's
     transaction; a cancelled order as it is; an expired one refused. A pending order past its
-    deadline is expired here instead (Overdue: the caller answers ORDER_EXPIRED)."""
+    deadline is expired here instead (TOO_LATE)."""
     product_id = (await get(cur, order_id, owner)).product_id  # immutable: safe to read first
     locked = await stock.lock(cur, product_id)
-    row, overdue = await _get(cur, order_id, owner, lock=True)
+    row, due = await _get(cur, order_id, owner, lock=True)
     if row.state == CANCELLED:
-        return row
+        return Cancellation(outcome=Cancelled.ALREADY, order=row)
     if row.state == EXPIRED:
         raise order_expired(order_id)
-    if row.state == PENDING_PAYMENT and overdue:
-        await _set_state(cur, [order_id], EXPIRED)
-        await stock.give_back(cur, locked)
-        return Overdue(row)
+    if row.state == PENDING_PAYMENT and due:
+        expiry = await _expire_locked(cur, locked, [order_id])
+        return Cancellation(outcome=Cancelled.TOO_LATE, order=row, expired=expiry)
     await _set_state(cur, [order_id], CANCELLED)
     await stock.give_back(cur, locked)
-    return Changed(await get(cur, order_id))
+    return Cancellation(outcome=Cancelled.NOW, order=await get(cur, order_id))
 
 
 async def _set_state(cur: aiomysql.Cursor, order_ids: Sequence[int], state: int) -> None:
@@ -166,41 +240,48 @@ async def _set_state(cur: aiomysql.Cursor, order_ids: Sequence[int], state: int)
 
 # --- expiry --------------------------------------------------------------------------------
 
-async def due(cur: aiomysql.Cursor, limit: int) -> list[tuple[int, int]]:
-    """(product_id, order_id) of pending orders past their deadline, oldest deadline first.
+async def due(cur: aiomysql.Cursor, limit: int) -> list[DueOrder]:
+    """Pending orders past their deadline, oldest deadline first.
 
     No locks (a consistent read on the orders_due index): `expire` re-checks under them.
     """
     await cur.execute(
         "SELECT product_id, id FROM orders WHERE state = %s AND pay_deadline <= UTC_TIMESTAMP(6)"
         " ORDER BY pay_deadline LIMIT %s", (PENDING_PAYMENT, limit))
-    return [(int(product_id), int(order_id)) for product_id, order_id in await cur.fetchall()]
+    return [DueOrder(product_id=int(product_id), order_id=int(order_id))
+            for product_id, order_id in await cur.fetchall()]
 
 
 async def expire(cur: aiomysql.Cursor, product_id: int, order_ids: Sequence[int], *,
-                 skip_locked: bool = False) -> list[float] | None:
+                 skip_locked: bool = False) -> Expiry:
     """Expires those of `order_ids` (all of `product_id`) still pending past their deadline,
     and gives their units back: exactly once, since every give-back holds the stock row and
     re-reads the orders' state under it.
 
-    Returns how many seconds past its deadline each one expired; None when `skip_locked` and
-    another transaction holds the stock row (nothing done: try again later).
+    BUSY when `skip_locked` and another transaction holds the stock row (nothing done: try
+    again later).
     """
     if skip_locked:
         locked = await stock.try_lock(cur, product_id)
         if locked is None:
-            return None
+            return Expiry(outcome=Expired.BUSY)
     else:
         locked = await stock.lock(cur, product_id)
+    return await _expire_locked(cur, locked, order_ids)
+
+
+async def _expire_locked(cur: aiomysql.Cursor, locked: LockedStock, order_ids: Sequence[int]
+                         ) -> Expiry:
+    """`expire` once the stock row is held: the orders' locks come after it."""
     marks = ", ".join(["%s"] * len(order_ids))
     await cur.execute(
         "SELECT id, TIMESTAMPDIFF(MICROSECOND, pay_deadline, UTC_TIMESTAMP(6)) FROM orders"
         f" WHERE id IN ({marks}) AND product_id = %s AND state = %s"
         " AND pay_deadline <= UTC_TIMESTAMP(6) FOR UPDATE",
-        (*order_ids, product_id, PENDING_PAYMENT))
-    found = await cur.fetchall()
-    if not found:
-        return []
-    await _set_state(cur, [row[0] for row in found], EXPIRED)
-    await stock.give_back(cur, locked, len(found))
-    return [int(row[1]) / 1e6 for row in found]
+        (*order_ids, locked.product_id, PENDING_PAYMENT))
+    overdue = [_Overdue(order_id=int(order_id), lag_us=int(lag_us))
+               for order_id, lag_us in await cur.fetchall()]
+    if overdue:
+        await _set_state(cur, [order.order_id for order in overdue], EXPIRED)
+        await stock.give_back(cur, locked, len(overdue))
+    return Expiry(outcome=Expired.DONE, lags_s=tuple(order.lag_us / 1e6 for order in overdue))

@@ -7,12 +7,12 @@ from grpc.aio import ServicerContext
 from seckill.v1 import order_pb2, order_pb2_grpc
 
 from order_svc import repository
+from order_svc.outcomes import settle
 from seckill_common.api.pages import decode_page_token, page_of, page_size
 from seckill_common.api.times import to_timestamp
 from seckill_common.api.validation import MAX_USER_ID_CHARS, Violations, require_id
 from seckill_common.database.db import Database
 from seckill_common.runtime.auth import acting_user, confined_to, may_see
-from seckill_common.runtime.telemetry import count_expired, count_order
 
 STATES = frozenset(order_pb2.OrderState.values()) - {order_pb2.ORDER_STATE_UNSPECIFIED}
 
@@ -75,18 +75,8 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
                        context: ServicerContext) -> order_pb2.Order:
         require_id(request.id)
         owner = confined_to()
-        outcome = await self._db.run(lambda cur: repository.pay(cur, request.id, owner))
-        if isinstance(outcome, repository.Overdue):
-            # Too late: expire it now (the stock row first), so the answer and the order agree.
-            product_id = outcome.order.product_id
-            lags = await self._db.run(
-                lambda cur: repository.expire(cur, product_id, [request.id]))
-            count_expired(lags or [])
-            raise repository.payment_expired(request.id)
-        if isinstance(outcome, repository.Changed):
-            count_order("paid")
-            return to_proto(outcome.order)
-        return to_proto(outcome)
+        payment = await self._db.run(lambda cur: repository.pay(cur, request.id, owner))
+        return to_proto(settle(payment))
 
     async def CancelOrder(self, request: order_pb2.CancelOrderRequest,
                           context: ServicerContext) -> order_pb2.Order:
@@ -100,11 +90,5 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
     async def _cancel(self, order_id: int) -> repository.OrderRow:
         require_id(order_id)
         owner = confined_to()
-        outcome = await self._db.run(lambda cur: repository.cancel(cur, order_id, owner))
-        if isinstance(outcome, repository.Overdue):
-            count_order("expired")
-            raise repository.order_expired(order_id)
-        if isinstance(outcome, repository.Changed):
-            count_order("cancelled")
-            return outcome.order
-        return outcome
+        cancellation = await self._db.run(lambda cur: repository.cancel(cur, order_id, owner))
+        return settle(cancellation)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import Any
 
 import aiomysql
 import pymysql
@@ -12,7 +14,6 @@ from seckill_common.api.errors import FailedPrecondition, NotFound
 from seckill_common.database import stock
 from seckill_common.database.db import ROW_IS_REFERENCED, error_code, select_only
 
-_COLUMNS = "id, name, description, price_cents, stock, create_time, update_time"
 UPDATABLE = ("name", "description", "price_cents", "stock")
 
 
@@ -26,8 +27,18 @@ class ProductRow:
     create_time: datetime
     update_time: datetime
 
+    @classmethod
+    def from_db(cls, row: Sequence[Any]) -> ProductRow:
+        """The product from a row of `_COLUMNS`, paired with its fields by name."""
+        return cls(**dict(zip(_FIELDS, row, strict=True)))
 
-async def create(cur: aiomysql.Cursor, name: str, description: str, price_cents: int,
+
+# The columns are ProductRow's fields, in its order: `from_db` pairs them up again.
+_FIELDS = tuple(field.name for field in fields(ProductRow))
+_COLUMNS = ", ".join(_FIELDS)
+
+
+async def create(cur: aiomysql.Cursor, *, name: str, description: str, price_cents: int,
                  stock: int) -> ProductRow:
     await cur.execute(
         "INSERT INTO products (name, description, price_cents, stock, create_time, update_time)"
@@ -42,7 +53,7 @@ async def get(cur: aiomysql.Cursor, product_id: int) -> ProductRow:
     row = await cur.fetchone()
     if row is None:
         raise NotFound("Product", product_id)
-    return ProductRow(*row)
+    return ProductRow.from_db(row)
 
 
 async def get_many(cur: aiomysql.Cursor, product_ids: list[int]) -> dict[int, ProductRow]:
@@ -50,7 +61,7 @@ async def get_many(cur: aiomysql.Cursor, product_ids: list[int]) -> dict[int, Pr
     marks = ", ".join(["%s"] * len(product_ids))
     rows = await select_only(cur, f"SELECT {_COLUMNS} FROM products WHERE id IN ({marks})",
                              product_ids)
-    return {row[0]: ProductRow(*row) for row in rows}
+    return {product.id: product for product in map(ProductRow.from_db, rows)}
 
 
 async def list_page(cur: aiomysql.Cursor, after_id: int, limit: int) -> list[ProductRow]:
@@ -58,7 +69,7 @@ async def list_page(cur: aiomysql.Cursor, after_id: int, limit: int) -> list[Pro
         f"SELECT {_COLUMNS} FROM products WHERE id > %s ORDER BY id LIMIT %s",
         (after_id, limit),
     )
-    return [ProductRow(*row) for row in await cur.fetchall()]
+    return [ProductRow.from_db(row) for row in await cur.fetchall()]
 
 
 async def update(cur: aiomysql.Cursor, product_id: int,

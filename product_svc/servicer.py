@@ -75,7 +75,8 @@ class ProductServicer(product_pb2_grpc.ProductServiceServicer):
         row = await idempotency.create_once(
             self._db, "CreateProduct", request,
             lambda cur: repository.create(
-                cur, product.name, product.description, product.price_cents, product.stock),
+                cur, name=product.name, description=product.description,
+                price_cents=product.price_cents, stock=product.stock),
             repository.get)
         return to_proto(row)
 

@@ -20,7 +20,6 @@ import sys
 from typing import Any
 
 from seckill_cli.client import (
-    DEFAULT_ADDRS,
     SERVICES,
     CliError,
     Exit,
@@ -50,6 +49,7 @@ from seckill_cli.commands import (
 )
 from seckill_cli.render import Output
 from seckill_cli.simulate import simulate
+from seckill_common.config import DEFAULT_ADDRS
 from seckill_common.runtime.tls import ClientTLS
 
 EPILOG = """\

@@ -33,8 +33,6 @@ class Exit(enum.IntEnum):
 
 
 SERVICES = ("product", "activity", "order")
-DEFAULT_ADDRS = {"product": "127.0.0.1:50051", "activity": "127.0.0.1:50052",
-                 "order": "127.0.0.1:50053"}
 STUBS = {
     "product": product_pb2_grpc.ProductServiceStub,
     "activity": activity_pb2_grpc.ActivityServiceStub,

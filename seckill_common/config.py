@@ -1,23 +1,27 @@
-"""Configuration from environment variables, with defaults; bad values fail fast."""
+"""Configuration from environment variables, with defaults; bad values fail fast.
+
+Each setting is written once, as a field of `Settings` that names its variable, its default and
+its range (`_Int`, `_Float`, ...); `Settings.from_env` reads them all from those fields. The
+services' addresses are one `ServiceAddress` each (what peers dial, where it listens).
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Literal, TypeVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Generic, Literal, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from seckill_common.cpus import usable_cpus
 
 DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/seckill"
-DEFAULT_ADDRS = {
-    "product": "127.0.0.1:50051",
-    "activity": "127.0.0.1:50052",
-    "order": "127.0.0.1:50053",
-}
 # SECKILL_COMMIT_MODE: how the activity service commits seckills (activity_svc.seckill).
 CommitMode = Literal["coalesced", "per_request"]
+# SECKILL_EVENT_LOOP: the event loop of a service process (seckill_common.runtime.server).
+EventLoop = Literal["uvloop", "asyncio"]
 Choice = TypeVar("Choice", bound=str)
+Value = TypeVar("Value", covariant=True)
 
 
 class ConfigError(ValueError):
@@ -56,55 +60,151 @@ class MySQLTarget:
         return f"mysql://{self.user}@{self.host}:{self.port}/{self.database}"
 
 
-def _int(env: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if not lo <= value <= hi:
-        raise ConfigError(f"{name} must be within {lo}..{hi}, got {value}")
-    return value
+class _Setting(Protocol[Value]):
+    """One SECKILL_* variable: its name, its default, how its text becomes a value."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def default(self) -> Value: ...
+
+    def read(self, env: Mapping[str, str]) -> Value: ...
 
 
-def _float(env: dict[str, str], name: str, default: float, lo: float, hi: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not lo <= value <= hi:
-        raise ConfigError(f"{name} must be within {lo}..{hi}, got {value}")
-    return value
+@dataclass(frozen=True)
+class _Int:
+    name: str
+    default: int
+    lo: int
+    hi: int
+
+    def read(self, env: Mapping[str, str]) -> int:
+        raw = env.get(self.name)
+        if raw is None or raw == "":
+            return self.default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{self.name} must be an integer, got {raw!r}") from None
+        if not self.lo <= value <= self.hi:
+            raise ConfigError(f"{self.name} must be within {self.lo}..{self.hi}, got {value}")
+        return value
 
 
-def _choice(env: dict[str, str], name: str, default: Choice, allowed: tuple[Choice, ...]
-            ) -> Choice:
-    value = env.get(name) or default
-    for choice in allowed:
-        if value == choice:
-            return choice
-    raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+@dataclass(frozen=True)
+class _Float:
+    """A number within lo..hi as written in the variable; held divided by `per` (a variable in
+    milliseconds, per=1000, is held in seconds)."""
+
+    name: str
+    written_default: float
+    lo: float
+    hi: float
+    per: float = 1.0
+
+    @property
+    def default(self) -> float:
+        return self.written_default / self.per
+
+    def read(self, env: Mapping[str, str]) -> float:
+        raw = env.get(self.name)
+        if raw is None or raw == "":
+            return self.default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{self.name} must be a number, got {raw!r}") from None
+        if not self.lo <= value <= self.hi:
+            raise ConfigError(f"{self.name} must be within {self.lo}..{self.hi}, got {value}")
+        return value / self.per
 
 
-def _secret(env: dict[str, str], name: str) -> str:
-    value = env.get(name, "")
+@dataclass(frozen=True)
+class _Choice(Generic[Choice]):
+    name: str
+    default: Choice
+    allowed: tuple[Choice, ...]
+
+    def read(self, env: Mapping[str, str]) -> Choice:
+        value = env.get(self.name) or self.default
+        for choice in self.allowed:
+            if value == choice:
+                return choice
+        raise ConfigError(f"{self.name} must be one of {', '.join(self.allowed)}, "
+                          f"got {value!r}")
+
+
+@dataclass(frozen=True)
+class _Bool:
+    name: str
+    default: bool
+
+    def read(self, env: Mapping[str, str]) -> bool:
+        raw = (env.get(self.name) or "").strip().lower()
+        if not raw:
+            return self.default
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{self.name} must be true or false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class _Text:
+    """Text, checked by `check` (which raises ConfigError) when set; unset: `default`."""
+
+    name: str
+    check: Callable[[str, str], str] = lambda name, value: value
+    default: str = ""
+
+    def read(self, env: Mapping[str, str]) -> str:
+        value = env.get(self.name) or ""
+        return self.check(self.name, value) if value else self.default
+
+
+def _secret(name: str, value: str) -> str:
     # HS256 keys shorter than the hash are brute-forceable (RFC 7518 3.2).
-    if value and len(value.encode()) < 32:
+    if len(value.encode()) < 32:
         raise ConfigError(f"{name} must be at least 32 bytes long (HS256 key)")
     return value
 
 
-def _addr(env: dict[str, str], name: str) -> str:
-    value = env.get(name, "")
+def _addr(name: str, value: str) -> str:
     _host, sep, port = value.rpartition(":")
-    if value and not (sep and port.isdigit() and int(port) < 65536):
+    if not (sep and port.isdigit() and int(port) < 65536):
         raise ConfigError(f"{name} must be host:port (port 0: any free port), got {value!r}")
     return value
+
+
+def _redis_url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        # The value is not echoed: it may hold a password.
+        raise ConfigError(f"{name} must look like redis://[:password@]host:port/db")
+    return value
+
+
+def _log_level(_name: str, value: str) -> str:
+    return value.upper()
+
+
+def _worker_id(name: str, value: str) -> str:
+    if not value.isdigit():
+        raise ConfigError(f"{name} must be a worker number, got {value!r}")
+    return value
+
+
+def setting(spec: _Setting[Any]) -> Any:
+    """A field of `Settings` read from `spec`'s variable, `spec`'s default its default."""
+    return field(default=spec.default, metadata={"setting": spec})
+
+
+def default_of(name: str) -> Any:
+    """The default of the `Settings` field `name`: for structures built from a few settings
+    (activity_svc.seckill.EngineSettings) that must not write the defaults again."""
+    return next(each.default for each in fields(Settings) if each.name == name)
 
 
 # The name resolvers gRPC ships with; see gRPC's doc/naming.md.
@@ -119,7 +219,7 @@ def _is_host_port(value: str) -> bool:
                 and not any(c.isspace() or c in "/," for c in host))
 
 
-def _target(env: dict[str, str], name: str, default: str) -> str:
+def _target(env: Mapping[str, str], name: str, default: str) -> str:
     """A peer address: host:port, or any gRPC target string (ipv4:a:p,b:p, dns:///name:port),
     which the clients spread calls over with round_robin."""
     value = env.get(name) or default
@@ -133,43 +233,56 @@ def _target(env: dict[str, str], name: str, default: str) -> str:
     return value
 
 
-# Where a service listens when its SECKILL_*_ADDR is a target string that names several hosts.
-LISTEN_SETTINGS = {
-    "product": "SECKILL_PRODUCT_LISTEN_ADDR",
-    "activity": "SECKILL_ACTIVITY_LISTEN_ADDR",
-    "order": "SECKILL_ORDER_LISTEN_ADDR",
+@dataclass(frozen=True)
+class ServiceAddress:
+    """Where one service is: the gRPC target its peers dial (`target_setting`) and the
+    host:port it listens on (`listen_setting`; "" = the target)."""
+
+    service: str
+    target: str
+    target_setting: str
+    listen_setting: str
+    listen: str = ""
+
+    def from_env(self, env: Mapping[str, str]) -> ServiceAddress:
+        """This address as `env` sets it (self: the default)."""
+        return replace(self, target=_target(env, self.target_setting, self.target),
+                       listen=_listen(env, self.listen_setting))
+
+    def listen_addr(self) -> str:
+        """The host:port the service listens on: its listen address, else its target. The
+        target is also what peers dial, so when it names several hosts (a target string) the
+        listen address must be given on its own."""
+        if self.listen:
+            return self.listen
+        if not _is_host_port(self.target):
+            raise ConfigError(
+                f"{self.target_setting} is the gRPC target {self.target!r}, which cannot "
+                f"be listened on: set {self.listen_setting} (host:port)")
+        return self.target
+
+
+# The services and where they are by default.
+ADDRESSES = {
+    "product": ServiceAddress("product", "127.0.0.1:50051", "SECKILL_PRODUCT_ADDR",
+                              "SECKILL_PRODUCT_LISTEN_ADDR"),
+    "activity": ServiceAddress("activity", "127.0.0.1:50052", "SECKILL_ACTIVITY_ADDR",
+                               "SECKILL_ACTIVITY_LISTEN_ADDR"),
+    "order": ServiceAddress("order", "127.0.0.1:50053", "SECKILL_ORDER_ADDR",
+                            "SECKILL_ORDER_LISTEN_ADDR"),
 }
+# What the tools dial by default.
+DEFAULT_ADDRS = {service: address.target for service, address in ADDRESSES.items()}
 
 
-def _listen(env: dict[str, str], service: str) -> str:
-    name = LISTEN_SETTINGS[service]
+def _listen(env: Mapping[str, str], name: str) -> str:
     value = env.get(name, "")
     if value and not _is_host_port(value):
         raise ConfigError(f"{name} must be host:port (port 0: any free port), got {value!r}")
     return value
 
 
-def _bool(env: dict[str, str], name: str, default: bool) -> bool:
-    raw = (env.get(name) or "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
-
-
-def _redis_url(env: dict[str, str], name: str) -> str:
-    value = env.get(name, "")
-    parts = urlsplit(value)
-    if value and (parts.scheme not in ("redis", "rediss") or not parts.hostname):
-        # The value is not echoed: it may hold a password.
-        raise ConfigError(f"{name} must look like redis://[:password@]host:port/db")
-    return value
-
-
-def _tls(env: dict[str, str]) -> dict[str, str]:
+def _tls(env: Mapping[str, str]) -> dict[str, str]:
     paths = {key: env.get(f"SECKILL_TLS_{key.upper()}", "") for key in ("cert", "key", "ca")}
     if bool(paths["cert"]) != bool(paths["key"]):
         raise ConfigError("SECKILL_TLS_CERT and SECKILL_TLS_KEY must be set together")
@@ -178,7 +291,7 @@ def _tls(env: dict[str, str]) -> dict[str, str]:
     for key, path in paths.items():
         if path and not os.path.isfile(path):
             raise ConfigError(f"SECKILL_TLS_{key.upper()}: no such file {path!r}")
-    return {f"tls_{key}": path for key, path in paths.items()}
+    return paths
 
 
 @dataclass(frozen=True)
@@ -186,75 +299,96 @@ class Settings:
     """Every knob of a service process. Listed in docs/CONFIGURATION.md."""
 
     mysql: MySQLTarget
-    product_addr: str
-    activity_addr: str
-    order_addr: str
+    product: ServiceAddress
+    activity: ServiceAddress
+    order: ServiceAddress
     admin_token: str
-    db_pool_size: int
-    db_connect_timeout_s: float
-    db_startup_timeout_s: float
-    db_lock_wait_timeout_s: int
-    peer_timeout_s: float
-    shutdown_grace_s: float
-    health_interval_s: float
-    log_level: str
-    commit_mode: CommitMode
-    batch_window_s: float
-    batch_max: int
-    workers: int
-    max_message_bytes: int = 64 * 1024
-    db_statement_timeout_s: float = 10.0
-    user_token_secret: str = ""
+    workers: int  # default: the CPUs this process may use (read at start-up)
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
-    user_rate: float = 20.0
-    user_burst: int = 40
-    process_rate: float = 0.0
-    process_burst: int = 0
-    metrics_addr: str = ""
-    # Where each service listens when its SECKILL_*_ADDR is a target string naming several
-    # hosts ("" = its SECKILL_*_ADDR, which must then be host:port).
-    product_listen_addr: str = ""
-    activity_listen_addr: str = ""
-    order_listen_addr: str = ""
-    expiry_interval_s: float = 1.0
-    expiry_batch: int = 200
+    db_pool_size: int = setting(_Int("SECKILL_DB_POOL_SIZE", 10, 1, 1000))
+    db_connect_timeout_s: float = setting(_Float("SECKILL_DB_CONNECT_TIMEOUT", 3.0, 0.1, 60.0))
+    db_startup_timeout_s: float = setting(
+        _Float("SECKILL_DB_STARTUP_TIMEOUT", 30.0, 0.0, 3600.0))
+    db_lock_wait_timeout_s: int = setting(_Int("SECKILL_DB_LOCK_WAIT_TIMEOUT", 5, 1, 3600))
+    peer_timeout_s: float = setting(_Float("SECKILL_PEER_TIMEOUT", 3.0, 0.05, 60.0))
+    shutdown_grace_s: float = setting(_Float("SECKILL_SHUTDOWN_GRACE", 5.0, 0.0, 300.0))
+    health_interval_s: float = setting(_Float("SECKILL_HEALTH_INTERVAL", 1.0, 0.05, 60.0))
+    log_level: str = setting(_Text("SECKILL_LOG_LEVEL", _log_level, "INFO"))
+    # setting() is a dataclasses.field, which RUF009 cannot see through.
+    commit_mode: CommitMode = setting(  # noqa: RUF009
+        _Choice("SECKILL_COMMIT_MODE", "coalesced", ("coalesced", "per_request")))
+    batch_window_s: float = setting(
+        _Float("SECKILL_BATCH_WINDOW_MS", 2.0, 0.0, 1000.0, per=1000))
+    batch_max: int = setting(_Int("SECKILL_BATCH_MAX", 500, 1, 10_000))
+    max_message_bytes: int = setting(
+        _Int("SECKILL_MAX_MESSAGE_BYTES", 64 * 1024, 1024, 64 * 1024 * 1024))
+    db_statement_timeout_s: float = setting(
+        _Float("SECKILL_DB_STATEMENT_TIMEOUT", 10.0, 0.0, 3600.0))
+    user_token_secret: str = setting(_Text("SECKILL_USER_TOKEN_SECRET", _secret))
+    user_rate: float = setting(_Float("SECKILL_RATE_LIMIT_USER", 20.0, 0.0, 1e6))
+    user_burst: int = setting(_Int("SECKILL_RATE_LIMIT_USER_BURST", 40, 1, 1_000_000))
+    process_rate: float = setting(_Float("SECKILL_RATE_LIMIT_PROCESS", 0.0, 0.0, 1e7))
+    process_burst: int = setting(_Int("SECKILL_RATE_LIMIT_PROCESS_BURST", 0, 0, 10_000_000))
+    metrics_addr: str = setting(_Text("SECKILL_METRICS_ADDR", _addr))
+    expiry_interval_s: float = setting(
+        _Float("SECKILL_EXPIRY_INTERVAL_MS", 1000.0, 50.0, 60_000.0, per=1000))
+    expiry_batch: int = setting(_Int("SECKILL_EXPIRY_BATCH", 200, 1, 10_000))
     # Apply pending migrations at start-up; off where a migration step (`seckill migrate`, the
     # Kubernetes Job, compose's migrate service) owns the schema and services lack DDL rights.
-    migrate_on_start: bool = True
+    migrate_on_start: bool = setting(_Bool("SECKILL_MIGRATE_ON_START", True))
     # Shared rate-limit counters (redis://host:port/db); empty: counted in each process.
-    rate_limit_redis_url: str = ""
+    rate_limit_redis_url: str = setting(_Text("SECKILL_RATE_LIMIT_REDIS_URL", _redis_url))
     # On SIGTERM: NOT_SERVING at once, serving on for this long (so load balancers and DNS
     # stop sending calls here), then stop(shutdown_grace).
-    drain_delay_s: float = 0.0
+    drain_delay_s: float = setting(_Float("SECKILL_DRAIN_DELAY", 0.0, 0.0, 300.0))
+    event_loop: EventLoop = setting(  # noqa: RUF009
+        _Choice("SECKILL_EVENT_LOOP", "uvloop", ("uvloop", "asyncio")))
+    # Set by the `--workers N` supervisor for each worker (seckill_common.runtime.workers);
+    # "" in a lone process.
+    worker_env: str = setting(_Text("SECKILL_WORKER_ID", _worker_id))
 
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert)
 
+    @property
+    def is_worker(self) -> bool:
+        """This process is one of `--workers N` under a supervisor."""
+        return bool(self.worker_env)
+
+    @property
+    def worker_id(self) -> int:
+        """This worker's index under the supervisor (0 for a lone process)."""
+        return int(self.worker_env or "0")
+
+    def address(self, service: str) -> ServiceAddress:
+        return {"product": self.product, "activity": self.activity, "order": self.order}[service]
+
     def listen_addr(self, service: str) -> str:
-        """The host:port `service` listens on: SECKILL_<SERVICE>_LISTEN_ADDR, else its
-        SECKILL_<SERVICE>_ADDR. The latter is also what peers dial, so when it names several
-        hosts (a target string) the listen address must be given on its own."""
-        explicit, target = {
-            "product": (self.product_listen_addr, self.product_addr),
-            "activity": (self.activity_listen_addr, self.activity_addr),
-            "order": (self.order_listen_addr, self.order_addr),
-        }[service]
-        if explicit:
-            return explicit
-        if not _is_host_port(target):
-            raise ConfigError(
-                f"SECKILL_{service.upper()}_ADDR is the gRPC target {target!r}, which cannot "
-                f"be listened on: set {LISTEN_SETTINGS[service]} (host:port)")
-        return target
+        """The host:port `service` listens on (ServiceAddress.listen_addr)."""
+        return self.address(service).listen_addr()
+
+    # What peers dial (the targets), by the names of their variables.
+    @property
+    def product_addr(self) -> str:
+        return self.product.target
+
+    @property
+    def activity_addr(self) -> str:
+        return self.activity.target
+
+    @property
+    def order_addr(self) -> str:
+        return self.order.target
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, *,
+    def from_env(cls, env: Mapping[str, str] | None = None, *,
                  admin_token_required: bool = True) -> Settings:
         """`admin_token_required=False`: for tools that only reach the database (migrate)."""
         env = dict(os.environ if env is None else env)
+        tls = _tls(env)
         token = env.get("SECKILL_ADMIN_TOKEN", "")
         if not token and admin_token_required:
             raise ConfigError(
@@ -263,39 +397,12 @@ class Settings:
             )
         return cls(
             mysql=MySQLTarget.parse(env.get("SECKILL_MYSQL_URL") or DEFAULT_MYSQL_URL),
-            product_addr=_target(env, "SECKILL_PRODUCT_ADDR", DEFAULT_ADDRS["product"]),
-            activity_addr=_target(env, "SECKILL_ACTIVITY_ADDR", DEFAULT_ADDRS["activity"]),
-            order_addr=_target(env, "SECKILL_ORDER_ADDR", DEFAULT_ADDRS["order"]),
+            product=ADDRESSES["product"].from_env(env),
+            activity=ADDRESSES["activity"].from_env(env),
+            order=ADDRESSES["order"].from_env(env),
             admin_token=token,
-            db_pool_size=_int(env, "SECKILL_DB_POOL_SIZE", 10, 1, 1000),
-            db_connect_timeout_s=_float(env, "SECKILL_DB_CONNECT_TIMEOUT", 3.0, 0.1, 60.0),
-            db_startup_timeout_s=_float(env, "SECKILL_DB_STARTUP_TIMEOUT", 30.0, 0.0, 3600.0),
-            db_lock_wait_timeout_s=_int(env, "SECKILL_DB_LOCK_WAIT_TIMEOUT", 5, 1, 3600),
-            peer_timeout_s=_float(env, "SECKILL_PEER_TIMEOUT", 3.0, 0.05, 60.0),
-            shutdown_grace_s=_float(env, "SECKILL_SHUTDOWN_GRACE", 5.0, 0.0, 300.0),
-            health_interval_s=_float(env, "SECKILL_HEALTH_INTERVAL", 1.0, 0.05, 60.0),
-            log_level=(env.get("SECKILL_LOG_LEVEL") or "INFO").upper(),
-            commit_mode=_choice(env, "SECKILL_COMMIT_MODE", "coalesced",
-                                ("coalesced", "per_request")),
-            batch_window_s=_float(env, "SECKILL_BATCH_WINDOW_MS", 2.0, 0.0, 1000.0) / 1000,
-            batch_max=_int(env, "SECKILL_BATCH_MAX", 500, 1, 10_000),
-            workers=_int(env, "SECKILL_WORKERS", usable_cpus(), 1, 256),
-            max_message_bytes=_int(env, "SECKILL_MAX_MESSAGE_BYTES", 64 * 1024, 1024,
-                                   64 * 1024 * 1024),
-            db_statement_timeout_s=_float(env, "SECKILL_DB_STATEMENT_TIMEOUT", 10.0, 0.0,
-                                          3600.0),
-            user_token_secret=_secret(env, "SECKILL_USER_TOKEN_SECRET"),
-            **_tls(env),
-            user_rate=_float(env, "SECKILL_RATE_LIMIT_USER", 20.0, 0.0, 1e6),
-            user_burst=_int(env, "SECKILL_RATE_LIMIT_USER_BURST", 40, 1, 1_000_000),
-            process_rate=_float(env, "SECKILL_RATE_LIMIT_PROCESS", 0.0, 0.0, 1e7),
-            process_burst=_int(env, "SECKILL_RATE_LIMIT_PROCESS_BURST", 0, 0, 10_000_000),
-            metrics_addr=_addr(env, "SECKILL_METRICS_ADDR"),
-            **{f"{s}_listen_addr": _listen(env, s) for s in DEFAULT_ADDRS},
-            expiry_interval_s=_float(env, "SECKILL_EXPIRY_INTERVAL_MS", 1000.0, 50.0,
-                                     60_000.0) / 1000,
-            expiry_batch=_int(env, "SECKILL_EXPIRY_BATCH", 200, 1, 10_000),
-            migrate_on_start=_bool(env, "SECKILL_MIGRATE_ON_START", True),
-            rate_limit_redis_url=_redis_url(env, "SECKILL_RATE_LIMIT_REDIS_URL"),
-            drain_delay_s=_float(env, "SECKILL_DRAIN_DELAY", 0.0, 0.0, 300.0),
+            workers=_Int("SECKILL_WORKERS", usable_cpus(), 1, 256).read(env),
+            tls_cert=tls["cert"], tls_key=tls["key"], tls_ca=tls["ca"],
+            **{spec.name: spec.metadata["setting"].read(env) for spec in fields(cls)
+               if "setting" in spec.metadata},
         )

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from seckill_common.config import ADDRESSES
 from seckill_stack.health import run as wait_serving_all
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,7 +67,7 @@ def listening(addr: str) -> bool:
 
 def address_setting(module: str) -> str:
     """The setting that holds a service's own address: product_svc -> SECKILL_PRODUCT_ADDR."""
-    return f"SECKILL_{module.removesuffix('_svc').upper()}_ADDR"
+    return ADDRESSES[module.removesuffix("_svc")].target_setting
 
 
 def python_env(env: dict[str, str]) -> dict[str, str]:

@@ -55,7 +55,8 @@ async def lock_then(cur: aiomysql.Cursor, product_id: int, then_sql: str = "",
 async def try_lock(cur: aiomysql.Cursor, product_id: int) -> LockedStock | None:
     """Locks the stock row unless another transaction holds it (SKIP LOCKED): then, or for an
     unknown product, None and no lock. For background work (expiry) that can come back later
-    rather than queue behind a sale's transactions. Call it before any other lock."""
+    rather than queue behind a sale's transactions. Call it before any other lock; it never
+    waits, so holding an order row it cannot deadlock (a payment found late, order_svc)."""
     await cur.execute(_LOCK + " SKIP LOCKED", (product_id,))
     row = await cur.fetchone()
     return None if row is None else LockedStock(product_id, int(row[0]))

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from seckill_common.api.errors import Unavailable
-from seckill_common.config import LISTEN_SETTINGS, Settings
+from seckill_common.config import Settings
 from seckill_common.database.db import (
     Database,
     connection_limit,
@@ -47,7 +46,7 @@ from seckill_common.runtime.telemetry import (
     watch_pool,
 )
 from seckill_common.runtime.tls import server_credentials
-from seckill_common.runtime.workers import is_worker, supervise, worker_id
+from seckill_common.runtime.workers import supervise
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +253,7 @@ async def start_service(
         definition, settings, server, database, health_servicer, port, cleanups, limits
     )
     if settings.metrics_addr:
-        running.metrics_server = serve_metrics(settings.metrics_addr, worker_id())
+        running.metrics_server = serve_metrics(settings.metrics_addr, settings.worker_id)
         log.info("metrics", extra={"port": running.metrics_server.server_port})
     await running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     await health_servicer.set(LIVENESS_HEALTH_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -269,13 +268,13 @@ async def start_service(
     return running
 
 
-def run_loop(main_coroutine: Coroutine[object, object, T]) -> T:
+def run_loop(main_coroutine: Coroutine[object, object, T], settings: Settings) -> T:
     """Runs the process's event loop: uvloop (libuv) unless SECKILL_EVENT_LOOP=asyncio.
 
     The loop's own work (scheduling callbacks, polling sockets) is a large share of a small
     RPC's cost in Python; uvloop does it in C.
     """
-    if os.environ.get("SECKILL_EVENT_LOOP", "uvloop") == "uvloop":
+    if settings.event_loop == "uvloop":
         return uvloop.run(main_coroutine)
     return asyncio.run(main_coroutine)
 
@@ -313,15 +312,15 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> None:
         log.error("bad configuration: --workers must be at least 1")
         raise SystemExit(2)
 
-    if workers > 1 and not is_worker():
+    if workers > 1 and not settings.is_worker:
         raise SystemExit(run_loop(supervise(
-            f"{definition.name}_svc", LISTEN_SETTINGS[definition.name],
-            listen_addr, workers)))
+            f"{definition.name}_svc", settings.address(definition.name).listen_setting,
+            listen_addr, workers), settings))
 
     async def run() -> None:
         if configure_tracing(definition.name):
             log.info("tracing: exporting spans by OTLP")
-        running = await start_service(definition, settings, reuse_port=is_worker())
+        running = await start_service(definition, settings, reuse_port=settings.is_worker)
         signals = asyncio.Queue[int]()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -338,7 +337,7 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> None:
         flush_traces()
 
     try:
-        run_loop(run())
+        run_loop(run(), settings)
     except Exception as exc:  # start-up failures: one clear line, non-zero exit
         expected = isinstance(exc, StartupError | Unavailable | grpc.RpcError)
         log.error("service failed: %s", exc, exc_info=not expected)

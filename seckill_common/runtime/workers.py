@@ -21,17 +21,9 @@ import time
 
 log = logging.getLogger(__name__)
 
+# Each worker's index; read back as Settings.worker_id (and is_worker).
 WORKER_ENV = "SECKILL_WORKER_ID"
 MAX_RESTARTS = 5
-
-
-def is_worker() -> bool:
-    return WORKER_ENV in os.environ
-
-
-def worker_id() -> int:
-    """This worker's index under the supervisor (0 for a lone process)."""
-    return int(os.environ.get(WORKER_ENV, "0"))
 
 
 def reserve_port(host: str, port: int) -> tuple[socket.socket | None, int]:
