@@ -1,8 +1,10 @@
 """Who wins a seckill batch, and which refusal each loser gets: a pure function, no I/O.
 
-The seckill transaction (repository.seckill) reads the facts under the stock row's lock and
-asks `decide`; the refusal path (repository.read_facts, without locks) asks it too, so both
-answer with the same rules and the same precedence between refusals.
+The engine (activity_svc.seckill) asks `decide` in the seckill transaction, on the facts read
+under the stock row's lock (repository.lock_sale), and on its refusal path, on the facts read
+without locks (repository.read_facts): both answer with the same rules and the same
+precedence between refusals. `outcomes` then pairs the decisions with the orders the
+transaction recorded.
 """
 
 from __future__ import annotations
@@ -128,3 +130,18 @@ class Won:
 
 
 Outcome = Won | Refused
+
+
+def outcomes(attempts: Sequence[SeckillAttempt], decisions: Sequence[Decision],
+             won: Mapping[tuple[int, str], Won]) -> list[Outcome]:
+    """Each attempt's answer: its refusal, its order (`won`: the winners' orders recorded),
+    or, for a twin, the refusal that names the winner's order."""
+    answers: list[Outcome] = []
+    for attempt, decision in zip(attempts, decisions, strict=True):
+        if isinstance(decision, Refused):
+            answers.append(decision)
+        elif isinstance(decision, Twin):
+            answers.append(already_purchased(won[attempt.key].order_id))
+        else:
+            answers.append(won[attempt.key])
+    return answers

@@ -1,49 +1,32 @@
-"""SQL for activities, and the seckill transaction.
+"""SQL for activities, and the seckill transaction's two round trips.
 
 The activity service touches the products' stock row and the orders table directly only here:
-in the seckill transaction, the refusal read (`read_facts`) and `delete`; everything else
-about products and orders goes through their services' stubs (docs/DESIGN.md, "What the
-activity service touches directly"). An order and its stock decrement must commit together,
-in one transaction that holds the stock row, taken through database.stock in the lock order
-of docs/DESIGN.md ("Locks").
+in the seckill transaction (`lock_sale`, `record_winners`), the refusal read (`read_facts`)
+and `delete`; everything else about products and orders goes through their services' stubs
+(docs/DESIGN.md, "What the activity service touches directly"). An order and its stock
+decrement must commit together, in one transaction that holds the stock row, taken through
+database.stock in the lock order of docs/DESIGN.md ("Locks"). Who wins is not decided here:
+the engine (activity_svc.seckill) asks `decide` between the two round trips.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, NamedTuple, cast
 
-import aiomysql
 import pymysql
 from seckill.v1.order_pb2 import PENDING_PAYMENT
 
-from activity_svc.decision import (
-    Facts,
-    Outcome,
-    Refused,
-    SeckillAttempt,
-    Twin,
-    Win,
-    Window,
-    Won,
-    already_purchased,
-    decide,
-)
+from activity_svc.decision import Facts, SeckillAttempt, Window, Won
 from seckill_common.api.errors import FailedPrecondition, InvalidArgument, NotFound
 from seckill_common.database import stock
-from seckill_common.database.db import (
-    NO_REFERENCED_ROW,
-    ROW_IS_REFERENCED,
-    committed_in_pipeline,
-    error_code,
-    pipeline,
-    select_only,
-)
+from seckill_common.database.db import NO_REFERENCED_ROW, ROW_IS_REFERENCED, error_code
+from seckill_common.database.stock import LockedStock
+from seckill_common.database.transaction import Transaction
 
-_COLUMNS = ("id, product_id, name, start_time, end_time, create_time, price_cents,"
-            " payment_window_ms")
 # Update mask paths; each is the column of the same name but payment_window.
 UPDATABLE = ("name", "start_time", "end_time", "price_cents", "payment_window")
 _COLUMN_OF = {"payment_window": "payment_window_ms"}
@@ -60,11 +43,21 @@ class ActivityRow:
     price_cents: int
     payment_window_ms: int
 
+    @classmethod
+    def from_db(cls, row: Sequence[Any]) -> ActivityRow:
+        """The activity from a row of `_COLUMNS`, paired with its fields by name."""
+        return cls(**dict(zip(_FIELDS, row, strict=True)))
 
-async def create(cur: aiomysql.Cursor, product_id: int, name: str, start_time: datetime,
+
+# The columns are ActivityRow's fields, in its order: `from_db` pairs them up again.
+_FIELDS = tuple(field.name for field in fields(ActivityRow))
+_COLUMNS = ", ".join(_FIELDS)
+
+
+async def create(tx: Transaction, product_id: int, name: str, start_time: datetime,
                  end_time: datetime, price_cents: int, payment_window_ms: int) -> ActivityRow:
     try:
-        await cur.execute(
+        await tx.execute(
             "INSERT INTO activities (product_id, name, start_time, end_time, create_time,"
             " price_cents, payment_window_ms) VALUES (%s, %s, %s, %s, UTC_TIMESTAMP(6), %s, %s)",
             (product_id, name, start_time, end_time, price_cents, payment_window_ms),
@@ -73,41 +66,41 @@ async def create(cur: aiomysql.Cursor, product_id: int, name: str, start_time: d
         if error_code(exc) != NO_REFERENCED_ROW:
             raise
         raise NotFound("Product", product_id) from exc  # deleted since the caller checked
-    return await get(cur, cur.lastrowid)
+    return await get(tx, tx.lastrowid)
 
 
-async def get(cur: aiomysql.Cursor, activity_id: int, *, lock: bool = False) -> ActivityRow:
-    await cur.execute(
+async def get(tx: Transaction, activity_id: int, *, lock: bool = False) -> ActivityRow:
+    await tx.execute(
         f"SELECT {_COLUMNS} FROM activities WHERE id = %s" + (" FOR UPDATE" if lock else ""),
         (activity_id,),
     )
-    row = await cur.fetchone()
+    row = await tx.fetchone()
     if row is None:
         raise NotFound("Activity", activity_id)
-    return ActivityRow(*row)
+    return ActivityRow.from_db(row)
 
 
-async def get_many(cur: aiomysql.Cursor, activity_ids: list[int]) -> dict[int, ActivityRow]:
+async def get_many(tx: Transaction, activity_ids: list[int]) -> dict[int, ActivityRow]:
     """The activities among `activity_ids` that exist, by id."""
     marks = ", ".join(["%s"] * len(activity_ids))
-    rows = await select_only(cur, f"SELECT {_COLUMNS} FROM activities WHERE id IN ({marks})",
-                             activity_ids)
-    return {row[0]: ActivityRow(*row) for row in rows}
+    rows = await tx.select_only(f"SELECT {_COLUMNS} FROM activities WHERE id IN ({marks})",
+                                activity_ids)
+    return {activity.id: activity for activity in map(ActivityRow.from_db, rows)}
 
 
-async def list_page(cur: aiomysql.Cursor, after_id: int, limit: int) -> list[ActivityRow]:
-    await cur.execute(
+async def list_page(tx: Transaction, after_id: int, limit: int) -> list[ActivityRow]:
+    await tx.execute(
         f"SELECT {_COLUMNS} FROM activities WHERE id > %s ORDER BY id LIMIT %s",
         (after_id, limit),
     )
-    return [ActivityRow(*row) for row in await cur.fetchall()]
+    return [ActivityRow.from_db(row) for row in await tx.fetchall()]
 
 
-async def update(cur: aiomysql.Cursor, activity_id: int,
+async def update(tx: Transaction, activity_id: int,
                  changes: dict[str, object]) -> ActivityRow:
     """Applies `changes` (keys from UPDATABLE; payment_window in milliseconds); the resulting
     window must stay ordered."""
-    current = await get(cur, activity_id, lock=True)
+    current = await get(tx, activity_id, lock=True)
     start = cast(datetime, changes.get("start_time", current.start_time))
     end = cast(datetime, changes.get("end_time", current.end_time))
     if not end > start:
@@ -116,23 +109,23 @@ async def update(cur: aiomysql.Cursor, activity_id: int,
         # Column names come from UPDATABLE, never from the client; values are parameters.
         assert set(changes) <= set(UPDATABLE), changes
         assignments = ", ".join(f"{_COLUMN_OF.get(path, path)} = %s" for path in changes)
-        await cur.execute(
+        await tx.execute(
             f"UPDATE activities SET {assignments} WHERE id = %s",
             (*changes.values(), activity_id),
         )
-    return await get(cur, activity_id)
+    return await get(tx, activity_id)
 
 
-async def delete(cur: aiomysql.Cursor, activity_id: int) -> None:
+async def delete(tx: Transaction, activity_id: int) -> None:
     """Deletes an activity and its finished (cancelled, expired) orders; while an active order
     remains, the foreign key from orders refuses."""
-    activity = await get(cur, activity_id)
-    await stock.lock(cur, activity.product_id)
-    await get(cur, activity_id, lock=True)
+    activity = await get(tx, activity_id)
+    await stock.lock(tx, activity.product_id)
+    await get(tx, activity_id, lock=True)
     try:
-        await cur.execute("DELETE FROM orders WHERE activity_id = %s AND active IS NULL",
+        await tx.execute("DELETE FROM orders WHERE activity_id = %s AND active IS NULL",
                           (activity_id,))
-        await cur.execute("DELETE FROM activities WHERE id = %s", (activity_id,))
+        await tx.execute("DELETE FROM activities WHERE id = %s", (activity_id,))
     except pymysql.err.IntegrityError as exc:
         if error_code(exc) != ROW_IS_REFERENCED:
             raise
@@ -147,100 +140,132 @@ def has_orders(activity_id: int) -> FailedPrecondition:
     )
 
 
-async def product_of(cur: aiomysql.Cursor, activity_id: int) -> int:
+async def product_of(tx: Transaction, activity_id: int) -> int:
     """The activity's product id (immutable, so callers may cache it)."""
-    await cur.execute("SELECT product_id FROM activities WHERE id = %s", (activity_id,))
-    row = await cur.fetchone()
+    await tx.execute("SELECT product_id FROM activities WHERE id = %s", (activity_id,))
+    row = await tx.fetchone()
     if row is None:
         raise NotFound("Activity", activity_id)
-    return int(row[0])
+    (product_id,) = row
+    return int(product_id)
 
 
 # --- the seckill transaction -------------------------------------------------------------
-
-@dataclass(frozen=True)
-class BatchResult:
-    outcomes: list[Outcome]  # one per attempt, in order
-    stock_left: int | None  # committed stock after this batch; None: the product is gone
-
 
 # The activity's window as a `Window` number, by the database's clock: its clock decides.
 _WINDOW = (f"IF(start_time > UTC_TIMESTAMP(6), {Window.NOT_STARTED:d},"
            f" IF(end_time <= UTC_TIMESTAMP(6), {Window.ENDED:d}, {Window.OPEN:d}))")
 
 
-async def seckill(cur: aiomysql.Cursor, product_id: int,
-                  attempts: Sequence[SeckillAttempt]) -> BatchResult:
-    """Decides and records a batch of seckills on one product, first come first served.
+class _SaleRow(NamedTuple):
+    """An activity of the batch as the seckill transaction reads it (`lock_sale`)."""
 
-    One transaction: lock the stock row, read the activities' windows (the database's clock
-    decides, and its reading is the orders' create time), prices and payment windows, and the
-    active orders the users already hold, let `decide` pick the winners, insert their
-    PENDING_PAYMENT orders, take their units and commit, in the same round trip. A batch
-    without winners wrote nothing; the caller's transaction ends it.
+    activity_id: int
+    window: int  # a `Window`
+    now: datetime  # the database's clock: the orders' create time
+    price_cents: int
+    payment_window_ms: int
 
-    The statements travel in two pipelined round trips and return as few columns as they can:
-    the driver parses every column definition of every result in Python, and that is most of
-    what a flash sale pays per transaction.
+
+class _HeldRow(NamedTuple):
+    """An active order of one activity's user (`_orders_query`)."""
+
+    user_id: bytes | str  # a VARBINARY
+    order_id: int
+
+
+@dataclass(frozen=True)
+class LockedSale:
+    """What the seckill transaction read under the stock row's lock: the facts `decide`
+    needs, and what recording its winners needs besides."""
+
+    facts: Facts
+    locked: LockedStock | None  # None: the product is gone
+    activities: Mapping[int, _SaleRow]  # the batch's activities that exist, by id
+
+
+async def lock_sale(tx: Transaction, product_id: int,
+                    attempts: Sequence[SeckillAttempt]) -> LockedSale:
+    """The seckill transaction's first round trip: lock the stock row, read the activities'
+    windows (the database's clock decides, and its reading is the orders' create time),
+    prices and payment windows, and the active orders the users already hold.
+
+    Both round trips return as few columns as they can: the driver parses every column
+    definition of every result in Python, and that is most of what a flash sale pays per
+    transaction.
     """
     activity_ids = sorted({a.activity_id for a in attempts})
     marks = ", ".join(["%s"] * len(activity_ids))
     users = _users_by_activity(attempts)
     held_sql, held_params = _orders_query(users)
-    locked, (window_rows, *held_sets) = await stock.lock_then(
-        cur, product_id,
+    locked, (sale_rows, *held_sets) = await stock.lock_then(
+        tx, product_id,
         f"SELECT id, {_WINDOW}, UTC_TIMESTAMP(6), price_cents,"
         f" payment_window_ms FROM activities WHERE id IN ({marks}) AND product_id = %s"
         " LOCK IN SHARE MODE; "
         + "; ".join(held_sql),
         (*activity_ids, product_id, *held_params),
     )
-    facts = Facts(None if locked is None else locked.units,
-                  {row[0]: Window(row[1]) for row in window_rows},
-                  _by_key(users, held_sets))
-    decisions = decide(attempts, facts)
-    winners = [a for a, d in zip(attempts, decisions, strict=True) if isinstance(d, Win)]
-    if locked is None or not winners:
-        # No twins without winners, so every decision is a refusal.
-        return BatchResult([d for d in decisions if isinstance(d, Refused)], facts.stock)
+    activities = {sale.activity_id: sale for sale in map(_SaleRow._make, sale_rows)}
+    facts = Facts(
+        stock=None if locked is None else locked.units,
+        windows={activity_id: Window(sale.window) for activity_id, sale in activities.items()},
+        held=_by_key(users, held_sets),
+    )
+    return LockedSale(facts=facts, locked=locked, activities=activities)
 
-    now = window_rows[0][2]
-    terms = {row[0]: (int(row[3]), now + timedelta(milliseconds=int(row[4])))
-             for row in window_rows}
+
+async def record_winners(tx: Transaction, sale: LockedSale,
+                         winners: Sequence[SeckillAttempt]) -> dict[tuple[int, str], Won]:
+    """The seckill transaction's second round trip: insert the winners' PENDING_PAYMENT
+    orders, take their units and commit; returns each winner's order by (activity, user).
+
+    `winners` come from `decide` on `sale.facts`: distinct, of activities that exist, and
+    no more than the units locked.
+    """
+    locked = sale.locked
+    assert locked is not None and winners, (sale, winners)
+    (now,) = {activity.now for activity in sale.activities.values()}  # one statement, one clock
+    deadlines = {activity_id: now + timedelta(milliseconds=int(activity.payment_window_ms))
+                 for activity_id, activity in sale.activities.items()}
     rows = ", ".join(["(%s, %s, %s, %s, %s, 1, %s, %s, %s)"] * len(winners))
     params: list[object] = []
     for w in winners:
-        price, deadline = terms[w.activity_id]
-        params += [w.activity_id, product_id, w.user_id, now, PENDING_PAYMENT, price, deadline,
-                   now]
+        params += [w.activity_id, locked.product_id, w.user_id, now, PENDING_PAYMENT,
+                   sale.activities[w.activity_id].price_cents, deadlines[w.activity_id], now]
     take_sql, take_params = stock.take_statement(locked, len(winners), now)
     won_users = _users_by_activity(winners)
     created_sql, created_params = _orders_query(won_users)
+    writes = ["INSERT INTO orders (activity_id, product_id, user_id, create_time, state, active,"
+              f" price_cents, pay_deadline, update_time) VALUES {rows}", take_sql]
     # COMMIT rides in the same round trip. Should anything before it fail, the server stops
-    # there and the caller's transaction rolls back; should the link drop after it was sent,
-    # the outcome is unknown and the callers get UNAVAILABLE, and a retry finds the order.
-    _, _, *created_sets, _ = await pipeline(
-        cur,
-        "INSERT INTO orders (activity_id, product_id, user_id, create_time, state, active,"
-        f" price_cents, pay_deadline, update_time) VALUES {rows}; "
-        f"{take_sql}; {'; '.join(created_sql)}; COMMIT",
-        (*params, *take_params, *created_params),
-    )
-    committed_in_pipeline(cur)
-    created = _by_key(won_users, created_sets)
-    outcomes: list[Outcome] = []
-    for attempt, decision in zip(attempts, decisions, strict=True):
-        if isinstance(decision, Refused):
-            outcomes.append(decision)
-        elif isinstance(decision, Twin):
-            outcomes.append(already_purchased(created[attempt.key]))
-        else:
-            outcomes.append(Won(created[attempt.key], product_id, now,
-                                *terms[attempt.activity_id]))
-    return BatchResult(outcomes, locked.units - len(winners))
+    # there and the transaction rolls back; should the link drop after it was sent, the
+    # outcome is unknown and the callers get UNAVAILABLE, and a retry finds the order.
+    results = await tx.pipeline("; ".join([*writes, *created_sql]),
+                                (*params, *take_params, *created_params), commit=True)
+    created = _by_key(won_users, results[len(writes):])
+    return {w.key: Won(order_id=created[w.key], product_id=locked.product_id, create_time=now,
+                       price_cents=int(sale.activities[w.activity_id].price_cents),
+                       pay_deadline=deadlines[w.activity_id])
+            for w in winners}
 
 
-async def read_facts(cur: aiomysql.Cursor, product_id: int,
+class _Fact(enum.IntEnum):
+    """What a row of `read_facts`' UNION says (its `kind` column)."""
+
+    STOCK = 0  # value: the product's stock
+    WINDOW = 1  # activity_id's `Window` as value
+    HELD = 2  # value: the id of the active order user_id holds for activity_id
+
+
+class _FactRow(NamedTuple):
+    kind: int  # a `_Fact`
+    activity_id: int | None
+    value: int
+    user_id: bytes | str | None
+
+
+async def read_facts(tx: Transaction, product_id: int,
                      attempts: Sequence[SeckillAttempt]) -> Facts:
     """What the seckill transaction would read for `attempts`, without taking any lock.
 
@@ -252,26 +277,26 @@ async def read_facts(cur: aiomysql.Cursor, product_id: int,
     marks = ", ".join(["%s"] * len(activity_ids))
     users = _users_by_activity(attempts)
     held_sql, held_params = _orders_query(users, tagged=True)
-    rows = await select_only(
-        cur,
+    rows = await tx.select_only(
         " UNION ALL ".join([
-            "SELECT 0, stock, NULL, NULL FROM products WHERE id = %s",
-            f"SELECT 1, id, {_WINDOW}, NULL FROM activities WHERE id IN ({marks})"
-            " AND product_id = %s",
+            f"SELECT {_Fact.STOCK:d}, NULL, stock, NULL FROM products WHERE id = %s",
+            f"SELECT {_Fact.WINDOW:d}, id, {_WINDOW}, NULL FROM activities"
+            f" WHERE id IN ({marks}) AND product_id = %s",
             *held_sql]),
         (product_id, *activity_ids, product_id, *held_params),
     )
     stock_left: int | None = None
     windows: dict[int, Window] = {}
     held: dict[tuple[int, str], int] = {}
-    for kind, first, second, third in rows:
-        if kind == 0:
-            stock_left = int(first)
-        elif kind == 1:
-            windows[int(first)] = Window(int(second))
+    for fact in map(_FactRow._make, rows):
+        if fact.kind == _Fact.STOCK:
+            stock_left = int(fact.value)
+        elif fact.kind == _Fact.WINDOW:
+            windows[int(cast(int, fact.activity_id))] = Window(int(fact.value))
         else:
-            held[(int(first), _text(second))] = int(third)
-    return Facts(stock_left, windows, held)
+            held[(int(cast(int, fact.activity_id)), _text(cast(bytes, fact.user_id)))] = (
+                int(fact.value))
+    return Facts(stock=stock_left, windows=windows, held=held)
 
 
 def _text(value: bytes | str) -> str:
@@ -287,10 +312,9 @@ def _users_by_activity(attempts: Sequence[SeckillAttempt]) -> dict[int, list[str
 
 def _orders_query(users: dict[int, list[str]], *, tagged: bool = False
                   ) -> tuple[list[str], list[object]]:
-    """One SELECT (user_id, id) of active orders per activity, through the unique key, in
-    `users`' order, and their parameters; `tagged` adds a leading 2 and the activity id (for
-    read_facts' UNION)."""
-    columns = "2, activity_id, user_id, id" if tagged else "user_id, id"
+    """One SELECT of active orders per activity (`_HeldRow`s), through the unique key, in
+    `users`' order, and their parameters; `tagged`: `_FactRow`s (for read_facts' UNION)."""
+    columns = (f"{_Fact.HELD:d}, activity_id, id, user_id" if tagged else "user_id, id")
     statements, params = [], []
     for activity_id, names in users.items():
         marks = ", ".join(["%s"] * len(names))
@@ -301,8 +325,9 @@ def _orders_query(users: dict[int, list[str]], *, tagged: bool = False
     return statements, params
 
 
-def _by_key(users: dict[int, list[str]], result_sets: list[tuple]) -> dict[tuple[int, str], int]:
+def _by_key(users: dict[int, list[str]], result_sets: Sequence[Sequence[tuple[Any, ...]]]
+            ) -> dict[tuple[int, str], int]:
     """Order ids by (activity_id, user_id) from `_orders_query`'s results, one set per activity."""
-    return {(activity_id, _text(user_id)): order_id
+    return {(activity_id, _text(held.user_id)): held.order_id
             for activity_id, rows in zip(users, result_sets, strict=True)
-            for user_id, order_id in rows}
+            for held in map(_HeldRow._make, rows)}

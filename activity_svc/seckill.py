@@ -3,8 +3,10 @@
 Why buyers are batched, and what that promises: docs/DESIGN.md ("Coalescing", "Exact
 refusals"); this module is how. In `coalesced` mode (the default) the buyers of one product
 that arrive while its transaction is in flight, or within a short gathering window after it,
-are decided together by the next single transaction (repository.seckill), first come first
-served; each caller then gets its own answer. An idle product commits at once.
+are decided together by the next single transaction, first come first served; each caller
+then gets its own answer. A transaction is two round trips and a decision between them
+(`_transact`): the repository reads the facts under the stock row's lock, `decide` picks the
+winners, the repository records their orders and commits. An idle product commits at once.
 `per_request` mode keeps one transaction per call, for comparison.
 
 Callers that leave (deadline, cancel) are skipped by batches not yet started; a batch whose
@@ -30,10 +32,20 @@ from typing import Any
 from opentelemetry.context import Context, get_current
 
 from activity_svc import repository
-from activity_svc.decision import Facts, Outcome, Refused, SeckillAttempt, Won, decide
+from activity_svc.decision import (
+    Facts,
+    Outcome,
+    Refused,
+    SeckillAttempt,
+    Win,
+    Won,
+    decide,
+    outcomes,
+)
 from seckill_common.config import CommitMode, default_of
 from seckill_common.database.db import Database
 from seckill_common.database.singleflight import HOT_READ_GATHER_S, BatchLoader
+from seckill_common.database.transaction import Transaction
 from seckill_common.runtime.telemetry import BATCH_SIZE, STOCK_REMAINING, batch_span, tracer
 
 log = logging.getLogger(__name__)
@@ -65,6 +77,15 @@ class BatchStats:
         return self.attempts / self.batches if self.batches else 0.0
 
 
+@dataclass(frozen=True)
+class BatchResult:
+    """What one seckill transaction did."""
+
+    outcomes: list[Outcome]  # one per attempt, in order
+    stock_left: int | None  # committed stock after this batch; None: the product is gone
+    sold: int  # units taken (orders inserted)
+
+
 @dataclass
 class _Pending:
     attempt: SeckillAttempt
@@ -77,7 +98,7 @@ class SeckillEngine:
         self._db = database
         self.settings = settings or EngineSettings()
         # activity id -> product id; safe to cache because an activity's product never changes.
-        self.product_of_activity: dict[int, int] = {}
+        self._product_of_activity: dict[int, int] = {}
         self._queues: dict[int, deque[_Pending]] = {}
         self._arrived: dict[int, asyncio.Event] = {}
         # Strong references: the event loop keeps only weak ones to tasks.
@@ -90,16 +111,25 @@ class SeckillEngine:
         self._tracer = tracer()
 
     async def product_of(self, activity_id: int) -> int:
-        product_id = self.product_of_activity.get(activity_id)
+        product_id = self._product_of_activity.get(activity_id)
         if product_id is None:
-            product_id = await self._db.run(lambda cur: repository.product_of(cur, activity_id))
-            self.product_of_activity[activity_id] = product_id
+            product_id = await self._db.run(lambda tx: repository.product_of(tx, activity_id))
+            self.learn_product_of(activity_id, product_id)
         return product_id
+
+    def known_product_of(self, activity_id: int) -> int | None:
+        """The activity's product if already known (no I/O), else None."""
+        return self._product_of_activity.get(activity_id)
+
+    def learn_product_of(self, activity_id: int, product_id: int) -> None:
+        """Remembers an activity's product, read elsewhere (an activity read): it never
+        changes, so it is cached for good."""
+        self._product_of_activity[activity_id] = product_id
 
     async def buy(self, activity_id: int, user_id: str) -> Won:
         """The committed order, or raises the refusal (a `ServiceError`)."""
         product_id = await self.product_of(activity_id)
-        attempt = SeckillAttempt(activity_id, user_id)
+        attempt = SeckillAttempt(activity_id=activity_id, user_id=user_id)
         if product_id in self._refusing:
             refusal = await self._reader(product_id).get(attempt)
             if refusal is not None:
@@ -123,7 +153,7 @@ class SeckillEngine:
             async def load(attempts: list[SeckillAttempt]
                            ) -> dict[SeckillAttempt, Refused | None]:
                 facts = await self._db.run(
-                    lambda cur: repository.read_facts(cur, product_id, attempts))
+                    lambda tx: repository.read_facts(tx, product_id, attempts))
                 return self._refusals(product_id, attempts, facts)
 
             reader = self._readers[product_id] = BatchLoader(load, gather_s=HOT_READ_GATHER_S)
@@ -136,31 +166,38 @@ class SeckillEngine:
         Each is decided alone: another caller of this read may not take the unit it would
         leave, so only a refusal that holds whatever the others do is given from a read.
         """
-        answers = {a: d if isinstance(d := decide([a], facts)[0], Refused) else None
-                   for a in attempts}
-        self._note(product_id, None not in answers.values())
-        return answers
+        decisions = {a: decide([a], facts)[0] for a in attempts}
+        self._looked(product_id, units_left=facts.stock,
+                     any_won=any(isinstance(d, Win) for d in decisions.values()))
+        return {a: d if isinstance(d, Refused) else None for a, d in decisions.items()}
 
-    def _note(self, product_id: int, refusing: bool) -> None:
-        if refusing:
-            self._refusing.add(product_id)
-        else:
+    def _looked(self, product_id: int, *, units_left: int | None, any_won: bool) -> None:
+        """The one rule of the refusing state, after each look at a product (a committed
+        batch, or a read): its calls go to a read first while the last look showed no unit
+        they could take: none left, or none any of them would win."""
+        if units_left and any_won:
             self._refusing.discard(product_id)
+        else:
+            self._refusing.add(product_id)
 
     # --- committing ---------------------------------------------------------------------
 
     async def _run_batch(self, product_id: int, attempts: list[SeckillAttempt]
                          ) -> list[Outcome]:
-        """One transaction: its outcomes, one per attempt."""
-        result = await self._db.run(lambda cur: repository.seckill(cur, product_id, attempts))
+        """One transaction, then its bookkeeping: its outcomes, one per attempt."""
+        result = await self._db.run(lambda tx: _transact(tx, product_id, attempts))
+        self._observe(product_id, attempts, result)
+        return result.outcomes
+
+    def _observe(self, product_id: int, attempts: list[SeckillAttempt],
+                 result: BatchResult) -> None:
+        """Everything a committed batch is counted in: stats, metrics, the refusing state."""
         self.stats.add(len(attempts))
         BATCH_SIZE.observe(len(attempts))
         if result.stock_left is not None:
             for activity_id in {attempt.activity_id for attempt in attempts}:
                 STOCK_REMAINING.labels(str(activity_id)).set(result.stock_left)
-        self._note(product_id, not result.stock_left
-                   or not any(isinstance(o, Won) for o in result.outcomes))
-        return result.outcomes
+        self._looked(product_id, units_left=result.stock_left, any_won=result.sold > 0)
 
     async def _run_traced_batch(self, product_id: int, batch: list[_Pending]
                                 ) -> list[Outcome]:
@@ -248,6 +285,20 @@ class SeckillEngine:
                 pending.future.set_exception(outcome.error)
             else:
                 pending.future.set_result(outcome)
+
+
+async def _transact(tx: Transaction, product_id: int, attempts: list[SeckillAttempt]
+                    ) -> BatchResult:
+    """The seckill transaction: read the facts under the stock row's lock, decide, record the
+    winners (their orders, their units, the COMMIT). A batch without winners wrote nothing;
+    the transaction ends it."""
+    sale = await repository.lock_sale(tx, product_id, attempts)
+    decisions = decide(attempts, sale.facts)
+    winners = [a for a, d in zip(attempts, decisions, strict=True) if isinstance(d, Win)]
+    won = await repository.record_winners(tx, sale, winners) if winners else {}
+    stock_left = None if sale.facts.stock is None else sale.facts.stock - len(winners)
+    return BatchResult(outcomes=outcomes(attempts, decisions, won), stock_left=stock_left,
+                       sold=len(winners))
 
 
 def _cancel_when_all_leave(work: asyncio.Future[Any], callers: list[asyncio.Future[Won]]

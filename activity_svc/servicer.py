@@ -82,18 +82,17 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
     async def _read(self, ids: list[int]) -> dict[int, activity_pb2.Activity | BaseException]:
         # An activity's product never changes: products already known are fetched alongside
         # the activities rather than after them (one round trip less on the read's path).
-        known = self._engine.product_of_activity
-        fetches = {p: asyncio.ensure_future(self._get_product(p))
-                   for p in {known[i] for i in ids if i in known}}
+        known = {p for p in map(self._engine.known_product_of, ids) if p is not None}
+        fetches = {p: asyncio.ensure_future(self._get_product(p)) for p in known}
         try:
-            rows = await self._db.run(lambda cur: repository.get_many(cur, ids))
+            rows = await self._db.run(lambda tx: repository.get_many(tx, ids))
         except BaseException:
             for fetch in fetches.values():
                 fetch.cancel()
             await asyncio.gather(*fetches.values(), return_exceptions=True)
             raise
         for read in rows.values():
-            known[read.id] = read.product_id
+            self._engine.learn_product_of(read.id, read.product_id)
             if read.product_id not in fetches:
                 fetches[read.product_id] = asyncio.ensure_future(
                     self._get_product(read.product_id))
@@ -138,7 +137,7 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
                      if activity.HasField("payment_window") else DEFAULT_PAYMENT_WINDOW_MS)
         row = await idempotency.create_once(
             self._db, "CreateActivity", request,
-            lambda cur: repository.create(cur, activity.product_id, activity.name,
+            lambda tx: repository.create(tx, activity.product_id, activity.name,
                                           db_time(start), db_time(end), price, window_ms),
             repository.get)
         return to_proto(row)
@@ -152,7 +151,7 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
                              context: ServicerContext) -> activity_pb2.ListActivitiesResponse:
         limit = page_size(request.page_size)
         after = decode_page_token(request.page_token, {})
-        rows = await self._db.run(lambda cur: repository.list_page(cur, after, limit + 1))
+        rows = await self._db.run(lambda tx: repository.list_page(tx, after, limit + 1))
         page, token = page_of(rows, limit, {})
         return activity_pb2.ListActivitiesResponse(
             activities=[to_proto(row) for row in page], next_page_token=token)
@@ -174,13 +173,13 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
             changes[path] = (db_time(to_datetime(value)) if path.endswith("_time")
                              else payment_window_ms(value) if path == "payment_window"
                              else value)
-        row = await self._db.run(lambda cur: repository.update(cur, activity.id, changes))
+        row = await self._db.run(lambda tx: repository.update(tx, activity.id, changes))
         return to_proto(row)
 
     async def DeleteActivity(self, request: activity_pb2.DeleteActivityRequest,
                              context: ServicerContext) -> empty_pb2.Empty:
         require_id(request.id)
-        await self._db.run(lambda cur: repository.get(cur, request.id))  # NOT_FOUND first
+        await self._db.run(lambda tx: repository.get(tx, request.id))  # NOT_FOUND first
         orders = await call_peer(
             self._orders.ListOrders,
             order_pb2.ListOrdersRequest(activity_id=request.id, page_size=1,
@@ -190,7 +189,7 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
         if orders.orders:
             raise repository.has_orders(request.id)
         # The orders table's foreign key refuses the delete if an order landed meanwhile.
-        await self._db.run(lambda cur: repository.delete(cur, request.id))
+        await self._db.run(lambda tx: repository.delete(tx, request.id))
         return empty_pb2.Empty()
 
     async def Seckill(self, request: activity_pb2.SeckillRequest,

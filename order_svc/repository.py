@@ -15,12 +15,12 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, NamedTuple
 
-import aiomysql
 from seckill.v1.order_pb2 import CANCELLED, EXPIRED, PAID, PENDING_PAYMENT
 
 from seckill_common.api.errors import FailedPrecondition, NotFound
 from seckill_common.database import stock
 from seckill_common.database.stock import LockedStock
+from seckill_common.database.transaction import Transaction
 
 
 @dataclass(frozen=True)
@@ -138,12 +138,12 @@ def order_cancelled(order_id: int) -> FailedPrecondition:
     return _refusal("ORDER_CANCELLED", f"order {order_id} is cancelled", order_id)
 
 
-async def get(cur: aiomysql.Cursor, order_id: int, owner: str | None = None) -> OrderRow:
+async def get(cur: Transaction, order_id: int, owner: str | None = None) -> OrderRow:
     """The order; with `owner`, another user's order is NOT_FOUND, as if it did not exist."""
     return (await _get(cur, order_id, owner, lock=False)).order
 
 
-async def _get(cur: aiomysql.Cursor, order_id: int, owner: str | None, *, lock: bool
+async def _get(cur: Transaction, order_id: int, owner: str | None, *, lock: bool
                ) -> _SeenOrder:
     await cur.execute(
         f"SELECT {_COLUMNS_DUE} FROM orders WHERE id = %s" + (" FOR UPDATE" if lock else ""),
@@ -158,7 +158,7 @@ async def _get(cur: aiomysql.Cursor, order_id: int, owner: str | None, *, lock: 
     return _SeenOrder(order=row, due=bool(columns["due"]))
 
 
-async def list_page(cur: aiomysql.Cursor, *, user_id: str | None, activity_id: int | None,
+async def list_page(cur: Transaction, *, user_id: str | None, activity_id: int | None,
                     states: Sequence[int], after_id: int, limit: int) -> list[OrderRow]:
     conditions = ["id > %s"]
     params: list[int | str] = [after_id]
@@ -178,7 +178,7 @@ async def list_page(cur: aiomysql.Cursor, *, user_id: str | None, activity_id: i
     return [OrderRow.from_db(_named(_FIELDS, row)) for row in await cur.fetchall()]
 
 
-async def pay(cur: aiomysql.Cursor, order_id: int, owner: str | None) -> Payment:
+async def pay(cur: Transaction, order_id: int, owner: str | None) -> Payment:
     """PENDING_PAYMENT -> PAID before the deadline; a paid order as it is; refusals raised.
 
     A pending order past its deadline is expired here, in this transaction (TOO_LATE): it
@@ -211,7 +211,7 @@ async def pay(cur: aiomysql.Cursor, order_id: int, owner: str | None) -> Payment
     return Payment(outcome=Paid.NOW, order=await get(cur, order_id))
 
 
-async def cancel(cur: aiomysql.Cursor, order_id: int, owner: str | None) -> Cancellation:
+async def cancel(cur: Transaction, order_id: int, owner: str | None) -> Cancellation:
     """PENDING_PAYMENT or PAID -> CANCELLED, its unit back to stock, in the caller's
     transaction; a cancelled order as it is; an expired one refused. A pending order past its
     deadline is expired here instead (TOO_LATE)."""
@@ -230,7 +230,7 @@ async def cancel(cur: aiomysql.Cursor, order_id: int, owner: str | None) -> Canc
     return Cancellation(outcome=Cancelled.NOW, order=await get(cur, order_id))
 
 
-async def _set_state(cur: aiomysql.Cursor, order_ids: Sequence[int], state: int) -> None:
+async def _set_state(cur: Transaction, order_ids: Sequence[int], state: int) -> None:
     """Moves orders to `state`; `active` follows (the schema's CHECK insists)."""
     marks = ", ".join(["%s"] * len(order_ids))
     active = 1 if state in (PENDING_PAYMENT, PAID) else None
@@ -240,7 +240,7 @@ async def _set_state(cur: aiomysql.Cursor, order_ids: Sequence[int], state: int)
 
 # --- expiry --------------------------------------------------------------------------------
 
-async def due(cur: aiomysql.Cursor, limit: int) -> list[DueOrder]:
+async def due(cur: Transaction, limit: int) -> list[DueOrder]:
     """Pending orders past their deadline, oldest deadline first.
 
     No locks (a consistent read on the orders_due index): `expire` re-checks under them.
@@ -252,7 +252,7 @@ async def due(cur: aiomysql.Cursor, limit: int) -> list[DueOrder]:
             for product_id, order_id in await cur.fetchall()]
 
 
-async def expire(cur: aiomysql.Cursor, product_id: int, order_ids: Sequence[int], *,
+async def expire(cur: Transaction, product_id: int, order_ids: Sequence[int], *,
                  skip_locked: bool = False) -> Expiry:
     """Expires those of `order_ids` (all of `product_id`) still pending past their deadline,
     and gives their units back: exactly once, since every give-back holds the stock row and
@@ -270,7 +270,7 @@ async def expire(cur: aiomysql.Cursor, product_id: int, order_ids: Sequence[int]
     return await _expire_locked(cur, locked, order_ids)
 
 
-async def _expire_locked(cur: aiomysql.Cursor, locked: LockedStock, order_ids: Sequence[int]
+async def _expire_locked(cur: Transaction, locked: LockedStock, order_ids: Sequence[int]
                          ) -> Expiry:
     """`expire` once the stock row is held: the orders' locks come after it."""
     marks = ", ".join(["%s"] * len(order_ids))

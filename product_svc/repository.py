@@ -1,4 +1,4 @@
-"""SQL for products. Every function takes the cursor of a transaction the caller owns."""
+"""SQL for products. Every function takes a transaction the caller owns."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-import aiomysql
 import pymysql
 
 from seckill_common.api.errors import FailedPrecondition, NotFound
 from seckill_common.database import stock
-from seckill_common.database.db import ROW_IS_REFERENCED, error_code, select_only
+from seckill_common.database.db import ROW_IS_REFERENCED, error_code
+from seckill_common.database.transaction import Transaction
 
 UPDATABLE = ("name", "description", "price_cents", "stock")
 
@@ -38,7 +38,7 @@ _FIELDS = tuple(field.name for field in fields(ProductRow))
 _COLUMNS = ", ".join(_FIELDS)
 
 
-async def create(cur: aiomysql.Cursor, *, name: str, description: str, price_cents: int,
+async def create(cur: Transaction, *, name: str, description: str, price_cents: int,
                  stock: int) -> ProductRow:
     await cur.execute(
         "INSERT INTO products (name, description, price_cents, stock, create_time, update_time)"
@@ -48,7 +48,7 @@ async def create(cur: aiomysql.Cursor, *, name: str, description: str, price_cen
     return await get(cur, cur.lastrowid)
 
 
-async def get(cur: aiomysql.Cursor, product_id: int) -> ProductRow:
+async def get(cur: Transaction, product_id: int) -> ProductRow:
     await cur.execute(f"SELECT {_COLUMNS} FROM products WHERE id = %s", (product_id,))
     row = await cur.fetchone()
     if row is None:
@@ -56,15 +56,15 @@ async def get(cur: aiomysql.Cursor, product_id: int) -> ProductRow:
     return ProductRow.from_db(row)
 
 
-async def get_many(cur: aiomysql.Cursor, product_ids: list[int]) -> dict[int, ProductRow]:
+async def get_many(cur: Transaction, product_ids: list[int]) -> dict[int, ProductRow]:
     """The products among `product_ids` that exist, by id."""
     marks = ", ".join(["%s"] * len(product_ids))
-    rows = await select_only(cur, f"SELECT {_COLUMNS} FROM products WHERE id IN ({marks})",
-                             product_ids)
+    rows = await cur.select_only(f"SELECT {_COLUMNS} FROM products WHERE id IN ({marks})",
+                                 product_ids)
     return {product.id: product for product in map(ProductRow.from_db, rows)}
 
 
-async def list_page(cur: aiomysql.Cursor, after_id: int, limit: int) -> list[ProductRow]:
+async def list_page(cur: Transaction, after_id: int, limit: int) -> list[ProductRow]:
     await cur.execute(
         f"SELECT {_COLUMNS} FROM products WHERE id > %s ORDER BY id LIMIT %s",
         (after_id, limit),
@@ -72,7 +72,7 @@ async def list_page(cur: aiomysql.Cursor, after_id: int, limit: int) -> list[Pro
     return [ProductRow.from_db(row) for row in await cur.fetchall()]
 
 
-async def update(cur: aiomysql.Cursor, product_id: int,
+async def update(cur: Transaction, product_id: int,
                  changes: dict[str, object]) -> ProductRow:
     """Applies `changes` (keys from UPDATABLE) under the stock row's lock."""
     locked = await stock.lock(cur, product_id)
@@ -92,7 +92,7 @@ async def update(cur: aiomysql.Cursor, product_id: int,
     return await get(cur, product_id)
 
 
-async def delete(cur: aiomysql.Cursor, product_id: int) -> None:
+async def delete(cur: Transaction, product_id: int) -> None:
     await stock.lock(cur, product_id)
     try:
         await cur.execute("DELETE FROM products WHERE id = %s", (product_id,))

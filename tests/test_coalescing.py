@@ -11,11 +11,11 @@ import pymysql
 import pytest
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
-from activity_svc import repository
 from activity_svc.decision import Won
 from activity_svc.seckill import EngineSettings, SeckillEngine
 from seckill_common.api.errors import ServiceError
 from seckill_common.database.db import Database, create_pool
+from seckill_common.database.transaction import Transaction
 from tests.conftest import make_activity, make_product
 from tests.support import ADMIN, Stack, error_details, query, settings_for
 
@@ -85,19 +85,20 @@ async def test_a_batch_that_fails_midway_commits_nothing(
     await engine.product_of(activity.id)
     assert await fire(engine, activity.id, ["before"]) == ["won"]
 
-    real = repository.pipeline
+    real = Transaction.pipeline
 
-    async def fail_after_the_writes(cur, sql, params):  # type: ignore[no-untyped-def]
+    async def fail_after_the_writes(  # type: ignore[no-untyped-def]
+            tx, sql, params, *, commit=False):
         # The server runs the INSERT and the UPDATE, then fails before the COMMIT.
-        return await real(cur, sql.replace("; COMMIT", "; SELECT * FROM no_such_table; COMMIT"),
-                          params)
+        return await real(tx, sql + "; SELECT * FROM no_such_table" if commit else sql, params,
+                          commit=commit)
 
-    monkeypatch.setattr(repository, "pipeline", fail_after_the_writes)
+    monkeypatch.setattr(Transaction, "pipeline", fail_after_the_writes)
     tasks = [asyncio.create_task(engine.buy(activity.id, f"u{i}")) for i in range(6)]
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert all(isinstance(r, pymysql.err.ProgrammingError) for r in results), results
     assert len({id(r) for r in results}) == 1  # one failed transaction, one error for all
-    monkeypatch.setattr(repository, "pipeline", real)
+    monkeypatch.setattr(Transaction, "pipeline", real)
 
     rows = await query(stack.db_url, "SELECT user_id FROM orders")
     assert rows == [(b"before",)]

@@ -1,22 +1,22 @@
 """The MySQL/MariaDB connection pool: one owner (`Database`), opened at start (`create_pool`),
 closed at stop (`Database.close`).
 
-Every unit of work is `await db.run(work)`: `work(cursor)` runs in one transaction, committed
-when it returns and rolled back when it raises; a deadlock runs it again from the start. Driver
-errors that mean "the database is not there" become `Unavailable`, a statement that outlives
-SECKILL_DB_STATEMENT_TIMEOUT becomes `Unavailable` too (without marking the database down), and
-a lock wait timeout or a deadlock that outlives its retries becomes `Aborted`. A transaction
-whose caller is cancelled mid-statement is ended on the server at once (KILL), so a caller that
-left holds no lock, lock wait or connection.
-"""
+Every unit of work is `await db.run(work)`: `work(transaction)` (a `Transaction`: its
+statements on its cursor) runs in one transaction, committed when it returns (unless its own
+pipeline carried the COMMIT) and rolled back when it raises; a deadlock runs it again from the
+start. Driver errors that mean "the database is not there" become `Unavailable`, a statement
+that outlives SECKILL_DB_STATEMENT_TIMEOUT becomes `Unavailable` too (without marking the
+database down), and a lock wait timeout or a deadlock that outlives its retries becomes
+`Aborted`. A transaction whose caller is cancelled mid-statement is ended on the server at once
+(KILL), so a caller that left holds no lock, lock wait or connection."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, nullcontext
 from typing import TypeVar
 
 import aiomysql
@@ -26,6 +26,8 @@ from opentelemetry import trace
 
 from seckill_common.api.errors import ServiceError, Unavailable
 from seckill_common.config import MySQLTarget, Settings
+from seckill_common.database.aiomysql_fix import DropWakingRelease
+from seckill_common.database.transaction import Transaction
 from seckill_common.runtime.telemetry import tracer
 
 log = logging.getLogger(__name__)
@@ -122,35 +124,6 @@ def error_code(exc: BaseException) -> int:
     return 0
 
 
-async def pipeline(cur: aiomysql.Cursor, sql: str, params: Sequence[object]) -> list[tuple]:
-    """Runs `;`-separated statements in one round trip; returns each one's rows in order.
-
-    The server runs them in order and stops at the first error, which the driver raises.
-    """
-    await cur.execute(sql, params)
-    results = [await cur.fetchall()]
-    while await cur.nextset():
-        results.append(await cur.fetchall())
-    return results
-
-
-_COMMITTED = "_seckill_committed"
-
-
-def committed_in_pipeline(cur: aiomysql.Cursor) -> None:
-    """Tells `Database.transaction` that the work's last statement was its own COMMIT (one
-    round trip less on a hot path), so there is nothing left to commit."""
-    setattr(cur, _COMMITTED, True)
-
-
-async def select_only(cur: aiomysql.Cursor, sql: str, params: Sequence[object]) -> list[tuple]:
-    """Runs one SELECT as the whole transaction, its COMMIT in the same round trip: a hot
-    read (a single-flight load) then costs one round trip, not two."""
-    rows, _ = await pipeline(cur, sql + "; COMMIT", params)
-    committed_in_pipeline(cur)
-    return list(rows)
-
-
 class StatementTimeout(Unavailable):
     """A statement ran past SECKILL_DB_STATEMENT_TIMEOUT (a lock held elsewhere, an overloaded
     server): the database is there, so it is not marked down; the caller may retry."""
@@ -171,14 +144,13 @@ class Database:
         self.reachable = asyncio.Event()
         self.reachable.set()
         self.waiting = 0  # calls waiting for a pooled connection (a metric)
+        self._releases = DropWakingRelease(pool)
         # A span per transaction only when tracing is on: untraced, not even a no-op span.
         self._tracer = tracer()
-        self.transaction = self._transaction if self._tracer is None else self._traced_transaction
         self.on_change: list[Callable[[bool], None]] = []
         self._settings = settings
         self._doomed: deque[int] = deque()  # server thread ids of abandoned sessions
         self._reaper: asyncio.Task[None] | None = None
-        self._wakers: set[asyncio.Task[None]] = set()  # strong references, see _release
 
     def mark(self, up: bool) -> None:
         if up == self.reachable.is_set():
@@ -193,17 +165,18 @@ class Database:
             callback(up)
 
     @asynccontextmanager
-    async def _traced_transaction(self) -> AsyncIterator[aiomysql.Cursor]:
-        assert self._tracer is not None
-        with self._tracer.start_as_current_span("db.transaction", kind=trace.SpanKind.CLIENT,
-                                                attributes={"db.system": "mysql"}):
-            async with self._transaction() as cur:
-                yield cur
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """`_transaction`, in a span of its own when tracing is on."""
+        span = (nullcontext() if self._tracer is None else self._tracer.start_as_current_span(
+            "db.transaction", kind=trace.SpanKind.CLIENT, attributes={"db.system": "mysql"}))
+        with span:
+            async with self._transaction() as transaction:
+                yield transaction
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiomysql.Cursor]:
-        """One transaction on a pooled connection (`transaction()`): commit on success, roll
-        back on error.
+    async def _transaction(self) -> AsyncIterator[Transaction]:
+        """One transaction on a pooled connection: commit on success (unless the work's own
+        pipeline carried the COMMIT), roll back on error.
 
         A connection that saw a connection error is closed rather than returned to the pool.
         """
@@ -221,8 +194,9 @@ class Database:
             async with conn.cursor() as cur:
                 # autocommit is off: the first statement opens the transaction, which saves
                 # the round trip of an explicit BEGIN.
-                yield cur
-                if not getattr(cur, _COMMITTED, False):
+                transaction = Transaction(cur)
+                yield transaction
+                if not transaction.committed:
                     await conn.commit()
         except asyncio.CancelledError:
             # The call was cancelled mid-query: the connection's state is unknown, so drop it;
@@ -242,23 +216,7 @@ class Database:
                 raise StatementTimeout() from exc
             raise
         finally:
-            self._release(conn)
-
-    def _release(self, conn: aiomysql.Connection) -> None:
-        dropped = conn.closed or conn.get_transaction_status()  # the pool closes the latter
-        self.pool.release(conn)
-        if dropped:
-            # aiomysql 0.3.2 wakes the pool's waiters when a connection comes back, but not
-            # when one is dropped: an acquire waiting for a free slot, or wait_closed() at
-            # shutdown, would wait for a release that may never come (a shutdown past its
-            # grace hung here). Its condition is private; the version is pinned.
-            waker = asyncio.create_task(self._wake_pool_waiters())
-            self._wakers.add(waker)
-            waker.add_done_callback(self._wakers.discard)
-
-    async def _wake_pool_waiters(self) -> None:
-        async with self.pool._cond:
-            self.pool._cond.notify_all()
+            self._releases.release(conn)
 
     def _abandon(self, conn: aiomysql.Connection) -> None:
         """Drops a connection whose transaction was cancelled, and ends its session.
@@ -298,12 +256,12 @@ class Database:
         finally:
             self._reaper = None
 
-    async def run(self, work: Callable[[aiomysql.Cursor], Awaitable[T]]) -> T:
+    async def run(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
         """Run `work` in a transaction, retrying deadlocks; a lock wait timeout is ABORTED."""
         for attempt in range(1, MAX_LOCK_RETRIES + 1):
             try:
-                async with self.transaction() as cur:
-                    return await work(cur)
+                async with self.transaction() as transaction:
+                    return await work(transaction)
             except pymysql.err.OperationalError as exc:
                 code = error_code(exc)
                 if code == LOCK_WAIT_TIMEOUT:
@@ -317,8 +275,8 @@ class Database:
 
     async def ping(self) -> bool:
         try:
-            async with self._transaction() as cur:  # untraced: a ping a second is noise
-                await cur.execute("SELECT 1")
+            async with self._transaction() as transaction:  # untraced: a ping a second is noise
+                await transaction.execute("SELECT 1")
             self.mark(True)
             return True
         except Exception:

@@ -13,15 +13,15 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
-import aiomysql
 import pymysql
 from google.protobuf.message import Message
 
 from seckill_common.api.errors import InvalidArgument
 from seckill_common.api.validation import Violations
 from seckill_common.database.db import DUPLICATE_ENTRY, Database, error_code
+from seckill_common.database.transaction import Transaction
 
 FIELD = "request_id"
 
@@ -36,6 +36,13 @@ R = TypeVar("R", bound=_HasId)
 
 class _Taken(Exception):
     """The request id was claimed by an earlier (committed) call."""
+
+
+class _Claim(NamedTuple):
+    """A create_requests row: the claiming request's fingerprint and what it created."""
+
+    fingerprint: str
+    resource_id: int
 
 
 def check(violations: Violations, request_id: str) -> None:
@@ -56,8 +63,8 @@ def fingerprint(request: Message) -> str:
 
 
 async def create_once(database: Database, method: str, request: Message,
-                      create: Callable[[aiomysql.Cursor], Awaitable[R]],
-                      replay: Callable[[aiomysql.Cursor, int], Awaitable[R]]) -> R:
+                      create: Callable[[Transaction], Awaitable[R]],
+                      replay: Callable[[Transaction, int], Awaitable[R]]) -> R:
     """Runs `create` once per request id: a repeat answers `replay` of the first's resource."""
     request_id: str = getattr(request, FIELD)
     if not request_id:
@@ -65,9 +72,9 @@ async def create_once(database: Database, method: str, request: Message,
     key = str(uuid.UUID(request_id))  # one spelling per id
     digest = fingerprint(request)
 
-    async def first(cur: aiomysql.Cursor) -> R:
+    async def first(tx: Transaction) -> R:
         try:
-            await cur.execute(
+            await tx.execute(
                 "INSERT INTO create_requests (method, request_id, fingerprint, resource_id,"
                 " create_time) VALUES (%s, %s, %s, 0, UTC_TIMESTAMP(6))",
                 (method, key, digest))
@@ -75,20 +82,20 @@ async def create_once(database: Database, method: str, request: Message,
             if error_code(exc) != DUPLICATE_ENTRY:
                 raise
             raise _Taken() from exc
-        created = await create(cur)
-        await cur.execute(
+        created = await create(tx)
+        await tx.execute(
             "UPDATE create_requests SET resource_id = %s WHERE method = %s AND request_id = %s",
             (created.id, method, key))
         return created
 
-    async def again(cur: aiomysql.Cursor) -> R:
-        await cur.execute(
+    async def again(tx: Transaction) -> R:
+        await tx.execute(
             "SELECT fingerprint, resource_id FROM create_requests"
             " WHERE method = %s AND request_id = %s", (method, key))
-        stored, resource_id = await cur.fetchone()
-        if stored != digest:
+        (claim,) = map(_Claim._make, await tx.fetchall())
+        if claim.fingerprint != digest:
             raise InvalidArgument({FIELD: f"was already used for a different {method} request"})
-        return await replay(cur, int(resource_id))
+        return await replay(tx, int(claim.resource_id))
 
     try:
         return await database.run(first)

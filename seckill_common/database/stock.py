@@ -13,11 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-
-import aiomysql
+from typing import Any
 
 from seckill_common.api.errors import NotFound
-from seckill_common.database.db import pipeline
+from seckill_common.database.transaction import Transaction
 
 _LOCK = "SELECT stock FROM products WHERE id = %s FOR UPDATE"
 
@@ -30,36 +29,41 @@ class LockedStock:
     units: int
 
 
-async def lock(cur: aiomysql.Cursor, product_id: int) -> LockedStock:
+async def lock(tx: Transaction, product_id: int) -> LockedStock:
     """Locks the stock row; NOT_FOUND for an unknown product. Call it before any other lock."""
-    locked, _ = await lock_then(cur, product_id)
+    locked, _ = await lock_then(tx, product_id)
     if locked is None:
         raise NotFound("Product", product_id)
     return locked
 
 
-async def lock_then(cur: aiomysql.Cursor, product_id: int, then_sql: str = "",
+async def lock_then(tx: Transaction, product_id: int, then_sql: str = "",
                     then_params: Sequence[object] = ()
-                    ) -> tuple[LockedStock | None, list[tuple]]:
+                    ) -> tuple[LockedStock | None, list[list[tuple[Any, ...]]]]:
     """Locks the stock row, then runs `then_sql` (`;`-separated statements) in the same round
     trip: the server runs them in order, so the stock row is still locked first.
 
     Returns the lock (None: no such product) and the rows of each following statement.
     """
     sql = _LOCK + ("; " + then_sql if then_sql else "")
-    stock_rows, *rest = await pipeline(cur, sql, (product_id, *then_params))
-    locked = LockedStock(product_id, int(stock_rows[0][0])) if stock_rows else None
-    return locked, rest
+    stock_rows, *rest = await tx.pipeline(sql, (product_id, *then_params))
+    return _locked(product_id, stock_rows), rest
 
 
-async def try_lock(cur: aiomysql.Cursor, product_id: int) -> LockedStock | None:
+async def try_lock(tx: Transaction, product_id: int) -> LockedStock | None:
     """Locks the stock row unless another transaction holds it (SKIP LOCKED): then, or for an
     unknown product, None and no lock. For background work (expiry) that can come back later
     rather than queue behind a sale's transactions. Call it before any other lock; it never
     waits, so holding an order row it cannot deadlock (a payment found late, order_svc)."""
-    await cur.execute(_LOCK + " SKIP LOCKED", (product_id,))
-    row = await cur.fetchone()
-    return None if row is None else LockedStock(product_id, int(row[0]))
+    await tx.execute(_LOCK + " SKIP LOCKED", (product_id,))
+    return _locked(product_id, await tx.fetchall())
+
+
+def _locked(product_id: int, stock_rows: Sequence[tuple[Any, ...]]) -> LockedStock | None:
+    """The lock from `_LOCK`'s rows (none: no such product)."""
+    for (units,) in stock_rows:
+        return LockedStock(product_id=product_id, units=int(units))
+    return None
 
 
 def take_statement(locked: LockedStock, units: int, now: datetime) -> tuple[str, list[object]]:
@@ -70,17 +74,17 @@ def take_statement(locked: LockedStock, units: int, now: datetime) -> tuple[str,
             [units, now, locked.product_id])
 
 
-async def give_back(cur: aiomysql.Cursor, locked: LockedStock, units: int = 1) -> None:
+async def give_back(tx: Transaction, locked: LockedStock, units: int = 1) -> None:
     """Returns `units` to stock (a cancelled or expired order's unit)."""
-    await cur.execute(
+    await tx.execute(
         "UPDATE products SET stock = stock + %s, update_time = UTC_TIMESTAMP(6) WHERE id = %s",
         (units, locked.product_id),
     )
 
 
-async def set_units(cur: aiomysql.Cursor, locked: LockedStock, units: int) -> None:
+async def set_units(tx: Transaction, locked: LockedStock, units: int) -> None:
     """Sets the stock to `units` (an admin's restock or correction)."""
-    await cur.execute(
+    await tx.execute(
         "UPDATE products SET stock = %s, update_time = UTC_TIMESTAMP(6) WHERE id = %s",
         (units, locked.product_id),
     )
