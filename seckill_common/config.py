@@ -1,31 +1,42 @@
 """Configuration from environment variables, with defaults; bad values fail fast.
 
 Each setting is written once, as a field of `Settings` that names its variable, its default and
-its range (`_Int`, `_Float`, ...); `Settings.from_env` reads them all from those fields. The
-services' addresses are one `ServiceAddress` each (what peers dial, where it listens).
+its range (`Int`, `Float`, ...: seckill_common.setting_kinds); `Settings.from_env` reads them all
+from those fields. The services' addresses are one `ServiceAddress` each (what peers dial, where
+it listens).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from seckill_common.cpus import usable_cpus
+from seckill_common.setting_kinds import (
+    Bool,
+    Choice,
+    Float,
+    Int,
+    Text,
+    host_port,
+    log_level,
+    redis_url,
+    secret,
+    setting,
+    worker_number,
+)
+from seckill_common.setting_kinds import (
+    ConfigError as ConfigError,  # re-exported: the error of reading settings
+)
 
 DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/seckill"
 # SECKILL_COMMIT_MODE: how the activity service commits seckills (activity_svc.seckill).
 CommitMode = Literal["coalesced", "per_request"]
 # SECKILL_EVENT_LOOP: the event loop of a service process (seckill_common.runtime.server).
 EventLoop = Literal["uvloop", "asyncio"]
-Choice = TypeVar("Choice", bound=str)
-Value = TypeVar("Value", covariant=True)
-
-
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the process should exit with this message."""
 
 
 @dataclass(frozen=True)
@@ -58,147 +69,6 @@ class MySQLTarget:
     def redacted(self) -> str:
         """The URL without its password, safe to log."""
         return f"mysql://{self.user}@{self.host}:{self.port}/{self.database}"
-
-
-class _Setting(Protocol[Value]):
-    """One SECKILL_* variable: its name, its default, how its text becomes a value."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def default(self) -> Value: ...
-
-    def read(self, env: Mapping[str, str]) -> Value: ...
-
-
-@dataclass(frozen=True)
-class _Int:
-    name: str
-    default: int
-    lo: int
-    hi: int
-
-    def read(self, env: Mapping[str, str]) -> int:
-        raw = env.get(self.name)
-        if raw is None or raw == "":
-            return self.default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ConfigError(f"{self.name} must be an integer, got {raw!r}") from None
-        if not self.lo <= value <= self.hi:
-            raise ConfigError(f"{self.name} must be within {self.lo}..{self.hi}, got {value}")
-        return value
-
-
-@dataclass(frozen=True)
-class _Float:
-    """A number within lo..hi as written in the variable; held divided by `per` (a variable in
-    milliseconds, per=1000, is held in seconds)."""
-
-    name: str
-    written_default: float
-    lo: float
-    hi: float
-    per: float = 1.0
-
-    @property
-    def default(self) -> float:
-        return self.written_default / self.per
-
-    def read(self, env: Mapping[str, str]) -> float:
-        raw = env.get(self.name)
-        if raw is None or raw == "":
-            return self.default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(f"{self.name} must be a number, got {raw!r}") from None
-        if not self.lo <= value <= self.hi:
-            raise ConfigError(f"{self.name} must be within {self.lo}..{self.hi}, got {value}")
-        return value / self.per
-
-
-@dataclass(frozen=True)
-class _Choice(Generic[Choice]):
-    name: str
-    default: Choice
-    allowed: tuple[Choice, ...]
-
-    def read(self, env: Mapping[str, str]) -> Choice:
-        value = env.get(self.name) or self.default
-        for choice in self.allowed:
-            if value == choice:
-                return choice
-        raise ConfigError(f"{self.name} must be one of {', '.join(self.allowed)}, "
-                          f"got {value!r}")
-
-
-@dataclass(frozen=True)
-class _Bool:
-    name: str
-    default: bool
-
-    def read(self, env: Mapping[str, str]) -> bool:
-        raw = (env.get(self.name) or "").strip().lower()
-        if not raw:
-            return self.default
-        if raw in ("1", "true", "yes", "on"):
-            return True
-        if raw in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{self.name} must be true or false, got {raw!r}")
-
-
-@dataclass(frozen=True)
-class _Text:
-    """Text, checked by `check` (which raises ConfigError) when set; unset: `default`."""
-
-    name: str
-    check: Callable[[str, str], str] = lambda name, value: value
-    default: str = ""
-
-    def read(self, env: Mapping[str, str]) -> str:
-        value = env.get(self.name) or ""
-        return self.check(self.name, value) if value else self.default
-
-
-def _secret(name: str, value: str) -> str:
-    # HS256 keys shorter than the hash are brute-forceable (RFC 7518 3.2).
-    if len(value.encode()) < 32:
-        raise ConfigError(f"{name} must be at least 32 bytes long (HS256 key)")
-    return value
-
-
-def _addr(name: str, value: str) -> str:
-    _host, sep, port = value.rpartition(":")
-    if not (sep and port.isdigit() and int(port) < 65536):
-        raise ConfigError(f"{name} must be host:port (port 0: any free port), got {value!r}")
-    return value
-
-
-def _redis_url(name: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        # The value is not echoed: it may hold a password.
-        raise ConfigError(f"{name} must look like redis://[:password@]host:port/db")
-    return value
-
-
-def _log_level(_name: str, value: str) -> str:
-    return value.upper()
-
-
-def _worker_id(name: str, value: str) -> str:
-    if not value.isdigit():
-        raise ConfigError(f"{name} must be a worker number, got {value!r}")
-    return value
-
-
-def setting(spec: _Setting[Any]) -> Any:
-    """A field of `Settings` read from `spec`'s variable, `spec`'s default its default."""
-    return field(default=spec.default, metadata={"setting": spec})
 
 
 def default_of(name: str) -> Any:
@@ -307,47 +177,47 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
-    db_pool_size: int = setting(_Int("SECKILL_DB_POOL_SIZE", 10, 1, 1000))
-    db_connect_timeout_s: float = setting(_Float("SECKILL_DB_CONNECT_TIMEOUT", 3.0, 0.1, 60.0))
+    db_pool_size: int = setting(Int("SECKILL_DB_POOL_SIZE", 10, 1, 1000))
+    db_connect_timeout_s: float = setting(Float("SECKILL_DB_CONNECT_TIMEOUT", 3.0, 0.1, 60.0))
     db_startup_timeout_s: float = setting(
-        _Float("SECKILL_DB_STARTUP_TIMEOUT", 30.0, 0.0, 3600.0))
-    db_lock_wait_timeout_s: int = setting(_Int("SECKILL_DB_LOCK_WAIT_TIMEOUT", 5, 1, 3600))
-    peer_timeout_s: float = setting(_Float("SECKILL_PEER_TIMEOUT", 3.0, 0.05, 60.0))
-    shutdown_grace_s: float = setting(_Float("SECKILL_SHUTDOWN_GRACE", 5.0, 0.0, 300.0))
-    health_interval_s: float = setting(_Float("SECKILL_HEALTH_INTERVAL", 1.0, 0.05, 60.0))
-    log_level: str = setting(_Text("SECKILL_LOG_LEVEL", _log_level, "INFO"))
+        Float("SECKILL_DB_STARTUP_TIMEOUT", 30.0, 0.0, 3600.0))
+    db_lock_wait_timeout_s: int = setting(Int("SECKILL_DB_LOCK_WAIT_TIMEOUT", 5, 1, 3600))
+    peer_timeout_s: float = setting(Float("SECKILL_PEER_TIMEOUT", 3.0, 0.05, 60.0))
+    shutdown_grace_s: float = setting(Float("SECKILL_SHUTDOWN_GRACE", 5.0, 0.0, 300.0))
+    health_interval_s: float = setting(Float("SECKILL_HEALTH_INTERVAL", 1.0, 0.05, 60.0))
+    log_level: str = setting(Text("SECKILL_LOG_LEVEL", log_level, "INFO"))
     # setting() is a dataclasses.field, which RUF009 cannot see through.
     commit_mode: CommitMode = setting(  # noqa: RUF009
-        _Choice("SECKILL_COMMIT_MODE", "coalesced", ("coalesced", "per_request")))
+        Choice("SECKILL_COMMIT_MODE", "coalesced", ("coalesced", "per_request")))
     batch_window_s: float = setting(
-        _Float("SECKILL_BATCH_WINDOW_MS", 2.0, 0.0, 1000.0, per=1000))
-    batch_max: int = setting(_Int("SECKILL_BATCH_MAX", 500, 1, 10_000))
+        Float("SECKILL_BATCH_WINDOW_MS", 2.0, 0.0, 1000.0, per=1000))
+    batch_max: int = setting(Int("SECKILL_BATCH_MAX", 500, 1, 10_000))
     max_message_bytes: int = setting(
-        _Int("SECKILL_MAX_MESSAGE_BYTES", 64 * 1024, 1024, 64 * 1024 * 1024))
+        Int("SECKILL_MAX_MESSAGE_BYTES", 64 * 1024, 1024, 64 * 1024 * 1024))
     db_statement_timeout_s: float = setting(
-        _Float("SECKILL_DB_STATEMENT_TIMEOUT", 10.0, 0.0, 3600.0))
-    user_token_secret: str = setting(_Text("SECKILL_USER_TOKEN_SECRET", _secret))
-    user_rate: float = setting(_Float("SECKILL_RATE_LIMIT_USER", 20.0, 0.0, 1e6))
-    user_burst: int = setting(_Int("SECKILL_RATE_LIMIT_USER_BURST", 40, 1, 1_000_000))
-    process_rate: float = setting(_Float("SECKILL_RATE_LIMIT_PROCESS", 0.0, 0.0, 1e7))
-    process_burst: int = setting(_Int("SECKILL_RATE_LIMIT_PROCESS_BURST", 0, 0, 10_000_000))
-    metrics_addr: str = setting(_Text("SECKILL_METRICS_ADDR", _addr))
+        Float("SECKILL_DB_STATEMENT_TIMEOUT", 10.0, 0.0, 3600.0))
+    user_token_secret: str = setting(Text("SECKILL_USER_TOKEN_SECRET", secret))
+    user_rate: float = setting(Float("SECKILL_RATE_LIMIT_USER", 20.0, 0.0, 1e6))
+    user_burst: int = setting(Int("SECKILL_RATE_LIMIT_USER_BURST", 40, 1, 1_000_000))
+    process_rate: float = setting(Float("SECKILL_RATE_LIMIT_PROCESS", 0.0, 0.0, 1e7))
+    process_burst: int = setting(Int("SECKILL_RATE_LIMIT_PROCESS_BURST", 0, 0, 10_000_000))
+    metrics_addr: str = setting(Text("SECKILL_METRICS_ADDR", host_port))
     expiry_interval_s: float = setting(
-        _Float("SECKILL_EXPIRY_INTERVAL_MS", 1000.0, 50.0, 60_000.0, per=1000))
-    expiry_batch: int = setting(_Int("SECKILL_EXPIRY_BATCH", 200, 1, 10_000))
+        Float("SECKILL_EXPIRY_INTERVAL_MS", 1000.0, 50.0, 60_000.0, per=1000))
+    expiry_batch: int = setting(Int("SECKILL_EXPIRY_BATCH", 200, 1, 10_000))
     # Apply pending migrations at start-up; off where a migration step (`seckill migrate`, the
     # Kubernetes Job, compose's migrate service) owns the schema and services lack DDL rights.
-    migrate_on_start: bool = setting(_Bool("SECKILL_MIGRATE_ON_START", True))
+    migrate_on_start: bool = setting(Bool("SECKILL_MIGRATE_ON_START", True))
     # Shared rate-limit counters (redis://host:port/db); empty: counted in each process.
-    rate_limit_redis_url: str = setting(_Text("SECKILL_RATE_LIMIT_REDIS_URL", _redis_url))
+    rate_limit_redis_url: str = setting(Text("SECKILL_RATE_LIMIT_REDIS_URL", redis_url))
     # On SIGTERM: NOT_SERVING at once, serving on for this long (so load balancers and DNS
     # stop sending calls here), then stop(shutdown_grace).
-    drain_delay_s: float = setting(_Float("SECKILL_DRAIN_DELAY", 0.0, 0.0, 300.0))
+    drain_delay_s: float = setting(Float("SECKILL_DRAIN_DELAY", 0.0, 0.0, 300.0))
     event_loop: EventLoop = setting(  # noqa: RUF009
-        _Choice("SECKILL_EVENT_LOOP", "uvloop", ("uvloop", "asyncio")))
+        Choice("SECKILL_EVENT_LOOP", "uvloop", ("uvloop", "asyncio")))
     # Set by the `--workers N` supervisor for each worker (seckill_common.runtime.workers);
     # "" in a lone process.
-    worker_env: str = setting(_Text("SECKILL_WORKER_ID", _worker_id))
+    worker_env: str = setting(Text("SECKILL_WORKER_ID", worker_number))
 
     @property
     def tls(self) -> bool:
@@ -401,7 +271,7 @@ class Settings:
             activity=ADDRESSES["activity"].from_env(env),
             order=ADDRESSES["order"].from_env(env),
             admin_token=token,
-            workers=_Int("SECKILL_WORKERS", usable_cpus(), 1, 256).read(env),
+            workers=Int("SECKILL_WORKERS", usable_cpus(), 1, 256).read(env),
             tls_cert=tls["cert"], tls_key=tls["key"], tls_ca=tls["ca"],
             **{spec.name: spec.metadata["setting"].read(env) for spec in fields(cls)
                if "setting" in spec.metadata},
