@@ -27,6 +27,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +91,8 @@ class SeckillEngine:
         self._readers: dict[int, BatchLoader[SeckillAttempt, Refused | None]] = {}
         self.stats = BatchStats()
         self._tracer = tracer()
+        # Called with the product id after each committed batch (WatchActivity's feeds).
+        self.on_commit: list[Callable[[int], None]] = []
 
     async def product_of(self, activity_id: int) -> int:
         product_id = self.product_of_activity.get(activity_id)
@@ -156,6 +159,8 @@ class SeckillEngine:
         """One transaction: its outcomes, one per attempt."""
         result = await self._db.run(lambda cur: repository.seckill(cur, product_id, attempts))
         self.stats.add(len(attempts))
+        for hook in self.on_commit:
+            hook(product_id)
         BATCH_SIZE.observe(len(attempts))
         if result.stock_left is not None:
             for activity_id in {attempt.activity_id for attempt in attempts}:

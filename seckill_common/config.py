@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -228,6 +228,8 @@ class Settings:
     # On SIGTERM: NOT_SERVING at once, serving on for this long (so load balancers and DNS
     # stop sending calls here), then stop(shutdown_grace).
     drain_delay_s: float = 0.0
+    # ActivityService.WatchActivity streams (the block at the end of this module).
+    watch: WatchSettings = field(default_factory=lambda: WatchSettings())
 
     @property
     def tls(self) -> bool:
@@ -298,4 +300,31 @@ class Settings:
             migrate_on_start=_bool(env, "SECKILL_MIGRATE_ON_START", True),
             rate_limit_redis_url=_redis_url(env, "SECKILL_RATE_LIMIT_REDIS_URL"),
             drain_delay_s=_float(env, "SECKILL_DRAIN_DELAY", 0.0, 0.0, 300.0),
+            watch=WatchSettings.from_env(env),
+        )
+
+
+# --- WatchActivity streams (activity_svc.watch, docs/WATCH.md) ------------------------------
+# Kept in one block of their own: Settings holds them as `settings.watch`.
+
+@dataclass(frozen=True)
+class WatchSettings:
+    """Limits of the activity service's WatchActivity streams, per process."""
+
+    # Streams served at once by one process; one more is RESOURCE_EXHAUSTED.
+    max_streams: int = 10_000
+    # A stream ends (UNAVAILABLE, RetryInfo: resume) after this long, give or take a tenth so
+    # a crowd that connected together does not resume together. Streams cannot be moved once
+    # started: this is what lets new replicas take their share.
+    max_lifetime_s: float = 1800.0
+    # How often one reader per watched activity reads its view from the database.
+    poll_interval_s: float = 0.25
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> WatchSettings:
+        return cls(
+            max_streams=_int(env, "SECKILL_WATCH_MAX_STREAMS", 10_000, 0, 1_000_000),
+            max_lifetime_s=_float(env, "SECKILL_WATCH_MAX_LIFETIME", 1800.0, 1.0, 86_400.0),
+            poll_interval_s=_float(env, "SECKILL_WATCH_POLL_INTERVAL_MS", 250.0, 20.0,
+                                   900.0) / 1000,
         )
