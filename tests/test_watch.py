@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -302,3 +303,31 @@ async def test_sigterm_ends_streams_with_unavailable_without_waiting_the_grace(
     finally:
         await channel.close()
 
+
+
+async def test_the_cli_follows_a_sale_to_its_end(stack: Stack,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from seckill_cli import cli
+
+    product = await make_product(stack, stock=2)
+    activity = await make_activity(stack, product.id, start_s=0.5, end_s=1.5)
+    code = await cli.run(["--activity-addr", stack.activity.address, "--json",
+                          "watch", str(activity.id)])
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    states = [line["state"] for line in lines]
+    assert states[0] in ("NOT_STARTED", "OPEN") and states[-1] == "ENDED", states
+    assert all(line["units_left"] == 2 for line in lines)
+
+
+def test_the_live_line_counts_down_by_the_given_clock() -> None:
+    from seckill_cli.watch import live_line
+
+    view = activity_pb2.WatchActivityResponse(units_left=3, state=activity_pb2.OPEN)
+    view.activity.id, view.activity.name = 7, "Tea rush"
+    start = dt.datetime(2030, 1, 1, 12, tzinfo=dt.UTC)
+    view.activity.start_time.FromDatetime(start)
+    view.activity.end_time.FromDatetime(start + dt.timedelta(hours=1))
+    line = live_line(view, start + dt.timedelta(minutes=15))
+    assert line == "#7 Tea rush: OPEN        3 left, ends in 00:45:00 (server clock)"
+    assert "opens in 00:00:10" in live_line(view, start - dt.timedelta(seconds=10))
