@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,9 +20,11 @@ from seckill.v1 import activity_pb2, activity_pb2_grpc, order_pb2, product_pb2
 
 from activity_svc.watch import FRESHNESS_BOUND_S, State, min_interval_s, state_of
 from seckill_common.api.times import to_datetime
+from seckill_stack.services import python_env
 from tests.conftest import make_activity, make_product
 from tests.support import (
     ADMIN,
+    REPO,
     ServiceProcess,
     Stack,
     error_details,
@@ -331,3 +335,24 @@ def test_the_live_line_counts_down_by_the_given_clock() -> None:
     line = live_line(view, start + dt.timedelta(minutes=15))
     assert line == "#7 Tea rush: OPEN        3 left, ends in 00:45:00 (server clock)"
     assert "opens in 00:00:10" in live_line(view, start - dt.timedelta(seconds=10))
+
+
+async def test_the_python_example_follows_a_sale_and_resumes(db_url: str) -> None:
+    # A lifetime of 1 s (the setting under test) makes the example resume once at least.
+    stack = await start_stack(db_url, SECKILL_WATCH_MAX_LIFETIME="1")
+    try:
+        product = await make_product(stack, stock=4)
+        activity = await make_activity(stack, product.id, start_s=-1, end_s=2.5)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "examples/watch_client.py", str(activity.id),
+            "--activity-addr", stack.activity.address, cwd=REPO,
+            env=python_env(dict(os.environ)), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(process.communicate(), 30)
+        text = out.decode()
+        assert process.returncode == 0, text
+        assert "resuming in 0 s" in text, text
+        assert text.splitlines()[0].startswith("revision 1: OPEN, 4 left"), text
+        assert "ENDED, 4 left, ends in 0 s" in text.splitlines()[-1], text
+    finally:
+        await stack.stop()
