@@ -155,6 +155,16 @@ class TooManyStreams(ServiceError):
                 subject="process", description="SECKILL_WATCH_MAX_STREAMS")])]
 
 
+def _future() -> asyncio.Future[None]:
+    return asyncio.get_running_loop().create_future()
+
+
+def _resolve(future: asyncio.Future[None]) -> asyncio.Future[None]:
+    """Wakes the waiters of `future`; returns the one the next waiters wait on."""
+    future.set_result(None)
+    return _future()
+
+
 @dataclass(eq=False)
 class _Feed:
     """One watched activity in this process: its latest view, and who waits for the next."""
@@ -166,13 +176,13 @@ class _Feed:
     end: ServiceError | None = None  # set once: every watcher ends with it
     product_id: int | None = None
     poke: asyncio.Event = field(default_factory=asyncio.Event)
-    changed: asyncio.Future[None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future())
+    # Resolved (and replaced) by the next change of any kind; `urgent` by the next change of
+    # the state or the activity, for watchers holding back a change of units only: a sale
+    # changes the units at every read, and waking every watcher at each would cost more than
+    # the messages themselves.
+    changed: asyncio.Future[None] = field(default_factory=_future)
+    urgent: asyncio.Future[None] = field(default_factory=_future)
     task: asyncio.Task[None] | None = None
-
-    def _wake(self) -> None:
-        self.changed.set_result(None)
-        self.changed = asyncio.get_running_loop().create_future()
 
     def publish(self, view: View) -> None:
         last = self.view
@@ -183,12 +193,15 @@ class _Feed:
         self.revision += 1
         view.message.revision = self.revision
         self.view = view
-        self._wake()
+        self.changed = _resolve(self.changed)
+        if last is None or (last.state, last.shown) != (view.state, view.shown):
+            self.urgent = _resolve(self.urgent)
 
     def finish(self, error: ServiceError) -> None:
         if self.end is None:
             self.end = error
-            self._wake()
+            self.changed = _resolve(self.changed)
+            self.urgent = _resolve(self.urgent)
 
 
 class WatchHub:
@@ -356,7 +369,7 @@ class WatchHub:
                 if feed.end is not None:
                     return feed.end
                 view = feed.view
-                wake_at = ends_at
+                wake_at, waiting_for = ends_at, feed.changed
                 if view is not None and feed.revision != sent_revision:
                     now = loop.time()
                     urgent = (sent_view is None or view.state != sent_view.state
@@ -367,13 +380,14 @@ class WatchHub:
                         sent[0] += 1
                         self.messages += 1
                         continue
-                    wake_at = min(wake_at, last_write + interval)
+                    # Units only, too soon: the interval's end, or a change that cannot wait.
+                    wake_at, waiting_for = min(wake_at, last_write + interval), feed.urgent
                 if loop.time() >= ends_at:
                     return Unavailable(f"the stream reached its lifetime ({lifetime:.0f} s); "
                                       "call again to resume", retry_after_s=0.0)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout_at(wake_at):
-                        await asyncio.shield(feed.changed)
+                        await asyncio.shield(waiting_for)
         finally:
             feed.watchers -= 1
             self.streams -= 1

@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import sys
 import time
+from typing import cast
 
 import grpc
 from google.rpc import error_details_pb2
@@ -98,7 +99,7 @@ async def _follow(call: grpc.aio.UnaryStreamCall, out: Output, until: int, live:
                 message = next_read.result()
                 if message is grpc.aio.EOF:
                     raise CliError("the server ended the stream", Exit.UNREACHABLE)
-                view = message
+                view = cast(activity_pb2.WatchActivityResponse, message)
                 offset_s = view.read_time.ToDatetime(tzinfo=dt.UTC).timestamp() - time.monotonic()
                 if out.as_json:
                     print(json.dumps(to_dict(view), ensure_ascii=False), flush=True)
