@@ -52,6 +52,7 @@ CHANNELS = 16  # watcher connections: SO_REUSEPORT spreads them over the workers
 SALE_RATE = 50.0  # Seckill calls a second during the measured window
 POLL_INTERVAL_S = 1.0
 TICKS = os.sysconf("SC_CLK_TCK")
+SAMPLES_LINE_LIMIT = 1 << 28  # a client's samples come back as one JSON line
 
 
 @dataclass
@@ -232,7 +233,8 @@ class ClientProcesses:
             self.procs.append(await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "seckill_bench.suite.watch", "--client", addr,
                 str(activity_id), str(count), cwd=REPO, env=python_env(dict(os.environ)),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE))
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                limit=SAMPLES_LINE_LIMIT))
         for proc in self.procs:
             assert proc.stdout is not None
             line = await proc.stdout.readline()
