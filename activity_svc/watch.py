@@ -155,14 +155,11 @@ class TooManyStreams(ServiceError):
                 subject="process", description="SECKILL_WATCH_MAX_STREAMS")])]
 
 
-def _future() -> asyncio.Future[None]:
-    return asyncio.get_running_loop().create_future()
-
-
-def _resolve(future: asyncio.Future[None]) -> asyncio.Future[None]:
-    """Wakes the waiters of `future`; returns the one the next waiters wait on."""
-    future.set_result(None)
-    return _future()
+def _wake(waiters: set[asyncio.Future[None]]) -> None:
+    for future in waiters:
+        if not future.done():
+            future.set_result(None)
+    waiters.clear()
 
 
 @dataclass(eq=False)
@@ -176,12 +173,14 @@ class _Feed:
     end: ServiceError | None = None  # set once: every watcher ends with it
     product_id: int | None = None
     poke: asyncio.Event = field(default_factory=asyncio.Event)
-    # Resolved (and replaced) by the next change of any kind; `urgent` by the next change of
-    # the state or the activity, for watchers holding back a change of units only: a sale
-    # changes the units at every read, and waking every watcher at each would cost more than
-    # the messages themselves.
-    changed: asyncio.Future[None] = field(default_factory=_future)
-    urgent: asyncio.Future[None] = field(default_factory=_future)
+    # The futures of the watchers waiting for the next change of any kind, and of those
+    # waiting only for a change of the state or the activity (they hold back a change of
+    # units until their interval ends: a sale changes the units at every read, and waking
+    # every watcher at each would cost more than the messages). One future per watcher, not
+    # one shared: a waiter that times out leaves in O(1) (a shared future's done-callbacks
+    # are a list, whose removal scans every watcher).
+    changed: set[asyncio.Future[None]] = field(default_factory=set)
+    urgent: set[asyncio.Future[None]] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
 
     def publish(self, view: View) -> None:
@@ -193,15 +192,15 @@ class _Feed:
         self.revision += 1
         view.message.revision = self.revision
         self.view = view
-        self.changed = _resolve(self.changed)
+        _wake(self.changed)
         if last is None or (last.state, last.shown) != (view.state, view.shown):
-            self.urgent = _resolve(self.urgent)
+            _wake(self.urgent)
 
     def finish(self, error: ServiceError) -> None:
         if self.end is None:
             self.end = error
-            self.changed = _resolve(self.changed)
-            self.urgent = _resolve(self.urgent)
+            _wake(self.changed)
+            _wake(self.urgent)
 
 
 class WatchHub:
@@ -369,7 +368,7 @@ class WatchHub:
                 if feed.end is not None:
                     return feed.end
                 view = feed.view
-                wake_at, waiting_for = ends_at, feed.changed
+                wake_at, waiters = ends_at, feed.changed
                 if view is not None and feed.revision != sent_revision:
                     now = loop.time()
                     urgent = (sent_view is None or view.state != sent_view.state
@@ -381,13 +380,19 @@ class WatchHub:
                         self.messages += 1
                         continue
                     # Units only, too soon: the interval's end, or a change that cannot wait.
-                    wake_at, waiting_for = min(wake_at, last_write + interval), feed.urgent
+                    wake_at, waiters = min(wake_at, last_write + interval), feed.urgent
                 if loop.time() >= ends_at:
                     return Unavailable(f"the stream reached its lifetime ({lifetime:.0f} s); "
                                       "call again to resume", retry_after_s=0.0)
-                with contextlib.suppress(TimeoutError):
+                woken = loop.create_future()
+                waiters.add(woken)
+                try:
                     async with asyncio.timeout_at(wake_at):
-                        await asyncio.shield(waiting_for)
+                        await woken
+                except TimeoutError:
+                    pass
+                finally:
+                    waiters.discard(woken)
         finally:
             feed.watchers -= 1
             self.streams -= 1
