@@ -261,15 +261,19 @@ class WatchHub:
                 feed.poke.clear()  # a commit from now on asks for another read
                 started = loop.time()
                 try:
-                    row = await self._reads.get(feed.activity_id)
+                    # A read that hangs (a database gone without a word) counts as failed
+                    # once the bound is over; the load itself goes on for its other callers.
+                    async with asyncio.timeout_at(max(last_fresh + FRESHNESS_BOUND_S,
+                                                      started + MIN_READ_GAP_S)):
+                        row = await self._reads.get(feed.activity_id)
                 except NotFound as exc:
                     feed.finish(exc)
                     break
                 except Exception as exc:  # the database is away, or slow
                     if loop.time() - last_fresh >= FRESHNESS_BOUND_S:
                         feed.finish(exc if isinstance(exc, ServiceError) else Unavailable(
-                            "cannot read the activity; call again"))
-                        if not isinstance(exc, ServiceError):
+                            "cannot read the activity from the database; call again"))
+                        if not isinstance(exc, ServiceError | TimeoutError):
                             log.warning("watch read failed", exc_info=exc)
                         break
                     await asyncio.sleep(min(self.settings.poll_interval_s, FRESHNESS_BOUND_S / 4))

@@ -25,8 +25,10 @@ from tests.conftest import make_activity, make_product
 from tests.support import (
     ADMIN,
     REPO,
+    PrivateMariaDB,
     ServiceProcess,
     Stack,
+    create_database,
     error_details,
     start_stack,
     subprocess_env,
@@ -356,3 +358,26 @@ async def test_the_python_example_follows_a_sale_and_resumes(db_url: str) -> Non
         assert "ENDED, 4 left, ends in 0 s" in text.splitlines()[-1], text
     finally:
         await stack.stop()
+
+
+@pytest.mark.slow
+async def test_a_database_outage_ends_streams_with_unavailable(tmp_path: Path) -> None:
+    server = PrivateMariaDB(tmp_path / "mariadb")
+    server.install()
+    server.start()
+    try:
+        stack = await start_stack(await create_database(server.url_base))
+        try:
+            product = await make_product(stack)
+            activity = await make_activity(stack, product.id)
+            call = watch(stack.activities, activity.id)
+            await call.read()
+            server.kill()
+            # Rather than go quiet with a view it cannot refresh, the stream ends (resume).
+            _, error = await ending(call)
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+            assert "RetryInfo" in error_details(error)
+        finally:
+            await stack.stop()
+    finally:
+        server.stop()
