@@ -187,7 +187,10 @@ class _Feed:
         last = self.view
         if last is not None and (last.state, last.units_left, last.shown) == (
                 view.state, view.units_left, view.shown):
-            self.view = dataclasses.replace(view, message=last.message)  # only time moved
+            # Only time moved: the same revision, but a watcher joining now is told the clock
+            # of this read (its countdown starts from it), not that of the first.
+            last.message.read_time.CopyFrom(view.message.read_time)
+            self.view = dataclasses.replace(view, message=last.message)
             return
         self.revision += 1
         view.message.revision = self.revision

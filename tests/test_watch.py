@@ -30,6 +30,7 @@ from tests.support import (
     Stack,
     create_database,
     error_details,
+    query,
     start_stack,
     subprocess_env,
 )
@@ -117,6 +118,23 @@ async def test_first_message_is_the_whole_view(stack: Stack) -> None:
     # The database's clock, within the window the server itself created.
     assert moment(first.activity.start_time) <= moment(first.read_time) < moment(
         first.activity.end_time)
+
+
+async def test_a_later_watcher_is_told_the_clock_of_a_recent_read(stack: Stack) -> None:
+    product = await make_product(stack)
+    activity = await make_activity(stack, product.id)
+    early = watch(stack.activities, activity.id)
+    await early.read()
+    await asyncio.sleep(1.0)  # time passes while nothing changes (nothing to await)
+    ((before,),) = await query(stack.db_url, "SELECT UTC_TIMESTAMP(6)")
+    late = watch(stack.activities, activity.id)
+    first = await late.read()
+    early.cancel()
+    late.cancel()
+    # The feed's last read is at most one poll old, though the view is the first one.
+    poll_s = stack.activity.settings.watch.poll_interval_s
+    assert moment(first.read_time) >= before.replace(tzinfo=dt.UTC) - dt.timedelta(
+        seconds=poll_s + 0.1)
 
 
 async def test_state_flips_at_start_and_end_by_the_database_clock(stack: Stack) -> None:
