@@ -399,3 +399,19 @@ async def test_a_database_outage_ends_streams_with_unavailable(tmp_path: Path) -
             await stack.stop()
     finally:
         server.stop()
+
+
+async def test_grpcurl_prints_each_message(stack: Stack) -> None:
+    from tests.test_grpcurl import grpcurl
+
+    product = await make_product(stack, stock=3)
+    activity = await make_activity(stack, product.id, start_s=-1, end_s=1.0)
+    # docs/WATCH.md's line, bounded by -max-time: the stream itself does not end at ENDED.
+    _, out, err = await grpcurl("-max-time", "3", "-d",
+                                json.dumps({"id": activity.id, "min_interval": "1s"}),
+                                stack.activity.address,
+                                "seckill.v1.ActivityService/WatchActivity")
+    states = [json.loads(doc)["state"] for doc in out.replace("}\n{", "}\x00{").split("\x00")
+              if doc.strip()]
+    assert states == ["OPEN", "ENDED"], (out, err)
+    assert "DeadlineExceeded" in err, err
