@@ -58,7 +58,8 @@ access = logging.getLogger("seckill.rpc")
 
 METHOD = "/seckill.v1.ActivityService/WatchActivity"
 # Every message is at most this far behind the database (the documented bound): the poll
-# interval is capped below it, and a feed that cannot read for this long ends its streams.
+# interval is capped below it (750 ms, seckill_common.config.WatchSettings), and a feed
+# that cannot read for this long ends its streams.
 FRESHNESS_BOUND_S = 1.0
 # After a local commit the feed reads again, but not sooner than this after its last read: a
 # sale commits a batch every few milliseconds and one read per commit would be a read storm.
