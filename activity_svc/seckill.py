@@ -159,8 +159,9 @@ class SeckillEngine:
         """One transaction: its outcomes, one per attempt."""
         result = await self._db.run(lambda cur: repository.seckill(cur, product_id, attempts))
         self.stats.add(len(attempts))
-        for hook in self.on_commit:
-            hook(product_id)
+        if self.on_commit and any(isinstance(o, Won) for o in result.outcomes):
+            for hook in self.on_commit:  # the batch committed orders: the stock changed
+                hook(product_id)
         BATCH_SIZE.observe(len(attempts))
         if result.stock_left is not None:
             for activity_id in {attempt.activity_id for attempt in attempts}:
