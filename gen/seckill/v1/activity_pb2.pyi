@@ -407,8 +407,10 @@ class WatchActivityResponse(_message.Message):
 
     @_builtins.property
     def read_time(self) -> _timestamp_pb2.Timestamp:
-        """The database's clock when this view was read: count down to
-        activity.start_time or end_time from here, not from the client's clock.
+        """The database's clock at the read this view comes from (the latest read
+        when sent, at most SECKILL_WATCH_POLL_INTERVAL_MS, 250 ms, before): count
+        down to activity.start_time or end_time from here, not from the client's
+        clock.
         """
 
     def __init__(
