@@ -2,8 +2,9 @@
 same storefronts polling GetActivity once a second (the same freshness).
 
 For each watcher count (1,000 and 5,000 by default), on the stack's coalesced activity service:
-1. the watchers connect (over several connections, so over every worker) and read their first
-   message; the workers' RSS before and after gives the memory per watcher;
+1. the watchers connect, from `procs` client processes over several connections each (so
+   over every worker), and read their first message; the workers' RSS before and after gives
+   the memory per watcher;
 2. a steady sale runs (Seckill calls at a fixed rate, every call a distinct user, a stock that
    does not run out) for `seconds`, every watcher asking for at most one message a second
    (min_interval 1 s, the freshness of a poll a second); measured:
@@ -14,9 +15,10 @@ For each watcher count (1,000 and 5,000 by default), on the stack's coalesced ac
      from /proc) per message, net of the same sale without watchers, measured first;
 3. polling: `pollers` clients each calling GetActivity once a second, staggered, during the
    same sale; server CPU per poll, net of the sale alone.
-Clients served per core: watchers / net CPU cores for watching; polls per second / net CPU
-cores for polling (one poll a second is one client). Target: watching >= 5x polling, and
-p99 delay <= 500 ms.
+Clients served per core: 1 / net CPU per message for watching (a watcher at this freshness is
+sent a message a second; counted per message, so clients that fell behind do not flatter it),
+1 / net CPU per poll for polling (one poll a second is one client). Target: watching >= 5x
+polling, and p99 delay <= 500 ms.
 
     python -m seckill_bench.suite.watch [--watchers 1000,5000] [--seconds 10] [--workers 2]
 
@@ -315,10 +317,14 @@ async def measure(stack: BenchStack, watcher_counts: list[int], seconds: float,
                       for arrival, units in samples if 0 <= stock - units - 1 < len(commits)]
             p50, p99 = quantiles(delays)
             net = max(cpu - baseline * window / base_window, 1e-9)
+            per_message = net / len(samples) if samples else None
             results.append(WatchResult(
                 count, window, len(samples), delays, p50, p99, cpu, net,
-                1e6 * net / len(samples) if samples else None,
-                (rss_after - rss_before) / count, count / (net / window)))
+                None if per_message is None else 1e6 * per_message,
+                (rss_after - rss_before) / count,
+                # A watcher at the freshness of a poll a second is sent one message a second;
+                # counted per message, so clients that fell behind do not flatter it.
+                None if per_message is None else 1 / per_message))
             log(f"(f) {count} watchers: {len(samples)} messages, delay p50 {p50} p99 {p99} ms,"
                 f" CPU {cpu:.2f} s")
 
@@ -348,10 +354,9 @@ async def measure(stack: BenchStack, watcher_counts: list[int], seconds: float,
         cpu, window = cpu_seconds(every) - before, time.monotonic() - t0
         p50, p99 = quantiles(latencies)
         net = max(cpu - baseline * window / base_window, 1e-9)
-        polls_per_s = len(latencies) / window
         poll = PollResult(pollers, window, len(latencies), p50, p99, cpu, net,
                           1e6 * net / len(latencies) if latencies else None,
-                          polls_per_s / (net / window))
+                          len(latencies) / net if latencies else None)
         log(f"(f) polling: {len(latencies)} polls, CPU {cpu:.2f} s")
         return results, poll
     finally:
@@ -397,6 +402,7 @@ def as_row(key: str, r: WatchResult, poll: PollResult) -> Row:
              if r.clients_per_core and poll.clients_per_core else None)
     outcome = (
         f"delay after a commit p50/p99 {fmt(r.p50_ms)}/{fmt(r.p99_ms)} ms (target p99 <= 500); "
+        f"{fmt(r.messages / r.watchers / r.seconds, 2)} messages/s a watcher; "
         f"server CPU {fmt(r.cpu_per_message_us)} us/message; "
         f"{fmt(r.rss_per_watcher_kib)} KiB/watcher; clients per core: watching "
         f"{fmt(r.clients_per_core, 0)}, polling GetActivity 1/s {fmt(poll.clients_per_core, 0)}"
