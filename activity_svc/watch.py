@@ -156,10 +156,14 @@ class TooManyStreams(ServiceError):
                 subject="process", description="SECKILL_WATCH_MAX_STREAMS")])]
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def _wake(waiters: set[asyncio.Future[None]]) -> None:
     for future in waiters:
-        if not future.done():
-            future.set_result(None)
+        _resolve(future)
     waiters.clear()
 
 
@@ -392,14 +396,16 @@ class WatchHub:
                 if loop.time() >= ends_at:
                     return Unavailable(f"the stream reached its lifetime ({lifetime:.0f} s); "
                                       "call again to resume", retry_after_s=0.0)
+                # A timer that resolves the future, not asyncio.timeout: at one message a
+                # second most wakes are the interval's end, and a timeout's expiry cancels
+                # the task and turns that into TimeoutError, at several times the cost.
                 woken = loop.create_future()
                 waiters.add(woken)
+                timer = loop.call_at(wake_at, _resolve, woken)
                 try:
-                    async with asyncio.timeout_at(wake_at):
-                        await woken
-                except TimeoutError:
-                    pass
+                    await woken
                 finally:
+                    timer.cancel()
                     waiters.discard(woken)
         finally:
             feed.watchers -= 1
