@@ -26,6 +26,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +110,8 @@ class SeckillEngine:
         self._readers: dict[int, BatchLoader[SeckillAttempt, Refused | None]] = {}
         self.stats = BatchStats()
         self._tracer = tracer()
+        # Called with the product id after each committed batch (WatchActivity's feeds).
+        self.on_commit: list[Callable[[int], None]] = []
 
     async def product_of(self, activity_id: int) -> int:
         product_id = self._product_of_activity.get(activity_id)
@@ -193,6 +196,9 @@ class SeckillEngine:
                  result: BatchResult) -> None:
         """Everything a committed batch is counted in: stats, metrics, the refusing state."""
         self.stats.add(len(attempts))
+        if self.on_commit and any(isinstance(o, Won) for o in result.outcomes):
+            for hook in self.on_commit:  # the batch committed orders: the stock changed
+                hook(product_id)
         BATCH_SIZE.observe(len(attempts))
         if result.stock_left is not None:
             for activity_id in {attempt.activity_id for attempt in attempts}:

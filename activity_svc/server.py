@@ -9,17 +9,18 @@ from seckill.v1 import activity_pb2, activity_pb2_grpc, order_pb2_grpc, product_
 
 from activity_svc.seckill import EngineSettings, SeckillEngine
 from activity_svc.servicer import ActivityServicer
+from activity_svc.watch import WatchHub
 from seckill_common.config import Settings
 from seckill_common.database.db import Database
 from seckill_common.runtime.peers import open_channel
-from seckill_common.runtime.server import Cleanup, ServiceDefinition
+from seckill_common.runtime.server import Cleanup, OnStop, ServiceDefinition
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = activity_pb2.DESCRIPTOR.services_by_name["ActivityService"].full_name
 
 
 async def add_servicers(server: grpc.aio.Server, database: Database,
-                        settings: Settings) -> list[Cleanup]:
+                        settings: Settings) -> list[Cleanup | OnStop]:
     product_channel = open_channel(settings.product_addr, settings)
     order_channel = open_channel(settings.order_addr, settings)
     engine = SeckillEngine(database, EngineSettings(
@@ -34,6 +35,8 @@ async def add_servicers(server: grpc.aio.Server, database: Database,
         order_pb2_grpc.OrderServiceStub(order_channel),
         settings.peer_timeout_s,
     )
+    servicer.watches = WatchHub(database, settings.watch)
+    engine.on_commit.append(servicer.watches.committed)
     activity_pb2_grpc.add_ActivityServiceServicer_to_server(servicer, server)
 
     async def report() -> None:
@@ -43,8 +46,10 @@ async def add_servicers(server: grpc.aio.Server, database: Database,
                                            "largest": stats.largest})
         log.info("GetActivity reads", extra={"reads": servicer.reads.loads,
                                              "calls": servicer.reads.gets})
+        log.info("WatchActivity", extra={"reads": servicer.watches.reads,
+                                         "messages": servicer.watches.messages})
 
-    return [report, product_channel.close, order_channel.close]
+    return [OnStop(servicer.watches.close), report, product_channel.close, order_channel.close]
 
 
 DEFINITION = ServiceDefinition(

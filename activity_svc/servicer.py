@@ -22,6 +22,7 @@ from seckill.v1 import (
 from activity_svc import repository
 from activity_svc.fields import DEFAULT_PAYMENT_WINDOW_MS, check_payment_window, payment_window_ms
 from activity_svc.seckill import SeckillEngine
+from activity_svc.watch import WatchHub
 from seckill_common.api.errors import NotFound, ServiceError
 from seckill_common.api.pages import decode_page_token, page_of, page_size
 from seckill_common.api.times import db_time, to_datetime, to_timestamp
@@ -66,6 +67,8 @@ def _check_fields(violations: Violations, activity: activity_pb2.Activity,
 
 
 class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
+    watches: WatchHub  # WatchActivity's streams (activity_svc.watch), set by server.py
+
     def __init__(self, database: Database, engine: SeckillEngine,
                  products: product_pb2_grpc.ProductServiceAsyncStub,
                  orders: order_pb2_grpc.OrderServiceAsyncStub, peer_timeout_s: float) -> None:
@@ -216,3 +219,8 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
             pay_deadline=to_timestamp(won.pay_deadline),
             update_time=to_timestamp(won.create_time),
         ))
+
+    # grpc.aio serves a coroutine handler of a server stream too: it writes with context.write.
+    async def WatchActivity(self, request: activity_pb2.WatchActivityRequest,  # type: ignore[override]
+                            context: ServicerContext) -> None:
+        await self.watches.serve(request, context)

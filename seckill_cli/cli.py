@@ -49,6 +49,8 @@ from seckill_cli.commands import (
 )
 from seckill_cli.render import Output
 from seckill_cli.simulate import simulate
+from seckill_cli.watch import add_arguments as watch_arguments
+from seckill_cli.watch import watch
 from seckill_common.config import DEFAULT_ADDRS
 from seckill_common.runtime.tls import ClientTLS
 
@@ -198,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(commands, "buy", buy, "buy one unit in a sale (Seckill)")
     sub.add_argument("--activity", type=int, required=True, metavar="ID")
     sub.add_argument("--user", default="", help="the buyer (with a user token: its user)")
+    watch_arguments(command(
+        commands, "watch", watch,
+        "a live line of a sale: state, units left and a countdown by the server's clock "
+        "(WatchActivity)"))
     sub = command(commands, "orders", orders, "list orders, by user, activity and/or state")
     sub.add_argument("--user", default="")
     sub.add_argument("--activity", type=int, default=0, metavar="ID")

@@ -21,8 +21,10 @@ from seckill_common.setting_kinds import (
     Float,
     Int,
     Text,
+    group,
     host_port,
     log_level,
+    read_fields,
     redis_url,
     secret,
     setting,
@@ -165,6 +167,22 @@ def _tls(env: Mapping[str, str]) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class WatchSettings:
+    """Limits of the activity service's WatchActivity streams, per process (docs/WATCH.md)."""
+
+    # Streams served at once by one process; one more is RESOURCE_EXHAUSTED.
+    max_streams: int = setting(Int("SECKILL_WATCH_MAX_STREAMS", 10_000, 0, 1_000_000))
+    # A stream ends (UNAVAILABLE, RetryInfo: resume) after this long, give or take a tenth so
+    # a crowd that connected together does not resume together. Streams cannot be moved once
+    # started: this is what lets new replicas take their share.
+    max_lifetime_s: float = setting(Float("SECKILL_WATCH_MAX_LIFETIME", 1800.0, 1.0, 86_400.0))
+    # How often one reader per watched activity reads its view from the database; at most
+    # 750 ms, so a poll, its read and the fan-out stay within the 1 s bound.
+    poll_interval_s: float = setting(
+        Float("SECKILL_WATCH_POLL_INTERVAL_MS", 250.0, 20.0, 750.0, per=1000))
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every knob of a service process. Listed in docs/CONFIGURATION.md."""
 
@@ -218,6 +236,8 @@ class Settings:
     # Set by the `--workers N` supervisor for each worker (seckill_common.runtime.workers);
     # "" in a lone process.
     worker_env: str = setting(Text("SECKILL_WORKER_ID", worker_number))
+    # ActivityService.WatchActivity streams.
+    watch: WatchSettings = group(WatchSettings)  # noqa: RUF009
 
     @property
     def tls(self) -> bool:
@@ -273,6 +293,5 @@ class Settings:
             admin_token=token,
             workers=Int("SECKILL_WORKERS", usable_cpus(), 1, 256).read(env),
             tls_cert=tls["cert"], tls_key=tls["key"], tls_ca=tls["ca"],
-            **{spec.name: spec.metadata["setting"].read(env) for spec in fields(cls)
-               if "setting" in spec.metadata},
+            **read_fields(cls, env),
         )

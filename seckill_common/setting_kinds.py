@@ -4,7 +4,7 @@ and its range, or one clear ConfigError line. `setting(...)` makes a `Settings` 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
@@ -155,3 +155,21 @@ def worker_number(name: str, value: str) -> str:
 def setting(spec: Setting[Any]) -> Any:
     """A field of `Settings` read from `spec`'s variable, `spec`'s default its default."""
     return field(default=spec.default, metadata={"setting": spec})
+
+
+def group(cls: type) -> Any:
+    """A field of `Settings` that holds a block of settings: a frozen dataclass of `setting()`
+    fields (e.g. `settings.watch.max_streams`), read like the fields of `Settings` itself."""
+    return field(default_factory=cls, metadata={"group": cls})
+
+
+def read_fields(cls: type, env: Mapping[str, str]) -> dict[str, Any]:
+    """The values of `cls`'s `setting()` and `group()` fields, as `env` sets them."""
+    values: dict[str, Any] = {}
+    for each in fields(cls):
+        if "setting" in each.metadata:
+            values[each.name] = each.metadata["setting"].read(env)
+        elif "group" in each.metadata:
+            block = each.metadata["group"]
+            values[each.name] = block(**read_fields(block, env))
+    return values

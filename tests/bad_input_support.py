@@ -20,6 +20,7 @@ from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiomysql
 import grpc
@@ -117,6 +118,21 @@ class Outcome:
     error: grpc.aio.AioRpcError | None
 
 
+def first_message(stream: grpc.aio.UnaryStreamMultiCallable) -> Any:
+    """A server stream called like a unary RPC: its first message (the stream is then
+    cancelled), or the status it ended with first."""
+    async def call(request: Any, **kwargs: Any) -> Any:
+        response = stream(request, **kwargs)
+        try:
+            message = await response.read()
+        finally:
+            response.cancel()
+        assert message is not grpc.aio.EOF, "the stream ended OK without a message"
+        return message
+
+    return call
+
+
 @dataclass
 class Prober:
     """Calls any RPC of the stack with the admin token and checks the answer (see module doc)."""
@@ -137,9 +153,16 @@ class Prober:
                 path = method_path(service.name, method.name)
                 request_cls = message_factory.GetMessageClass(method.input_type)
                 response_cls = message_factory.GetMessageClass(method.output_type)
-                typed = channel.unary_unary(path, request_serializer=request_cls.SerializeToString,
-                                            response_deserializer=response_cls.FromString)
-                raw = channel.unary_unary(path)  # bytes in, bytes out
+                if method.server_streaming:  # WatchActivity: its first message is the answer
+                    typed = first_message(channel.unary_stream(
+                        path, request_serializer=request_cls.SerializeToString,
+                        response_deserializer=response_cls.FromString))
+                    raw = first_message(channel.unary_stream(path))
+                else:
+                    typed = channel.unary_unary(
+                        path, request_serializer=request_cls.SerializeToString,
+                        response_deserializer=response_cls.FromString)
+                    raw = channel.unary_unary(path)  # bytes in, bytes out
                 self._calls[path] = (request_cls, response_cls, typed, raw)
 
     def request_class(self, path: str) -> type[Message]:

@@ -16,6 +16,7 @@ import grpc
 from seckill_bench.config import BenchConfig
 from seckill_bench.report import Report
 from seckill_bench.runner import BenchError, run
+from seckill_bench.suite import watch
 from seckill_bench.suite.stack import ACTIVITY_MODES, BenchStack, StackError, log
 from seckill_stack.sale import open_sale
 
@@ -207,6 +208,7 @@ class Suite:
         self.row("b", "flash sale, coalesced", lambda: self.flash_sale("b", "coalesced"))
         self.row("c", "flash sale, per_request", lambda: self.flash_sale("c", "per_request"))
         self.row("d", "GetActivity, the load of (a)", self.get_activity)
+        watch.rows(self)  # (f): WatchActivity's watchers against GetActivity polling
         if s.soak_seconds > 0:
             self.row("e", f"memory soak, {s.soak_seconds:g} s", self.soak)
         else:

@@ -12,7 +12,8 @@ Order (outermost first), as `interceptors_for` builds it:
 The layers are plain functions composed once per method by one grpc interceptor, which caches
 the wrapped handler: grpc.aio calls every interceptor on every RPC, and building handlers per
 call costs more than a trivial RPC itself. Only unary-unary handlers are wrapped; health Watch
-and reflection streams pass through.
+and reflection streams pass through, and our own server streams get only the tolerant request
+parser (activity_svc.watch maps its errors and logs its calls itself).
 """
 
 from __future__ import annotations
@@ -152,6 +153,16 @@ class LayeredInterceptor(grpc.aio.ServerInterceptor):
         if cached is not None:
             return cached
         handler = await continuation(handler_call_details)
+        if handler is not None and handler.unary_stream is not None and method.startswith(
+                "/seckill."):
+            # Our server streams (WatchActivity) keep their own layers; only bytes that are
+            # not their request reach them as `Malformed` (INVALID_ARGUMENT), not INTERNAL.
+            stream = grpc.unary_stream_rpc_method_handler(
+                handler.unary_stream,
+                request_deserializer=_tolerant(handler.request_deserializer, method),
+                response_serializer=handler.response_serializer)
+            self._handlers[method] = stream
+            return stream
         if handler is None or handler.unary_unary is None:
             return handler  # unknown methods are not cached: their names come from clients
         behavior = handler.unary_unary

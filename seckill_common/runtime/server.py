@@ -64,6 +64,15 @@ SERVER_OPTIONS = [
 Cleanup = Callable[[], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class OnStop:
+    """A step that `add_servicers` asks to run as the server starts stopping, before its
+    grace: streams that never end by themselves (WatchActivity) are ended there with a status
+    the client resumes on, so the drain does not wait out `grace` for them."""
+
+    run: Cleanup
+
+
 # A health entry that is SERVING from the moment the server answers until it shuts down,
 # whatever the database: what a liveness probe should ask (the process lives), while readiness
 # asks the service's own entries (it can serve). Restarting every pod because the database is
@@ -111,7 +120,9 @@ class ServiceDefinition:
     # set (seckill_common.runtime.auth).
     user_methods: frozenset[str]
     # Adds the servicers to the server; returns cleanup to run after the server stops.
-    add_servicers: Callable[[grpc.aio.Server, Database, Settings], Awaitable[list[Cleanup]]]
+    # OnStop steps among them run before `stop(grace)`, the rest after it.
+    add_servicers: Callable[[grpc.aio.Server, Database, Settings],
+                            Awaitable[Sequence[Cleanup | OnStop]]]
 
 
 @dataclass
@@ -123,6 +134,7 @@ class RunningService:
     health: health.aio.HealthServicer
     port: int
     cleanups: list[Cleanup] = field(default_factory=list)
+    on_stop: list[Cleanup] = field(default_factory=list)
     limits: RateLimiter | None = None
     metrics_server: WSGIServer | None = None
     _monitor: asyncio.Task[None] | None = None
@@ -195,6 +207,8 @@ class RunningService:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
+        for step in self.on_stop:
+            await step()
         await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
         for cleanup in self.cleanups:
             await cleanup()
@@ -234,7 +248,8 @@ async def start_service(
         options=[*SERVER_OPTIONS, ("grpc.so_reuseport", int(reuse_port)),
                  ("grpc.max_receive_message_length", settings.max_message_bytes)],
     )
-    cleanups = await definition.add_servicers(server, database, settings)
+    steps = await definition.add_servicers(server, database, settings)
+    cleanups = [s for s in steps if not isinstance(s, OnStop)]
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -250,7 +265,8 @@ async def start_service(
         await limits.close()
         raise StartupError(f"cannot listen on {addr} (is the port taken?): {exc}") from None
     running = RunningService(
-        definition, settings, server, database, health_servicer, port, cleanups, limits
+        definition, settings, server, database, health_servicer, port, cleanups,
+        [s.run for s in steps if isinstance(s, OnStop)], limits
     )
     if settings.metrics_addr:
         running.metrics_server = serve_metrics(settings.metrics_addr, settings.worker_id)

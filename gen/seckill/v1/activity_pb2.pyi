@@ -10,6 +10,7 @@ from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from seckill.v1 import order_pb2 as _order_pb2
 from seckill.v1 import product_pb2 as _product_pb2
 import builtins as _builtins
@@ -22,6 +23,44 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ActivityState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ActivityStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ActivityState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ACTIVITY_STATE_UNSPECIFIED: _ActivityState.ValueType  # 0
+    """Never sent."""
+    NOT_STARTED: _ActivityState.ValueType  # 1
+    """Before start_time: a Seckill is FAILED_PRECONDITION (NOT_STARTED)."""
+    OPEN: _ActivityState.ValueType  # 2
+    """Within the window with units left: a Seckill may win one."""
+    SOLD_OUT: _ActivityState.ValueType  # 3
+    """Within the window with no unit left: a Seckill is FAILED_PRECONDITION
+    (SOLD_OUT) until a unit comes back (a cancel, an expiry, a restock).
+    """
+    ENDED: _ActivityState.ValueType  # 4
+    """At or after end_time: a Seckill is FAILED_PRECONDITION (ENDED)."""
+
+class ActivityState(_ActivityState, metaclass=_ActivityStateEnumTypeWrapper):
+    """Where a sale stands, as the Seckill transaction would decide at that
+    instant: the window first, then the stock.
+    """
+
+ACTIVITY_STATE_UNSPECIFIED: ActivityState.ValueType  # 0
+"""Never sent."""
+NOT_STARTED: ActivityState.ValueType  # 1
+"""Before start_time: a Seckill is FAILED_PRECONDITION (NOT_STARTED)."""
+OPEN: ActivityState.ValueType  # 2
+"""Within the window with units left: a Seckill may win one."""
+SOLD_OUT: ActivityState.ValueType  # 3
+"""Within the window with no unit left: a Seckill is FAILED_PRECONDITION
+(SOLD_OUT) until a unit comes back (a cancel, an expiry, a restock).
+"""
+ENDED: ActivityState.ValueType  # 4
+"""At or after end_time: a Seckill is FAILED_PRECONDITION (ENDED)."""
+Global___ActivityState: _TypeAlias = ActivityState  # noqa: Y015
 
 @_typing.final
 class Activity(_message.Message):
@@ -310,3 +349,83 @@ class SeckillResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SeckillResponse: _TypeAlias = SeckillResponse  # noqa: Y015
+
+@_typing.final
+class WatchActivityRequest(_message.Message):
+    """Request for ActivityService.WatchActivity."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    MIN_INTERVAL_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Required. The activity's id, > 0."""
+    @_builtins.property
+    def min_interval(self) -> _duration_pb2.Duration:
+        """Optional. The least time between two messages that change only
+        units_left (state and activity changes are sent at once): unset or 0
+        means 500 ms; values below 100 ms are raised to 100 ms, above 60 s
+        lowered to 60 s; negative values are INVALID_ARGUMENT.
+        """
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        min_interval: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["min_interval", b"min_interval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "min_interval", b"min_interval"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchActivityRequest: _TypeAlias = WatchActivityRequest  # noqa: Y015
+
+@_typing.final
+class WatchActivityResponse(_message.Message):
+    """One message of ActivityService.WatchActivity: the whole view, each time."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVITY_FIELD_NUMBER: _builtins.int
+    UNITS_LEFT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    READ_TIME_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    units_left: _builtins.int
+    """Units of the product left to sell."""
+    state: Global___ActivityState.ValueType
+    """Where the sale stands at read_time."""
+    revision: _builtins.int
+    """Grows with every message of this stream (it may skip numbers); not
+    comparable between streams.
+    """
+    @_builtins.property
+    def activity(self) -> Global___Activity:
+        """The activity, with its product filled (product.stock is units_left)."""
+
+    @_builtins.property
+    def read_time(self) -> _timestamp_pb2.Timestamp:
+        """The database's clock at the read this view comes from (the latest read
+        when sent, at most SECKILL_WATCH_POLL_INTERVAL_MS, 250 ms, before): count
+        down to activity.start_time or end_time from here, not from the client's
+        clock.
+        """
+
+    def __init__(
+        self,
+        *,
+        activity: Global___Activity | None = ...,
+        units_left: _builtins.int = ...,
+        state: Global___ActivityState.ValueType = ...,
+        read_time: _timestamp_pb2.Timestamp | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["activity", b"activity", "read_time", b"read_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity", b"activity", "read_time", b"read_time", "revision", b"revision", "state", b"state", "units_left", b"units_left"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchActivityResponse: _TypeAlias = WatchActivityResponse  # noqa: Y015

@@ -84,6 +84,11 @@ class ActivityServiceStub:
                 request_serializer=seckill_dot_v1_dot_activity__pb2.SeckillRequest.SerializeToString,
                 response_deserializer=seckill_dot_v1_dot_activity__pb2.SeckillResponse.FromString,
                 _registered_method=True)
+        self.WatchActivity = channel.unary_stream(
+                '/seckill.v1.ActivityService/WatchActivity',
+                request_serializer=seckill_dot_v1_dot_activity__pb2.WatchActivityRequest.SerializeToString,
+                response_deserializer=seckill_dot_v1_dot_activity__pb2.WatchActivityResponse.FromString,
+                _registered_method=True)
 
 
 class ActivityServiceServicer:
@@ -187,6 +192,30 @@ class ActivityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchActivity(self, request, context):
+        """Streams the activity as a storefront shows it, instead of polling
+        GetActivity. The first message is the whole view: the activity with its
+        product, units_left, the state as the Seckill transaction would see it,
+        and the database's clock (read_time), so a countdown needs no trust in the
+        client's clock. Then a message, again the whole view, each time what a
+        storefront shows changes: the state (at start_time and end_time by the
+        database's clock, on sell-out, when units come back), units_left (at most
+        one message per min_interval), or the activity (an update). Every message
+        is at most 1 s behind the database, whichever process made the change
+        (docs/WATCH.md); the view it shows was true at its read_time.
+        The stream ends with NOT_FOUND (ResourceInfo) when the activity does not
+        exist or is deleted; with UNAVAILABLE (RetryInfo) after its maximum
+        lifetime (SECKILL_WATCH_MAX_LIFETIME), when the server shuts down, or
+        when the database cannot be read for longer than the freshness bound:
+        call again after the retry delay (the new stream starts with a whole
+        view). Errors: INVALID_ARGUMENT (BadRequest) for an id <= 0 or a negative
+        min_interval; RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure) while the
+        process already serves SECKILL_WATCH_MAX_STREAMS streams.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ActivityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -219,6 +248,11 @@ def add_ActivityServiceServicer_to_server(servicer, server):
                     servicer.Seckill,
                     request_deserializer=seckill_dot_v1_dot_activity__pb2.SeckillRequest.FromString,
                     response_serializer=seckill_dot_v1_dot_activity__pb2.SeckillResponse.SerializeToString,
+            ),
+            'WatchActivity': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchActivity,
+                    request_deserializer=seckill_dot_v1_dot_activity__pb2.WatchActivityRequest.FromString,
+                    response_serializer=seckill_dot_v1_dot_activity__pb2.WatchActivityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -402,6 +436,33 @@ class ActivityService:
             '/seckill.v1.ActivityService/Seckill',
             seckill_dot_v1_dot_activity__pb2.SeckillRequest.SerializeToString,
             seckill_dot_v1_dot_activity__pb2.SeckillResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchActivity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/seckill.v1.ActivityService/WatchActivity',
+            seckill_dot_v1_dot_activity__pb2.WatchActivityRequest.SerializeToString,
+            seckill_dot_v1_dot_activity__pb2.WatchActivityResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -108,6 +108,26 @@ class ActivityServiceStub:
     PENDING_PAYMENT or PAID order for the activity; FAILED_PRECONDITION (ErrorInfo reason
     NOT_STARTED, ENDED or SOLD_OUT).
     """
+    WatchActivity: _grpc.UnaryStreamMultiCallable[_activity_pb2.WatchActivityRequest, _activity_pb2.WatchActivityResponse]
+    """Streams the activity as a storefront shows it, instead of polling
+    GetActivity. The first message is the whole view: the activity with its
+    product, units_left, the state as the Seckill transaction would see it,
+    and the database's clock (read_time), so a countdown needs no trust in the
+    client's clock. Then a message, again the whole view, each time what a
+    storefront shows changes: the state (at start_time and end_time by the
+    database's clock, on sell-out, when units come back), units_left (at most
+    one message per min_interval), or the activity (an update). Every message
+    is at most 1 s behind the database, whichever process made the change
+    (docs/WATCH.md); the view it shows was true at its read_time.
+    The stream ends with NOT_FOUND (ResourceInfo) when the activity does not
+    exist or is deleted; with UNAVAILABLE (RetryInfo) after its maximum
+    lifetime (SECKILL_WATCH_MAX_LIFETIME), when the server shuts down, or
+    when the database cannot be read for longer than the freshness bound:
+    call again after the retry delay (the new stream starts with a whole
+    view). Errors: INVALID_ARGUMENT (BadRequest) for an id <= 0 or a negative
+    min_interval; RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure) while the
+    process already serves SECKILL_WATCH_MAX_STREAMS streams.
+    """
 
 @_typing.type_check_only
 class ActivityServiceAsyncStub(ActivityServiceStub):
@@ -187,6 +207,26 @@ class ActivityServiceAsyncStub(ActivityServiceStub):
     ALREADY_PURCHASED, metadata order_id) when the user already holds an
     PENDING_PAYMENT or PAID order for the activity; FAILED_PRECONDITION (ErrorInfo reason
     NOT_STARTED, ENDED or SOLD_OUT).
+    """
+    WatchActivity: _aio.UnaryStreamMultiCallable[_activity_pb2.WatchActivityRequest, _activity_pb2.WatchActivityResponse]  # type: ignore[assignment]
+    """Streams the activity as a storefront shows it, instead of polling
+    GetActivity. The first message is the whole view: the activity with its
+    product, units_left, the state as the Seckill transaction would see it,
+    and the database's clock (read_time), so a countdown needs no trust in the
+    client's clock. Then a message, again the whole view, each time what a
+    storefront shows changes: the state (at start_time and end_time by the
+    database's clock, on sell-out, when units come back), units_left (at most
+    one message per min_interval), or the activity (an update). Every message
+    is at most 1 s behind the database, whichever process made the change
+    (docs/WATCH.md); the view it shows was true at its read_time.
+    The stream ends with NOT_FOUND (ResourceInfo) when the activity does not
+    exist or is deleted; with UNAVAILABLE (RetryInfo) after its maximum
+    lifetime (SECKILL_WATCH_MAX_LIFETIME), when the server shuts down, or
+    when the database cannot be read for longer than the freshness bound:
+    call again after the retry delay (the new stream starts with a whole
+    view). Errors: INVALID_ARGUMENT (BadRequest) for an id <= 0 or a negative
+    min_interval; RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure) while the
+    process already serves SECKILL_WATCH_MAX_STREAMS streams.
     """
 
 class ActivityServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -300,6 +340,32 @@ class ActivityServiceServicer(metaclass=_abc_1.ABCMeta):
         ALREADY_PURCHASED, metadata order_id) when the user already holds an
         PENDING_PAYMENT or PAID order for the activity; FAILED_PRECONDITION (ErrorInfo reason
         NOT_STARTED, ENDED or SOLD_OUT).
+        """
+
+    @_abc_1.abstractmethod
+    def WatchActivity(
+        self,
+        request: _activity_pb2.WatchActivityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_activity_pb2.WatchActivityResponse], _abc.AsyncIterator[_activity_pb2.WatchActivityResponse]]:
+        """Streams the activity as a storefront shows it, instead of polling
+        GetActivity. The first message is the whole view: the activity with its
+        product, units_left, the state as the Seckill transaction would see it,
+        and the database's clock (read_time), so a countdown needs no trust in the
+        client's clock. Then a message, again the whole view, each time what a
+        storefront shows changes: the state (at start_time and end_time by the
+        database's clock, on sell-out, when units come back), units_left (at most
+        one message per min_interval), or the activity (an update). Every message
+        is at most 1 s behind the database, whichever process made the change
+        (docs/WATCH.md); the view it shows was true at its read_time.
+        The stream ends with NOT_FOUND (ResourceInfo) when the activity does not
+        exist or is deleted; with UNAVAILABLE (RetryInfo) after its maximum
+        lifetime (SECKILL_WATCH_MAX_LIFETIME), when the server shuts down, or
+        when the database cannot be read for longer than the freshness bound:
+        call again after the retry delay (the new stream starts with a whole
+        view). Errors: INVALID_ARGUMENT (BadRequest) for an id <= 0 or a negative
+        min_interval; RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure) while the
+        process already serves SECKILL_WATCH_MAX_STREAMS streams.
         """
 
 def add_ActivityServiceServicer_to_server(servicer: ActivityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

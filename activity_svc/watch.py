@@ -1,0 +1,432 @@
+"""WatchActivity: storefronts watch an activity instead of polling GetActivity.
+
+One feed per watched activity per process reads the activity's view (watch_repository: one
+statement, so one instant) through a shared single-flight `BatchLoader`: every
+`poll_interval` while it has watchers, soon after a batch of this process commits on its
+product, and at the instant its window opens or closes by the database's clock. Changes made
+anywhere else (another replica's batches, a cancel or an expiry in the order service, a
+restock in the product service, an update) are read by the next poll, so every message is at
+most FRESHNESS_BOUND_S behind the database. A watcher costs a message write, never a read:
+each stream's task waits for its feed's next view and sends it, at once when the state or
+the activity changed, coalesced to one message per `min_interval` when only units_left did.
+
+Streams end with a status the client acts on (docs/WATCH.md): NOT_FOUND when the activity
+is gone; UNAVAILABLE with RetryInfo after the stream's lifetime, on shutdown, or when the
+database cannot be read within the bound (resume: call again). A client's cancel ends the
+stream's task by CancelledError, which is never swallowed here (grpc/grpc#43360: a
+server-streaming handler that swallows it leaks native memory per call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import grpc
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+from grpc.aio import ServicerContext
+from seckill.v1 import activity_pb2, product_pb2
+
+from activity_svc import watch_repository
+from activity_svc.watch_repository import ViewRow
+from seckill_common.api.errors import (
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+    Unavailable,
+    internal_status,
+)
+from seckill_common.api.times import to_timestamp
+from seckill_common.api.validation import require_id
+from seckill_common.config import WatchSettings
+from seckill_common.database.db import Database
+from seckill_common.database.singleflight import BatchLoader
+from seckill_common.runtime.interceptors import Malformed
+from seckill_common.runtime.telemetry import rpc_recorder
+
+log = logging.getLogger(__name__)
+access = logging.getLogger("seckill.rpc")
+
+METHOD = "/seckill.v1.ActivityService/WatchActivity"
+# Every message is at most this far behind the database (the documented bound): the poll
+# interval is capped below it (750 ms, seckill_common.config.WatchSettings), and a feed
+# that cannot read for this long ends its streams.
+FRESHNESS_BOUND_S = 1.0
+# After a local commit the feed reads again, but not sooner than this after its last read: a
+# sale commits a batch every few milliseconds and one read per commit would be a read storm.
+MIN_READ_GAP_S = 0.05
+# WatchActivityRequest.min_interval: unset, floor and ceiling.
+DEFAULT_MIN_INTERVAL_S = 0.5
+MIN_INTERVAL_FLOOR_S = 0.1
+MIN_INTERVAL_CEILING_S = 60.0
+# How long shutdown waits for the streams it ended to have sent their status.
+CLOSE_WAIT_S = 2.0
+
+
+class State(enum.IntEnum):
+    NOT_STARTED = activity_pb2.NOT_STARTED
+    OPEN = activity_pb2.OPEN
+    SOLD_OUT = activity_pb2.SOLD_OUT
+    ENDED = activity_pb2.ENDED
+
+
+def state_of(start: datetime, end: datetime, now: datetime, units_left: int) -> State:
+    """What the seckill transaction would decide at `now`: the window first, then the stock
+    (activity_svc.decision.decide's precedence)."""
+    if start > now:
+        return State.NOT_STARTED
+    if end <= now:
+        return State.ENDED
+    return State.OPEN if units_left > 0 else State.SOLD_OUT
+
+
+def min_interval_s(request: activity_pb2.WatchActivityRequest) -> float:
+    """The request's min_interval in seconds, defaulted and clamped (see the proto)."""
+    if not request.HasField("min_interval"):
+        return DEFAULT_MIN_INTERVAL_S
+    interval = request.min_interval
+    if interval.seconds < 0 or interval.nanos < 0:
+        raise InvalidArgument({"min_interval": "must not be negative"})
+    seconds = interval.seconds + interval.nanos / 1e9
+    if seconds == 0:
+        return DEFAULT_MIN_INTERVAL_S
+    return min(max(seconds, MIN_INTERVAL_FLOOR_S), MIN_INTERVAL_CEILING_S)
+
+
+@dataclass(frozen=True)
+class View:
+    """An activity as a storefront shows it, as it was at `read_time` (the DB's clock)."""
+
+    message: activity_pb2.WatchActivityResponse  # revision filled by the feed
+    state: State
+    units_left: int
+    shown: tuple[object, ...]  # what, besides the stock, a storefront shows of it
+    read_time: datetime
+    next_flip: datetime | None  # start_time or end_time, while still ahead
+
+
+def view_of(row: ViewRow) -> View:
+    activity, product = row.activity, row.product
+    assert product is not None
+    state = state_of(activity.start_time, activity.end_time, row.read_time, product.stock)
+    message = activity_pb2.WatchActivityResponse(
+        activity=activity_pb2.Activity(
+            id=activity.id, product_id=activity.product_id, name=activity.name,
+            start_time=to_timestamp(activity.start_time),
+            end_time=to_timestamp(activity.end_time),
+            create_time=to_timestamp(activity.create_time),
+            price_cents=activity.price_cents,
+            product=product_pb2.Product(
+                id=product.id, name=product.name, description=product.description,
+                price_cents=product.price_cents, stock=product.stock,
+                create_time=to_timestamp(product.create_time),
+                update_time=to_timestamp(product.update_time)),
+        ),
+        units_left=product.stock, state=state.value, read_time=to_timestamp(row.read_time))
+    message.activity.payment_window.FromMilliseconds(activity.payment_window_ms)
+    flips = [t for t in (activity.start_time, activity.end_time) if t > row.read_time]
+    return View(message, state, product.stock,
+                (activity, product.name, product.description, product.price_cents),
+                row.read_time, min(flips) if flips else None)
+
+
+class TooManyStreams(ServiceError):
+    """This process already serves SECKILL_WATCH_MAX_STREAMS streams."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this server already serves {limit} WatchActivity streams; retry "
+                         "later (another replica may have room)")
+
+    def details(self) -> list[Message]:
+        delay = error_details_pb2.RetryInfo()
+        delay.retry_delay.FromSeconds(1)
+        return [delay, error_details_pb2.QuotaFailure(violations=[
+            error_details_pb2.QuotaFailure.Violation(
+                subject="process", description="SECKILL_WATCH_MAX_STREAMS")])]
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _wake(waiters: set[asyncio.Future[None]]) -> None:
+    for future in waiters:
+        _resolve(future)
+    waiters.clear()
+
+
+@dataclass(eq=False)
+class _Feed:
+    """One watched activity in this process: its latest view, and who waits for the next."""
+
+    activity_id: int
+    watchers: int = 0
+    view: View | None = None
+    revision: int = 0
+    end: ServiceError | None = None  # set once: every watcher ends with it
+    product_id: int | None = None
+    poke: asyncio.Event = field(default_factory=asyncio.Event)
+    # The futures of the watchers waiting for the next change of any kind, and of those
+    # waiting only for a change of the state or the activity (they hold back a change of
+    # units until their interval ends: a sale changes the units at every read, and waking
+    # every watcher at each would cost more than the messages). One future per watcher, not
+    # one shared: a waiter that times out leaves in O(1) (a shared future's done-callbacks
+    # are a list, whose removal scans every watcher).
+    changed: set[asyncio.Future[None]] = field(default_factory=set)
+    urgent: set[asyncio.Future[None]] = field(default_factory=set)
+    task: asyncio.Task[None] | None = None
+
+    def publish(self, view: View) -> None:
+        last = self.view
+        if last is not None and (last.state, last.units_left, last.shown) == (
+                view.state, view.units_left, view.shown):
+            # Only time moved: the same revision, but a watcher joining now is told the clock
+            # of this read (its countdown starts from it), not that of the first.
+            last.message.read_time.CopyFrom(view.message.read_time)
+            self.view = dataclasses.replace(view, message=last.message)
+            return
+        self.revision += 1
+        view.message.revision = self.revision
+        self.view = view
+        _wake(self.changed)
+        if last is None or (last.state, last.shown) != (view.state, view.shown):
+            _wake(self.urgent)
+
+    def finish(self, error: ServiceError) -> None:
+        if self.end is None:
+            self.end = error
+            _wake(self.changed)
+            _wake(self.urgent)
+
+
+class WatchHub:
+    """The process's feeds, its stream count and the RPC handler itself."""
+
+    def __init__(self, database: Database, settings: WatchSettings) -> None:
+        self._db = database
+        self.settings = settings
+        self._feeds: dict[int, _Feed] = {}
+        self._by_product: dict[int, set[_Feed]] = {}
+        self._reads: BatchLoader[int, ViewRow] = BatchLoader(self._load)
+        self.streams = 0
+        self.messages = 0  # sent so far (statistics)
+        self._closing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._record = rpc_recorder("activity", METHOD)
+
+    @property
+    def reads(self) -> int:
+        return self._reads.loads
+
+    async def _load(self, ids: list[int]) -> dict[int, ViewRow | BaseException]:
+        views = await self._db.run(lambda tx: watch_repository.read_views(tx, ids))
+        return {i: views[i] if i in views and views[i].product is not None
+                else NotFound("Activity", i) for i in ids}
+
+    def committed(self, product_id: int) -> None:
+        """The engine committed a batch on `product_id`: its feeds read again soon."""
+        for feed in self._by_product.get(product_id, ()):
+            feed.poke.set()
+
+    # --- feeds -------------------------------------------------------------------------
+
+    def _join(self, activity_id: int) -> _Feed:
+        feed = self._feeds.get(activity_id)
+        if feed is None:
+            feed = self._feeds[activity_id] = _Feed(activity_id)
+            feed.task = asyncio.create_task(self._run(feed), name=f"watch-{activity_id}")
+        feed.watchers += 1
+        return feed
+
+    def _forget(self, feed: _Feed) -> None:
+        if self._feeds.get(feed.activity_id) is feed:
+            del self._feeds[feed.activity_id]
+        if feed.product_id is not None:
+            feeds = self._by_product.get(feed.product_id, set())
+            feeds.discard(feed)
+            if not feeds:
+                self._by_product.pop(feed.product_id, None)
+
+    async def _run(self, feed: _Feed) -> None:
+        """Reads the feed's view while it has watchers (see the module's docstring)."""
+        loop = asyncio.get_running_loop()
+        last_fresh = loop.time()
+        try:
+            while feed.watchers > 0 and feed.end is None:
+                feed.poke.clear()  # a commit from now on asks for another read
+                started = loop.time()
+                try:
+                    # A read that hangs (a database gone without a word) counts as failed
+                    # once the bound is over; the load itself goes on for its other callers.
+                    async with asyncio.timeout_at(max(last_fresh + FRESHNESS_BOUND_S,
+                                                      started + MIN_READ_GAP_S)):
+                        row = await self._reads.get(feed.activity_id)
+                except NotFound as exc:
+                    feed.finish(exc)
+                    break
+                except Exception as exc:  # the database is away, or slow
+                    if loop.time() - last_fresh >= FRESHNESS_BOUND_S:
+                        feed.finish(exc if isinstance(exc, ServiceError) else Unavailable(
+                            "cannot read the activity from the database; call again"))
+                        if not isinstance(exc, ServiceError | TimeoutError):
+                            log.warning("watch read failed", exc_info=exc)
+                        break
+                    await asyncio.sleep(min(self.settings.poll_interval_s, FRESHNESS_BOUND_S / 4))
+                    continue
+                last_fresh = started
+                if feed.product_id is None:
+                    feed.product_id = row.activity.product_id
+                    self._by_product.setdefault(feed.product_id, set()).add(feed)
+                view = view_of(row)
+                feed.publish(view)
+                await self._wait(feed, view, started)
+        finally:
+            self._forget(feed)
+            if feed.end is None:  # cancelled (shutdown) or nobody left
+                feed.finish(Unavailable("the server is shutting down; call again"))
+
+    async def _wait(self, feed: _Feed, view: View, started: float) -> None:
+        """Until the next read is due: the poll interval, a local commit (no sooner than
+        MIN_READ_GAP_S after the last read), or the window's next flip by the DB's clock."""
+        loop = asyncio.get_running_loop()
+        due = started + self.settings.poll_interval_s
+        if view.next_flip is not None:
+            # The read's DB time is taken as the read's local start: the flip is read at or
+            # just after the instant, never before it.
+            flip_in = (view.next_flip - view.read_time) / timedelta(seconds=1) + 0.001
+            due = min(due, started + flip_in)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(due):
+                await feed.poke.wait()
+        gap = started + MIN_READ_GAP_S - loop.time()
+        if gap > 0:
+            await asyncio.sleep(gap)
+
+    # --- streams -----------------------------------------------------------------------
+
+    async def serve(self, request: activity_pb2.WatchActivityRequest | Malformed,
+                    context: ServicerContext) -> None:
+        """The WatchActivity handler: writes messages with context.write, ends with a status."""
+        begun = time.perf_counter()
+        code = grpc.StatusCode.OK
+        sent = [0]
+        try:
+            ending = await self._stream(request, context, sent)
+            status = ending.to_status()
+            code = status.code
+            context.set_code(status.code)
+            context.set_details(status.details)
+            context.set_trailing_metadata(status.trailing_metadata)
+        except ServiceError as exc:
+            status = exc.to_status()
+            code = status.code
+            context.set_code(status.code)
+            context.set_details(status.details)
+            context.set_trailing_metadata(status.trailing_metadata)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise  # the client left: never swallowed (grpc/grpc#43360)
+        except Exception:
+            log.exception("unexpected error in %s", METHOD)
+            status = internal_status()
+            code = status.code
+            context.set_code(status.code)
+            context.set_details(status.details)
+        finally:
+            seconds = time.perf_counter() - begun
+            self._record(code.name, seconds)
+            if access.isEnabledFor(logging.INFO):
+                access.info("rpc", extra={"method": METHOD, "peer": context.peer(),
+                                          "code": code.name, "messages": sent[0],
+                                          "latency_ms": round(seconds * 1000, 3)})
+
+    async def _stream(self, request: activity_pb2.WatchActivityRequest | Malformed,
+                      context: ServicerContext, sent: list[int]) -> ServiceError:
+        """Serves one stream until it ends: returns the status to end it with (a shared
+        error is returned rather than raised, so no traceback gathers on it), raises the
+        request's refusal."""
+        if isinstance(request, Malformed):
+            raise InvalidArgument([("request", request.why)])
+        require_id(request.id)
+        interval = min_interval_s(request)
+        if self._closing:
+            raise Unavailable("the server is shutting down; call again")
+        if self.streams >= self.settings.max_streams:
+            raise TooManyStreams(self.settings.max_streams)
+        loop = asyncio.get_running_loop()
+        lifetime = self.settings.max_lifetime_s * random.uniform(0.9, 1.0)
+        ends_at = loop.time() + lifetime
+        self.streams += 1
+        self._idle.clear()
+        feed = self._join(request.id)
+        try:
+            sent_revision = 0
+            sent_view: View | None = None
+            last_write = float("-inf")
+            while True:
+                if feed.end is not None:
+                    return feed.end
+                view = feed.view
+                wake_at, waiters = ends_at, feed.changed
+                if view is not None and feed.revision != sent_revision:
+                    now = loop.time()
+                    urgent = (sent_view is None or view.state != sent_view.state
+                              or view.shown != sent_view.shown)
+                    if urgent or now >= last_write + interval:
+                        sent_revision, sent_view, last_write = feed.revision, view, now
+                        await context.write(view.message)
+                        sent[0] += 1
+                        self.messages += 1
+                        continue
+                    # Units only, too soon: the interval's end, or a change that cannot wait.
+                    wake_at, waiters = min(wake_at, last_write + interval), feed.urgent
+                if loop.time() >= ends_at:
+                    return Unavailable(f"the stream reached its lifetime ({lifetime:.0f} s); "
+                                      "call again to resume", retry_after_s=0.0)
+                # A timer that resolves the future, not asyncio.timeout: at one message a
+                # second most wakes are the interval's end, and a timeout's expiry cancels
+                # the task and turns that into TimeoutError, at several times the cost.
+                woken = loop.create_future()
+                waiters.add(woken)
+                timer = loop.call_at(wake_at, _resolve, woken)
+                try:
+                    await woken
+                finally:
+                    timer.cancel()
+                    waiters.discard(woken)
+        finally:
+            feed.watchers -= 1
+            self.streams -= 1
+            if self.streams == 0:
+                self._idle.set()
+
+    async def close(self) -> None:
+        """Shutdown, before the server's grace: new streams are refused and every open one
+        ends with UNAVAILABLE (RetryInfo), so the drain waits for no stream that would never
+        end by itself."""
+        self._closing = True
+        for feed in list(self._feeds.values()):
+            feed.finish(Unavailable("the server is shutting down; call again"))
+            if feed.task is not None:
+                feed.task.cancel()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                await self._idle.wait()
+        await self._reads.close()
+
+
+# The engine's hook type: called with a product id after each committed batch.
+CommitHook = Callable[[int], None]

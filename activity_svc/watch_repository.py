@@ -1,0 +1,67 @@
+"""SQL for WatchActivity: the views of watched activities, read in one statement.
+
+A view is what a storefront shows of an activity: the activity, its product and its stock, and
+the database's clock. One non-locking SELECT reads them all, so every view is as it was at one
+instant (one snapshot, one reading of UTC_TIMESTAMP): the state computed from it is one the
+seckill transaction could have seen. Like `repository.read_facts`, it reads the products table
+directly (the stock row is the sale's state); it takes no lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from activity_svc.repository import ActivityRow
+from seckill_common.database.transaction import Transaction
+
+
+@dataclass(frozen=True)
+class ProductRow:
+    """The product on sale, as the view shows it."""
+
+    id: int
+    name: str
+    description: str
+    price_cents: int
+    stock: int
+    create_time: datetime
+    update_time: datetime
+
+
+@dataclass(frozen=True)
+class ViewRow:
+    activity: ActivityRow
+    product: ProductRow | None  # None: the product is gone (the activity cannot sell)
+    read_time: datetime  # the database's clock at the read
+
+
+_PRODUCT_FIELDS = ("id", "name", "description", "price_cents", "stock", "create_time",
+                   "update_time")
+_SQL = (
+    "SELECT a.id, a.product_id, a.name, a.start_time, a.end_time, a.create_time,"
+    " a.price_cents, a.payment_window_ms,"
+    " p.id, p.name, p.description, p.price_cents, p.stock, p.create_time, p.update_time,"
+    " UTC_TIMESTAMP(6)"
+    " FROM activities a LEFT JOIN products p ON p.id = a.product_id WHERE a.id IN ({marks})"
+)
+
+
+_ACTIVITY_COLUMNS = 8
+_PRODUCT_COLUMNS = 7
+
+
+async def read_views(tx: Transaction, activity_ids: list[int]) -> dict[int, ViewRow]:
+    """The views of the activities among `activity_ids` that exist, by id."""
+    marks = ", ".join(["%s"] * len(activity_ids))
+    rows = await tx.select_only(_SQL.format(marks=marks), activity_ids)
+    views: dict[int, ViewRow] = {}
+    for row in rows:
+        # The SELECT lists ActivityRow's and ProductRow's fields in their order, then the clock.
+        activity = ActivityRow.from_db(row[:_ACTIVITY_COLUMNS])
+        product_cells = row[_ACTIVITY_COLUMNS:_ACTIVITY_COLUMNS + _PRODUCT_COLUMNS]
+        product = (None if product_cells[0] is None
+                   else ProductRow(**dict(zip(_PRODUCT_FIELDS, product_cells, strict=True))))
+        views[activity.id] = ViewRow(activity=activity, product=product,
+                                     read_time=row[_ACTIVITY_COLUMNS + _PRODUCT_COLUMNS])
+    return views

@@ -1,0 +1,454 @@
+"""Row (f): storefronts watching one activity (WatchActivity) during a flash sale, against the
+same storefronts polling GetActivity once a second (the same freshness).
+
+For each watcher count (1,000 and 5,000 by default), on the stack's coalesced activity service:
+1. the watchers connect, from `procs` client processes over several connections each (so
+   over every worker), and read their first message; the workers' RSS before and after gives
+   the memory per watcher;
+2. a steady sale runs (Seckill calls at a fixed rate, every call a distinct user, a stock that
+   does not run out) for `seconds`, every watcher asking for at most one message a second
+   (min_interval 1 s, the freshness of a poll a second); measured:
+   - message delay after a commit: a message's arrival (this machine's wall clock) minus the
+     commit of the units it shows (the create_time of the order that took the unit that left
+     units_left, the database's clock on the same machine), p50 and p99;
+   - server CPU (utime + stime of the activity workers and the product and order services,
+     from /proc) per message, net of the same sale without watchers, measured first;
+3. polling: `pollers` clients each calling GetActivity once a second, staggered, during the
+   same sale; server CPU per poll, net of the sale alone.
+Clients served per core: 1 / net CPU per message for watching (a watcher at this freshness is
+sent a message a second; counted per message, so clients that fell behind do not flatter it),
+1 / net CPU per poll for polling (one poll a second is one client). Target: watching >= 5x
+polling, and p99 delay <= 500 ms.
+
+    python -m seckill_bench.suite.watch [--watchers 1000,5000] [--seconds 10] [--workers 2]
+
+runs this row alone on a stack of its own (`make bench` runs it among the others).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from seckill.v1 import activity_pb2, activity_pb2_grpc, order_pb2, order_pb2_grpc
+
+from seckill_bench.suite.stack import BenchStack, StackError, log
+from seckill_stack.invariants import percentile
+from seckill_stack.sale import open_sale
+from seckill_stack.services import REPO, python_env
+
+if TYPE_CHECKING:
+    from seckill_bench.suite.scenarios import Row, Suite
+
+LABEL = "activity-coalesced"
+CHANNELS = 16  # watcher connections: SO_REUSEPORT spreads them over the workers
+SALE_RATE = 50.0  # Seckill calls a second during the measured window
+POLL_INTERVAL_S = 1.0
+TICKS = os.sysconf("SC_CLK_TCK")
+SAMPLES_LINE_LIMIT = 1 << 28  # a client's samples come back as one JSON line
+
+
+@dataclass
+class WatchResult:
+    watchers: int
+    seconds: float
+    messages: int
+    delays_ms: list[float] = field(repr=False)
+    p50_ms: float | None
+    p99_ms: float | None
+    cpu_s: float  # server CPU in the window, sale included
+    net_cpu_s: float  # minus the sale alone
+    cpu_per_message_us: float | None
+    rss_per_watcher_kib: float | None
+    clients_per_core: float | None
+
+
+@dataclass
+class PollResult:
+    pollers: int
+    seconds: float
+    polls: int
+    p50_ms: float | None
+    p99_ms: float | None
+    cpu_s: float
+    net_cpu_s: float
+    cpu_per_poll_us: float | None
+    clients_per_core: float | None
+
+
+# --- the server's processes --------------------------------------------------------------
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            found.extend(int(p) for p in path.read_text().split())
+    return found
+
+
+def server_pids(stack: BenchStack) -> tuple[list[int], list[int]]:
+    """(activity workers, every server process) of the stack's coalesced activity service,
+    product and order services."""
+    activity = stack.services[LABEL].pid
+    assert activity is not None
+    workers = _children(activity) or [activity]
+    others = [p for label in ("product", "order")
+              if (p := stack.services[label].pid) is not None]
+    return workers, [activity, *workers, *others]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICKS
+
+
+def rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+# --- the clients -------------------------------------------------------------------------
+
+def channels(addr: str, count: int) -> list[grpc.aio.Channel]:
+    # A distinct argument per channel: channels with equal arguments share one connection.
+    return [grpc.aio.insecure_channel(addr, options=[("seckill.bench.channel", i),
+                                                     ("grpc.use_local_subchannel_pool", 1)])
+            for i in range(count)]
+
+
+async def sell(stub: activity_pb2_grpc.ActivityServiceAsyncStub, activity_id: int, prefix: str,
+               seconds: float) -> int:
+    """Seckill calls at SALE_RATE for `seconds`, each a new user; returns the OK answers."""
+    ok = 0
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    pending: set[asyncio.Future[Any]] = set()
+
+    async def one(i: int) -> None:
+        nonlocal ok
+        try:
+            await stub.Seckill(activity_pb2.SeckillRequest(activity_id=activity_id,
+                                                           user_id=f"{prefix}-{i}"), timeout=10)
+            ok += 1
+        except grpc.aio.AioRpcError:
+            pass
+
+    i = 0
+    while (now := loop.time()) < start + seconds:
+        task = asyncio.ensure_future(one(i))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+        i += 1
+        await asyncio.sleep(max(0.0, start + i / SALE_RATE - now))
+    await asyncio.gather(*pending)
+    return ok
+
+
+class Watchers:
+    """`count` streams of one activity; each message's arrival (wall clock) and units."""
+
+    def __init__(self, stubs: list[activity_pb2_grpc.ActivityServiceAsyncStub], activity_id: int,
+                 count: int) -> None:
+        request = activity_pb2.WatchActivityRequest(id=activity_id)
+        request.min_interval.FromSeconds(1)
+        self.calls = [stubs[i % len(stubs)].WatchActivity(request) for i in range(count)]
+        self.first = 0
+        self.all_first = asyncio.Event()
+        self.recording = False
+        self.samples: list[tuple[float, int]] = []  # (arrival, units_left) while recording
+        self.tasks = [asyncio.ensure_future(self._read(call)) for call in self.calls]
+
+    async def _read(self, call: grpc.aio.UnaryStreamCall) -> None:
+        first = True
+        while True:
+            message = await call.read()
+            if message is grpc.aio.EOF:
+                return
+            if first:
+                first = False
+                self.first += 1
+                if self.first == len(self.calls):
+                    self.all_first.set()
+            elif self.recording:
+                self.samples.append((time.time(), message.units_left))  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        for call in self.calls:
+            call.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def watch_client(addr: str, activity_id: int, count: int) -> None:
+    """A watcher client process (`--client`): `count` watchers; prints `ready` once every one
+    has its first message, records from a `start` line on stdin to a `stop` line, then prints
+    the samples as JSON and ends."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    chans = channels(addr, max(1, CHANNELS // 2))
+    watchers = Watchers([activity_pb2_grpc.ActivityServiceStub(c) for c in chans],
+                        activity_id, count)
+    await watchers.all_first.wait()
+    print("ready", flush=True)
+    assert (await reader.readline()).strip() == b"start"
+    watchers.recording = True
+    assert (await reader.readline()).strip() == b"stop"
+    watchers.recording = False
+    print(json.dumps(watchers.samples), flush=True)
+    await watchers.close()
+    for channel in chans:
+        await channel.close()
+
+
+class ClientProcesses:
+    """Watchers spread over client processes, so the clients' own CPU delays no message."""
+
+    def __init__(self, addr: str, activity_id: int, count: int, procs: int) -> None:
+        self.args = [(addr, activity_id, count // procs + (i < count % procs))
+                     for i in range(procs)]
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    async def start(self) -> None:
+        for addr, activity_id, count in self.args:
+            self.procs.append(await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "seckill_bench.suite.watch", "--client", addr,
+                str(activity_id), str(count), cwd=REPO, env=python_env(dict(os.environ)),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                limit=SAMPLES_LINE_LIMIT))
+        for proc in self.procs:
+            assert proc.stdout is not None
+            line = await proc.stdout.readline()
+            if line.strip() != b"ready":
+                raise StackError(f"a watcher client failed: {line!r}")
+
+    def say(self, word: str) -> None:
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write(word.encode() + b"\n")
+
+    async def samples(self) -> list[tuple[float, int]]:
+        self.say("stop")
+        found: list[tuple[float, int]] = []
+        for proc in self.procs:
+            assert proc.stdout is not None
+            found += [tuple(s) for s in json.loads(await proc.stdout.readline())]
+            await proc.wait()
+        return found
+
+
+async def commit_times(orders: order_pb2_grpc.OrderServiceAsyncStub, token: str,
+                       activity_id: int) -> list[float]:
+    """The create_time (epoch seconds, the DB's clock) of the activity's orders, in order."""
+    times: list[float] = []
+    request = order_pb2.ListOrdersRequest(activity_id=activity_id, page_size=1000)
+    while True:
+        page = await orders.ListOrders(request, metadata=(("authorization", f"Bearer {token}"),))
+        times += [o.create_time.ToMicroseconds() / 1e6 for o in page.orders]
+        if not page.next_page_token:
+            return sorted(times)
+        request.page_token = page.next_page_token
+
+
+def quantiles(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    ordered = sorted(values)
+    return percentile(ordered, 50), percentile(ordered, 99)
+
+
+async def measure(stack: BenchStack, watcher_counts: list[int], seconds: float,
+                  pollers: int, procs: int = 2) -> tuple[list[WatchResult], PollResult]:
+    workers, every = server_pids(stack)
+    addr = stack.addr(LABEL)
+    stock = int(SALE_RATE * seconds * (len(watcher_counts) + 3)) + 1000
+    activity_id = open_sale(stack.addr("product"), addr, stack.token, "watch bench", stock)
+    chans = channels(addr, CHANNELS)
+    order_channel = grpc.aio.insecure_channel(stack.addr("order"))
+    stubs: list[activity_pb2_grpc.ActivityServiceAsyncStub] = [
+        activity_pb2_grpc.ActivityServiceStub(c) for c in chans]
+    buyer = stubs[0]
+    try:
+        log(f"(f) the sale alone, {seconds:g} s")
+        t0, before = time.monotonic(), cpu_seconds(every)
+        sold = await sell(buyer, activity_id, "base", seconds)
+        baseline, base_window = cpu_seconds(every) - before, time.monotonic() - t0
+        log(f"(f) sale alone: {sold} orders, server CPU {baseline:.2f} s")
+
+        results: list[WatchResult] = []
+        for count in watcher_counts:
+            rss_before = rss_kib(workers)
+            clients = ClientProcesses(addr, activity_id, count, procs)
+            async with asyncio.timeout(180):
+                await clients.start()
+            await asyncio.sleep(1.0)  # let the connections settle before measuring
+            rss_after = rss_kib(workers)
+            log(f"(f) {count} watchers connected; sale {seconds:g} s")
+            clients.say("start")
+            t0, before = time.monotonic(), cpu_seconds(every)
+            await sell(buyer, activity_id, f"w{count}", seconds)
+            cpu, window = cpu_seconds(every) - before, time.monotonic() - t0
+            samples = await clients.samples()
+            orders: order_pb2_grpc.OrderServiceAsyncStub = order_pb2_grpc.OrderServiceStub(
+                order_channel)
+            commits = await commit_times(orders, stack.token, activity_id)
+            delays = [1000 * (arrival - commits[stock - units - 1])
+                      for arrival, units in samples if 0 <= stock - units - 1 < len(commits)]
+            p50, p99 = quantiles(delays)
+            net = max(cpu - baseline * window / base_window, 1e-9)
+            per_message = net / len(samples) if samples else None
+            results.append(WatchResult(
+                count, window, len(samples), delays, p50, p99, cpu, net,
+                None if per_message is None else 1e6 * per_message,
+                (rss_after - rss_before) / count,
+                # A watcher at the freshness of a poll a second is sent one message a second;
+                # counted per message, so clients that fell behind do not flatter it.
+                None if per_message is None else 1 / per_message))
+            log(f"(f) {count} watchers: {len(samples)} messages, delay p50 {p50} p99 {p99} ms,"
+                f" CPU {cpu:.2f} s")
+
+        log(f"(f) {pollers} clients polling GetActivity once a second, {seconds:g} s")
+        latencies: list[float] = []
+        loop = asyncio.get_running_loop()
+        start = loop.time() + 0.5
+
+        async def poller(i: int) -> None:
+            stub = stubs[i % len(stubs)]
+            n = 0
+            while (due := start + i * POLL_INTERVAL_S / pollers + n * POLL_INTERVAL_S) < \
+                    start + seconds:
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                t0 = time.perf_counter()
+                try:
+                    await stub.GetActivity(activity_pb2.GetActivityRequest(id=activity_id),
+                                           timeout=10)
+                    latencies.append(1000 * (time.perf_counter() - t0))
+                except grpc.aio.AioRpcError:
+                    pass
+                n += 1
+
+        t0, before = time.monotonic(), cpu_seconds(every)
+        await asyncio.gather(sell(buyer, activity_id, "poll", seconds + 0.5),
+                             *(poller(i) for i in range(pollers)))
+        cpu, window = cpu_seconds(every) - before, time.monotonic() - t0
+        p50, p99 = quantiles(latencies)
+        net = max(cpu - baseline * window / base_window, 1e-9)
+        poll = PollResult(pollers, window, len(latencies), p50, p99, cpu, net,
+                          1e6 * net / len(latencies) if latencies else None,
+                          len(latencies) / net if latencies else None)
+        log(f"(f) polling: {len(latencies)} polls, CPU {cpu:.2f} s")
+        return results, poll
+    finally:
+        for channel in (*chans, order_channel):
+            await channel.close()
+
+
+def summary(results: list[WatchResult], poll: PollResult) -> dict[str, Any]:
+    return {"watch": [{k: v for k, v in asdict(r).items() if k != "delays_ms"}
+                      for r in results],
+            "poll": asdict(poll)}
+
+
+def rows(suite: Suite, watcher_counts: tuple[int, ...] = (1_000, 5_000),
+         seconds: float = 10.0, pollers: int = 1_000) -> None:
+    """Appends row (f), one line per watcher count, to the suite's results."""
+    measured: dict[str, Any] = {}
+
+    def run_once() -> tuple[list[WatchResult], PollResult]:
+        if not measured:
+            measured["r"] = asyncio.run(measure(suite.stack, list(watcher_counts), seconds,
+                                                pollers, suite.settings.procs))
+            folder = suite.settings.reports
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / "f-watch.json"
+            path.write_text(json.dumps(summary(*measured["r"]), indent=2) + "\n")
+            suite.results.report_files.append(path)
+        result: tuple[list[WatchResult], PollResult] = measured["r"]
+        return result
+
+    for index, count in enumerate(watcher_counts):
+        def body(index: int = index, count: int = count) -> Row:
+            results, poll = run_once()
+            return as_row(f"f{index + 1}", results[index], poll)
+
+        suite.row(f"f{index + 1}", f"WatchActivity, {count:,} watchers vs polling", body)
+
+
+def as_row(key: str, r: WatchResult, poll: PollResult) -> Row:
+    from seckill_bench.suite.scenarios import Row
+
+    ratio = (r.clients_per_core / poll.clients_per_core
+             if r.clients_per_core and poll.clients_per_core else None)
+    outcome = (
+        f"delay after a commit p50/p99 {fmt(r.p50_ms)}/{fmt(r.p99_ms)} ms (target p99 <= 500); "
+        f"{fmt(r.messages / r.watchers / r.seconds, 2)} messages/s a watcher; "
+        f"server CPU {fmt(r.cpu_per_message_us)} us/message; "
+        f"{fmt(r.rss_per_watcher_kib)} KiB/watcher; clients per core: watching "
+        f"{fmt(r.clients_per_core, 0)}, polling GetActivity 1/s {fmt(poll.clients_per_core, 0)}"
+        f" ({poll.pollers:,} pollers, {fmt(poll.cpu_per_poll_us)} us/poll): "
+        f"{fmt(ratio)}x (target >= 5x)")
+    return Row(key, f"WatchActivity, {r.watchers:,} watchers, 1 message/s each, during a sale",
+               calls=r.messages, seconds=r.seconds, rps=r.messages / r.seconds, p50=r.p50_ms,
+               p99=r.p99_ms, max_ms=max(r.delays_ms) if r.delays_ms else None, outcome=outcome)
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m seckill_bench.suite.watch",
+                                description="Row (f) alone, on a stack of its own.")
+    p.add_argument("--watchers", default="1000,5000",
+                   help="watcher counts, comma-separated (1000,5000)")
+    p.add_argument("--seconds", type=float, default=10.0, help="measured window (10)")
+    p.add_argument("--pollers", type=int, default=1000, help="GetActivity pollers (1000)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes of the activity service (default: cores)")
+    p.add_argument("--procs", type=int, default=2, help="watcher client processes (2)")
+    p.add_argument("--client", nargs=3, metavar=("ADDR", "ACTIVITY", "COUNT"),
+                   help=argparse.SUPPRESS)  # one watcher client process (ClientProcesses)
+    args = p.parse_args(argv)
+    if args.client:
+        asyncio.run(watch_client(args.client[0], int(args.client[1]), int(args.client[2])))
+        return 0
+    counts = [int(n) for n in args.watchers.split(",")]
+    stack = BenchStack(args.workers)
+    try:
+        stack.start()
+        results, poll = asyncio.run(measure(stack, counts, args.seconds, args.pollers,
+                                            args.procs))
+    except StackError as exc:
+        log(f"error: {exc}")
+        return 1
+    finally:
+        stack.stop()
+    print(json.dumps(summary(results, poll), indent=2))
+    for i, r in enumerate(results):
+        print(as_row(f"f{i + 1}", r, poll).outcome)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

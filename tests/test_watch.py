@@ -1,0 +1,417 @@
+"""WatchActivity through real servers (shipped defaults): the whole view first, then the state
+flips by the database's clock, a sale's units, changes made by other services and processes,
+the stream cap, the lifetime, the drain; and the pure rules behind them."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2, field_mask_pb2
+from seckill.v1 import activity_pb2, activity_pb2_grpc, order_pb2, product_pb2
+
+from activity_svc.watch import FRESHNESS_BOUND_S, State, min_interval_s, state_of
+from seckill_common.api.times import to_datetime
+from seckill_stack.services import python_env
+from tests.conftest import make_activity, make_product
+from tests.support import (
+    ADMIN,
+    REPO,
+    PrivateMariaDB,
+    ServiceProcess,
+    Stack,
+    create_database,
+    error_details,
+    query,
+    start_stack,
+    subprocess_env,
+)
+
+Response = activity_pb2.WatchActivityResponse
+# Awaiting a message that the bound promises: the bound, plus slack for a busy 2-core machine.
+WITHIN_BOUND_S = FRESHNESS_BOUND_S + 1.0
+
+
+def watch(stub: activity_pb2_grpc.ActivityServiceStub, activity_id: int,
+          min_interval_ms: int | None = None) -> grpc.aio.UnaryStreamCall:
+    request = activity_pb2.WatchActivityRequest(id=activity_id)
+    if min_interval_ms is not None:
+        request.min_interval.FromMilliseconds(min_interval_ms)
+    return stub.WatchActivity(request)
+
+
+async def next_until(call: grpc.aio.UnaryStreamCall, accept: object,
+                     timeout_s: float = WITHIN_BOUND_S) -> tuple[Response, list[Response]]:
+    """Reads messages until one satisfies `accept`; returns it and every message read."""
+    seen: list[Response] = []
+    async with asyncio.timeout(timeout_s):
+        while True:
+            message = await call.read()
+            assert message is not grpc.aio.EOF, f"stream ended: {await call.code()}"
+            seen.append(message)
+            if accept(message):  # type: ignore[operator]
+                return message, seen
+
+
+async def ending(call: grpc.aio.UnaryStreamCall, timeout_s: float = WITHIN_BOUND_S
+                 ) -> tuple[list[Response], grpc.aio.AioRpcError]:
+    """Reads the stream to its end; returns the messages and the status it ended with."""
+    messages: list[Response] = []
+    async with asyncio.timeout(timeout_s):
+        try:
+            while (message := await call.read()) is not grpc.aio.EOF:
+                messages.append(message)
+        except grpc.aio.AioRpcError as error:
+            return messages, error
+    raise AssertionError(f"the stream ended OK after {len(messages)} messages")
+
+
+def moment(ts: object) -> dt.datetime:
+    return to_datetime(ts)  # type: ignore[arg-type]
+
+
+# --- the pure rules ----------------------------------------------------------------------
+
+def test_state_is_the_window_first_then_the_stock() -> None:
+    start = dt.datetime(2030, 1, 1, 12, 0, 0)
+    end = start + dt.timedelta(hours=1)
+    assert state_of(start, end, start - dt.timedelta(microseconds=1), 0) is State.NOT_STARTED
+    assert state_of(start, end, start, 1) is State.OPEN  # start is inclusive
+    assert state_of(start, end, start, 0) is State.SOLD_OUT
+    assert state_of(start, end, end, 5) is State.ENDED  # end is exclusive
+
+
+def test_min_interval_has_a_default_a_floor_and_a_ceiling() -> None:
+    def request(ms: int | None) -> activity_pb2.WatchActivityRequest:
+        r = activity_pb2.WatchActivityRequest(id=1)
+        if ms is not None:
+            r.min_interval.FromMilliseconds(ms)
+        return r
+
+    assert min_interval_s(request(None)) == min_interval_s(request(0)) == 0.5
+    assert min_interval_s(request(1)) == 0.1
+    assert min_interval_s(request(2000)) == 2.0
+    assert min_interval_s(request(10**9)) == 60.0
+
+
+# --- through the servers -----------------------------------------------------------------
+
+async def test_first_message_is_the_whole_view(stack: Stack) -> None:
+    product = await make_product(stack, stock=7)
+    activity = await make_activity(stack, product.id)
+    call = watch(stack.activities, activity.id)
+    first = await call.read()
+    call.cancel()
+    assert first.activity.id == activity.id and first.activity.name == activity.name
+    assert first.activity.product.id == product.id and first.activity.product.name == "Phone"
+    assert first.units_left == 7 and first.activity.product.stock == 7
+    assert first.state == activity_pb2.OPEN
+    assert first.revision >= 1
+    # The database's clock, within the window the server itself created.
+    assert moment(first.activity.start_time) <= moment(first.read_time) < moment(
+        first.activity.end_time)
+
+
+async def test_a_later_watcher_is_told_the_clock_of_a_recent_read(stack: Stack) -> None:
+    product = await make_product(stack)
+    activity = await make_activity(stack, product.id)
+    early = watch(stack.activities, activity.id)
+    await early.read()
+    await asyncio.sleep(1.0)  # time passes while nothing changes (nothing to await)
+    ((before,),) = await query(stack.db_url, "SELECT UTC_TIMESTAMP(6)")
+    late = watch(stack.activities, activity.id)
+    first = await late.read()
+    early.cancel()
+    late.cancel()
+    # The feed's last read is at most one poll old, though the view is the first one.
+    poll_s = stack.activity.settings.watch.poll_interval_s
+    assert moment(first.read_time) >= before.replace(tzinfo=dt.UTC) - dt.timedelta(
+        seconds=poll_s + 0.1)
+
+
+async def test_state_flips_at_start_and_end_by_the_database_clock(stack: Stack) -> None:
+    product = await make_product(stack, stock=3)
+    activity = await make_activity(stack, product.id, start_s=1.5, end_s=3.0)
+    call = watch(stack.activities, activity.id)
+    first = await call.read()
+    assert first.state == activity_pb2.NOT_STARTED
+    opened, _ = await next_until(call, lambda m: m.state != activity_pb2.NOT_STARTED,
+                                 timeout_s=1.5 + WITHIN_BOUND_S)
+    assert opened.state == activity_pb2.OPEN
+    assert moment(opened.read_time) >= moment(activity.start_time)
+    ended, _ = await next_until(call, lambda m: m.state != activity_pb2.OPEN,
+                                timeout_s=1.5 + WITHIN_BOUND_S)
+    assert ended.state == activity_pb2.ENDED
+    assert moment(ended.read_time) >= moment(activity.end_time)
+    assert first.revision < opened.revision < ended.revision
+    call.cancel()
+
+
+async def test_a_sale_shows_units_falling_then_sold_out(stack: Stack) -> None:
+    product = await make_product(stack, stock=20)
+    activity = await make_activity(stack, product.id)
+    call = watch(stack.activities, activity.id, min_interval_ms=100)
+    first = await call.read()
+    assert (first.state, first.units_left) == (activity_pb2.OPEN, 20)
+
+    async def buy(i: int) -> None:
+        await stack.activities.Seckill(
+            activity_pb2.SeckillRequest(activity_id=activity.id, user_id=f"u{i}"))
+
+    buyers = [asyncio.ensure_future(buy(i)) for i in range(20)]
+    sold_out, seen = await next_until(call, lambda m: m.state != activity_pb2.OPEN)
+    await asyncio.gather(*buyers)
+    call.cancel()
+    assert (sold_out.state, sold_out.units_left) == (activity_pb2.SOLD_OUT, 0)
+    units = [first.units_left] + [m.units_left for m in seen]
+    assert units == sorted(units, reverse=True), units
+    revisions = [first.revision] + [m.revision for m in seen]
+    assert revisions == sorted(set(revisions)), revisions
+
+
+async def sold_out_then_back(stack: Stack, watcher: activity_pb2_grpc.ActivityServiceStub,
+                             buyer: activity_pb2_grpc.ActivityServiceStub) -> None:
+    """Sells out through `buyer`; a cancel (order service), then a restock (product service)
+    bring OPEN back to a watcher of `watcher` within the bound."""
+    product = await make_product(stack, stock=1)
+    activity = await make_activity(stack, product.id)
+    call = watch(watcher, activity.id)
+    assert (await call.read()).state == activity_pb2.OPEN
+    won = await buyer.Seckill(activity_pb2.SeckillRequest(activity_id=activity.id, user_id="a"))
+    await next_until(call, lambda m: m.state == activity_pb2.SOLD_OUT)
+
+    await stack.orders.CancelOrder(order_pb2.CancelOrderRequest(id=won.order.id),
+                                   metadata=ADMIN)
+    back, _ = await next_until(call, lambda m: m.state == activity_pb2.OPEN)
+    assert back.units_left == 1
+
+    await buyer.Seckill(activity_pb2.SeckillRequest(activity_id=activity.id, user_id="b"))
+    await next_until(call, lambda m: m.state == activity_pb2.SOLD_OUT)
+    await stack.products.UpdateProduct(
+        product_pb2.UpdateProductRequest(product=product_pb2.Product(id=product.id, stock=5),
+                                         update_mask=field_mask_pb2.FieldMask(paths=["stock"])),
+        metadata=ADMIN)
+    restocked, _ = await next_until(call, lambda m: m.state == activity_pb2.OPEN)
+    assert restocked.units_left == 5
+
+    renamed = activity_pb2.Activity(id=activity.id, name="Renamed sale")
+    await buyer.UpdateActivity(activity_pb2.UpdateActivityRequest(
+        activity=renamed, update_mask=field_mask_pb2.FieldMask(paths=["name"])), metadata=ADMIN)
+    await next_until(call, lambda m: m.activity.name == "Renamed sale")
+
+    await stack.orders.CancelOrder(order_pb2.CancelOrderRequest(id=won.order.id + 1),
+                                   metadata=ADMIN)
+    for order_id in (won.order.id, won.order.id + 1):
+        await stack.orders.DeleteOrder(order_pb2.DeleteOrderRequest(id=order_id),
+                                       metadata=ADMIN)
+    await buyer.DeleteActivity(activity_pb2.DeleteActivityRequest(id=activity.id),
+                               metadata=ADMIN)
+    _, error = await ending(call)
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert "ResourceInfo" in error_details(error)
+
+
+async def test_cancel_restock_update_and_delete_reach_watchers(stack: Stack) -> None:
+    await sold_out_then_back(stack, stack.activities, stack.activities)
+
+
+@pytest.fixture
+async def second_activity(stack: Stack, tmp_path: Path
+                          ) -> AsyncIterator[activity_pb2_grpc.ActivityServiceStub]:
+    """Another activity service process on the stack's database (shipped defaults)."""
+    env = subprocess_env(stack.db_url, SECKILL_ACTIVITY_ADDR="127.0.0.1:0",
+                         SECKILL_PRODUCT_ADDR=stack.product.address,
+                         SECKILL_ORDER_ADDR=stack.order.address)
+    process = ServiceProcess("activity_svc", env, tmp_path / "activity.log")
+    await process.start()
+    channel = grpc.aio.insecure_channel(process.address)
+    try:
+        yield activity_pb2_grpc.ActivityServiceStub(channel)
+    finally:
+        await channel.close()
+        assert await process.stop() == 0
+
+
+@pytest.mark.slow
+async def test_changes_made_through_another_activity_process_reach_watchers(
+        stack: Stack, second_activity: activity_pb2_grpc.ActivityServiceStub) -> None:
+    # Sales, updates and the delete go through the other process; the watcher watches this one.
+    await sold_out_then_back(stack, stack.activities, second_activity)
+
+
+async def test_unknown_and_invalid_ids(stack: Stack) -> None:
+    messages, error = await ending(watch(stack.activities, 999_999))
+    assert messages == [] and error.code() == grpc.StatusCode.NOT_FOUND
+    assert "ResourceInfo" in error_details(error)
+    messages, error = await ending(watch(stack.activities, 0))
+    assert messages == [] and error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    request = activity_pb2.WatchActivityRequest(
+        id=1, min_interval=duration_pb2.Duration(seconds=-1))
+    messages, error = await ending(stack.activities.WatchActivity(request))
+    assert messages == [] and error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "BadRequest" in error_details(error)
+
+
+async def test_streams_beyond_the_cap_are_resource_exhausted(db_url: str) -> None:
+    stack = await start_stack(db_url, SECKILL_WATCH_MAX_STREAMS="2")  # the cap under test
+    try:
+        product = await make_product(stack)
+        activity = await make_activity(stack, product.id)
+        first, second = watch(stack.activities, activity.id), watch(stack.activities,
+                                                                     activity.id)
+        await first.read()
+        await second.read()
+        messages, error = await ending(watch(stack.activities, activity.id))
+        assert messages == [] and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        details = error_details(error)
+        assert "RetryInfo" in details and "QuotaFailure" in details
+        first.cancel()
+        # The cancelled stream's place is free once its handler ended: await that by retrying.
+        async with asyncio.timeout(WITHIN_BOUND_S):
+            while True:
+                again = watch(stack.activities, activity.id)
+                try:
+                    await again.read()
+                    break
+                except grpc.aio.AioRpcError as refused:
+                    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        again.cancel()
+        second.cancel()
+    finally:
+        await stack.stop()
+
+
+async def test_a_stream_ends_after_its_lifetime_with_unavailable(db_url: str) -> None:
+    stack = await start_stack(db_url, SECKILL_WATCH_MAX_LIFETIME="1")  # the lifetime under test
+    try:
+        product = await make_product(stack)
+        activity = await make_activity(stack, product.id)
+        messages, error = await ending(watch(stack.activities, activity.id),
+                                       timeout_s=1 + WITHIN_BOUND_S)
+        assert len(messages) >= 1 and error.code() == grpc.StatusCode.UNAVAILABLE
+        assert "RetryInfo" in error_details(error)
+    finally:
+        await stack.stop()
+
+
+@pytest.mark.slow
+async def test_sigterm_ends_streams_with_unavailable_without_waiting_the_grace(
+        stack: Stack, tmp_path: Path) -> None:
+    # A grace far longer than the test may take: the drain must not wait it out for streams.
+    env = subprocess_env(stack.db_url, SECKILL_ACTIVITY_ADDR="127.0.0.1:0",
+                         SECKILL_PRODUCT_ADDR=stack.product.address,
+                         SECKILL_ORDER_ADDR=stack.order.address, SECKILL_SHUTDOWN_GRACE="120")
+    process = ServiceProcess("activity_svc", env, tmp_path / "activity.log")
+    await process.start()
+    product = await make_product(stack)
+    activity = await make_activity(stack, product.id)
+    channel = grpc.aio.insecure_channel(process.address)
+    try:
+        stub = activity_pb2_grpc.ActivityServiceStub(channel)
+        calls = [watch(stub, activity.id) for _ in range(5)]
+        for call in calls:
+            await call.read()
+        assert await process.stop(signal.SIGTERM, timeout_s=30) == 0
+        for call in calls:
+            messages, error = await ending(call)
+            assert messages == [] and error.code() == grpc.StatusCode.UNAVAILABLE
+            assert "RetryInfo" in error_details(error)
+    finally:
+        await channel.close()
+
+
+
+async def test_the_cli_follows_a_sale_to_its_end(stack: Stack,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from seckill_cli import cli
+
+    product = await make_product(stack, stock=2)
+    activity = await make_activity(stack, product.id, start_s=0.5, end_s=1.5)
+    code = await cli.run(["--activity-addr", stack.activity.address, "--json",
+                          "watch", str(activity.id)])
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    states = [line["state"] for line in lines]
+    assert states[0] in ("NOT_STARTED", "OPEN") and states[-1] == "ENDED", states
+    assert all(line["units_left"] == 2 for line in lines)
+
+
+def test_the_live_line_counts_down_by_the_given_clock() -> None:
+    from seckill_cli.watch import live_line
+
+    view = activity_pb2.WatchActivityResponse(units_left=3, state=activity_pb2.OPEN)
+    view.activity.id, view.activity.name = 7, "Tea rush"
+    start = dt.datetime(2030, 1, 1, 12, tzinfo=dt.UTC)
+    view.activity.start_time.FromDatetime(start)
+    view.activity.end_time.FromDatetime(start + dt.timedelta(hours=1))
+    line = live_line(view, start + dt.timedelta(minutes=15))
+    assert line == "#7 Tea rush: OPEN        3 left, ends in 00:45:00 (server clock)"
+    assert "opens in 00:00:10" in live_line(view, start - dt.timedelta(seconds=10))
+
+
+async def test_the_python_example_follows_a_sale_and_resumes(db_url: str) -> None:
+    # A lifetime of 1 s (the setting under test) makes the example resume once at least.
+    stack = await start_stack(db_url, SECKILL_WATCH_MAX_LIFETIME="1")
+    try:
+        product = await make_product(stack, stock=4)
+        activity = await make_activity(stack, product.id, start_s=-1, end_s=2.5)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "examples/watch_client.py", str(activity.id),
+            "--activity-addr", stack.activity.address, cwd=REPO,
+            env=python_env(dict(os.environ)), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(process.communicate(), 30)
+        text = out.decode()
+        assert process.returncode == 0, text
+        assert "resuming in 0 s" in text, text
+        assert text.splitlines()[0].startswith("revision 1: OPEN, 4 left"), text
+        assert "ENDED, 4 left, ends in 0 s" in text.splitlines()[-1], text
+    finally:
+        await stack.stop()
+
+
+@pytest.mark.slow
+async def test_a_database_outage_ends_streams_with_unavailable(tmp_path: Path) -> None:
+    server = PrivateMariaDB(tmp_path / "mariadb")
+    server.install()
+    server.start()
+    try:
+        stack = await start_stack(await create_database(server.url_base))
+        try:
+            product = await make_product(stack)
+            activity = await make_activity(stack, product.id)
+            call = watch(stack.activities, activity.id)
+            await call.read()
+            server.kill()
+            # Rather than go quiet with a view it cannot refresh, the stream ends (resume).
+            _, error = await ending(call)
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+            assert "RetryInfo" in error_details(error)
+        finally:
+            await stack.stop()
+    finally:
+        server.stop()
+
+
+async def test_grpcurl_prints_each_message(stack: Stack) -> None:
+    from tests.test_grpcurl import grpcurl
+
+    product = await make_product(stack, stock=3)
+    activity = await make_activity(stack, product.id, start_s=-1, end_s=1.0)
+    # docs/WATCH.md's line, bounded by -max-time: the stream itself does not end at ENDED.
+    _, out, err = await grpcurl("-max-time", "3", "-d",
+                                json.dumps({"id": activity.id, "min_interval": "1s"}),
+                                stack.activity.address,
+                                "seckill.v1.ActivityService/WatchActivity")
+    states = [json.loads(doc)["state"] for doc in out.replace("}\n{", "}\x00{").split("\x00")
+              if doc.strip()]
+    assert states == ["OPEN", "ENDED"], (out, err)
+    assert "DeadlineExceeded" in err, err
