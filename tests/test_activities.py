@@ -7,9 +7,9 @@ import pytest
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
-from tests.conftest import make_activity, make_product, timestamp
-from tests.rpc_checks import DEEP_TOKEN, bad_fields, not_found, refused, walk
-from tests.support import ADMIN, Stack, query
+from tests.helpers.factories import make_activity, make_product, timestamp
+from tests.helpers.rpc import DEEP_TOKEN, bad_fields, not_found, refused, walk
+from tests.helpers.stack import ADMIN, Stack, query
 
 ACTIVITY_ROW = "SELECT product_id, name, start_time, end_time FROM activities WHERE id = %s"
 ORDERS_AND_STOCK = ("SELECT (SELECT COUNT(*) FROM orders),"

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
 from seckill_common.api.pages import encode_page_token
-from tests.bad_input_support import (
+from tests.helpers.bad_input import (
     INT64_MAX,
     NOW,
     SCALE,
@@ -54,7 +54,7 @@ from tests.bad_input_support import (
     timestamps,
     user_ids,
 )
-from tests.support import ADMIN, ADMIN_TOKEN
+from tests.helpers.stack import ADMIN, ADMIN_TOKEN
 
 # A database warning (truncation, overflow) raised in a service becomes an error there, and so
 # an INTERNAL answer that fails the test.

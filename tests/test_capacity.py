@@ -18,7 +18,7 @@ import pytest
 from product_svc.server import DEFINITION as PRODUCT
 from seckill_common.cpus import usable_cpus
 from seckill_common.runtime.server import start_service
-from tests.support import REPO, PrivateMariaDB, create_database, settings_for, subprocess_env
+from tests.helpers.stack import REPO, PrivateMariaDB, create_database, settings_for, subprocess_env
 
 SMALL_MAX_CONNECTIONS = 20
 

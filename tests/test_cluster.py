@@ -28,8 +28,9 @@ from seckill_cluster.galera import DATABASE
 from seckill_cluster.hosts import Host, namespaces_available
 from seckill_common.runtime.tls import ClientTLS
 from seckill_stack.invariants import Invariant, SeckillCheck
-from tests.conftest import timestamp
-from tests.support import REPO, error_details
+from tests.helpers.factories import timestamp
+from tests.helpers.rpc import error_details
+from tests.helpers.stack import REPO
 
 _why = namespaces_available()
 if _why:

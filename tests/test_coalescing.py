@@ -16,8 +16,9 @@ from activity_svc.decision import Won
 from activity_svc.seckill import EngineSettings, SeckillEngine
 from seckill_common.api.errors import ServiceError
 from seckill_common.database.db import Database, create_pool
-from tests.conftest import make_activity, make_product
-from tests.support import ADMIN, Stack, error_details, query, settings_for
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.rpc import error_details
+from tests.helpers.stack import ADMIN, Stack, query, settings_for
 
 
 @pytest.fixture

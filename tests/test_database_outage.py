@@ -10,8 +10,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
-from tests.conftest import make_activity, make_product
-from tests.support import PrivateMariaDB, Stack, create_database, error_details, start_stack
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.rpc import error_details
+from tests.helpers.stack import PrivateMariaDB, Stack, create_database, start_stack
 
 pytestmark = pytest.mark.slow
 

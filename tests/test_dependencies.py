@@ -10,7 +10,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from tests.support import REPO
+from tests.helpers.stack import REPO
 
 
 def declared() -> list[Requirement]:

@@ -21,8 +21,9 @@ from seckill.v1 import (
     product_pb2,
 )
 
-from tests.conftest import make_activity, make_product, timestamp
-from tests.support import ADMIN, ServiceProcess, Stack, error_details, subprocess_env
+from tests.helpers.factories import make_activity, make_product, timestamp
+from tests.helpers.rpc import error_details
+from tests.helpers.stack import ADMIN, ServiceProcess, Stack, subprocess_env
 
 Buy = activity_pb2_grpc.ActivityServiceStub
 

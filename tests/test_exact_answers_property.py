@@ -22,8 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
-from tests.conftest import make_activity, make_product, timestamp
-from tests.support import ADMIN, Stack, create_database, error_details, start_stack
+from tests.helpers.factories import make_activity, make_product, timestamp
+from tests.helpers.rpc import error_details
+from tests.helpers.stack import ADMIN, Stack, create_database, start_stack
 
 USERS = [f"u{n}" for n in range(6)]
 WINDOWS = {"OPEN": (-3600, 3600), "NOT_STARTED": (3600, 7200), "ENDED": (-7200, -3600)}

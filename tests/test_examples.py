@@ -17,7 +17,7 @@ import yaml
 
 from activity_svc.server import DEFINITION as ACTIVITY
 from seckill_common.runtime.auth import UserTokens
-from tests.support import ADMIN_TOKEN, REPO, Stack, query, start_stack, subprocess_env
+from tests.helpers.stack import ADMIN_TOKEN, REPO, Stack, query, start_stack, subprocess_env
 
 SECRET = "example-user-token-secret-0123456789abcdef"
 BIN = Path(sys.executable).parent

@@ -10,8 +10,9 @@ import grpc
 import pytest
 from seckill.v1 import activity_pb2, activity_pb2_grpc, product_pb2
 
-from tests.conftest import make_activity, make_product
-from tests.support import ServiceProcess, Stack, error_details, query, subprocess_env
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.rpc import error_details
+from tests.helpers.stack import ServiceProcess, Stack, query, subprocess_env
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.bad_input_support import (
+from tests.helpers.bad_input import (
     SERVICES,
     Prober,
     ServerLog,

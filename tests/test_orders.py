@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
-from tests.conftest import make_activity, make_product
-from tests.rpc_checks import DEEP_TOKEN, bad_fields, not_found, walk
-from tests.support import ADMIN, Stack, query
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.rpc import DEEP_TOKEN, bad_fields, not_found, walk
+from tests.helpers.stack import ADMIN, Stack, query
 
 
 async def buy(stack: Stack, activity_id: int, user_id: str) -> order_pb2.Order:

@@ -7,9 +7,9 @@ import pytest
 from google.protobuf import field_mask_pb2
 from seckill.v1 import product_pb2
 
-from tests.conftest import make_activity, make_product
-from tests.rpc_checks import DEEP_TOKEN, bad_fields, not_found, refused, walk
-from tests.support import ADMIN, Stack, query
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.rpc import DEEP_TOKEN, bad_fields, not_found, refused, walk
+from tests.helpers.stack import ADMIN, Stack, query
 
 MAX = 10**12
 PRODUCT_ROW = "SELECT name, description, price_cents, stock FROM products WHERE id = %s"

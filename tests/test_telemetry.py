@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,12 +14,12 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from prometheus_client.parser import text_string_to_metric_families
 from seckill.v1 import activity_pb2, product_pb2
 
 from seckill_common.runtime import telemetry
-from tests.conftest import make_activity, make_product
-from tests.support import ADMIN, ServiceProcess, Stack, start_stack, subprocess_env
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.metrics import delta, scrape
+from tests.helpers.stack import ADMIN, ServiceProcess, Stack, start_stack, subprocess_env
 
 ACTIVITY = "/seckill.v1.ActivityService"
 
@@ -107,19 +106,6 @@ def test_tracing_is_off_without_an_endpoint(monkeypatch: pytest.MonkeyPatch) -> 
     assert not telemetry.tracing_on()
     assert telemetry.server_interceptors() == []
     assert telemetry.client_interceptors() == []
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        assert reply.status == 200
-        text = reply.read().decode()
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
-
-
-def delta(before: dict, after: dict, name: str, **labels: str) -> float:
-    key = (name, tuple(sorted(labels.items())))
-    return after.get(key, 0.0) - before.get(key, 0.0)
 
 
 async def test_metrics_endpoint_counts_rpcs_outcomes_batches_pool_and_stock(

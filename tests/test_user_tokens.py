@@ -15,16 +15,10 @@ import pytest
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
 from seckill_common.runtime.auth import UserTokens
-from tests.conftest import make_activity, make_product
-from tests.rpc_checks import rpc_error
-from tests.support import ADMIN, REPO, Stack, error_details, query, start_stack
-
-SECRET = "test-user-token-secret-0123456789abcdef"
-TOKENS = UserTokens(SECRET)
-
-
-def as_user(user: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {TOKENS.issue(user)}"),)
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.rpc import error_details, rpc_error
+from tests.helpers.stack import ADMIN, REPO, Stack, query, start_stack
+from tests.helpers.users import SECRET, TOKENS, as_user
 
 
 @pytest.fixture

@@ -29,7 +29,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
-from tests.support import ADMIN, REPO, Stack, create_database, error_details, start_stack
+from tests.helpers.rpc import error_details
+from tests.helpers.stack import ADMIN, REPO, Stack, create_database, start_stack
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
