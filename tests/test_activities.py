@@ -25,9 +25,9 @@ def patched(activity: activity_pb2.Activity, **fields: object) -> activity_pb2.A
     """`activity` with `fields` set: None clears a field, a float time is now + that many s."""
     for name, value in fields.items():
         if value is None:
-            activity.ClearField(name)
+            activity.ClearField(name)  # type: ignore[arg-type]
         elif name.endswith("_time"):
-            when = value if isinstance(value, timestamp_pb2.Timestamp) else timestamp(value)
+            when = value if isinstance(value, timestamp_pb2.Timestamp) else timestamp(value)  # type: ignore[arg-type]
             getattr(activity, name).CopyFrom(when)
         elif name == "payment_window":
             activity.payment_window.FromMilliseconds(value)  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ import base64
 import json
 import shutil
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -77,7 +77,7 @@ GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or "grp
 
 # Mostly present: an absent resource is one refusal, worth a tenth of the examples.
 present = st.integers(0, 9).map(bool)
-Body = Callable[..., Awaitable[object]]
+Body = Callable[..., Coroutine[Any, Any, object]]
 
 
 def property_test(n: int, **strategies: st.SearchStrategy[Any]
@@ -204,7 +204,7 @@ page_tokens = st.one_of(
     st.tuples(st.just("issued"),
               st.one_of(st.integers(-2, 50), st.sampled_from([INT64_MAX, 2**64, 10**100, -1])),
               st.booleans()),
-    st.sampled_from([json.dumps(v) for v in (
+    st.sampled_from([json.dumps(v) for v in (  # type: ignore[var-annotated]
         {"after": True, "f": ""}, {"after": 1.5, "f": ""}, {"after": "1", "f": ""},
         {"after": None}, {"f": "x"}, [], {}, "x", 1, None, {"after": [1], "f": {}},
     )]).map(lambda body: base64.urlsafe_b64encode(body.encode()).decode()),
@@ -304,7 +304,7 @@ async def test_get_product(prober: Prober, product_id: int) -> None:
     if product_id <= 0:
         refused_with(prober, outcome, {"id"})
     elif outcome.code == "OK":
-        assert outcome.response.id == product_id  # type: ignore[union-attr]
+        assert outcome.response.id == product_id
     else:
         assert outcome.code == "NOT_FOUND"
         assert await row(prober, "SELECT id FROM products WHERE id = %s", product_id) is None
@@ -317,7 +317,7 @@ async def test_list_products(prober: Prober, size: int, spec: str | tuple) -> No
     if size < 0:
         refused_with(prober, outcome, {"page_size"})
     elif outcome.code == "OK":
-        assert len(outcome.response.products) <= min(size or 50, 1000)  # type: ignore[union-attr]
+        assert len(outcome.response.products) <= min(size or 50, 1000)
     else:
         assert request.page_token and prober.bad_fields(outcome) == {"page_token"}
     if size >= 0 and not request.page_token:
@@ -394,10 +394,11 @@ async def test_create_activity(prober: Prober, has_activity: bool,
     assert outcome.code == "OK", (outcome.code, outcome.error and outcome.error.details())
     created = outcome.response
     stored = await row(prober, "SELECT product_id, name, start_time, end_time FROM activities"
-                       " WHERE id = %s", created.id)  # type: ignore[union-attr]
-    assert stored == (activity.product_id, activity.name, start.replace(tzinfo=None),
+                       " WHERE id = %s", created.id)
+    assert stored == (activity.product_id, activity.name,
+                      start.replace(tzinfo=None),  # type: ignore[union-attr]
                       end.replace(tzinfo=None))  # type: ignore[union-attr]
-    await remove(prober, "activities", created.id)  # type: ignore[union-attr]
+    await remove(prober, "activities", created.id)
     return None
 
 
@@ -409,7 +410,7 @@ async def test_get_activity(prober: Prober, activity_id: int) -> None:
         refused_with(prober, outcome, {"id"})
     elif outcome.code == "OK":
         got = outcome.response
-        assert got.id == activity_id and got.product.id == got.product_id  # type: ignore[union-attr]
+        assert got.id == activity_id and got.product.id == got.product_id
     else:
         assert outcome.code == "NOT_FOUND"
 
@@ -440,7 +441,7 @@ async def test_seckill(prober: Prober, activity_id: int, user_id: str) -> None:
         return refused_with(prober, outcome, bad)
     assert outcome.code != "INVALID_ARGUMENT", outcome.error and outcome.error.details()
     if outcome.code == "OK":
-        order = outcome.response.order  # type: ignore[union-attr]
+        order = outcome.response.order
         stored = await row(prober, "SELECT activity_id, user_id FROM orders WHERE id = %s",
                            order.id)
         assert stored == (activity_id, user_id.encode())
@@ -505,7 +506,7 @@ async def test_get_order(prober: Prober, order_id: int) -> None:
     if order_id <= 0:
         refused_with(prober, outcome, {"id"})
     elif outcome.code == "OK":
-        assert outcome.response.id == order_id  # type: ignore[union-attr]
+        assert outcome.response.id == order_id
     else:
         assert outcome.code == "NOT_FOUND"
 
@@ -532,7 +533,7 @@ async def test_list_orders(prober: Prober, user_id: str, activity_id: int, size:
         assert outcome.code == "OK", (outcome.code, outcome.error and outcome.error.details())
     if outcome.code == "OK":
         # Only the orders the filters name: a filter value is a parameter, never SQL.
-        for order in outcome.response.orders:  # type: ignore[union-attr]
+        for order in outcome.response.orders:
             assert not user_id or order.user_id == user_id
             assert not activity_id or order.activity_id == activity_id
     else:
@@ -632,8 +633,8 @@ async def test_sql_injection_strings_are_stored_and_matched_literally(prober: Pr
                                      name=text, description=text)))
         assert made.code == "OK"
         assert await row(prober, "SELECT name, description FROM products WHERE id = %s",
-                         made.response.id) == (text, text)  # type: ignore[union-attr]
-        await remove(prober, "products", made.response.id)  # type: ignore[union-attr]
+                         made.response.id) == (text, text)
+        await remove(prober, "products", made.response.id)
         renamed = await prober.call(method_path(ACTIVITY, "UpdateActivity"),
                                     activity_pb2.UpdateActivityRequest(
                                         activity=activity_pb2.Activity(id=sale.id, name=text)))
@@ -647,7 +648,7 @@ async def test_sql_injection_strings_are_stored_and_matched_literally(prober: Pr
                                    order_pb2.ListOrdersRequest(user_id=text,
                                                                activity_id=sale.id))
         # "' OR '1'='1" would list every order if it were spliced into the SQL.
-        assert [o.user_id for o in listed.response.orders] == [text]  # type: ignore[union-attr]
+        assert [o.user_id for o in listed.response.orders] == [text]
         for path, request in [
             (method_path(PRODUCT, "ListProducts"), product_pb2.ListProductsRequest(
                 page_token=text)),
@@ -696,12 +697,12 @@ async def test_a_page_of_the_largest_products_fits_a_default_client(prober: Prob
             outcome = await prober.call(method_path(PRODUCT, "ListProducts"), request)
             assert outcome.code == "OK", outcome.error and outcome.error.details()
             page = outcome.response
-            assert page.products and page.ByteSize() < 4 * 1024 * 1024  # type: ignore[union-attr]
-            seen += [product.id for product in page.products]  # type: ignore[union-attr]
-            if not page.next_page_token:  # type: ignore[union-attr]
+            assert page.products and page.ByteSize() < 4 * 1024 * 1024
+            seen += [product.id for product in page.products]
+            if not page.next_page_token:
                 break
             request = product_pb2.ListProductsRequest(
-                page_size=1000, page_token=page.next_page_token)  # type: ignore[union-attr]
+                page_size=1000, page_token=page.next_page_token)
         assert seen == sorted(set(seen)) and set(made) <= set(seen)
     finally:
         async with prober.conn.cursor() as cur:
@@ -804,7 +805,8 @@ async def test_a_compressed_request_is_capped_by_its_decompressed_size(
         product=product_pb2.Product(name="gzip", stock=1)).SerializeToString()
     async with grpc.aio.insecure_channel(prober.stack.product.address,
                                          compression=grpc.Compression.Gzip) as channel:
-        create = channel.unary_unary(method_path(PRODUCT, "CreateProduct"))
+        create: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            method_path(PRODUCT, "CreateProduct"))
         for size in (10_000_000, prober.max_message_bytes + 1):
             await prober.resync()
             with pytest.raises(grpc.aio.AioRpcError) as refused:

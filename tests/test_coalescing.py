@@ -86,9 +86,9 @@ async def test_a_batch_that_fails_midway_commits_nothing(
     await engine.product_of(activity.id)
     assert await fire(engine, activity.id, ["before"]) == ["won"]
 
-    real = repository.pipeline
+    real = repository.pipeline  # type: ignore[attr-defined]
 
-    async def fail_after_the_writes(cur, sql, params):  # type: ignore[no-untyped-def]
+    async def fail_after_the_writes(cur, sql, params):
         # The server runs the INSERT and the UPDATE, then fails before the COMMIT.
         return await real(cur, sql.replace("; COMMIT", "; SELECT * FROM no_such_table; COMMIT"),
                           params)

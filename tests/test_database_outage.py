@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import grpc
@@ -48,7 +48,7 @@ async def test_database_outage_is_unavailable_and_services_recover(
         await health_becomes(stack, health_pb2.HealthCheckResponse.SERVING)
 
         own_server.kill()
-        calls = [
+        calls: list[Awaitable[object]] = [
             stack.products.GetProduct(product_pb2.GetProductRequest(id=product.id)),
             stack.activities.Seckill(activity_pb2.SeckillRequest(
                 activity_id=activity.id, user_id="during-outage")),

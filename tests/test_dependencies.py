@@ -24,7 +24,7 @@ def pins() -> dict[str, Version]:
     for line in (REPO / "requirements.lock").read_text().splitlines():
         if line and not line.startswith((" ", "#")):
             name, _, version = line.partition("==")
-            found[canonicalize_name(name)] = Version(version)
+            found[str(canonicalize_name(name))] = Version(version)
     return found
 
 

@@ -25,7 +25,7 @@ from tests.helpers.factories import make_activity, make_product, timestamp
 from tests.helpers.rpc import error_details
 from tests.helpers.stack import ADMIN, ServiceProcess, Stack, subprocess_env
 
-Buy = activity_pb2_grpc.ActivityServiceStub
+Buy = activity_pb2_grpc.ActivityServiceAsyncStub
 
 
 async def answer(stub: Buy, activity_id: int, user: str) -> str:

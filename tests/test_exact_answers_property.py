@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import grpc
 import pytest
@@ -59,7 +60,7 @@ def is_active(order: order_pb2.Order) -> bool:
     """Orders that hold a unit (every listed order, where orders carry no state)."""
     if "state" not in order.DESCRIPTOR.fields_by_name:
         return True
-    return order_pb2.OrderState.Name(order.state) in {"PENDING_PAYMENT", "PAID"}  # type: ignore[attr-defined]
+    return order_pb2.OrderState.Name(order.state) in {"PENDING_PAYMENT", "PAID"}
 
 
 class Sale:
@@ -163,7 +164,8 @@ async def test_every_answer_is_one_the_transaction_could_give(
     state = State(initial_stock, ("OPEN", "OPEN"))
     for step_buys, change in plan:
         states = [state, after_change(state, change)]
-        work = [sale.buy(index, user) for index, user in step_buys]
+        work: list[Coroutine[Any, Any, Any]] = [sale.buy(index, user)
+                                                for index, user in step_buys]
         if change is not None:
             work.append(sale.change(change, state))
         results = (await asyncio.gather(*work))[:len(step_buys)]

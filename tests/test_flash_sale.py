@@ -40,7 +40,7 @@ async def test_flash_sale_over_two_processes_never_oversells(
     try:
         stubs = [activity_pb2_grpc.ActivityServiceStub(c) for c in channels]
 
-        async def attempt(stub: activity_pb2_grpc.ActivityServiceStub, user: str) -> str:
+        async def attempt(stub: activity_pb2_grpc.ActivityServiceAsyncStub, user: str) -> str:
             try:
                 await stub.Seckill(activity_pb2.SeckillRequest(
                     activity_id=activity.id, user_id=user), timeout=60)

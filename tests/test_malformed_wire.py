@@ -83,7 +83,8 @@ def fields(descriptor: Descriptor, path: tuple[int, ...] = (), depth: int = 0
         name = ".".join([*(str(n) for n in path), field.name])
         found.append((path, field, name))
         if field.type == FieldDescriptor.TYPE_MESSAGE and depth < 3:
-            found += fields(field.message_type, (*path, field.number), depth + 1)
+            found += fields(field.message_type,  # type: ignore[arg-type]
+                            (*path, field.number), depth + 1)
     return found
 
 
@@ -97,7 +98,7 @@ def populated(method: str) -> bytes:
     """A request with every reachable field set, as bytes (for truncation)."""
     request = message_factory.GetMessageClass(INPUTS[method])()
 
-    def fill(message, depth: int = 0) -> None:  # type: ignore[no-untyped-def]
+    def fill(message, depth: int = 0) -> None:
         for field in message.DESCRIPTOR.fields:
             if field.type == FieldDescriptor.TYPE_MESSAGE:
                 if depth < 3:

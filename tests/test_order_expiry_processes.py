@@ -159,8 +159,8 @@ async def test_unpaid_orders_expire_once_across_processes_and_restarts(
         for order_id in paid:
             got = await orders[1].GetOrder(order_pb2.GetOrderRequest(id=order_id))
             assert got.state == order_pb2.PAID
-        got = await products.GetProduct(product_pb2.GetProductRequest(id=product.id))
-        assert got.stock == UNITS - 4
+        left = await products.GetProduct(product_pb2.GetProductRequest(id=product.id))
+        assert left.stock == UNITS - 4
     finally:
         if watcher is not None:
             invariant.stop()

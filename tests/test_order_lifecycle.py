@@ -7,6 +7,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -157,7 +158,7 @@ async def test_list_orders_filters_by_state_and_lists_every_state_by_default(
     await pay(stack, b.id)
     await cancel(stack, c.id)
 
-    async def ids(*states: int) -> list[int]:
+    async def ids(*states: order_pb2.OrderState.ValueType) -> list[int]:
         reply = await stack.orders.ListOrders(order_pb2.ListOrdersRequest(
             activity_id=activity.id, states=states))
         return [o.id for o in reply.orders]
@@ -169,7 +170,7 @@ async def test_list_orders_filters_by_state_and_lists_every_state_by_default(
     assert await ids(order_pb2.EXPIRED) == []
     for bad in (order_pb2.ORDER_STATE_UNSPECIFIED, 99):
         assert await bad_fields(stack.orders.ListOrders(order_pb2.ListOrdersRequest(
-            states=[bad]))) == {"states"}
+            states=[bad]))) == {"states"}  # type: ignore[list-item]
     # A page token is bound to its state filter.
     first = await stack.orders.ListOrders(order_pb2.ListOrdersRequest(
         page_size=1, states=[order_pb2.PENDING_PAYMENT, order_pb2.PAID]))
@@ -194,7 +195,7 @@ async def test_pay_and_cancel_refuse_bad_ids_unknown_orders_and_missing_credenti
 async def test_activity_price_and_payment_window_are_validated_and_updatable(
         stack: Stack) -> None:
     product = await make_product(stack, stock=1)
-    base = dict(product_id=product.id, name="s", start_time=timestamp(-1),
+    base: dict[str, Any] = dict(product_id=product.id, name="s", start_time=timestamp(-1),
                 end_time=timestamp(60))
     for bad in (window(0), window(0.5), window(7 * 86400 + 1),
                 duration_pb2.Duration(seconds=2, nanos=1), duration_pb2.Duration(seconds=-5)):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
@@ -21,7 +23,7 @@ async def product_row(stack: Stack, product_id: int) -> tuple | None:
 
 
 async def update(stack: Stack, paths: list[str] | None = None,
-                 **fields: object) -> product_pb2.Product:
+                 **fields: Any) -> product_pb2.Product:
     return await stack.products.UpdateProduct(product_pb2.UpdateProductRequest(
         product=product_pb2.Product(**fields),
         update_mask=field_mask_pb2.FieldMask(paths=paths or [])), metadata=ADMIN)

@@ -69,7 +69,7 @@ def private_redis(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]
         process.wait(10)
 
 
-async def seckill_code(stub: activity_pb2_grpc.ActivityServiceStub, activity_id: int,
+async def seckill_code(stub: activity_pb2_grpc.ActivityServiceAsyncStub, activity_id: int,
                        user: str) -> grpc.StatusCode:
     try:
         await stub.Seckill(activity_pb2.SeckillRequest(activity_id=activity_id, user_id=user))

@@ -86,8 +86,8 @@ async def test_a_coalesced_batch_is_a_span_with_its_size(
         activity_id=activity.id, user_id=f"u{n}")) for n in range(30)))
 
     batches = [s for s in exporter.get_finished_spans() if s.name == "seckill.batch"]
-    assert sum(b.attributes["seckill.batch_size"] for b in batches) == 30  # type: ignore[index]
-    assert any(b.attributes["seckill.batch_size"] > 1 for b in batches)  # type: ignore[index]
+    assert sum(b.attributes["seckill.batch_size"] for b in batches) == 30  # type: ignore[index, misc]
+    assert any(b.attributes["seckill.batch_size"] > 1 for b in batches)  # type: ignore[index, operator]
     seckills = {s.context.span_id: s for s in exporter.get_finished_spans()
                 if s.name == f"{ACTIVITY}/Seckill" and s.kind == SpanKind.SERVER}
     for batch in batches:
@@ -198,7 +198,7 @@ class Collector:
         self.spans: list[tuple[str, str]] = []  # (service.name, span name)
         self.received = asyncio.Event()
 
-    async def Export(self, request, context):  # type: ignore[no-untyped-def]
+    async def Export(self, request, context):
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
         for resource_spans in request.resource_spans:

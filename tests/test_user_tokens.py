@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import grpc
 import jwt
@@ -47,7 +47,8 @@ BAD_CREDENTIALS = {
     "other-secret": (("authorization",
                       f"Bearer {UserTokens('x' * 40).issue('alice')}"),),
     "alg-none": (("authorization", "Bearer " + jwt.encode(
-        {"sub": "alice", "iss": "seckill", "exp": int(time.time()) + 60}, None,
+        {"sub": "alice", "iss": "seckill", "exp": int(time.time()) + 60},
+        None,  # type: ignore[arg-type]  # PyJWT takes no key for "none"
         algorithm="none")),),
     "no-expiry": (("authorization", "Bearer " + jwt.encode(
         {"sub": "alice", "iss": "seckill"}, SECRET, algorithm="HS256")),),
@@ -61,7 +62,7 @@ BAD_CREDENTIALS = {
 async def test_user_rpcs_refuse_a_missing_or_invalid_token(
         secured: Stack, sale: int, credential: str) -> None:
     metadata = BAD_CREDENTIALS[credential]
-    calls = [
+    calls: list[Awaitable[object]] = [
         secured.activities.Seckill(seckill(sale, "alice"), metadata=metadata),
         secured.orders.ListOrders(order_pb2.ListOrdersRequest(), metadata=metadata),
         secured.orders.GetOrder(order_pb2.GetOrderRequest(id=1), metadata=metadata),

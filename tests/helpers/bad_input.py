@@ -18,7 +18,7 @@ import os
 import re
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,7 +116,7 @@ def documented_codes() -> dict[str, Documented]:
 @dataclass
 class Outcome:
     code: str
-    response: Message | None
+    response: Any  # the RPC's response message, looked up by its path
     error: grpc.aio.AioRpcError | None
 
 
@@ -142,7 +142,8 @@ class Prober:
                 response_cls = message_factory.GetMessageClass(method.output_type)
                 typed = channel.unary_unary(path, request_serializer=request_cls.SerializeToString,
                                             response_deserializer=response_cls.FromString)
-                raw = channel.unary_unary(path)  # bytes in, bytes out
+                raw: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+                    path)  # bytes in, bytes out
                 self._calls[path] = (request_cls, response_cls, typed, raw)
 
     def request_class(self, path: str) -> type[Message]:
@@ -214,14 +215,14 @@ class Prober:
         assert wanted in details, f"{shown} -> {code} without {wanted}: {message}"
         detail = details[wanted]
         if wanted == "BadRequest":
-            assert detail.field_violations, message  # type: ignore[attr-defined]
+            assert detail.field_violations, message
             assert all(v.field and v.description
-                       for v in detail.field_violations), detail  # type: ignore[attr-defined]
+                       for v in detail.field_violations), detail
         elif wanted == "ResourceInfo":
-            assert detail.resource_type.startswith("seckill.v1."), detail  # type: ignore[attr-defined]
-            assert detail.resource_name, detail  # type: ignore[attr-defined]
+            assert detail.resource_type.startswith("seckill.v1."), detail
+            assert detail.resource_name, detail
         else:
-            assert detail.reason and detail.domain == "seckill.v1", detail  # type: ignore[attr-defined]
+            assert detail.reason and detail.domain == "seckill.v1", detail
 
     def bad_fields(self, outcome: Outcome) -> set[str]:
         assert outcome.error is not None
@@ -247,7 +248,7 @@ class Property:
     `strategies`."""
 
     name: str
-    body: Callable[..., Awaitable[object]]
+    body: Callable[..., Coroutine[Any, Any, object]]
     n: int
     strategies: dict[str, st.SearchStrategy[Any]]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from google.protobuf import timestamp_pb2
 from seckill.v1 import activity_pb2, product_pb2
@@ -17,9 +18,9 @@ def timestamp(delta_s: float) -> timestamp_pb2.Timestamp:
     return ts
 
 
-async def make_product(stack: Stack, stock: int = 10, **fields: object) -> product_pb2.Product:
+async def make_product(stack: Stack, stock: int = 10, **fields: Any) -> product_pb2.Product:
     product = product_pb2.Product(name="Phone", description="A phone", price_cents=9900,
-                                  stock=stock, **fields)  # type: ignore[arg-type]
+                                  stock=stock, **fields)
     return await stack.products.CreateProduct(
         product_pb2.CreateProductRequest(product=product), metadata=ADMIN)
 

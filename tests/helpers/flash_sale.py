@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiomysql
 import grpc
@@ -125,8 +125,9 @@ class FlashSale:
             details = error_details(exc)
             info = details.get("ErrorInfo")
             order_id = int(info.metadata.get("order_id", 0)) if info else 0
-            answer = Answer(user, exc.code(), order_id, info.reason if info else exc.details(),
-                            started, time.monotonic(), "RetryInfo" in details)
+            detail = info.reason if info else exc.details() or ""
+            answer = Answer(user, exc.code(), order_id, detail, started, time.monotonic(),
+                            "RetryInfo" in details)
         self.answers.append(answer)
         self._answered.set()
         return answer
@@ -266,7 +267,7 @@ async def running_services(db_url: str, logs: Path, **overrides: str
         await services.stop_all()
 
 
-async def start_flash_sale(addrs: dict[str, str], stock: int, **sale_args: float) -> FlashSale:
+async def start_flash_sale(addrs: dict[str, str], stock: int, **sale_args: Any) -> FlashSale:
     """A product with `stock` units and an activity selling it now, through the API."""
     async with grpc.aio.insecure_channel(addrs["product"]) as pc, \
             grpc.aio.insecure_channel(addrs["activity"]) as ac:

@@ -85,5 +85,5 @@ async def walk(list_page: Callable[..., Awaitable[Any]], request: Message,
         assert pages[-1] and len(pages) < 100, pages
         following = type(request)()
         following.CopyFrom(request)
-        following.page_token = response.next_page_token
+        following.page_token = response.next_page_token  # type: ignore[attr-defined]
         request = following
