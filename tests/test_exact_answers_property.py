@@ -38,9 +38,10 @@ class State:
     held: dict[tuple[int, str], int] = field(default_factory=dict)  # (index, user) -> order
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 async def shared_stack(mariadb: str) -> AsyncIterator[Stack]:
-    # One stack for every example: hypothesis reruns the test body, not function fixtures.
+    # The property test's own fresh database; one stack for all its examples (hypothesis
+    # reruns the test body, not function fixtures), each of which makes its own sale.
     running = await start_stack(await create_database(mariadb))
     yield running
     await running.stop()
