@@ -93,7 +93,7 @@ async def test_a_coalesced_batch_is_a_span_with_its_size(
     for batch in batches:
         # Child of its first caller's call, linked to the others'; its transaction below it.
         assert batch.parent is not None and batch.parent.span_id in seckills
-        assert len(batch.links) == batch.attributes["seckill.batch_size"] - 1  # type: ignore
+        assert len(batch.links) == batch.attributes["seckill.batch_size"] - 1  # type: ignore[index, operator]
         assert {link.context.span_id for link in batch.links} <= set(seckills)
         below = [s for s in exporter.get_finished_spans()
                  if s.parent is not None and s.parent.span_id == batch.context.span_id]
