@@ -2,7 +2,6 @@
 their own (`Services`), and a connection that holds a lock (`Holder`). tests/test_faults.py
 breaks things under it; `FlashSale.verify` holds the platform to what it told each user."""
 
-
 from __future__ import annotations
 
 import asyncio
