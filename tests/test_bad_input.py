@@ -98,7 +98,7 @@ def property_test(n: int, **strategies: st.SearchStrategy[Any]
 
 
 @pytest.fixture(scope="module")
-async def tally() -> Tally:
+def tally() -> Tally:
     return Tally()
 
 
