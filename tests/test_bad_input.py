@@ -20,7 +20,7 @@ import base64
 import json
 import shutil
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2, timestamp_pb2
+from hypothesis import given
 from hypothesis import strategies as st
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
@@ -45,6 +46,7 @@ from tests.helpers.bad_input import (
     Tally,
     all_methods,
     amounts,
+    examples,
     ids,
     int32s,
     known_ids,
@@ -80,19 +82,21 @@ present = st.integers(0, 9).map(bool)
 Body = Callable[..., Coroutine[Any, Any, object]]
 
 
-def property_test(n: int, **strategies: st.SearchStrategy[Any]
-                  ) -> Callable[[Body], Callable[[Prober, Tally], Awaitable[None]]]:
-    """A test that checks its body on `n` examples drawn from `strategies` (derandomized, see
-    `examples`) against its own fresh stack, and counts them in the module's tally."""
-    def wrap(body: Body) -> Callable[[Prober, Tally], Awaitable[None]]:
-        prop = Property(body.__name__, body, n, strategies)
-
-        async def test(prober: Prober, tally: Tally) -> None:
-            await tally.check(prop, prober)
+def property_test(n: int, **strategies: st.SearchStrategy[Any]) -> Callable[[Body], Any]:
+    """A hypothesis test of `body` on `n` examples drawn from `strategies` (derandomized, see
+    `examples`) against the test's own fresh stack (`prober`), counted in the module's tally;
+    the totals test runs the same `Property` itself when this test did not run."""
+    def wrap(body: Body) -> Any:
+        @examples(n)
+        @given(**strategies)
+        async def test(prober: Prober, tally: Tally, **drawn: Any) -> None:
+            tally.ran[body.__name__] += 1
+            await body(prober, **drawn)
 
         test.__name__ = test.__qualname__ = body.__name__
         test.__doc__ = body.__doc__
-        test.property = prop  # type: ignore[attr-defined]
+        test.property = Property(  # type: ignore[attr-defined]
+            body.__name__, body, n, strategies)
         return test
     return wrap
 
@@ -141,10 +145,12 @@ async def seeded_prober(mariadb: str) -> AsyncIterator[Prober]:
 
 
 @pytest.fixture
-async def prober(mariadb: str, server_log: ServerLog) -> AsyncIterator[Prober]:
-    """The test's own seeded stack (see `seeded_prober`); `server_log` hears its services."""
+async def prober(mariadb: str, server_log: ServerLog, tally: Tally) -> AsyncIterator[Prober]:
+    """The test's own seeded stack (see `seeded_prober`); `server_log` hears its services, and
+    the tally counts what it answered."""
     async with seeded_prober(mariadb) as p:
         yield p
+    tally.add(p)
 
 
 def _time(seconds: int, nanos: int = 0) -> timestamp_pb2.Timestamp:
@@ -889,7 +895,7 @@ async def test_every_rpc_was_tried_and_no_server_error_was_logged(
     """The module's totals over every property test: those this session did not run (under
     -k, or ordered after this test) run here first, each on its own fresh stack."""
     for test in PROPERTY_TESTS:
-        prop: Property = test.property  # type: ignore[attr-defined]
+        prop: Property = test.property
         if prop.name not in tally.ran:
             async with seeded_prober(mariadb) as prober:
                 await tally.check(prop, prober)
