@@ -7,9 +7,9 @@ import pytest
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
-from tests.conftest import make_activity, make_product, timestamp
-from tests.rpc_checks import DEEP_TOKEN, bad_fields, not_found, refused, walk
-from tests.support import ADMIN, Stack, query
+from tests.helpers.factories import make_activity, make_product, timestamp
+from tests.helpers.rpc import DEEP_TOKEN, bad_fields, not_found, refused, walk
+from tests.helpers.stack import ADMIN, Stack, query
 
 ACTIVITY_ROW = "SELECT product_id, name, start_time, end_time FROM activities WHERE id = %s"
 ORDERS_AND_STOCK = ("SELECT (SELECT COUNT(*) FROM orders),"
@@ -25,9 +25,9 @@ def patched(activity: activity_pb2.Activity, **fields: object) -> activity_pb2.A
     """`activity` with `fields` set: None clears a field, a float time is now + that many s."""
     for name, value in fields.items():
         if value is None:
-            activity.ClearField(name)
+            activity.ClearField(name)  # type: ignore[arg-type]
         elif name.endswith("_time"):
-            when = value if isinstance(value, timestamp_pb2.Timestamp) else timestamp(value)
+            when = value if isinstance(value, timestamp_pb2.Timestamp) else timestamp(value)  # type: ignore[arg-type]
             getattr(activity, name).CopyFrom(when)
         elif name == "payment_window":
             activity.payment_window.FromMilliseconds(value)  # type: ignore[arg-type]

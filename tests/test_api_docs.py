@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
-from tests.support import REPO
+from tests.helpers.stack import REPO
 
 PROTOS = sorted(str(p.relative_to(REPO)) for p in (REPO / "protos").rglob("*.proto"))
 MODULES = (activity_pb2, order_pb2, product_pb2)

@@ -10,9 +10,9 @@ import pytest
 from google.protobuf import field_mask_pb2
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
-from tests.conftest import make_activity, make_product, timestamp
-from tests.rpc_checks import rpc_error
-from tests.support import ADMIN, ADMIN_TOKEN, Stack, query
+from tests.helpers.factories import make_activity, make_product, timestamp
+from tests.helpers.rpc import rpc_error
+from tests.helpers.stack import ADMIN, ADMIN_TOKEN, Stack, query
 
 
 @dataclass

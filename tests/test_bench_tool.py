@@ -14,10 +14,11 @@ from seckill.v1 import activity_pb2
 from seckill_bench import BenchConfig, BenchError, parse_duration, run_load
 from seckill_bench.__main__ import main
 from seckill_bench.methods import MethodError, resolve, split_call
-from seckill_bench.report import histogram, percentile
+from seckill_bench.report import histogram
 from seckill_bench.template import Template, TemplateError, static_values
-from tests.conftest import make_activity, make_product
-from tests.support import ADMIN, Stack, start_stack
+from seckill_stack.invariants import percentile
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.stack import ADMIN, Stack, start_stack
 
 SECKILL = "seckill.v1.ActivityService/Seckill"
 GHZ_KEYS = {"date", "options", "count", "total", "average", "fastest", "slowest", "rps",

@@ -18,7 +18,7 @@ import pytest
 from product_svc.server import DEFINITION as PRODUCT
 from seckill_common.cpus import usable_cpus
 from seckill_common.runtime.server import start_service
-from tests.support import REPO, PrivateMariaDB, create_database, settings_for, subprocess_env
+from tests.helpers.stack import REPO, PrivateMariaDB, create_database, settings_for, subprocess_env
 
 SMALL_MAX_CONNECTIONS = 20
 
@@ -116,5 +116,6 @@ async def test_the_budget_is_logged_without_a_warning_when_it_fits(
     await product.stop(0)
     lines = [r for r in caplog.records if r.getMessage().startswith("connection budget")]
     assert [r.levelno for r in lines] == [logging.INFO]
-    assert lines[0].replica_connections == 5
-    assert lines[0].database_limit == SMALL_MAX_CONNECTIONS
+    # The record's `extra` fields.
+    assert lines[0].replica_connections == 5  # type: ignore[attr-defined]
+    assert lines[0].database_limit == SMALL_MAX_CONNECTIONS  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, free_port
+from tests.helpers.stack import REPO, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -23,15 +23,15 @@ from seckill.v1 import activity_pb2, order_pb2, product_pb2
 from seckill_cli import cli, commands
 from seckill_cli.client import Exit
 from seckill_common.runtime.auth import UserTokens
-from tests.conftest import make_activity, make_product
-from tests.support import (
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.stack import (
     ADMIN,
     ADMIN_TOKEN,
     REPO,
     Stack,
     free_port,
     start_stack,
-    wait_serving,
+    until_serving,
 )
 
 USER_SECRET = "a-user-token-secret-of-32-bytes!"
@@ -278,7 +278,7 @@ async def test_usage_errors(seckill: Seckill) -> None:
 async def test_status(seckill: Seckill, stack: Stack) -> None:
     # A service starts NOT_SERVING and turns SERVING once its database answers a ping.
     for service in (stack.product, stack.activity, stack.order):
-        await wait_serving(service.address)
+        await until_serving(service.address)
     up = await seckill("status")
     assert up.code == Exit.OK and up.out.count("SERVING") == 3
     rows = (await seckill("--json", "status")).json()["services"]
@@ -405,7 +405,7 @@ async def test_as_a_process(stack: Stack) -> None:
     await stack.products.CreateProduct(product_pb2.CreateProductRequest(
         product=product_pb2.Product(name="Kettle", stock=3)), metadata=ADMIN)
     for service in (stack.product, stack.activity, stack.order):
-        await wait_serving(service.address)
+        await until_serving(service.address)
     script = Path(sys.executable).parent / "seckill"
     listed = await run_process(str(script), "product", "list", "--json", env=env)
     assert listed.code == 0, listed.err

@@ -28,8 +28,9 @@ from seckill_cluster.galera import DATABASE
 from seckill_cluster.hosts import Host, namespaces_available
 from seckill_common.runtime.tls import ClientTLS
 from seckill_stack.invariants import Invariant, SeckillCheck
-from tests.conftest import timestamp
-from tests.support import REPO, error_details
+from tests.helpers.factories import timestamp
+from tests.helpers.rpc import error_details
+from tests.helpers.stack import REPO
 
 _why = namespaces_available()
 if _why:
@@ -143,7 +144,7 @@ def sql_invariants(conn: pymysql.Connection, sale: Sale) -> list[str]:
                     (sale.activity_id,))
         orders = {order_id: user.decode() for order_id, user in cur.fetchall()}
         cur.execute("SELECT stock FROM products WHERE id = %s", (sale.product_id,))
-        (stock_left,) = cur.fetchone()
+        (stock_left,) = cur.fetchone()  # type: ignore[misc]
     problems = []
     missing = {u: i for u, i in sale.acknowledged().items() if orders.get(i) != u}
     if missing:
@@ -169,7 +170,7 @@ async def verify(cluster: Cluster, sale: Sale, nodes: list[Host] | None = None) 
     acknowledged = list(sale.acknowledged().values())
     with cluster.admin((nodes or cluster.dbs)[0], database=DATABASE) as conn, conn.cursor() as cur:
         cur.execute("SELECT COUNT(*) FROM orders WHERE activity_id = %s", (sale.activity_id,))
-        (orders,) = cur.fetchone()
+        (orders,) = cur.fetchone()  # type: ignore[misc]
     api = SeckillCheck(cluster.target("activity"), cluster.target("order"), sale.activity_id,
                        product_addr=cluster.target("product"), initial_stock=sale.stock)
     failed = await retried(lambda: api_failures(api, orders, acknowledged))
@@ -239,7 +240,7 @@ def the_write_node(cluster: Cluster) -> Host:
 
 
 async def test_write_node_killed_mid_sale(cluster: Cluster, new_sale: Sale,
-                                          record_property: pytest.RecordProperty) -> None:
+                                          record_property: Callable[[str, object], None]) -> None:
     """SIGKILL the node both proxies write to: the proxies move to the next Synced+Primary
     node, the survivors form a Primary component, and selling resumes within the bound."""
     sale = new_sale
@@ -297,7 +298,7 @@ async def test_node_partitioned_mid_sale(cluster: Cluster, new_sale: Sale) -> No
     with cluster.admin(cut, database=DATABASE) as conn, conn.cursor() as cur:
         cur.execute("SET SESSION wsrep_dirty_reads = ON")  # reads on a non-Primary node
         cur.execute("SELECT COUNT(*) FROM orders WHERE activity_id = %s", (sale.activity_id,))
-        (seen_while_cut,) = cur.fetchone()
+        (seen_while_cut,) = cur.fetchone()  # type: ignore[misc]
     assert seen_while_cut < len(sale.acknowledged()), "the cut-off node kept up with sales"
     await asyncio.to_thread(cluster.heal, cut.name)
     await asyncio.to_thread(cluster.wait_synced, cut)

@@ -16,8 +16,9 @@ from activity_svc.seckill import EngineSettings, SeckillEngine
 from seckill_common.api.errors import ServiceError
 from seckill_common.database.db import Database, create_pool
 from seckill_common.database.transaction import Transaction
-from tests.conftest import make_activity, make_product
-from tests.support import ADMIN, Stack, error_details, query, settings_for
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.rpc import error_details
+from tests.helpers.stack import ADMIN, Stack, query, settings_for
 
 
 @pytest.fixture
@@ -87,7 +88,7 @@ async def test_a_batch_that_fails_midway_commits_nothing(
 
     real = Transaction.pipeline
 
-    async def fail_after_the_writes(  # type: ignore[no-untyped-def]
+    async def fail_after_the_writes(
             tx, sql, params, *, commit=False):
         # The server runs the INSERT and the UPDATE, then fails before the COMMIT.
         return await real(tx, sql + "; SELECT * FROM no_such_table" if commit else sql, params,

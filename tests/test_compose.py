@@ -513,11 +513,11 @@ def test_dockerfile_exposes_what_compose_uses(compose):
 
 def module_owners() -> dict[str, str]:
     """Installed file → the distribution that installed it."""
-    owners = {}
+    owners: dict[str, str] = {}
     for dist in importlib.metadata.distributions():
         name = canonicalize_name(dist.metadata["Name"])
         for file in dist.files or []:
-            owners[os.path.normpath(dist.locate_file(file))] = name
+            owners[os.path.normpath(str(dist.locate_file(file)))] = name
     return owners
 
 
@@ -576,7 +576,7 @@ def test_image_installs_every_module_the_services_import():
         assert spec is not None or not must_exist, f"{module} is not installed"
         if spec is None or not spec.has_location:  # a name, or a namespace package
             continue
-        owner = owners.get(os.path.normpath(spec.origin))
+        owner = owners.get(os.path.normpath(spec.origin or ""))
         if owner not in runtime:
             missing[module] = owner
     assert not missing, f"imported, but not a runtime dependency in pyproject.toml: {missing}"

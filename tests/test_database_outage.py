@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import grpc
@@ -10,8 +10,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
-from tests.conftest import make_activity, make_product
-from tests.support import PrivateMariaDB, Stack, create_database, error_details, start_stack
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.rpc import error_details
+from tests.helpers.stack import PrivateMariaDB, Stack, create_database, start_stack
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,7 @@ async def test_database_outage_is_unavailable_and_services_recover(
         await health_becomes(stack, health_pb2.HealthCheckResponse.SERVING)
 
         own_server.kill()
-        calls = [
+        calls: list[Awaitable[object]] = [
             stack.products.GetProduct(product_pb2.GetProductRequest(id=product.id)),
             stack.activities.Seckill(activity_pb2.SeckillRequest(
                 activity_id=activity.id, user_id="during-outage")),

@@ -7,7 +7,7 @@ import contextlib
 import time
 
 from seckill_cluster.delay_relay import relay
-from tests.support import free_port
+from tests.helpers.stack import free_port
 
 DELAY_S = 0.05
 

@@ -10,7 +10,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from tests.support import REPO
+from tests.helpers.stack import REPO
 
 
 def declared() -> list[Requirement]:
@@ -24,7 +24,7 @@ def pins() -> dict[str, Version]:
     for line in (REPO / "requirements.lock").read_text().splitlines():
         if line and not line.startswith((" ", "#")):
             name, _, version = line.partition("==")
-            found[canonicalize_name(name)] = Version(version)
+            found[str(canonicalize_name(name))] = Version(version)
     return found
 
 

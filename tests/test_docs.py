@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO
+from tests.helpers.stack import REPO
 
 CONFIGURATION = REPO / "docs" / "CONFIGURATION.md"
 # Where settings are read: everything but generated code and the tests themselves (whose

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -21,10 +22,12 @@ from seckill.v1 import (
     product_pb2,
 )
 
-from tests.conftest import make_activity, make_product, timestamp
-from tests.support import ADMIN, ServiceProcess, Stack, error_details, subprocess_env
+from tests.helpers.factories import make_activity, make_product, timestamp
+from tests.helpers.rpc import error_details
+from tests.helpers.stack import ADMIN, ServiceProcess, Stack, subprocess_env
 
-Buy = activity_pb2_grpc.ActivityServiceStub
+if TYPE_CHECKING:  # the stub for an aio channel is a type of the .pyi only
+    Buy = activity_pb2_grpc.ActivityServiceAsyncStub
 
 
 async def answer(stub: Buy, activity_id: int, user: str) -> str:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import grpc
 import pytest
@@ -22,8 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
-from tests.conftest import make_activity, make_product, timestamp
-from tests.support import ADMIN, Stack, create_database, error_details, start_stack
+from tests.helpers.factories import make_activity, make_product, timestamp
+from tests.helpers.rpc import error_details
+from tests.helpers.stack import ADMIN, Stack, create_database, start_stack
 
 USERS = [f"u{n}" for n in range(6)]
 WINDOWS = {"OPEN": (-3600, 3600), "NOT_STARTED": (3600, 7200), "ENDED": (-7200, -3600)}
@@ -36,9 +38,10 @@ class State:
     held: dict[tuple[int, str], int] = field(default_factory=dict)  # (index, user) -> order
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 async def shared_stack(mariadb: str) -> AsyncIterator[Stack]:
-    # One stack for every example: hypothesis reruns the test body, not function fixtures.
+    # The property test's own fresh database; one stack for all its examples (hypothesis
+    # reruns the test body, not function fixtures), each of which makes its own sale.
     running = await start_stack(await create_database(mariadb))
     yield running
     await running.stop()
@@ -58,7 +61,7 @@ def is_active(order: order_pb2.Order) -> bool:
     """Orders that hold a unit (every listed order, where orders carry no state)."""
     if "state" not in order.DESCRIPTOR.fields_by_name:
         return True
-    return order_pb2.OrderState.Name(order.state) in {"PENDING_PAYMENT", "PAID"}  # type: ignore[attr-defined]
+    return order_pb2.OrderState.Name(order.state) in {"PENDING_PAYMENT", "PAID"}
 
 
 class Sale:
@@ -162,7 +165,8 @@ async def test_every_answer_is_one_the_transaction_could_give(
     state = State(initial_stock, ("OPEN", "OPEN"))
     for step_buys, change in plan:
         states = [state, after_change(state, change)]
-        work = [sale.buy(index, user) for index, user in step_buys]
+        work: list[Coroutine[Any, Any, Any]] = [sale.buy(index, user)
+                                                for index, user in step_buys]
         if change is not None:
             work.append(sale.change(change, state))
         results = (await asyncio.gather(*work))[:len(step_buys)]

@@ -17,7 +17,7 @@ import yaml
 
 from activity_svc.server import DEFINITION as ACTIVITY
 from seckill_common.runtime.auth import UserTokens
-from tests.support import ADMIN_TOKEN, REPO, Stack, query, start_stack, subprocess_env
+from tests.helpers.stack import ADMIN_TOKEN, REPO, Stack, query, start_stack, subprocess_env
 
 SECRET = "example-user-token-secret-0123456789abcdef"
 BIN = Path(sys.executable).parent
@@ -116,7 +116,7 @@ async def test_grpcurl_walkthrough(stack: Stack, tmp_path: Path) -> None:
 
 def test_kubernetes_probes() -> None:
     section = doc_section("docs/OPERATIONS.md", "## Health probes (Kubernetes)")
-    deployment = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S)[1])
+    deployment = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S)[1])  # type: ignore[index]
     pod = deployment["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] > 5  # SECKILL_SHUTDOWN_GRACE's default
     (container,) = pod["containers"]

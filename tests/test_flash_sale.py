@@ -10,8 +10,9 @@ import grpc
 import pytest
 from seckill.v1 import activity_pb2, activity_pb2_grpc, product_pb2
 
-from tests.conftest import make_activity, make_product
-from tests.support import ServiceProcess, Stack, error_details, query, subprocess_env
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.rpc import error_details
+from tests.helpers.stack import ServiceProcess, Stack, query, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +40,7 @@ async def test_flash_sale_over_two_processes_never_oversells(
     try:
         stubs = [activity_pb2_grpc.ActivityServiceStub(c) for c in channels]
 
-        async def attempt(stub: activity_pb2_grpc.ActivityServiceStub, user: str) -> str:
+        async def attempt(stub: activity_pb2_grpc.ActivityServiceAsyncStub, user: str) -> str:
             try:
                 await stub.Seckill(activity_pb2.SeckillRequest(
                     activity_id=activity.id, user_id=user), timeout=60)

@@ -13,8 +13,8 @@ from seckill.v1 import activity_pb2, product_pb2
 
 from seckill_common.database import migrations
 from seckill_common.database.db import wait_for_server
-from tests.conftest import make_activity, make_product
-from tests.support import PrivateMariaDB, free_port, query, settings_for, start_stack
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.stack import PrivateMariaDB, free_port, query, settings_for, start_stack
 
 pytestmark = pytest.mark.slow
 PROVIDER = Path("/usr/lib/galera/libgalera_smm.so")

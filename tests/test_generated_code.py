@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support import REPO
+from tests.helpers.stack import REPO
 
 
 def test_generated_code_matches_the_protos(tmp_path: Path) -> None:

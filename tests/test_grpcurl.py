@@ -8,8 +8,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from tests.conftest import make_activity, make_product
-from tests.support import ADMIN_TOKEN, Stack, query
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.stack import ADMIN_TOKEN, Stack, query
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or "grpcurl"
 

@@ -334,7 +334,7 @@ def test_service_environment_is_a_valid_configuration(rendered, service):
             assert getattr(settings, f"{peer}_addr") == f"dns:///seckill-{peer}:{port}"
             one(rendered, "Service", f"seckill-{peer}")
     redis = urlsplit(settings.rate_limit_redis_url)
-    redis_service = one(rendered, "Service", redis.hostname)
+    redis_service = one(rendered, "Service", redis.hostname)  # type: ignore[arg-type]
     assert redis.port in [p["port"] for p in redis_service["spec"]["ports"]]
 
 
@@ -381,7 +381,7 @@ def test_the_database_is_a_galera_cluster_with_its_secrets(rendered):
 def test_each_url_names_an_account_with_the_right_rights_and_password(rendered):
     databases = {d["spec"]["name"] for d in of_kind(rendered, "Database")}
     accounts = database_accounts(rendered)
-    seen = {}
+    seen: dict[tuple[str, str], str] = {}
     for owner, spec in pod_specs(rendered):
         for container in [*spec["containers"], *spec.get("initContainers", [])]:
             env = container_env(rendered, container)
@@ -390,11 +390,11 @@ def test_each_url_names_an_account_with_the_right_rights_and_password(rendered):
             url = urlsplit(env["SECKILL_MYSQL_URL"])
             assert url.hostname == "seckill-db-primary"  # the operator's Service for writes
             assert url.path.lstrip("/") in databases
-            account = accounts[url.username]
+            account = accounts[url.username]  # type: ignore[index]
             ref = account["user"]["spec"]["passwordSecretKeyRef"]
             assert url.password == SECRET_VALUES[ref["key"]], "the account's own password"
             assert account["grant"]["spec"]["database"] == url.path.lstrip("/")
-            seen[(owner["kind"], container["name"])] = url.username
+            seen[(owner["kind"], container["name"])] = url.username  # type: ignore[assignment]
     migrating = {who for who, user in seen.items() if who[0] == "Job"}
     assert migrating == {("Job", "migrate")}
     assert accounts[seen[("Job", "migrate")]]["grant"]["spec"]["privileges"] == \
@@ -425,7 +425,7 @@ def test_the_connection_budget_adds_up(rendered):
         asked += pods * workers * Settings.from_env(env).db_pool_size
     app = database_accounts(rendered)["seckill_app"]["user"]["spec"]
     my_cnf = one(rendered, "MariaDB", "seckill-db")["spec"]["myCnf"]
-    max_connections = int(re.search(r"^max_connections=(\d+)$", my_cnf, re.M)[1])
+    max_connections = int(re.search(r"^max_connections=(\d+)$", my_cnf, re.M)[1])  # type: ignore[index]
     assert asked <= app["maxUserConnections"] <= max_connections - HEADROOM, (
         asked, app["maxUserConnections"], max_connections)
 

@@ -19,10 +19,11 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.bad_input_support import (
+from tests.helpers.bad_input import (
     SERVICES,
     Prober,
     ServerLog,
+    Tally,
     all_methods,
     examples,
     method_path,
@@ -51,8 +52,23 @@ async def server_log() -> AsyncIterator[ServerLog]:
 
 @pytest.fixture(scope="module")
 async def prober(mariadb: str, server_log: ServerLog) -> AsyncIterator[Prober]:
+    """One stack for the enumerated inputs (nothing they send can change a row)."""
     async with running_prober(mariadb) as p:
         yield p
+
+
+@pytest.fixture(scope="module")
+def property_tally() -> Tally:
+    return Tally()
+
+
+@pytest.fixture
+async def own_prober(mariadb: str, server_log: ServerLog,
+                     property_tally: Tally) -> AsyncIterator[Prober]:
+    """A property test's own fresh database and stack; its answers count in the totals."""
+    async with running_prober(mariadb) as p:
+        yield p
+    property_tally.add(p)
 
 
 def varint(value: int) -> bytes:
@@ -83,7 +99,8 @@ def fields(descriptor: Descriptor, path: tuple[int, ...] = (), depth: int = 0
         name = ".".join([*(str(n) for n in path), field.name])
         found.append((path, field, name))
         if field.type == FieldDescriptor.TYPE_MESSAGE and depth < 3:
-            found += fields(field.message_type, (*path, field.number), depth + 1)
+            found += fields(field.message_type,  # type: ignore[arg-type]
+                            (*path, field.number), depth + 1)
     return found
 
 
@@ -97,7 +114,7 @@ def populated(method: str) -> bytes:
     """A request with every reachable field set, as bytes (for truncation)."""
     request = message_factory.GetMessageClass(INPUTS[method])()
 
-    def fill(message, depth: int = 0) -> None:  # type: ignore[no-untyped-def]
+    def fill(message, depth: int = 0) -> None:
         for field in message.DESCRIPTOR.fields:
             if field.type == FieldDescriptor.TYPE_MESSAGE:
                 if depth < 3:
@@ -123,9 +140,9 @@ async def check(prober: Prober, method: str, data: bytes) -> None:
 
 @examples(1400)
 @given(method=st.sampled_from(all_methods()), data=st.binary(max_size=300))
-async def test_random_bytes(prober: Prober, method: str, data: bytes) -> None:
+async def test_random_bytes(own_prober: Prober, method: str, data: bytes) -> None:
     ran["random bytes"] += 1
-    await check(prober, method, data)
+    await check(own_prober, method, data)
 
 
 # Sequences no UTF-8 decoder accepts: stray continuation, overlong NUL, truncated sequences,
@@ -140,14 +157,14 @@ invalid_utf8 = st.builds(
 @examples(700)
 @given(target=st.sampled_from(STRING_FIELDS), text=invalid_utf8)
 async def test_invalid_utf8_in_every_string_field(
-        prober: Prober, target: tuple[str, tuple[int, ...], int, str], text: bytes) -> None:
+        own_prober: Prober, target: tuple[str, tuple[int, ...], int, str], text: bytes) -> None:
     """proto3 strings must be UTF-8: Python's protobuf refuses the message, so the service
     must answer INVALID_ARGUMENT whichever string field (nested or repeated) holds them."""
     ran["invalid utf-8"] += 1
     method, path, number, _ = target
     data = nest(path, tag(number, 2) + varint(len(text)) + text)
-    assert not parses(prober.request_class(method), data)
-    await check(prober, method, data)
+    assert not parses(own_prober.request_class(method), data)
+    await check(own_prober, method, data)
 
 
 @pytest.mark.parametrize("method", all_methods())
@@ -208,8 +225,10 @@ async def test_classic_corruptions(prober: Prober, method: str, data: bytes) -> 
     await check(prober, method, data)
 
 
-async def test_totals_and_no_server_error(prober: Prober, server_log: ServerLog) -> None:
+async def test_totals_and_no_server_error(prober: Prober, server_log: ServerLog,
+                                          property_tally: Tally) -> None:
     """Runs last: what the module tried, and that no service logged an error meanwhile."""
-    print("\n" + prober.table())
+    property_tally.add(prober)
+    print("\n" + property_tally.table())
     print("examples per input class:", dict(ran), "total", ran.total())
     assert not server_log.server_errors(), server_log.server_errors()

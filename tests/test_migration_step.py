@@ -18,8 +18,8 @@ from seckill.v1 import activity_pb2, product_pb2
 from product_svc.server import DEFINITION as PRODUCT
 from seckill_common.database import migrations
 from seckill_common.runtime.server import StartupError, start_service
-from tests.conftest import make_activity, make_product
-from tests.support import REPO, query, settings_for, start_stack, subprocess_env
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.stack import REPO, query, settings_for, start_stack, subprocess_env
 
 SHIPPED = [name for _version, name, _sql in migrations.available()]
 NO_MIGRATE = {"SECKILL_MIGRATE_ON_START": "false"}

@@ -20,9 +20,10 @@ from seckill.v1 import (
     product_pb2_grpc,
 )
 
-from tests.conftest import timestamp
-from tests.support import ADMIN, ServiceProcess, error_details, free_port, query, subprocess_env
-from tests.test_order_lifecycle import until
+from tests.helpers.factories import timestamp
+from tests.helpers.polling import eventually
+from tests.helpers.rpc import error_details
+from tests.helpers.stack import ADMIN, ServiceProcess, free_port, query, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +66,7 @@ async def until_no_pending(db_url: str, product_id: int, timeout_s: float) -> No
     async def none_pending() -> bool:
         return not (await states(db_url, product_id))[order_pb2.PENDING_PAYMENT]
 
-    await until(none_pending, timeout_s)
+    await eventually(none_pending, "no order pending", timeout_s)
 
 
 async def test_unpaid_orders_expire_once_across_processes_and_restarts(
@@ -147,7 +148,7 @@ async def test_unpaid_orders_expire_once_across_processes_and_restarts(
         async def expiring() -> bool:
             return (await states(db_url, product.id))[order_pb2.EXPIRED] > UNITS - 4
 
-        await until(expiring, WINDOW_S + BOUND_S)
+        await eventually(expiring, "orders expiring", WINDOW_S + BOUND_S)
         order_svcs[0].process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
         await order_svcs[0].stop()
         await until_no_pending(db_url, product.id, BOUND_S)
@@ -158,8 +159,8 @@ async def test_unpaid_orders_expire_once_across_processes_and_restarts(
         for order_id in paid:
             got = await orders[1].GetOrder(order_pb2.GetOrderRequest(id=order_id))
             assert got.state == order_pb2.PAID
-        got = await products.GetProduct(product_pb2.GetProductRequest(id=product.id))
-        assert got.stock == UNITS - 4
+        left = await products.GetProduct(product_pb2.GetProductRequest(id=product.id))
+        assert left.stock == UNITS - 4
     finally:
         if watcher is not None:
             invariant.stop()

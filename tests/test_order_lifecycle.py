@@ -7,16 +7,19 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
-from tests.conftest import make_activity, make_product, timestamp
-from tests.rpc_checks import bad_fields, not_found, refused
-from tests.support import ADMIN, Stack, query, start_stack
-from tests.test_user_tokens import SECRET, as_user
+from tests.helpers.factories import make_activity, make_product, timestamp
+from tests.helpers.metrics import delta, scrape
+from tests.helpers.polling import eventually
+from tests.helpers.rpc import bad_fields, error_details, not_found, refused
+from tests.helpers.stack import ADMIN, Stack, query, start_stack
+from tests.helpers.users import SECRET, as_user
 
 EXPIRY_BOUND_S = 5.0  # the documented bound (two sweeps of 1 s) plus slack for a busy machine
 
@@ -58,15 +61,6 @@ async def balance(stack: Stack, product_id: int) -> tuple[int, int]:
         " (SELECT COUNT(*) FROM orders WHERE product_id = %s AND state IN (1, 2))",
         (product_id, product_id))
     return int(stock), int(active)
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
-    """Polls `check` until true: expiry changes the database behind our back, and nothing
-    announces it."""
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, f"not true within {timeout_s}s"
-        await asyncio.sleep(0.02)
 
 
 # --- the state machine --------------------------------------------------------------------
@@ -123,7 +117,7 @@ async def test_unpaid_orders_expire_and_their_units_sell_again(stack: Stack) -> 
         got = await stack.orders.GetOrder(order_pb2.GetOrderRequest(id=lapsed.id))
         return got.state == order_pb2.EXPIRED
 
-    await until(expired, 2 + EXPIRY_BOUND_S)
+    await eventually(expired, "the order expired", 2 + EXPIRY_BOUND_S)
     got = await stack.orders.GetOrder(order_pb2.GetOrderRequest(id=lapsed.id))
     assert got.update_time.ToDatetime() >= lapsed.pay_deadline.ToDatetime()
     assert await balance(stack, activity.product_id) == (1, 1)
@@ -143,7 +137,7 @@ async def test_unpaid_orders_expire_and_their_units_sell_again(stack: Stack) -> 
 async def test_paying_after_the_deadline_expires_the_order_at_once(stack: Stack) -> None:
     activity = await short_sale(stack, stock=1, window_s=1)
     order = await buy(stack, activity.id, "alice")
-    await until(lambda: _past(order), 5)
+    await eventually(lambda: _past(order), "past the pay deadline", 5)
     # Whoever gets there first (this call or the sweeper), the answer and the order agree.
     assert await refused(pay(stack, order.id), grpc.StatusCode.FAILED_PRECONDITION) == (
         "PAYMENT_EXPIRED", {"order_id": str(order.id)})
@@ -164,7 +158,7 @@ async def test_list_orders_filters_by_state_and_lists_every_state_by_default(
     await pay(stack, b.id)
     await cancel(stack, c.id)
 
-    async def ids(*states: int) -> list[int]:
+    async def ids(*states: order_pb2.OrderState.ValueType) -> list[int]:
         reply = await stack.orders.ListOrders(order_pb2.ListOrdersRequest(
             activity_id=activity.id, states=states))
         return [o.id for o in reply.orders]
@@ -176,7 +170,7 @@ async def test_list_orders_filters_by_state_and_lists_every_state_by_default(
     assert await ids(order_pb2.EXPIRED) == []
     for bad in (order_pb2.ORDER_STATE_UNSPECIFIED, 99):
         assert await bad_fields(stack.orders.ListOrders(order_pb2.ListOrdersRequest(
-            states=[bad]))) == {"states"}
+            states=[bad]))) == {"states"}  # type: ignore[list-item]
     # A page token is bound to its state filter.
     first = await stack.orders.ListOrders(order_pb2.ListOrdersRequest(
         page_size=1, states=[order_pb2.PENDING_PAYMENT, order_pb2.PAID]))
@@ -201,7 +195,7 @@ async def test_pay_and_cancel_refuse_bad_ids_unknown_orders_and_missing_credenti
 async def test_activity_price_and_payment_window_are_validated_and_updatable(
         stack: Stack) -> None:
     product = await make_product(stack, stock=1)
-    base = dict(product_id=product.id, name="s", start_time=timestamp(-1),
+    base: dict[str, Any] = dict(product_id=product.id, name="s", start_time=timestamp(-1),
                 end_time=timestamp(60))
     for bad in (window(0), window(0.5), window(7 * 86400 + 1),
                 duration_pb2.Duration(seconds=2, nanos=1), duration_pb2.Duration(seconds=-5)):
@@ -295,7 +289,7 @@ async def test_pay_racing_expiry_has_exactly_one_outcome(stack: Stack) -> None:
             rows = await query(stack.db_url, "SELECT COUNT(*) FROM orders WHERE state = 1")
             return rows == [(0,)]
 
-        await until(settled, EXPIRY_BOUND_S)
+        await eventually(settled, "settled", EXPIRY_BOUND_S)
         for order, answer in zip(orders, answers, strict=True):
             got = await stack.orders.GetOrder(order_pb2.GetOrderRequest(id=order.id))
             assert got.state == (order_pb2.PAID if answer == "PAID" else order_pb2.EXPIRED)
@@ -335,7 +329,6 @@ async def test_cancel_racing_pay_has_exactly_one_outcome(stack: Stack) -> None:
 
 
 def refused_reason(exc: grpc.aio.AioRpcError) -> str:
-    from tests.support import error_details
     return error_details(exc)["ErrorInfo"].reason
 
 
@@ -386,7 +379,6 @@ async def test_a_retried_create_with_the_same_request_id_creates_nothing_new(
 # --- metrics --------------------------------------------------------------------------------
 
 async def test_metrics_count_orders_by_state_and_expiry_lag(db_url: str) -> None:
-    from tests.test_telemetry import delta, scrape
 
     stack = await start_stack(db_url, SECKILL_METRICS_ADDR="127.0.0.1:0")  # to scrape
     try:
@@ -402,7 +394,7 @@ async def test_metrics_count_orders_by_state_and_expiry_lag(db_url: str) -> None
         async def counted_expired() -> bool:  # counted just after the expiry commits
             return delta(before, scrape(port), "seckill_orders_total", state="expired") > 0
 
-        await until(counted_expired, 1 + EXPIRY_BOUND_S)
+        await eventually(counted_expired, "the expiry counted", 1 + EXPIRY_BOUND_S)
         after = scrape(port)
         got = await stack.orders.GetOrder(order_pb2.GetOrderRequest(id=c.id))
         assert got.state == order_pb2.EXPIRED

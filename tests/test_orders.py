@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
-from tests.conftest import make_activity, make_product
-from tests.rpc_checks import DEEP_TOKEN, bad_fields, not_found, walk
-from tests.support import ADMIN, Stack, query
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.rpc import DEEP_TOKEN, bad_fields, not_found, walk
+from tests.helpers.stack import ADMIN, Stack, query
 
 
 async def buy(stack: Stack, activity_id: int, user_id: str) -> order_pb2.Order:
@@ -31,11 +33,13 @@ async def orders(stack: Stack) -> dict[str, int]:
     return ids
 
 
-def filters_for(ids: dict[str, int], case: str) -> dict[str, object]:
-    return {"all": {}, "activity": {"activity_id": ids["a"]}, "user": {"user_id": "u0"},
-            "both": {"user_id": "u1", "activity_id": ids["b"]},
-            "spaced-user": {"user_id": "u0 "}, "nobody": {"user_id": "zed"},
-            "unknown-activity": {"activity_id": 999}}[case]
+def filters_for(ids: dict[str, int], case: str) -> dict[str, Any]:
+    cases: dict[str, dict[str, Any]] = {
+        "all": {}, "activity": {"activity_id": ids["a"]}, "user": {"user_id": "u0"},
+        "both": {"user_id": "u1", "activity_id": ids["b"]},
+        "spaced-user": {"user_id": "u0 "}, "nobody": {"user_id": "zed"},
+        "unknown-activity": {"activity_id": 999}}
+    return cases[case]
 
 
 @pytest.mark.parametrize("page_size", [1, 3])
@@ -60,7 +64,7 @@ async def test_list_orders_walks_every_matching_row_once(
 
 
 async def test_list_orders_counts_match_the_fixture(stack: Stack, orders: dict[str, int]) -> None:
-    async def count(**filters: object) -> int:
+    async def count(**filters: Any) -> int:
         response = await stack.orders.ListOrders(order_pb2.ListOrdersRequest(**filters))
         return len(response.orders)
 
@@ -92,8 +96,10 @@ async def test_list_orders_token_is_bound_to_its_filters(
     first = await stack.orders.ListOrders(order_pb2.ListOrdersRequest(
         page_size=2, activity_id=orders["a"]))
     assert first.next_page_token
-    filters = {"other-activity": {"activity_id": orders["b"]}, "no-filter": {},
-               "added-user": {"activity_id": orders["a"], "user_id": "u1"}}[reused_with]
+    reuses: dict[str, dict[str, Any]] = {
+        "other-activity": {"activity_id": orders["b"]}, "no-filter": {},
+        "added-user": {"activity_id": orders["a"], "user_id": "u1"}}
+    filters = reuses[reused_with]
     assert await bad_fields(stack.orders.ListOrders(order_pb2.ListOrdersRequest(
         page_size=2, page_token=first.next_page_token, **filters))) == {"page_token"}
     # The page size may change between pages; the filters may not.

@@ -16,7 +16,7 @@ from seckill.v1 import product_pb2, product_pb2_grpc
 
 from product_svc.server import DEFINITION as PRODUCT
 from seckill_common.runtime.server import LIVENESS_HEALTH_NAME, start_service
-from tests.support import (
+from tests.helpers.stack import (
     PrivateMariaDB,
     ServiceProcess,
     create_database,

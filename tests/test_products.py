@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 from seckill.v1 import product_pb2
 
-from tests.conftest import make_activity, make_product
-from tests.rpc_checks import DEEP_TOKEN, bad_fields, not_found, refused, walk
-from tests.support import ADMIN, Stack, query
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.rpc import DEEP_TOKEN, bad_fields, not_found, refused, walk
+from tests.helpers.stack import ADMIN, Stack, query
 
 MAX = 10**12
 PRODUCT_ROW = "SELECT name, description, price_cents, stock FROM products WHERE id = %s"
@@ -21,7 +23,7 @@ async def product_row(stack: Stack, product_id: int) -> tuple | None:
 
 
 async def update(stack: Stack, paths: list[str] | None = None,
-                 **fields: object) -> product_pb2.Product:
+                 **fields: Any) -> product_pb2.Product:
     return await stack.products.UpdateProduct(product_pb2.UpdateProductRequest(
         product=product_pb2.Product(**fields),
         update_mask=field_mask_pb2.FieldMask(paths=paths or [])), metadata=ADMIN)

@@ -11,8 +11,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from seckill.v1 import activity_pb2, product_pb2
 
 from seckill_common.runtime.ratelimit import TokenBuckets
-from tests.conftest import make_activity, make_product
-from tests.support import error_details, query, start_stack
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.rpc import error_details
+from tests.helpers.stack import query, start_stack
 
 
 def test_a_bucket_allows_its_burst_then_its_rate() -> None:

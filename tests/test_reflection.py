@@ -8,7 +8,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from tests.support import Stack
+from tests.helpers.stack import Stack
 
 VERSIONS = ("v1", "v1alpha")
 

@@ -16,8 +16,8 @@ from seckill.v1 import (
     product_pb2_grpc,
 )
 
-from tests.conftest import timestamp
-from tests.support import (
+from tests.helpers.factories import timestamp
+from tests.helpers.stack import (
     ADMIN,
     PrivateMariaDB,
     ServiceProcess,

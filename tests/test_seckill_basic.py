@@ -6,8 +6,9 @@ import grpc
 import pytest
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
-from tests.conftest import make_activity, make_product
-from tests.support import ADMIN, Stack, error_details, query
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.rpc import error_details
+from tests.helpers.stack import ADMIN, Stack, query
 
 
 async def buy(stack: Stack, activity_id: int, user_id: str) -> order_pb2.Order:

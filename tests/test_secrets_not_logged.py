@@ -15,7 +15,7 @@ import pytest
 from seckill.v1 import order_pb2, order_pb2_grpc
 
 from seckill_common.runtime.auth import UserTokens
-from tests.support import ADMIN_TOKEN, REPO, ServiceProcess, query, subprocess_env
+from tests.helpers.stack import ADMIN_TOKEN, REPO, ServiceProcess, query, subprocess_env
 
 pytestmark = pytest.mark.slow
 

@@ -26,8 +26,8 @@ from activity_svc.server import DEFINITION as ACTIVITY
 from seckill_common.runtime import ratelimit
 from seckill_common.runtime.server import RunningService, start_service
 from seckill_common.runtime.telemetry import RATE_LIMITS_SHARED
-from tests.conftest import make_activity, make_product
-from tests.support import Stack, free_port, settings_for, start_stack
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.stack import Stack, free_port, settings_for, start_stack
 
 SYSTEM_REDIS = "redis://127.0.0.1:6379/13"
 # Low limits, so that a flood in the test's time passes them: 10 calls at once, then 2 a
@@ -69,7 +69,7 @@ def private_redis(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]
         process.wait(10)
 
 
-async def seckill_code(stub: activity_pb2_grpc.ActivityServiceStub, activity_id: int,
+async def seckill_code(stub: activity_pb2_grpc.ActivityServiceAsyncStub, activity_id: int,
                        user: str) -> grpc.StatusCode:
     try:
         await stub.Seckill(activity_pb2.SeckillRequest(activity_id=activity_id, user_id=user))

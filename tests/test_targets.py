@@ -11,7 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from seckill_common.config import ConfigError, Settings
 from seckill_common.runtime.tls import ClientTLS
-from tests.support import REPO, free_port
+from tests.helpers.stack import REPO, free_port
 
 BASE = {"SECKILL_ADMIN_TOKEN": "t"}
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,12 +14,12 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from prometheus_client.parser import text_string_to_metric_families
 from seckill.v1 import activity_pb2, product_pb2
 
 from seckill_common.runtime import telemetry
-from tests.conftest import make_activity, make_product
-from tests.support import ADMIN, ServiceProcess, Stack, start_stack, subprocess_env
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.metrics import delta, scrape
+from tests.helpers.stack import ADMIN, ServiceProcess, Stack, start_stack, subprocess_env
 
 ACTIVITY = "/seckill.v1.ActivityService"
 
@@ -87,14 +86,14 @@ async def test_a_coalesced_batch_is_a_span_with_its_size(
         activity_id=activity.id, user_id=f"u{n}")) for n in range(30)))
 
     batches = [s for s in exporter.get_finished_spans() if s.name == "seckill.batch"]
-    assert sum(b.attributes["seckill.batch_size"] for b in batches) == 30  # type: ignore[index]
-    assert any(b.attributes["seckill.batch_size"] > 1 for b in batches)  # type: ignore[index]
+    assert sum(b.attributes["seckill.batch_size"] for b in batches) == 30  # type: ignore[index, misc]
+    assert any(b.attributes["seckill.batch_size"] > 1 for b in batches)  # type: ignore[index, operator]
     seckills = {s.context.span_id: s for s in exporter.get_finished_spans()
                 if s.name == f"{ACTIVITY}/Seckill" and s.kind == SpanKind.SERVER}
     for batch in batches:
         # Child of its first caller's call, linked to the others'; its transaction below it.
         assert batch.parent is not None and batch.parent.span_id in seckills
-        assert len(batch.links) == batch.attributes["seckill.batch_size"] - 1  # type: ignore
+        assert len(batch.links) == batch.attributes["seckill.batch_size"] - 1  # type: ignore[index, operator]
         assert {link.context.span_id for link in batch.links} <= set(seckills)
         below = [s for s in exporter.get_finished_spans()
                  if s.parent is not None and s.parent.span_id == batch.context.span_id]
@@ -107,19 +106,6 @@ def test_tracing_is_off_without_an_endpoint(monkeypatch: pytest.MonkeyPatch) -> 
     assert not telemetry.tracing_on()
     assert telemetry.server_interceptors() == []
     assert telemetry.client_interceptors() == []
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        assert reply.status == 200
-        text = reply.read().decode()
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
-
-
-def delta(before: dict, after: dict, name: str, **labels: str) -> float:
-    key = (name, tuple(sorted(labels.items())))
-    return after.get(key, 0.0) - before.get(key, 0.0)
 
 
 async def test_metrics_endpoint_counts_rpcs_outcomes_batches_pool_and_stock(
@@ -212,7 +198,7 @@ class Collector:
         self.spans: list[tuple[str, str]] = []  # (service.name, span name)
         self.received = asyncio.Event()
 
-    async def Export(self, request, context):  # type: ignore[no-untyped-def]
+    async def Export(self, request, context):
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
         for resource_spans in request.resource_spans:

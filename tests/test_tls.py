@@ -23,8 +23,8 @@ from seckill_bench import BenchConfig, run_load
 from seckill_cli import cli
 from seckill_common.runtime.tls import ClientTLS
 from seckill_stack.health import wait_serving
-from tests.conftest import timestamp
-from tests.support import ADMIN, Stack, start_stack
+from tests.helpers.factories import timestamp
+from tests.helpers.stack import ADMIN, Stack, start_stack
 
 
 @dataclass

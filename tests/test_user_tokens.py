@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import grpc
 import jwt
@@ -15,16 +15,10 @@ import pytest
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
 from seckill_common.runtime.auth import UserTokens
-from tests.conftest import make_activity, make_product
-from tests.rpc_checks import rpc_error
-from tests.support import ADMIN, REPO, Stack, error_details, query, start_stack
-
-SECRET = "test-user-token-secret-0123456789abcdef"
-TOKENS = UserTokens(SECRET)
-
-
-def as_user(user: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {TOKENS.issue(user)}"),)
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.rpc import error_details, rpc_error
+from tests.helpers.stack import ADMIN, REPO, Stack, query, start_stack
+from tests.helpers.users import SECRET, TOKENS, as_user
 
 
 @pytest.fixture
@@ -53,7 +47,8 @@ BAD_CREDENTIALS = {
     "other-secret": (("authorization",
                       f"Bearer {UserTokens('x' * 40).issue('alice')}"),),
     "alg-none": (("authorization", "Bearer " + jwt.encode(
-        {"sub": "alice", "iss": "seckill", "exp": int(time.time()) + 60}, None,
+        {"sub": "alice", "iss": "seckill", "exp": int(time.time()) + 60},
+        None,  # type: ignore[arg-type]  # PyJWT takes no key for "none"
         algorithm="none")),),
     "no-expiry": (("authorization", "Bearer " + jwt.encode(
         {"sub": "alice", "iss": "seckill"}, SECRET, algorithm="HS256")),),
@@ -67,7 +62,7 @@ BAD_CREDENTIALS = {
 async def test_user_rpcs_refuse_a_missing_or_invalid_token(
         secured: Stack, sale: int, credential: str) -> None:
     metadata = BAD_CREDENTIALS[credential]
-    calls = [
+    calls: list[Awaitable[object]] = [
         secured.activities.Seckill(seckill(sale, "alice"), metadata=metadata),
         secured.orders.ListOrders(order_pb2.ListOrdersRequest(), metadata=metadata),
         secured.orders.GetOrder(order_pb2.GetOrderRequest(id=1), metadata=metadata),

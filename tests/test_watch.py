@@ -10,8 +10,9 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -21,15 +22,15 @@ from seckill.v1 import activity_pb2, activity_pb2_grpc, order_pb2, product_pb2
 from activity_svc.watch import FRESHNESS_BOUND_S, State, min_interval_s, state_of
 from seckill_common.api.times import to_datetime
 from seckill_stack.services import python_env
-from tests.conftest import make_activity, make_product
-from tests.support import (
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.rpc import error_details
+from tests.helpers.stack import (
     ADMIN,
     REPO,
     PrivateMariaDB,
     ServiceProcess,
     Stack,
     create_database,
-    error_details,
     query,
     start_stack,
     subprocess_env,
@@ -40,15 +41,17 @@ Response = activity_pb2.WatchActivityResponse
 WITHIN_BOUND_S = FRESHNESS_BOUND_S + 1.0
 
 
-def watch(stub: activity_pb2_grpc.ActivityServiceStub, activity_id: int,
-          min_interval_ms: int | None = None) -> grpc.aio.UnaryStreamCall:
+def watch(stub: activity_pb2_grpc.ActivityServiceAsyncStub, activity_id: int,
+          min_interval_ms: int | None = None) -> Any:
+    """The stream (a grpc.aio.UnaryStreamCall: its stub types it as an iterator only)."""
     request = activity_pb2.WatchActivityRequest(id=activity_id)
     if min_interval_ms is not None:
         request.min_interval.FromMilliseconds(min_interval_ms)
     return stub.WatchActivity(request)
 
 
-async def next_until(call: grpc.aio.UnaryStreamCall, accept: object,
+async def next_until(call: Any,
+                     accept: Callable[[Response], bool],
                      timeout_s: float = WITHIN_BOUND_S) -> tuple[Response, list[Response]]:
     """Reads messages until one satisfies `accept`; returns it and every message read."""
     seen: list[Response] = []
@@ -57,11 +60,11 @@ async def next_until(call: grpc.aio.UnaryStreamCall, accept: object,
             message = await call.read()
             assert message is not grpc.aio.EOF, f"stream ended: {await call.code()}"
             seen.append(message)
-            if accept(message):  # type: ignore[operator]
+            if accept(message):
                 return message, seen
 
 
-async def ending(call: grpc.aio.UnaryStreamCall, timeout_s: float = WITHIN_BOUND_S
+async def ending(call: Any, timeout_s: float = WITHIN_BOUND_S
                  ) -> tuple[list[Response], grpc.aio.AioRpcError]:
     """Reads the stream to its end; returns the messages and the status it ended with."""
     messages: list[Response] = []
@@ -177,8 +180,8 @@ async def test_a_sale_shows_units_falling_then_sold_out(stack: Stack) -> None:
     assert revisions == sorted(set(revisions)), revisions
 
 
-async def sold_out_then_back(stack: Stack, watcher: activity_pb2_grpc.ActivityServiceStub,
-                             buyer: activity_pb2_grpc.ActivityServiceStub) -> None:
+async def sold_out_then_back(stack: Stack, watcher: activity_pb2_grpc.ActivityServiceAsyncStub,
+                             buyer: activity_pb2_grpc.ActivityServiceAsyncStub) -> None:
     """Sells out through `buyer`; a cancel (order service), then a restock (product service)
     bring OPEN back to a watcher of `watcher` within the bound."""
     product = await make_product(stack, stock=1)
@@ -225,7 +228,7 @@ async def test_cancel_restock_update_and_delete_reach_watchers(stack: Stack) -> 
 
 @pytest.fixture
 async def second_activity(stack: Stack, tmp_path: Path
-                          ) -> AsyncIterator[activity_pb2_grpc.ActivityServiceStub]:
+                          ) -> AsyncIterator[activity_pb2_grpc.ActivityServiceAsyncStub]:
     """Another activity service process on the stack's database (shipped defaults)."""
     env = subprocess_env(stack.db_url, SECKILL_ACTIVITY_ADDR="127.0.0.1:0",
                          SECKILL_PRODUCT_ADDR=stack.product.address,
@@ -242,7 +245,7 @@ async def second_activity(stack: Stack, tmp_path: Path
 
 @pytest.mark.slow
 async def test_changes_made_through_another_activity_process_reach_watchers(
-        stack: Stack, second_activity: activity_pb2_grpc.ActivityServiceStub) -> None:
+        stack: Stack, second_activity: activity_pb2_grpc.ActivityServiceAsyncStub) -> None:
     # Sales, updates and the delete go through the other process; the watcher watches this one.
     await sold_out_then_back(stack, stack.activities, second_activity)
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from seckill.v1 import activity_pb2, activity_pb2_grpc
 
-from tests.conftest import make_activity, make_product
-from tests.support import ServiceProcess, Stack, subprocess_env
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.stack import ServiceProcess, Stack, subprocess_env
 
 CYCLES = int(os.environ.get("SECKILL_TEST_WATCH_CYCLES", "20000"))
 WARM_UP = 2_000  # allocator arenas, caches and grpc's pools settle first
@@ -41,7 +42,7 @@ async def cycles(stub: activity_pb2_grpc.ActivityServiceStub, activity_id: int,
 
     async def worker() -> None:
         for i in queue:
-            call = stub.WatchActivity(activity_pb2.WatchActivityRequest(id=activity_id))
+            call: Any = stub.WatchActivity(activity_pb2.WatchActivityRequest(id=activity_id))
             if i % 4:
                 message = await call.read()
                 assert message is not grpc.aio.EOF

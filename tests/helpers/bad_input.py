@@ -1,5 +1,5 @@
-"""Shared by the bad-input tests: one stack per module, a caller that checks every answer
-against the protos' documented errors, and hostile-value strategies.
+"""Shared by the bad-input tests: a caller that checks every answer against the protos'
+documented errors, a property runner and its tally, and hostile-value strategies.
 
 Every call goes through `Prober.call`, which asserts:
 - the code is OK or one the proto comment of that RPC (or of its service) documents, and never
@@ -7,17 +7,18 @@ Every call goes through `Prober.call`, which asserts:
 - a refusal carries its google.rpc detail (INVALID_ARGUMENT: BadRequest, NOT_FOUND:
   ResourceInfo, FAILED_PRECONDITION / ALREADY_EXISTS: ErrorInfo) and no traceback;
 - a refused call, and any read, left the tables as they were (CHECKSUM TABLE after the call
-  against the one taken after the previous call: this module's database has no other writer).
+  against the one taken after the previous call: the prober's database has no other writer).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,11 +27,12 @@ import aiomysql
 import grpc
 from google.protobuf import field_mask_pb2, message_factory, timestamp_pb2
 from google.protobuf.message import DecodeError, Message
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
-from tests.support import ADMIN, REPO, Stack, create_database, error_details, start_stack
+from tests.helpers.rpc import error_details
+from tests.helpers.stack import ADMIN, REPO, Stack, create_database, start_stack
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -64,12 +66,13 @@ SCALE = float(os.environ.get("SECKILL_FUZZ_SCALE", "1"))
 
 def examples(n: int) -> settings:
     """Repeatable in CI: derandomized (a fixed seed per test), no example database to replay
-    from, no per-example deadline on a busy 2-core machine."""
+    from, no per-example deadline on a busy 2-core machine. A test's fresh stack (a function
+    fixture) serves all its examples."""
     return settings(
         max_examples=max(1, int(n * SCALE)), deadline=None, derandomize=True, database=None,
         print_blob=True,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                               HealthCheck.large_base_example],
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                               HealthCheck.data_too_large, HealthCheck.large_base_example],
     )
 
 
@@ -114,7 +117,7 @@ def documented_codes() -> dict[str, Documented]:
 @dataclass
 class Outcome:
     code: str
-    response: Message | None
+    response: Any  # the RPC's response message, looked up by its path
     error: grpc.aio.AioRpcError | None
 
 
@@ -234,27 +237,81 @@ class Prober:
         assert wanted in details, f"{shown} -> {code} without {wanted}: {message}"
         detail = details[wanted]
         if wanted == "BadRequest":
-            assert detail.field_violations, message  # type: ignore[attr-defined]
+            assert detail.field_violations, message
             assert all(v.field and v.description
-                       for v in detail.field_violations), detail  # type: ignore[attr-defined]
+                       for v in detail.field_violations), detail
         elif wanted == "ResourceInfo":
-            assert detail.resource_type.startswith("seckill.v1."), detail  # type: ignore[attr-defined]
-            assert detail.resource_name, detail  # type: ignore[attr-defined]
+            assert detail.resource_type.startswith("seckill.v1."), detail
+            assert detail.resource_name, detail
         else:
-            assert detail.reason and detail.domain == "seckill.v1", detail  # type: ignore[attr-defined]
+            assert detail.reason and detail.domain == "seckill.v1", detail
 
     def bad_fields(self, outcome: Outcome) -> set[str]:
         assert outcome.error is not None
         return {v.field for v in error_details(outcome.error)["BadRequest"].field_violations}
 
     def table(self) -> str:
-        """Codes answered per RPC: the numbers behind the RELIABILITY.md table."""
-        lines = []
-        for path in all_methods():
-            counts = self.seen.get(path, Counter())
-            lines.append(f"{path}: {sum(counts.values())} "
-                         + ", ".join(f"{c}={n}" for c, n in sorted(counts.items())))
-        return "\n".join(lines)
+        return codes_table(self.seen)
+
+
+def codes_table(seen: dict[str, Counter[str]]) -> str:
+    """Codes answered per RPC: the numbers behind the RELIABILITY.md table."""
+    lines = []
+    for path in all_methods():
+        counts = seen.get(path, Counter())
+        lines.append(f"{path}: {sum(counts.values())} "
+                     + ", ".join(f"{c}={n}" for c, n in sorted(counts.items())))
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Property:
+    """A property of one RPC: `body(prober, **drawn)` holds for `n` examples drawn from
+    `strategies`."""
+
+    name: str
+    body: Callable[..., Coroutine[Any, Any, object]]
+    n: int
+    strategies: dict[str, st.SearchStrategy[Any]]
+
+    async def check(self, prober: Prober) -> int:
+        """Runs the examples against `prober`'s stack; returns how many ran.
+
+        Hypothesis drives a synchronous test: it runs in a worker thread and hands each example
+        to this event loop, where the stack lives."""
+        loop = asyncio.get_running_loop()
+        count = 0
+
+        def example(**drawn: Any) -> None:
+            nonlocal count
+            count += 1
+            asyncio.run_coroutine_threadsafe(self.body(prober, **drawn), loop).result()
+
+        # derandomize seeds each property from its test function, here named after it.
+        example.__name__ = example.__qualname__ = self.name
+        await asyncio.to_thread(examples(self.n)(given(**self.strategies)(example)))
+        return count
+
+
+@dataclass
+class Tally:
+    """What the property tests of a module ran, for its totals: the examples per property and
+    the codes each RPC answered, over each property's own prober."""
+
+    ran: Counter[str] = field(default_factory=Counter)
+    seen: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+
+    async def check(self, prop: Property, prober: Prober) -> None:
+        self.ran[prop.name] += await prop.check(prober)
+        self.add(prober)
+
+    def add(self, prober: Prober) -> None:
+        """Counts what `prober` was answered."""
+        for path, counts in prober.seen.items():
+            self.seen[path].update(counts)
+
+    def table(self) -> str:
+        return codes_table(self.seen)
 
 
 def parses(request_cls: type[Message], data: bytes) -> bool:
@@ -413,7 +470,7 @@ def set_time(message: Message, name: str, value: timestamp_pb2.Timestamp | None)
 
 @asynccontextmanager
 async def running_prober(mariadb: str, **overrides: str) -> AsyncIterator[Prober]:
-    """A fresh database and stack for one test module, and a Prober on them.
+    """A fresh database and stack, and a Prober on them.
 
     SECKILL_RATE_LIMIT_USER=0 turns the per-user rate limit off: thousands of calls in a few
     seconds would otherwise be refused RESOURCE_EXHAUSTED before reaching validation.

@@ -1,4 +1,4 @@
-"""Assertions shared by the end-to-end tests: a call's status code and its google.rpc details."""
+"""A call's status code and its google.rpc details: what the end-to-end tests assert on."""
 
 from __future__ import annotations
 
@@ -9,12 +9,29 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.message import Message
-
-from tests.support import error_details
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 # A hostile page_token: base64 of 40,000 nested JSON arrays (once answered INTERNAL): deep
 # enough to overflow a recursive JSON parser, small enough for the request size cap.
 DEEP_TOKEN = base64.urlsafe_b64encode(b"[" * 40_000).decode()
+
+
+def error_details(error: grpc.aio.AioRpcError) -> dict[str, Any]:
+    """The google.rpc details of a failed call, by type name."""
+    status = rpc_status.from_call(error)
+    found: dict[str, Any] = {}
+    if status is None:
+        return found
+    for detail in status.details:
+        for kind in (error_details_pb2.BadRequest, error_details_pb2.ResourceInfo,
+                     error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo,
+                     error_details_pb2.QuotaFailure):
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                found[kind.__name__] = message
+    return found
 
 
 async def rpc_error(call: Awaitable[object], code: grpc.StatusCode) -> grpc.aio.AioRpcError:
@@ -68,5 +85,5 @@ async def walk(list_page: Callable[..., Awaitable[Any]], request: Message,
         assert pages[-1] and len(pages) < 100, pages
         following = type(request)()
         following.CopyFrom(request)
-        following.page_token = response.next_page_token
+        following.page_token = response.next_page_token  # type: ignore[attr-defined]
         request = following

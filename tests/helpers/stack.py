@@ -1,4 +1,4 @@
-"""Test harness: a private MariaDB server and the three services in-process on port 0; the
+"""The stack under test: a private MariaDB server and the three services in-process on port 0; the
 same launcher as `make up` (seckill_stack) for a service run as its own process."""
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from pathlib import Path
 
 import aiomysql
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from seckill.v1 import (
     activity_pb2_grpc,
     order_pb2_grpc,
@@ -138,24 +136,7 @@ def subprocess_env(db_url: str, **overrides: str) -> dict[str, str]:
     }
 
 
-def error_details(error: grpc.aio.AioRpcError) -> dict[str, object]:
-    """The google.rpc details of a failed call, by type name."""
-    status = rpc_status.from_call(error)
-    found: dict[str, object] = {}
-    if status is None:
-        return found
-    for detail in status.details:
-        for kind in (error_details_pb2.BadRequest, error_details_pb2.ResourceInfo,
-                     error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo,
-                     error_details_pb2.QuotaFailure):
-            if detail.Is(kind.DESCRIPTOR):
-                message = kind()
-                detail.Unpack(message)
-                found[kind.__name__] = message
-    return found
-
-
-async def wait_serving(address: str, timeout_s: float = 30.0) -> None:
+async def until_serving(address: str, timeout_s: float = 30.0) -> None:
     """Waits, through the gRPC health protocol's Watch stream, until `address` is SERVING."""
     async with asyncio.timeout(timeout_s):
         await health.wait_serving(address, "", {})
