@@ -324,8 +324,10 @@ async def test_sigterm_mid_sale_finishes_or_cancels_in_flight_calls_and_exits_in
     """SIGTERM: new calls refused, calls in flight finish (or, past the grace, are cut off
     with their transactions), and the process exits 0 in time."""
     grace_s = 2.0
+    # The access log of every call: the server's view below reads how each one ended.
     async with running_services(db_url, tmp_path, SECKILL_SHUTDOWN_GRACE=str(grace_s),
-                                SECKILL_DB_LOCK_WAIT_TIMEOUT="60") as services:
+                                SECKILL_DB_LOCK_WAIT_TIMEOUT="60",
+                                SECKILL_ACCESS_LOG_ALL="true") as services:
         sale = await start_flash_sale(services.addrs, stock=150)
         activity = services.running["activity"]
         try:
