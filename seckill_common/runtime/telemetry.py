@@ -148,6 +148,12 @@ RATE_LIMITS_SHARED = Gauge(
     "(SECKILL_RATE_LIMIT_REDIS_URL), 0 while Redis is unreachable and they are counted in "
     "this process", ["service"])
 
+IN_FLIGHT = Gauge("seckill_rpc_in_flight",
+                  "Calls this process is working on (health checks excepted)", ["service"])
+IN_FLIGHT_LIMIT = Gauge(
+    "seckill_rpc_in_flight_limit", "The adaptive in-flight limit: above it calls are refused "
+    "RESOURCE_EXHAUSTED (OVERLOADED) at once", ["service"])
+
 ORDER_TRANSITIONS = Counter(
     "seckill_orders", "Orders that entered a state in this process, by state: "
     "pending_payment (a seckill won), paid, cancelled, expired", ["state"])
