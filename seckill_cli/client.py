@@ -7,7 +7,9 @@ command (the product, the user, the service's address) and what to do about it, 
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -19,6 +21,13 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from seckill.v1 import activity_pb2_grpc, order_pb2_grpc, product_pb2_grpc
 
+from seckill_common.api.retry import (
+    MIN_RETRY_S,
+    AdaptiveThrottle,
+    ThrottledLocally,
+    backoff_s,
+    retry_delay_s,
+)
 from seckill_common.runtime.tls import ClientTLS
 
 
@@ -116,6 +125,15 @@ def _precondition(info: error_details_pb2.ErrorInfo | None, message: str) -> str
     return f"refused ({reason}): {message}" if reason else f"refused: {message}"
 
 
+def _exhausted(status: status_pb2.Status | None, retry: error_details_pb2.RetryInfo,
+               message: str, who: str) -> str:
+    """RESOURCE_EXHAUSTED with RetryInfo: an overloaded process, or a rate limit."""
+    info = detail(status, error_details_pb2.ErrorInfo)
+    if info is not None and info.reason == "OVERLOADED":
+        return f"{who} is overloaded: nothing was done; retry in {seconds(retry.retry_delay)}"
+    return f"rate limited: {message}; retry in {seconds(retry.retry_delay)}"
+
+
 def explain(exc: grpc.aio.AioRpcError, service: str, addr: str, *, auth: Auth,
             about: About = About(), timeout_s: float = 0) -> CliError:
     """The error a failed call becomes: a sentence for people, the status for scripts."""
@@ -156,7 +174,7 @@ def explain(exc: grpc.aio.AioRpcError, service: str, addr: str, *, auth: Auth,
             text = (f"the {service} service at {addr} did not answer within {timeout_s:g}s "
                     f"(--timeout)")
         case grpc.StatusCode.RESOURCE_EXHAUSTED if retry is not None:
-            text = f"rate limited: {message}; retry in {seconds(retry.retry_delay)}"
+            text = _exhausted(status, retry, message, f"the {service} service at {addr}")
         case grpc.StatusCode.ABORTED:
             text = f"{message} (a lock was held too long; trying again may work)"
         case _:
@@ -178,6 +196,9 @@ class Session:
     admin_token: str = ""
     user_token: str = ""
     tls: ClientTLS = field(default_factory=ClientTLS)
+    # Overload: tries after a RetryInfo refusal, and the client-side throttle.
+    retries: int = 8
+    throttle: AdaptiveThrottle = field(default_factory=AdaptiveThrottle)
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
 
     def channel(self, service: str) -> grpc.aio.Channel:
@@ -195,13 +216,43 @@ class Session:
 
     async def call(self, service: str, method: str, request: Message, *, auth: Auth = Auth.NONE,
                    about: About = About()) -> Any:
-        """Calls `service`.`method`; a failure raises CliError with the explanation."""
-        try:
-            return await getattr(self.stub(service), method)(
-                request, metadata=self.metadata(auth), timeout=self.timeout_s)
-        except grpc.aio.AioRpcError as exc:
-            raise explain(exc, service, self.addrs[service], auth=auth, about=about,
-                          timeout_s=self.timeout_s) from None
+        """Calls `service`.`method`; a failure raises CliError with the explanation.
+
+        An overloaded service's refusal (RESOURCE_EXHAUSTED with RetryInfo) is tried again
+        after its delay, jittered, while the waits fit in --timeout; past them, and while the
+        service refuses most calls (adaptive throttling), the refusal is the answer."""
+        waited, delay = 0.0, 0.0
+        for attempt in itertools.count():
+            try:
+                self.throttle.admit()
+            except ThrottledLocally as exc:
+                wait = backoff_s(max(delay, MIN_RETRY_S), attempt)
+                if attempt >= self.retries or waited + wait >= self.timeout_s:
+                    raise CliError(f"the {service} service at {self.addrs[service]} is "
+                                   f"refusing most calls; {exc}; try again later",
+                                   Exit.REFUSED, {"code": "RESOURCE_EXHAUSTED",
+                                                  "message": str(exc)}) from None
+                waited += wait
+                await asyncio.sleep(wait)
+                continue
+            try:
+                reply = await getattr(self.stub(service), method)(
+                    request, metadata=self.metadata(auth), timeout=self.timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                self.throttle.answered(exc.code())
+                retry_s = retry_delay_s(exc)
+                if retry_s is not None and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    delay = retry_s
+                    wait = backoff_s(delay, attempt)
+                    if attempt < self.retries and waited + wait < self.timeout_s:
+                        waited += wait
+                        await asyncio.sleep(wait)
+                        continue
+                raise explain(exc, service, self.addrs[service], auth=auth, about=about,
+                              timeout_s=self.timeout_s) from None
+            self.throttle.answered(grpc.StatusCode.OK)
+            return reply
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         for channel in self._channels.values():

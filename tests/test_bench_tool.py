@@ -132,7 +132,7 @@ async def test_seckill_runs_count_statuses_and_hold_the_invariants(
     # SOLD_OUT.
     assert_seckill_answers(first.status_counts, first.reason_counts, ok=20, total=60)
     assert first.error_counts == {
-        "rpc error: code = AlreadyExists desc = you already hold order N for this activity":
+        "rpc error: code = AlreadyExists desc = you already hold an order for this activity":
             first.status_counts.get("AlreadyExists", 0),
         "rpc error: code = FailedPrecondition desc = sold out":
             first.status_counts["FailedPrecondition"]}
