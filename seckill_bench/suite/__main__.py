@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from seckill_bench.suite.h2load import run_rows as run_h2load_rows
 from seckill_bench.suite.scenarios import Results, Settings, Suite
 from seckill_bench.suite.stack import BenchStack, StackError, log
 from seckill_bench.suite.table import code_version, load_average, section, write_markdown
@@ -91,7 +92,9 @@ def main(argv: list[str] | None = None, stdout: IO[str] | None = None) -> int:
         stack.start()
         results.db_version = stack.db_version()
         log(f"stack serving after {time.monotonic() - results.started:.0f} s")
-        Suite(settings, stack, results).run_all()
+        suite = Suite(settings, stack, results)
+        suite.run_all()
+        run_h2load_rows(suite)  # the independent client's rows: seckill_bench/suite/h2load.py
         results.load_after = load_average()
     except StackError as exc:
         log(f"error: {exc}")

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from seckill_bench.suite.h2load import targets as h2load_targets
 from seckill_bench.suite.scenarios import Results, Row
 from seckill_stack.services import REPO
 
@@ -96,6 +97,7 @@ def targets(results: Results) -> list[tuple[str, str, bool | None]]:
         ratio_target("GetActivity (d) / ceiling (a), throughput", d, TARGET_GET_ACTIVITY_RATIO),
         (f"p99 of (b) ≤ {TARGET_P99_MS:g} ms at {results.settings.concurrency} in flight",
          "—" if p99 is None else f"{p99:.1f} ms", judged(p99, lambda v: v <= TARGET_P99_MS)),
+        *h2load_targets(results),  # issue 20's, from the h2load rows and (e)
     ]
 
 
