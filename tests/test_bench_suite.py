@@ -42,8 +42,8 @@ def test_only_the_bench_section_is_rewritten(tmp_path: Path):
 
 def test_the_h2load_targets_are_ratios_to_its_health_check_and_the_overload_share(
         tmp_path: Path) -> None:
-    run = results(tmp_path, a=1000, e=850, f1=2000, f2=1500, f3=1700, f4=1800)
-    run.rows.append(OverloadRow("g10000", "overload", rps=1600.0, answered_share=0.93))
+    run = results(tmp_path, a=1000, e=850, g1=2000, g2=1500, g3=1700, g4=1800)
+    run.rows.append(OverloadRow("h10000", "overload", rps=1600.0, answered_share=0.93))
     judged = {name.split(" ≥")[0]: (measured.split()[0], met)
               for name, measured, met in targets(run)[3:]}
     assert list(judged.values()) == [("0.85", True), ("0.90", True), ("0.75", False),

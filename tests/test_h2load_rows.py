@@ -9,9 +9,8 @@ import asyncio
 from grpc_health.v1 import health_pb2
 from seckill.v1 import activity_pb2
 
-from seckill_bench.suite.h2load import (
-    HEALTH,
-    SECKILL,
+from seckill_bench.suite.h2load import HEALTH, SECKILL
+from seckill_bench.suite.h2load_client import (
     grpc_answer,
     grpc_frame,
     grpc_timeout,

@@ -11,12 +11,12 @@ h2load's --log-file.
 
 Rows (each against an activity service of its own, on the suite's database and peers, with the
 shipped settings except SECKILL_RATE_LIMIT_USER=0, since one body is one user):
-- (f1-f4) Health/Check, GetActivity, Seckill refused SOLD_OUT, Seckill refused ALREADY_EXISTS:
+- (g1-g4) Health/Check, GetActivity, Seckill refused SOLD_OUT, Seckill refused ALREADY_EXISTS:
   64 in flight, three alternating rounds, the median round's rate; each against Health/Check.
-- (g) overload: 2,000 / 5,000 / 10,000 Seckills (SOLD_OUT) in flight with 1 s deadlines: the
+- (h) overload: 2,000 / 5,000 / 10,000 Seckills (SOLD_OUT) in flight with 1 s deadlines: the
   share of calls answered within the deadline (an answer or a RetryInfo refusal; the gRPC
-  codes of a sample of calls sent alongside are listed), and answers/s against (f3)'s rate.
-- (h) scaling: (f3)'s load on 1 worker, then each worker count up to the CPUs: calls/s per
+  codes of a sample of calls sent alongside are listed), and answers/s against (g3)'s rate.
+- (i) scaling: (g3)'s load on 1 worker, then each worker count up to the CPUs: calls/s per
   worker.
 """
 
@@ -27,29 +27,26 @@ import contextlib
 import dataclasses
 import functools
 import os
-import re
-import shutil
-import subprocess
-import tempfile
-import threading
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
-from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 from seckill.v1 import activity_pb2
 
+from seckill_bench.suite.h2load_client import (
+    CodeSampler,
+    H2Run,
+    grpc_answer,
+    grpc_frame,
+    install_h2load,
+    run_h2load,
+)
 from seckill_bench.suite.scenarios import Results, Row, Suite
 from seckill_bench.suite.stack import StackError, log
 from seckill_stack.sale import open_sale
 from seckill_stack.services import ServiceProcess, ServiceStartError, wait_until_serving
 
-H2LOAD_PACKAGE = "nghttp2-client"  # Debian's package of h2load
-APT_TIMEOUT_S = 600
 HEALTH = "/grpc.health.v1.Health/Check"
 GET_ACTIVITY = "/seckill.v1.ActivityService/GetActivity"
 SECKILL = "/seckill.v1.ActivityService/Seckill"
@@ -65,160 +62,6 @@ TARGET_ANSWERED = 0.9  # overload: within the deadline
 TARGET_GOODPUT = 0.9  # overload: answers/s against the 64-in-flight rate
 TARGET_WINNER_P99_MS = 25.0  # all-winner Seckill at 64 in flight
 SERVING_TIMEOUT_S = 60.0
-_FINISHED = re.compile(r"finished in ([\d.]+)(us|ms|s), ([\d.]+) req/s")
-_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
-_REQUESTS = re.compile(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
-                       r"(\d+) failed, (\d+) errored, (\d+) timeout")
-
-
-def install_h2load() -> str:
-    """The h2load binary; as root, installs Debian's nghttp2-client through apt if missing."""
-    found = shutil.which("h2load")
-    if found:
-        return found
-    if os.geteuid() != 0:
-        raise StackError(f"h2load is not installed: apt-get install {H2LOAD_PACKAGE} (as root)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (["apt-get", "update", "-qq"],
-                 ["apt-get", "install", "-y", "-qq", H2LOAD_PACKAGE]):
-        done = subprocess.run(argv, env=env, capture_output=True, text=True,
-                              timeout=APT_TIMEOUT_S, check=False)
-        if done.returncode != 0:
-            raise StackError(f"{' '.join(argv)} failed:\n{done.stderr.strip()[-2000:]}")
-    found = shutil.which("h2load")
-    if not found:
-        raise StackError(f"{H2LOAD_PACKAGE} installed, but no h2load on PATH")
-    return found
-
-
-def grpc_frame(message: Message) -> bytes:
-    """A gRPC length-prefixed message: uncompressed flag, big-endian length, the bytes."""
-    payload = message.SerializeToString()
-    return b"\x00" + len(payload).to_bytes(4, "big") + payload
-
-
-def grpc_timeout(seconds: float) -> str:
-    """The grpc-timeout header value: whole milliseconds."""
-    return f"{max(1, round(seconds * 1000))}m"
-
-
-@dataclass
-class H2Run:
-    """What one h2load run measured."""
-
-    requests: int
-    done: int
-    succeeded: int
-    failed: int
-    errored: int
-    timeout: int
-    seconds: float
-    rps: float
-    latencies_s: list[float]
-
-    def percentile_ms(self, q: float) -> float | None:
-        if not self.latencies_s:
-            return None
-        ordered = sorted(self.latencies_s)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-    def within(self, seconds: float) -> int:
-        return sum(1 for latency in self.latencies_s if latency < seconds)
-
-
-def run_h2load(binary: str, address: str, path: str, body: bytes, *, in_flight: int,
-               clients: int, requests: int | None = None, duration_s: float | None = None,
-               warm_up_s: float = 0.0, deadline_s: float | None = None) -> H2Run:
-    """One h2load run: `in_flight` streams over `clients` connections, one thread."""
-    streams = max(1, -(-in_flight // clients))
-    with tempfile.TemporaryDirectory(prefix="h2load-") as tmp:
-        body_path, log_path = Path(tmp) / "body", Path(tmp) / "calls.log"
-        body_path.write_bytes(body)
-        argv = [binary, "-c", str(clients), "-m", str(streams), "-t", "1",
-                "-d", str(body_path), "--log-file", str(log_path),
-                "-H", "content-type: application/grpc", "-H", "te: trailers"]
-        if deadline_s is not None:
-            argv += ["-H", f"grpc-timeout: {grpc_timeout(deadline_s)}"]
-        if duration_s is not None:
-            argv += ["-D", f"{duration_s:g}"]
-            if warm_up_s > 0:
-                argv += ["--warm-up-time", f"{warm_up_s:g}"]
-        else:
-            argv += ["-n", str(requests or 1)]
-        argv.append(f"http://{address}{path}")
-        limit = (duration_s or 0) + warm_up_s + 300
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=limit,
-                              check=False)
-        finished, counts = _FINISHED.search(done.stdout), _REQUESTS.search(done.stdout)
-        if done.returncode != 0 or finished is None or counts is None:
-            raise StackError(f"h2load failed ({done.returncode}): "
-                             f"{(done.stdout + done.stderr).strip()[-500:]}")
-        latencies = []
-        with contextlib.suppress(OSError):
-            for line in log_path.read_text().splitlines():
-                fields = line.split("\t")
-                if len(fields) >= 3 and fields[2].isdigit():
-                    latencies.append(int(fields[2]) / 1e6)
-    total, _started, done_n, ok, failed, errored, timed_out = map(int, counts.groups())
-    seconds = float(finished.group(1)) * _UNITS[finished.group(2)]
-    return H2Run(total, done_n, ok, failed, errored, timed_out, seconds,
-                 float(finished.group(3)), latencies)
-
-
-def grpc_answer(address: str, path: str, body: bytes, timeout_s: float = 10.0) -> str:
-    """The gRPC code (and ErrorInfo reason) of one call with the body's bytes."""
-    with grpc.insecure_channel(address) as channel:
-        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
-            path, request_serializer=None, response_deserializer=None)
-        try:
-            call(body[5:], timeout=timeout_s)
-        except grpc.RpcError as exc:
-            return _code_and_reason(exc)
-    return "OK"
-
-
-def _code_and_reason(exc: grpc.RpcError) -> str:
-    code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
-    trailers: tuple[tuple[str, str | bytes], ...] = (
-        tuple(exc.trailing_metadata() or ()) if isinstance(exc, grpc.Call) else ())
-    for key, value in trailers:
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            for detail in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    return f"{code}/{info.reason}"
-    return code
-
-
-class CodeSampler:
-    """A Python client sending the row's body beside h2load, a call at a time with the same
-    deadline, counting the gRPC codes: h2load cannot tell an answer from a refusal."""
-
-    def __init__(self, address: str, path: str, body: bytes, deadline_s: float) -> None:
-        self.codes: Counter[str] = Counter()
-        self._args = (address, path, body, deadline_s)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        address, path, body, deadline_s = self._args
-        with grpc.insecure_channel(address) as channel:
-            call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
-                path, request_serializer=None, response_deserializer=None)
-            while not self._stop.wait(0.02):
-                try:
-                    call(body[5:], timeout=deadline_s)
-                    self.codes["OK"] += 1
-                except grpc.RpcError as exc:
-                    self.codes[_code_and_reason(exc)] += 1
-
-    def __enter__(self) -> CodeSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 # --- the activity service these rows load --------------------------------------------------
@@ -281,7 +124,7 @@ def _checked(address: str, path: str, body: bytes, expected: str) -> None:
 
 @dataclass
 class OverloadRow(Row):
-    """A row (g): its rate is the answers within the deadline per second."""
+    """A row (h): its rate is the answers within the deadline per second."""
 
     answered_share: float = 0.0
 
@@ -305,16 +148,16 @@ def targets(results: Results) -> list[tuple[str, str, bool | None]]:
                       f"{value:.2f} ({top.rps:,.0f} / {bottom.rps:,.0f} calls/s)",
                       value >= target))
 
-    ratio("h2load SOLD_OUT refusal (f3) / Health/Check (f1)", "f3", "f1", TARGET_RATIO)
-    ratio("h2load ALREADY_EXISTS refusal (f4) / Health/Check (f1)", "f4", "f1", TARGET_RATIO)
-    ratio("h2load GetActivity (f2) / Health/Check (f1)", "f2", "f1", TARGET_RATIO)
+    ratio("h2load SOLD_OUT refusal (g3) / Health/Check (g1)", "g3", "g1", TARGET_RATIO)
+    ratio("h2load ALREADY_EXISTS refusal (g4) / Health/Check (g1)", "g4", "g1", TARGET_RATIO)
+    ratio("h2load GetActivity (g2) / Health/Check (g1)", "g2", "g1", TARGET_RATIO)
     ratio("all-winner Seckill, seckill-bench (e) / Health/Check (a)", "e", "a", TARGET_RATIO)
     soak = results.row("e")
     p99 = soak.p99 if soak is not None else None
     found.append((f"p99 of all-winner Seckill (e) ≤ {TARGET_WINNER_P99_MS:g} ms",
                   "—" if p99 is None else f"{p99:.1f} ms",
                   None if p99 is None else p99 <= TARGET_WINNER_P99_MS))
-    worst = results.row(f"g{OVERLOAD_IN_FLIGHT[-1]}")
+    worst = results.row(f"h{OVERLOAD_IN_FLIGHT[-1]}")
     name = (f"{OVERLOAD_IN_FLIGHT[-1]:,} in flight, {DEADLINE_S:g} s deadlines: answered in "
             f"time ≥ {TARGET_ANSWERED:.0%}")
     if isinstance(worst, OverloadRow):
@@ -322,8 +165,8 @@ def targets(results: Results) -> list[tuple[str, str, bool | None]]:
                       worst.answered_share >= TARGET_ANSWERED))
     else:
         found.append((name, "—", None))
-    ratio(f"{OVERLOAD_IN_FLIGHT[-1]:,} in flight: answers/s / the 64-in-flight rate (f3)",
-          f"g{OVERLOAD_IN_FLIGHT[-1]}", "f3", TARGET_GOODPUT)
+    ratio(f"{OVERLOAD_IN_FLIGHT[-1]:,} in flight: answers/s / the 64-in-flight rate (g3)",
+          f"h{OVERLOAD_IN_FLIGHT[-1]}", "g3", TARGET_GOODPUT)
     return found
 
 
@@ -336,10 +179,10 @@ def _row(key: str, title: str, run: H2Run, outcome: str) -> Row:
 # --- the rows ------------------------------------------------------------------------------
 
 FIXED = (  # key, title, path, body attribute, the expected gRPC answer
-    ("f1", "Health/Check", HEALTH, "health", "OK"),
-    ("f2", "GetActivity (+ ProductService.GetProduct)", GET_ACTIVITY, "get_activity", "OK"),
-    ("f3", "Seckill refused SOLD_OUT", SECKILL, "sold_out", "FAILED_PRECONDITION/SOLD_OUT"),
-    ("f4", "Seckill refused ALREADY_EXISTS", SECKILL, "already_exists",
+    ("g1", "Health/Check", HEALTH, "health", "OK"),
+    ("g2", "GetActivity (+ ProductService.GetProduct)", GET_ACTIVITY, "get_activity", "OK"),
+    ("g3", "Seckill refused SOLD_OUT", SECKILL, "sold_out", "FAILED_PRECONDITION/SOLD_OUT"),
+    ("g4", "Seckill refused ALREADY_EXISTS", SECKILL, "already_exists",
      "ALREADY_EXISTS/ALREADY_PURCHASED"),
 )
 
@@ -350,23 +193,23 @@ def run_rows(suite: Suite) -> None:
     try:
         binary = install_h2load()
     except StackError as exc:
-        suite.results.rows.append(Row("f", "h2load rows", outcome=f"failed: {exc}",
+        suite.results.rows.append(Row("g", "h2load rows", outcome=f"failed: {exc}",
                                       failed=True))
-        log(f"(f) failed: {exc}")
+        log(f"(g) failed: {exc}")
         return
-    suite.row("f", f"h2load, {IN_FLIGHT} in flight, {ROUNDS} alternating rounds",
+    suite.row("g", f"h2load, {IN_FLIGHT} in flight, {ROUNDS} alternating rounds",
               lambda: fixed_rows(suite, binary, state))
     for in_flight in OVERLOAD_IN_FLIGHT:
-        suite.row(f"g{in_flight}", f"h2load overload, {in_flight:,} in flight",
+        suite.row(f"h{in_flight}", f"h2load overload, {in_flight:,} in flight",
                   functools.partial(overload_row, suite, binary, in_flight, state))
     for workers in range(1, len(os.sched_getaffinity(0)) + 1):
-        suite.row(f"h{workers}", f"h2load scaling, {workers} worker(s)",
+        suite.row(f"i{workers}", f"h2load scaling, {workers} worker(s)",
                   functools.partial(scaling_row, suite, binary, workers))
 
 
 def fixed_rows(suite: Suite, binary: str, state: dict[str, float]) -> Row:
-    """(f1)-(f4): rounds alternate between the rows so that the machine's drift is shared;
-    each row is its median round. Rows f1-f4 are appended; the returned row sums them up."""
+    """(g1)-(g4): rounds alternate between the rows so that the machine's drift is shared;
+    each row is its median round. Rows g1-g4 are appended; the returned row sums them up."""
     workers = suite.settings.workers
     calls = suite.settings.calls
     with activity_service(suite, workers, "h2load-activity") as service:
@@ -385,13 +228,13 @@ def fixed_rows(suite: Suite, binary: str, state: dict[str, float]) -> Row:
             _checked(service.address, path, getattr(bodies, attr), expected)
     medians = {key: sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
                for key, runs in rounds.items()}
-    health = medians["f1"].rps
-    state["f3_rps"] = medians["f3"].rps
+    health = medians["g1"].rps
+    state["f3_rps"] = medians["g3"].rps
     for key, title, _path, _attr, expected in FIXED:
         run = medians[key]
         spread = ", ".join(f"{r.rps:,.0f}" for r in rounds[key])
         outcome = f"{expected}; rounds {spread} calls/s"
-        if key != "f1":
+        if key != "g1":
             ratio = run.rps / health if health else 0.0
             verdict = "met" if ratio >= TARGET_RATIO else "not met"
             outcome += f"; {ratio:.2f}x Health/Check (target ≥ {TARGET_RATIO}: {verdict})"
@@ -399,12 +242,12 @@ def fixed_rows(suite: Suite, binary: str, state: dict[str, float]) -> Row:
             outcome += f"; h2load: {run.failed} failed, {run.errored} errored"
         suite.results.rows.append(_row(key, f"h2load {title}, {IN_FLIGHT} in flight, "
                                             f"--workers {workers}", run, outcome))
-    return Row("f", f"h2load rows f1-f4 (median of {ROUNDS} alternating rounds of "
-                    f"{calls:,} calls each)", outcome="see f1-f4")
+    return Row("g", f"h2load rows g1-g4 (median of {ROUNDS} alternating rounds of "
+                    f"{calls:,} calls each)", outcome="see g1-g4")
 
 
 def overload_row(suite: Suite, binary: str, in_flight: int, state: dict[str, float]) -> Row:
-    """(g): Seckills refused SOLD_OUT, `in_flight` at once, 1 s deadlines."""
+    """(h): Seckills refused SOLD_OUT, `in_flight` at once, 1 s deadlines."""
     workers = suite.settings.workers
     with activity_service(suite, workers, f"h2load-overload-{in_flight}") as service:
         bodies = open_sold_out_sale(suite, service.address)
@@ -428,7 +271,7 @@ def overload_row(suite: Suite, binary: str, in_flight: int, state: dict[str, flo
         outcome += (f" = {ratio:.2f}x the {IN_FLIGHT}-in-flight rate (target ≥ "
                     f"{TARGET_GOODPUT}: {'met' if ratio >= TARGET_GOODPUT else 'not met'})")
     outcome += f"; sampled gRPC codes: {codes or 'none'}"
-    row = OverloadRow.of(_row(f"g{in_flight}", f"h2load overload: {in_flight:,} Seckills "
+    row = OverloadRow.of(_row(f"h{in_flight}", f"h2load overload: {in_flight:,} Seckills "
                                                f"(SOLD_OUT) in flight, {DEADLINE_S:g} s "
                                                f"deadlines, {OVERLOAD_SECONDS:g} s, --workers "
                                                f"{workers}", run, outcome), share)
@@ -437,7 +280,7 @@ def overload_row(suite: Suite, binary: str, in_flight: int, state: dict[str, flo
 
 
 def scaling_row(suite: Suite, binary: str, workers: int) -> Row:
-    """(h): (f3)'s load on `workers` processes: calls/s per worker."""
+    """(i): (g3)'s load on `workers` processes: calls/s per worker."""
     calls = suite.settings.calls
     with activity_service(suite, workers, f"h2load-scaling-{workers}") as service:
         bodies = open_sold_out_sale(suite, service.address)
@@ -449,7 +292,7 @@ def scaling_row(suite: Suite, binary: str, workers: int) -> Row:
                 for _ in range(2)]
     run = max(runs, key=lambda r: r.rps)
     rates = ", ".join(f"{r.rps:,.0f}" for r in runs)
-    return _row(f"h{workers}", f"h2load scaling: Seckill SOLD_OUT, {IN_FLIGHT} in flight, "
+    return _row(f"i{workers}", f"h2load scaling: Seckill SOLD_OUT, {IN_FLIGHT} in flight, "
                                f"--workers {workers}", run,
                 f"{run.rps / workers:,.0f} calls/s per worker (runs {rates}; the better)")
 
