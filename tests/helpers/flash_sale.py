@@ -36,6 +36,7 @@ UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 ABORTED = grpc.StatusCode.ABORTED
 CANCELLED = grpc.StatusCode.CANCELLED
 DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
+RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 # The answers that settle a user's attempt: won, already holds an order, sold out.
 DEFINITE = {OK: "", grpc.StatusCode.ALREADY_EXISTS: "ALREADY_PURCHASED",
             grpc.StatusCode.FAILED_PRECONDITION: "SOLD_OUT"}
