@@ -20,9 +20,6 @@ from datetime import datetime
 
 from seckill_common.api.errors import AlreadyExists, FailedPrecondition, NotFound, ServiceError
 
-# No activity may allow more units per user than this (the schema's CHECK says the same).
-MAX_PER_USER_LIMIT = 1000
-
 
 @dataclass(frozen=True)
 class SeckillAttempt:

@@ -20,14 +20,19 @@ from seckill.v1 import (
 )
 
 from activity_svc import repository
-from activity_svc.decision import MAX_PER_USER_LIMIT
 from activity_svc.fields import DEFAULT_PAYMENT_WINDOW_MS, check_payment_window, payment_window_ms
 from activity_svc.seckill import SeckillEngine
 from activity_svc.watch import WatchHub
 from seckill_common.api.errors import NotFound, ServiceError
 from seckill_common.api.pages import decode_page_token, page_of, page_size
 from seckill_common.api.times import db_time, to_datetime, to_timestamp
-from seckill_common.api.validation import MAX_NAME_CHARS, Violations, require_id, update_paths
+from seckill_common.api.validation import (
+    MAX_NAME_CHARS,
+    MAX_PER_USER_LIMIT,
+    Violations,
+    require_id,
+    update_paths,
+)
 from seckill_common.database import idempotency
 from seckill_common.database.db import Database
 from seckill_common.database.singleflight import HOT_READ_GATHER_S, BatchLoader
