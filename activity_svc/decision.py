@@ -180,6 +180,15 @@ class Won:
 Outcome = Won | Refused
 
 
+def reached_stock(answer: Decision | Outcome) -> bool:
+    """Whether an answer was decided by the stock: a win, or too few units (not SOLD_OUT: none
+    were left). Such an answer shows the window open and the units left worth taking for a
+    smaller request; any other refusal (the window, a held order) says nothing of them."""
+    if isinstance(answer, Refused):
+        return getattr(answer.error, "reason", None) == "INSUFFICIENT_STOCK"
+    return isinstance(answer, (Win, Won))
+
+
 def outcomes(attempts: Sequence[SeckillAttempt], decisions: Sequence[Decision],
              won: Mapping[tuple[int, str], Won]) -> list[Outcome]:
     """Each attempt's answer: its refusal, its order (`won`: the winners' orders recorded),

@@ -50,6 +50,7 @@ from activity_svc.decision import (
     decide,
     outcomes,
     over_limit,
+    reached_stock,
 )
 from seckill_common.config import CommitMode, default_of
 from seckill_common.database.db import Database
@@ -204,15 +205,15 @@ class SeckillEngine:
         """
         decisions = {a: decide([a], facts)[0] for a in attempts}
         self._looked(product_id, units_left=facts.stock,
-                     any_won=any(isinstance(d, Win) for d in decisions.values()))
+                     stock_decided=any(map(reached_stock, decisions.values())))
         return {a: d if isinstance(d, Refused) else None for a, d in decisions.items()}
 
-    def _looked(self, product_id: int, *, units_left: int | None, any_won: bool) -> None:
+    def _looked(self, product_id: int, *, units_left: int | None, stock_decided: bool) -> None:
         """The one rule of the refusing state, after each look at a product (a committed
         batch, or a read): a call goes to a read first while the last look showed fewer
-        units than it asks for; as none, when none of that look's callers won (the window,
-        say, refused them all)."""
-        self._units_seen[product_id] = units_left if units_left and any_won else 0
+        units than it asks for; as none, when the stock decided none of that look's callers
+        (the window, say, refused them all, so the units left may not be for sale)."""
+        self._units_seen[product_id] = units_left if units_left and stock_decided else 0
 
     # --- committing ---------------------------------------------------------------------
 
@@ -234,7 +235,8 @@ class SeckillEngine:
         if result.stock_left is not None:
             for activity_id in {attempt.activity_id for attempt in attempts}:
                 STOCK_REMAINING.labels(str(activity_id)).set(result.stock_left)
-        self._looked(product_id, units_left=result.stock_left, any_won=result.sold > 0)
+        self._looked(product_id, units_left=result.stock_left,
+                     stock_decided=any(map(reached_stock, result.outcomes)))
 
     async def _run_traced_batch(self, product_id: int, batch: list[_Pending]
                                 ) -> list[Outcome]:
