@@ -22,9 +22,17 @@ from seckill.v1 import activity_pb2, activity_pb2_grpc, order_pb2, product_pb2
 from seckill_stack.invariants import SeckillCheck
 from tests.helpers.factories import make_activity, make_product, timestamp
 from tests.helpers.flash_sale import holding
+from tests.helpers.metrics import delta, scrape
 from tests.helpers.polling import eventually
 from tests.helpers.rpc import bad_fields, error_details, refused
-from tests.helpers.stack import ADMIN, ServiceProcess, Stack, query, subprocess_env
+from tests.helpers.stack import (
+    ADMIN,
+    ServiceProcess,
+    Stack,
+    query,
+    start_stack,
+    subprocess_env,
+)
 
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 STOCK = 200
@@ -149,15 +157,21 @@ async def test_a_cancel_gives_the_whole_quantity_back_to_the_next_buyer(stack: S
     assert (await ask(stack.activities, activity.id, "bob", 3)).outcome == "OK"
 
 
-async def test_an_expiry_gives_the_whole_quantity_back_to_the_next_buyer(stack: Stack) -> None:
-    product = await make_product(stack, stock=2)
+async def short_sale(stack: Stack, stock: int, limit: int) -> activity_pb2.Activity:
+    """A sale whose orders expire one second after they are made unless paid."""
+    product = await make_product(stack, stock=stock)
     window = duration_pb2.Duration()
     window.FromMilliseconds(1000)
-    activity = await stack.activities.CreateActivity(activity_pb2.CreateActivityRequest(
+    return await stack.activities.CreateActivity(activity_pb2.CreateActivityRequest(
         activity=activity_pb2.Activity(
             product_id=product.id, name="short", start_time=timestamp(-1),
-            end_time=timestamp(3600), payment_window=window, per_user_limit=2)),
+            end_time=timestamp(3600), payment_window=window, per_user_limit=limit)),
         metadata=ADMIN)
+
+
+async def test_an_expiry_gives_the_whole_quantity_back_to_the_next_buyer(stack: Stack) -> None:
+    activity = await short_sale(stack, stock=2, limit=2)
+    product = activity.product_id
     lapsed = (await stack.activities.Seckill(activity_pb2.SeckillRequest(
         activity_id=activity.id, user_id="sleeper", quantity=2))).order
     assert (await ask(stack.activities, activity.id, "next", 2)).outcome == "SOLD_OUT"
@@ -167,9 +181,42 @@ async def test_an_expiry_gives_the_whole_quantity_back_to_the_next_buyer(stack: 
         return got.state == order_pb2.EXPIRED
 
     await eventually(expired, "the order expired", 1 + EXPIRY_BOUND_S)
-    got = await stack.products.GetProduct(product_pb2.GetProductRequest(id=product.id))
+    got = await stack.products.GetProduct(product_pb2.GetProductRequest(id=product))
     assert got.stock == 2
     assert (await ask(stack.activities, activity.id, "next", 2)).outcome == "OK"
+
+
+async def test_metrics_count_units_as_well_as_orders(db_url: str) -> None:
+    stack = await start_stack(db_url, SECKILL_METRICS_ADDR="127.0.0.1:0")  # to scrape
+    try:
+        assert stack.order.metrics_server is not None
+        port = stack.order.metrics_server.server_port  # one registry for this process
+        activity = await short_sale(stack, stock=7, limit=3)
+        before = scrape(port)
+        a, b, c = [await ask(stack.activities, activity.id, user, quantity)
+                   for user, quantity in (("a", 3), ("b", 1), ("c", 2))]
+        assert (await ask(stack.activities, activity.id, "d", 2)).outcome == (
+            "INSUFFICIENT_STOCK")
+        await stack.orders.PayOrder(order_pb2.PayOrderRequest(id=a.number), metadata=ADMIN)
+        await stack.orders.CancelOrder(order_pb2.CancelOrderRequest(id=b.number),
+                                       metadata=ADMIN)
+
+        async def counted_expired() -> bool:  # counted just after the expiry commits
+            return delta(before, scrape(port), "seckill_orders_total", state="expired") > 0
+
+        await eventually(counted_expired, "the expiry counted", 1 + EXPIRY_BOUND_S)
+        after = scrape(port)
+        states = ("pending_payment", "paid", "cancelled", "expired")
+        assert {s: delta(before, after, "seckill_orders_total", state=s) for s in states} == {
+            "pending_payment": 3, "paid": 1, "cancelled": 1, "expired": 1}
+        assert {s: delta(before, after, "seckill_order_units_total", state=s)
+                for s in states} == {"pending_payment": 6, "paid": 3, "cancelled": 1,
+                                     "expired": 2}
+        assert delta(before, after, "seckill_outcomes_total", outcome="insufficient_stock") == 1
+        got = await stack.orders.GetOrder(order_pb2.GetOrderRequest(id=c.number))
+        assert (got.state, got.quantity) == (order_pb2.EXPIRED, 2)
+    finally:
+        await stack.stop()
 
 
 # --- the limit ----------------------------------------------------------------------------------
