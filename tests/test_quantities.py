@@ -22,7 +22,7 @@ from seckill.v1 import activity_pb2, activity_pb2_grpc, order_pb2, product_pb2
 from seckill_stack.invariants import SeckillCheck
 from tests.helpers.factories import make_activity, make_product, timestamp
 from tests.helpers.flash_sale import holding
-from tests.helpers.metrics import delta, scrape
+from tests.helpers.metrics import delta, expiry_counted, metered_stack, scrape
 from tests.helpers.polling import eventually
 from tests.helpers.rpc import bad_fields, error_details, refused
 from tests.helpers.stack import (
@@ -30,7 +30,6 @@ from tests.helpers.stack import (
     ServiceProcess,
     Stack,
     query,
-    start_stack,
     subprocess_env,
 )
 
@@ -187,10 +186,7 @@ async def test_an_expiry_gives_the_whole_quantity_back_to_the_next_buyer(stack: 
 
 
 async def test_metrics_count_units_as_well_as_orders(db_url: str) -> None:
-    stack = await start_stack(db_url, SECKILL_METRICS_ADDR="127.0.0.1:0")  # to scrape
-    try:
-        assert stack.order.metrics_server is not None
-        port = stack.order.metrics_server.server_port  # one registry for this process
+    async with metered_stack(db_url) as (stack, port):
         activity = await short_sale(stack, stock=7, limit=3)
         before = scrape(port)
         a, b, c = [await ask(stack.activities, activity.id, user, quantity)
@@ -200,12 +196,7 @@ async def test_metrics_count_units_as_well_as_orders(db_url: str) -> None:
         await stack.orders.PayOrder(order_pb2.PayOrderRequest(id=a.number), metadata=ADMIN)
         await stack.orders.CancelOrder(order_pb2.CancelOrderRequest(id=b.number),
                                        metadata=ADMIN)
-
-        async def counted_expired() -> bool:  # counted just after the expiry commits
-            return delta(before, scrape(port), "seckill_orders_total", state="expired") > 0
-
-        await eventually(counted_expired, "the expiry counted", 1 + EXPIRY_BOUND_S)
-        after = scrape(port)
+        after = await expiry_counted(port, before, 1 + EXPIRY_BOUND_S)
         states = ("pending_payment", "paid", "cancelled", "expired")
         assert {s: delta(before, after, "seckill_orders_total", state=s) for s in states} == {
             "pending_payment": 3, "paid": 1, "cancelled": 1, "expired": 1}
@@ -215,8 +206,6 @@ async def test_metrics_count_units_as_well_as_orders(db_url: str) -> None:
         assert delta(before, after, "seckill_outcomes_total", outcome="insufficient_stock") == 1
         got = await stack.orders.GetOrder(order_pb2.GetOrderRequest(id=c.number))
         assert (got.state, got.quantity) == (order_pb2.EXPIRED, 2)
-    finally:
-        await stack.stop()
 
 
 # --- the limit ----------------------------------------------------------------------------------
