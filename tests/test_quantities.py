@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import pymysql
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
 from seckill.v1 import activity_pb2, activity_pb2_grpc, order_pb2, product_pb2
 
+from seckill_common.database import migrations
 from seckill_stack.invariants import SeckillCheck
 from tests.helpers.factories import make_activity, make_product, timestamp
 from tests.helpers.flash_sale import holding
@@ -30,6 +32,7 @@ from tests.helpers.stack import (
     ServiceProcess,
     Stack,
     query,
+    settings_for,
     subprocess_env,
 )
 
@@ -289,3 +292,35 @@ async def test_lowering_the_limit_keeps_existing_orders_and_applies_to_new_reque
     assert (await ask(stack.activities, activity.id, "later", 2)).outcome == "OK"
     got = await stack.activities.GetActivity(activity_pb2.GetActivityRequest(id=activity.id))
     assert (got.per_user_limit, got.product.stock) == (2, 10 - 3 - 1 - 2)
+
+
+# --- the migration ------------------------------------------------------------------------------
+
+async def test_migration_0003_makes_existing_rows_one_unit_and_runs_again(db_url: str) -> None:
+    # The database as the previous release left it: 0001 and 0002, an activity and an order.
+    await query(db_url, "CREATE TABLE schema_migrations (version INT NOT NULL PRIMARY KEY,"
+                " name VARCHAR(255) NOT NULL, applied_at DATETIME(6) NOT NULL)")
+    for version, name, sql in migrations.available():
+        if version < 3:
+            for statement in migrations.statements(sql):
+                await query(db_url, statement)
+            await query(db_url, "INSERT INTO schema_migrations VALUES (%s, %s, NOW(6))",
+                        (version, name))
+    await query(db_url, "INSERT INTO products (name, description, price_cents, stock,"
+                " create_time, update_time) VALUES ('Tea', '', 350, 4, NOW(6), NOW(6))")
+    await query(db_url, "INSERT INTO activities (product_id, name, start_time, end_time,"
+                " create_time, price_cents, payment_window_ms) VALUES (1, 'Old sale',"
+                " NOW(6), NOW(6) + INTERVAL 1 HOUR, NOW(6), 299, 900000)")
+    await query(db_url, "INSERT INTO orders (activity_id, product_id, user_id, create_time,"
+                " state, active, price_cents, pay_deadline, update_time)"
+                " VALUES (1, 1, 'alice', NOW(6), 2, 1, 299, NOW(6), NOW(6))")
+    settings = settings_for(db_url)
+    assert "0003_quantities.sql" in await migrations.migrate(settings)
+    assert await query(db_url, "SELECT quantity FROM orders") == [(1,)]
+    assert await query(db_url, "SELECT per_user_limit FROM activities") == [(1,)]
+    # A crash after its ALTERs and before its bookkeeping: it runs again, changing nothing.
+    await query(db_url, "DELETE FROM schema_migrations WHERE version = 3")
+    assert await migrations.migrate(settings) == ["0003_quantities.sql"]
+    assert await query(db_url, "SELECT quantity FROM orders") == [(1,)]
+    with pytest.raises(pymysql.err.OperationalError):  # the bounds hold in the schema too
+        await query(db_url, "UPDATE activities SET per_user_limit = 1001")
