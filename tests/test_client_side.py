@@ -71,6 +71,13 @@ class AioBridge:
                     sync_call.details()) from None
         return call
 
+    def unary_stream(self, method: str, *_: Any, **__: Any) -> Callable[..., Any]:
+        """Stubs bind every method of their service (WatchActivity too); no client under
+        test streams, so calling one fails the test."""
+        def call(*_: Any, **__: Any) -> Any:
+            raise AssertionError(f"{method}: streaming calls are not bridged")
+        return call
+
     async def channel_ready(self) -> None:
         pass
 

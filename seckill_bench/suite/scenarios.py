@@ -3,9 +3,7 @@ gRPC first. A row that fails says why in its outcome, and the next one still run
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ from seckill_bench.config import BenchConfig
 from seckill_bench.report import Report
 from seckill_bench.runner import BenchError, run
 from seckill_bench.suite import watch
+from seckill_bench.suite.procfs import RssSampler, children, rss_mib
 from seckill_bench.suite.stack import ACTIVITY_MODES, BenchStack, StackError, log
 from seckill_stack.sale import open_sale
 
@@ -25,7 +24,6 @@ SECKILL = "seckill.v1.ActivityService/Seckill"
 HEALTH = "grpc.health.v1.Health/Check"
 GET_ACTIVITY = "seckill.v1.ActivityService/GetActivity"
 SOAK_STOCK = 10**9  # never sells out: every soak call commits an order
-RSS_SAMPLE_INTERVAL_S = 1.0
 # (g): users ask for 1 to 3 units, all or nothing. `{{mod .RequestNumber 4}}` gives 0 (= 1),
 # 1, 2, 3 in turn, so a user's two tries ask for 1 and 1, or 2 and 3.
 MAX_QUANTITY = 3
@@ -118,49 +116,6 @@ def create_sale(stack: BenchStack, activity_label: str, name: str, stock: int,
     """A product with `stock` and an activity open now (since 5 s, for an hour): its id."""
     return open_sale(stack.addr("product"), stack.addr(activity_label), stack.token, name,
                      stock, per_user_limit=per_user_limit)
-
-
-# --- memory ------------------------------------------------------------------------------------
-
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    for path in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            found.extend(int(p) for p in path.read_text().split())
-    return sorted(found)
-
-
-def rss_mib(pid: int) -> float | None:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return None
-
-
-class RssSampler:
-    """The workers' VmRSS every second while a run lasts, for the peak."""
-
-    def __init__(self, pids: list[int]) -> None:
-        self.peak: dict[int, float] = {}
-        self._pids = pids
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(RSS_SAMPLE_INTERVAL_S):
-            for pid in self._pids:
-                value = rss_mib(pid)
-                if value is not None:
-                    self.peak[pid] = max(self.peak.get(pid, 0.0), value)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 # --- the rows ----------------------------------------------------------------------------------
