@@ -105,12 +105,18 @@ async def test_product_commands(seckill: Seckill) -> None:
     assert missing.out == "" and f"product {pid} not found" in missing.err
 
 
+async def create_activity(seckill: Seckill, product_id: int, *flags: str) -> dict[str, Any]:
+    """`seckill activity create` of an hour from now, with `flags`: the activity, as JSON."""
+    created = await seckill("--json", "activity", "create", "--product", str(product_id),
+                            "--end", "+1h", *flags)
+    assert created.code == Exit.OK, created.err
+    activity: dict[str, Any] = created.json()
+    return activity
+
+
 async def test_activity_commands(seckill: Seckill, stack: Stack) -> None:
     product = await make_product(stack, stock=7)
-    created = await seckill("--json", "activity", "create", "--product", str(product.id),
-                            "--name", "Tea rush", "--start", "now", "--end", "+1h")
-    assert created.code == Exit.OK, created.err
-    activity = created.json()
+    activity = await create_activity(seckill, product.id, "--name", "Tea rush", "--start", "now")
     aid = str(activity["id"])
     start = dt.datetime.fromisoformat(activity["start_time"])
     end = dt.datetime.fromisoformat(activity["end_time"])
@@ -170,10 +176,8 @@ async def test_buy_orders_and_cancel(seckill: Seckill, stack: Stack,
 
 async def test_buy_a_quantity_within_the_activitys_limit(seckill: Seckill, stack: Stack) -> None:
     product = await make_product(stack, stock=4)
-    created = await seckill("--json", "activity", "create", "--product", str(product.id),
-                            "--name", "Pairs", "--end", "+1h", "--per-user-limit", "2")
-    assert created.code == Exit.OK, created.err
-    activity = created.json()
+    activity = await create_activity(seckill, product.id, "--name", "Pairs",
+                                     "--per-user-limit", "2")
     assert activity["per_user_limit"] == 2
     aid = str(activity["id"])
     assert "at most 2" in (await seckill("activity", "get", aid)).out
