@@ -248,7 +248,8 @@ async def pay(args: argparse.Namespace, session: Session, out: Output) -> int:
     if out.as_json:
         out.message(order)
     else:
-        out.say(f"order {order.id} is {render.order_state(order)}: {order.price_cents} cents")
+        out.say(f"order {order.id} is {render.order_state(order)}: "
+                f"{order.total_price_cents} cents")
     return Exit.OK
 
 
@@ -258,7 +259,8 @@ async def cancel(args: argparse.Namespace, session: Session, out: Output) -> int
     if out.as_json:
         out.message(order)
     else:
-        out.say(f"cancelled order {order.id}; its unit is back in stock")
+        units = "its unit is" if order.quantity == 1 else f"its {order.quantity} units are"
+        out.say(f"cancelled order {order.id}; {units} back in stock")
     return Exit.OK
 
 
