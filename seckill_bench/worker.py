@@ -103,6 +103,7 @@ class PartResult:
     errors: dict[str, int] = field(default_factory=dict)  # (code, message) key -> count
     ok_total: int = 0  # OK answers, including the skipped first calls
     order_ids: array = field(default_factory=lambda: array("q"))
+    ok_units: int = 0  # the units the OK answers' orders hold (with order ids collected)
     completed: int = 0  # every call, skipped ones included
     started: float = 0.0  # time.monotonic(), comparable across processes on one machine
     ended: float = 0.0
@@ -265,6 +266,7 @@ class Part:
                         ok += 1
                     if collect:
                         order_ids.append(reply.order.id)
+                        result.ok_units += reply.order.quantity or 1
                 if counted:
                     latencies.append(elapsed)
                 result.completed += 1

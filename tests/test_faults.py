@@ -4,8 +4,9 @@ Every test runs a sale (`FlashSale`: hundreds of distinct users, some calling tw
 breaks something once the sale is under way (a killed service or database, a peer that is down
 or hung, a lock held elsewhere, callers out of time, a SIGTERM), heals it, lets the users whose
 calls failed retry until each has a definite answer, and then checks through the API and in
-the database (`FlashSale.verify`): no oversell, at most one order per user, stock left + orders
-== stock added, and every order answered OK still there.
+the database (`FlashSale.verify`): no oversell, at most one order per user, stock left + the
+units of the orders == stock added, and every order answered OK still there. The sales are of
+quantities: users ask for 1 to 3 units, all or nothing.
 """
 
 from __future__ import annotations
@@ -195,7 +196,7 @@ async def test_seckill_sells_on_while_product_and_order_services_are_down(
             # up to 2 s between attempts); meanwhile UNAVAILABLE, which a client retries.
             got = await served(lambda: activities.GetActivity(
                 activity_pb2.GetActivityRequest(id=sale.activity_id), timeout=CALL_TIMEOUT_S))
-            assert got.product.stock == 0
+            assert got.product.stock < sale.max_quantity  # what is left, nobody asked for
             await served(lambda: activities.DeleteActivity(
                 activity_pb2.DeleteActivityRequest(id=spare.activity_id), metadata=ADMIN,
                 timeout=CALL_TIMEOUT_S))

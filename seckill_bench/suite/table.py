@@ -21,6 +21,7 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 TARGET_FLASH_SALE_RATIO = 0.8  # (b)/(a)
 TARGET_GET_ACTIVITY_RATIO = 0.7  # (d)/(a)
 TARGET_P99_MS = 50.0  # p99 of (b)
+TARGET_QUANTITIES_RATIO = 0.9  # (q)/(b): quantities cost at most 10% of the one-unit rate
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -79,16 +80,17 @@ def ratio(top: Row | None, bottom: Row | None) -> float | None:
 
 def targets(results: Results) -> list[tuple[str, str, bool | None]]:
     """(target, measured, met) of one run; met is None when a row was not measured."""
-    a, b, d = results.row("a"), results.row("b"), results.row("d")
+    a, b, d, q = (results.row(key) for key in "abdq")
 
     def judged(value: float | None, ok: Callable[[float], bool]) -> bool | None:
         return None if value is None else ok(value)
 
-    def ratio_target(name: str, top: Row | None, target: float) -> tuple[str, str, bool | None]:
-        value = ratio(top, a)
-        if value is None or top is None or a is None:
+    def ratio_target(name: str, top: Row | None, target: float, bottom: Row | None = a
+                     ) -> tuple[str, str, bool | None]:
+        value = ratio(top, bottom)
+        if value is None or top is None or bottom is None:
             return f"{name} ≥ {target:g}", "—", None
-        measured = f"{value:.2f} ({fmt(top.rps, 0)} / {fmt(a.rps, 0)} req/s)"
+        measured = f"{value:.2f} ({fmt(top.rps, 0)} / {fmt(bottom.rps, 0)} req/s)"
         return f"{name} ≥ {target:g}", measured, value >= target
 
     p99 = b.p99 if b is not None else None
@@ -97,6 +99,8 @@ def targets(results: Results) -> list[tuple[str, str, bool | None]]:
         ratio_target("GetActivity (d) / ceiling (a), throughput", d, TARGET_GET_ACTIVITY_RATIO),
         (f"p99 of (b) ≤ {TARGET_P99_MS:g} ms at {results.settings.concurrency} in flight",
          "—" if p99 is None else f"{p99:.1f} ms", judged(p99, lambda v: v <= TARGET_P99_MS)),
+        ratio_target("flash sale of 1-3 units (q) / flash sale (b), throughput", q,
+                     TARGET_QUANTITIES_RATIO, b),
         *h2load_targets(results),  # issue 20's, from the h2load rows and (e)
     ]
 
