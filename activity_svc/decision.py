@@ -102,7 +102,7 @@ def insufficient_stock(activity_id: int, asked: int, available: int) -> Refused:
     """Fewer units left than asked (but some): `available` is how many, so the client may
     ask for that many instead."""
     return Refused(FailedPrecondition(
-        "INSUFFICIENT_STOCK", f"only {available} left, {asked} asked for",
+        "INSUFFICIENT_STOCK", "fewer units left than asked for",
         {"activity_id": str(activity_id), "available": str(available),
          "quantity": str(asked)}))
 
@@ -115,7 +115,7 @@ def over_limit(activity_id: int, asked: int, limit: int) -> Refused:
     quantities no activity could allow are INVALID_ARGUMENT in the servicer instead.
     """
     return Refused(FailedPrecondition(
-        "QUANTITY_OVER_LIMIT", f"at most {limit} per customer, {asked} asked for",
+        "QUANTITY_OVER_LIMIT", "more units asked for than one customer may hold",
         {"activity_id": str(activity_id), "per_user_limit": str(limit),
          "quantity": str(asked)}))
 
