@@ -29,7 +29,7 @@ def test_targets_are_ratios_to_the_ceiling_and_the_p99_of_the_flash_sale(tmp_pat
 
 def test_quantities_are_judged_against_the_one_unit_flash_sale(tmp_path: Path):
     # Within 10% of (b) in the same run, whatever (a) did.
-    judged = targets(results(tmp_path, a=1000, b=900, g=800))
+    judged = targets(results(tmp_path, a=1000, b=900, q=800))
     assert judged[3][0].startswith("flash sale of 1-3 units (q) / flash sale (b)")
     assert judged[3][1:] == ("0.89 (800 / 900 req/s)", False)
     assert targets(results(tmp_path, a=1000, b=900))[3][1:] == ("—", None)
