@@ -25,14 +25,10 @@ import dataclasses
 import enum
 import logging
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import grpc
-from google.protobuf.message import Message
-from google.rpc import error_details_pb2
 from grpc.aio import ServicerContext
 from seckill.v1 import activity_pb2, product_pb2
 
@@ -43,7 +39,6 @@ from seckill_common.api.errors import (
     NotFound,
     ServiceError,
     Unavailable,
-    internal_status,
 )
 from seckill_common.api.times import to_timestamp
 from seckill_common.api.validation import require_id
@@ -51,10 +46,9 @@ from seckill_common.config import WatchSettings
 from seckill_common.database.db import Database
 from seckill_common.database.singleflight import BatchLoader
 from seckill_common.runtime.interceptors import Malformed
-from seckill_common.runtime.telemetry import rpc_recorder
+from seckill_common.runtime.streams import StreamEndings, TooManyStreams, resolve
 
 log = logging.getLogger(__name__)
-access = logging.getLogger("seckill.rpc")
 
 METHOD = "/seckill.v1.ActivityService/WatchActivity"
 # Every message is at most this far behind the database (the documented bound): the poll
@@ -139,31 +133,9 @@ def view_of(row: ViewRow) -> View:
                 row.read_time, min(flips) if flips else None)
 
 
-class TooManyStreams(ServiceError):
-    """This process already serves SECKILL_WATCH_MAX_STREAMS streams."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"this server already serves {limit} WatchActivity streams; retry "
-                         "later (another replica may have room)")
-
-    def details(self) -> list[Message]:
-        delay = error_details_pb2.RetryInfo()
-        delay.retry_delay.FromSeconds(1)
-        return [delay, error_details_pb2.QuotaFailure(violations=[
-            error_details_pb2.QuotaFailure.Violation(
-                subject="process", description="SECKILL_WATCH_MAX_STREAMS")])]
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 def _wake(waiters: set[asyncio.Future[None]]) -> None:
     for future in waiters:
-        _resolve(future)
+        resolve(future)
     waiters.clear()
 
 
@@ -225,7 +197,7 @@ class WatchHub:
         self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
-        self._record = rpc_recorder("activity", METHOD)
+        self._endings = StreamEndings("activity", METHOD)
 
     @property
     def reads(self) -> int:
@@ -320,38 +292,7 @@ class WatchHub:
     async def serve(self, request: activity_pb2.WatchActivityRequest | Malformed,
                     context: ServicerContext) -> None:
         """The WatchActivity handler: writes messages with context.write, ends with a status."""
-        begun = time.perf_counter()
-        code = grpc.StatusCode.OK
-        sent = [0]
-        try:
-            ending = await self._stream(request, context, sent)
-            status = ending.to_status()
-            code = status.code
-            context.set_code(status.code)
-            context.set_details(status.details)
-            context.set_trailing_metadata(status.trailing_metadata)
-        except ServiceError as exc:
-            status = exc.to_status()
-            code = status.code
-            context.set_code(status.code)
-            context.set_details(status.details)
-            context.set_trailing_metadata(status.trailing_metadata)
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise  # the client left: never swallowed (grpc/grpc#43360)
-        except Exception:
-            log.exception("unexpected error in %s", METHOD)
-            status = internal_status()
-            code = status.code
-            context.set_code(status.code)
-            context.set_details(status.details)
-        finally:
-            seconds = time.perf_counter() - begun
-            self._record(code.name, seconds)
-            if access.isEnabledFor(logging.INFO):
-                access.info("rpc", extra={"method": METHOD, "peer": context.peer(),
-                                          "code": code.name, "messages": sent[0],
-                                          "latency_ms": round(seconds * 1000, 3)})
+        await self._endings.serve(context, lambda sent: self._stream(request, context, sent))
 
     async def _stream(self, request: activity_pb2.WatchActivityRequest | Malformed,
                       context: ServicerContext, sent: list[int]) -> ServiceError:
@@ -365,7 +306,8 @@ class WatchHub:
         if self._closing:
             raise Unavailable("the server is shutting down; call again")
         if self.streams >= self.settings.max_streams:
-            raise TooManyStreams(self.settings.max_streams)
+            raise TooManyStreams(self.settings.max_streams, "WatchActivity",
+                                 "SECKILL_WATCH_MAX_STREAMS")
         loop = asyncio.get_running_loop()
         lifetime = self.settings.max_lifetime_s * random.uniform(0.9, 1.0)
         ends_at = loop.time() + lifetime
@@ -401,7 +343,7 @@ class WatchHub:
                 # the task and turns that into TimeoutError, at several times the cost.
                 woken = loop.create_future()
                 waiters.add(woken)
-                timer = loop.call_at(wake_at, _resolve, woken)
+                timer = loop.call_at(wake_at, resolve, woken)
                 try:
                     await woken
                 finally:

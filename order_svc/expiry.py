@@ -22,13 +22,16 @@ from collections import defaultdict
 from order_svc import repository
 from order_svc.outcomes import observe
 from seckill_common.database.db import Database
+from seckill_common.database.order_events import Outbox
 
 log = logging.getLogger(__name__)
 
 
 class Expirer:
-    def __init__(self, database: Database, interval_s: float, batch: int) -> None:
+    def __init__(self, database: Database, interval_s: float, batch: int, outbox: Outbox
+                 ) -> None:
         self._db = database
+        self._outbox = outbox
         self.interval_s = interval_s
         self.batch = batch
         self._skipped: set[int] = set()  # products skipped last sweep: wait for them next
@@ -71,4 +74,4 @@ class Expirer:
     async def _expire(self, product_id: int, order_ids: list[int], *, skip_locked: bool
                       ) -> repository.Expiry:
         return await self._db.run(lambda cur: repository.expire(
-            cur, product_id, order_ids, skip_locked=skip_locked))
+            cur, product_id, order_ids, self._outbox, skip_locked=skip_locked))
