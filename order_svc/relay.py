@@ -23,6 +23,7 @@ import logging
 import aiomysql
 import nats
 import nats.js.errors
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from seckill.v1 import order_events_pb2
 
@@ -109,7 +110,7 @@ class Relay:
                     js = nc.jetstream()
                     await self._ensure_stream(js)
                     self.health.set(True)
-                    await self._relay(js, cur)
+                    await self._relay(nc, js, cur)
                 finally:
                     await nc.close()
         finally:
@@ -124,9 +125,11 @@ class Relay:
                                 duplicate_window=DUPLICATE_WINDOW_S)
             log.info("created JetStream stream", extra={"stream": name})
 
-    async def _relay(self, js: JetStreamContext, lease: aiomysql.Cursor) -> None:
+    async def _relay(self, nc: NATS, js: JetStreamContext, lease: aiomysql.Cursor) -> None:
         checkpoint = await self._db.run(order_events.relayed)
         while True:
+            if not nc.is_connected:  # noticed even while no event waits
+                raise ConnectionError("lost the connection to NATS")
             await lease.execute("SELECT IS_USED_LOCK(%s) = CONNECTION_ID()", (LEASE,))
             (held,) = await lease.fetchone()
             if not held:

@@ -5,6 +5,7 @@ refusing pruned positions (docs/EVENTS.md)."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,7 +23,15 @@ from seckill_common.runtime.server import start_service
 from tests.helpers.factories import make_activity, make_product, timestamp
 from tests.helpers.polling import eventually
 from tests.helpers.rpc import refused, rpc_error
-from tests.helpers.stack import ADMIN, Stack, query, settings_for, start_stack
+from tests.helpers.stack import (
+    ADMIN,
+    REPO,
+    Stack,
+    query,
+    settings_for,
+    start_stack,
+    subprocess_env,
+)
 
 Event = order_events_pb2.OrderEvent
 
@@ -230,3 +239,52 @@ async def test_events_off_writes_none_and_the_feed_says_so(db_url: str) -> None:
         assert reason == "EVENTS_DISABLED"
     finally:
         await stack.stop()
+
+
+async def test_eight_writers_in_two_processes_never_make_a_reader_skip_an_event(
+        stack: Stack) -> None:
+    """Transactions commit out of revision order (each holds its revision open a while, some
+    roll back); a WatchOrderEvents reader must still end up with every committed event, each
+    once, in revision order. A reader that trusts MAX(revision) alone is the control: it
+    skips events that commit below what it has already passed."""
+    product = await make_product(stack, stock=1)
+    activity = await make_activity(stack, product.id)
+    order = await buy(stack, activity.id, "writer")
+    stream = await watch(stack.events, 0)
+    seen: list[Event] = []
+    naive_seen: set[int] = set()
+    env = subprocess_env(stack.db_url)
+    writers = [await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.helpers.event_writers", stack.db_url, str(order.id), "4",
+        "4", env=env, cwd=str(REPO), stdout=asyncio.subprocess.PIPE) for _ in range(2)]
+
+    async def naive_reader() -> None:
+        cursor = 0
+        while any(w.returncode is None for w in writers):
+            [(newest,)] = await query(stack.db_url, "SELECT COALESCE(MAX(revision), 0)"
+                                      " FROM order_events")
+            rows = await query(stack.db_url, "SELECT revision FROM order_events WHERE revision"
+                               " > %s AND revision <= %s", (cursor, newest))
+            naive_seen.update(r for (r,) in rows)
+            cursor = newest
+            await asyncio.sleep(0.005)
+
+    async def feed_reader() -> None:
+        while True:
+            seen.extend((await stream.read()).events)
+
+    reading = asyncio.gather(naive_reader(), feed_reader())
+    outputs = [await w.communicate() for w in writers]
+    committed = sum(int(out) for out, _ in outputs) + 1  # and the order's CREATED
+    assert committed > 100, committed
+    final = [r for (r,) in await query(stack.db_url,
+                                        "SELECT revision FROM order_events ORDER BY revision")]
+    assert len(final) == committed
+
+    async def caught_up() -> bool:
+        return len(seen) >= committed
+    await eventually(caught_up, "the feed reader got every committed event")
+    reading.cancel()
+    stream.cancel()
+    assert [e.revision for e in seen] == final  # each once, none skipped, in order
+    assert set(final) - naive_seen, "the control reader skipped nothing: no out-of-order commit"
