@@ -19,7 +19,7 @@ import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from seckill.v1 import order_events_pb2, order_pb2
 
-STREAM = "SECKILL_ORDERS"
+STREAM = "ORDER_EVENTS"
 Event = order_events_pb2.OrderEvent
 Handler = Callable[[Event], Awaitable[None]]
 

@@ -204,7 +204,7 @@ class EventsSettings:
     # The relay publishes to this NATS server's JetStream (nats://host:port); empty: no relay.
     nats_url: str = setting(Text("SECKILL_EVENTS_NATS_URL", nats_url))
     # The JetStream stream the relay creates when missing and publishes to.
-    nats_stream: str = setting(Text("SECKILL_EVENTS_NATS_STREAM", stream_name, "SECKILL_ORDERS"))
+    nats_stream: str = setting(Text("SECKILL_EVENTS_NATS_STREAM", stream_name, "ORDER_EVENTS"))
 
 
 @dataclass(frozen=True)

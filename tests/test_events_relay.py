@@ -101,7 +101,7 @@ async def test_every_event_reaches_jetstream_and_waits_while_it_is_away(
 
         # Each message: its subject by type, Nats-Msg-Id = the event id.
         nc = await nats.connect(nats_server.url)
-        message = await nc.jetstream().get_last_msg("SECKILL_ORDERS", "seckill.orders.paid")
+        message = await nc.jetstream().get_last_msg("ORDER_EVENTS", "seckill.orders.paid")
         assert message.headers is not None
         assert message.headers["Nats-Msg-Id"] == consumer.events[4].event_id
         await nc.close()
