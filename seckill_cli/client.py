@@ -8,7 +8,7 @@ command (the product, the user, the service's address) and what to do about it, 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -83,6 +83,15 @@ def rich_status(exc: grpc.aio.AioRpcError) -> status_pb2.Status | None:
     except ValueError:  # details that disagree with the status: use the status alone
         return None
     return status
+
+
+def resumable_after_s(exc: grpc.aio.AioRpcError) -> float | None:
+    """How long to wait before calling a stream again: the RetryInfo delay of an UNAVAILABLE
+    (a stream's lifetime, a server shutting down); None for an end not to resume."""
+    retry = detail(rich_status(exc), error_details_pb2.RetryInfo)
+    if exc.code() != grpc.StatusCode.UNAVAILABLE or retry is None:
+        return None
+    return float(retry.retry_delay.ToTimedelta().total_seconds())
 
 
 def detail(status: status_pb2.Status | None, kind: type[_Detail]) -> _Detail | None:
@@ -194,10 +203,13 @@ class Session:
         return (("authorization", f"Bearer {token}"),) if token else ()
 
     async def call(self, service: str, method: str, request: Message, *, auth: Auth = Auth.NONE,
-                   about: About = About()) -> Any:
-        """Calls `service`.`method`; a failure raises CliError with the explanation."""
+                   about: About = About(), stub: Callable[[grpc.aio.Channel], Any] | None = None
+                   ) -> Any:
+        """Calls `service`.`method` (through `stub` on its channel: another gRPC service of the
+        same process); a failure raises CliError with the explanation."""
+        called = stub(self.channel(service)) if stub else self.stub(service)
         try:
-            return await getattr(self.stub(service), method)(
+            return await getattr(called, method)(
                 request, metadata=self.metadata(auth), timeout=self.timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise explain(exc, service, self.addrs[service], auth=auth, about=about,
