@@ -22,7 +22,7 @@ def results(tmp_path: Path, **rps: float) -> Results:
 def test_targets_are_ratios_to_the_ceiling_and_the_p99_of_the_flash_sale(tmp_path: Path):
     judged = targets(results(tmp_path, a=1000, b=850, d=650))
     assert [(measured.split()[0], met) for _, measured, met in judged] == [
-        ("0.85", True), ("0.65", False), ("40.0", True)]
+        ("0.85", True), ("0.65", False), ("40.0", True), ("—", None)]
     assert "64 in flight" in judged[2][0]
 
 
@@ -37,3 +37,12 @@ def test_only_the_bench_section_is_rewritten(tmp_path: Path):
     path.write_text(f"# Benchmarks\n\nProse.\n\n{BEGIN}\nold run\n{END}\n\n{cluster}")
     write_markdown(path, "new run\n")
     assert path.read_text() == f"# Benchmarks\n\nProse.\n\n{BEGIN}\nnew run\n{END}\n\n{cluster}"
+
+
+def test_the_outbox_target_is_the_sale_with_events_against_the_same_sale_without(
+        tmp_path: Path):
+    judged = targets(results(tmp_path, a=1000, b=850, g=900))
+    name, measured, met = judged[3]
+    assert "(b)" in name and "(g)" in name and "0.9" in name
+    assert measured.startswith("0.94 ") and met is True
+    assert targets(results(tmp_path, a=1000, b=700, g=900))[3][2] is False

@@ -16,7 +16,7 @@ import grpc
 from seckill_bench.config import BenchConfig
 from seckill_bench.report import Report
 from seckill_bench.runner import BenchError, run
-from seckill_bench.suite import watch
+from seckill_bench.suite import events, watch
 from seckill_bench.suite.stack import ACTIVITY_MODES, BenchStack, StackError, log
 from seckill_stack.sale import open_sale
 
@@ -205,7 +205,11 @@ class Suite:
         self.warm_up()
         s = self.settings
         self.row("a", "Health/Check ceiling (coalesced activity svc)", self.ceiling)
-        self.row("b", "flash sale, coalesced", lambda: self.flash_sale("b", "coalesced"))
+        assert self.stack.nats is not None
+        with events.RelayProbe(self.stack.nats.url) as relay:
+            self.row("b", "flash sale, coalesced", lambda: self.flash_sale("b", "coalesced"))
+            self.row("h", "the relay during (b)", lambda: events.relay_row(self, relay))
+        self.row("g", "flash sale, coalesced, events off", lambda: events.without_events(self))
         self.row("c", "flash sale, per_request", lambda: self.flash_sale("c", "per_request"))
         self.row("d", "GetActivity, the load of (a)", self.get_activity)
         watch.rows(self)  # (f): WatchActivity's watchers against GetActivity polling
@@ -234,19 +238,21 @@ class Suite:
         self.save("a-health-check", report)
         return Row.from_report("a", "Health/Check ceiling (coalesced activity svc)", report)
 
-    def flash_sale(self, key: str, mode: str) -> Row:
-        """(b), (c): every user tries twice; the invariants are checked through the API."""
+    def flash_sale(self, key: str, mode: str, label: str = "", title: str = "") -> Row:
+        """(b), (c), (g): every user tries twice; the invariants are checked through the API.
+        `label`: the activity service (default the mode's)."""
         s = self.settings
-        activity = create_sale(self.stack, f"activity-{mode}", f"flash sale {mode}",
-                               s.flash_stock)
-        if mode == "coalesced":
+        label = label or f"activity-{mode}"
+        activity = create_sale(self.stack, label, f"flash sale {key}", s.flash_stock)
+        if key == "b":
             self.flash_sale_activity = activity
-        report = self.load(f"({key}) flash sale {mode}", SECKILL, f"activity-{mode}",
+        report = self.load(f"({key}) flash sale {mode}", SECKILL, label,
                            {"activity_id": activity, "user_id": "user-{{div .RequestNumber 2}}"},
                            total=2 * s.flash_users, initial_stock=s.flash_stock)
         self.save(f"{key}-flash-sale-{mode.replace('_', '-')}", report)
-        return Row.from_report(key, f"flash sale, {mode} (stock {s.flash_stock:,}, "
-                                    f"{s.flash_users:,} users, 2 tries each)", report)
+        return Row.from_report(key, f"{title or f'flash sale, {mode}'} (stock "
+                                    f"{s.flash_stock:,}, {s.flash_users:,} users, 2 tries "
+                                    "each)", report)
 
     def get_activity(self) -> Row:
         """(d): a read that also calls the product service, as many calls as (a)."""

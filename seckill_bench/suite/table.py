@@ -20,6 +20,7 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 TARGET_FLASH_SALE_RATIO = 0.8  # (b)/(a)
 TARGET_GET_ACTIVITY_RATIO = 0.7  # (d)/(a)
 TARGET_P99_MS = 50.0  # p99 of (b)
+TARGET_OUTBOX_RATIO = 0.9  # (b)/(g): the flash sale with order events against without
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -91,11 +92,17 @@ def targets(results: Results) -> list[tuple[str, str, bool | None]]:
         return f"{name} ≥ {target:g}", measured, value >= target
 
     p99 = b.p99 if b is not None else None
+    g = results.row("g")
+    outbox = ratio(b, g)
     return [
         ratio_target("flash sale (b) / ceiling (a), throughput", b, TARGET_FLASH_SALE_RATIO),
         ratio_target("GetActivity (d) / ceiling (a), throughput", d, TARGET_GET_ACTIVITY_RATIO),
         (f"p99 of (b) ≤ {TARGET_P99_MS:g} ms at {results.settings.concurrency} in flight",
          "—" if p99 is None else f"{p99:.1f} ms", judged(p99, lambda v: v <= TARGET_P99_MS)),
+        (f"flash sale with events (b) / without (g), throughput ≥ {TARGET_OUTBOX_RATIO:g}",
+         "—" if outbox is None or b is None or g is None
+         else f"{outbox:.2f} ({fmt(b.rps, 0)} / {fmt(g.rps, 0)} req/s)",
+         judged(outbox, lambda v: v >= TARGET_OUTBOX_RATIO)),
     ]
 
 
