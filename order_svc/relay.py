@@ -134,19 +134,24 @@ class Relay:
             (held,) = await lease.fetchone()
             if not held:
                 raise LeaseLost("the relay's lease was lost")
-            moved = await self.relay_once(js, checkpoint)
+            moved, full = await self.relay_once(js, checkpoint)
             if moved == checkpoint:
                 EVENTS_RELAY_LAG.set(0)
+            if not full:
+                # Caught up: wait a poll interval. During a sale this gathers a batch per
+                # interval, so the relay takes the watermark (which briefly holds the writers
+                # back) a few times a second, not after every commit.
                 await asyncio.sleep(self.settings.events.poll_interval_s)  # a timer
             checkpoint = moved
 
-    async def relay_once(self, js: JetStreamContext, checkpoint: int) -> int:
-        """Publishes the next batch after `checkpoint`; returns the new checkpoint."""
+    async def relay_once(self, js: JetStreamContext, checkpoint: int) -> tuple[int, bool]:
+        """Publishes the next batch after `checkpoint`; returns the new checkpoint, and whether
+        the batch was full (more may be waiting)."""
         position = await self._db.run(order_events.watermark)
         events, _ = await self._db.run(
             lambda tx: order_events.read(tx, checkpoint, position.safe, BATCH))
         if not events:
-            return checkpoint
+            return checkpoint, False
         EVENTS_RELAY_LAG.set(max(0.0, (position.read_time - events[0].create_time.ToDatetime()
                                        ).total_seconds()))
         stream = self.settings.events.nats_stream
@@ -155,7 +160,8 @@ class Relay:
                 for event in events]
         async with asyncio.timeout(ACK_TIMEOUT_S):
             await asyncio.gather(*acks)
-        moved = events[-1].revision if len(events) == BATCH else position.safe
+        full = len(events) == BATCH
+        moved = events[-1].revision if full else position.safe
         await self._db.run(lambda tx: order_events.set_relayed(tx, moved))
         EVENTS_RELAYED.inc(len(events))
-        return moved
+        return moved, full
