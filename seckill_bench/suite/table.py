@@ -123,9 +123,11 @@ def _header(results: Results, argv: list[str]) -> list[str]:
         f"- **Clients** (every row): seckill-bench, -c {s.concurrency} in flight over "
         f"--connections {s.connections}, --procs {s.procs} client processes; on the same "
         "machine as the servers.",
-        f"- **Services**: an activity service per commit mode (coalesced, per_request) with "
-        f"--workers {s.workers} each, product and order services with their default workers, "
-        "one database; SECKILL_LOG_LEVEL=WARNING, other settings at their defaults.",
+        f"- **Services**: an activity service per commit mode (coalesced, per_request) and a "
+        f"coalesced one without order events (row (g)), with --workers {s.workers} each, "
+        "product and order services with their default workers (the order service relays "
+        "events to a private nats-server -js: row (h)), one database; "
+        "SECKILL_LOG_LEVEL=WARNING, other settings at their defaults.",
         f"- **Load average** (1 min): {results.load_before} before the run, "
         f"{results.load_after} after the scenarios.",
         f"- **Warm-up**: {s.warmup_calls:,} unreported Seckill calls per activity service "
