@@ -25,6 +25,7 @@ from seckill_common.config import EventsSettings, WatchSettings
 from seckill_common.database import order_events
 from seckill_common.database.db import Database
 from seckill_common.database.order_events import Position
+from seckill_common.runtime.background import Background
 from seckill_common.runtime.interceptors import Malformed
 from seckill_common.runtime.streams import StreamEndings, TooManyStreams, resolve
 
@@ -73,7 +74,7 @@ class EventFeed:
         self.failure: Unavailable | None = None
         self.watchers = 0
         self._waiters: set[asyncio.Future[None]] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._poller = Background("order-events-feed", self._poll)
 
     async def read(self) -> Position:
         """A fresh watermark (one short transaction that waits for the writers in flight)."""
@@ -81,9 +82,9 @@ class EventFeed:
 
     def join(self) -> None:
         self.watchers += 1
-        if self._task is None or self._task.done():
+        if not self._poller.running:
             self.failure = None  # a poller's failure, from before it stopped
-            self._task = asyncio.create_task(self._poll(), name="order-events-feed")
+            self._poller.start()
 
     def leave(self) -> None:
         self.watchers -= 1
@@ -120,9 +121,7 @@ class EventFeed:
             await asyncio.sleep(self.settings.poll_interval_s)  # a timer: nothing to await
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._poller.stop()
 
 
 class Pruner:
@@ -131,15 +130,8 @@ class Pruner:
     def __init__(self, database: Database, settings: EventsSettings) -> None:
         self._db = database
         self.settings = settings
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="order-events-pruner")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        self._task = Background("order-events-pruner", self._run)
+        self.start, self.stop = self._task.start, self._task.stop
 
     async def prune(self) -> int:
         """One sweep; returns how many events went."""

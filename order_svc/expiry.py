@@ -23,6 +23,7 @@ from order_svc import repository
 from order_svc.outcomes import observe
 from seckill_common.database.db import Database
 from seckill_common.database.order_events import Outbox
+from seckill_common.runtime.background import Background
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +36,8 @@ class Expirer:
         self.interval_s = interval_s
         self.batch = batch
         self._skipped: set[int] = set()  # products skipped last sweep: wait for them next
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="order-expiry")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        self._task = Background("order-expiry", self._run)
+        self.start, self.stop = self._task.start, self._task.stop
 
     async def _run(self) -> None:
         while True:

@@ -30,6 +30,7 @@ from seckill.v1 import order_events_pb2
 from seckill_common.config import Settings
 from seckill_common.database import order_events
 from seckill_common.database.db import Database, connect_kwargs
+from seckill_common.runtime.background import Background
 from seckill_common.runtime.server import HealthEntry
 from seckill_common.runtime.telemetry import (
     EVENTS_RELAY_ACTIVE,
@@ -65,15 +66,8 @@ class Relay:
         self.settings = settings
         self.health = health
         self.active = False
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="order-events-relay")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        self._task = Background("order-events-relay", self._run)
+        self.start, self.stop = self._task.start, self._task.stop
 
     async def _run(self) -> None:
         while True:

@@ -15,11 +15,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from seckill_stack.mariadb import alive
+from seckill_stack.mariadb import alive, apt_install, live_pid
 
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 20.0
-APT_TIMEOUT_S = 600.0
 
 
 class NatsError(RuntimeError):
@@ -36,16 +35,7 @@ def install_server() -> str:
     found = server_binary()
     if found:
         return found
-    if os.geteuid() != 0:
-        raise NatsError("nats-server not found; install the nats-server package (needs root)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    print("nats: installing nats-server", flush=True)
-    for argv in (["apt-get", "update", "-qq"],
-                 ["apt-get", "install", "-y", "-qq", "nats-server"]):
-        done = subprocess.run(argv, env=env, capture_output=True, text=True,
-                              timeout=APT_TIMEOUT_S, check=False)
-        if done.returncode != 0:
-            raise NatsError(f"{' '.join(argv)} failed:\n{done.stderr.strip()[-2000:]}")
+    apt_install("nats-server", "nats-server", NatsError)
     found = server_binary()
     if not found:
         raise NatsError("apt installed nats-server but no binary was found")
@@ -105,11 +95,7 @@ class NatsServer:
             time.sleep(0.05)  # a child process's port: nothing to await
 
     def recorded_pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if alive(pid) else None
+        return live_pid(self.pid_file)
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         """Stops the server (SIGKILL: as a crash) and waits until it is gone."""

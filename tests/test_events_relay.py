@@ -15,7 +15,7 @@ from seckill.v1 import order_events_pb2, order_pb2
 
 from order_svc.relay import HEALTH_NAME
 from seckill_stack.nats import NatsServer
-from tests.helpers.factories import make_activity, make_product
+from tests.helpers.factories import buy, make_activity, make_product
 from tests.helpers.flash_sale import (
     NOT_SERVING,
     SERVING,
@@ -26,7 +26,6 @@ from tests.helpers.flash_sale import (
 )
 from tests.helpers.polling import eventually
 from tests.helpers.stack import ADMIN, REPO, query, start_stack
-from tests.test_order_events import buy
 
 Event = order_events_pb2.OrderEvent
 

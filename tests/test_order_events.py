@@ -20,7 +20,7 @@ from order_svc.server import DEFINITION as ORDER
 from seckill_common.database.db import Database, create_pool
 from seckill_common.database.transaction import Transaction
 from seckill_common.runtime.server import start_service
-from tests.helpers.factories import make_activity, make_product, timestamp
+from tests.helpers.factories import buy, make_activity, make_product, timestamp
 from tests.helpers.flash_sale import report
 from tests.helpers.polling import eventually
 from tests.helpers.rpc import refused, rpc_error
@@ -49,12 +49,6 @@ async def all_events(stub: order_events_pb2_grpc.OrderEventServiceAsyncStub, aft
         token = page.next_page_token
         if not token:
             return events
-
-
-async def buy(stack: Stack, activity_id: int, user: str) -> order_pb2.Order:
-    reply = await stack.activities.Seckill(
-        activity_pb2.SeckillRequest(activity_id=activity_id, user_id=user))
-    return reply.order
 
 
 async def test_each_state_change_yields_one_event_with_the_order_after_it(stack: Stack) -> None:
