@@ -17,6 +17,7 @@ from seckill.v1 import activity_pb2, order_events_pb2, order_events_pb2_grpc, or
 
 from activity_svc.seckill import EngineSettings, SeckillEngine
 from order_svc.server import DEFINITION as ORDER
+from seckill_common.database import order_events
 from seckill_common.database.db import Database, create_pool
 from seckill_common.database.transaction import Transaction
 from seckill_common.runtime.server import start_service
@@ -285,3 +286,25 @@ async def test_eight_writers_in_two_processes_never_make_a_reader_skip_an_event(
     assert set(final) - naive_seen, "the control reader skipped nothing: no out-of-order commit"
     report("eight event writers in two processes", {
         "committed": committed, "control_reader_skipped": len(set(final) - naive_seen)})
+
+
+async def test_retention_deletes_the_oldest_events_and_never_ones_the_relay_has_not_sent(
+        stack: Stack, database: Database) -> None:
+    product = await make_product(stack, stock=10)
+    activity = await make_activity(stack, product.id)
+    for user in ("a", "b", "c"):
+        await buy(stack, activity.id, user)
+    events = await all_events(stack.events)
+    # Behind the relay: it has sent none, so none may go.
+    assert await database.run(lambda tx: order_events.prune(
+        tx, 0, behind_relay=True, limit=10)) == 0
+    assert await database.run(lambda tx: order_events.prune(
+        tx, 0, behind_relay=False, limit=2)) == 2
+    reason, metadata = await refused(stack.events.ListOrderEvents(
+        order_events_pb2.ListOrderEventsRequest(after_revision=events[0].revision),
+        metadata=ADMIN), grpc.StatusCode.FAILED_PRECONDITION)
+    assert (reason, metadata) == ("EVENTS_PRUNED", {"pruned_through": str(events[1].revision)})
+    assert await all_events(stack.events) == events[2:]
+    # Events younger than the retention stay.
+    assert await database.run(lambda tx: order_events.prune(
+        tx, 3600, behind_relay=False, limit=10)) == 0
