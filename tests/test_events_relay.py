@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from seckill.v1 import order_events_pb2, order_pb2
 
 from order_svc.relay import HEALTH_NAME
 from seckill_stack.nats import NatsServer
+from seckill_stack.services import python_env
 from tests.helpers.factories import buy, make_activity, make_product
 from tests.helpers.flash_sale import (
     NOT_SERVING,
@@ -79,7 +82,7 @@ async def stored_event_ids(db_url: str) -> list[str]:
 
 
 async def test_every_event_reaches_jetstream_and_waits_while_it_is_away(
-        db_url: str, nats_server: NatsServer) -> None:
+        db_url: str, nats_server: NatsServer, tmp_path: Path) -> None:
     stack = await start_stack(db_url, SECKILL_EVENTS_NATS_URL=nats_server.url,
                               SECKILL_EVENTS_POLL_INTERVAL_MS="20")
     consumer: Consumer | None = None
@@ -104,6 +107,17 @@ async def test_every_event_reaches_jetstream_and_waits_while_it_is_away(
         assert message.headers is not None
         assert message.headers["Nats-Msg-Id"] == consumer.events[4].event_id
         await nc.close()
+
+        # The example as its readers run it: a second run, even with a new durable consumer
+        # (all messages again), handles nothing twice: it remembers the ids (--seen).
+        seen = tmp_path / "seen.txt"
+        for durable, expected in (("example-1", 6), ("example-2", 0)):
+            run = await asyncio.create_subprocess_exec(
+                sys.executable, str(REPO / "examples" / "events_consumer.py"), nats_server.url,
+                "--durable", durable, "--seen", str(seen), "--idle", "1",
+                env=python_env(dict(os.environ)), stdout=asyncio.subprocess.PIPE)
+            out, _ = await asyncio.wait_for(run.communicate(), 60)
+            assert run.returncode == 0 and len(out.decode().splitlines()) == expected, out
 
         # JetStream away: sales go on, the relay's health entry says so, events wait.
         await consumer.close()
