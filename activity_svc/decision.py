@@ -5,13 +5,17 @@ under the stock row's lock (repository.lock_sale), and on its refusal path, on t
 without locks (repository.read_facts): both answer with the same rules and the same
 precedence between refusals. `outcomes` then pairs the decisions with the orders the
 transaction recorded.
+
+Quantities (issue 17): an attempt asks for `quantity` units, all or nothing. Attempts are
+decided in arrival order against the units the earlier winners of the same batch left, and a
+refusal for want of units takes nothing, so a smaller request behind it may still win them.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from seckill_common.api.errors import AlreadyExists, FailedPrecondition, NotFound, ServiceError
@@ -21,6 +25,7 @@ from seckill_common.api.errors import AlreadyExists, FailedPrecondition, NotFoun
 class SeckillAttempt:
     activity_id: int
     user_id: str
+    quantity: int = 1  # units asked for, >= 1 (the servicer maps the wire's 0 to 1)
 
     @property
     def key(self) -> tuple[int, str]:
@@ -41,17 +46,23 @@ class Facts:
 
     `stock` is None when the product is gone; `windows` holds the activities (of this product)
     that exist; `held` the ids of the active (pending or paid) orders the attempts' users
-    already hold: a cancelled or expired order does not stop its user from buying again.
+    already hold: a cancelled or expired order does not stop its user from buying again;
+    `limits` the activities' per-user limits (an activity missing there allows 1 unit, the
+    default, so facts read before quantities existed decide as they did).
     """
 
     stock: int | None
     windows: Mapping[int, Window]
     held: Mapping[tuple[int, str], int]
+    limits: Mapping[int, int] = field(default_factory=dict)
+
+    def limit_of(self, activity_id: int) -> int:
+        return self.limits.get(activity_id, 1)
 
 
 @dataclass(frozen=True)
 class Win:
-    """The attempt takes a unit (a new order, to be inserted by the caller)."""
+    """The attempt takes its units (a new order, to be inserted by the caller)."""
 
 
 @dataclass(frozen=True)
@@ -70,9 +81,11 @@ Decision = Win | Twin | Refused
 
 
 def already_purchased(order_id: int) -> Refused:
+    # One message for every buyer (the order id is in the ErrorInfo metadata): load tools
+    # count one kind of answer, and the status is built from cached parts.
     return Refused(AlreadyExists(
         "ALREADY_PURCHASED",
-        f"you already hold order {order_id} for this activity",
+        "you already hold an order for this activity",
         {"order_id": str(order_id)},
     ))
 
@@ -85,12 +98,42 @@ def sold_out(activity_id: int) -> Refused:
     return _precondition("SOLD_OUT", "sold out", activity_id)
 
 
-def decide(attempts: Sequence[SeckillAttempt], facts: Facts) -> list[Decision]:
-    """One decision per attempt, first come first served.
+def insufficient_stock(activity_id: int, asked: int, available: int) -> Refused:
+    """Fewer units left than asked (but some): `available` is how many, so the client may
+    ask for that many instead."""
+    return Refused(FailedPrecondition(
+        "INSUFFICIENT_STOCK", "fewer units left than asked for",
+        {"activity_id": str(activity_id), "available": str(available),
+         "quantity": str(asked)}))
 
-    Precedence, for each attempt: an unknown activity (NOT_FOUND), an order already held
-    (ALREADY_PURCHASED), a twin of this batch's winner, the window (NOT_STARTED, ENDED), and
-    last the stock (SOLD_OUT): a user is told about the sale's state before its stock.
+
+def over_limit(activity_id: int, asked: int, limit: int) -> Refused:
+    """More units asked than the activity lets one user hold.
+
+    FAILED_PRECONDITION, not INVALID_ARGUMENT (AIP-193): the request is well formed, and is
+    refused because of the activity's current state (its limit, which an admin may raise);
+    quantities no activity could allow are INVALID_ARGUMENT in the servicer instead.
+    """
+    return Refused(FailedPrecondition(
+        "QUANTITY_OVER_LIMIT", "more units asked for than one customer may hold",
+        {"activity_id": str(activity_id), "per_user_limit": str(limit),
+         "quantity": str(asked)}))
+
+
+def decide(attempts: Sequence[SeckillAttempt], facts: Facts) -> list[Decision]:
+    """One decision per attempt, first come first served, all or nothing.
+
+    Precedence, for each attempt: an unknown activity (NOT_FOUND), a quantity above the
+    activity's limit (QUANTITY_OVER_LIMIT: about the request itself, so before anything about
+    the user or the sale), an order already held (ALREADY_PURCHASED), a twin of this batch's
+    winner, the window (NOT_STARTED, ENDED), and last the stock: SOLD_OUT when no unit is
+    left, INSUFFICIENT_STOCK (naming the units left) when some are but fewer than asked. A
+    user is told about the sale's state before its stock.
+
+    Units left means after the earlier winners of this batch, in arrival order: the batch
+    commits as if its attempts ran one after another. A refused attempt takes nothing, so it
+    never blocks a smaller one behind it: with 2 left, [3, 1, 2] is INSUFFICIENT_STOCK
+    (available 2), Win, INSUFFICIENT_STOCK (available 1).
     """
     decisions: list[Decision] = []
     winners: set[tuple[int, str]] = set()
@@ -100,6 +143,9 @@ def decide(attempts: Sequence[SeckillAttempt], facts: Facts) -> list[Decision]:
         window = facts.windows.get(attempt.activity_id)
         if facts.stock is None or window is None:
             decisions.append(Refused(NotFound("Activity", attempt.activity_id)))
+        elif attempt.quantity > facts.limit_of(attempt.activity_id):
+            decisions.append(over_limit(attempt.activity_id, attempt.quantity,
+                                        facts.limit_of(attempt.activity_id)))
         elif key in facts.held:
             decisions.append(already_purchased(facts.held[key]))
         elif key in winners:
@@ -111,8 +157,11 @@ def decide(attempts: Sequence[SeckillAttempt], facts: Facts) -> list[Decision]:
             decisions.append(_precondition("ENDED", "the sale has ended", attempt.activity_id))
         elif remaining <= 0:
             decisions.append(sold_out(attempt.activity_id))
+        elif remaining < attempt.quantity:
+            decisions.append(insufficient_stock(attempt.activity_id, attempt.quantity,
+                                                remaining))
         else:
-            remaining -= 1
+            remaining -= attempt.quantity
             winners.add(key)
             decisions.append(Win())
     return decisions
@@ -125,11 +174,21 @@ class Won:
     order_id: int
     product_id: int
     create_time: datetime
-    price_cents: int
+    price_cents: int  # of one unit
     pay_deadline: datetime
+    quantity: int = 1
 
 
 Outcome = Won | Refused
+
+
+def reached_stock(answer: Decision | Outcome) -> bool:
+    """Whether an answer was decided by the stock: a win, or too few units (not SOLD_OUT: none
+    were left). Such an answer shows the window open and the units left worth taking for a
+    smaller request; any other refusal (the window, a held order) says nothing of them."""
+    if isinstance(answer, Refused):
+        return getattr(answer.error, "reason", None) == "INSUFFICIENT_STOCK"
+    return isinstance(answer, (Win, Won))
 
 
 def outcomes(attempts: Sequence[SeckillAttempt], decisions: Sequence[Decision],

@@ -29,7 +29,8 @@ from seckill_common.database.stock import LockedStock
 from seckill_common.database.transaction import Transaction
 
 # Update mask paths; each is the column of the same name but payment_window.
-UPDATABLE = ("name", "start_time", "end_time", "price_cents", "payment_window")
+UPDATABLE = ("name", "start_time", "end_time", "price_cents", "payment_window",
+             "per_user_limit")
 _COLUMN_OF = {"payment_window": "payment_window_ms"}
 
 
@@ -43,6 +44,7 @@ class ActivityRow:
     create_time: datetime
     price_cents: int
     payment_window_ms: int
+    per_user_limit: int
 
     @classmethod
     def from_db(cls, row: Sequence[Any]) -> ActivityRow:
@@ -56,12 +58,15 @@ _COLUMNS = ", ".join(_FIELDS)
 
 
 async def create(tx: Transaction, product_id: int, name: str, start_time: datetime,
-                 end_time: datetime, price_cents: int, payment_window_ms: int) -> ActivityRow:
+                 end_time: datetime, price_cents: int, payment_window_ms: int,
+                 per_user_limit: int) -> ActivityRow:
     try:
         await tx.execute(
             "INSERT INTO activities (product_id, name, start_time, end_time, create_time,"
-            " price_cents, payment_window_ms) VALUES (%s, %s, %s, %s, UTC_TIMESTAMP(6), %s, %s)",
-            (product_id, name, start_time, end_time, price_cents, payment_window_ms),
+            " price_cents, payment_window_ms, per_user_limit)"
+            " VALUES (%s, %s, %s, %s, UTC_TIMESTAMP(6), %s, %s, %s)",
+            (product_id, name, start_time, end_time, price_cents, payment_window_ms,
+             per_user_limit),
         )
     except pymysql.err.IntegrityError as exc:
         if error_code(exc) != NO_REFERENCED_ROW:
@@ -141,14 +146,22 @@ def has_orders(activity_id: int) -> FailedPrecondition:
     )
 
 
-async def product_of(tx: Transaction, activity_id: int) -> int:
-    """The activity's product id (immutable, so callers may cache it)."""
-    await tx.execute("SELECT product_id FROM activities WHERE id = %s", (activity_id,))
+class SaleOf(NamedTuple):
+    """What the engine needs of an activity before its transaction (`sale_of`)."""
+
+    product_id: int  # immutable, so callers may cache it
+    per_user_limit: int  # as read: an admin may change it, so a cached one is a hint
+
+
+async def sale_of(tx: Transaction, activity_id: int) -> SaleOf:
+    """The activity's product id and per-user limit: a plain consistent read, no lock."""
+    await tx.execute("SELECT product_id, per_user_limit FROM activities WHERE id = %s",
+                     (activity_id,))
     row = await tx.fetchone()
     if row is None:
         raise NotFound("Activity", activity_id)
-    (product_id,) = row
-    return int(product_id)
+    product_id, per_user_limit = row
+    return SaleOf(product_id=int(product_id), per_user_limit=int(per_user_limit))
 
 
 # --- the seckill transaction -------------------------------------------------------------
@@ -166,6 +179,7 @@ class _SaleRow(NamedTuple):
     now: datetime  # the database's clock: the orders' create time
     price_cents: int
     payment_window_ms: int
+    per_user_limit: int
 
 
 class _HeldRow(NamedTuple):
@@ -189,7 +203,8 @@ async def lock_sale(tx: Transaction, product_id: int,
                     attempts: Sequence[SeckillAttempt]) -> LockedSale:
     """The seckill transaction's first round trip: lock the stock row, read the activities'
     windows (the database's clock decides, and its reading is the orders' create time),
-    prices and payment windows, and the active orders the users already hold.
+    prices, payment windows and per-user limits, and the active orders the users already
+    hold.
 
     Both round trips return as few columns as they can: the driver parses every column
     definition of every result in Python, and that is most of what a flash sale pays per
@@ -201,8 +216,8 @@ async def lock_sale(tx: Transaction, product_id: int,
     held_sql, held_params = _orders_query(users)
     locked, (sale_rows, *held_sets) = await stock.lock_then(
         tx, product_id,
-        f"SELECT id, {_WINDOW}, UTC_TIMESTAMP(6), price_cents,"
-        f" payment_window_ms FROM activities WHERE id IN ({marks}) AND product_id = %s"
+        f"SELECT id, {_WINDOW}, UTC_TIMESTAMP(6), price_cents, payment_window_ms,"
+        f" per_user_limit FROM activities WHERE id IN ({marks}) AND product_id = %s"
         " LOCK IN SHARE MODE; "
         + "; ".join(held_sql),
         (*activity_ids, product_id, *held_params),
@@ -212,6 +227,8 @@ async def lock_sale(tx: Transaction, product_id: int,
         stock=None if locked is None else locked.units,
         windows={activity_id: Window(sale.window) for activity_id, sale in activities.items()},
         held=_by_key(users, held_sets),
+        limits={activity_id: int(sale.per_user_limit)
+                for activity_id, sale in activities.items()},
     )
     return LockedSale(facts=facts, locked=locked, activities=activities)
 
@@ -219,28 +236,30 @@ async def lock_sale(tx: Transaction, product_id: int,
 async def record_winners(tx: Transaction, sale: LockedSale, winners: Sequence[SeckillAttempt],
                          outbox: Outbox) -> dict[tuple[int, str], Won]:
     """The seckill transaction's second round trip: insert the winners' PENDING_PAYMENT
-    orders, take their units, write their CREATED events (`outbox`) and commit; returns each
-    winner's order by (activity, user).
+    orders (each of its quantity), take their units, write their CREATED events (`outbox`)
+    and commit; returns each winner's order by (activity, user).
 
     `winners` come from `decide` on `sale.facts`: distinct, of activities that exist, and
-    no more than the units locked.
+    asking no more units in all than the units locked.
     """
     locked = sale.locked
     assert locked is not None and winners, (sale, winners)
     (now,) = {activity.now for activity in sale.activities.values()}  # one statement, one clock
     deadlines = {activity_id: now + timedelta(milliseconds=int(activity.payment_window_ms))
                  for activity_id, activity in sale.activities.items()}
-    rows = ", ".join(["(%s, %s, %s, %s, %s, 1, %s, %s, %s)"] * len(winners))
+    rows = ", ".join(["(%s, %s, %s, %s, %s, 1, %s, %s, %s, %s)"] * len(winners))
     params: list[object] = []
     for w in winners:
         params += [w.activity_id, locked.product_id, w.user_id, now, PENDING_PAYMENT,
-                   sale.activities[w.activity_id].price_cents, deadlines[w.activity_id], now]
-    take_sql, take_params = stock.take_statement(locked, len(winners), now)
+                   sale.activities[w.activity_id].price_cents, deadlines[w.activity_id], now,
+                   w.quantity]
+    take_sql, take_params = stock.take_statement(locked, units_of(winners), now)
     won_users = _users_by_activity(winners)
     created_sql, created_params = _orders_query(won_users)
     events_sql, events_params = outbox.created_statements(won_users)
     writes = ["INSERT INTO orders (activity_id, product_id, user_id, create_time, state, active,"
-              f" price_cents, pay_deadline, update_time) VALUES {rows}", take_sql, *events_sql]
+              f" price_cents, pay_deadline, update_time, quantity) VALUES {rows}", take_sql,
+              *events_sql]
     # COMMIT rides in the same round trip. Should anything before it fail, the server stops
     # there and the transaction rolls back; should the link drop after it was sent, the
     # outcome is unknown and the callers get UNAVAILABLE, and a retry finds the order.
@@ -250,8 +269,13 @@ async def record_winners(tx: Transaction, sale: LockedSale, winners: Sequence[Se
     created = _by_key(won_users, results[len(writes):])
     return {w.key: Won(order_id=created[w.key], product_id=locked.product_id, create_time=now,
                        price_cents=int(sale.activities[w.activity_id].price_cents),
-                       pay_deadline=deadlines[w.activity_id])
+                       pay_deadline=deadlines[w.activity_id], quantity=w.quantity)
             for w in winners}
+
+
+def units_of(attempts: Sequence[SeckillAttempt]) -> int:
+    """The units `attempts` ask for in all."""
+    return sum(a.quantity for a in attempts)
 
 
 class _Fact(enum.IntEnum):
@@ -260,6 +284,7 @@ class _Fact(enum.IntEnum):
     STOCK = 0  # value: the product's stock
     WINDOW = 1  # activity_id's `Window` as value
     HELD = 2  # value: the id of the active order user_id holds for activity_id
+    LIMIT = 3  # activity_id's per-user limit as value
 
 
 class _FactRow(NamedTuple):
@@ -286,21 +311,26 @@ async def read_facts(tx: Transaction, product_id: int,
             f"SELECT {_Fact.STOCK:d}, NULL, stock, NULL FROM products WHERE id = %s",
             f"SELECT {_Fact.WINDOW:d}, id, {_WINDOW}, NULL FROM activities"
             f" WHERE id IN ({marks}) AND product_id = %s",
+            f"SELECT {_Fact.LIMIT:d}, id, per_user_limit, NULL FROM activities"
+            f" WHERE id IN ({marks}) AND product_id = %s",
             *held_sql]),
-        (product_id, *activity_ids, product_id, *held_params),
+        (product_id, *activity_ids, product_id, *activity_ids, product_id, *held_params),
     )
     stock_left: int | None = None
     windows: dict[int, Window] = {}
+    limits: dict[int, int] = {}
     held: dict[tuple[int, str], int] = {}
     for fact in map(_FactRow._make, rows):
         if fact.kind == _Fact.STOCK:
             stock_left = int(fact.value)
         elif fact.kind == _Fact.WINDOW:
             windows[int(cast(int, fact.activity_id))] = Window(int(fact.value))
+        elif fact.kind == _Fact.LIMIT:
+            limits[int(cast(int, fact.activity_id))] = int(fact.value)
         else:
             held[(int(cast(int, fact.activity_id)), _text(cast(bytes, fact.user_id)))] = (
                 int(fact.value))
-    return Facts(stock=stock_left, windows=windows, held=held)
+    return Facts(stock=stock_left, windows=windows, held=held, limits=limits)
 
 
 def _text(value: bytes | str) -> str:

@@ -14,10 +14,17 @@ callers have all left is abandoned, and its transaction ended on the server, so 
 or connection outlives the callers it was for.
 
 Refusals are exact: a call is refused only on facts read after it arrived. Once a product's
-last look (a committed batch or a read) showed no unit to sell, its calls go first to a
-single-flight read of the facts they need (repository.read_facts: stock, windows, their
-orders; one non-locking statement shared by every call that arrived before it started) and
-`decide` refuses them on it; a call the read cannot refuse goes on to a transaction.
+last look (a committed batch or a read) showed fewer units than a call asks for (none left,
+or none any of its callers would win), that call goes first to a single-flight read of the
+facts it needs (repository.read_facts: stock, windows, limits, their orders; one non-locking
+statement shared by every call that arrived before it started) and `decide` refuses it on
+them; a call the read cannot refuse goes on to a transaction. With quantities the state is a
+number, not a flag: 2 units seen left send a 3-unit call to the read and a 1-unit call
+straight on, so a small request is never held up, let alone refused, by a large one.
+
+A quantity above the activity's per-user limit is refused before any of this, on the limit
+cached from an earlier read of the activity when it allows the quantity, else on a fresh
+read without locks (`_check_limit`): never after waiting for the stock row.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from activity_svc.decision import (
     Won,
     decide,
     outcomes,
+    over_limit,
+    reached_stock,
 )
 from seckill_common.config import CommitMode, default_of
 from seckill_common.database.db import Database
@@ -87,7 +96,7 @@ class BatchResult:
 
     outcomes: list[Outcome]  # one per attempt, in order
     stock_left: int | None  # committed stock after this batch; None: the product is gone
-    sold: int  # units taken (orders inserted)
+    sold: int  # units taken (the quantities of the orders inserted)
 
 
 @dataclass
@@ -104,13 +113,17 @@ class SeckillEngine:
         self._outbox = Outbox(enabled=self.settings.events)
         # activity id -> product id; safe to cache because an activity's product never changes.
         self._product_of_activity: dict[int, int] = {}
+        # activity id -> per-user limit as last read: a hint (an admin may change it), used
+        # only to let quantities it allows through; the transaction checks the limit itself.
+        self._limit_of_activity: dict[int, int] = {}
         self._queues: dict[int, deque[_Pending]] = {}
         self._arrived: dict[int, asyncio.Event] = {}
         # Strong references: the event loop keeps only weak ones to tasks.
         self._committers: dict[int, asyncio.Task[None]] = {}
-        # Products whose last look showed nothing to sell: their calls are read before a
-        # transaction (see the module's docstring).
-        self._refusing: set[int] = set()
+        # product id -> units its last look showed that calls could take (0: none, or no
+        # caller won); a call asking for more is read before a transaction (see the module's
+        # docstring). A product not here has not been looked at: its calls go straight on.
+        self._units_seen: dict[int, int] = {}
         self._readers: dict[int, BatchLoader[SeckillAttempt, Refused | None]] = {}
         self.stats = BatchStats()
         self._tracer = tracer()
@@ -120,24 +133,45 @@ class SeckillEngine:
     async def product_of(self, activity_id: int) -> int:
         product_id = self._product_of_activity.get(activity_id)
         if product_id is None:
-            product_id = await self._db.run(lambda tx: repository.product_of(tx, activity_id))
-            self.learn_product_of(activity_id, product_id)
+            product_id = (await self._read_sale_of(activity_id)).product_id
         return product_id
+
+    async def _read_sale_of(self, activity_id: int) -> repository.SaleOf:
+        sale = await self._db.run(lambda tx: repository.sale_of(tx, activity_id))
+        self.learn_product_of(activity_id, sale.product_id, sale.per_user_limit)
+        return sale
 
     def known_product_of(self, activity_id: int) -> int | None:
         """The activity's product if already known (no I/O), else None."""
         return self._product_of_activity.get(activity_id)
 
-    def learn_product_of(self, activity_id: int, product_id: int) -> None:
+    def learn_product_of(self, activity_id: int, product_id: int, per_user_limit: int) -> None:
         """Remembers an activity's product, read elsewhere (an activity read): it never
-        changes, so it is cached for good."""
+        changes, so it is cached for good; and its per-user limit as read, a hint."""
         self._product_of_activity[activity_id] = product_id
+        self._limit_of_activity[activity_id] = per_user_limit
 
-    async def buy(self, activity_id: int, user_id: str) -> Won:
-        """The committed order, or raises the refusal (a `ServiceError`)."""
+    async def _check_limit(self, activity_id: int, quantity: int) -> None:
+        """Refuses a quantity above the activity's per-user limit, before any lock.
+
+        The cached limit lets through what it allows (should the limit have been lowered
+        since, the transaction refuses); a quantity above it is judged on a fresh read, since
+        the limit may have been raised in another process.
+        """
+        if quantity <= self._limit_of_activity.get(activity_id, 0):
+            return
+        limit = (await self._read_sale_of(activity_id)).per_user_limit
+        if quantity > limit:
+            raise over_limit(activity_id, quantity, limit).error
+
+    async def buy(self, activity_id: int, user_id: str, quantity: int = 1) -> Won:
+        """The committed order of `quantity` units, or raises the refusal (a
+        `ServiceError`)."""
         product_id = await self.product_of(activity_id)
-        attempt = SeckillAttempt(activity_id=activity_id, user_id=user_id)
-        if product_id in self._refusing:
+        if quantity > 1:  # every activity allows 1
+            await self._check_limit(activity_id, quantity)
+        attempt = SeckillAttempt(activity_id=activity_id, user_id=user_id, quantity=quantity)
+        if quantity > self._units_seen.get(product_id, quantity):
             refusal = await self._reader(product_id).get(attempt)
             if refusal is not None:
                 raise refusal.error
@@ -175,17 +209,15 @@ class SeckillEngine:
         """
         decisions = {a: decide([a], facts)[0] for a in attempts}
         self._looked(product_id, units_left=facts.stock,
-                     any_won=any(isinstance(d, Win) for d in decisions.values()))
+                     stock_decided=any(map(reached_stock, decisions.values())))
         return {a: d if isinstance(d, Refused) else None for a, d in decisions.items()}
 
-    def _looked(self, product_id: int, *, units_left: int | None, any_won: bool) -> None:
+    def _looked(self, product_id: int, *, units_left: int | None, stock_decided: bool) -> None:
         """The one rule of the refusing state, after each look at a product (a committed
-        batch, or a read): its calls go to a read first while the last look showed no unit
-        they could take: none left, or none any of them would win."""
-        if units_left and any_won:
-            self._refusing.discard(product_id)
-        else:
-            self._refusing.add(product_id)
+        batch, or a read): a call goes to a read first while the last look showed fewer
+        units than it asks for; as none, when the stock decided none of that look's callers
+        (the window, say, refused them all, so the units left may not be for sale)."""
+        self._units_seen[product_id] = units_left if units_left and stock_decided else 0
 
     # --- committing ---------------------------------------------------------------------
 
@@ -208,7 +240,8 @@ class SeckillEngine:
         if result.stock_left is not None:
             for activity_id in {attempt.activity_id for attempt in attempts}:
                 STOCK_REMAINING.labels(str(activity_id)).set(result.stock_left)
-        self._looked(product_id, units_left=result.stock_left, any_won=result.sold > 0)
+        self._looked(product_id, units_left=result.stock_left,
+                     stock_decided=any(map(reached_stock, result.outcomes)))
 
     async def _run_traced_batch(self, product_id: int, batch: list[_Pending]
                                 ) -> list[Outcome]:
@@ -307,9 +340,10 @@ async def _transact(tx: Transaction, product_id: int, attempts: list[SeckillAtte
     decisions = decide(attempts, sale.facts)
     winners = [a for a, d in zip(attempts, decisions, strict=True) if isinstance(d, Win)]
     won = await repository.record_winners(tx, sale, winners, outbox) if winners else {}
-    stock_left = None if sale.facts.stock is None else sale.facts.stock - len(winners)
+    sold = repository.units_of(winners)
+    stock_left = None if sale.facts.stock is None else sale.facts.stock - sold
     return BatchResult(outcomes=outcomes(attempts, decisions, won), stock_left=stock_left,
-                       sold=len(winners))
+                       sold=sold)
 
 
 def _cancel_when_all_leave(work: asyncio.Future[Any], callers: list[asyncio.Future[Won]]

@@ -26,7 +26,13 @@ from activity_svc.watch import WatchHub
 from seckill_common.api.errors import NotFound, ServiceError
 from seckill_common.api.pages import decode_page_token, page_of, page_size
 from seckill_common.api.times import db_time, to_datetime, to_timestamp
-from seckill_common.api.validation import MAX_NAME_CHARS, Violations, require_id, update_paths
+from seckill_common.api.validation import (
+    MAX_NAME_CHARS,
+    MAX_PER_USER_LIMIT,
+    Violations,
+    require_id,
+    update_paths,
+)
 from seckill_common.database import idempotency
 from seckill_common.database.db import Database
 from seckill_common.database.singleflight import HOT_READ_GATHER_S, BatchLoader
@@ -45,6 +51,7 @@ def to_proto(row: repository.ActivityRow,
         end_time=to_timestamp(row.end_time),
         create_time=to_timestamp(row.create_time),
         price_cents=row.price_cents,
+        per_user_limit=row.per_user_limit,
     )
     activity.payment_window.FromMilliseconds(row.payment_window_ms)
     if product is not None:
@@ -64,6 +71,17 @@ def _check_fields(violations: Violations, activity: activity_pb2.Activity,
         violations.bounded("activity.price_cents", activity.price_cents)
     if "payment_window" in paths:
         check_payment_window(violations, "activity.payment_window", activity.payment_window)
+    if "per_user_limit" in paths:
+        violations.bounded("activity.per_user_limit", activity.per_user_limit,
+                           1, MAX_PER_USER_LIMIT)
+
+
+def _quantity(violations: Violations, quantity: int) -> int:
+    """The units a Seckill asks for: the wire's 0 (unset) is 1; beyond what any activity may
+    allow is INVALID_ARGUMENT here, whatever the activity (AIP-193: wrong regardless of the
+    system's state), and above this activity's limit the engine refuses before any lock."""
+    violations.bounded("quantity", quantity, 0, MAX_PER_USER_LIMIT)
+    return quantity or 1
 
 
 class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
@@ -95,7 +113,7 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
             await asyncio.gather(*fetches.values(), return_exceptions=True)
             raise
         for read in rows.values():
-            self._engine.learn_product_of(read.id, read.product_id)
+            self._engine.learn_product_of(read.id, read.product_id, read.per_user_limit)
             if read.product_id not in fetches:
                 fetches[read.product_id] = asyncio.ensure_future(
                     self._get_product(read.product_id))
@@ -125,7 +143,8 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
         activity = request.activity
         violations.positive_id("activity.product_id", activity.product_id)
         unset = {"price_cents": not activity.HasField("price_cents"),
-                 "payment_window": not activity.HasField("payment_window")}
+                 "payment_window": not activity.HasField("payment_window"),
+                 "per_user_limit": activity.per_user_limit == 0}
         _check_fields(violations, activity,
                       [path for path in repository.UPDATABLE if not unset.get(path)])
         idempotency.check(violations, request.request_id)
@@ -138,10 +157,11 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
         price = activity.price_cents if activity.HasField("price_cents") else product.price_cents
         window_ms = (payment_window_ms(activity.payment_window)
                      if activity.HasField("payment_window") else DEFAULT_PAYMENT_WINDOW_MS)
+        limit = activity.per_user_limit or 1
         row = await idempotency.create_once(
             self._db, "CreateActivity", request,
             lambda tx: repository.create(tx, activity.product_id, activity.name,
-                                          db_time(start), db_time(end), price, window_ms),
+                                          db_time(start), db_time(end), price, window_ms, limit),
             repository.get)
         return to_proto(row)
 
@@ -201,13 +221,14 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
         violations = Violations()
         violations.positive_id("activity_id", request.activity_id)
         violations.user_id("user_id", user_id)
+        quantity = _quantity(violations, request.quantity)
         violations.check()
         try:
-            won = await self._engine.buy(request.activity_id, user_id)
+            won = await self._engine.buy(request.activity_id, user_id, quantity)
         except ServiceError as exc:
             count_seckill(exc)
             raise
-        count_seckill(None)
+        count_seckill(None, won.quantity)
         return activity_pb2.SeckillResponse(order=order_pb2.Order(
             id=won.order_id,
             activity_id=request.activity_id,
@@ -218,6 +239,8 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
             price_cents=won.price_cents,
             pay_deadline=to_timestamp(won.pay_deadline),
             update_time=to_timestamp(won.create_time),
+            quantity=won.quantity,
+            total_price_cents=won.price_cents * won.quantity,
         ))
 
     # grpc.aio serves a coroutine handler of a server stream too: it writes with context.write.

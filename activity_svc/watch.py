@@ -22,25 +22,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import enum
 import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from grpc.aio import ServicerContext
-from seckill.v1 import activity_pb2, product_pb2
+from seckill.v1 import activity_pb2
 
 from activity_svc import watch_repository
 from activity_svc.watch_repository import ViewRow
+from activity_svc.watch_view import View, min_interval_s, view_of
 from seckill_common.api.errors import (
     InvalidArgument,
     NotFound,
     ServiceError,
     Unavailable,
 )
-from seckill_common.api.times import to_timestamp
 from seckill_common.api.validation import require_id
 from seckill_common.config import WatchSettings
 from seckill_common.database.db import Database
@@ -58,79 +57,8 @@ FRESHNESS_BOUND_S = 1.0
 # After a local commit the feed reads again, but not sooner than this after its last read: a
 # sale commits a batch every few milliseconds and one read per commit would be a read storm.
 MIN_READ_GAP_S = 0.05
-# WatchActivityRequest.min_interval: unset, floor and ceiling.
-DEFAULT_MIN_INTERVAL_S = 0.5
-MIN_INTERVAL_FLOOR_S = 0.1
-MIN_INTERVAL_CEILING_S = 60.0
 # How long shutdown waits for the streams it ended to have sent their status.
 CLOSE_WAIT_S = 2.0
-
-
-class State(enum.IntEnum):
-    NOT_STARTED = activity_pb2.NOT_STARTED
-    OPEN = activity_pb2.OPEN
-    SOLD_OUT = activity_pb2.SOLD_OUT
-    ENDED = activity_pb2.ENDED
-
-
-def state_of(start: datetime, end: datetime, now: datetime, units_left: int) -> State:
-    """What the seckill transaction would decide at `now`: the window first, then the stock
-    (activity_svc.decision.decide's precedence)."""
-    if start > now:
-        return State.NOT_STARTED
-    if end <= now:
-        return State.ENDED
-    return State.OPEN if units_left > 0 else State.SOLD_OUT
-
-
-def min_interval_s(request: activity_pb2.WatchActivityRequest) -> float:
-    """The request's min_interval in seconds, defaulted and clamped (see the proto)."""
-    if not request.HasField("min_interval"):
-        return DEFAULT_MIN_INTERVAL_S
-    interval = request.min_interval
-    if interval.seconds < 0 or interval.nanos < 0:
-        raise InvalidArgument({"min_interval": "must not be negative"})
-    seconds = interval.seconds + interval.nanos / 1e9
-    if seconds == 0:
-        return DEFAULT_MIN_INTERVAL_S
-    return min(max(seconds, MIN_INTERVAL_FLOOR_S), MIN_INTERVAL_CEILING_S)
-
-
-@dataclass(frozen=True)
-class View:
-    """An activity as a storefront shows it, as it was at `read_time` (the DB's clock)."""
-
-    message: activity_pb2.WatchActivityResponse  # revision filled by the feed
-    state: State
-    units_left: int
-    shown: tuple[object, ...]  # what, besides the stock, a storefront shows of it
-    read_time: datetime
-    next_flip: datetime | None  # start_time or end_time, while still ahead
-
-
-def view_of(row: ViewRow) -> View:
-    activity, product = row.activity, row.product
-    assert product is not None
-    state = state_of(activity.start_time, activity.end_time, row.read_time, product.stock)
-    message = activity_pb2.WatchActivityResponse(
-        activity=activity_pb2.Activity(
-            id=activity.id, product_id=activity.product_id, name=activity.name,
-            start_time=to_timestamp(activity.start_time),
-            end_time=to_timestamp(activity.end_time),
-            create_time=to_timestamp(activity.create_time),
-            price_cents=activity.price_cents,
-            product=product_pb2.Product(
-                id=product.id, name=product.name, description=product.description,
-                price_cents=product.price_cents, stock=product.stock,
-                create_time=to_timestamp(product.create_time),
-                update_time=to_timestamp(product.update_time)),
-        ),
-        units_left=product.stock, state=state.value, read_time=to_timestamp(row.read_time))
-    message.activity.payment_window.FromMilliseconds(activity.payment_window_ms)
-    flips = [t for t in (activity.start_time, activity.end_time) if t > row.read_time]
-    return View(message, state, product.stock,
-                (activity, product.name, product.description, product.price_cents),
-                row.read_time, min(flips) if flips else None)
 
 
 def _wake(waiters: set[asyncio.Future[None]]) -> None:

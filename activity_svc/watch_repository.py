@@ -9,7 +9,7 @@ directly (the stock row is the sale's state); it takes no lock.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 
 from activity_svc.repository import ActivityRow
@@ -36,19 +36,17 @@ class ViewRow:
     read_time: datetime  # the database's clock at the read
 
 
-_PRODUCT_FIELDS = ("id", "name", "description", "price_cents", "stock", "create_time",
-                   "update_time")
+# The columns are the rows' fields, in their order (an activity column added to ActivityRow,
+# per_user_limit say, is read here too, with nothing to keep in step by hand).
+_ACTIVITY_FIELDS = tuple(f.name for f in fields(ActivityRow))
+_PRODUCT_FIELDS = tuple(f.name for f in fields(ProductRow))
 _SQL = (
-    "SELECT a.id, a.product_id, a.name, a.start_time, a.end_time, a.create_time,"
-    " a.price_cents, a.payment_window_ms,"
-    " p.id, p.name, p.description, p.price_cents, p.stock, p.create_time, p.update_time,"
-    " UTC_TIMESTAMP(6)"
-    " FROM activities a LEFT JOIN products p ON p.id = a.product_id WHERE a.id IN ({marks})"
+    "SELECT " + ", ".join([*(f"a.{name}" for name in _ACTIVITY_FIELDS),
+                           *(f"p.{name}" for name in _PRODUCT_FIELDS), "UTC_TIMESTAMP(6)"])
+    + " FROM activities a LEFT JOIN products p ON p.id = a.product_id WHERE a.id IN ({marks})"
 )
-
-
-_ACTIVITY_COLUMNS = 8
-_PRODUCT_COLUMNS = 7
+_ACTIVITY_COLUMNS = len(_ACTIVITY_FIELDS)
+_PRODUCT_COLUMNS = len(_PRODUCT_FIELDS)
 
 
 async def read_views(tx: Transaction, activity_ids: list[int]) -> dict[int, ViewRow]:

@@ -9,6 +9,7 @@ The token is needed only when the services run with SECKILL_USER_TOKEN_SECRET.
 import argparse
 import asyncio
 import os
+import random
 import time
 
 import grpc
@@ -36,12 +37,69 @@ def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
     return info
 
 
+class Throttle:
+    """Adaptive throttling (Google SRE book): refuse locally with probability
+    max(0, (requests - K * accepts) / (requests + 1)) once the server refuses most calls."""
+
+    def __init__(self, k: float = 2.0) -> None:
+        self.k, self.requests, self.accepts = k, 0, 0
+
+    def admit(self) -> bool:
+        # Only with some history: after one refusal the formula alone would say 1/2.
+        p = (max(0.0, (self.requests - self.k * self.accepts) / (self.requests + 1))
+             if self.requests >= 20 else 0.0)
+        self.requests += 1
+        return random.random() >= p
+
+    def answered(self, err: grpc.aio.AioRpcError | None) -> None:
+        if err is None or err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+            self.accepts += 1
+
+
+THROTTLE = Throttle()
+
+
+def retry_delay(err: grpc.aio.AioRpcError) -> float | None:
+    """RESOURCE_EXHAUSTED with RetryInfo (overloaded, rate limited): nothing was done; the
+    delay in seconds to wait before trying again."""
+    info, status = error_details_pb2.RetryInfo(), rpc_status.from_call(err)
+    if err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or status is None:
+        return None
+    for detail in status.details:
+        if detail.Unpack(info):
+            return info.retry_delay.ToTimedelta().total_seconds()
+    return None
+
+
 # The async stub's type lives in the .pyi stubs only, hence the quotes.
-async def buy(activities: "activity_pb2_grpc.ActivityServiceAsyncStub", activity_id: int,
-              user: str, metadata: Metadata) -> None:
+async def seckill(activities: "activity_pb2_grpc.ActivityServiceAsyncStub",
+                  request: activity_pb2.SeckillRequest, metadata: Metadata,
+                  tries: int = 4) -> activity_pb2.SeckillResponse:
+    """Seckill, tried again after an overload refusal's RetryInfo delay (doubled per try, with
+    jitter so that many clients do not come back at once); a Seckill is always safe to retry."""
+    for attempt in range(tries):
+        if not THROTTLE.admit():
+            await asyncio.sleep(0.1 * (0.5 + random.random()))
+            continue
+        try:
+            reply = await activities.Seckill(request, metadata=metadata, timeout=5)
+        except grpc.aio.AioRpcError as err:
+            THROTTLE.answered(err)
+            delay = retry_delay(err)
+            if delay is None or attempt == tries - 1:
+                raise
+            await asyncio.sleep(delay * 2 ** attempt * (0.5 + random.random()))
+        else:
+            THROTTLE.answered(None)
+            return reply
+    return await activities.Seckill(request, metadata=metadata, timeout=5)
+
+
+async def buy(activities: "activity_pb2_grpc.ActivityServiceAsyncStub", activity_id: int, user: str,
+              metadata: Metadata) -> None:
     request = activity_pb2.SeckillRequest(activity_id=activity_id, user_id=user)
     try:
-        reply = await activities.Seckill(request, metadata=metadata, timeout=5)
+        reply = await seckill(activities, request, metadata)
         print(f"{user}: order {reply.order.id}")
     except grpc.aio.AioRpcError as err:
         # ALREADY_EXISTS (ALREADY_PURCHASED, with the order_id) and FAILED_PRECONDITION (SOLD_OUT,

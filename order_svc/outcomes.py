@@ -17,15 +17,16 @@ from seckill_common.runtime.telemetry import count_expired, count_order
 
 
 def observe(result: Payment | Cancellation | Expiry) -> None:
-    """Counts the orders `result` moved into a state (a repeat moves none)."""
+    """Counts the orders, and their units, `result` moved into a state (a repeat moves
+    none)."""
     if isinstance(result, Expiry):
-        count_expired(result.lags_s)
+        count_expired(result.lags_s, result.units)
     elif result.expired is not None:
         observe(result.expired)
     elif result.outcome is Paid.NOW:
-        count_order("paid")
+        count_order("paid", units=result.order.quantity)
     elif result.outcome is Cancelled.NOW:
-        count_order("cancelled")
+        count_order("cancelled", units=result.order.quantity)
 
 
 def settle(result: Payment | Cancellation) -> OrderRow:

@@ -1,10 +1,11 @@
 """SQL for orders: reading them, and their state changes after the seckill.
 
 Orders are inserted only by the seckill transaction (activity_svc/repository.py), as
-PENDING_PAYMENT. Every change that gives a unit back (cancel, expiry) takes the product's stock
-row first (database.stock; the lock order is docs/DESIGN.md's "Locks"); paying moves no unit
-and locks the order row alone. The deadline is judged by the database's clock inside the
-transaction that holds the order row, so a payment and an expiry of one order never both win.
+PENDING_PAYMENT. Every change that gives units back (cancel, expiry: the order's whole
+quantity, never part of it) takes the product's stock row first (database.stock; the lock
+order is docs/DESIGN.md's "Locks"); paying moves no unit and locks the order row alone. The
+deadline is judged by the database's clock inside the transaction that holds the order row,
+so a payment and an expiry of one order never both win.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class OrderRow:
     price_cents: int
     pay_deadline: datetime
     update_time: datetime
+    quantity: int
 
     @classmethod
     def from_db(cls, columns: dict[str, Any]) -> OrderRow:
@@ -44,7 +46,7 @@ class OrderRow:
             product_id=columns["product_id"], user_id=columns["user_id"].decode("utf-8"),
             create_time=columns["create_time"], state=columns["state"],
             price_cents=columns["price_cents"], pay_deadline=columns["pay_deadline"],
-            update_time=columns["update_time"],
+            update_time=columns["update_time"], quantity=columns["quantity"],
         )
 
 
@@ -74,6 +76,7 @@ class DueOrder(NamedTuple):
 class _Overdue(NamedTuple):
     order_id: int
     lag_us: int  # how long past its deadline, by the database's clock
+    quantity: int  # its units, all given back
 
 
 # --- what each operation did ----------------------------------------------------------------
@@ -94,9 +97,9 @@ class Payment:
 
 
 class Cancelled(enum.Enum):
-    NOW = "cancelled now"  # this call cancelled it, its unit back to stock
+    NOW = "cancelled now"  # this call cancelled it, its units back to stock
     ALREADY = "already cancelled"  # a repeat: nothing changed
-    TOO_LATE = "too late"  # pending past its deadline: expired instead, its unit back
+    TOO_LATE = "too late"  # pending past its deadline: expired instead, its units back
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ class Expired(enum.Enum):
 class Expiry:
     outcome: Expired
     lags_s: tuple[float, ...] = ()  # per order expired: seconds past its deadline
+    units: int = 0  # the units the expired orders gave back
 
     @property
     def count(self) -> int:
@@ -131,7 +135,7 @@ def payment_expired(order_id: int) -> FailedPrecondition:
 
 
 def order_expired(order_id: int) -> FailedPrecondition:
-    return _refusal("ORDER_EXPIRED", f"order {order_id} expired unpaid; its unit is back",
+    return _refusal("ORDER_EXPIRED", f"order {order_id} expired unpaid; its units are back",
                     order_id)
 
 
@@ -183,7 +187,7 @@ async def pay(cur: Transaction, order_id: int, owner: str | None, outbox: Outbox
     """PENDING_PAYMENT -> PAID before the deadline; a paid order as it is; refusals raised.
 
     A pending order past its deadline is expired here, in this transaction (TOO_LATE): it
-    gives a unit back, so the stock row is taken first, before the order row. Paying in time
+    gives units back, so the stock row is taken first, before the order row. Paying in time
     locks the order row alone, once a consistent read found it not yet due; the deadline is
     judged again under that lock.
     """
@@ -214,7 +218,7 @@ async def pay(cur: Transaction, order_id: int, owner: str | None, outbox: Outbox
 
 async def cancel(cur: Transaction, order_id: int, owner: str | None, outbox: Outbox
                  ) -> Cancellation:
-    """PENDING_PAYMENT or PAID -> CANCELLED, its unit back to stock, in the caller's
+    """PENDING_PAYMENT or PAID -> CANCELLED, all its units back to stock, in the caller's
     transaction; a cancelled order as it is; an expired one refused. A pending order past its
     deadline is expired here instead (TOO_LATE)."""
     product_id = (await get(cur, order_id, owner)).product_id  # immutable: safe to read first
@@ -228,7 +232,7 @@ async def cancel(cur: Transaction, order_id: int, owner: str | None, outbox: Out
         expiry = await _expire_locked(cur, locked, [order_id], outbox)
         return Cancellation(outcome=Cancelled.TOO_LATE, order=row, expired=expiry)
     await _set_state(cur, [order_id], CANCELLED, outbox)
-    await stock.give_back(cur, locked)
+    await stock.give_back(cur, locked, row.quantity)
     return Cancellation(outcome=Cancelled.NOW, order=await get(cur, order_id))
 
 
@@ -265,8 +269,8 @@ async def due(cur: Transaction, limit: int) -> list[DueOrder]:
 async def expire(cur: Transaction, product_id: int, order_ids: Sequence[int], outbox: Outbox,
                  *, skip_locked: bool = False) -> Expiry:
     """Expires those of `order_ids` (all of `product_id`) still pending past their deadline,
-    and gives their units back: exactly once, since every give-back holds the stock row and
-    re-reads the orders' state under it.
+    and gives their units (each its whole quantity) back: exactly once, since every give-back
+    holds the stock row and re-reads the orders' state under it.
 
     BUSY when `skip_locked` and another transaction holds the stock row (nothing done: try
     again later).
@@ -285,13 +289,16 @@ async def _expire_locked(cur: Transaction, locked: LockedStock, order_ids: Seque
     """`expire` once the stock row is held: the orders' locks come after it."""
     marks = ", ".join(["%s"] * len(order_ids))
     await cur.execute(
-        "SELECT id, TIMESTAMPDIFF(MICROSECOND, pay_deadline, UTC_TIMESTAMP(6)) FROM orders"
+        "SELECT id, TIMESTAMPDIFF(MICROSECOND, pay_deadline, UTC_TIMESTAMP(6)), quantity"
+        " FROM orders"
         f" WHERE id IN ({marks}) AND product_id = %s AND state = %s"
         " AND pay_deadline <= UTC_TIMESTAMP(6) FOR UPDATE",
         (*order_ids, locked.product_id, PENDING_PAYMENT))
-    overdue = [_Overdue(order_id=int(order_id), lag_us=int(lag_us))
-               for order_id, lag_us in await cur.fetchall()]
+    overdue = [_Overdue(order_id=int(order_id), lag_us=int(lag_us), quantity=int(quantity))
+               for order_id, lag_us, quantity in await cur.fetchall()]
+    units = sum(order.quantity for order in overdue)
     if overdue:
         await _set_state(cur, [order.order_id for order in overdue], EXPIRED, outbox)
-        await stock.give_back(cur, locked, len(overdue))
-    return Expiry(outcome=Expired.DONE, lags_s=tuple(order.lag_us / 1e6 for order in overdue))
+        await stock.give_back(cur, locked, units)
+    return Expiry(outcome=Expired.DONE, lags_s=tuple(order.lag_us / 1e6 for order in overdue),
+                  units=units)

@@ -29,6 +29,8 @@ def to_proto(row: repository.OrderRow) -> order_pb2.Order:
         price_cents=row.price_cents,
         pay_deadline=to_timestamp(row.pay_deadline),
         update_time=to_timestamp(row.update_time),
+        quantity=row.quantity,
+        total_price_cents=row.price_cents * row.quantity,
     )
 
 

@@ -185,7 +185,8 @@ async def run_load(config: BenchConfig) -> Report:
     report = Report.from_parts(options, results, end_reason)
     if check is not None:
         report.invariants = await check.verify(
-            report.ok_answers, chain.from_iterable(r.order_ids for r in results))
+            report.ok_answers, chain.from_iterable(r.order_ids for r in results),
+            ok_units=sum(r.ok_units for r in results))
     return report
 
 

@@ -27,6 +27,7 @@ from google.rpc import error_details_pb2, status_pb2
 from seckill_bench.config import BenchConfig, share
 from seckill_bench.methods import Method, resolve
 from seckill_bench.template import Template, static_values
+from seckill_common.api.retry import AdaptiveThrottle, ThrottledLocally, backoff_s, retry_delay_s
 from seckill_common.runtime.tls import ClientTLS
 
 CHANNEL_OPTIONS = [
@@ -102,6 +103,7 @@ class PartResult:
     errors: dict[str, int] = field(default_factory=dict)  # (code, message) key -> count
     ok_total: int = 0  # OK answers, including the skipped first calls
     order_ids: array = field(default_factory=lambda: array("q"))
+    ok_units: int = 0  # the units the OK answers' orders hold (with order ids collected)
     completed: int = 0  # every call, skipped ones included
     started: float = 0.0  # time.monotonic(), comparable across processes on one machine
     ended: float = 0.0
@@ -146,6 +148,9 @@ class Part:
         self._deadline: float | None = None
         self._channels: list[grpc.aio.Channel] = []
         self._error_keys: Counter[tuple[str, str]] = Counter()
+        # Overload: one throttle for the process's workers, and the last RetryInfo delay.
+        self._throttle = AdaptiveThrottle()
+        self._last_retry_s = 0.05
 
     @property
     def completed(self) -> int:
@@ -225,6 +230,8 @@ class Part:
         metadata = spec.metadata or None
         collect = spec.collect_order_ids
         clock = time.perf_counter
+        throttle = self._throttle
+        backoff = 0.0
         ok = 0
         try:
             while (number := self._take()) >= 0:
@@ -236,25 +243,52 @@ class Part:
                         self._count_client_error(exc)
                     result.completed += 1
                     continue
+                try:
+                    throttle.admit()
+                except ThrottledLocally:
+                    # Not sent: the server refused most recent calls (adaptive throttling).
+                    if counted:
+                        self._count_throttled()
+                    result.completed += 1
+                    await asyncio.sleep(backoff_s(self._last_retry_s, 0))
+                    continue
                 start = clock()
                 try:
                     reply = await stub(payload, timeout=timeout, metadata=metadata)
                 except grpc.aio.AioRpcError as exc:
                     elapsed = clock() - start
-                    if counted:
-                        self._count_error(exc)
+                    backoff = self._refused(exc, counted)
                 else:
                     elapsed = clock() - start
+                    throttle.answered(grpc.StatusCode.OK)
                     result.ok_total += 1
                     if counted:
                         ok += 1
                     if collect:
                         order_ids.append(reply.order.id)
+                        result.ok_units += reply.order.quantity or 1
                 if counted:
                     latencies.append(elapsed)
                 result.completed += 1
+                if backoff:
+                    await asyncio.sleep(backoff)
+                    backoff = 0.0
         finally:
             statuses["OK"] = statuses.get("OK", 0) + ok
+
+    def _refused(self, exc: grpc.aio.AioRpcError, counted: bool) -> float:
+        """Counts a failed call; returns how long this worker waits before its next one: an
+        overloaded or rate-limited server says when to come back (jittered), else 0."""
+        self._throttle.answered(exc.code())
+        if counted:
+            self._count_error(exc)
+        if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return 0.0
+        delay = retry_delay_s(exc)
+        if delay is None:
+            return 0.0
+        self._last_retry_s = delay
+        return backoff_s(delay, 0)
 
     def _count_error(self, exc: grpc.aio.AioRpcError) -> None:
         code = exc.code().name
@@ -265,6 +299,12 @@ class Part:
             key = f"{code}/{reason}"
             self.result.reasons[key] = self.result.reasons.get(key, 0) + 1
         self._count_message(code, error_message(exc.details()))
+
+    def _count_throttled(self) -> None:
+        statuses = self.result.statuses
+        statuses["RESOURCE_EXHAUSTED"] = statuses.get("RESOURCE_EXHAUSTED", 0) + 1
+        self._count_message("RESOURCE_EXHAUSTED", "client: throttled locally (adaptive "
+                                                  "throttling)")
 
     def _count_client_error(self, exc: Exception) -> None:
         statuses = self.result.statuses

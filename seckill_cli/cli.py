@@ -131,6 +131,8 @@ def sale_term_options(sub: argparse.ArgumentParser) -> None:
                      help="the sale price (default at creation: the product's price)")
     sub.add_argument("--payment-window", type=positive_float, metavar="S",
                      help="seconds a buyer has to pay (default at creation: 900)")
+    sub.add_argument("--per-user-limit", type=int, metavar="N",
+                     help="the most units one user may buy, 1 to 1000 (default at creation: 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,9 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     command(activities, "delete", activity_delete,
             "delete an activity without orders (admin)").add_argument("id", type=int, metavar="ID")
 
-    sub = command(commands, "buy", buy, "buy one unit in a sale (Seckill)")
+    sub = command(commands, "buy", buy, "buy units in a sale, all or nothing (Seckill)")
     sub.add_argument("--activity", type=int, required=True, metavar="ID")
     sub.add_argument("--user", default="", help="the buyer (with a user token: its user)")
+    sub.add_argument("--quantity", type=int, default=1, metavar="Q",
+                     help="units to buy, at most the activity's per-user limit (default 1)")
     watch_arguments(command(
         commands, "watch", watch,
         "a live line of a sale: state, units left and a countdown by the server's clock "
@@ -220,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
             "pay a pending order before its deadline (admin or its owner)"
             ).add_argument("order", type=int, metavar="ORDER")
     command(commands, "cancel", cancel,
-            "cancel a pending or paid order; its unit goes back to the stock "
+            "cancel a pending or paid order; its units go back to the stock "
             "(admin or its owner)").add_argument("order", type=int, metavar="ORDER")
     command(commands, "status", status,
             "health of every service (NOT_SERVING: its database is down)")
@@ -258,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--payment-window", type=positive_float, default=None, metavar="S",
                      help="seconds to pay (default the service's 15 minutes); with a short "
                           "one the unpaid orders' expiry is awaited and checked")
+    sub.add_argument("--max-quantity", type=int, default=1, metavar="Q",
+                     help="each user asks for 1 to Q units (a fixed mix by user number), "
+                          "and the activity allows Q per user (default 1)")
     return parser
 
 

@@ -7,7 +7,9 @@ command (the product, the user, the service's address) and what to do about it, 
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -19,6 +21,13 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from seckill.v1 import activity_pb2_grpc, order_pb2_grpc, product_pb2_grpc
 
+from seckill_common.api.retry import (
+    MIN_RETRY_S,
+    AdaptiveThrottle,
+    ThrottledLocally,
+    backoff_s,
+    retry_delay_s,
+)
 from seckill_common.runtime.tls import ClientTLS
 
 
@@ -88,10 +97,7 @@ def rich_status(exc: grpc.aio.AioRpcError) -> status_pb2.Status | None:
 def resumable_after_s(exc: grpc.aio.AioRpcError) -> float | None:
     """How long to wait before calling a stream again: the RetryInfo delay of an UNAVAILABLE
     (a stream's lifetime, a server shutting down); None for an end not to resume."""
-    retry = detail(rich_status(exc), error_details_pb2.RetryInfo)
-    if exc.code() != grpc.StatusCode.UNAVAILABLE or retry is None:
-        return None
-    return float(retry.retry_delay.ToTimedelta().total_seconds())
+    return retry_delay_s(exc) if exc.code() == grpc.StatusCode.UNAVAILABLE else None
 
 
 def detail(status: status_pb2.Status | None, kind: type[_Detail]) -> _Detail | None:
@@ -123,6 +129,15 @@ def _precondition(info: error_details_pb2.ErrorInfo | None, message: str) -> str
         case "PRODUCT_IN_USE":
             return f"{message}: delete its activities first"
     return f"refused ({reason}): {message}" if reason else f"refused: {message}"
+
+
+def _exhausted(status: status_pb2.Status | None, retry: error_details_pb2.RetryInfo,
+               message: str, who: str) -> str:
+    """RESOURCE_EXHAUSTED with RetryInfo: an overloaded process, or a rate limit."""
+    info = detail(status, error_details_pb2.ErrorInfo)
+    if info is not None and info.reason == "OVERLOADED":
+        return f"{who} is overloaded: nothing was done; retry in {seconds(retry.retry_delay)}"
+    return f"rate limited: {message}; retry in {seconds(retry.retry_delay)}"
 
 
 def explain(exc: grpc.aio.AioRpcError, service: str, addr: str, *, auth: Auth,
@@ -165,7 +180,7 @@ def explain(exc: grpc.aio.AioRpcError, service: str, addr: str, *, auth: Auth,
             text = (f"the {service} service at {addr} did not answer within {timeout_s:g}s "
                     f"(--timeout)")
         case grpc.StatusCode.RESOURCE_EXHAUSTED if retry is not None:
-            text = f"rate limited: {message}; retry in {seconds(retry.retry_delay)}"
+            text = _exhausted(status, retry, message, f"the {service} service at {addr}")
         case grpc.StatusCode.ABORTED:
             text = f"{message} (a lock was held too long; trying again may work)"
         case _:
@@ -187,6 +202,9 @@ class Session:
     admin_token: str = ""
     user_token: str = ""
     tls: ClientTLS = field(default_factory=ClientTLS)
+    # Overload: tries after a RetryInfo refusal, and the client-side throttle.
+    retries: int = 8
+    throttle: AdaptiveThrottle = field(default_factory=AdaptiveThrottle)
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
 
     def channel(self, service: str) -> grpc.aio.Channel:
@@ -206,14 +224,44 @@ class Session:
                    about: About = About(), stub: Callable[[grpc.aio.Channel], Any] | None = None
                    ) -> Any:
         """Calls `service`.`method` (through `stub` on its channel: another gRPC service of the
-        same process); a failure raises CliError with the explanation."""
+        same process); a failure raises CliError with the explanation.
+
+        An overloaded service's refusal (RESOURCE_EXHAUSTED with RetryInfo) is tried again
+        after its delay, jittered, while the waits fit in --timeout; past them, and while the
+        service refuses most calls (adaptive throttling), the refusal is the answer."""
         called = stub(self.channel(service)) if stub else self.stub(service)
-        try:
-            return await getattr(called, method)(
-                request, metadata=self.metadata(auth), timeout=self.timeout_s)
-        except grpc.aio.AioRpcError as exc:
-            raise explain(exc, service, self.addrs[service], auth=auth, about=about,
-                          timeout_s=self.timeout_s) from None
+        waited, delay = 0.0, 0.0
+        for attempt in itertools.count():
+            try:
+                self.throttle.admit()
+            except ThrottledLocally as exc:
+                wait = backoff_s(max(delay, MIN_RETRY_S), attempt)
+                if attempt >= self.retries or waited + wait >= self.timeout_s:
+                    raise CliError(f"the {service} service at {self.addrs[service]} is "
+                                   f"refusing most calls; {exc}; try again later",
+                                   Exit.REFUSED, {"code": "RESOURCE_EXHAUSTED",
+                                                  "message": str(exc)}) from None
+                waited += wait
+                await asyncio.sleep(wait)
+                continue
+            try:
+                reply = await getattr(called, method)(
+                    request, metadata=self.metadata(auth), timeout=self.timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                self.throttle.answered(exc.code())
+                retry_s = retry_delay_s(exc)
+                if retry_s is not None and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    delay = retry_s
+                    wait = backoff_s(delay, attempt)
+                    if attempt < self.retries and waited + wait < self.timeout_s:
+                        waited += wait
+                        await asyncio.sleep(wait)
+                        continue
+                raise explain(exc, service, self.addrs[service], auth=auth, about=about,
+                              timeout_s=self.timeout_s) from None
+            self.throttle.answered(grpc.StatusCode.OK)
+            return reply
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         for channel in self._channels.values():

@@ -165,7 +165,8 @@ async def activity_get(args: argparse.Namespace, session: Session, out: Output) 
 
 
 async def activity_update(args: argparse.Namespace, session: Session, out: Output) -> int:
-    flags = given(args, "name", "start", "end", "price_cents", "payment_window")
+    flags = given(args, "name", "start", "end", "price_cents", "payment_window",
+                  "per_user_limit")
     activity = activity_pb2.Activity(id=args.id)
     sale_terms(activity, args)
     if args.name is not None:
@@ -183,9 +184,11 @@ async def activity_update(args: argparse.Namespace, session: Session, out: Outpu
 
 
 def sale_terms(activity: activity_pb2.Activity, args: argparse.Namespace) -> None:
-    """--price-cents and --payment-window (seconds), when given."""
+    """--price-cents, --payment-window (seconds) and --per-user-limit, when given."""
     if args.price_cents is not None:
         activity.price_cents = args.price_cents
+    if args.per_user_limit is not None:
+        activity.per_user_limit = args.per_user_limit
     if args.payment_window is not None:
         activity.payment_window.FromMilliseconds(round(args.payment_window * 1000))
 
@@ -212,15 +215,17 @@ async def buy(args: argparse.Namespace, session: Session, out: Output) -> int:
         raise usage_error("buy needs --user (or a user token, whose user buys)")
     reply = await session.call(
         "activity", "Seckill",
-        activity_pb2.SeckillRequest(activity_id=args.activity, user_id=args.user),
+        activity_pb2.SeckillRequest(activity_id=args.activity, user_id=args.user,
+                                    quantity=args.quantity),
         auth=Auth.USER, about=About(user=args.user, activity_id=args.activity))
     if out.as_json:
         out.message(reply)
     else:
         order = reply.order
-        out.say(f"user {order.user_id} bought one unit of product {order.product_id} in "
-                f"activity {order.activity_id}: order {order.id}, {order.price_cents} cents; "
-                f"pay before {render.when(order.pay_deadline)}: seckill pay {order.id}")
+        units = "one unit" if order.quantity == 1 else f"{order.quantity} units"
+        out.say(f"user {order.user_id} bought {units} of product {order.product_id} in "
+                f"activity {order.activity_id}: order {order.id}, {order.total_price_cents} "
+                f"cents; pay before {render.when(order.pay_deadline)}: seckill pay {order.id}")
     return Exit.OK
 
 
@@ -243,7 +248,8 @@ async def pay(args: argparse.Namespace, session: Session, out: Output) -> int:
     if out.as_json:
         out.message(order)
     else:
-        out.say(f"order {order.id} is {render.order_state(order)}: {order.price_cents} cents")
+        out.say(f"order {order.id} is {render.order_state(order)}: "
+                f"{order.total_price_cents} cents")
     return Exit.OK
 
 
@@ -253,7 +259,8 @@ async def cancel(args: argparse.Namespace, session: Session, out: Output) -> int
     if out.as_json:
         out.message(order)
     else:
-        out.say(f"cancelled order {order.id}; its unit is back in stock")
+        units = "its unit is" if order.quantity == 1 else f"its {order.quantity} units are"
+        out.say(f"cancelled order {order.id}; {units} back in stock")
     return Exit.OK
 
 

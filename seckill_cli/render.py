@@ -111,6 +111,7 @@ def activity_card(activity: activity_pb2.Activity, now: dt.datetime) -> Table:
         ("state", window(activity, now)), ("created", when(activity.create_time)),
         ("price_cents", activity.price_cents),
         ("payment window", f"{activity.payment_window.ToMilliseconds() / 1000:g}s"),
+        ("per user", f"at most {activity.per_user_limit or 1}"),
     ]
     if activity.HasField("product"):  # GetActivity fills it: the stock left is the news
         rows[2:2] = [("product", activity.product.name), ("stock left", activity.product.stock)]
@@ -137,12 +138,14 @@ def orders_table(orders: Sequence[order_pb2.Order]) -> Table:
         table.add_column(column, justify="right")
     table.add_column("user")
     table.add_column("state")
-    table.add_column("price", justify="right")
+    table.add_column("units", justify="right")
+    table.add_column("total", justify="right")
     time_column(table, "created")
     time_column(table, "pay by")
     for o in orders:
         table.add_row(str(o.id), str(o.activity_id), str(o.product_id), o.user_id,
-                      order_state(o), str(o.price_cents), when(o.create_time),
+                      order_state(o), str(o.quantity or 1), str(o.total_price_cents),
+                      when(o.create_time),
                       when(o.pay_deadline) if o.state == order_pb2.PENDING_PAYMENT else "")
     return table
 

@@ -4,9 +4,12 @@ Creates a product and an activity that is already open, lets N users each send T
 at once (an impatient double click), shows the race on a progress bar, then prints what the
 service answered and checks through the public API (seckill_stack.invariants, as
 `seckill-bench` does after a load run) that every OK answer is a listed order, no user holds
-two, and stock left + active orders == stock. Then it pays a share of the orders (--pay-share);
-with a short --payment-window it waits for the rest to expire and checks that they did, that
-the paid ones stayed, and that their units are back. This is `make run`'s demo.
+two, and stock left + the units of active orders == stock. With --max-quantity Q the activity
+allows Q units per user and user n asks for 1 + n mod Q: all or nothing, so some are told
+INSUFFICIENT_STOCK with the units left, which is checked to have been true. Then it pays a
+share of the orders (--pay-share); with a short --payment-window it waits for the rest to
+expire and checks that they did, that the paid ones stayed, and that their units are back.
+This is `make run`'s demo.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from seckill_cli import render
 from seckill_cli.client import Auth, Exit, Session, detail, rich_status, usage_error
 from seckill_cli.render import Output
 from seckill_common.api.times import to_timestamp
-from seckill_stack.invariants import Invariant, SeckillCheck, percentile
+from seckill_common.api.validation import MAX_PER_USER_LIMIT
+from seckill_stack.invariants import Invariant, SeckillCheck, percentile, units
 
 # How long past the payment window the expiry check waits: the services' bound (a few seconds)
 # with room to spare.
@@ -44,18 +48,23 @@ class Tally:
     """How the Seckill calls were answered, and how long each took."""
 
     order_ids: list[int] = field(default_factory=list)
+    units: int = 0  # won by the OK answers
     sold_out: int = 0
+    # INSUFFICIENT_STOCK answers as (units asked, units available named)
+    insufficient: list[tuple[int, int]] = field(default_factory=list)
     duplicates: int = 0
     other: Counter[str] = field(default_factory=Counter)
     latencies_s: list[float] = field(default_factory=list)
 
-    def refused(self, exc: grpc.aio.AioRpcError) -> None:
+    def refused(self, exc: grpc.aio.AioRpcError, asked: int) -> None:
         info = detail(rich_status(exc), error_details_pb2.ErrorInfo)
         reason = info.reason if info else ""
         if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
             self.duplicates += 1
         elif exc.code() == grpc.StatusCode.FAILED_PRECONDITION and reason == "SOLD_OUT":
             self.sold_out += 1
+        elif reason == "INSUFFICIENT_STOCK" and info is not None:
+            self.insufficient.append((asked, int(info.metadata["available"])))
         else:
             self.other[f"{exc.code().name} {reason}".strip()] += 1
 
@@ -73,6 +82,11 @@ class Sale:
     users: int
     tries: int
     concurrency: int
+    max_quantity: int = 1
+
+    def quantity_of(self, number: int) -> int:
+        """User `number`'s units: a fixed mix of 1 to max_quantity."""
+        return 1 + number % self.max_quantity
 
     async def race(self, progress: Progress) -> Tally:
         """Every user sends its tries at once; at most `concurrency` calls are in flight."""
@@ -84,27 +98,32 @@ class Sale:
         metadata = self.session.metadata(Auth.ADMIN)
         limit = asyncio.Semaphore(self.concurrency)
 
-        async def attempt(user: str) -> None:
-            request = activity_pb2.SeckillRequest(activity_id=self.activity.id, user_id=user)
+        async def attempt(number: int) -> None:
+            quantity = self.quantity_of(number)
+            request = activity_pb2.SeckillRequest(activity_id=self.activity.id,
+                                                  user_id=f"user-{number:05d}",
+                                                  quantity=quantity)
             async with limit:
                 started = time.perf_counter()
                 try:
                     reply = await stub.Seckill(request, metadata=metadata,
                                                timeout=self.session.timeout_s)
                 except grpc.aio.AioRpcError as exc:
-                    tally.refused(exc)
+                    tally.refused(exc, quantity)
                 else:
                     tally.order_ids.append(reply.order.id)
+                    tally.units += reply.order.quantity
                 tally.latencies_s.append(time.perf_counter() - started)
             progress.update(task, advance=1, orders=len(tally.order_ids))
 
-        await asyncio.gather(*(attempt(f"user-{number:05d}")
+        await asyncio.gather(*(attempt(number)
                                for number in range(1, self.users + 1)
                                for _ in range(self.tries)))
         return tally
 
 
-async def create_sale(session: Session, stock: int, payment_window_s: float | None = None
+async def create_sale(session: Session, stock: int, payment_window_s: float | None = None,
+                      per_user_limit: int = 1
                       ) -> tuple[product_pb2.Product, activity_pb2.Activity]:
     now = dt.datetime.now(dt.UTC)
     product = await session.call("product", "CreateProduct", product_pb2.CreateProductRequest(
@@ -116,7 +135,7 @@ async def create_sale(session: Session, stock: int, payment_window_s: float | No
             product_id=product.id, name=f"Flash sale of product {product.id}",
             # Opened a second ago, so the sale is on by the database's clock too.
             start_time=to_timestamp(now - dt.timedelta(seconds=1)),
-            end_time=to_timestamp(now + dt.timedelta(hours=1)),
+            end_time=to_timestamp(now + dt.timedelta(hours=1)), per_user_limit=per_user_limit,
             payment_window=None if payment_window_s is None else _duration(payment_window_s))),
         auth=Auth.ADMIN)
     return product, activity
@@ -161,7 +180,9 @@ async def await_expiry(session: Session, activity: activity_pb2.Activity, paid: 
             break
         await asyncio.sleep(POLL_S)
     expired = {o.id for o in await listed(order_pb2.EXPIRED)}
-    still_paid = {o.id for o in await listed(order_pb2.PAID)}
+    paid_orders = await listed(order_pb2.PAID)
+    still_paid = {o.id for o in paid_orders}
+    paid_units = units(paid_orders)
     left = (await session.call("product", "GetProduct",
                                product_pb2.GetProductRequest(id=activity.product_id))).stock
     return [
@@ -169,8 +190,8 @@ async def await_expiry(session: Session, activity: activity_pb2.Activity, paid: 
                   f"{len(expired)} expired of {len(unpaid)} unpaid"),
         Invariant("paid orders stayed paid", still_paid == set(paid),
                   f"{len(still_paid)} paid of {len(paid)}"),
-        Invariant("stock left + paid orders == stock", left + len(still_paid) == stock,
-                  f"{left} + {len(still_paid)} vs {stock}"),
+        Invariant("stock left + units of paid orders == stock", left + paid_units == stock,
+                  f"{left} + {paid_units} vs {stock}"),
     ]
 
 
@@ -178,10 +199,14 @@ async def simulate(args: argparse.Namespace, session: Session, out: Output) -> i
     stock = max(args.users // 10, 1) if args.stock is None else args.stock
     if args.users < 1 or args.tries < 1 or args.concurrency < 1 or stock < 0:
         raise usage_error("--users, --tries and --concurrency must be >= 1, --stock >= 0")
+    if not 1 <= args.max_quantity <= MAX_PER_USER_LIMIT:
+        raise usage_error(f"--max-quantity must be within 1..{MAX_PER_USER_LIMIT}")
     if not 0 <= args.pay_share <= 1:
         raise usage_error("--pay-share must be within 0..1")
-    product, activity = await create_sale(session, stock, args.payment_window)
-    sale = Sale(session, product, activity, args.users, args.tries, args.concurrency)
+    product, activity = await create_sale(session, stock, args.payment_window,
+                                          per_user_limit=args.max_quantity)
+    sale = Sale(session, product, activity, args.users, args.tries, args.concurrency,
+                args.max_quantity)
     out.say(f"product {product.id} with stock {stock}; activity {activity.id}; "
             f"{args.users} users x {args.tries} Seckill calls at once "
             f"(at most {args.concurrency} in flight)")
@@ -196,13 +221,20 @@ async def simulate(args: argparse.Namespace, session: Session, out: Output) -> i
     check = SeckillCheck(session.addrs["activity"], session.addrs["order"], activity.id,
                          product_addr=session.addrs["product"], initial_stock=stock,
                          metadata=session.metadata(Auth.ADMIN))
-    invariants = await check.verify(len(tally.order_ids), tally.order_ids)
+    invariants = await check.verify(len(tally.order_ids), tally.order_ids, ok_units=tally.units)
     left = (await session.call("product", "GetProduct",
                                product_pb2.GetProductRequest(id=product.id))).stock
     # SOLD_OUT is only answered once the stock is gone, and nothing gives any back here.
     invariants.append(Invariant("SOLD_OUT only once the stock was gone",
                                 tally.sold_out == 0 or left == 0,
                                 f"{tally.sold_out} SOLD_OUT answers, stock left {left}"))
+    # Nothing gives units back during the race, so the stock only fell: each count named was
+    # at least what is left now, at least 1 (else SOLD_OUT), and below what was asked.
+    untrue = [(asked, available) for asked, available in tally.insufficient
+              if not max(left, 1) <= available < asked]
+    invariants.append(Invariant("every INSUFFICIENT_STOCK named a count that was true",
+                                not untrue, f"{len(tally.insufficient)} INSUFFICIENT_STOCK "
+                                f"answers" + (f"; untrue: {untrue[:5]}" if untrue else "")))
     paid, unpaid = await pay_share(session, tally.order_ids, args.pay_share, args.concurrency)
     if args.payment_window is not None and unpaid:
         out.say(f"paid {len(paid)} orders; waiting for the {len(unpaid)} unpaid to expire")
@@ -213,7 +245,8 @@ async def simulate(args: argparse.Namespace, session: Session, out: Output) -> i
         "product": render.to_dict(product), "activity": render.to_dict(activity),
         "users": args.users, "tries": args.tries, "calls": calls,
         "elapsed_s": round(elapsed_s, 3), "calls_per_s": round(calls / elapsed_s, 1),
-        "orders": len(tally.order_ids), "paid": len(paid), "sold_out": tally.sold_out,
+        "orders": len(tally.order_ids), "units": tally.units, "paid": len(paid),
+        "sold_out": tally.sold_out, "insufficient_stock": len(tally.insufficient),
         "duplicates": tally.duplicates, "other_errors": dict(tally.other),
         "latency_ms": {"p50": round(tally.latency_ms(50), 2),
                        "p99": round(tally.latency_ms(99), 2)},
@@ -240,8 +273,10 @@ def print_summary(out: Output, summary: dict[str, Any], invariants: list[Invaria
         ("Seckill calls", f"{summary['calls']} in {summary['elapsed_s']:.2f}s "
                           f"({summary['calls_per_s']:.0f}/s)"),
         ("orders placed (OK)", summary["orders"]),
+        ("units sold", summary["units"]),
         ("orders paid", summary["paid"]),
         ("sold-out refusals (SOLD_OUT)", summary["sold_out"]),
+        ("fewer left than asked (INSUFFICIENT_STOCK)", summary["insufficient_stock"]),
         ("duplicates refused (ALREADY_EXISTS)", summary["duplicates"]),
         ("other errors", sum(summary["other_errors"].values())),
         *((f"  {what}", n) for what, n in Counter(summary["other_errors"]).most_common()),

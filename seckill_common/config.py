@@ -208,6 +208,36 @@ class EventsSettings:
 
 
 @dataclass(frozen=True)
+class SaleDaySettings:
+    """Which calls the access log writes (seckill_common.runtime.interceptors) and how a
+    process sheds load (seckill_common.runtime.overload)."""
+
+    # Every call, whatever the rules below say.
+    access_log_all: bool = setting(Bool("SECKILL_ACCESS_LOG_ALL", False))
+    # Every call whose code is neither OK nor an expected refusal.
+    access_log_errors: bool = setting(Bool("SECKILL_ACCESS_LOG_ERRORS", True))
+    # Every call slower than this (0: none for being slow).
+    access_log_slow_s: float = setting(
+        Float("SECKILL_ACCESS_LOG_SLOW_MS", 250.0, 0.0, 3_600_000.0, per=1000))
+    # One in this many of the rest, per method and process (0: none).
+    access_log_sample_every: int = setting(
+        Int("SECKILL_ACCESS_LOG_SAMPLE", 1000, 0, 1_000_000_000))
+    # Calls a process works on at once: the adaptive limit stays within min..max (max 0: no
+    # limit, and no deadline check either).
+    max_in_flight: int = setting(Int("SECKILL_MAX_IN_FLIGHT", 5000, 0, 1_000_000))
+    min_in_flight: int = setting(Int("SECKILL_MIN_IN_FLIGHT", 2500, 1, 1_000_000))
+    # The latency the limit steers by: while even the fastest call of an interval takes
+    # longer, the limit shrinks.
+    overload_target_s: float = setting(
+        Float("SECKILL_OVERLOAD_TARGET_MS", 100.0, 1.0, 60_000.0, per=1000))
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight and self.min_in_flight > self.max_in_flight:
+            raise ConfigError(f"SECKILL_MIN_IN_FLIGHT ({self.min_in_flight}) must not exceed "
+                              f"SECKILL_MAX_IN_FLIGHT ({self.max_in_flight})")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every knob of a service process. Listed in docs/CONFIGURATION.md."""
 
@@ -265,6 +295,8 @@ class Settings:
     watch: WatchSettings = group(WatchSettings)  # noqa: RUF009
     # Order events (the outbox, OrderEventService, the relay).
     events: EventsSettings = group(EventsSettings)  # noqa: RUF009
+    # The access log and overload (seckill_common.runtime.interceptors, .overload).
+    sale_day: SaleDaySettings = group(SaleDaySettings)  # noqa: RUF009
 
     @property
     def tls(self) -> bool:

@@ -6,7 +6,13 @@ Shared by the two tools that run sales, the `seckill` CLI (`sale simulate`) and 
 Before the run the activity's existing orders are listed (the baseline), so "orders listed ==
 OK answers" compares only the orders this run added. That comparison assumes nobody else
 buys in the activity during the run; the other checks hold whoever buys. Only active orders
-(PENDING_PAYMENT, PAID) hold a unit: "no user holds two" and the stock balance count those.
+(PENDING_PAYMENT, PAID) hold units: "no user holds two" and the stock balance count those.
+
+With quantities (issue 17) an order holds `quantity` units, so the balance is in units:
+remaining stock + the quantities of the active orders = the units added (the initial stock,
+when no restock happened during the run), and the units the OK answers won = the units of the
+orders the run added. No active order holds more than the activity's per_user_limit (when the
+limit was not lowered during the run: orders made before keep their quantity).
 """
 
 from __future__ import annotations
@@ -78,17 +84,24 @@ async def list_orders(order_addr: str, activity_id: int,
 
 
 async def remaining_stock(activity_addr: str, product_addr: str | None,
-                          activity_id: int, tls: ClientTLS = PLAINTEXT) -> int:
-    """The activity's product's stock: GetActivity's embedded product, or GetProduct."""
+                          activity_id: int, tls: ClientTLS = PLAINTEXT
+                          ) -> tuple[int, activity_pb2.Activity]:
+    """The activity's product's stock (GetActivity's embedded product, or GetProduct), and
+    the activity."""
     async with tls.channel(activity_addr) as channel:
         activity = await activity_pb2_grpc.ActivityServiceStub(channel).GetActivity(
             activity_pb2.GetActivityRequest(id=activity_id), timeout=CALL_TIMEOUT_S)
     if product_addr is None:
-        return activity.product.stock
+        return activity.product.stock, activity
     async with tls.channel(product_addr) as channel:
         product = await product_pb2_grpc.ProductServiceStub(channel).GetProduct(
             product_pb2.GetProductRequest(id=activity.product_id), timeout=CALL_TIMEOUT_S)
-    return product.stock
+    return product.stock, activity
+
+
+def units(orders: Iterable[order_pb2.Order]) -> int:
+    """The units the orders hold (quantity; 0 from a server before quantities means 1)."""
+    return sum(o.quantity or 1 for o in orders)
 
 
 @dataclass
@@ -107,12 +120,15 @@ class SeckillCheck:
             o.id for o in await list_orders(self.order_addr, self.activity_id, self.metadata,
                                       self.tls))
 
-    async def verify(self, ok_answers: int, ok_order_ids: Iterable[int]) -> list[Invariant]:
+    async def verify(self, ok_answers: int, ok_order_ids: Iterable[int],
+                     ok_units: int | None = None) -> list[Invariant]:
+        """The checks; `ok_units`, when the tool counted them: the units its OK answers won
+        (the sum of their orders' quantities)."""
         try:
             orders = await list_orders(self.order_addr, self.activity_id, self.metadata,
                                        self.tls)
-            stock = await remaining_stock(self.activity_addr, self.product_addr,
-                                          self.activity_id, self.tls)
+            stock, activity = await remaining_stock(self.activity_addr, self.product_addr,
+                                                    self.activity_id, self.tls)
         except grpc.aio.AioRpcError as exc:
             return [Invariant("orders and stock readable through the API", False,
                               f"{exc.code().name}: {exc.details()}")]
@@ -120,6 +136,10 @@ class SeckillCheck:
         listed_ids = {o.id for o in orders}
         new_ids = listed_ids - self.baseline_ids
         active = [o for o in orders if o.state in ACTIVE]
+        limit = activity.per_user_limit or 1
+        over = [o.id for o in active if (o.quantity or 1) > limit]
+        mispriced = [o.id for o in orders
+                     if o.quantity and o.total_price_cents != o.price_cents * o.quantity]
         per_user = Counter(o.user_id for o in active)
         doubles = sorted(user for user, n in per_user.items() if n > 1)
         missing = [i for i in set(answered) if i not in listed_ids]
@@ -136,10 +156,22 @@ class SeckillCheck:
             Invariant("no user holds two active orders", not doubles,
                       f"{len(per_user)} buyers" + (f"; twice: {doubles[:5]}" if doubles else "")),
             Invariant("remaining stock >= 0", stock >= 0, f"remaining stock {stock}"),
+            Invariant("no active order over the per-user limit", not over,
+                      f"limit {limit}" + (f"; over it: orders {over[:5]}" if over else "")),
+            Invariant("total price == unit price x quantity", not mispriced,
+                      f"{len(orders)} orders" + (f"; wrong: {mispriced[:5]}" if mispriced
+                                                 else "")),
         ]
+        if ok_units is not None:
+            added = units(o for o in orders if o.id in new_ids)
+            checks.append(Invariant(
+                "units of the orders listed == units of OK answers", added == ok_units,
+                f"{added} units in new orders, {ok_units} units answered OK"))
         if self.initial_stock is not None:
             sold = self.initial_stock - stock
+            held = units(active)
             checks.append(Invariant(
-                "active orders == initial stock - remaining stock", len(active) == sold,
-                f"{len(active)} active orders, {self.initial_stock} - {stock} = {sold}"))
+                "units of active orders == initial stock - remaining stock", held == sold,
+                f"{len(active)} active orders of {held} units, "
+                f"{self.initial_stock} - {stock} = {sold}"))
         return checks

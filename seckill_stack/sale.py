@@ -11,9 +11,10 @@ from seckill_common.api.times import to_timestamp
 
 
 def open_sale(product_target: str, activity_target: str, admin_token: str, name: str,
-              stock: int, timeout_s: float = 30.0) -> int:
+              stock: int, timeout_s: float = 30.0, per_user_limit: int = 1) -> int:
     """A product with `stock` units and an activity selling it now (since 5 s, for an
-    hour); the activity's id. The targets are gRPC target strings."""
+    hour), at most `per_user_limit` units per user; the activity's id. The targets are gRPC
+    target strings."""
     admin = (("authorization", f"Bearer {admin_token}"),)
     now = dt.datetime.now(dt.UTC)
     with grpc.insecure_channel(product_target) as products, \
@@ -25,6 +26,7 @@ def open_sale(product_target: str, activity_target: str, admin_token: str, name:
             activity_pb2.CreateActivityRequest(activity=activity_pb2.Activity(
                 product_id=product.id, name=name,
                 start_time=to_timestamp(now - dt.timedelta(seconds=5)),
-                end_time=to_timestamp(now + dt.timedelta(hours=1)))),
+                end_time=to_timestamp(now + dt.timedelta(hours=1)),
+                per_user_limit=per_user_limit)),
             metadata=admin, timeout=timeout_s)
     return activity.id

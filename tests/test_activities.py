@@ -161,8 +161,9 @@ async def test_unknown_activity_is_not_found(stack: Stack, rpc: str) -> None:
      {"start_time", "end_time"}),
     # "*" replaces every updatable field, so the request names them all.
     (["*"], {"name": "All", "start_time": 1, "end_time": 2, "price_cents": 5,
-             "payment_window": 60_000},
-     {"name", "start_time", "end_time", "price_cents", "payment_window"}),
+             "payment_window": 60_000, "per_user_limit": 4},
+     {"name", "start_time", "end_time", "price_cents", "payment_window", "per_user_limit"}),
+    (["per_user_limit"], {"name": "Ignored", "per_user_limit": 2}, {"per_user_limit"}),
 ])
 async def test_update_activity_applies_the_mask(stack: Stack, paths: list[str], fields: dict,
                                                 changed: set[str]) -> None:
@@ -173,7 +174,7 @@ async def test_update_activity_applies_the_mask(stack: Stack, paths: list[str], 
     expected = activity_pb2.Activity()
     expected.CopyFrom(activity)
     for name in changed:
-        if name in ("name", "price_cents"):
+        if name in ("name", "price_cents", "per_user_limit"):
             setattr(expected, name, getattr(patch, name))
         else:
             getattr(expected, name).CopyFrom(getattr(patch, name))

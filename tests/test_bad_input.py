@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
 from seckill_common.api.pages import encode_page_token
+from seckill_common.api.validation import MAX_PER_USER_LIMIT
 from tests.helpers.bad_input import (
     INT64_MAX,
     NOW,
@@ -74,7 +75,8 @@ MAX_NAME, MAX_DESCRIPTION, MAX_USER_ID, MAX_AMOUNT = 200, 10_000, 64, 10**12
 MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 PRODUCT_PATHS = ("name", "description", "price_cents", "stock")
-ACTIVITY_PATHS = ("name", "start_time", "end_time", "price_cents", "payment_window")
+ACTIVITY_PATHS = ("name", "start_time", "end_time", "price_cents", "payment_window",
+                  "per_user_limit")
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or "grpcurl"
 
 # Mostly present: an absent resource is one refusal, worth a tenth of the examples.
@@ -434,15 +436,18 @@ async def test_list_activities(prober: Prober, size: int, spec: str | tuple) -> 
 
 
 @property_test(1000, activity_id=known_ids,
-       user_id=st.one_of(user_ids, st.sampled_from(["alice", "bob", "carol"])))
-async def test_seckill(prober: Prober, activity_id: int, user_id: str) -> None:
+       user_id=st.one_of(user_ids, st.sampled_from(["alice", "bob", "carol"])),
+       quantity=st.one_of(st.just(0), int32s))
+async def test_seckill(prober: Prober, activity_id: int, user_id: str, quantity: int) -> None:
     outcome = await prober.call(method_path(ACTIVITY, "Seckill"), activity_pb2.SeckillRequest(
-        activity_id=activity_id, user_id=user_id))
+        activity_id=activity_id, user_id=user_id, quantity=quantity))
     bad = set()
     if activity_id <= 0:
         bad.add("activity_id")
     if not user_id_ok(user_id):
         bad.add("user_id")
+    if not 0 <= quantity <= MAX_PER_USER_LIMIT:
+        bad.add("quantity")
     if bad:
         return refused_with(prober, outcome, bad)
     assert outcome.code != "INVALID_ARGUMENT", outcome.error and outcome.error.details()
@@ -454,6 +459,25 @@ async def test_seckill(prober: Prober, activity_id: int, user_id: str) -> None:
     elif outcome.code == "NOT_FOUND":
         assert await row(prober, "SELECT id FROM activities WHERE id = %s", activity_id) is None
     return None
+
+
+def update_violations(activity: activity_pb2.Activity, paths: list[str]
+                      ) -> tuple[set[str], dict[str, datetime | None]]:
+    """The fields an UpdateActivity of `paths` must name as bad, and the new times it sets."""
+    bad = set()
+    if "name" in paths and not text_ok(activity.name, MAX_NAME, True):
+        bad.add("activity.name")
+    if "payment_window" in paths:  # never set by the strategy: 0 s, below the 1 s minimum
+        bad.add("activity.payment_window")
+    if "per_user_limit" in paths and not 1 <= activity.per_user_limit <= MAX_PER_USER_LIMIT:
+        bad.add("activity.per_user_limit")
+    new: dict[str, datetime | None] = {}
+    for name in ("start_time", "end_time"):
+        if name in paths:
+            new[name] = instant(getattr(activity, name) if activity.HasField(name) else None)
+            if new[name] is None:
+                bad.add(f"activity.{name}")
+    return bad, new
 
 
 @property_test(1000, has_activity=present, activity=activities_strategy(),
@@ -475,17 +499,7 @@ async def test_update_activity(prober: Prober, has_activity: bool,
     paths = mask_paths(mask, activity, ACTIVITY_PATHS)
     if paths is None:
         return refused_with(prober, outcome, {"update_mask"})
-    bad = set()
-    if "name" in paths and not text_ok(activity.name, MAX_NAME, True):
-        bad.add("activity.name")
-    if "payment_window" in paths:  # never set by the strategy: 0 s, below the 1 s minimum
-        bad.add("activity.payment_window")
-    new = {}
-    for name in ("start_time", "end_time"):
-        if name in paths:
-            new[name] = instant(getattr(activity, name) if activity.HasField(name) else None)
-            if new[name] is None:
-                bad.add(f"activity.{name}")
+    bad, new = update_violations(activity, paths)
     if bad:
         return refused_with(prober, outcome, bad)
     if before is None:

@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from seckill.v1 import activity_pb2
+from seckill.v1 import activity_pb2, order_pb2
 
 from seckill_bench import BenchConfig, BenchError, parse_duration, run_load
 from seckill_bench.__main__ import main
@@ -132,7 +132,7 @@ async def test_seckill_runs_count_statuses_and_hold_the_invariants(
     # SOLD_OUT.
     assert_seckill_answers(first.status_counts, first.reason_counts, ok=20, total=60)
     assert first.error_counts == {
-        "rpc error: code = AlreadyExists desc = you already hold order N for this activity":
+        "rpc error: code = AlreadyExists desc = you already hold an order for this activity":
             first.status_counts.get("AlreadyExists", 0),
         "rpc error: code = FailedPrecondition desc = sold out":
             first.status_counts["FailedPrecondition"]}
@@ -160,7 +160,7 @@ async def test_seckill_runs_count_statuses_and_hold_the_invariants(
                                                                          95, 99]
     assert sum(b["count"] for b in report["histogram"]) == 60
     assert report["fastest"] <= report["average"] <= report["slowest"] <= report["total"]
-    assert all(i["ok"] for i in report["invariants"]) and len(report["invariants"]) == 6
+    assert all(i["ok"] for i in report["invariants"]) and len(report["invariants"]) == 9
     html_text = page.read_text()
     assert "id=histogram" in html_text and "AlreadyExists" in html_text
     assert "<script" not in html_text and "http" not in html_text.replace(
@@ -180,8 +180,28 @@ async def test_a_failed_invariant_exits_1(stack: Stack, capsys: pytest.CaptureFi
     assert code == 1
     out = capsys.readouterr().out
     assert "[OK]" in out and "[FailedPrecondition]" in out
-    assert "[FAILED] active orders == initial stock - remaining stock" in out
+    assert "[FAILED] units of active orders == initial stock - remaining stock" in out
     assert "[ok]     no user holds two active orders" in out
+
+
+async def test_templates_take_a_quantity_and_the_invariants_count_units(stack: Stack) -> None:
+    product = await make_product(stack, stock=20)
+    activity = await make_activity(stack, product.id, per_user_limit=3)
+    # Quantities 0 (= 1), 1, 2, 3 in turn; every user twice at once, with two quantities.
+    data = json.dumps({"activity_id": activity.id, "user_id": "u{{div .RequestNumber 2}}",
+                       "quantity": "QUANTITY"}).replace('"QUANTITY"', "{{mod .RequestNumber 4}}")
+    report = await run_load(BenchConfig(
+        call=SECKILL, host=stack.activity.address, data=data, total=40, concurrency=6,
+        order_addr=stack.order.address, initial_stock=20))
+    assert report.invariants_ok, report.summary_text()
+    names = {i.name: i.detail for i in report.invariants}
+    assert "units of the orders listed == units of OK answers" in names
+    got = await stack.activities.GetActivity(activity_pb2.GetActivityRequest(id=activity.id))
+    orders = await stack.orders.ListOrders(order_pb2.ListOrdersRequest(
+        activity_id=activity.id, page_size=100))
+    assert got.product.stock + sum(o.quantity for o in orders.orders) == 20
+    assert {o.quantity for o in orders.orders} <= {1, 2, 3}
+    assert len(orders.orders) == report.ok_answers
 
 
 async def test_health_check_run_and_duration_mode(stack: Stack) -> None:

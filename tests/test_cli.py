@@ -105,12 +105,18 @@ async def test_product_commands(seckill: Seckill) -> None:
     assert missing.out == "" and f"product {pid} not found" in missing.err
 
 
+async def create_activity(seckill: Seckill, product_id: int, *flags: str) -> dict[str, Any]:
+    """`seckill activity create` of an hour from now, with `flags`: the activity, as JSON."""
+    created = await seckill("--json", "activity", "create", "--product", str(product_id),
+                            "--end", "+1h", *flags)
+    assert created.code == Exit.OK, created.err
+    activity: dict[str, Any] = created.json()
+    return activity
+
+
 async def test_activity_commands(seckill: Seckill, stack: Stack) -> None:
     product = await make_product(stack, stock=7)
-    created = await seckill("--json", "activity", "create", "--product", str(product.id),
-                            "--name", "Tea rush", "--start", "now", "--end", "+1h")
-    assert created.code == Exit.OK, created.err
-    activity = created.json()
+    activity = await create_activity(seckill, product.id, "--name", "Tea rush", "--start", "now")
     aid = str(activity["id"])
     start = dt.datetime.fromisoformat(activity["start_time"])
     end = dt.datetime.fromisoformat(activity["end_time"])
@@ -166,6 +172,27 @@ async def test_buy_orders_and_cancel(seckill: Seckill, stack: Stack,
     assert (await seckill("--json", "orders", "--user", "bob", "--state", "pending")
             ).json() == {"orders": []}
     assert "cancelled" in (await seckill("orders", "--user", "bob")).out
+
+
+async def test_buy_a_quantity_within_the_activitys_limit(seckill: Seckill, stack: Stack) -> None:
+    product = await make_product(stack, stock=4)
+    activity = await create_activity(seckill, product.id, "--name", "Pairs",
+                                     "--per-user-limit", "2")
+    assert activity["per_user_limit"] == 2
+    aid = str(activity["id"])
+    assert "at most 2" in (await seckill("activity", "get", aid)).out
+    bought = await seckill("buy", "--activity", aid, "--user", "alice", "--quantity", "2")
+    assert bought.code == Exit.OK, bought.err
+    assert "user alice bought 2 units" in bought.out and "19800 cents" in bought.out
+    over = await seckill("buy", "--activity", aid, "--user", "bob", "--quantity", "3")
+    assert over.code == Exit.REFUSED and "QUANTITY_OVER_LIMIT" in over.err
+    raised = await seckill("--json", "activity", "update", aid, "--per-user-limit", "3")
+    assert raised.json()["per_user_limit"] == 3
+    short = await seckill("buy", "--activity", aid, "--user", "bob", "--quantity", "3")
+    assert short.code == Exit.REFUSED and "INSUFFICIENT_STOCK" in short.err
+    [order] = (await seckill("--json", "orders", "--user", "alice")).json()["orders"]
+    assert (order["quantity"], order["total_price_cents"]) == (2, 19800)
+    assert "19800" in (await seckill("orders", "--user", "alice")).out
 
 
 async def test_pay_and_the_pay_deadline(seckill: Seckill, stack: Stack) -> None:
@@ -352,6 +379,24 @@ async def test_sale_simulate(seckill: Seckill, stack: Stack) -> None:
     product = await stack.products.GetProduct(
         product_pb2.GetProductRequest(id=summary["product"]["id"]))
     assert product.stock == 0
+
+
+async def test_sale_simulate_with_a_mix_of_quantities(seckill: Seckill, stack: Stack) -> None:
+    sale = await seckill("--json", "sale", "simulate", "--users", "200", "--stock", "100",
+                         "--concurrency", "100", "--max-quantity", "3")
+    assert sale.code == Exit.OK, sale.err
+    summary = sale.json()
+    assert summary["activity"]["per_user_limit"] == 3
+    assert summary["units"] == 100 - summary["stock_left"] and summary["stock_left"] < 3
+    assert summary["other_errors"] == {}
+    names = {i["name"]: i["ok"] for i in summary["invariants"]}
+    assert names["every INSUFFICIENT_STOCK named a count that was true"]
+    assert names["units of active orders == initial stock - remaining stock"]
+    assert all(names.values()), summary["invariants"]
+    listed = await stack.orders.ListOrders(order_pb2.ListOrdersRequest(
+        activity_id=summary["activity"]["id"], page_size=1000))
+    assert sum(o.quantity for o in listed.orders) == summary["units"]
+    assert {o.quantity for o in listed.orders} == {1, 2, 3}
 
 
 async def test_sale_simulate_pays_a_share_and_lets_the_rest_expire(seckill: Seckill,

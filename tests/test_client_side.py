@@ -9,9 +9,11 @@ at its request and metadata, and answers it with a status and `google.rpc` detai
 `grpc-status-details-bin` the way grpcio-status packs them for the services.
 
 grpc_testing drops the timeout a call passes, so the bridge records it: that is how the
-deadline each client sends is checked. None of these clients retries on UNAVAILABLE or
-RESOURCE_EXHAUSTED (the CLI tells the user when to retry, from RetryInfo; the load tool counts
-the answer; the example re-raises): the tests pin that each call is sent once.
+deadline each client sends is checked. A RESOURCE_EXHAUSTED refusal with RetryInfo (overload,
+rate limits: nothing was done) is tried again by the CLI after its delay while the wait fits in
+--timeout, and by the example; UNAVAILABLE is not (the CLI tells the user when to retry, the
+example re-raises), and the load tool counts every answer and sends each request once: the
+tests pin how often each call is sent.
 """
 
 from __future__ import annotations
@@ -69,6 +71,13 @@ class AioBridge:
                     sync_call.code(), grpc.aio.Metadata(),
                     grpc.aio.Metadata(*sync_call.trailing_metadata()),
                     sync_call.details()) from None
+        return call
+
+    def unary_stream(self, method: str, *_: Any, **__: Any) -> Callable[..., Any]:
+        """Stubs bind every method of their service (WatchActivity too); no client under
+        test streams, so calling one fails the test."""
+        def call(*_: Any, **__: Any) -> Any:
+            raise AssertionError(f"{method}: streaming calls are not bridged")
         return call
 
     async def channel_ready(self) -> None:
@@ -183,11 +192,28 @@ async def test_cli_unavailable_without_details_is_unreachable() -> None:
     assert error.document["details"] == []
 
 
-async def test_cli_rate_limited_says_when_to_retry() -> None:
+async def test_cli_rate_limited_beyond_its_timeout_says_when_to_retry() -> None:
+    # The delay (5 s) does not fit in --timeout (2.5 s): the refusal is the answer, at once.
     error = await cli_seckill(AioBridge([ACTIVITY_SERVICE]), rich(
-        code_pb2.RESOURCE_EXHAUSTED, "too many requests for user u", retry_after(0, 250_000_000)))
-    assert error.message == "rate limited: too many requests for user u; retry in 0.25s"
+        code_pb2.RESOURCE_EXHAUSTED, "too many requests for user u", retry_after(5)))
+    assert error.message == "rate limited: too many requests for user u; retry in 5s"
     assert error.exit_code is Exit.REFUSED
+
+
+async def test_cli_tries_again_after_a_refusals_retry_info() -> None:
+    bridge = AioBridge([ACTIVITY_SERVICE])
+    session = cli_session(bridge)
+    call = asyncio.create_task(session.call(
+        "activity", "Seckill", activity_pb2.SeckillRequest(activity_id=7, user_id="u"),
+        auth=Auth.USER))
+    await bridge.answer(SECKILL, status=rich(
+        code_pb2.RESOURCE_EXHAUSTED, "server overloaded", retry_after(0, 50_000_000),
+        error_details_pb2.ErrorInfo(reason="OVERLOADED", metadata={"limit": "in_flight"})))
+    order = order_pb2.Order(id=17, activity_id=7, user_id="u")
+    _, request = await bridge.answer(SECKILL, activity_pb2.SeckillResponse(order=order))
+    assert (await call).order.id == 17
+    assert request == activity_pb2.SeckillRequest(activity_id=7, user_id="u")
+    assert bridge.timeouts == [2.5, 2.5]  # the same call, sent again after the delay
 
 
 async def test_cli_deadline_exceeded_names_the_timeout() -> None:

@@ -174,3 +174,90 @@ async def test_cancels_during_a_coalesced_sale_keep_stock_and_orders_in_balance(
     assert cancelled and not await query(
         stack.db_url, f"SELECT id FROM orders WHERE id IN ({','.join(map(str, cancelled))})"
         " AND active = 1")
+
+
+# --- quantities (issue 17) -------------------------------------------------------------------
+
+async def fire_units(engine: SeckillEngine, activity_id: int,
+                     asks: list[tuple[str, int]]) -> list[str]:
+    """As `fire`, each user asking for its units; INSUFFICIENT_STOCK with the units it names."""
+    tasks = [asyncio.create_task(engine.buy(activity_id, u, q)) for u, q in asks]
+    answers = []
+    for result in await asyncio.gather(*tasks, return_exceptions=True):
+        answer = outcome_of(result)
+        if answer.endswith("INSUFFICIENT_STOCK"):
+            answer += "=" + result.metadata["available"]  # type: ignore[union-attr]
+        answers.append(answer)
+    return answers
+
+
+async def test_a_batch_decides_quantities_in_arrival_order_all_or_nothing(
+    stack: Stack, database: Database
+) -> None:
+    product = await make_product(stack, stock=3)
+    activity = await make_activity(stack, product.id, per_user_limit=3)
+    engine = SeckillEngine(database, EngineSettings(batch_window_s=0.2))
+    await engine.product_of(activity.id)
+    answers = await fire_units(engine, activity.id, [
+        ("first", 1), ("big", 3), ("small", 1), ("mid", 2), ("tiny", 1), ("last", 1)])
+    assert answers == [
+        "won",  # alone, at once: 2 left
+        "FAILED_PRECONDITION:INSUFFICIENT_STOCK=2",  # does not block the smaller ones
+        "won", "FAILED_PRECONDITION:INSUFFICIENT_STOCK=1", "won",
+        "FAILED_PRECONDITION:SOLD_OUT"]
+    rows = await query(stack.db_url, "SELECT user_id, quantity FROM orders ORDER BY id")
+    assert [(u.decode(), q) for u, q in rows] == [("first", 1), ("small", 1), ("tiny", 1)]
+
+
+async def test_only_requests_larger_than_the_units_left_go_to_a_read_first(
+    stack: Stack, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from activity_svc import repository
+
+    product = await make_product(stack, stock=5)
+    activity = await make_activity(stack, product.id, per_user_limit=3)
+    engine = SeckillEngine(database)
+    reads: list[list[int]] = []
+    real = repository.read_facts
+
+    async def counted(tx: Transaction, product_id: int, attempts: list) -> object:
+        reads.append([a.quantity for a in attempts])
+        return await real(tx, product_id, attempts)
+
+    monkeypatch.setattr(repository, "read_facts", counted)
+    assert await fire_units(engine, activity.id, [("a", 3)]) == ["won"]  # 2 left
+    # 3 > 2: refused on a read, exactly, without a transaction.
+    batches = engine.stats.batches
+    assert await fire_units(engine, activity.id, [("b", 3)]) == [
+        "FAILED_PRECONDITION:INSUFFICIENT_STOCK=2"]
+    assert reads == [[3]] and engine.stats.batches == batches
+    # 1 <= 2: straight to a transaction, never held up (let alone refused) by a read.
+    assert await fire_units(engine, activity.id, [("c", 1)]) == ["won"]  # 1 left
+    assert reads == [[3]]
+    assert await fire_units(engine, activity.id, [("d", 2)]) == [
+        "FAILED_PRECONDITION:INSUFFICIENT_STOCK=1"]
+    assert await fire_units(engine, activity.id, [("e", 1)]) == ["won"]  # none left
+    assert reads == [[3], [2]]
+    assert await fire_units(engine, activity.id, [("f", 1)]) == ["FAILED_PRECONDITION:SOLD_OUT"]
+    assert reads == [[3], [2], [1]]
+    # A unit given back behind the engine's back: the 1-unit call's read lets it through.
+    await query(stack.db_url, "UPDATE products SET stock = 1")
+    assert await fire_units(engine, activity.id, [("g", 1)]) == ["won"]
+
+
+async def test_a_quantity_over_the_limit_is_refused_before_any_transaction(
+    stack: Stack, database: Database
+) -> None:
+    product = await make_product(stack, stock=5)
+    activity = await make_activity(stack, product.id, per_user_limit=2)
+    engine = SeckillEngine(database)
+    assert await fire_units(engine, activity.id, [("a", 3)]) == [
+        "FAILED_PRECONDITION:QUANTITY_OVER_LIMIT"]
+    assert engine.stats.batches == 0
+    # The limit raised elsewhere (another process): the cached one is only a hint.
+    await query(stack.db_url, "UPDATE activities SET per_user_limit = 3")
+    assert await fire_units(engine, activity.id, [("a", 3)]) == ["won"]
+    # Lowered elsewhere: the cache still allows 2, the transaction refuses on the limit read.
+    await query(stack.db_url, "UPDATE activities SET per_user_limit = 1")
+    assert await fire_units(engine, activity.id, [("b", 2)]) == [
+        "FAILED_PRECONDITION:QUANTITY_OVER_LIMIT"]

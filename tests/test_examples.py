@@ -104,9 +104,13 @@ async def test_grpcurl_walkthrough(stack: Stack, tmp_path: Path) -> None:
         "".join(f"export {k}={shlex.quote(v)}\n" for k, v in exports.items()))
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     _, out = await run("bash", "-c", script[1], env=env, cwd=tmp_path)
-    # The two refusals the walk-through shows, and no other error.
-    assert re.findall(r"Code: (\w+)", out) == ["AlreadyExists", "FailedPrecondition"], out
+    # The four refusals the walk-through shows, and no other error.
+    assert re.findall(r"Code: (\w+)", out) == ["AlreadyExists"] + ["FailedPrecondition"] * 3, out
     assert '"reason":"ALREADY_PURCHASED"' in out and '"reason":"SOLD_OUT"' in out
+    # Quantities: the limit named, the units left named, 3 units at 3 x 350 cents given back.
+    assert '"per_user_limit":"3","quantity":"4"},"reason":"QUANTITY_OVER_LIMIT"' in out
+    assert '"available":"2","quantity":"3"},"reason":"INSUFFICIENT_STOCK"' in out
+    assert '"quantity": 3,\n  "total_price_cents": "1050"' in out
     assert '"status": "SERVING"' in out and "Message template:" in out
     assert '"description": "Green, loose leaf"' in out and '"name": "Tea rush, day 2"' in out
     # It deletes what it made: the order, the activity and the product.

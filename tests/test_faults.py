@@ -4,8 +4,9 @@ Every test runs a sale (`FlashSale`: hundreds of distinct users, some calling tw
 breaks something once the sale is under way (a killed service or database, a peer that is down
 or hung, a lock held elsewhere, callers out of time, a SIGTERM), heals it, lets the users whose
 calls failed retry until each has a definite answer, and then checks through the API and in
-the database (`FlashSale.verify`): no oversell, at most one order per user, stock left + orders
-== stock added, and every order answered OK still there.
+the database (`FlashSale.verify`): no oversell, at most one order per user, stock left + the
+units of the orders == stock added, and every order answered OK still there. The sales are of
+quantities: users ask for 1 to 3 units, all or nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from tests.helpers.flash_sale import (
     INNODB_POLL_S,
     NOT_SERVING,
     OK,
+    RESOURCE_EXHAUSTED,
     SERVING,
     UNAVAILABLE,
     WAIT_S,
@@ -194,7 +196,7 @@ async def test_seckill_sells_on_while_product_and_order_services_are_down(
             # up to 2 s between attempts); meanwhile UNAVAILABLE, which a client retries.
             got = await served(lambda: activities.GetActivity(
                 activity_pb2.GetActivityRequest(id=sale.activity_id), timeout=CALL_TIMEOUT_S))
-            assert got.product.stock == 0
+            assert got.product.stock < sale.max_quantity  # what is left, nobody asked for
             await served(lambda: activities.DeleteActivity(
                 activity_pb2.DeleteActivityRequest(id=spare.activity_id), metadata=ADMIN,
                 timeout=CALL_TIMEOUT_S))
@@ -250,7 +252,10 @@ async def test_callers_out_of_time_leave_no_lock_wait_or_connection_behind(
         twice = await sale.buy("impatient")
         assert (twice.code, twice.order_id) == (grpc.StatusCode.ALREADY_EXISTS, again.order_id)
         await sale.finish()  # the same for every user
-        summary = await sale.verify(db_url, {DEADLINE_EXCEEDED})
+        # Calls queued behind the held row whose deadline the queue would outlast may be
+        # refused before any work (RESOURCE_EXHAUSTED with RetryInfo: runtime/overload.py).
+        summary = await sale.verify(db_url, {DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED})
+        assert all(a.retry_info for a in sale.answers if a.code == RESOURCE_EXHAUSTED)
         assert summary.get("DEADLINE_EXCEEDED", 0) > 1
         async with holding(db_url) as holder:
             await eventually(lambda: service_idle(holder), "the service is idle",
@@ -324,8 +329,10 @@ async def test_sigterm_mid_sale_finishes_or_cancels_in_flight_calls_and_exits_in
     """SIGTERM: new calls refused, calls in flight finish (or, past the grace, are cut off
     with their transactions), and the process exits 0 in time."""
     grace_s = 2.0
+    # The access log of every call: the server's view below reads how each one ended.
     async with running_services(db_url, tmp_path, SECKILL_SHUTDOWN_GRACE=str(grace_s),
-                                SECKILL_DB_LOCK_WAIT_TIMEOUT="60") as services:
+                                SECKILL_DB_LOCK_WAIT_TIMEOUT="60",
+                                SECKILL_ACCESS_LOG_ALL="true") as services:
         sale = await start_flash_sale(services.addrs, stock=150)
         activity = services.running["activity"]
         try:

@@ -15,7 +15,7 @@ from google.protobuf import duration_pb2, field_mask_pb2
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
 from tests.helpers.factories import make_activity, make_product, timestamp
-from tests.helpers.metrics import delta, scrape
+from tests.helpers.metrics import delta, expiry_counted, metered_stack, scrape
 from tests.helpers.polling import eventually
 from tests.helpers.rpc import bad_fields, error_details, not_found, refused
 from tests.helpers.stack import ADMIN, Stack, query, start_stack
@@ -379,23 +379,14 @@ async def test_a_retried_create_with_the_same_request_id_creates_nothing_new(
 # --- metrics --------------------------------------------------------------------------------
 
 async def test_metrics_count_orders_by_state_and_expiry_lag(db_url: str) -> None:
-
-    stack = await start_stack(db_url, SECKILL_METRICS_ADDR="127.0.0.1:0")  # to scrape
-    try:
-        assert stack.order.metrics_server is not None
-        port = stack.order.metrics_server.server_port  # one registry for this process
+    async with metered_stack(db_url) as (stack, port):
         activity = await short_sale(stack, stock=3, window_s=1)
         before = scrape(port)
         a, b, c = [await buy(stack, activity.id, user) for user in "abc"]
         await pay(stack, a.id)
         await pay(stack, a.id)  # a repeat counts once
         await cancel(stack, b.id)
-
-        async def counted_expired() -> bool:  # counted just after the expiry commits
-            return delta(before, scrape(port), "seckill_orders_total", state="expired") > 0
-
-        await eventually(counted_expired, "the expiry counted", 1 + EXPIRY_BOUND_S)
-        after = scrape(port)
+        after = await expiry_counted(port, before, 1 + EXPIRY_BOUND_S)
         got = await stack.orders.GetOrder(order_pb2.GetOrderRequest(id=c.id))
         assert got.state == order_pb2.EXPIRED
         counted = {state: delta(before, after, "seckill_orders_total", state=state)
@@ -404,5 +395,3 @@ async def test_metrics_count_orders_by_state_and_expiry_lag(db_url: str) -> None
         assert delta(before, after, "seckill_order_expiry_lag_seconds_count") == 1
         assert 0 <= delta(before, after, "seckill_order_expiry_lag_seconds_sum") <= (
             EXPIRY_BOUND_S)
-    finally:
-        await stack.stop()

@@ -19,7 +19,8 @@ import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
 from seckill.v1 import activity_pb2, activity_pb2_grpc, order_pb2, product_pb2
 
-from activity_svc.watch import FRESHNESS_BOUND_S, State, min_interval_s, state_of
+from activity_svc.watch import FRESHNESS_BOUND_S
+from activity_svc.watch_view import State, min_interval_s, state_of
 from seckill_common.api.times import to_datetime
 from seckill_stack.services import python_env
 from tests.helpers.factories import make_activity, make_product

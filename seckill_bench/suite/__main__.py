@@ -2,6 +2,7 @@
 
     python -m seckill_bench.suite [--workers N] [-c 64] [--connections 4] [--procs 2]
         [--calls 20000] [--flash-users 20000] [--flash-stock 10000] [--soak-seconds 60]
+        [--rows b,q]
 
 Writes BENCHMARKS.md's generated section, the HTML and JSON reports under benchmarks/, and the
 section on stdout. Exit 0 when every row ran and every invariant held, 1 otherwise.
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from seckill_bench.suite.h2load import run_rows as run_h2load_rows
 from seckill_bench.suite.scenarios import Results, Settings, Suite
 from seckill_bench.suite.stack import BenchStack, StackError, log
 from seckill_bench.suite.table import code_version, load_average, section, write_markdown
@@ -44,6 +46,9 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, list[str]]:
                    help="(e) seconds of soak (60; 0 skips it)")
     p.add_argument("--warmup-calls", type=int, default=1_000,
                    help="unreported Seckill calls per activity service first (1,000; 0: none)")
+    p.add_argument("--rows", default="",
+                   help="only these rows, comma-separated (e.g. b,q; default all). Pass "
+                        "--output and --reports elsewhere: a partial table is no BENCHMARKS.md")
     p.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md",
                    help="the Markdown file whose generated section is replaced")
     p.add_argument("--reports", type=Path, default=REPO / "benchmarks",
@@ -60,7 +65,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, list[str]]:
         p.error("need --procs <= --connections <= --concurrency")
     settings = Settings(args.workers, args.concurrency, args.connections, args.procs,
                         args.calls, args.flash_users, args.flash_stock, args.soak_seconds,
-                        args.warmup_calls, args.output.resolve(), args.reports.resolve())
+                        args.warmup_calls, args.output.resolve(), args.reports.resolve(),
+                        frozenset(filter(None, args.rows.split(","))))
     return settings, raw
 
 
@@ -91,7 +97,9 @@ def main(argv: list[str] | None = None, stdout: IO[str] | None = None) -> int:
         stack.start()
         results.db_version = stack.db_version()
         log(f"stack serving after {time.monotonic() - results.started:.0f} s")
-        Suite(settings, stack, results).run_all()
+        suite = Suite(settings, stack, results)
+        suite.run_all()
+        run_h2load_rows(suite)  # the independent client's rows: seckill_bench/suite/h2load.py
         results.load_after = load_average()
     except StackError as exc:
         log(f"error: {exc}")

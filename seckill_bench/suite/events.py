@@ -1,8 +1,8 @@
-"""Rows (g) and (h): what order events cost a flash sale, and how fast the relay gets them out.
+"""Rows (n) and (r): what order events cost a flash sale, and how fast the relay gets them out.
 
-(g) is the flash sale of (b), the same users and stock, on an activity service that writes no
-events (SECKILL_EVENTS_ENABLED=false), in the same run: (b) / (g) is the outbox's cost on the
-sale (target >= 0.9). (h) is the relay during (b): a plain NATS subscriber on `seckill.orders.>`
+(n) is the flash sale of (b), the same users and stock, on an activity service that writes no
+events (SECKILL_EVENTS_ENABLED=false), in the same run: (b) / (n) is the outbox's cost on the
+sale (target >= 0.9). (r) is the relay during (b): a plain NATS subscriber on `seckill.orders.>`
 (`RelayProbe`, in a thread of its own) notes each event's arrival against its create_time (the
 database's clock, on this machine), so lag = commit to delivery through the outbox, the watermark
 and JetStream; events/s = the sale's events over the span from the first to the last arrival.
@@ -99,14 +99,14 @@ class RelayProbe:
 
 
 def without_events(suite: Suite) -> Row:
-    """(g): the flash sale of (b) on the activity service that writes no events."""
-    return suite.flash_sale("g", "coalesced", label="activity-no-events",
+    """(n): the flash sale of (b) on the activity service that writes no events."""
+    return suite.flash_sale("n", "coalesced", label="activity-no-events",
                             title="flash sale, coalesced, events off (SECKILL_EVENTS_ENABLED"
                                   "=false)")
 
 
 def relay_row(suite: Suite, probe: RelayProbe) -> Row:
-    """(h): the relay's events/s and its commit-to-delivery lag during (b)."""
+    """(r): the relay's events/s and its commit-to-delivery lag during (b)."""
     from seckill_bench.suite.scenarios import Row
 
     activity = suite.flash_sale_activity
@@ -118,7 +118,7 @@ def relay_row(suite: Suite, probe: RelayProbe) -> Row:
     lags = sorted(a.lag_ms for a in arrivals)
     span = max(a.at for a in arrivals) - min(a.at for a in arrivals)
     rate = len(arrivals) / span if span > 0 else None
-    return Row("h", "the relay to NATS JetStream during (b): CREATED events", calls=len(arrivals),
+    return Row("r", "the relay to NATS JetStream during (b): CREATED events", calls=len(arrivals),
                seconds=span, rps=rate, p50=percentile(lags, 50), p90=percentile(lags, 90),
                p99=percentile(lags, 99), max_ms=lags[-1] if lags else None,
                outcome=f"{len(arrivals) - repeats:,} events, {repeats} delivered twice; lag ="

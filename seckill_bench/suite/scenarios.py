@@ -3,8 +3,7 @@ gRPC first. A row that fails says why in its outcome, and the next one still run
 
 from __future__ import annotations
 
-import contextlib
-import threading
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from seckill_bench.config import BenchConfig
 from seckill_bench.report import Report
 from seckill_bench.runner import BenchError, run
 from seckill_bench.suite import events, watch
+from seckill_bench.suite.procfs import RssSampler, children, rss_mib
 from seckill_bench.suite.stack import ACTIVITY_MODES, BenchStack, StackError, log
 from seckill_stack.sale import open_sale
 
@@ -24,7 +24,10 @@ SECKILL = "seckill.v1.ActivityService/Seckill"
 HEALTH = "grpc.health.v1.Health/Check"
 GET_ACTIVITY = "seckill.v1.ActivityService/GetActivity"
 SOAK_STOCK = 10**9  # never sells out: every soak call commits an order
-RSS_SAMPLE_INTERVAL_S = 1.0
+# (q): users ask for 1 to 3 units, all or nothing. `{{mod .RequestNumber 4}}` gives 0 (= 1),
+# 1, 2, 3 in turn, so a user's two tries ask for 1 and 1, or 2 and 3.
+MAX_QUANTITY = 3
+QUANTITY_TEMPLATE = "{{mod .RequestNumber 4}}"
 
 
 @dataclass
@@ -40,6 +43,7 @@ class Settings:
     warmup_calls: int
     output: Path
     reports: Path
+    only: frozenset[str] = frozenset()  # the rows to run (a..g); empty: all of them
 
 
 @dataclass
@@ -107,53 +111,11 @@ class Results:
 
 # --- set-up over gRPC --------------------------------------------------------------------------
 
-def create_sale(stack: BenchStack, activity_label: str, name: str, stock: int) -> int:
+def create_sale(stack: BenchStack, activity_label: str, name: str, stock: int,
+                per_user_limit: int = 1) -> int:
     """A product with `stock` and an activity open now (since 5 s, for an hour): its id."""
     return open_sale(stack.addr("product"), stack.addr(activity_label), stack.token, name,
-                     stock)
-
-
-# --- memory ------------------------------------------------------------------------------------
-
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    for path in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            found.extend(int(p) for p in path.read_text().split())
-    return sorted(found)
-
-
-def rss_mib(pid: int) -> float | None:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return None
-
-
-class RssSampler:
-    """The workers' VmRSS every second while a run lasts, for the peak."""
-
-    def __init__(self, pids: list[int]) -> None:
-        self.peak: dict[int, float] = {}
-        self._pids = pids
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(RSS_SAMPLE_INTERVAL_S):
-            for pid in self._pids:
-                value = rss_mib(pid)
-                if value is not None:
-                    self.peak[pid] = max(self.peak.get(pid, 0.0), value)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+                     stock, per_user_limit=per_user_limit)
 
 
 # --- the rows ----------------------------------------------------------------------------------
@@ -184,7 +146,9 @@ class Suite:
             self.results.report_files.append(path)
 
     def row(self, key: str, title: str, body: Callable[[], Row]) -> None:
-        """Runs one row; a failure becomes the row's outcome."""
+        """Runs one row (unless --rows leaves it out); a failure becomes the row's outcome."""
+        if self.settings.only and key.rstrip("0123456789") not in self.settings.only:
+            return
         log(f"({key}) {title}")
         t0 = time.monotonic()
         try:
@@ -208,14 +172,17 @@ class Suite:
         assert self.stack.nats is not None
         with events.RelayProbe(self.stack.nats.url) as relay:
             self.row("b", "flash sale, coalesced", lambda: self.flash_sale("b", "coalesced"))
-            self.row("h", "the relay during (b)", lambda: events.relay_row(self, relay))
-        self.row("g", "flash sale, coalesced, events off", lambda: events.without_events(self))
+            # Right after (b), on the same service: its rate is judged against (b)'s.
+            self.row("q", "flash sale of 1-3 units, coalesced",
+                     lambda: self.flash_sale("q", "coalesced", MAX_QUANTITY))
+            self.row("r", "the relay during (b)", lambda: events.relay_row(self, relay))
+        self.row("n", "flash sale, coalesced, events off", lambda: events.without_events(self))
         self.row("c", "flash sale, per_request", lambda: self.flash_sale("c", "per_request"))
         self.row("d", "GetActivity, the load of (a)", self.get_activity)
         watch.rows(self)  # (f): WatchActivity's watchers against GetActivity polling
         if s.soak_seconds > 0:
             self.row("e", f"memory soak, {s.soak_seconds:g} s", self.soak)
-        else:
+        elif not s.only or "e" in s.only:
             self.results.rows.append(Row("e", "memory soak",
                                          outcome="skipped (--soak-seconds 0)"))
 
@@ -238,21 +205,29 @@ class Suite:
         self.save("a-health-check", report)
         return Row.from_report("a", "Health/Check ceiling (coalesced activity svc)", report)
 
-    def flash_sale(self, key: str, mode: str, label: str = "", title: str = "") -> Row:
-        """(b), (c), (g): every user tries twice; the invariants are checked through the API.
-        `label`: the activity service (default the mode's)."""
+    def flash_sale(self, key: str, mode: str, max_quantity: int = 1, label: str = "",
+                   title: str = "") -> Row:
+        """(b), (c), (q), (n): every user tries twice; the invariants (in units) are checked
+        through the API. (q) sells quantities: users ask for 1 to `max_quantity` units.
+        `label`: the activity service (default the mode's); `title`: the row's."""
         s = self.settings
         label = label or f"activity-{mode}"
-        activity = create_sale(self.stack, label, f"flash sale {key}", s.flash_stock)
-        if key == "b":
+        activity = create_sale(self.stack, label, f"flash sale {key}", s.flash_stock,
+                               per_user_limit=max_quantity)
+        data = json.dumps({"activity_id": activity, "user_id": "user-{{div .RequestNumber 2}}",
+                           **({"quantity": "QUANTITY"} if max_quantity > 1 else {})})
+        if max_quantity > 1:  # a number in the JSON, not a string
+            data = data.replace('"QUANTITY"', QUANTITY_TEMPLATE)
+        elif key == "b":
             self.flash_sale_activity = activity
-        report = self.load(f"({key}) flash sale {mode}", SECKILL, label,
-                           {"activity_id": activity, "user_id": "user-{{div .RequestNumber 2}}"},
+        report = self.load(f"({key}) flash sale {mode}", SECKILL, label, data,
                            total=2 * s.flash_users, initial_stock=s.flash_stock)
-        self.save(f"{key}-flash-sale-{mode.replace('_', '-')}", report)
+        units = "" if max_quantity == 1 else f"-{max_quantity}-units"
+        self.save(f"{key}-flash-sale-{mode.replace('_', '-')}{units}", report)
+        asks = "" if max_quantity == 1 else f", 1-{max_quantity} units each"
         return Row.from_report(key, f"{title or f'flash sale, {mode}'} (stock "
                                     f"{s.flash_stock:,}, {s.flash_users:,} users, 2 tries "
-                                    "each)", report)
+                                    f"each{asks})", report)
 
     def get_activity(self) -> Row:
         """(d): a read that also calls the product service, as many calls as (a)."""

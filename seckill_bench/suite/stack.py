@@ -29,7 +29,7 @@ SERVING_TIMEOUT_S = 60.0
 ACTIVITY_MODES = {
     "activity-coalesced": {"SECKILL_COMMIT_MODE": "coalesced"},
     "activity-per_request": {"SECKILL_COMMIT_MODE": "per_request"},
-    # Row (g): the sale of (b) without order events, for what the outbox costs.
+    # Row (n): the sale of (b) without order events, for what the outbox costs.
     "activity-no-events": {"SECKILL_COMMIT_MODE": "coalesced", "SECKILL_EVENTS_ENABLED": "false"},
 }
 
@@ -84,7 +84,7 @@ class BenchStack:
         base.update({"SECKILL_MYSQL_URL": f"{self.db.url_base}/{DATABASE}",
                      "SECKILL_ADMIN_TOKEN": self.token, "SECKILL_LOG_LEVEL": "WARNING"})
         for label in ("product", "order"):
-            # The order service relays the events (row (h)).
+            # The order service relays the events (row (r)).
             relay = {"SECKILL_EVENTS_NATS_URL": self.nats.url} if label == "order" else {}
             self.services[label] = ServiceProcess(f"{label}_svc", {**base, **relay},
                                                   self.log_dir / f"{label}.log")

@@ -29,32 +29,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from seckill.v1 import activity_pb2, activity_pb2_grpc, order_pb2, order_pb2_grpc
 
+from seckill_bench.suite.procfs import children, cpu_seconds, total_rss_kib
 from seckill_bench.suite.stack import BenchStack, StackError, log
+from seckill_bench.suite.watch_clients import CHANNELS, ClientProcesses, channels
 from seckill_stack.invariants import percentile
 from seckill_stack.sale import open_sale
-from seckill_stack.services import REPO, python_env
 
 if TYPE_CHECKING:
     from seckill_bench.suite.scenarios import Row, Suite
 
 LABEL = "activity-coalesced"
-CHANNELS = 16  # watcher connections: SO_REUSEPORT spreads them over the workers
 SALE_RATE = 50.0  # Seckill calls a second during the measured window
 POLL_INTERVAL_S = 1.0
-TICKS = os.sysconf("SC_CLK_TCK")
-SAMPLES_LINE_LIMIT = 1 << 28  # a client's samples come back as one JSON line
 
 
 @dataclass
@@ -87,55 +83,15 @@ class PollResult:
 
 # --- the server's processes --------------------------------------------------------------
 
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for path in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            found.extend(int(p) for p in path.read_text().split())
-    return found
-
-
 def server_pids(stack: BenchStack) -> tuple[list[int], list[int]]:
     """(activity workers, every server process) of the stack's coalesced activity service,
     product and order services."""
     activity = stack.services[LABEL].pid
     assert activity is not None
-    workers = _children(activity) or [activity]
+    workers = children(activity) or [activity]
     others = [p for label in ("product", "order")
               if (p := stack.services[label].pid) is not None]
     return workers, [activity, *workers, *others]
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICKS
-
-
-def rss_kib(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total
-
-
-# --- the clients -------------------------------------------------------------------------
-
-def channels(addr: str, count: int) -> list[grpc.aio.Channel]:
-    # A distinct argument per channel: channels with equal arguments share one connection.
-    return [grpc.aio.insecure_channel(addr, options=[("seckill.bench.channel", i),
-                                                     ("grpc.use_local_subchannel_pool", 1)])
-            for i in range(count)]
 
 
 async def sell(stub: activity_pb2_grpc.ActivityServiceAsyncStub, activity_id: int, prefix: str,
@@ -164,98 +120,6 @@ async def sell(stub: activity_pb2_grpc.ActivityServiceAsyncStub, activity_id: in
         await asyncio.sleep(max(0.0, start + i / SALE_RATE - now))
     await asyncio.gather(*pending)
     return ok
-
-
-class Watchers:
-    """`count` streams of one activity; each message's arrival (wall clock) and units."""
-
-    def __init__(self, stubs: list[activity_pb2_grpc.ActivityServiceAsyncStub], activity_id: int,
-                 count: int) -> None:
-        request = activity_pb2.WatchActivityRequest(id=activity_id)
-        request.min_interval.FromSeconds(1)
-        self.calls = [stubs[i % len(stubs)].WatchActivity(request) for i in range(count)]
-        self.first = 0
-        self.all_first = asyncio.Event()
-        self.recording = False
-        self.samples: list[tuple[float, int]] = []  # (arrival, units_left) while recording
-        self.tasks = [asyncio.ensure_future(self._read(call)) for call in self.calls]
-
-    async def _read(self, call: grpc.aio.UnaryStreamCall) -> None:
-        first = True
-        while True:
-            message = await call.read()
-            if message is grpc.aio.EOF:
-                return
-            if first:
-                first = False
-                self.first += 1
-                if self.first == len(self.calls):
-                    self.all_first.set()
-            elif self.recording:
-                self.samples.append((time.time(), message.units_left))  # type: ignore[attr-defined]
-
-    async def close(self) -> None:
-        for call in self.calls:
-            call.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-
-
-async def watch_client(addr: str, activity_id: int, count: int) -> None:
-    """A watcher client process (`--client`): `count` watchers; prints `ready` once every one
-    has its first message, records from a `start` line on stdin to a `stop` line, then prints
-    the samples as JSON and ends."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    chans = channels(addr, max(1, CHANNELS // 2))
-    watchers = Watchers([activity_pb2_grpc.ActivityServiceStub(c) for c in chans],
-                        activity_id, count)
-    await watchers.all_first.wait()
-    print("ready", flush=True)
-    assert (await reader.readline()).strip() == b"start"
-    watchers.recording = True
-    assert (await reader.readline()).strip() == b"stop"
-    watchers.recording = False
-    print(json.dumps(watchers.samples), flush=True)
-    await watchers.close()
-    for channel in chans:
-        await channel.close()
-
-
-class ClientProcesses:
-    """Watchers spread over client processes, so the clients' own CPU delays no message."""
-
-    def __init__(self, addr: str, activity_id: int, count: int, procs: int) -> None:
-        self.args = [(addr, activity_id, count // procs + (i < count % procs))
-                     for i in range(procs)]
-        self.procs: list[asyncio.subprocess.Process] = []
-
-    async def start(self) -> None:
-        for addr, activity_id, count in self.args:
-            self.procs.append(await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "seckill_bench.suite.watch", "--client", addr,
-                str(activity_id), str(count), cwd=REPO, env=python_env(dict(os.environ)),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                limit=SAMPLES_LINE_LIMIT))
-        for proc in self.procs:
-            assert proc.stdout is not None
-            line = await proc.stdout.readline()
-            if line.strip() != b"ready":
-                raise StackError(f"a watcher client failed: {line!r}")
-
-    def say(self, word: str) -> None:
-        for proc in self.procs:
-            assert proc.stdin is not None
-            proc.stdin.write(word.encode() + b"\n")
-
-    async def samples(self) -> list[tuple[float, int]]:
-        self.say("stop")
-        found: list[tuple[float, int]] = []
-        for proc in self.procs:
-            assert proc.stdout is not None
-            found += [tuple(s) for s in json.loads(await proc.stdout.readline())]
-            await proc.wait()
-        return found
 
 
 async def commit_times(orders: order_pb2_grpc.OrderServiceAsyncStub, token: str,
@@ -298,12 +162,12 @@ async def measure(stack: BenchStack, watcher_counts: list[int], seconds: float,
 
         results: list[WatchResult] = []
         for count in watcher_counts:
-            rss_before = rss_kib(workers)
+            rss_before = total_rss_kib(workers)
             clients = ClientProcesses(addr, activity_id, count, procs)
             async with asyncio.timeout(180):
                 await clients.start()
             await asyncio.sleep(1.0)  # let the connections settle before measuring
-            rss_after = rss_kib(workers)
+            rss_after = total_rss_kib(workers)
             log(f"(f) {count} watchers connected; sale {seconds:g} s")
             clients.say("start")
             t0, before = time.monotonic(), cpu_seconds(every)
@@ -427,12 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes of the activity service (default: cores)")
     p.add_argument("--procs", type=int, default=2, help="watcher client processes (2)")
-    p.add_argument("--client", nargs=3, metavar=("ADDR", "ACTIVITY", "COUNT"),
-                   help=argparse.SUPPRESS)  # one watcher client process (ClientProcesses)
     args = p.parse_args(argv)
-    if args.client:
-        asyncio.run(watch_client(args.client[0], int(args.client[1]), int(args.client[2])))
-        return 0
     counts = [int(n) for n in args.watchers.split(",")]
     stack = BenchStack(args.workers)
     try:

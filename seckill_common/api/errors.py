@@ -6,6 +6,7 @@ statuses, so no servicer calls `context.abort`.
 
 from __future__ import annotations
 
+import collections
 import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -119,8 +120,60 @@ class _WithErrorInfo(_Repeated):
         return (self.reason, self.message, tuple(sorted(self.metadata.items())))
 
 
+# The trailer grpcio-status reads the google.rpc.Status from.
+GRPC_DETAILS_KEY = "grpc-status-details-bin"
+_ERROR_INFO_TYPE_URL = b"\n\x28type.googleapis.com/google.rpc.ErrorInfo"  # Any field 1
+
+
+class _Status(collections.namedtuple("_Status", ("code", "details", "trailing_metadata")),
+              grpc.Status):
+    pass
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_TAGS = {number: bytes((number << 3 | 2,)) for number in (1, 2, 3)}
+_SHORT = [bytes((n,)) for n in range(128)]
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2) of field `number` (1-3)."""
+    size = len(payload)
+    return _TAGS[number] + (_SHORT[size] if size < 128 else _varint(size)) + payload
+
+
+@functools.lru_cache(maxsize=256)
+def _error_info_parts(code: int, reason: str, message: str) -> tuple[bytes, bytes]:
+    """The serialized Status (code, message) and ErrorInfo (reason, domain) of a kind."""
+    status = status_pb2.Status(code=code, message=message)
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN)
+    return status.SerializeToString(), info.SerializeToString()
+
+
 class AlreadyExists(_WithErrorInfo):
+    """Its metadata names the caller's own order, so no two buyers share a status: each is
+    spliced from cached parts rather than looked up."""
+
     code = grpc.StatusCode.ALREADY_EXISTS
+
+    def to_status(self) -> grpc.Status:
+        """The status from parts serialized once per kind: only the metadata (an order id,
+        an activity id) is encoded per call. Protobuf parses fields in any order and
+        concatenated occurrences as one message, so the bytes decode as ServiceError's."""
+        status_prefix, info_prefix = _error_info_parts(self.code.value[0], self.reason,
+                                                        self.message)
+        info = info_prefix + b"".join(
+            _field(3, _field(1, k.encode()) + _field(2, v.encode()))
+            for k, v in self.metadata.items())
+        details = status_prefix + _field(3, _ERROR_INFO_TYPE_URL + _field(2, info))
+        return _Status(self.code, self.message, ((GRPC_DETAILS_KEY, details),))
 
 
 class FailedPrecondition(_WithErrorInfo):
@@ -144,7 +197,8 @@ class ResourceExhausted(_Repeated):
         # Whole milliseconds, at least one: the status is cached per (scope, delay).
         self.retry_ms = max(1, int(retry_after_s * 1000 + 0.999))
         self.scope = scope
-        super().__init__(f"rate limit of this {scope} exceeded; retry in {self.retry_ms} ms")
+        # The delay is in RetryInfo: one message per scope, however long the wait.
+        super().__init__(f"rate limit of this {scope} exceeded")
 
     def details(self) -> list[Message]:
         delay = duration_pb2.Duration()
@@ -157,6 +211,33 @@ class ResourceExhausted(_Repeated):
 
     def key(self) -> tuple[object, ...]:
         return (self.scope, self.retry_ms / 1000)
+
+
+class Overloaded(_Repeated):
+    """This process is over its in-flight limit, or cannot meet the call's deadline at its
+    current latency (`limit`: in_flight or deadline): nothing of the call was done, and the
+    client may retry after the delay (RESOURCE_EXHAUSTED, as grpc's own concurrency limit)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "OVERLOADED"
+    # Delays are rounded up to this step, so a handful of statuses are ever built.
+    STEP_MS = 50
+
+    def __init__(self, limit: str, retry_after_s: float) -> None:
+        step = self.STEP_MS
+        self.retry_ms = max(step, -(-int(retry_after_s * 1000) // step) * step)
+        self.limit = limit
+        super().__init__("server overloaded: nothing was done; retry after the RetryInfo delay")
+
+    def details(self) -> list[Message]:
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(self.retry_ms)
+        return [error_details_pb2.RetryInfo(retry_delay=delay),
+                error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN,
+                                            metadata={"limit": self.limit})]
+
+    def key(self) -> tuple[object, ...]:
+        return (self.limit, self.retry_ms / 1000)
 
 
 class Unavailable(ServiceError):

@@ -17,6 +17,9 @@ MAX_MONEY_OR_STOCK = 10**12
 MAX_NAME_CHARS = 200
 MAX_DESCRIPTION_CHARS = 10_000
 MAX_USER_ID_CHARS = 64
+# The most units an activity may let one user hold, so the most a Seckill may ask for (the
+# schema's CHECKs on activities.per_user_limit and orders.quantity say the same).
+MAX_PER_USER_LIMIT = 1000
 MAX_ID = 2**63 - 1  # ids are BIGINT
 
 

@@ -8,7 +8,8 @@ both take stock through database.stock.
 
 The payload is the order after the change, built by the database from the row the transaction
 just wrote, in protobuf's JSON mapping of seckill.v1.Order: its columns are Order's fields
-(`_SNAPSHOT`), so a field added to Order and to the orders table flows into events unedited.
+(`_SNAPSHOT`), so a field added to Order and to the orders table flows into events unedited (a
+field computed from others, not stored, needs its SQL in `_DERIVED`).
 
 Revisions are an AUTO_INCREMENT, taken at insert, not at commit: two writers may commit out of
 revision order. So every writer holds the `gate` mark in share mode from before its INSERT
@@ -41,9 +42,16 @@ class EventType(enum.IntEnum):
     EXPIRED = order_events_pb2.OrderEvent.EXPIRED
 
 
+# Order fields that are no column of their own, and the SQL that computes each from the row (as
+# order_svc.servicer.to_proto computes them); every other field is the column of its name.
+_DERIVED = {"total_price_cents": "price_cents * quantity"}
+
+
 def _column_json(field: FieldDescriptor) -> str:
     """The SQL of one Order field's column, as protobuf's JSON mapping writes it."""
     name = field.name  # from our own proto, never from a client
+    if name in _DERIVED:
+        return _DERIVED[name]
     if field.message_type is Timestamp.DESCRIPTOR:
         return f"DATE_FORMAT({name}, '%%Y-%%m-%%dT%%H:%%i:%%s.%%fZ')"
     if field.type == FieldDescriptor.TYPE_STRING:

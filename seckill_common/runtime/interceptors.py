@@ -1,13 +1,18 @@
 """The layers every RPC of the three services passes through.
 
 Order (outermost first), as `interceptors_for` builds it:
-1. access_log: one JSON log line per RPC with the final status code, latency and trace id,
-   and the RPC metrics, so both see the codes the inner layers produce, auth refusals included.
-2. map_errors: domain `ServiceError`s become canonical codes with details; anything
+1. access_log: the RPC metrics for every call, and a JSON log line with the final status code,
+   latency and trace id for the calls its rules pick (by default: unexpected codes, slow calls
+   and one in 1,000 of the rest), so both see the codes the inner layers produce, auth
+   refusals included.
+2. shed load (runtime.overload): a call whose deadline has passed gets no handler; above the
+   adaptive in-flight limit, or with a deadline nearer than the method's latency, a call is
+   RESOURCE_EXHAUSTED at once with RetryInfo. Inside the access log, so metrics count them.
+3. map_errors: domain `ServiceError`s become canonical codes with details; anything
    unexpected is logged with its traceback and answered INTERNAL, without internals.
-3. auth (runtime.auth): the admin token for admin methods, user tokens for user methods.
-4. refuse_malformed: bytes that are not the method's message are INVALID_ARGUMENT.
-5. rate limits (seckill_common.runtime.ratelimit): per process and per user, RESOURCE_EXHAUSTED.
+4. auth (runtime.auth): the admin token for admin methods, user tokens for user methods.
+5. refuse_malformed: bytes that are not the method's message are INVALID_ARGUMENT.
+6. rate limits (seckill_common.runtime.ratelimit): per process and per user, RESOURCE_EXHAUSTED.
 
 The layers are plain functions composed once per method by one grpc interceptor, which caches
 the wrapped handler: grpc.aio calls every interceptor on every RPC, and building handlers per
@@ -21,6 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -29,6 +35,7 @@ from grpc.aio import ServicerContext
 from seckill_common.api.errors import InvalidArgument, ServiceError, internal_status
 from seckill_common.config import Settings
 from seckill_common.runtime.auth import Authenticator
+from seckill_common.runtime.overload import LoadShedder
 from seckill_common.runtime.ratelimit import RateLimiter
 from seckill_common.runtime.telemetry import (
     current_trace_id,
@@ -44,13 +51,61 @@ Behavior = Callable[[Any, ServicerContext], Awaitable[Any]]
 Layer = Callable[[str, Behavior], Behavior]
 
 
-def access_log(service: str) -> Layer:
-    """One JSON log line per RPC (method, peer, code, latency, trace id when tracing) and the
-    RPC metrics, both from the call's final status."""
+# Answers a sale gives by the thousand, as designed: a buyer told "sold out", "you hold one
+# already", "no such activity", or "come back later" (rate limits, overload). Counted in the
+# metrics, logged like OK calls (slow, sampled, or with SECKILL_ACCESS_LOG_ALL).
+# A deadline is the caller's choice: a call it cut short is logged when it was slow, and the
+# calls an overloaded process ends unworked (their deadline passed in the queue) are counted.
+EXPECTED_CODES = frozenset({
+    grpc.StatusCode.OK, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+@dataclass(frozen=True)
+class AccessLogRules:
+    """Which calls get a line: every call (`all`); else those with an unexpected code
+    (`errors`), those slower than `slow_s` (0: none), and one in `sample_every` of the rest
+    per method and process (0: none; the first call of each method is one of them)."""
+
+    all: bool = False
+    errors: bool = True
+    slow_s: float = 0.25
+    sample_every: int = 1000
+
+    @classmethod
+    def of(cls, settings: Settings) -> AccessLogRules:
+        sale_day = settings.sale_day
+        return cls(sale_day.access_log_all, sale_day.access_log_errors,
+                   sale_day.access_log_slow_s, sale_day.access_log_sample_every)
+
+
+def access_log(service: str, rules: AccessLogRules = AccessLogRules()) -> Layer:
+    """The RPC metrics for every call, and a JSON log line (method, peer, code, latency, why it
+    was written, trace id when tracing) for the calls `rules` pick. Whether a line is written
+    is decided first: a call that gets none costs a counter and a histogram, nothing more."""
     with_trace_id = tracing_on()
+    slow_s = rules.slow_s if rules.slow_s > 0 else float("inf")
+    every = rules.sample_every
 
     def layer(method: str, behavior: Behavior) -> Behavior:
         record = rpc_recorder(service, method)
+        # Calls of this method left to sample; the first call is sampled.
+        countdown = [1]
+
+        def why(code: grpc.StatusCode, seconds: float) -> str | None:
+            if rules.all:
+                return "all"
+            if rules.errors and code not in EXPECTED_CODES:
+                return "error"
+            if seconds >= slow_s:
+                return "slow"
+            if every:
+                countdown[0] -= 1
+                if countdown[0] <= 0:
+                    countdown[0] = every
+                    return "sampled"
+            return None
 
         async def logged(request: Any, context: ServicerContext) -> Any:
             start = time.perf_counter()
@@ -66,9 +121,12 @@ def access_log(service: str) -> Layer:
                 seconds = time.perf_counter() - start
                 name = getattr(code, "name", str(code))
                 record(name, seconds)
-                if log.isEnabledFor(logging.INFO):
+                reason = why(code, seconds)
+                if reason is not None and log.isEnabledFor(logging.INFO):
                     fields = {"method": method, "peer": context.peer(), "code": name,
-                              "latency_ms": round(seconds * 1000, 3)}
+                              "latency_ms": round(seconds * 1000, 3), "logged": reason}
+                    if reason == "sampled":
+                        fields["sample_every"] = every
                     if with_trace_id:
                         fields["trace_id"] = current_trace_id()
                     log.info("rpc", extra=fields)
@@ -195,7 +253,9 @@ def interceptors_for(settings: Settings, service: str, admin_methods: frozenset[
     auth = Authenticator(settings.admin_token, settings.user_token_secret, admin_methods,
                          user_methods)
     limits = limits or rate_limiter_for(settings, service)
+    shedder = LoadShedder.of(settings, service)
     return [*server_interceptors(),
-            LayeredInterceptor([access_log(service), map_errors, auth.layer,
-                                refuse_malformed, limits.layer],
+            LayeredInterceptor([access_log(service, AccessLogRules.of(settings)),
+                                shedder.layer, map_errors, auth.layer, refuse_malformed,
+                                limits.layer],
                                stream_layers=[map_errors, auth.layer])]

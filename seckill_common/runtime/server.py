@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -312,6 +313,22 @@ async def start_service(
     return running
 
 
+# Young-generation collections every this many allocations (CPython's default is 700): a call
+# allocates hundreds of objects, nearly all freed by reference counting, and the collector's
+# passes over the calls in flight showed as 5% of a refusal's time in profiles.
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def collect_garbage_for_serving() -> None:
+    """Once serving: start-up's objects (modules, descriptors, the pool) live as long as the
+    process, so they leave the collector's generations (gc.freeze), and young collections
+    run less often."""
+    gc.collect()
+    gc.freeze()
+    _young, *older = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *older)
+
+
 def run_loop(main_coroutine: Coroutine[object, object, T], settings: Settings) -> T:
     """Runs the process's event loop: uvloop (libuv) unless SECKILL_EVENT_LOOP=asyncio.
 
@@ -365,6 +382,7 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> None:
         if configure_tracing(definition.name):
             log.info("tracing: exporting spans by OTLP")
         running = await start_service(definition, settings, reuse_port=settings.is_worker)
+        collect_garbage_for_serving()
         signals = asyncio.Queue[int]()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -128,7 +128,8 @@ RPC_LATENCY = Histogram("seckill_rpc_latency_seconds",
                         ["service", "method", "code"], buckets=LATENCY_BUCKETS)
 SECKILL_OUTCOMES = Counter(
     "seckill_outcomes", "Seckill answers past validation, by outcome: won, "
-    "already_purchased, sold_out, not_started, ended, not_found, error", ["outcome"])
+    "already_purchased, sold_out, insufficient_stock, quantity_over_limit, not_started, "
+    "ended, not_found, error", ["outcome"])
 BATCH_SIZE = Histogram("seckill_commit_batch_size",
                        "Seckill attempts decided by one transaction", buckets=BATCH_BUCKETS)
 POOL_CONNECTIONS = Gauge("seckill_db_pool_connections",
@@ -148,9 +149,22 @@ RATE_LIMITS_SHARED = Gauge(
     "(SECKILL_RATE_LIMIT_REDIS_URL), 0 while Redis is unreachable and they are counted in "
     "this process", ["service"])
 
+IN_FLIGHT = Gauge("seckill_rpc_in_flight",
+                  "Calls this process is working on (health checks excepted)", ["service"])
+IN_FLIGHT_LIMIT = Gauge(
+    "seckill_rpc_in_flight_limit", "The adaptive in-flight limit: above it calls are refused "
+    "RESOURCE_EXHAUSTED (OVERLOADED) at once", ["service"])
+
 ORDER_TRANSITIONS = Counter(
     "seckill_orders", "Orders that entered a state in this process, by state: "
     "pending_payment (a seckill won), paid, cancelled, expired", ["state"])
+# Orders count buyers; units count stock. With quantities (issue 17) one order holds one to
+# per_user_limit units, so stock dashboards need the units: units won - cancelled - expired
+# = units held.
+UNIT_TRANSITIONS = Counter(
+    "seckill_order_units", "Units of the orders that entered a state in this process, by "
+    "state: pending_payment (units won), paid, cancelled, expired (units given back)",
+    ["state"])
 EXPIRY_LAG = Histogram("seckill_order_expiry_lag_seconds",
                        "How long after its pay deadline an unpaid order was expired",
                        buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0))
@@ -164,31 +178,39 @@ EVENTS_RELAY_ACTIVE = Gauge("seckill_events_relay_active",
                             "1 while this process's relay holds the lease and publishes")
 
 
-def count_order(state: str, n: int = 1) -> None:
-    """Counts orders entering `state` (pending_payment, paid, cancelled, expired)."""
+def count_order(state: str, n: int = 1, *, units: int) -> None:
+    """Counts orders entering `state` (pending_payment, paid, cancelled, expired), and their
+    units."""
     ORDER_TRANSITIONS.labels(state).inc(n)
+    UNIT_TRANSITIONS.labels(state).inc(units)
 
 
-def count_expired(lags_s: Sequence[float]) -> None:
+def count_expired(lags_s: Sequence[float], units: int) -> None:
+    """Counts expired orders (one lag each) and the units they gave back."""
     if lags_s:
-        ORDER_TRANSITIONS.labels("expired").inc(len(lags_s))
+        count_order("expired", len(lags_s), units=units)
         for lag in lags_s:
             EXPIRY_LAG.observe(lag)
 
 
 _OUTCOME_OF_REASON = {"ALREADY_PURCHASED": "already_purchased", "SOLD_OUT": "sold_out",
+                      "INSUFFICIENT_STOCK": "insufficient_stock",
+                      "QUANTITY_OVER_LIMIT": "quantity_over_limit",
                       "NOT_STARTED": "not_started", "ENDED": "ended"}
 
 
 _outcome_counters: dict[str, Any] = {}
 _pending_orders = ORDER_TRANSITIONS.labels("pending_payment")
+_pending_units = UNIT_TRANSITIONS.labels("pending_payment")
 
 
-def count_seckill(error: BaseException | None) -> None:
-    """Counts a Seckill answer by outcome (None: won); label children cached, as per call."""
+def count_seckill(error: BaseException | None, units: int = 1) -> None:
+    """Counts a Seckill answer by outcome (None: won, `units` of them); label children
+    cached, as per call."""
     if error is None:
         outcome = "won"
         _pending_orders.inc()
+        _pending_units.inc(units)
     else:
         outcome = _OUTCOME_OF_REASON.get(getattr(error, "reason", None) or "") or (
             "not_found" if getattr(error, "code", None) == grpc.StatusCode.NOT_FOUND

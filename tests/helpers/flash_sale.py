@@ -1,6 +1,9 @@
 """The fault harness: a flash sale under load (`FlashSale`), the services as processes of
 their own (`Services`), and a connection that holds a lock (`Holder`). tests/test_faults.py
-breaks things under it; `FlashSale.verify` holds the platform to what it told each user."""
+breaks things under it; `FlashSale.verify` holds the platform to what it told each user.
+
+Sales are of quantities (issue 17): user n asks for 1 + n mod max_quantity units (the
+activity allows max_quantity), all or nothing; the balance is in units."""
 
 from __future__ import annotations
 
@@ -36,9 +39,13 @@ UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 ABORTED = grpc.StatusCode.ABORTED
 CANCELLED = grpc.StatusCode.CANCELLED
 DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
-# The answers that settle a user's attempt: won, already holds an order, sold out.
-DEFINITE = {OK: "", grpc.StatusCode.ALREADY_EXISTS: "ALREADY_PURCHASED",
-            grpc.StatusCode.FAILED_PRECONDITION: "SOLD_OUT"}
+RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+# The answers that settle a user's attempt: won, already holds an order, sold out or fewer
+# units left than asked (nothing gives units back during these sales), by code: the reasons.
+DEFINITE = {OK: frozenset({""}), grpc.StatusCode.ALREADY_EXISTS: frozenset({"ALREADY_PURCHASED"}),
+            grpc.StatusCode.FAILED_PRECONDITION: frozenset({"SOLD_OUT", "INSUFFICIENT_STOCK"})}
+# The most units a user asks for in the fault tests' sales (and the activities' limit).
+MAX_QUANTITY = 3
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 CALL_TIMEOUT_S = 30.0  # the deadline of calls that are expected to be answered
@@ -59,6 +66,8 @@ class Answer:
     started: float  # time.monotonic() at the call and at its answer
     ended: float
     retry_info: bool = False  # the status carried a RetryInfo
+    quantity: int = 1  # units asked for
+    available: int = 0  # INSUFFICIENT_STOCK: the units it named
 
     def refused(self, reason: str) -> bool:
         return self.code in DEFINITE and self.code != OK and self.detail == reason
@@ -73,13 +82,16 @@ class FlashSale:
 
     def __init__(self, addrs: dict[str, str], product_id: int, activity_id: int, stock: int,
                  *, users: int = 400, twice_every: int = 4, concurrency: int = 48,
-                 timeout_s: float = CALL_TIMEOUT_S) -> None:
+                 timeout_s: float = CALL_TIMEOUT_S, max_quantity: int = 1) -> None:
         self.addrs = addrs
         self.product_id = product_id
         self.activity_id = activity_id
         self.stock = stock
         self.users = [f"user-{n}" for n in range(users)]
         self._known = set(self.users)
+        self.max_quantity = max_quantity
+        # Each user's units, for all its calls; a late-comer asks for one.
+        self.quantity = {u: 1 + n % max_quantity for n, u in enumerate(self.users)}
         self.twice_every = twice_every
         self.timeout_s = timeout_s
         self.answers: list[Answer] = []
@@ -114,19 +126,24 @@ class FlashSale:
         if user not in self._known:  # a late-comer joins the sale
             self._known.add(user)
             self.users.append(user)
+            self.quantity[user] = 1
+        quantity = self.quantity[user]
         started = time.monotonic()
         try:
             reply = await self._stub.Seckill(
-                activity_pb2.SeckillRequest(activity_id=self.activity_id, user_id=user),
+                activity_pb2.SeckillRequest(activity_id=self.activity_id, user_id=user,
+                                            quantity=quantity),
                 timeout=timeout_s or self.timeout_s, wait_for_ready=wait_for_ready)
-            answer = Answer(user, OK, reply.order.id, "", started, time.monotonic())
+            answer = Answer(user, OK, reply.order.id, "", started, time.monotonic(),
+                            quantity=reply.order.quantity)
         except grpc.aio.AioRpcError as exc:
             details = error_details(exc)
             info = details.get("ErrorInfo")
             order_id = int(info.metadata.get("order_id", 0)) if info else 0
+            available = int(info.metadata.get("available", 0)) if info else 0
             detail = info.reason if info else exc.details() or ""
             answer = Answer(user, exc.code(), order_id, detail, started, time.monotonic(),
-                            "RetryInfo" in details)
+                            "RetryInfo" in details, quantity, available)
         self.answers.append(answer)
         self._answered.set()
         return answer
@@ -165,7 +182,9 @@ class FlashSale:
         assert set(codes) <= set(DEFINITE) | failures, codes
         for a in self.answers:
             if a.code in DEFINITE and a.code != OK:
-                assert a.detail == DEFINITE[a.code], a
+                assert a.detail in DEFINITE[a.code], a
+            if a.code == OK:
+                assert a.quantity == self.quantity[a.user], a  # all or nothing
         told: dict[str, set[int]] = {}  # the order ids each user was told they hold
         for a in self.answers:
             if a.code in (OK, grpc.StatusCode.ALREADY_EXISTS):
@@ -175,17 +194,21 @@ class FlashSale:
         acknowledged = {a.user: a.order_id for a in self.answers if a.code == OK}
 
         # In the database.
-        rows = await query(db_url, "SELECT id, user_id FROM orders WHERE activity_id = %s",
-                           (self.activity_id,))
-        owner = {order_id: user.decode() for order_id, user in rows}
+        rows = await query(
+            db_url, "SELECT id, user_id, quantity FROM orders WHERE activity_id = %s",
+            (self.activity_id,))
+        owner = {order_id: user.decode() for order_id, user, _ in rows}
         per_user = Counter(owner.values())
         assert not [u for u, n in per_user.items() if n > 1], "a user holds two orders"
+        wrong = [(u.decode(), q) for _, u, q in rows if q != self.quantity[u.decode()]]
+        assert not wrong, f"orders of another quantity than asked: {wrong[:5]}"
         [(stock_left,)] = await query(db_url, "SELECT stock FROM products WHERE id = %s",
                                       (self.product_id,))
         assert stock_left >= 0, "oversold"
-        [(orders_of_product,)] = await query(
-            db_url, "SELECT COUNT(*) FROM orders WHERE product_id = %s", (self.product_id,))
-        assert stock_left + orders_of_product == self.stock
+        [(units_of_product,)] = await query(
+            db_url, "SELECT COALESCE(SUM(quantity), 0) FROM orders WHERE product_id = %s",
+            (self.product_id,))
+        assert stock_left + units_of_product == self.stock, "units lost or created"
         lost = {u: i for u, i in acknowledged.items() if owner.get(i) != u}
         assert not lost, f"acknowledged orders missing: {lost}"
         # Each order has its one CREATED event (written in the same transaction).
@@ -195,9 +218,17 @@ class FlashSale:
         assert created == Counter(list(owner)), "an order without its one CREATED event"
         # Every order belongs to a user who was told its id, and the other way round.
         assert {u: min(ids) for u, ids in told.items()} == {u: i for i, u in owner.items()}
+        short = [a for a in self.answers if a.refused("INSUFFICIENT_STOCK")]
         sold_out_users = {a.user for a in self.answers if a.refused("SOLD_OUT")}
-        assert not sold_out_users & set(per_user), "a user refused SOLD_OUT holds an order"
-        assert stock_left == 0 and len(per_user) == self.stock, "the sale did not finish"
+        short_users = {a.user for a in short}
+        assert not (sold_out_users | short_users) & set(per_user), (
+            "a user refused for want of units holds an order")
+        # The stock only fell: each count named was at least what is left, and below the ask.
+        untrue = [a for a in short if not max(stock_left, 1) <= a.available < a.quantity]
+        assert not untrue, f"INSUFFICIENT_STOCK naming a count that was not true: {untrue[:3]}"
+        # Finished: no unit left that a user still without an order asked for.
+        assert all(self.quantity[u] > stock_left for u in sold_out_users | short_users)
+        assert stock_left < self.max_quantity, "the sale did not finish"
 
         # Through the API.
         check = SeckillCheck(self.addrs["activity"], self.addrs["order"], self.activity_id,
@@ -206,7 +237,8 @@ class FlashSale:
         assert not failed, failed
         # Orders that landed although every call that placed them failed (the commit went
         # through, its answer did not): the users learnt them on retry, as ALREADY_EXISTS.
-        return {"calls": len(self.answers), "orders": len(owner),
+        return {"calls": len(self.answers), "orders": len(owner), "units": units_of_product,
+                "insufficient_stock": len(short),
                 "unacknowledged_orders": len(set(owner.values()) - set(acknowledged)),
                 **{code.name: n for code, n in codes.items()}}
 
@@ -271,8 +303,10 @@ async def running_services(db_url: str, logs: Path, **overrides: str
         await services.stop_all()
 
 
-async def start_flash_sale(addrs: dict[str, str], stock: int, **sale_args: Any) -> FlashSale:
-    """A product with `stock` units and an activity selling it now, through the API."""
+async def start_flash_sale(addrs: dict[str, str], stock: int, *,
+                           max_quantity: int = MAX_QUANTITY, **sale_args: Any) -> FlashSale:
+    """A product with `stock` units and an activity selling it now, at most `max_quantity`
+    per user, through the API."""
     async with grpc.aio.insecure_channel(addrs["product"]) as pc, \
             grpc.aio.insecure_channel(addrs["activity"]) as ac:
         product = await product_pb2_grpc.ProductServiceStub(pc).CreateProduct(
@@ -282,9 +316,10 @@ async def start_flash_sale(addrs: dict[str, str], stock: int, **sale_args: Any) 
         activity = await activity_pb2_grpc.ActivityServiceStub(ac).CreateActivity(
             activity_pb2.CreateActivityRequest(activity=activity_pb2.Activity(
                 product_id=product.id, name="Flash sale", start_time=timestamp(-1),
-                end_time=timestamp(3600))),
+                end_time=timestamp(3600), per_user_limit=max_quantity)),
             metadata=ADMIN, timeout=CALL_TIMEOUT_S)
-    return FlashSale(addrs, product.id, activity.id, stock, **sale_args)
+    return FlashSale(addrs, product.id, activity.id, stock, max_quantity=max_quantity,
+                     **sale_args)
 
 
 async def health_becomes(address: str, status: int, service: str = "") -> None:

@@ -35,7 +35,9 @@ class _ActivityStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Activit
     NOT_STARTED: _ActivityState.ValueType  # 1
     """Before start_time: a Seckill is FAILED_PRECONDITION (NOT_STARTED)."""
     OPEN: _ActivityState.ValueType  # 2
-    """Within the window with units left: a Seckill may win one."""
+    """Within the window with units left: a Seckill may win them (as many as
+    are left, up to the activity's per_user_limit).
+    """
     SOLD_OUT: _ActivityState.ValueType  # 3
     """Within the window with no unit left: a Seckill is FAILED_PRECONDITION
     (SOLD_OUT) until a unit comes back (a cancel, an expiry, a restock).
@@ -53,7 +55,9 @@ ACTIVITY_STATE_UNSPECIFIED: ActivityState.ValueType  # 0
 NOT_STARTED: ActivityState.ValueType  # 1
 """Before start_time: a Seckill is FAILED_PRECONDITION (NOT_STARTED)."""
 OPEN: ActivityState.ValueType  # 2
-"""Within the window with units left: a Seckill may win one."""
+"""Within the window with units left: a Seckill may win them (as many as
+are left, up to the activity's per_user_limit).
+"""
 SOLD_OUT: ActivityState.ValueType  # 3
 """Within the window with no unit left: a Seckill is FAILED_PRECONDITION
 (SOLD_OUT) until a unit comes back (a cancel, an expiry, a restock).
@@ -77,6 +81,7 @@ class Activity(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     PRICE_CENTS_FIELD_NUMBER: _builtins.int
     PAYMENT_WINDOW_FIELD_NUMBER: _builtins.int
+    PER_USER_LIMIT_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Output only. Server-assigned id, > 0."""
     product_id: _builtins.int
@@ -86,6 +91,12 @@ class Activity(_message.Message):
     price_cents: _builtins.int
     """The sale price in cents, 0 to 10^12, that orders of this activity pay.
     Unset at creation: the product's price_cents at that moment.
+    """
+    per_user_limit: _builtins.int
+    """The most units one user may hold in this activity, 1 to 1000: a Seckill
+    asking for more is FAILED_PRECONDITION (QUANTITY_OVER_LIMIT). Unset (0)
+    at creation: 1, one unit per customer. A change applies to new Seckill
+    calls only; orders already made keep their quantity.
     """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
@@ -124,10 +135,11 @@ class Activity(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         price_cents: _builtins.int | None = ...,
         payment_window: _duration_pb2.Duration | None = ...,
+        per_user_limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_price_cents", b"_price_cents", "create_time", b"create_time", "end_time", b"end_time", "payment_window", b"payment_window", "price_cents", b"price_cents", "product", b"product", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_price_cents", b"_price_cents", "create_time", b"create_time", "end_time", b"end_time", "id", b"id", "name", b"name", "payment_window", b"payment_window", "price_cents", b"price_cents", "product", b"product", "product_id", b"product_id", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_price_cents", b"_price_cents", "create_time", b"create_time", "end_time", b"end_time", "id", b"id", "name", b"name", "payment_window", b"payment_window", "per_user_limit", b"per_user_limit", "price_cents", b"price_cents", "product", b"product", "product_id", b"product_id", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__price_cents: _TypeAlias = _typing.Literal["price_cents"]  # noqa: Y015
     _WhichOneofArgType__price_cents: _TypeAlias = _typing.Literal["_price_cents", b"_price_cents"]  # noqa: Y015
@@ -259,7 +271,8 @@ class UpdateActivityRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to update (AIP-134). Empty means every populated field among
-        name, start_time, end_time, price_cents and payment_window.
+        name, start_time, end_time, price_cents, payment_window and
+        per_user_limit.
         """
 
     def __init__(
@@ -306,21 +319,30 @@ class SeckillRequest(_message.Message):
 
     ACTIVITY_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
     activity_id: _builtins.int
     """Required. The activity to buy from, > 0."""
     user_id: _builtins.str
     """Required. The buyer: 1 to 64 printable characters, compared exactly
     ("a" and "a " are different users).
     """
+    quantity: _builtins.int
+    """Optional. Units to buy, all or nothing: 0 (unset) means 1; at most the
+    activity's per_user_limit (else FAILED_PRECONDITION QUANTITY_OVER_LIMIT)
+    and never above 1000 (else INVALID_ARGUMENT). Fewer units left than asked
+    is FAILED_PRECONDITION INSUFFICIENT_STOCK naming how many are available;
+    none left is SOLD_OUT.
+    """
     def __init__(
         self,
         *,
         activity_id: _builtins.int = ...,
         user_id: _builtins.str = ...,
+        quantity: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_id", b"activity_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_id", b"activity_id", "quantity", b"quantity", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -61,9 +61,9 @@ class ActivityServiceStub:
     product_id <= 0, an empty or too long name, an unset start_time or
     end_time, end_time not after start_time, a price_cents outside 0..10^12,
     a payment_window outside 1 s..7 days or not in whole milliseconds, a
-    request_id that is not a UUID, or one already used for a different
-    request; NOT_FOUND (ResourceInfo of the product) when the product does
-    not exist.
+    per_user_limit outside 0..1000, a request_id that is not a UUID, or one
+    already used for a different request; NOT_FOUND (ResourceInfo of
+    the product) when the product does not exist.
     """
     GetActivity: _grpc.UnaryUnaryMultiCallable[_activity_pb2.GetActivityRequest, _activity_pb2.Activity]
     """Returns one activity with its product (and the product's current stock).
@@ -77,7 +77,9 @@ class ActivityServiceStub:
     UpdateActivity: _grpc.UnaryUnaryMultiCallable[_activity_pb2.UpdateActivityRequest, _activity_pb2.Activity]
     """Updates the fields named by update_mask and returns the activity.
     Admin. Updatable paths: name, start_time, end_time, price_cents,
-    payment_window. Orders already made keep their price and deadline.
+    payment_window, per_user_limit. Orders already made keep their price,
+    deadline and quantity: lowering per_user_limit below an existing order's
+    quantity leaves that order as it is, and applies to new Seckill calls.
     Errors: INVALID_ARGUMENT (BadRequest) for an unknown or immutable path
     (product_id is immutable), a bad value, or a resulting end_time not
     after start_time; NOT_FOUND (ResourceInfo).
@@ -90,23 +92,35 @@ class ActivityServiceStub:
     ACTIVITY_HAS_ORDERS) while a pending or paid order of the activity exists.
     """
     Seckill: _grpc.UnaryUnaryMultiCallable[_activity_pb2.SeckillRequest, _activity_pb2.SeckillResponse]
-    """Buys one unit of the activity's product for user_id (with user tokens:
-    for the token's user; user_id may then be empty) and returns the new
-    order: PENDING_PAYMENT at the activity's price_cents, to be paid
-    (OrderService.PayOrder) before its pay_deadline, create_time plus the
-    activity's payment_window; unpaid, it expires and the unit goes back on
-    sale.
+    """Buys `quantity` units (default one) of the activity's product for
+    user_id (with user tokens: for the token's user; user_id may then be
+    empty) and returns the new order: PENDING_PAYMENT at the activity's
+    price_cents per unit, to be paid (OrderService.PayOrder) before its
+    pay_deadline, create_time plus the activity's payment_window; unpaid, it
+    expires and its units go back on sale.
+
+    All or nothing: an order has the quantity asked, or there is no order.
+    Buyers are decided in arrival order (calls that meet in one transaction
+    too); a request refused for want of units does not stop a smaller one
+    behind it from taking the units that are left.
 
     The answer is sent only after the order and the stock decrement have
     committed together, so OK means the order is durable. Retrying is always
     safe: a repeat by the same user answers ALREADY_EXISTS with the order id.
     A user whose order was cancelled or expired may buy again.
-    Errors: INVALID_ARGUMENT (BadRequest) for an activity_id <= 0 or a
-    user_id that is not 1 to 64 printable characters; NOT_FOUND
-    (ResourceInfo) for an unknown activity; ALREADY_EXISTS (ErrorInfo reason
-    ALREADY_PURCHASED, metadata order_id) when the user already holds an
-    PENDING_PAYMENT or PAID order for the activity; FAILED_PRECONDITION (ErrorInfo reason
-    NOT_STARTED, ENDED or SOLD_OUT).
+    Errors: INVALID_ARGUMENT (BadRequest) for an activity_id <= 0, a
+    user_id that is not 1 to 64 printable characters, or a quantity outside
+    0..1000 (no activity allows more); NOT_FOUND (ResourceInfo) for an
+    unknown activity; FAILED_PRECONDITION (ErrorInfo reason
+    QUANTITY_OVER_LIMIT, metadata activity_id, quantity and per_user_limit)
+    for a quantity above the activity's per_user_limit, answered before any
+    lock is taken; ALREADY_EXISTS (ErrorInfo reason ALREADY_PURCHASED,
+    metadata order_id) when the user already holds a PENDING_PAYMENT or PAID
+    order for the activity (one active order per user, whatever its
+    quantity); FAILED_PRECONDITION (ErrorInfo reason NOT_STARTED, ENDED,
+    SOLD_OUT when no unit is left, or INSUFFICIENT_STOCK, metadata available:
+    the units left when the call's turn came, fewer than asked but at least
+    one, so the client may ask for that many).
     """
     WatchActivity: _grpc.UnaryStreamMultiCallable[_activity_pb2.WatchActivityRequest, _activity_pb2.WatchActivityResponse]
     """Streams the activity as a storefront shows it, instead of polling
@@ -161,9 +175,9 @@ class ActivityServiceAsyncStub(ActivityServiceStub):
     product_id <= 0, an empty or too long name, an unset start_time or
     end_time, end_time not after start_time, a price_cents outside 0..10^12,
     a payment_window outside 1 s..7 days or not in whole milliseconds, a
-    request_id that is not a UUID, or one already used for a different
-    request; NOT_FOUND (ResourceInfo of the product) when the product does
-    not exist.
+    per_user_limit outside 0..1000, a request_id that is not a UUID, or one
+    already used for a different request; NOT_FOUND (ResourceInfo of
+    the product) when the product does not exist.
     """
     GetActivity: _aio.UnaryUnaryMultiCallable[_activity_pb2.GetActivityRequest, _activity_pb2.Activity]  # type: ignore[assignment]
     """Returns one activity with its product (and the product's current stock).
@@ -177,7 +191,9 @@ class ActivityServiceAsyncStub(ActivityServiceStub):
     UpdateActivity: _aio.UnaryUnaryMultiCallable[_activity_pb2.UpdateActivityRequest, _activity_pb2.Activity]  # type: ignore[assignment]
     """Updates the fields named by update_mask and returns the activity.
     Admin. Updatable paths: name, start_time, end_time, price_cents,
-    payment_window. Orders already made keep their price and deadline.
+    payment_window, per_user_limit. Orders already made keep their price,
+    deadline and quantity: lowering per_user_limit below an existing order's
+    quantity leaves that order as it is, and applies to new Seckill calls.
     Errors: INVALID_ARGUMENT (BadRequest) for an unknown or immutable path
     (product_id is immutable), a bad value, or a resulting end_time not
     after start_time; NOT_FOUND (ResourceInfo).
@@ -190,23 +206,35 @@ class ActivityServiceAsyncStub(ActivityServiceStub):
     ACTIVITY_HAS_ORDERS) while a pending or paid order of the activity exists.
     """
     Seckill: _aio.UnaryUnaryMultiCallable[_activity_pb2.SeckillRequest, _activity_pb2.SeckillResponse]  # type: ignore[assignment]
-    """Buys one unit of the activity's product for user_id (with user tokens:
-    for the token's user; user_id may then be empty) and returns the new
-    order: PENDING_PAYMENT at the activity's price_cents, to be paid
-    (OrderService.PayOrder) before its pay_deadline, create_time plus the
-    activity's payment_window; unpaid, it expires and the unit goes back on
-    sale.
+    """Buys `quantity` units (default one) of the activity's product for
+    user_id (with user tokens: for the token's user; user_id may then be
+    empty) and returns the new order: PENDING_PAYMENT at the activity's
+    price_cents per unit, to be paid (OrderService.PayOrder) before its
+    pay_deadline, create_time plus the activity's payment_window; unpaid, it
+    expires and its units go back on sale.
+
+    All or nothing: an order has the quantity asked, or there is no order.
+    Buyers are decided in arrival order (calls that meet in one transaction
+    too); a request refused for want of units does not stop a smaller one
+    behind it from taking the units that are left.
 
     The answer is sent only after the order and the stock decrement have
     committed together, so OK means the order is durable. Retrying is always
     safe: a repeat by the same user answers ALREADY_EXISTS with the order id.
     A user whose order was cancelled or expired may buy again.
-    Errors: INVALID_ARGUMENT (BadRequest) for an activity_id <= 0 or a
-    user_id that is not 1 to 64 printable characters; NOT_FOUND
-    (ResourceInfo) for an unknown activity; ALREADY_EXISTS (ErrorInfo reason
-    ALREADY_PURCHASED, metadata order_id) when the user already holds an
-    PENDING_PAYMENT or PAID order for the activity; FAILED_PRECONDITION (ErrorInfo reason
-    NOT_STARTED, ENDED or SOLD_OUT).
+    Errors: INVALID_ARGUMENT (BadRequest) for an activity_id <= 0, a
+    user_id that is not 1 to 64 printable characters, or a quantity outside
+    0..1000 (no activity allows more); NOT_FOUND (ResourceInfo) for an
+    unknown activity; FAILED_PRECONDITION (ErrorInfo reason
+    QUANTITY_OVER_LIMIT, metadata activity_id, quantity and per_user_limit)
+    for a quantity above the activity's per_user_limit, answered before any
+    lock is taken; ALREADY_EXISTS (ErrorInfo reason ALREADY_PURCHASED,
+    metadata order_id) when the user already holds a PENDING_PAYMENT or PAID
+    order for the activity (one active order per user, whatever its
+    quantity); FAILED_PRECONDITION (ErrorInfo reason NOT_STARTED, ENDED,
+    SOLD_OUT when no unit is left, or INSUFFICIENT_STOCK, metadata available:
+    the units left when the call's turn came, fewer than asked but at least
+    one, so the client may ask for that many).
     """
     WatchActivity: _aio.UnaryStreamMultiCallable[_activity_pb2.WatchActivityRequest, _activity_pb2.WatchActivityResponse]  # type: ignore[assignment]
     """Streams the activity as a storefront shows it, instead of polling
@@ -264,9 +292,9 @@ class ActivityServiceServicer(metaclass=_abc_1.ABCMeta):
         product_id <= 0, an empty or too long name, an unset start_time or
         end_time, end_time not after start_time, a price_cents outside 0..10^12,
         a payment_window outside 1 s..7 days or not in whole milliseconds, a
-        request_id that is not a UUID, or one already used for a different
-        request; NOT_FOUND (ResourceInfo of the product) when the product does
-        not exist.
+        per_user_limit outside 0..1000, a request_id that is not a UUID, or one
+        already used for a different request; NOT_FOUND (ResourceInfo of
+        the product) when the product does not exist.
         """
 
     @_abc_1.abstractmethod
@@ -298,7 +326,9 @@ class ActivityServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_activity_pb2.Activity, _abc.Awaitable[_activity_pb2.Activity]]:
         """Updates the fields named by update_mask and returns the activity.
         Admin. Updatable paths: name, start_time, end_time, price_cents,
-        payment_window. Orders already made keep their price and deadline.
+        payment_window, per_user_limit. Orders already made keep their price,
+        deadline and quantity: lowering per_user_limit below an existing order's
+        quantity leaves that order as it is, and applies to new Seckill calls.
         Errors: INVALID_ARGUMENT (BadRequest) for an unknown or immutable path
         (product_id is immutable), a bad value, or a resulting end_time not
         after start_time; NOT_FOUND (ResourceInfo).
@@ -323,23 +353,35 @@ class ActivityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _activity_pb2.SeckillRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_activity_pb2.SeckillResponse, _abc.Awaitable[_activity_pb2.SeckillResponse]]:
-        """Buys one unit of the activity's product for user_id (with user tokens:
-        for the token's user; user_id may then be empty) and returns the new
-        order: PENDING_PAYMENT at the activity's price_cents, to be paid
-        (OrderService.PayOrder) before its pay_deadline, create_time plus the
-        activity's payment_window; unpaid, it expires and the unit goes back on
-        sale.
+        """Buys `quantity` units (default one) of the activity's product for
+        user_id (with user tokens: for the token's user; user_id may then be
+        empty) and returns the new order: PENDING_PAYMENT at the activity's
+        price_cents per unit, to be paid (OrderService.PayOrder) before its
+        pay_deadline, create_time plus the activity's payment_window; unpaid, it
+        expires and its units go back on sale.
+
+        All or nothing: an order has the quantity asked, or there is no order.
+        Buyers are decided in arrival order (calls that meet in one transaction
+        too); a request refused for want of units does not stop a smaller one
+        behind it from taking the units that are left.
 
         The answer is sent only after the order and the stock decrement have
         committed together, so OK means the order is durable. Retrying is always
         safe: a repeat by the same user answers ALREADY_EXISTS with the order id.
         A user whose order was cancelled or expired may buy again.
-        Errors: INVALID_ARGUMENT (BadRequest) for an activity_id <= 0 or a
-        user_id that is not 1 to 64 printable characters; NOT_FOUND
-        (ResourceInfo) for an unknown activity; ALREADY_EXISTS (ErrorInfo reason
-        ALREADY_PURCHASED, metadata order_id) when the user already holds an
-        PENDING_PAYMENT or PAID order for the activity; FAILED_PRECONDITION (ErrorInfo reason
-        NOT_STARTED, ENDED or SOLD_OUT).
+        Errors: INVALID_ARGUMENT (BadRequest) for an activity_id <= 0, a
+        user_id that is not 1 to 64 printable characters, or a quantity outside
+        0..1000 (no activity allows more); NOT_FOUND (ResourceInfo) for an
+        unknown activity; FAILED_PRECONDITION (ErrorInfo reason
+        QUANTITY_OVER_LIMIT, metadata activity_id, quantity and per_user_limit)
+        for a quantity above the activity's per_user_limit, answered before any
+        lock is taken; ALREADY_EXISTS (ErrorInfo reason ALREADY_PURCHASED,
+        metadata order_id) when the user already holds a PENDING_PAYMENT or PAID
+        order for the activity (one active order per user, whatever its
+        quantity); FAILED_PRECONDITION (ErrorInfo reason NOT_STARTED, ENDED,
+        SOLD_OUT when no unit is left, or INSUFFICIENT_STOCK, metadata available:
+        the units left when the call's turn came, fewer than asked but at least
+        one, so the client may ask for that many).
         """
 
     @_abc_1.abstractmethod

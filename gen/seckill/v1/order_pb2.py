@@ -27,7 +27,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16seckill/v1/order.proto\x12\nseckill.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x02\n\x05Order\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x13\n\x0b\x61\x63tivity_id\x18\x02 \x01(\x03\x12\x12\n\nproduct_id\x18\x03 \x01(\x03\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05state\x18\x06 \x01(\x0e\x32\x16.seckill.v1.OrderState\x12\x13\n\x0bprice_cents\x18\x07 \x01(\x03\x12\x30\n\x0cpay_deadline\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x0fGetOrderRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\"\x88\x01\n\x11ListOrdersRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61\x63tivity_id\x18\x02 \x01(\x03\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12&\n\x06states\x18\x05 \x03(\x0e\x32\x16.seckill.v1.OrderState\"P\n\x12ListOrdersResponse\x12!\n\x06orders\x18\x01 \x03(\x0b\x32\x11.seckill.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x0fPayOrderRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\"&\n\x12\x43\x61ncelOrderRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\"&\n\x12\x44\x65leteOrderRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02*d\n\nOrderState\x12\x1b\n\x17ORDER_STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0fPENDING_PAYMENT\x10\x01\x12\x08\n\x04PAID\x10\x02\x12\r\n\tCANCELLED\x10\x03\x12\x0b\n\x07\x45XPIRED\x10\x04\x32\xdc\x02\n\x0cOrderService\x12:\n\x08GetOrder\x12\x1b.seckill.v1.GetOrderRequest\x1a\x11.seckill.v1.Order\x12K\n\nListOrders\x12\x1d.seckill.v1.ListOrdersRequest\x1a\x1e.seckill.v1.ListOrdersResponse\x12:\n\x08PayOrder\x12\x1b.seckill.v1.PayOrderRequest\x1a\x11.seckill.v1.Order\x12@\n\x0b\x43\x61ncelOrder\x12\x1e.seckill.v1.CancelOrderRequest\x1a\x11.seckill.v1.Order\x12\x45\n\x0b\x44\x65leteOrder\x12\x1e.seckill.v1.DeleteOrderRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16seckill/v1/order.proto\x12\nseckill.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x02\n\x05Order\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x13\n\x0b\x61\x63tivity_id\x18\x02 \x01(\x03\x12\x12\n\nproduct_id\x18\x03 \x01(\x03\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05state\x18\x06 \x01(\x0e\x32\x16.seckill.v1.OrderState\x12\x13\n\x0bprice_cents\x18\x07 \x01(\x03\x12\x30\n\x0cpay_deadline\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08quantity\x18\n \x01(\x05\x12\x19\n\x11total_price_cents\x18\x0b \x01(\x03\"#\n\x0fGetOrderRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\"\x88\x01\n\x11ListOrdersRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61\x63tivity_id\x18\x02 \x01(\x03\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12&\n\x06states\x18\x05 \x03(\x0e\x32\x16.seckill.v1.OrderState\"P\n\x12ListOrdersResponse\x12!\n\x06orders\x18\x01 \x03(\x0b\x32\x11.seckill.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x0fPayOrderRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\"&\n\x12\x43\x61ncelOrderRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\"&\n\x12\x44\x65leteOrderRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02*d\n\nOrderState\x12\x1b\n\x17ORDER_STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0fPENDING_PAYMENT\x10\x01\x12\x08\n\x04PAID\x10\x02\x12\r\n\tCANCELLED\x10\x03\x12\x0b\n\x07\x45XPIRED\x10\x04\x32\xdc\x02\n\x0cOrderService\x12:\n\x08GetOrder\x12\x1b.seckill.v1.GetOrderRequest\x1a\x11.seckill.v1.Order\x12K\n\nListOrders\x12\x1d.seckill.v1.ListOrdersRequest\x1a\x1e.seckill.v1.ListOrdersResponse\x12:\n\x08PayOrder\x12\x1b.seckill.v1.PayOrderRequest\x1a\x11.seckill.v1.Order\x12@\n\x0b\x43\x61ncelOrder\x12\x1e.seckill.v1.CancelOrderRequest\x1a\x11.seckill.v1.Order\x12\x45\n\x0b\x44\x65leteOrder\x12\x1e.seckill.v1.DeleteOrderRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,22 +44,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CANCELORDERREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
   _globals['_DELETEORDERREQUEST'].fields_by_name['id']._loaded_options = None
   _globals['_DELETEORDERREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
-  _globals['_ORDERSTATE']._serialized_start=802
-  _globals['_ORDERSTATE']._serialized_end=902
+  _globals['_ORDERSTATE']._serialized_start=847
+  _globals['_ORDERSTATE']._serialized_end=947
   _globals['_ORDER']._serialized_start=134
-  _globals['_ORDER']._serialized_end=425
-  _globals['_GETORDERREQUEST']._serialized_start=427
-  _globals['_GETORDERREQUEST']._serialized_end=462
-  _globals['_LISTORDERSREQUEST']._serialized_start=465
-  _globals['_LISTORDERSREQUEST']._serialized_end=601
-  _globals['_LISTORDERSRESPONSE']._serialized_start=603
-  _globals['_LISTORDERSRESPONSE']._serialized_end=683
-  _globals['_PAYORDERREQUEST']._serialized_start=685
-  _globals['_PAYORDERREQUEST']._serialized_end=720
-  _globals['_CANCELORDERREQUEST']._serialized_start=722
-  _globals['_CANCELORDERREQUEST']._serialized_end=760
-  _globals['_DELETEORDERREQUEST']._serialized_start=762
-  _globals['_DELETEORDERREQUEST']._serialized_end=800
-  _globals['_ORDERSERVICE']._serialized_start=905
-  _globals['_ORDERSERVICE']._serialized_end=1253
+  _globals['_ORDER']._serialized_end=470
+  _globals['_GETORDERREQUEST']._serialized_start=472
+  _globals['_GETORDERREQUEST']._serialized_end=507
+  _globals['_LISTORDERSREQUEST']._serialized_start=510
+  _globals['_LISTORDERSREQUEST']._serialized_end=646
+  _globals['_LISTORDERSRESPONSE']._serialized_start=648
+  _globals['_LISTORDERSRESPONSE']._serialized_end=728
+  _globals['_PAYORDERREQUEST']._serialized_start=730
+  _globals['_PAYORDERREQUEST']._serialized_end=765
+  _globals['_CANCELORDERREQUEST']._serialized_start=767
+  _globals['_CANCELORDERREQUEST']._serialized_end=805
+  _globals['_DELETEORDERREQUEST']._serialized_start=807
+  _globals['_DELETEORDERREQUEST']._serialized_end=845
+  _globals['_ORDERSERVICE']._serialized_start=950
+  _globals['_ORDERSERVICE']._serialized_end=1298
 # @@protoc_insertion_point(module_scope)

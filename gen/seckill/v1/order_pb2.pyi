@@ -29,34 +29,34 @@ class _OrderStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OrderState
     ORDER_STATE_UNSPECIFIED: _OrderState.ValueType  # 0
     """Never used for an order; in ListOrdersRequest.states it is INVALID_ARGUMENT."""
     PENDING_PAYMENT: _OrderState.ValueType  # 1
-    """Won by a seckill; the unit is reserved until pay_deadline."""
+    """Won by a seckill; the units are reserved until pay_deadline."""
     PAID: _OrderState.ValueType  # 2
-    """Paid before the deadline; the unit is the buyer's."""
+    """Paid before the deadline; the units are the buyer's."""
     CANCELLED: _OrderState.ValueType  # 3
-    """Cancelled by its owner or an admin; the unit went back to stock."""
+    """Cancelled by its owner or an admin; the units went back to stock."""
     EXPIRED: _OrderState.ValueType  # 4
-    """Not paid by pay_deadline; the unit went back to stock."""
+    """Not paid by pay_deadline; the units went back to stock."""
 
 class OrderState(_OrderState, metaclass=_OrderStateEnumTypeWrapper):
-    """Where an order stands. Only PENDING_PAYMENT and PAID orders hold a unit;
-    a user holds at most one of those per activity.
+    """Where an order stands. Only PENDING_PAYMENT and PAID orders hold units
+    (their quantity); a user holds at most one of those per activity.
     """
 
 ORDER_STATE_UNSPECIFIED: OrderState.ValueType  # 0
 """Never used for an order; in ListOrdersRequest.states it is INVALID_ARGUMENT."""
 PENDING_PAYMENT: OrderState.ValueType  # 1
-"""Won by a seckill; the unit is reserved until pay_deadline."""
+"""Won by a seckill; the units are reserved until pay_deadline."""
 PAID: OrderState.ValueType  # 2
-"""Paid before the deadline; the unit is the buyer's."""
+"""Paid before the deadline; the units are the buyer's."""
 CANCELLED: OrderState.ValueType  # 3
-"""Cancelled by its owner or an admin; the unit went back to stock."""
+"""Cancelled by its owner or an admin; the units went back to stock."""
 EXPIRED: OrderState.ValueType  # 4
-"""Not paid by pay_deadline; the unit went back to stock."""
+"""Not paid by pay_deadline; the units went back to stock."""
 Global___OrderState: _TypeAlias = OrderState  # noqa: Y015
 
 @_typing.final
 class Order(_message.Message):
-    """One unit bought by one user in one activity."""
+    """Units (quantity) bought by one user in one activity."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -69,10 +69,12 @@ class Order(_message.Message):
     PRICE_CENTS_FIELD_NUMBER: _builtins.int
     PAY_DEADLINE_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    TOTAL_PRICE_CENTS_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Output only. Server-assigned id, > 0."""
     activity_id: _builtins.int
-    """The activity the unit was bought in."""
+    """The activity the units were bought in."""
     product_id: _builtins.int
     """The product bought."""
     user_id: _builtins.str
@@ -80,9 +82,15 @@ class Order(_message.Message):
     state: Global___OrderState.ValueType
     """Where the order stands."""
     price_cents: _builtins.int
-    """The activity's sale price when the order was made, in cents; later
-    price changes do not change it.
+    """The activity's sale price of one unit when the order was made, in
+    cents; later price changes do not change it.
     """
+    quantity: _builtins.int
+    """Units in the order, >= 1 (1 for orders made before quantities
+    existed); a cancel or an expiry gives them all back.
+    """
+    total_price_cents: _builtins.int
+    """What the order costs: price_cents x quantity, in cents."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the order committed, by the database's clock."""
@@ -110,10 +118,12 @@ class Order(_message.Message):
         price_cents: _builtins.int = ...,
         pay_deadline: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        quantity: _builtins.int = ...,
+        total_price_cents: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "pay_deadline", b"pay_deadline", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_id", b"activity_id", "create_time", b"create_time", "id", b"id", "pay_deadline", b"pay_deadline", "price_cents", b"price_cents", "product_id", b"product_id", "state", b"state", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_id", b"activity_id", "create_time", b"create_time", "id", b"id", "pay_deadline", b"pay_deadline", "price_cents", b"price_cents", "product_id", b"product_id", "quantity", b"quantity", "state", b"state", "total_price_cents", b"total_price_cents", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

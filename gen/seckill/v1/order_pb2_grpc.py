@@ -30,10 +30,10 @@ class OrderServiceStub:
     """Lets users look at, pay and cancel their orders.
 
     Orders are created only by ActivityService.Seckill, as PENDING_PAYMENT:
-    the unit is reserved until the order's pay_deadline. PayOrder before the
-    deadline makes it PAID; past the deadline it becomes EXPIRED within a few
-    seconds (SECKILL_EXPIRY_INTERVAL_MS) and its unit goes back on sale.
-    CancelOrder gives a pending or paid order's unit back. Cancelled and
+    its units (quantity) are reserved until the order's pay_deadline. PayOrder
+    before the deadline makes it PAID; past the deadline it becomes EXPIRED
+    within a few seconds (SECKILL_EXPIRY_INTERVAL_MS) and all its units go back
+    on sale. CancelOrder gives all of a pending or paid order's units back. Cancelled and
     expired orders are kept.
 
     PayOrder, CancelOrder and DeleteOrder are admin RPCs: they need
@@ -93,10 +93,10 @@ class OrderServiceServicer:
     """Lets users look at, pay and cancel their orders.
 
     Orders are created only by ActivityService.Seckill, as PENDING_PAYMENT:
-    the unit is reserved until the order's pay_deadline. PayOrder before the
-    deadline makes it PAID; past the deadline it becomes EXPIRED within a few
-    seconds (SECKILL_EXPIRY_INTERVAL_MS) and its unit goes back on sale.
-    CancelOrder gives a pending or paid order's unit back. Cancelled and
+    its units (quantity) are reserved until the order's pay_deadline. PayOrder
+    before the deadline makes it PAID; past the deadline it becomes EXPIRED
+    within a few seconds (SECKILL_EXPIRY_INTERVAL_MS) and all its units go back
+    on sale. CancelOrder gives all of a pending or paid order's units back. Cancelled and
     expired orders are kept.
 
     PayOrder, CancelOrder and DeleteOrder are admin RPCs: they need
@@ -147,7 +147,7 @@ class OrderServiceServicer:
         Admin (or, with user tokens, the order's owner). Errors: INVALID_ARGUMENT
         for an id <= 0; NOT_FOUND (ResourceInfo); FAILED_PRECONDITION (ErrorInfo
         reason PAYMENT_EXPIRED, metadata order_id) past the deadline (the order is
-        then EXPIRED and its unit back in stock), or ORDER_CANCELLED for a
+        then EXPIRED and its units back in stock), or ORDER_CANCELLED for a
         cancelled order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -156,13 +156,13 @@ class OrderServiceServicer:
 
     def CancelOrder(self, request, context):
         """Cancels a PENDING_PAYMENT or PAID order and returns it, now CANCELLED;
-        its unit goes back to the product's stock in the same transaction, so
-        exactly once. The order is kept. Idempotent: cancelling a CANCELLED order
+        its units, the whole quantity, go back to the product's stock in the same
+        transaction, so exactly once. The order is kept. Idempotent: cancelling a CANCELLED order
         returns it unchanged.
         Admin (or, with user tokens, the order's owner). Errors: INVALID_ARGUMENT
         for an id <= 0; NOT_FOUND (ResourceInfo); FAILED_PRECONDITION (ErrorInfo
         reason ORDER_EXPIRED, metadata order_id) for an order past its
-        pay_deadline unpaid (its unit is already back).
+        pay_deadline unpaid (its units are already back).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -220,10 +220,10 @@ class OrderService:
     """Lets users look at, pay and cancel their orders.
 
     Orders are created only by ActivityService.Seckill, as PENDING_PAYMENT:
-    the unit is reserved until the order's pay_deadline. PayOrder before the
-    deadline makes it PAID; past the deadline it becomes EXPIRED within a few
-    seconds (SECKILL_EXPIRY_INTERVAL_MS) and its unit goes back on sale.
-    CancelOrder gives a pending or paid order's unit back. Cancelled and
+    its units (quantity) are reserved until the order's pay_deadline. PayOrder
+    before the deadline makes it PAID; past the deadline it becomes EXPIRED
+    within a few seconds (SECKILL_EXPIRY_INTERVAL_MS) and all its units go back
+    on sale. CancelOrder gives all of a pending or paid order's units back. Cancelled and
     expired orders are kept.
 
     PayOrder, CancelOrder and DeleteOrder are admin RPCs: they need

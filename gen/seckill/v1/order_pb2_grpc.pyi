@@ -31,10 +31,10 @@ class OrderServiceStub:
     """Lets users look at, pay and cancel their orders.
 
     Orders are created only by ActivityService.Seckill, as PENDING_PAYMENT:
-    the unit is reserved until the order's pay_deadline. PayOrder before the
-    deadline makes it PAID; past the deadline it becomes EXPIRED within a few
-    seconds (SECKILL_EXPIRY_INTERVAL_MS) and its unit goes back on sale.
-    CancelOrder gives a pending or paid order's unit back. Cancelled and
+    its units (quantity) are reserved until the order's pay_deadline. PayOrder
+    before the deadline makes it PAID; past the deadline it becomes EXPIRED
+    within a few seconds (SECKILL_EXPIRY_INTERVAL_MS) and all its units go back
+    on sale. CancelOrder gives all of a pending or paid order's units back. Cancelled and
     expired orders are kept.
 
     PayOrder, CancelOrder and DeleteOrder are admin RPCs: they need
@@ -81,18 +81,18 @@ class OrderServiceStub:
     Admin (or, with user tokens, the order's owner). Errors: INVALID_ARGUMENT
     for an id <= 0; NOT_FOUND (ResourceInfo); FAILED_PRECONDITION (ErrorInfo
     reason PAYMENT_EXPIRED, metadata order_id) past the deadline (the order is
-    then EXPIRED and its unit back in stock), or ORDER_CANCELLED for a
+    then EXPIRED and its units back in stock), or ORDER_CANCELLED for a
     cancelled order.
     """
     CancelOrder: _grpc.UnaryUnaryMultiCallable[_order_pb2.CancelOrderRequest, _order_pb2.Order]
     """Cancels a PENDING_PAYMENT or PAID order and returns it, now CANCELLED;
-    its unit goes back to the product's stock in the same transaction, so
-    exactly once. The order is kept. Idempotent: cancelling a CANCELLED order
+    its units, the whole quantity, go back to the product's stock in the same
+    transaction, so exactly once. The order is kept. Idempotent: cancelling a CANCELLED order
     returns it unchanged.
     Admin (or, with user tokens, the order's owner). Errors: INVALID_ARGUMENT
     for an id <= 0; NOT_FOUND (ResourceInfo); FAILED_PRECONDITION (ErrorInfo
     reason ORDER_EXPIRED, metadata order_id) for an order past its
-    pay_deadline unpaid (its unit is already back).
+    pay_deadline unpaid (its units are already back).
     """
     DeleteOrder: _grpc.UnaryUnaryMultiCallable[_order_pb2.DeleteOrderRequest, _empty_pb2.Empty]
     """Cancels an order, as CancelOrder does, and answers Empty. Kept for
@@ -108,10 +108,10 @@ class OrderServiceAsyncStub(OrderServiceStub):
     """Lets users look at, pay and cancel their orders.
 
     Orders are created only by ActivityService.Seckill, as PENDING_PAYMENT:
-    the unit is reserved until the order's pay_deadline. PayOrder before the
-    deadline makes it PAID; past the deadline it becomes EXPIRED within a few
-    seconds (SECKILL_EXPIRY_INTERVAL_MS) and its unit goes back on sale.
-    CancelOrder gives a pending or paid order's unit back. Cancelled and
+    its units (quantity) are reserved until the order's pay_deadline. PayOrder
+    before the deadline makes it PAID; past the deadline it becomes EXPIRED
+    within a few seconds (SECKILL_EXPIRY_INTERVAL_MS) and all its units go back
+    on sale. CancelOrder gives all of a pending or paid order's units back. Cancelled and
     expired orders are kept.
 
     PayOrder, CancelOrder and DeleteOrder are admin RPCs: they need
@@ -155,18 +155,18 @@ class OrderServiceAsyncStub(OrderServiceStub):
     Admin (or, with user tokens, the order's owner). Errors: INVALID_ARGUMENT
     for an id <= 0; NOT_FOUND (ResourceInfo); FAILED_PRECONDITION (ErrorInfo
     reason PAYMENT_EXPIRED, metadata order_id) past the deadline (the order is
-    then EXPIRED and its unit back in stock), or ORDER_CANCELLED for a
+    then EXPIRED and its units back in stock), or ORDER_CANCELLED for a
     cancelled order.
     """
     CancelOrder: _aio.UnaryUnaryMultiCallable[_order_pb2.CancelOrderRequest, _order_pb2.Order]  # type: ignore[assignment]
     """Cancels a PENDING_PAYMENT or PAID order and returns it, now CANCELLED;
-    its unit goes back to the product's stock in the same transaction, so
-    exactly once. The order is kept. Idempotent: cancelling a CANCELLED order
+    its units, the whole quantity, go back to the product's stock in the same
+    transaction, so exactly once. The order is kept. Idempotent: cancelling a CANCELLED order
     returns it unchanged.
     Admin (or, with user tokens, the order's owner). Errors: INVALID_ARGUMENT
     for an id <= 0; NOT_FOUND (ResourceInfo); FAILED_PRECONDITION (ErrorInfo
     reason ORDER_EXPIRED, metadata order_id) for an order past its
-    pay_deadline unpaid (its unit is already back).
+    pay_deadline unpaid (its units are already back).
     """
     DeleteOrder: _aio.UnaryUnaryMultiCallable[_order_pb2.DeleteOrderRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Cancels an order, as CancelOrder does, and answers Empty. Kept for
@@ -181,10 +181,10 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
     """Lets users look at, pay and cancel their orders.
 
     Orders are created only by ActivityService.Seckill, as PENDING_PAYMENT:
-    the unit is reserved until the order's pay_deadline. PayOrder before the
-    deadline makes it PAID; past the deadline it becomes EXPIRED within a few
-    seconds (SECKILL_EXPIRY_INTERVAL_MS) and its unit goes back on sale.
-    CancelOrder gives a pending or paid order's unit back. Cancelled and
+    its units (quantity) are reserved until the order's pay_deadline. PayOrder
+    before the deadline makes it PAID; past the deadline it becomes EXPIRED
+    within a few seconds (SECKILL_EXPIRY_INTERVAL_MS) and all its units go back
+    on sale. CancelOrder gives all of a pending or paid order's units back. Cancelled and
     expired orders are kept.
 
     PayOrder, CancelOrder and DeleteOrder are admin RPCs: they need
@@ -244,7 +244,7 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         Admin (or, with user tokens, the order's owner). Errors: INVALID_ARGUMENT
         for an id <= 0; NOT_FOUND (ResourceInfo); FAILED_PRECONDITION (ErrorInfo
         reason PAYMENT_EXPIRED, metadata order_id) past the deadline (the order is
-        then EXPIRED and its unit back in stock), or ORDER_CANCELLED for a
+        then EXPIRED and its units back in stock), or ORDER_CANCELLED for a
         cancelled order.
         """
 
@@ -255,13 +255,13 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_order_pb2.Order, _abc.Awaitable[_order_pb2.Order]]:
         """Cancels a PENDING_PAYMENT or PAID order and returns it, now CANCELLED;
-        its unit goes back to the product's stock in the same transaction, so
-        exactly once. The order is kept. Idempotent: cancelling a CANCELLED order
+        its units, the whole quantity, go back to the product's stock in the same
+        transaction, so exactly once. The order is kept. Idempotent: cancelling a CANCELLED order
         returns it unchanged.
         Admin (or, with user tokens, the order's owner). Errors: INVALID_ARGUMENT
         for an id <= 0; NOT_FOUND (ResourceInfo); FAILED_PRECONDITION (ErrorInfo
         reason ORDER_EXPIRED, metadata order_id) for an order past its
-        pay_deadline unpaid (its unit is already back).
+        pay_deadline unpaid (its units are already back).
         """
 
     @_abc_1.abstractmethod
