@@ -24,6 +24,7 @@ from activity_svc.decision import Facts, SeckillAttempt, Window, Won
 from seckill_common.api.errors import FailedPrecondition, InvalidArgument, NotFound
 from seckill_common.database import stock
 from seckill_common.database.db import NO_REFERENCED_ROW, ROW_IS_REFERENCED, error_code
+from seckill_common.database.order_events import Outbox
 from seckill_common.database.stock import LockedStock
 from seckill_common.database.transaction import Transaction
 
@@ -232,11 +233,11 @@ async def lock_sale(tx: Transaction, product_id: int,
     return LockedSale(facts=facts, locked=locked, activities=activities)
 
 
-async def record_winners(tx: Transaction, sale: LockedSale,
-                         winners: Sequence[SeckillAttempt]) -> dict[tuple[int, str], Won]:
+async def record_winners(tx: Transaction, sale: LockedSale, winners: Sequence[SeckillAttempt],
+                         outbox: Outbox) -> dict[tuple[int, str], Won]:
     """The seckill transaction's second round trip: insert the winners' PENDING_PAYMENT
-    orders (each of its quantity), take their units and commit; returns each winner's order
-    by (activity, user).
+    orders (each of its quantity), take their units, write their CREATED events (`outbox`)
+    and commit; returns each winner's order by (activity, user).
 
     `winners` come from `decide` on `sale.facts`: distinct, of activities that exist, and
     asking no more units in all than the units locked.
@@ -255,13 +256,16 @@ async def record_winners(tx: Transaction, sale: LockedSale,
     take_sql, take_params = stock.take_statement(locked, units_of(winners), now)
     won_users = _users_by_activity(winners)
     created_sql, created_params = _orders_query(won_users)
+    events_sql, events_params = outbox.created_statements(won_users)
     writes = ["INSERT INTO orders (activity_id, product_id, user_id, create_time, state, active,"
-              f" price_cents, pay_deadline, update_time, quantity) VALUES {rows}", take_sql]
+              f" price_cents, pay_deadline, update_time, quantity) VALUES {rows}", take_sql,
+              *events_sql]
     # COMMIT rides in the same round trip. Should anything before it fail, the server stops
     # there and the transaction rolls back; should the link drop after it was sent, the
     # outcome is unknown and the callers get UNAVAILABLE, and a retry finds the order.
     results = await tx.pipeline("; ".join([*writes, *created_sql]),
-                                (*params, *take_params, *created_params), commit=True)
+                                (*params, *take_params, *events_params, *created_params),
+                                commit=True)
     created = _by_key(won_users, results[len(writes):])
     return {w.key: Won(order_id=created[w.key], product_id=locked.product_id, create_time=now,
                        price_cents=int(sale.activities[w.activity_id].price_cents),

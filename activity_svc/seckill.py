@@ -54,6 +54,7 @@ from activity_svc.decision import (
 )
 from seckill_common.config import CommitMode, default_of
 from seckill_common.database.db import Database
+from seckill_common.database.order_events import Outbox
 from seckill_common.database.singleflight import HOT_READ_GATHER_S, BatchLoader
 from seckill_common.database.transaction import Transaction
 from seckill_common.runtime.telemetry import BATCH_SIZE, STOCK_REMAINING, batch_span, tracer
@@ -67,6 +68,8 @@ class EngineSettings:
     mode: CommitMode = default_of("commit_mode")  # noqa: RUF009 (a constant, read once)
     batch_window_s: float = default_of("batch_window_s")
     batch_max: int = default_of("batch_max")
+    # SECKILL_EVENTS_ENABLED (on by default): the batch writes its winners' CREATED events.
+    events: bool = True
 
 
 @dataclass
@@ -107,6 +110,7 @@ class SeckillEngine:
     def __init__(self, database: Database, settings: EngineSettings | None = None) -> None:
         self._db = database
         self.settings = settings or EngineSettings()
+        self._outbox = Outbox(enabled=self.settings.events)
         # activity id -> product id; safe to cache because an activity's product never changes.
         self._product_of_activity: dict[int, int] = {}
         # activity id -> per-user limit as last read: a hint (an admin may change it), used
@@ -220,7 +224,8 @@ class SeckillEngine:
     async def _run_batch(self, product_id: int, attempts: list[SeckillAttempt]
                          ) -> list[Outcome]:
         """One transaction, then its bookkeeping: its outcomes, one per attempt."""
-        result = await self._db.run(lambda tx: _transact(tx, product_id, attempts))
+        result = await self._db.run(
+            lambda tx: _transact(tx, product_id, attempts, self._outbox))
         self._observe(product_id, attempts, result)
         return result.outcomes
 
@@ -326,15 +331,15 @@ class SeckillEngine:
                 pending.future.set_result(outcome)
 
 
-async def _transact(tx: Transaction, product_id: int, attempts: list[SeckillAttempt]
-                    ) -> BatchResult:
+async def _transact(tx: Transaction, product_id: int, attempts: list[SeckillAttempt],
+                    outbox: Outbox) -> BatchResult:
     """The seckill transaction: read the facts under the stock row's lock, decide, record the
     winners (their orders, their units, the COMMIT). A batch without winners wrote nothing;
     the transaction ends it."""
     sale = await repository.lock_sale(tx, product_id, attempts)
     decisions = decide(attempts, sale.facts)
     winners = [a for a, d in zip(attempts, decisions, strict=True) if isinstance(d, Win)]
-    won = await repository.record_winners(tx, sale, winners) if winners else {}
+    won = await repository.record_winners(tx, sale, winners, outbox) if winners else {}
     sold = repository.units_of(winners)
     stock_left = None if sale.facts.stock is None else sale.facts.stock - sold
     return BatchResult(outcomes=outcomes(attempts, decisions, won), stock_left=stock_left,

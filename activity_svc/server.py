@@ -27,6 +27,7 @@ async def add_servicers(server: grpc.aio.Server, database: Database,
             mode=settings.commit_mode,
             batch_window_s=settings.batch_window_s,
             batch_max=settings.batch_max,
+            events=settings.events.enabled,
     ))
     servicer = ActivityServicer(
         database,

@@ -24,34 +24,30 @@ import contextlib
 import dataclasses
 import logging
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-import grpc
 from grpc.aio import ServicerContext
 from seckill.v1 import activity_pb2
 
 from activity_svc import watch_repository
 from activity_svc.watch_repository import ViewRow
-from activity_svc.watch_view import TooManyStreams, View, min_interval_s, view_of
+from activity_svc.watch_view import View, min_interval_s, view_of
 from seckill_common.api.errors import (
     InvalidArgument,
     NotFound,
     ServiceError,
     Unavailable,
-    internal_status,
 )
 from seckill_common.api.validation import require_id
 from seckill_common.config import WatchSettings
 from seckill_common.database.db import Database
 from seckill_common.database.singleflight import BatchLoader
 from seckill_common.runtime.interceptors import Malformed
-from seckill_common.runtime.telemetry import rpc_recorder
+from seckill_common.runtime.streams import StreamEndings, TooManyStreams, resolve
 
 log = logging.getLogger(__name__)
-access = logging.getLogger("seckill.rpc")
 
 METHOD = "/seckill.v1.ActivityService/WatchActivity"
 # Every message is at most this far behind the database (the documented bound): the poll
@@ -65,14 +61,9 @@ MIN_READ_GAP_S = 0.05
 CLOSE_WAIT_S = 2.0
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 def _wake(waiters: set[asyncio.Future[None]]) -> None:
     for future in waiters:
-        _resolve(future)
+        resolve(future)
     waiters.clear()
 
 
@@ -134,7 +125,7 @@ class WatchHub:
         self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
-        self._record = rpc_recorder("activity", METHOD)
+        self._endings = StreamEndings("activity", METHOD)
 
     @property
     def reads(self) -> int:
@@ -229,38 +220,7 @@ class WatchHub:
     async def serve(self, request: activity_pb2.WatchActivityRequest | Malformed,
                     context: ServicerContext) -> None:
         """The WatchActivity handler: writes messages with context.write, ends with a status."""
-        begun = time.perf_counter()
-        code = grpc.StatusCode.OK
-        sent = [0]
-        try:
-            ending = await self._stream(request, context, sent)
-            status = ending.to_status()
-            code = status.code
-            context.set_code(status.code)
-            context.set_details(status.details)
-            context.set_trailing_metadata(status.trailing_metadata)
-        except ServiceError as exc:
-            status = exc.to_status()
-            code = status.code
-            context.set_code(status.code)
-            context.set_details(status.details)
-            context.set_trailing_metadata(status.trailing_metadata)
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise  # the client left: never swallowed (grpc/grpc#43360)
-        except Exception:
-            log.exception("unexpected error in %s", METHOD)
-            status = internal_status()
-            code = status.code
-            context.set_code(status.code)
-            context.set_details(status.details)
-        finally:
-            seconds = time.perf_counter() - begun
-            self._record(code.name, seconds)
-            if access.isEnabledFor(logging.INFO):
-                access.info("rpc", extra={"method": METHOD, "peer": context.peer(),
-                                          "code": code.name, "messages": sent[0],
-                                          "latency_ms": round(seconds * 1000, 3)})
+        await self._endings.serve(context, lambda sent: self._stream(request, context, sent))
 
     async def _stream(self, request: activity_pb2.WatchActivityRequest | Malformed,
                       context: ServicerContext, sent: list[int]) -> ServiceError:
@@ -274,7 +234,8 @@ class WatchHub:
         if self._closing:
             raise Unavailable("the server is shutting down; call again")
         if self.streams >= self.settings.max_streams:
-            raise TooManyStreams(self.settings.max_streams)
+            raise TooManyStreams(self.settings.max_streams, "WatchActivity",
+                                 "SECKILL_WATCH_MAX_STREAMS")
         loop = asyncio.get_running_loop()
         lifetime = self.settings.max_lifetime_s * random.uniform(0.9, 1.0)
         ends_at = loop.time() + lifetime
@@ -310,7 +271,7 @@ class WatchHub:
                 # the task and turns that into TimeoutError, at several times the cost.
                 woken = loop.create_future()
                 waiters.add(woken)
-                timer = loop.call_at(wake_at, _resolve, woken)
+                timer = loop.call_at(wake_at, resolve, woken)
                 try:
                     await woken
                 finally:

@@ -7,13 +7,10 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
-import grpc
-from google.protobuf.message import Message
-from google.rpc import error_details_pb2
 from seckill.v1 import activity_pb2, product_pb2
 
 from activity_svc.watch_repository import ViewRow
-from seckill_common.api.errors import InvalidArgument, ServiceError
+from seckill_common.api.errors import InvalidArgument
 from seckill_common.api.times import to_timestamp
 
 # WatchActivityRequest.min_interval: unset, floor and ceiling.
@@ -89,18 +86,3 @@ def view_of(row: ViewRow) -> View:
                 row.read_time, min(flips) if flips else None)
 
 
-class TooManyStreams(ServiceError):
-    """This process already serves SECKILL_WATCH_MAX_STREAMS streams."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"this server already serves {limit} WatchActivity streams; retry "
-                         "later (another replica may have room)")
-
-    def details(self) -> list[Message]:
-        delay = error_details_pb2.RetryInfo()
-        delay.retry_delay.FromSeconds(1)
-        return [delay, error_details_pb2.QuotaFailure(violations=[
-            error_details_pb2.QuotaFailure.Violation(
-                subject="process", description="SECKILL_WATCH_MAX_STREAMS")])]

@@ -22,25 +22,22 @@ from collections import defaultdict
 from order_svc import repository
 from order_svc.outcomes import observe
 from seckill_common.database.db import Database
+from seckill_common.database.order_events import Outbox
+from seckill_common.runtime.background import Background
 
 log = logging.getLogger(__name__)
 
 
 class Expirer:
-    def __init__(self, database: Database, interval_s: float, batch: int) -> None:
+    def __init__(self, database: Database, interval_s: float, batch: int, outbox: Outbox
+                 ) -> None:
         self._db = database
+        self._outbox = outbox
         self.interval_s = interval_s
         self.batch = batch
         self._skipped: set[int] = set()  # products skipped last sweep: wait for them next
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="order-expiry")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        self._task = Background("order-expiry", self._run)
+        self.start, self.stop = self._task.start, self._task.stop
 
     async def _run(self) -> None:
         while True:
@@ -71,4 +68,4 @@ class Expirer:
     async def _expire(self, product_id: int, order_ids: list[int], *, skip_locked: bool
                       ) -> repository.Expiry:
         return await self._db.run(lambda cur: repository.expire(
-            cur, product_id, order_ids, skip_locked=skip_locked))
+            cur, product_id, order_ids, self._outbox, skip_locked=skip_locked))

@@ -20,6 +20,7 @@ from seckill.v1.order_pb2 import CANCELLED, EXPIRED, PAID, PENDING_PAYMENT
 
 from seckill_common.api.errors import FailedPrecondition, NotFound
 from seckill_common.database import stock
+from seckill_common.database.order_events import EventType, Outbox
 from seckill_common.database.stock import LockedStock
 from seckill_common.database.transaction import Transaction
 
@@ -182,7 +183,7 @@ async def list_page(cur: Transaction, *, user_id: str | None, activity_id: int |
     return [OrderRow.from_db(_named(_FIELDS, row)) for row in await cur.fetchall()]
 
 
-async def pay(cur: Transaction, order_id: int, owner: str | None) -> Payment:
+async def pay(cur: Transaction, order_id: int, owner: str | None, outbox: Outbox) -> Payment:
     """PENDING_PAYMENT -> PAID before the deadline; a paid order as it is; refusals raised.
 
     A pending order past its deadline is expired here, in this transaction (TOO_LATE): it
@@ -193,7 +194,7 @@ async def pay(cur: Transaction, order_id: int, owner: str | None) -> Payment:
     seen = await _get(cur, order_id, owner, lock=False)
     if seen.order.state == PENDING_PAYMENT and seen.due:
         locked = await stock.lock(cur, seen.order.product_id)
-        expiry = await _expire_locked(cur, locked, [order_id])
+        expiry = await _expire_locked(cur, locked, [order_id], outbox)
         if expiry.count:
             return Payment(outcome=Paid.TOO_LATE, order=seen.order, expired=expiry)
         # Another transaction moved it meanwhile: answer by its state, read under the lock.
@@ -209,13 +210,14 @@ async def pay(cur: Transaction, order_id: int, owner: str | None) -> Payment:
         # may only be taken without waiting (SKIP LOCKED: no wait, no deadlock); when busy,
         # the sweeper expires the order within an interval.
         late = await stock.try_lock(cur, row.product_id)
-        expired = None if late is None else await _expire_locked(cur, late, [order_id])
+        expired = None if late is None else await _expire_locked(cur, late, [order_id], outbox)
         return Payment(outcome=Paid.TOO_LATE, order=row, expired=expired)
-    await _set_state(cur, [order_id], PAID)
+    await _set_state(cur, [order_id], PAID, outbox)
     return Payment(outcome=Paid.NOW, order=await get(cur, order_id))
 
 
-async def cancel(cur: Transaction, order_id: int, owner: str | None) -> Cancellation:
+async def cancel(cur: Transaction, order_id: int, owner: str | None, outbox: Outbox
+                 ) -> Cancellation:
     """PENDING_PAYMENT or PAID -> CANCELLED, all its units back to stock, in the caller's
     transaction; a cancelled order as it is; an expired one refused. A pending order past its
     deadline is expired here instead (TOO_LATE)."""
@@ -227,19 +229,27 @@ async def cancel(cur: Transaction, order_id: int, owner: str | None) -> Cancella
     if row.state == EXPIRED:
         raise order_expired(order_id)
     if row.state == PENDING_PAYMENT and due:
-        expiry = await _expire_locked(cur, locked, [order_id])
+        expiry = await _expire_locked(cur, locked, [order_id], outbox)
         return Cancellation(outcome=Cancelled.TOO_LATE, order=row, expired=expiry)
-    await _set_state(cur, [order_id], CANCELLED)
+    await _set_state(cur, [order_id], CANCELLED, outbox)
     await stock.give_back(cur, locked, row.quantity)
     return Cancellation(outcome=Cancelled.NOW, order=await get(cur, order_id))
 
 
-async def _set_state(cur: Transaction, order_ids: Sequence[int], state: int) -> None:
-    """Moves orders to `state`; `active` follows (the schema's CHECK insists)."""
+# The event each state change writes.
+_EVENT_OF: dict[int, EventType] = {
+    PAID: EventType.PAID, CANCELLED: EventType.CANCELLED, EXPIRED: EventType.EXPIRED}
+
+
+async def _set_state(cur: Transaction, order_ids: Sequence[int], state: int, outbox: Outbox
+                     ) -> None:
+    """Moves orders to `state`; `active` follows (the schema's CHECK insists). Every state
+    change passes here, and writes its events here, in the same transaction."""
     marks = ", ".join(["%s"] * len(order_ids))
     active = 1 if state in (PENDING_PAYMENT, PAID) else None
     await cur.execute(f"UPDATE orders SET state = %s, active = %s, update_time = UTC_TIMESTAMP(6)"
                       f" WHERE id IN ({marks})", (state, active, *order_ids))
+    await outbox.record(cur, _EVENT_OF[state], order_ids)
 
 
 # --- expiry --------------------------------------------------------------------------------
@@ -256,8 +266,8 @@ async def due(cur: Transaction, limit: int) -> list[DueOrder]:
             for product_id, order_id in await cur.fetchall()]
 
 
-async def expire(cur: Transaction, product_id: int, order_ids: Sequence[int], *,
-                 skip_locked: bool = False) -> Expiry:
+async def expire(cur: Transaction, product_id: int, order_ids: Sequence[int], outbox: Outbox,
+                 *, skip_locked: bool = False) -> Expiry:
     """Expires those of `order_ids` (all of `product_id`) still pending past their deadline,
     and gives their units (each its whole quantity) back: exactly once, since every give-back
     holds the stock row and re-reads the orders' state under it.
@@ -271,11 +281,11 @@ async def expire(cur: Transaction, product_id: int, order_ids: Sequence[int], *,
             return Expiry(outcome=Expired.BUSY)
     else:
         locked = await stock.lock(cur, product_id)
-    return await _expire_locked(cur, locked, order_ids)
+    return await _expire_locked(cur, locked, order_ids, outbox)
 
 
-async def _expire_locked(cur: Transaction, locked: LockedStock, order_ids: Sequence[int]
-                         ) -> Expiry:
+async def _expire_locked(cur: Transaction, locked: LockedStock, order_ids: Sequence[int],
+                         outbox: Outbox) -> Expiry:
     """`expire` once the stock row is held: the orders' locks come after it."""
     marks = ", ".join(["%s"] * len(order_ids))
     await cur.execute(
@@ -288,7 +298,7 @@ async def _expire_locked(cur: Transaction, locked: LockedStock, order_ids: Seque
                for order_id, lag_us, quantity in await cur.fetchall()]
     units = sum(order.quantity for order in overdue)
     if overdue:
-        await _set_state(cur, [order.order_id for order in overdue], EXPIRED)
+        await _set_state(cur, [order.order_id for order in overdue], EXPIRED, outbox)
         await stock.give_back(cur, locked, units)
     return Expiry(outcome=Expired.DONE, lags_s=tuple(order.lag_us / 1e6 for order in overdue),
                   units=units)

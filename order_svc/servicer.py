@@ -12,6 +12,7 @@ from seckill_common.api.pages import decode_page_token, page_of, page_size
 from seckill_common.api.times import to_timestamp
 from seckill_common.api.validation import MAX_USER_ID_CHARS, Violations, require_id
 from seckill_common.database.db import Database
+from seckill_common.database.order_events import Outbox
 from seckill_common.runtime.auth import acting_user, confined_to, may_see
 
 STATES = frozenset(order_pb2.OrderState.values()) - {order_pb2.ORDER_STATE_UNSPECIFIED}
@@ -34,8 +35,9 @@ def to_proto(row: repository.OrderRow) -> order_pb2.Order:
 
 
 class OrderServicer(order_pb2_grpc.OrderServiceServicer):
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, outbox: Outbox) -> None:
         self._db = database
+        self._outbox = outbox
 
     async def GetOrder(self, request: order_pb2.GetOrderRequest,
                        context: ServicerContext) -> order_pb2.Order:
@@ -77,7 +79,8 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
                        context: ServicerContext) -> order_pb2.Order:
         require_id(request.id)
         owner = confined_to()
-        payment = await self._db.run(lambda cur: repository.pay(cur, request.id, owner))
+        payment = await self._db.run(
+            lambda cur: repository.pay(cur, request.id, owner, self._outbox))
         return to_proto(settle(payment))
 
     async def CancelOrder(self, request: order_pb2.CancelOrderRequest,
@@ -92,5 +95,6 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
     async def _cancel(self, order_id: int) -> repository.OrderRow:
         require_id(order_id)
         owner = confined_to()
-        cancellation = await self._db.run(lambda cur: repository.cancel(cur, order_id, owner))
+        cancellation = await self._db.run(
+            lambda cur: repository.cancel(cur, order_id, owner, self._outbox))
         return settle(cancellation)

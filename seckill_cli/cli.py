@@ -47,6 +47,8 @@ from seckill_cli.commands import (
     status,
     user_token,
 )
+from seckill_cli.events import add_arguments as events_arguments
+from seckill_cli.events import events
 from seckill_cli.render import Output
 from seckill_cli.simulate import simulate
 from seckill_cli.watch import add_arguments as watch_arguments
@@ -208,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
         commands, "watch", watch,
         "a live line of a sale: state, units left and a countdown by the server's clock "
         "(WatchActivity)"))
+    events_arguments(command(
+        commands, "events", events,
+        "order events after a revision; --follow: then as they commit (admin; "
+        "ListOrderEvents, WatchOrderEvents)"))
     sub = command(commands, "orders", orders, "list orders, by user, activity and/or state")
     sub.add_argument("--user", default="")
     sub.add_argument("--activity", type=int, default=0, metavar="ID")

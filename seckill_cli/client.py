@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -92,6 +92,12 @@ def rich_status(exc: grpc.aio.AioRpcError) -> status_pb2.Status | None:
     except ValueError:  # details that disagree with the status: use the status alone
         return None
     return status
+
+
+def resumable_after_s(exc: grpc.aio.AioRpcError) -> float | None:
+    """How long to wait before calling a stream again: the RetryInfo delay of an UNAVAILABLE
+    (a stream's lifetime, a server shutting down); None for an end not to resume."""
+    return retry_delay_s(exc) if exc.code() == grpc.StatusCode.UNAVAILABLE else None
 
 
 def detail(status: status_pb2.Status | None, kind: type[_Detail]) -> _Detail | None:
@@ -215,12 +221,15 @@ class Session:
         return (("authorization", f"Bearer {token}"),) if token else ()
 
     async def call(self, service: str, method: str, request: Message, *, auth: Auth = Auth.NONE,
-                   about: About = About()) -> Any:
-        """Calls `service`.`method`; a failure raises CliError with the explanation.
+                   about: About = About(), stub: Callable[[grpc.aio.Channel], Any] | None = None
+                   ) -> Any:
+        """Calls `service`.`method` (through `stub` on its channel: another gRPC service of the
+        same process); a failure raises CliError with the explanation.
 
         An overloaded service's refusal (RESOURCE_EXHAUSTED with RetryInfo) is tried again
         after its delay, jittered, while the waits fit in --timeout; past them, and while the
         service refuses most calls (adaptive throttling), the refusal is the answer."""
+        called = stub(self.channel(service)) if stub else self.stub(service)
         waited, delay = 0.0, 0.0
         for attempt in itertools.count():
             try:
@@ -236,7 +245,7 @@ class Session:
                 await asyncio.sleep(wait)
                 continue
             try:
-                reply = await getattr(self.stub(service), method)(
+                reply = await getattr(called, method)(
                     request, metadata=self.metadata(auth), timeout=self.timeout_s)
             except grpc.aio.AioRpcError as exc:
                 self.throttle.answered(exc.code())

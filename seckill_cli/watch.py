@@ -19,10 +19,9 @@ import time
 from typing import cast
 
 import grpc
-from google.rpc import error_details_pb2
 from seckill.v1 import activity_pb2
 
-from seckill_cli.client import Auth, CliError, Exit, Session, detail, explain, rich_status
+from seckill_cli.client import Auth, CliError, Exit, Session, explain, resumable_after_s
 from seckill_cli.render import Output, to_dict
 
 STATE_NAMES = ("NOT_STARTED", "OPEN", "SOLD_OUT", "ENDED")
@@ -76,12 +75,12 @@ async def watch(args: argparse.Namespace, session: Session, out: Output) -> int:
             if await _follow(call, out, until, live):
                 return Exit.OK
         except grpc.aio.AioRpcError as exc:
-            retry = detail(rich_status(exc), error_details_pb2.RetryInfo)
-            if exc.code() != grpc.StatusCode.UNAVAILABLE or retry is None:
+            delay_s = resumable_after_s(exc)
+            if delay_s is None:
                 raise explain(exc, "activity", session.addrs["activity"],
                               auth=Auth.NONE) from None
             # The stream's lifetime, or a server shutting down: resume (a whole view first).
-            await asyncio.sleep(retry.retry_delay.ToTimedelta().total_seconds())
+            await asyncio.sleep(delay_s)
         finally:
             call.cancel()
 

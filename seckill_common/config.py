@@ -24,10 +24,12 @@ from seckill_common.setting_kinds import (
     group,
     host_port,
     log_level,
+    nats_url,
     read_fields,
     redis_url,
     secret,
     setting,
+    stream_name,
     worker_number,
 )
 from seckill_common.setting_kinds import (
@@ -183,6 +185,29 @@ class WatchSettings:
 
 
 @dataclass(frozen=True)
+class EventsSettings:
+    """Order events: the outbox, their feed and the relay to NATS JetStream (docs/EVENTS.md)."""
+
+    # Every order state change writes its event in its own transaction; off only to measure
+    # what the events cost (the feed then answers FAILED_PRECONDITION EVENTS_DISABLED).
+    enabled: bool = setting(Bool("SECKILL_EVENTS_ENABLED", True))
+    # Events older than this are deleted (never before the relay has sent them); a reader
+    # behind them is told to list again (EVENTS_PRUNED).
+    retention_s: float = setting(
+        Float("SECKILL_EVENTS_RETENTION", 7 * 86_400.0, 60.0, 3650 * 86_400.0))
+    # How often a process's feed (and the relay) looks for newly committed events.
+    poll_interval_s: float = setting(
+        Float("SECKILL_EVENTS_POLL_INTERVAL_MS", 100.0, 10.0, 10_000.0, per=1000))
+    # An idle WatchOrderEvents stream is sent the feed's revision this often.
+    progress_interval_s: float = setting(
+        Float("SECKILL_EVENTS_PROGRESS_INTERVAL_MS", 5000.0, 50.0, 600_000.0, per=1000))
+    # The relay publishes to this NATS server's JetStream (nats://host:port); empty: no relay.
+    nats_url: str = setting(Text("SECKILL_EVENTS_NATS_URL", nats_url))
+    # The JetStream stream the relay creates when missing and publishes to.
+    nats_stream: str = setting(Text("SECKILL_EVENTS_NATS_STREAM", stream_name, "ORDER_EVENTS"))
+
+
+@dataclass(frozen=True)
 class SaleDaySettings:
     """Which calls the access log writes (seckill_common.runtime.interceptors) and how a
     process sheds load (seckill_common.runtime.overload)."""
@@ -268,6 +293,8 @@ class Settings:
     worker_env: str = setting(Text("SECKILL_WORKER_ID", worker_number))
     # ActivityService.WatchActivity streams.
     watch: WatchSettings = group(WatchSettings)  # noqa: RUF009
+    # Order events (the outbox, OrderEventService, the relay).
+    events: EventsSettings = group(EventsSettings)  # noqa: RUF009
     # The access log and overload (seckill_common.runtime.interceptors, .overload).
     sale_day: SaleDaySettings = group(SaleDaySettings)  # noqa: RUF009
 

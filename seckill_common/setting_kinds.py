@@ -142,6 +142,21 @@ def redis_url(name: str, value: str) -> str:
     return value
 
 
+def nats_url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("nats", "tls") or not parts.hostname:
+        # The value is not echoed: it may hold a password.
+        raise ConfigError(f"{name} must look like nats://[user:password@]host:port")
+    return value
+
+
+def stream_name(name: str, value: str) -> str:
+    # JetStream stream names: no spaces, dots, wildcards or path separators.
+    if not value.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError(f"{name} must be letters, digits, '-' and '_', got {value!r}")
+    return value
+
+
 def log_level(_name: str, value: str) -> str:
     return value.upper()
 

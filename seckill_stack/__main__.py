@@ -2,10 +2,13 @@
 
     python -m seckill_stack {up|down|status} [--run-dir .run]
 
-A private MariaDB (unless SECKILL_MYSQL_URL names another server), then the product, order and
-activity services. Settings come from the environment: SECKILL_MYSQL_URL, SECKILL_ADMIN_TOKEN,
-SECKILL_{PRODUCT,ACTIVITY,ORDER}_ADDR and every other SECKILL_* setting (docs/CONFIGURATION.md),
-MARIADB_DIR (<run dir>/mariadb), MARIADB_PORT (3307), WAIT_TIMEOUT (60 s). State lives in the
+A private MariaDB (unless SECKILL_MYSQL_URL names another server), a private NATS server with
+JetStream for the order events' relay (unless SECKILL_EVENTS_NATS_URL names another), then the
+product, order and activity services. Settings come from the environment: SECKILL_MYSQL_URL,
+SECKILL_ADMIN_TOKEN, SECKILL_{PRODUCT,ACTIVITY,ORDER}_ADDR, SECKILL_EVENTS_NATS_URL and every
+other SECKILL_* setting (docs/CONFIGURATION.md), MARIADB_DIR (<run dir>/mariadb), MARIADB_PORT
+(3307), NATS_DIR (<run dir>/nats), NATS_PORT (4223: not a system server's 4222), WAIT_TIMEOUT
+(60 s). State lives in the
 run dir: stack.env (the settings of the running stack; the demo sources it, `down` removes it),
 admin_token, logs/<service>.log, pids/<service>.pid.
 
@@ -28,6 +31,7 @@ from pathlib import Path
 from seckill_common.config import DEFAULT_ADDRS
 from seckill_stack.health import probe
 from seckill_stack.mariadb import MariaDB, MariaDBError, alive
+from seckill_stack.nats import NatsError, NatsServer
 from seckill_stack.services import (
     REPO,
     SERVICES,
@@ -41,7 +45,7 @@ from seckill_stack.services import (
 
 SAVED = ("SECKILL_MYSQL_URL", "SECKILL_ADMIN_TOKEN", "SECKILL_PRODUCT_ADDR",
          "SECKILL_ACTIVITY_ADDR", "SECKILL_ORDER_ADDR", "STACK_PRIVATE_DB", "MARIADB_DIR",
-         "MARIADB_PORT")
+         "MARIADB_PORT", "SECKILL_EVENTS_NATS_URL", "STACK_PRIVATE_NATS", "NATS_DIR", "NATS_PORT")
 
 
 class StackError(RuntimeError):
@@ -84,7 +88,15 @@ class DevStack:
             # Generated once and kept, so scripts and shells that saved it keep working.
             token_file.touch(mode=0o600)
             token_file.write_text(secrets.token_hex(24))
+        nats_dir = env.get("NATS_DIR") or str(self.run / "nats")
+        nats_port = env.get("NATS_PORT") or "4223"
+        private_nats = self.nats(nats_dir, nats_port).url
+        own_nats = env.get("SECKILL_EVENTS_NATS_URL", "") in ("", private_nats)
         settings.update({
+            "SECKILL_EVENTS_NATS_URL": private_nats if own_nats
+            else env["SECKILL_EVENTS_NATS_URL"],
+            "STACK_PRIVATE_NATS": "1" if own_nats else "0",
+            "NATS_DIR": nats_dir, "NATS_PORT": nats_port,
             "SECKILL_MYSQL_URL": private_url if private else env["SECKILL_MYSQL_URL"],
             "SECKILL_ADMIN_TOKEN": env.get("SECKILL_ADMIN_TOKEN") or token_file.read_text(),
             "STACK_PRIVATE_DB": "1" if private else "0",
@@ -102,6 +114,12 @@ class DevStack:
         if not port.isdigit() or not 1 <= int(port) <= 65535:
             raise StackError(f"MARIADB_PORT must be 1..65535, got {port!r}")
         return MariaDB(Path(db_dir), int(port))
+
+    @staticmethod
+    def nats(nats_dir: str, port: str) -> NatsServer:
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise StackError(f"NATS_PORT must be 1..65535, got {port!r}")
+        return NatsServer(Path(nats_dir), int(port))
 
     def service(self, name: str, settings: dict[str, str]) -> ServiceProcess:
         env = {**self.env, **{k: v for k, v in settings.items() if k.startswith("SECKILL_")}}
@@ -134,6 +152,15 @@ class DevStack:
                 raise StackError(str(exc)) from None
             say(f"MariaDB {'started' if started else 'already running'} on 127.0.0.1:"
                 f"{db.port}, data in {db.datadir}")
+        if settings.get("STACK_PRIVATE_NATS") == "1":
+            nats = self.nats(settings["NATS_DIR"], settings["NATS_PORT"])
+            answered = nats.answers()
+            try:
+                nats.start()
+            except NatsError as exc:
+                raise StackError(str(exc)) from None
+            say(f"NATS {'answers' if answered else 'started'} on 127.0.0.1:{nats.port}"
+                f" (JetStream), store in {nats.root}")
         services = [self.service(name, settings) for name in SERVICES]
         for name, service in zip(SERVICES, services, strict=True):
             answer = asyncio.run(probe(service.address))
@@ -174,6 +201,14 @@ class DevStack:
                     break
                 time.sleep(0.1)  # not our child: nothing to wait on
         say("services stopped")
+        if settings.get("STACK_PRIVATE_NATS") == "1":
+            nats = self.nats(settings["NATS_DIR"], settings["NATS_PORT"])
+            running = nats.recorded_pid() is not None
+            try:
+                nats.stop()
+            except NatsError as exc:
+                raise StackError(str(exc)) from None
+            say("NATS stopped" if running else "NATS was not running")
         if settings.get("STACK_PRIVATE_DB") == "1":
             db = self.database(settings["MARIADB_DIR"], settings["MARIADB_PORT"])
             try:
@@ -198,6 +233,11 @@ class DevStack:
             db = self.database(settings["MARIADB_DIR"], settings["MARIADB_PORT"])
             up = db.answers()
             say(f"MariaDB on 127.0.0.1:{db.port}: {'answering' if up else 'not answering'}")
+            code = code if up else 3
+        if settings.get("STACK_PRIVATE_NATS") == "1":
+            nats = self.nats(settings["NATS_DIR"], settings["NATS_PORT"])
+            up = nats.answers()
+            say(f"NATS on 127.0.0.1:{nats.port}: {'answering' if up else 'not answering'}")
             code = code if up else 3
         return code
 

@@ -36,17 +36,21 @@ def install_server() -> None:
     """Makes sure mariadbd exists: as root, installs Debian's mariadb-server through apt."""
     if _which("mariadbd") and _which("mariadb-install-db"):
         return
-    if os.geteuid() != 0:
-        raise MariaDBError("mariadbd not found; install the mariadb-server package (needs root)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    print("mariadb: installing mariadb-server", flush=True)
     # A system server that apt may start alongside does not matter: ours has its own port.
-    for argv in (["apt-get", "update", "-qq"],
-                 ["apt-get", "install", "-y", "-qq", "mariadb-server"]):
+    apt_install("mariadb-server", "mariadbd", MariaDBError)
+
+
+def apt_install(package: str, binary: str, error: type[Exception]) -> None:
+    """Installs Debian's `package` through apt, as root; otherwise `error` says to."""
+    if os.geteuid() != 0:
+        raise error(f"{binary} not found; install the {package} package (needs root)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    print(f"{binary}: installing {package}", flush=True)
+    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
         done = subprocess.run(argv, env=env, capture_output=True, text=True,
                               timeout=APT_TIMEOUT_S, check=False)
         if done.returncode != 0:
-            raise MariaDBError(f"{' '.join(argv)} failed:\n{done.stderr.strip()[-2000:]}")
+            raise error(f"{' '.join(argv)} failed:\n{done.stderr.strip()[-2000:]}")
 
 
 def process_state(pid: int) -> str | None:
@@ -60,6 +64,15 @@ def process_state(pid: int) -> str | None:
 
 def alive(pid: int) -> bool:
     return process_state(pid) not in (None, *DEAD_STATES)
+
+
+def live_pid(pid_file: Path) -> int | None:
+    """The pid in `pid_file` if that process is still alive (not a zombie)."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if alive(pid) else None
 
 
 class MariaDB:
@@ -118,12 +131,7 @@ class MariaDB:
         return self.ask("SELECT VERSION()") or "?"
 
     def recorded_pid(self) -> int | None:
-        """The pid in the pid file if that process is still alive (not a zombie)."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if alive(pid) else None
+        return live_pid(self.pid_file)
 
     def install(self) -> None:
         """mariadbd installed (see install_server) and the data dir initialised."""

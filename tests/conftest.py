@@ -6,12 +6,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from seckill.v1 import activity_pb2, product_pb2
 
+from seckill_stack.nats import NatsServer
 from tests.helpers.factories import make_activity, make_product
-from tests.helpers.stack import PrivateMariaDB, Stack, create_database, start_stack
+from tests.helpers.stack import (
+    PrivateMariaDB,
+    Stack,
+    create_database,
+    free_port,
+    start_stack,
+)
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +38,15 @@ def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 async def db_url(mariadb: str) -> str:
     return await create_database(mariadb)
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A private nats-server with JetStream on a free port (never a system one on 4222)."""
+    server = NatsServer(tmp_path / "nats", free_port())
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

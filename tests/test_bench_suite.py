@@ -53,7 +53,22 @@ def test_the_h2load_targets_are_ratios_to_its_health_check_and_the_overload_shar
     run = results(tmp_path, a=1000, e=850, g1=2000, g2=1500, g3=1700, g4=1800)
     run.rows.append(OverloadRow("h10000", "overload", rps=1600.0, answered_share=0.93))
     judged = {name.split(" ≥")[0]: (measured.split()[0], met)
-              for name, measured, met in targets(run)[4:]}
+              for name, measured, met in targets(run)[4:-1]}  # the last: the outbox's
     assert list(judged.values()) == [("0.85", True), ("0.90", True), ("0.75", False),
                                      ("0.85", True), ("10.0", True), ("93%", True),
                                      ("0.94", True)]
+
+
+def test_the_outbox_target_is_the_sale_with_events_against_the_same_sale_without(
+        tmp_path: Path) -> None:
+    def outbox(run: Results) -> tuple[str, str, bool | None]:
+        [found] = [t for t in targets(run) if "(n)" in t[0]]
+        return found
+
+    name, measured, met = outbox(results(tmp_path, a=1000, b=850, n=900))
+    assert "(b)" in name and "0.9" in name
+    assert measured.startswith("0.94 ") and met is True
+    assert outbox(results(tmp_path, a=1000, b=700, n=900))[2] is False
+    assert outbox(results(tmp_path, a=1000, b=700))[1:] == ("—", None)
+
+

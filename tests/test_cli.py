@@ -460,3 +460,33 @@ async def test_as_a_process(stack: Stack) -> None:
     closed = {**env, "SECKILL_ORDER_ADDR": f"127.0.0.1:{free_port()}"}
     assert (await run_process(sys.executable, "-m", "seckill_cli", "status", env=closed)
             ).code == Exit.UNREACHABLE
+
+
+async def test_events_lists_then_follows(seckill: Seckill, stack: Stack) -> None:
+    product = await make_product(stack, stock=5)
+    activity = await make_activity(stack, product.id)
+    bought = await seckill("--json", "buy", "--activity", str(activity.id), "--user", "ev1")
+    assert bought.code == Exit.OK, bought.err
+    listed = await seckill("--json", "events")
+    assert listed.code == Exit.OK, listed.err
+    [created] = [json.loads(line) for line in listed.out.splitlines()]
+    assert created["type"] == "CREATED" and created["order"]["user_id"] == "ev1"
+    shown = await seckill("events", "--after", str(created["revision"]))
+    assert shown.code == Exit.OK and shown.out == ""
+
+    # --follow as a process: the listed event, then one that commits while it watches.
+    env = {**os.environ, "SECKILL_ADMIN_TOKEN": ADMIN_TOKEN,
+           "SECKILL_ORDER_ADDR": stack.order.address}
+    follow = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "seckill_cli", "events", "--follow", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert follow.stdout is not None
+    try:
+        first = (await asyncio.wait_for(follow.stdout.readline(), 30)).decode()
+        assert first.startswith(f"{created['revision']} ") and "CREATED" in first
+        await seckill("buy", "--activity", str(activity.id), "--user", "ev2")
+        second = (await asyncio.wait_for(follow.stdout.readline(), 30)).decode()
+        assert "CREATED" in second and "'ev2'" in second
+    finally:
+        follow.kill()
+        await follow.wait()

@@ -293,10 +293,11 @@ def test_tools_are_probed_over_http_with_the_images_wget(compose, service, url):
 def test_third_party_images_are_pinned(compose):
     images = {name: service["image"] for name, service in compose["services"].items()
               if "build" not in service}
-    assert set(images) == {"db", "jaeger", "prometheus", "grafana", "redis"}
+    assert set(images) == {"db", "jaeger", "prometheus", "grafana", "redis", "nats"}
     for name, image in images.items():
         _repo, _, tag = image.rpartition(":")
-        assert re.fullmatch(r"v?\d+(\.\d+)+", tag), f"{name}: {image} is not pinned to a version"
+        assert re.fullmatch(r"v?\d+(\.\d+)+(-alpine)?", tag), (
+            f"{name}: {image} is not pinned to a version")
     assert images["jaeger"].startswith("jaegertracing/jaeger:2.")  # OTLP on by default
     assert images["prometheus"].startswith("prom/prometheus:v3.")
     assert images["grafana"].startswith("grafana/grafana:")
@@ -580,3 +581,13 @@ def test_image_installs_every_module_the_services_import():
         if owner not in runtime:
             missing[module] = owner
     assert not missing, f"imported, but not a runtime dependency in pyproject.toml: {missing}"
+
+
+def test_the_order_service_relays_events_to_a_jetstream_server(compose):
+    nats = compose["services"]["nats"]
+    assert "-js" in nats["command"] and "/data" in nats["command"]
+    assert nats["volumes"][0].startswith("nats-data:") and "nats-data" in compose["volumes"]
+    url = environment(compose, "order")["SECKILL_EVENTS_NATS_URL"]
+    assert url == "nats://nats:4222"
+    # Events wait in the database while NATS is away: started is enough.
+    assert compose["services"]["order"]["depends_on"]["nats"] == {"condition": "service_started"}

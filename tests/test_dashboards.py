@@ -254,6 +254,8 @@ def test_alerts_fire_on_faults_not_on_the_sales_refusals(promtool: str, tmp_path
         series("seckill_order_expiry_lag_seconds_bucket", f"0+150x{steps}", le="30", **order),
         series("seckill_order_expiry_lag_seconds_bucket", f"0+150x{steps}", le="+Inf",
                **order),
+        # The relay's oldest unsent event ages a second a second (JetStream away): alert.
+        series("seckill_events_relay_lag_seconds", f"0+15x{steps}", **order),
         # order's target stops answering after 5 minutes (alert); activity's answers (none).
         series("up", f"1x19 0x{steps - 20}", job="order", instance="order:9464"),
         series("up", f"1x{steps}", job="activity", instance="a1:9464"),
@@ -288,6 +290,9 @@ def test_alerts_fire_on_faults_not_on_the_sales_refusals(promtool: str, tmp_path
         alert("SeckillExpiryLate", "3m"),
         alert("SeckillExpiryLate", "15m", {}, "warning",
               "unpaid orders expire 29.8s after their deadline (p99)"),
+        alert("SeckillEventsRelayLagging", "2m"),
+        alert("SeckillEventsRelayLagging", "15m", {}, "warning",
+              "order events reach JetStream 15m 0s late"),
         alert("SeckillTargetDown", "15m", {"job": "order", "instance": "order:9464"},
               "critical", "order at order:9464 is not answering scrapes"),
     ]

@@ -93,7 +93,7 @@ def render(folder: Path, secret_values: dict[str, str]) -> list[dict[str, Any]]:
 
 def pod_specs(resources: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict]]:
     for resource in resources:
-        if resource["kind"] in ("Deployment", "Job"):
+        if resource["kind"] in ("Deployment", "StatefulSet", "Job"):
             yield resource, resource["spec"]["template"]["spec"]
 
 
@@ -165,6 +165,7 @@ def test_the_overlay_renders_every_part(rendered):
             assert (kind, f"seckill-{service}") in kinds
     for part in [("Job", "seckill-migrate"), ("Deployment", "seckill-redis"),
                  ("Service", "seckill-redis"), ("MariaDB", "seckill-db"),
+                 ("StatefulSet", "seckill-nats"), ("Service", "seckill-nats"),
                  ("ConfigMap", "seckill-config"), ("Secret", "seckill-secrets"),
                  ("Namespace", "seckill")]:
         assert part in kinds
@@ -204,7 +205,7 @@ def pods_selected(resources, selector: dict[str, str]) -> list[dict[str, Any]]:
 
 
 def test_deployments_select_their_own_pods(rendered):
-    for deployment in of_kind(rendered, "Deployment"):
+    for deployment in [*of_kind(rendered, "Deployment"), *of_kind(rendered, "StatefulSet")]:
         selector = deployment["spec"]["selector"]["matchLabels"]
         assert pods_selected(rendered, selector) == [deployment], deployment["metadata"]["name"]
 
@@ -344,6 +345,9 @@ def test_images_are_the_overlays_and_run_modules_that_exist(rendered):
         if image.startswith("redis:"):
             assert re.fullmatch(r"redis:\d+\.\d+\.\d+", image)
             continue
+        if image.startswith("nats:"):
+            assert re.fullmatch(r"nats:\d+\.\d+\.\d+-alpine", image)
+            continue
         assert image == "registry.example.com/seckill:0.1.0"
         command = container["command"]
         assert command[:2] == ["python", "-m"]
@@ -441,3 +445,16 @@ def test_the_migration_job_runs_once_at_a_time(rendered):
         [init] = spec["initContainers"]
         assert init["command"][:5] == ["python", "-m", "seckill_common.database.migrations",
                                        "--check", "--wait"]
+
+
+def test_the_order_pods_relay_events_to_the_jetstream_server(rendered):
+    nats = one(rendered, "StatefulSet", "seckill-nats")
+    [container] = nats["spec"]["template"]["spec"]["containers"]
+    assert "-js" in container["args"]  # JetStream on, its store on the claimed volume
+    assert container["volumeMounts"][0]["name"] == nats["spec"]["volumeClaimTemplates"][0][
+        "metadata"]["name"]
+    env = container_env(rendered, service_container(rendered, "order"))
+    service = one(rendered, "Service", "seckill-nats")
+    assert env["SECKILL_EVENTS_NATS_URL"] == (
+        f"nats://seckill-nats:{service['spec']['ports'][0]['port']}")
+    assert Settings.from_env(env).events.nats_url

@@ -15,7 +15,7 @@ import grpc
 from seckill_bench.config import BenchConfig
 from seckill_bench.report import Report
 from seckill_bench.runner import BenchError, run
-from seckill_bench.suite import watch
+from seckill_bench.suite import events, watch
 from seckill_bench.suite.procfs import RssSampler, children, rss_mib
 from seckill_bench.suite.stack import ACTIVITY_MODES, BenchStack, StackError, log
 from seckill_stack.sale import open_sale
@@ -169,10 +169,14 @@ class Suite:
         self.warm_up()
         s = self.settings
         self.row("a", "Health/Check ceiling (coalesced activity svc)", self.ceiling)
-        self.row("b", "flash sale, coalesced", lambda: self.flash_sale("b", "coalesced"))
-        # Right after (b), on the same service: its rate is judged against (b)'s.
-        self.row("q", "flash sale of 1-3 units, coalesced",
-                 lambda: self.flash_sale("q", "coalesced", MAX_QUANTITY))
+        assert self.stack.nats is not None
+        with events.RelayProbe(self.stack.nats.url) as relay:
+            self.row("b", "flash sale, coalesced", lambda: self.flash_sale("b", "coalesced"))
+            # Right after (b), on the same service: its rate is judged against (b)'s.
+            self.row("q", "flash sale of 1-3 units, coalesced",
+                     lambda: self.flash_sale("q", "coalesced", MAX_QUANTITY))
+            self.row("r", "the relay during (b)", lambda: events.relay_row(self, relay))
+        self.row("n", "flash sale, coalesced, events off", lambda: events.without_events(self))
         self.row("c", "flash sale, per_request", lambda: self.flash_sale("c", "per_request"))
         self.row("d", "GetActivity, the load of (a)", self.get_activity)
         watch.rows(self)  # (f): WatchActivity's watchers against GetActivity polling
@@ -201,25 +205,29 @@ class Suite:
         self.save("a-health-check", report)
         return Row.from_report("a", "Health/Check ceiling (coalesced activity svc)", report)
 
-    def flash_sale(self, key: str, mode: str, max_quantity: int = 1) -> Row:
-        """(b), (c), (q): every user tries twice; the invariants (in units) are checked
-        through the API. (q) sells quantities: users ask for 1 to `max_quantity` units."""
+    def flash_sale(self, key: str, mode: str, max_quantity: int = 1, label: str = "",
+                   title: str = "") -> Row:
+        """(b), (c), (q), (n): every user tries twice; the invariants (in units) are checked
+        through the API. (q) sells quantities: users ask for 1 to `max_quantity` units.
+        `label`: the activity service (default the mode's); `title`: the row's."""
         s = self.settings
-        activity = create_sale(self.stack, f"activity-{mode}", f"flash sale {mode}",
-                               s.flash_stock, per_user_limit=max_quantity)
+        label = label or f"activity-{mode}"
+        activity = create_sale(self.stack, label, f"flash sale {key}", s.flash_stock,
+                               per_user_limit=max_quantity)
         data = json.dumps({"activity_id": activity, "user_id": "user-{{div .RequestNumber 2}}",
                            **({"quantity": "QUANTITY"} if max_quantity > 1 else {})})
         if max_quantity > 1:  # a number in the JSON, not a string
             data = data.replace('"QUANTITY"', QUANTITY_TEMPLATE)
-        elif mode == "coalesced":
+        elif key == "b":
             self.flash_sale_activity = activity
-        report = self.load(f"({key}) flash sale {mode}", SECKILL, f"activity-{mode}", data,
+        report = self.load(f"({key}) flash sale {mode}", SECKILL, label, data,
                            total=2 * s.flash_users, initial_stock=s.flash_stock)
         units = "" if max_quantity == 1 else f"-{max_quantity}-units"
         self.save(f"{key}-flash-sale-{mode.replace('_', '-')}{units}", report)
         asks = "" if max_quantity == 1 else f", 1-{max_quantity} units each"
-        return Row.from_report(key, f"flash sale, {mode} (stock {s.flash_stock:,}, "
-                                    f"{s.flash_users:,} users, 2 tries each{asks})", report)
+        return Row.from_report(key, f"{title or f'flash sale, {mode}'} (stock "
+                                    f"{s.flash_stock:,}, {s.flash_users:,} users, 2 tries "
+                                    f"each{asks})", report)
 
     def get_activity(self) -> Row:
         """(d): a read that also calls the product service, as many calls as (a)."""

@@ -1,5 +1,6 @@
-"""The stack under test: a fresh private MariaDB, the product and order services, and one
-activity service per commit mode, all on one database (launched by seckill_stack)."""
+"""The stack under test: a fresh private MariaDB and NATS server (the order events' relay), the
+product and order services, one activity service per commit mode and one that writes no order
+events, all on one database (launched by seckill_stack)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seckill_stack.mariadb import MariaDB, MariaDBError
+from seckill_stack.nats import NatsError, NatsServer
 from seckill_stack.services import (
     REPO,
     ServiceProcess,
@@ -27,6 +29,8 @@ SERVING_TIMEOUT_S = 60.0
 ACTIVITY_MODES = {
     "activity-coalesced": {"SECKILL_COMMIT_MODE": "coalesced"},
     "activity-per_request": {"SECKILL_COMMIT_MODE": "per_request"},
+    # Row (n): the sale of (b) without order events, for what the outbox costs.
+    "activity-no-events": {"SECKILL_COMMIT_MODE": "coalesced", "SECKILL_EVENTS_ENABLED": "false"},
 }
 
 
@@ -43,6 +47,7 @@ class BenchStack:
     workers: int  # processes per activity service
     token: str = field(default_factory=lambda: secrets.token_hex(24))
     db: MariaDB | None = None
+    nats: NatsServer | None = None
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
     @property
@@ -68,12 +73,20 @@ class BenchStack:
             self.db.start(detach=True)
         except MariaDBError as exc:
             raise StackError(str(exc)) from None
+        self.nats = NatsServer(RUN_DIR / "nats", free_port())
+        log(f"starting a private nats-server -js on 127.0.0.1:{self.nats.port}")
+        try:
+            self.nats.start()
+        except NatsError as exc:
+            raise StackError(str(exc)) from None
         # Only our settings: a shell that sourced .run/stack.env must not leak into the stack.
         base = {k: v for k, v in os.environ.items() if not k.startswith("SECKILL_")}
         base.update({"SECKILL_MYSQL_URL": f"{self.db.url_base}/{DATABASE}",
                      "SECKILL_ADMIN_TOKEN": self.token, "SECKILL_LOG_LEVEL": "WARNING"})
         for label in ("product", "order"):
-            self.services[label] = ServiceProcess(f"{label}_svc", base,
+            # The order service relays the events (row (r)).
+            relay = {"SECKILL_EVENTS_NATS_URL": self.nats.url} if label == "order" else {}
+            self.services[label] = ServiceProcess(f"{label}_svc", {**base, **relay},
                                                   self.log_dir / f"{label}.log")
         peers = {"SECKILL_PRODUCT_ADDR": self.addr("product"),
                  "SECKILL_ORDER_ADDR": self.addr("order")}
@@ -102,6 +115,12 @@ class BenchStack:
             if service.alive():
                 service.terminate()
                 log(f"{label} stopped")
+        if self.nats is not None:
+            try:
+                self.nats.stop()
+                log("NATS stopped")
+            except NatsError as exc:
+                log(f"could not stop NATS: {exc}")
         if self.db is not None:
             try:
                 self.db.stop()

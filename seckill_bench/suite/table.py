@@ -22,6 +22,7 @@ TARGET_FLASH_SALE_RATIO = 0.8  # (b)/(a)
 TARGET_GET_ACTIVITY_RATIO = 0.7  # (d)/(a)
 TARGET_P99_MS = 50.0  # p99 of (b)
 TARGET_QUANTITIES_RATIO = 0.9  # (q)/(b): quantities cost at most 10% of the one-unit rate
+TARGET_OUTBOX_RATIO = 0.9  # (b)/(n): the flash sale with order events against without
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -80,7 +81,7 @@ def ratio(top: Row | None, bottom: Row | None) -> float | None:
 
 def targets(results: Results) -> list[tuple[str, str, bool | None]]:
     """(target, measured, met) of one run; met is None when a row was not measured."""
-    a, b, d, q = (results.row(key) for key in "abdq")
+    a, b, d, n, q = (results.row(key) for key in "abdnq")
 
     def judged(value: float | None, ok: Callable[[float], bool]) -> bool | None:
         return None if value is None else ok(value)
@@ -102,6 +103,8 @@ def targets(results: Results) -> list[tuple[str, str, bool | None]]:
         ratio_target("flash sale of 1-3 units (q) / flash sale (b), throughput", q,
                      TARGET_QUANTITIES_RATIO, b),
         *h2load_targets(results),  # issue 20's, from the h2load rows and (e)
+        ratio_target("flash sale with order events (b) / without (n), throughput", b,
+                     TARGET_OUTBOX_RATIO, n),
     ]
 
 
@@ -122,9 +125,11 @@ def _header(results: Results, argv: list[str]) -> list[str]:
         f"- **Clients** (every row): seckill-bench, -c {s.concurrency} in flight over "
         f"--connections {s.connections}, --procs {s.procs} client processes; on the same "
         "machine as the servers.",
-        f"- **Services**: an activity service per commit mode (coalesced, per_request) with "
-        f"--workers {s.workers} each, product and order services with their default workers, "
-        "one database; SECKILL_LOG_LEVEL=WARNING, other settings at their defaults.",
+        f"- **Services**: an activity service per commit mode (coalesced, per_request) and a "
+        f"coalesced one without order events (row (n)), with --workers {s.workers} each, "
+        "product and order services with their default workers (the order service relays "
+        "events to a private nats-server -js: row (r)), one database; "
+        "SECKILL_LOG_LEVEL=WARNING, other settings at their defaults.",
         f"- **Load average** (1 min): {results.load_before} before the run, "
         f"{results.load_after} after the scenarios.",
         f"- **Warm-up**: {s.warmup_calls:,} unreported Seckill calls per activity service "

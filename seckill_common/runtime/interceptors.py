@@ -18,7 +18,7 @@ The layers are plain functions composed once per method by one grpc interceptor,
 the wrapped handler: grpc.aio calls every interceptor on every RPC, and building handlers per
 call costs more than a trivial RPC itself. Only unary-unary handlers are wrapped; health Watch
 and reflection streams pass through, and our own server streams get only the tolerant request
-parser (activity_svc.watch maps its errors and logs its calls itself).
+parser and auth (seckill_common.runtime.streams ends, logs and counts them).
 """
 
 from __future__ import annotations
@@ -196,8 +196,11 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None, method: str) -> Calla
 class LayeredInterceptor(grpc.aio.ServerInterceptor):
     """Applies `layers` (outermost first) to each unary method once, and caches the result."""
 
-    def __init__(self, layers: Sequence[Layer]) -> None:
+    def __init__(self, layers: Sequence[Layer], stream_layers: Sequence[Layer] = ()) -> None:
         self._layers = list(layers)
+        # Our server streams log and end themselves (seckill_common.runtime.streams); they take
+        # only these: who may call them (auth), and the mapping of its refusals.
+        self._stream_layers = list(stream_layers)
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
@@ -215,8 +218,11 @@ class LayeredInterceptor(grpc.aio.ServerInterceptor):
                 "/seckill."):
             # Our server streams (WatchActivity) keep their own layers; only bytes that are
             # not their request reach them as `Malformed` (INVALID_ARGUMENT), not INTERNAL.
+            streaming = handler.unary_stream
+            for layer in reversed(self._stream_layers):
+                streaming = layer(method, streaming)
             stream = grpc.unary_stream_rpc_method_handler(
-                handler.unary_stream,
+                streaming,
                 request_deserializer=_tolerant(handler.request_deserializer, method),
                 response_serializer=handler.response_serializer)
             self._handlers[method] = stream
@@ -251,4 +257,5 @@ def interceptors_for(settings: Settings, service: str, admin_methods: frozenset[
     return [*server_interceptors(),
             LayeredInterceptor([access_log(service, AccessLogRules.of(settings)),
                                 shedder.layer, map_errors, auth.layer, refuse_malformed,
-                                limits.layer])]
+                                limits.layer],
+                               stream_layers=[map_errors, auth.layer])]

@@ -74,6 +74,22 @@ class OnStop:
     run: Cleanup
 
 
+@dataclass(eq=False)
+class HealthEntry:
+    """A health entry of a part that runs beside the service's RPCs (the events relay), which
+    `add_servicers` hands back: its status follows `set`, while the service serves on."""
+
+    name: str
+    serving: bool = True
+    on_change: list[Callable[[bool], None]] = field(default_factory=list)
+
+    def set(self, serving: bool) -> None:
+        if serving != self.serving:
+            self.serving = serving
+            for notify in self.on_change:
+                notify(serving)
+
+
 # A health entry that is SERVING from the moment the server answers until it shuts down,
 # whatever the database: what a liveness probe should ask (the process lives), while readiness
 # asks the service's own entries (it can serve). Restarting every pod because the database is
@@ -121,9 +137,10 @@ class ServiceDefinition:
     # set (seckill_common.runtime.auth).
     user_methods: frozenset[str]
     # Adds the servicers to the server; returns cleanup to run after the server stops.
-    # OnStop steps among them run before `stop(grace)`, the rest after it.
+    # OnStop steps among them run before `stop(grace)`, the rest after it; HealthEntry items
+    # are health entries of the service's own.
     add_servicers: Callable[[grpc.aio.Server, Database, Settings],
-                            Awaitable[Sequence[Cleanup | OnStop]]]
+                            Awaitable[Sequence[Cleanup | OnStop | HealthEntry]]]
 
 
 @dataclass
@@ -173,9 +190,17 @@ class RunningService:
     def _report_shared_limits(self, shared: bool) -> None:
         """Health entry SHARED_HEALTH_NAME: SERVING while per-user limits are counted in
         Redis, NOT_SERVING while each process counts its own (the service itself serves on)."""
-        status = (health_pb2.HealthCheckResponse.SERVING if shared
+        self._report(SHARED_HEALTH_NAME, shared)
+
+    def _follow(self, entry: HealthEntry) -> None:
+        """Keeps the health entry `entry.name` in step with `entry`."""
+        self._report(entry.name, entry.serving)
+        entry.on_change.append(lambda serving: self._report(entry.name, serving))
+
+    def _report(self, name: str, serving: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
-        update = asyncio.ensure_future(self.health.set(SHARED_HEALTH_NAME, status))
+        update = asyncio.ensure_future(self.health.set(name, status))
         self._health_updates.add(update)
         update.add_done_callback(self._health_updates.discard)
 
@@ -250,7 +275,7 @@ async def start_service(
                  ("grpc.max_receive_message_length", settings.max_message_bytes)],
     )
     steps = await definition.add_servicers(server, database, settings)
-    cleanups = [s for s in steps if not isinstance(s, OnStop)]
+    cleanups = [s for s in steps if not isinstance(s, OnStop | HealthEntry)]
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -274,6 +299,9 @@ async def start_service(
         log.info("metrics", extra={"port": running.metrics_server.server_port})
     await running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     await health_servicer.set(LIVENESS_HEALTH_NAME, health_pb2.HealthCheckResponse.SERVING)
+    for entry in steps:
+        if isinstance(entry, HealthEntry):
+            running._follow(entry)
     if limits.shared is not None:
         running._report_shared_limits(limits.shared.shared)
         limits.shared.on_change.append(running._report_shared_limits)

@@ -169,6 +169,14 @@ EXPIRY_LAG = Histogram("seckill_order_expiry_lag_seconds",
                        "How long after its pay deadline an unpaid order was expired",
                        buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0))
 
+EVENTS_RELAYED = Counter("seckill_events_relayed",
+                         "Order events JetStream acknowledged to this process's relay")
+EVENTS_RELAY_LAG = Gauge(
+    "seckill_events_relay_lag_seconds", "Age of the oldest order event the relay has not yet "
+    "had acknowledged by JetStream (0: caught up), as the active relay last saw it")
+EVENTS_RELAY_ACTIVE = Gauge("seckill_events_relay_active",
+                            "1 while this process's relay holds the lease and publishes")
+
 
 def count_order(state: str, n: int = 1, *, units: int) -> None:
     """Counts orders entering `state` (pending_payment, paid, cancelled, expired), and their

@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any
 
 from google.protobuf import timestamp_pb2
-from seckill.v1 import activity_pb2, product_pb2
+from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
 from tests.helpers.stack import ADMIN, Stack
 
@@ -33,3 +33,10 @@ async def make_activity(stack: Stack, product_id: int, start_s: float = -1,
                                      per_user_limit=per_user_limit)
     return await stack.activities.CreateActivity(
         activity_pb2.CreateActivityRequest(activity=activity), metadata=ADMIN)
+
+
+async def buy(stack: Stack, activity_id: int, user_id: str) -> order_pb2.Order:
+    """A won Seckill's order (fails the test on any other answer)."""
+    response = await stack.activities.Seckill(
+        activity_pb2.SeckillRequest(activity_id=activity_id, user_id=user_id))
+    return response.order

@@ -211,6 +211,11 @@ class FlashSale:
         assert stock_left + units_of_product == self.stock, "units lost or created"
         lost = {u: i for u, i in acknowledged.items() if owner.get(i) != u}
         assert not lost, f"acknowledged orders missing: {lost}"
+        # Each order has its one CREATED event (written in the same transaction).
+        created = Counter(order_id for (order_id,) in await query(
+            db_url, "SELECT e.order_id FROM order_events e JOIN orders o ON o.id = e.order_id"
+            " WHERE e.type = 1 AND o.activity_id = %s", (self.activity_id,)))
+        assert created == Counter(list(owner)), "an order without its one CREATED event"
         # Every order belongs to a user who was told its id, and the other way round.
         assert {u: min(ids) for u, ids in told.items()} == {u: i for i, u in owner.items()}
         short = [a for a in self.answers if a.refused("INSUFFICIENT_STOCK")]
@@ -317,11 +322,12 @@ async def start_flash_sale(addrs: dict[str, str], stock: int, *,
                      **sale_args)
 
 
-async def health_becomes(address: str, status: int) -> None:
-    """Awaits the health Watch stream of `address` until it reports `status`."""
+async def health_becomes(address: str, status: int, service: str = "") -> None:
+    """Awaits the health Watch stream of `address` (its entry `service`) until it reports
+    `status`."""
     async with grpc.aio.insecure_channel(address) as channel:
         stream = health_pb2_grpc.HealthStub(channel).Watch(
-            health_pb2.HealthCheckRequest(service=""), timeout=WAIT_S)
+            health_pb2.HealthCheckRequest(service=service), timeout=WAIT_S)
         async for reply in stream:
             if reply.status == status:
                 stream.cancel()

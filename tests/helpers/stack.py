@@ -13,6 +13,7 @@ import aiomysql
 import grpc
 from seckill.v1 import (
     activity_pb2_grpc,
+    order_events_pb2_grpc,
     order_pb2_grpc,
     product_pb2_grpc,
 )
@@ -104,6 +105,7 @@ class Stack:
         self.products = product_pb2_grpc.ProductServiceStub(self.channels[0])
         self.activities = activity_pb2_grpc.ActivityServiceStub(self.channels[1])
         self.orders = order_pb2_grpc.OrderServiceStub(self.channels[2])
+        self.events = order_events_pb2_grpc.OrderEventServiceStub(self.channels[2])
 
     async def stop(self) -> None:
         for channel in self.channels:

@@ -1,0 +1,91 @@
+"""Server streams that never end by themselves (WatchActivity, WatchOrderEvents): how one
+ends with a status the client acts on, is counted and logged, and what a full process answers.
+
+The handler writes with context.write and ends by setting its status; the interceptors see
+only the call, so the access log line and the metrics are written here. A client's cancel ends
+the stream's task by CancelledError, which is never swallowed (grpc/grpc#43360: a
+server-streaming handler that swallows it leaks native memory per call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import grpc
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+from grpc.aio import ServicerContext
+
+from seckill_common.api.errors import ServiceError, internal_status
+from seckill_common.runtime.telemetry import rpc_recorder
+
+log = logging.getLogger(__name__)
+access = logging.getLogger("seckill.rpc")
+
+# One stream's work: serves it until it ends, counting its messages in the list's one item;
+# returns the status to end it with (a shared error is returned rather than raised, so no
+# traceback gathers on it), raises the request's refusal.
+StreamBody = Callable[[list[int]], Awaitable[ServiceError]]
+
+
+class TooManyStreams(ServiceError):
+    """This process already serves as many streams of a kind as `setting` allows."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, limit: int, what: str, setting: str) -> None:
+        super().__init__(f"this server already serves {limit} {what} streams; retry later "
+                         "(another replica may have room)")
+        self.setting = setting
+
+    def details(self) -> list[Message]:
+        delay = error_details_pb2.RetryInfo()
+        delay.retry_delay.FromSeconds(1)
+        return [delay, error_details_pb2.QuotaFailure(violations=[
+            error_details_pb2.QuotaFailure.Violation(
+                subject="process", description=self.setting)])]
+
+
+def resolve(future: asyncio.Future[None]) -> None:
+    """Wakes a waiter (a timer's callback, or a change): done once, whoever is first."""
+    if not future.done():
+        future.set_result(None)
+
+
+class StreamEndings:
+    """One streaming method's status, metrics and access log."""
+
+    def __init__(self, service: str, method: str) -> None:
+        self.method = method
+        self._record = rpc_recorder(service, method)
+
+    async def serve(self, context: ServicerContext, body: StreamBody) -> None:
+        """Runs `body` and ends the stream with its status (or its refusal's)."""
+        begun = time.perf_counter()
+        sent = [0]
+        try:
+            status = (await body(sent)).to_status()
+        except ServiceError as exc:
+            status = exc.to_status()
+        except asyncio.CancelledError:
+            self._log(context, grpc.StatusCode.CANCELLED, sent[0], begun)
+            raise  # the client left: never swallowed (grpc/grpc#43360)
+        except Exception:
+            log.exception("unexpected error in %s", self.method)
+            status = internal_status()
+        context.set_code(status.code)
+        context.set_details(status.details)
+        context.set_trailing_metadata(status.trailing_metadata)
+        self._log(context, status.code, sent[0], begun)
+
+    def _log(self, context: ServicerContext, code: grpc.StatusCode, messages: int,
+             begun: float) -> None:
+        seconds = time.perf_counter() - begun
+        self._record(code.name, seconds)
+        if access.isEnabledFor(logging.INFO):
+            access.info("rpc", extra={"method": self.method, "peer": context.peer(),
+                                      "code": code.name, "messages": messages,
+                                      "latency_ms": round(seconds * 1000, 3)})

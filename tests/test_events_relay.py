@@ -1,0 +1,183 @@
+"""The relay to NATS JetStream through a real nats-server (a private one on a free port): every
+event published once per event id, JetStream away and back, and the relay SIGKILLed mid-sale
+with a durable consumer (examples/events_consumer.py) holding every event exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import nats
+from seckill.v1 import order_events_pb2, order_pb2
+
+from order_svc.relay import HEALTH_NAME
+from seckill_stack.nats import NatsServer
+from seckill_stack.services import python_env
+from tests.helpers.factories import buy, make_activity, make_product
+from tests.helpers.flash_sale import (
+    NOT_SERVING,
+    SERVING,
+    health_becomes,
+    report,
+    running_services,
+    start_flash_sale,
+)
+from tests.helpers.polling import eventually
+from tests.helpers.stack import ADMIN, REPO, query, start_stack
+
+Event = order_events_pb2.OrderEvent
+
+
+def example(name: str) -> Any:
+    """A module of examples/, as its readers run it (a file, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+consume = example("events_consumer").consume
+
+
+class Consumer:
+    """A durable consumer in the background: the events it handled, and the repeats it
+    skipped (the relay's at-least-once, seen by a de-duplicating consumer)."""
+
+    def __init__(self, url: str, durable: str) -> None:
+        self.events: list[Event] = []
+        self.seen: set[str] = set()
+        self.repeats = 0
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._run(url, durable))
+
+    async def _run(self, url: str, durable: str) -> None:
+        async def handle(event: Event) -> None:
+            self.events.append(event)
+
+        while not self._stop.is_set():  # the server may restart under it: connect again
+            try:
+                self.repeats += await consume(url, durable, handle, self.seen, stop=self._stop)
+            except Exception:
+                await asyncio.sleep(0.2)  # the broker is away: a timer, nothing to await
+
+    async def holds(self, count: int) -> None:
+        async def enough() -> bool:
+            return len(self.events) >= count
+        await eventually(enough, f"the consumer holds {count} events", timeout_s=60)
+
+    async def close(self) -> None:
+        self._stop.set()
+        await asyncio.wait_for(self._task, 10)
+
+
+async def stored_event_ids(db_url: str) -> list[str]:
+    return [str(i) for (i,) in await query(
+        db_url, "SELECT event_id FROM order_events ORDER BY revision")]
+
+
+async def test_every_event_reaches_jetstream_and_waits_while_it_is_away(
+        db_url: str, nats_server: NatsServer, tmp_path: Path) -> None:
+    stack = await start_stack(db_url, SECKILL_EVENTS_NATS_URL=nats_server.url,
+                              SECKILL_EVENTS_POLL_INTERVAL_MS="20")
+    consumer: Consumer | None = None
+    try:
+        await health_becomes(stack.order.address, SERVING, HEALTH_NAME)
+        product = await make_product(stack, stock=20)
+        activity = await make_activity(stack, product.id)
+        orders = [await buy(stack, activity.id, f"u{i}") for i in range(4)]
+        await stack.orders.PayOrder(order_pb2.PayOrderRequest(id=orders[0].id), metadata=ADMIN)
+        await stack.orders.CancelOrder(order_pb2.CancelOrderRequest(id=orders[1].id),
+                                       metadata=ADMIN)
+        consumer = Consumer(nats_server.url, "tests")
+        await consumer.holds(6)
+        assert [e.event_id for e in consumer.events] == await stored_event_ids(db_url)
+        assert [Event.Type.Name(e.type) for e in consumer.events] == [
+            "CREATED"] * 4 + ["PAID", "CANCELLED"]
+        assert consumer.events[4].order.state == order_pb2.PAID
+
+        # Each message: its subject by type, Nats-Msg-Id = the event id.
+        nc = await nats.connect(nats_server.url)
+        message = await nc.jetstream().get_last_msg("ORDER_EVENTS", "seckill.orders.paid")
+        assert message.headers is not None
+        assert message.headers["Nats-Msg-Id"] == consumer.events[4].event_id
+        await nc.close()
+
+        # The example as its readers run it: a second run, even with a new durable consumer
+        # (all messages again), handles nothing twice: it remembers the ids (--seen).
+        seen = tmp_path / "seen.txt"
+        for durable, expected in (("example-1", 6), ("example-2", 0)):
+            run = await asyncio.create_subprocess_exec(
+                sys.executable, str(REPO / "examples" / "events_consumer.py"), nats_server.url,
+                "--durable", durable, "--seen", str(seen), "--idle", "1",
+                env=python_env(dict(os.environ)), stdout=asyncio.subprocess.PIPE)
+            out, _ = await asyncio.wait_for(run.communicate(), 60)
+            assert run.returncode == 0 and len(out.decode().splitlines()) == expected, out
+
+        # JetStream away: sales go on, the relay's health entry says so, events wait.
+        await consumer.close()
+        consumer = None
+        await asyncio.to_thread(nats_server.stop)
+        await health_becomes(stack.order.address, NOT_SERVING, HEALTH_NAME)
+        late = [await buy(stack, activity.id, f"late{i}") for i in range(3)]
+        assert all(order.id for order in late)
+        await asyncio.to_thread(nats_server.start)
+        await health_becomes(stack.order.address, SERVING, HEALTH_NAME)
+        consumer = Consumer(nats_server.url, "tests")  # the same durable: resumes after 6
+        await consumer.holds(3)
+        assert [e.order.user_id for e in consumer.events] == ["late0", "late1", "late2"]
+        assert consumer.repeats == 0
+    finally:
+        if consumer is not None:
+            await consumer.close()
+        await stack.stop()
+
+
+async def test_relay_killed_five_times_and_nats_restarted_mid_sale_lose_and_repeat_nothing(
+        db_url: str, nats_server: NatsServer, tmp_path: Path) -> None:
+    """The order service (its relay) SIGKILLed five times and the NATS server restarted once
+    while a sale runs: a de-duplicating durable consumer ends with every event exactly once."""
+    async with running_services(db_url, tmp_path, SECKILL_EVENTS_NATS_URL=nats_server.url,
+                                SECKILL_EVENTS_POLL_INTERVAL_MS="20") as services:
+        # Few users at a time: the sale lasts across the five restarts.
+        sale = await start_flash_sale(services.addrs, stock=1500, users=1600, concurrency=2)
+        consumer = Consumer(nats_server.url, "faults")
+        try:
+            rush = asyncio.create_task(sale.rush())
+            mid_sale = 0
+            for kill in range(5):
+                await sale.wait_sold(20 * (kill + 1))
+                mid_sale += not rush.done()
+                await services.stop("order", signal.SIGKILL)
+                await services.start("order")
+                if kill == 2:
+                    await asyncio.to_thread(nats_server.stop)
+                    await asyncio.to_thread(nats_server.start)
+            await rush
+            await sale.finish()
+            summary = await sale.verify(db_url, set())
+            stored = await stored_event_ids(db_url)
+            assert len(stored) == summary["orders"]  # one CREATED each (1-3 units an order)
+
+            async def relayed_all() -> bool:
+                [(mark,)] = await query(db_url, "SELECT revision FROM order_event_marks"
+                                        " WHERE name = 'relayed'")
+                [(newest,)] = await query(db_url, "SELECT MAX(revision) FROM order_events")
+                return bool(mark >= newest)
+            await eventually(relayed_all, "the relay's checkpoint reached the last event",
+                             timeout_s=60)
+            await consumer.holds(len(stored))
+            assert sorted(e.event_id for e in consumer.events) == sorted(stored)
+            assert len(consumer.events) == len(set(consumer.seen)) == len(stored)
+            report("relay SIGKILLed x5, NATS restarted", {
+                **summary, "events": len(stored), "repeats_skipped": consumer.repeats,
+                "kills_mid_sale": mid_sale})
+            assert mid_sale == 5, "the sale ended before the relay was killed"
+        finally:
+            await consumer.close()
+            await sale.close()
