@@ -17,9 +17,12 @@ from typing import Any, Generic, TypeVar
 # How long a busy loader (one whose loads follow each other without a pause) waits before its
 # next load, for more callers. A hot read costs the CPU of a database round trip (and, for
 # GetActivity, of a peer call), most of it the driver's parsing in Python: under a stampede
-# fewer, larger reads leave that CPU to the calls themselves (BENCHMARKS.md). An idle loader
-# loads at once, so a lone caller waits for nothing.
-HOT_READ_GATHER_S = 0.010
+# fewer, larger reads leave that CPU to the calls themselves. But every caller waits for the
+# pause too, and with a fixed number of calls in flight the pause bounds the rate: measured
+# with h2load at 64 in flight (BENCHMARKS.md, "Sale-day speed"), refusals ran at 0.44x
+# Health/Check with 10 ms, 0.72-0.76x with 4 ms, 0.69-0.73x with 2 ms, 0.67-0.69x with 1 ms and
+# 0.65x with none. An idle loader loads at once, so a lone caller waits for nothing.
+HOT_READ_GATHER_S = 0.004
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
