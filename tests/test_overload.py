@@ -8,12 +8,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
-import aiomysql
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -35,6 +34,8 @@ from seckill_common.api.retry import AdaptiveThrottle, ThrottledLocally, backoff
 from seckill_common.runtime.overload import INTERVAL_S, LoadShedder
 from seckill_common.runtime.server import start_service
 from tests.helpers.factories import make_activity, make_product
+from tests.helpers.flash_sale import holding
+from tests.helpers.polling import eventually
 from tests.helpers.rpc import error_details
 from tests.helpers.stack import (
     ADMIN,
@@ -46,7 +47,7 @@ from tests.helpers.stack import (
 )
 
 SECKILL = "/seckill.v1.ActivityService/Seckill"
-# Limits a test reaches with a few held calls; the shipped ones (4,000, floor 64) are what
+# Limits a test reaches with a few held calls; the shipped ones (5,000, floor 2,500) are what
 # every other test runs with.
 SMALL_LIMIT = {"SECKILL_MAX_IN_FLIGHT": "2", "SECKILL_MIN_IN_FLIGHT": "1"}
 
@@ -55,28 +56,19 @@ def in_flight() -> float:
     return REGISTRY.get_sample_value("seckill_rpc_in_flight", {"service": "activity"}) or 0.0
 
 
-async def until(check: object, what: str, timeout_s: float = 10.0) -> None:
-    """Polls a gauge (no stream announces it) until `check()` holds."""
-    async with asyncio.timeout(timeout_s):
-        while not check():  # type: ignore[operator]  # noqa: ASYNC110 (nothing to await)
-            await asyncio.sleep(0.01)
-
-
 @asynccontextmanager
 async def stock_row_held(db_url: str, product_id: int) -> AsyncIterator[None]:
     """The product's stock row locked by another client: Seckills of it wait in flight."""
-    base, name = db_url.rsplit("/", 1)
-    host, port = base.rsplit("@", 1)[1].split(":")
-    conn = await aiomysql.connect(host=host, port=int(port), user="root", db=name,
-                                  autocommit=False)
-    try:
-        async with conn.cursor() as cur:
-            await cur.execute("SELECT stock FROM products WHERE id = %s FOR UPDATE",
-                              (product_id,))
+    async with holding(db_url) as holder:
+        await holder.hold_stock_row(product_id)
         yield
-    finally:
-        await conn.rollback()
-        conn.close()
+
+
+async def gauge_reaches(check: Callable[[], bool], what: str) -> None:
+    """A gauge (no stream announces it) polled until `check()` holds."""
+    async def holds() -> bool:
+        return check()
+    await eventually(holds, what, every_s=0.01)
 
 
 def seckill(activity_id: int, user: str) -> activity_pb2.SeckillRequest:
@@ -98,7 +90,7 @@ async def test_above_the_in_flight_limit_calls_are_refused_with_retry_info(
     async with stock_row_held(stack.db_url, product.id):
         held = [asyncio.ensure_future(stack.activities.Seckill(seckill(activity.id, f"u{n}"),
                                                                timeout=30)) for n in (1, 2)]
-        await until(lambda: in_flight() >= 2, "two calls in flight")
+        await gauge_reaches(lambda: in_flight() >= 2, "two calls in flight")
         for call in (stack.activities.Seckill(seckill(activity.id, "late"), timeout=30),
                      stack.activities.GetActivity(
                          activity_pb2.GetActivityRequest(id=activity.id), timeout=30)):
@@ -140,10 +132,10 @@ async def test_the_cli_waits_the_delay_and_tries_again(small_limit_stack: Stack)
         async with stock_row_held(stack.db_url, product.id):
             held = [asyncio.ensure_future(stack.activities.Seckill(
                 seckill(activity.id, f"u{n}"), timeout=30)) for n in (1, 2)]
-            await until(lambda: in_flight() >= 2, "two calls in flight")
+            await gauge_reaches(lambda: in_flight() >= 2, "two calls in flight")
             buying = asyncio.ensure_future(session.call("activity", "Seckill",
                                                         seckill(activity.id, "patient")))
-            await until(lambda: refused() >= 1, "the CLI's first try refused")
+            await gauge_reaches(lambda: refused() >= 1, "the CLI's first try refused")
         # The row is free: the CLI's next try, after the RetryInfo delay, buys.
         reply = await buying
         assert reply.order.user_id == "patient"
@@ -160,7 +152,7 @@ async def test_seckill_bench_backs_off_after_retry_info(small_limit_stack: Stack
     async with stock_row_held(stack.db_url, product.id):
         held = [asyncio.ensure_future(stack.activities.Seckill(seckill(activity.id, f"u{n}"),
                                                                timeout=30)) for n in (1, 2)]
-        await until(lambda: in_flight() >= 2, "two calls in flight")
+        await gauge_reaches(lambda: in_flight() >= 2, "two calls in flight")
         # Two workers against a full process for about a second: each refusal's RetryInfo
         # delay (50 ms at least) is waited before the worker's next call, so far fewer calls
         # are made than a worker spinning on refusals would make (thousands).
