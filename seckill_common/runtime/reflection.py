@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import FileDescriptor
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 V1ALPHA_SERVICE_NAME = reflection.SERVICE_NAME
@@ -45,11 +46,11 @@ def _add_v1_descriptor() -> None:
     pool.AddSerializedFile(file.SerializeToString())
 
 
-def enable_reflection(server: grpc.aio.Server, service_names: Sequence[str],
-                      pool: object = None) -> None:
+def enable_reflection(server: grpc.aio.Server, service_names: Sequence[str]) -> None:
     """Serves reflection for `service_names` (and itself) under both protocol versions, from
-    `pool` (a DescriptorPool, or an object with its lookups; default: the default pool)."""
+    the default pool, methods included (`_MethodAwarePool`)."""
     _add_v1_descriptor()
+    pool = _MethodAwarePool()
     names = (V1_SERVICE_NAME, V1ALPHA_SERVICE_NAME)
     servicer = reflection.aio.ReflectionServicer([*service_names, *names], pool=pool)
     handlers = {"ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
@@ -60,3 +61,27 @@ def enable_reflection(server: grpc.aio.Server, service_names: Sequence[str],
     for name in names:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
         server.add_registered_method_handlers(name, handlers)
+
+
+class _MethodAwarePool:
+    """The default descriptor pool, plus lookups of `package.Service.Method` symbols.
+
+    protobuf's Python pool cannot find a method by its full name, so reflection clients such as
+    `grpcurl describe seckill.v1.ActivityService.Seckill` would fail without this.
+    """
+
+    def __init__(self) -> None:
+        self._pool = descriptor_pool.Default()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._pool, name)
+
+    def FindFileContainingSymbol(self, symbol: str) -> FileDescriptor:
+        try:
+            return self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            service_name, _, method = symbol.rpartition(".")
+            service = self._pool.FindServiceByName(service_name)  # KeyError if not a service
+            if method not in service.methods_by_name:
+                raise
+            return service.file

@@ -23,8 +23,6 @@ from wsgiref.simple_server import WSGIServer
 
 import grpc
 import uvloop
-from google.protobuf import descriptor_pool
-from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from seckill_common.api.errors import Unavailable
@@ -99,31 +97,9 @@ LIVENESS_HEALTH_NAME = "seckill.liveness"
 
 class StartupError(RuntimeError):
     """A start-up failure explained in one line; logged without a traceback."""
+
+
 T = TypeVar("T")
-
-
-class _MethodAwarePool:
-    """The default descriptor pool, plus lookups of `package.Service.Method` symbols.
-
-    protobuf's Python pool cannot find a method by its full name, so reflection clients such as
-    `grpcurl describe seckill.v1.ActivityService.Seckill` would fail without this.
-    """
-
-    def __init__(self) -> None:
-        self._pool = descriptor_pool.Default()
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._pool, name)
-
-    def FindFileContainingSymbol(self, symbol: str) -> FileDescriptor:
-        try:
-            return self._pool.FindFileContainingSymbol(symbol)
-        except KeyError:
-            service_name, _, method = symbol.rpartition(".")
-            service = self._pool.FindServiceByName(service_name)  # KeyError if not a service
-            if method not in service.methods_by_name:
-                raise
-            return service.file
 
 
 @dataclass
@@ -279,8 +255,7 @@ async def start_service(
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    enable_reflection(server, [*definition.service_names, health.SERVICE_NAME],
-                      pool=_MethodAwarePool())
+    enable_reflection(server, [*definition.service_names, health.SERVICE_NAME])
     addr = listen_addr or settings.listen_addr(definition.name)
     try:
         credentials = server_credentials(settings)
