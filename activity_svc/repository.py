@@ -282,9 +282,8 @@ class _Fact(enum.IntEnum):
     """What a row of `read_facts`' UNION says (its `kind` column)."""
 
     STOCK = 0  # value: the product's stock
-    WINDOW = 1  # activity_id's `Window` as value
+    WINDOW = 1  # activity_id's `Window` as value, its per-user limit as per_user_limit
     HELD = 2  # value: the id of the active order user_id holds for activity_id
-    LIMIT = 3  # activity_id's per-user limit as value
 
 
 class _FactRow(NamedTuple):
@@ -292,6 +291,7 @@ class _FactRow(NamedTuple):
     activity_id: int | None
     value: int
     user_id: bytes | str | None
+    per_user_limit: int | None
 
 
 async def read_facts(tx: Transaction, product_id: int,
@@ -308,13 +308,11 @@ async def read_facts(tx: Transaction, product_id: int,
     held_sql, held_params = _orders_query(users, tagged=True)
     rows = await tx.select_only(
         " UNION ALL ".join([
-            f"SELECT {_Fact.STOCK:d}, NULL, stock, NULL FROM products WHERE id = %s",
-            f"SELECT {_Fact.WINDOW:d}, id, {_WINDOW}, NULL FROM activities"
-            f" WHERE id IN ({marks}) AND product_id = %s",
-            f"SELECT {_Fact.LIMIT:d}, id, per_user_limit, NULL FROM activities"
+            f"SELECT {_Fact.STOCK:d}, NULL, stock, NULL, NULL FROM products WHERE id = %s",
+            f"SELECT {_Fact.WINDOW:d}, id, {_WINDOW}, NULL, per_user_limit FROM activities"
             f" WHERE id IN ({marks}) AND product_id = %s",
             *held_sql]),
-        (product_id, *activity_ids, product_id, *activity_ids, product_id, *held_params),
+        (product_id, *activity_ids, product_id, *held_params),
     )
     stock_left: int | None = None
     windows: dict[int, Window] = {}
@@ -324,9 +322,9 @@ async def read_facts(tx: Transaction, product_id: int,
         if fact.kind == _Fact.STOCK:
             stock_left = int(fact.value)
         elif fact.kind == _Fact.WINDOW:
-            windows[int(cast(int, fact.activity_id))] = Window(int(fact.value))
-        elif fact.kind == _Fact.LIMIT:
-            limits[int(cast(int, fact.activity_id))] = int(fact.value)
+            activity_id = int(cast(int, fact.activity_id))
+            windows[activity_id] = Window(int(fact.value))
+            limits[activity_id] = int(cast(int, fact.per_user_limit))
         else:
             held[(int(cast(int, fact.activity_id)), _text(cast(bytes, fact.user_id)))] = (
                 int(fact.value))
@@ -348,7 +346,7 @@ def _orders_query(users: dict[int, list[str]], *, tagged: bool = False
                   ) -> tuple[list[str], list[object]]:
     """One SELECT of active orders per activity (`_HeldRow`s), through the unique key, in
     `users`' order, and their parameters; `tagged`: `_FactRow`s (for read_facts' UNION)."""
-    columns = (f"{_Fact.HELD:d}, activity_id, id, user_id" if tagged else "user_id, id")
+    columns = (f"{_Fact.HELD:d}, activity_id, id, user_id, NULL" if tagged else "user_id, id")
     statements, params = [], []
     for activity_id, names in users.items():
         marks = ", ".join(["%s"] * len(names))
