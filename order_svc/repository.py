@@ -247,9 +247,10 @@ async def _set_state(cur: Transaction, order_ids: Sequence[int], state: int, out
     change passes here, and writes its events here, in the same transaction."""
     marks = ", ".join(["%s"] * len(order_ids))
     active = 1 if state in (PENDING_PAYMENT, PAID) else None
-    await cur.execute(f"UPDATE orders SET state = %s, active = %s, update_time = UTC_TIMESTAMP(6)"
-                      f" WHERE id IN ({marks})", (state, active, *order_ids))
-    await outbox.record(cur, _EVENT_OF[state], order_ids)
+    events_sql, events_params = outbox.record_statements(_EVENT_OF[state], order_ids)
+    await cur.pipeline("; ".join([
+        f"UPDATE orders SET state = %s, active = %s, update_time = UTC_TIMESTAMP(6)"
+        f" WHERE id IN ({marks})", *events_sql]), (state, active, *order_ids, *events_params))
 
 
 # --- expiry --------------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 Every order state change writes one event row in the change's own transaction, so an event
 exists exactly when its change committed: the seckill batch's CREATED events ride in its
 pipeline (`created_statements`, one INSERT ... SELECT for every winner), PAID, CANCELLED and
-EXPIRED follow their UPDATE (`record`). Both services that change orders write through here, as
-both take stock through database.stock.
+EXPIRED follow their UPDATE in its round trip (`record_statements`). Both services that change
+orders write through here, as both take stock through database.stock.
 
 The payload is the order after the change, built by the database from the row the transaction
 just wrote, in protobuf's JSON mapping of seckill.v1.Order: its columns are Order's fields
@@ -97,13 +97,20 @@ class Outbox:
         where = f"({' OR '.join(clauses)}) AND active = 1"
         return [_GATE, _insert(where)], [EventType.CREATED, *params]
 
+    def record_statements(self, event: EventType, order_ids: Sequence[int]
+                          ) -> tuple[list[str], list[object]]:
+        """The statements and parameters that write an `event` for each of `order_ids`, to send
+        in the caller's pipeline after the statement that changed them."""
+        if not self.enabled or not order_ids:
+            return [], []
+        marks = ", ".join(["%s"] * len(order_ids))
+        return [_GATE, _insert(f"id IN ({marks})")], [event, *order_ids]
+
     async def record(self, tx: Transaction, event: EventType, order_ids: Sequence[int]) -> None:
         """An `event` for each of `order_ids`, as this transaction has just changed them."""
-        if not self.enabled or not order_ids:
-            return
-        marks = ", ".join(["%s"] * len(order_ids))
-        await tx.pipeline(f"{_GATE}; {_insert(f'id IN ({marks})')}",
-                          (event, *order_ids))
+        statements, params = self.record_statements(event, order_ids)
+        if statements:
+            await tx.pipeline("; ".join(statements), params)
 
 
 # --- reading ---------------------------------------------------------------------------------
