@@ -82,6 +82,7 @@ async def test_the_defaults_log_unexpected_codes_and_the_first_of_a_thousand(
 
 
 async def test_each_rule_has_its_setting(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    # The settings are what is under test here; the shipped defaults are the tests above.
     async with product_service(db_url, SECKILL_ACCESS_LOG_SAMPLE="10") as (_s, products):
         product = await products.CreateProduct(product_pb2.CreateProductRequest(
             product=product_pb2.Product(name="Sampled", stock=1)), metadata=ADMIN)

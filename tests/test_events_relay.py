@@ -83,6 +83,8 @@ async def stored_event_ids(db_url: str) -> list[str]:
 
 async def test_every_event_reaches_jetstream_and_waits_while_it_is_away(
         db_url: str, nats_server: NatsServer, tmp_path: Path) -> None:
+    # The relay is on only with a NATS URL (the test's own server); it polls every 20 ms
+    # rather than the shipped 100, so the sale's events reach the consumer within the test.
     stack = await start_stack(db_url, SECKILL_EVENTS_NATS_URL=nats_server.url,
                               SECKILL_EVENTS_POLL_INTERVAL_MS="20")
     consumer: Consumer | None = None
@@ -142,6 +144,7 @@ async def test_relay_killed_five_times_and_nats_restarted_mid_sale_lose_and_repe
         db_url: str, nats_server: NatsServer, tmp_path: Path) -> None:
     """The order service (its relay) SIGKILLed five times and the NATS server restarted once
     while a sale runs: a de-duplicating durable consumer ends with every event exactly once."""
+    # The relay on (the test's NATS), polling every 20 ms so that each kill lands mid-relay.
     async with running_services(db_url, tmp_path, SECKILL_EVENTS_NATS_URL=nats_server.url,
                                 SECKILL_EVENTS_POLL_INTERVAL_MS="20") as services:
         # Few users at a time: the sale lasts across the five restarts.

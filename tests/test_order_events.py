@@ -131,6 +131,8 @@ async def watch(stub: order_events_pb2_grpc.OrderEventServiceAsyncStub, after: i
 
 async def test_the_watch_resumes_after_a_restart_with_no_gap_and_no_repeat(
         db_url: str) -> None:
+    # Progress messages every 100 ms rather than the shipped interval: the test waits for a
+    # checkpoint on the idle stream before the restart.
     stack = await start_stack(db_url, SECKILL_EVENTS_PROGRESS_INTERVAL_MS="100")
     try:
         product = await make_product(stack, stock=100)
@@ -151,7 +153,7 @@ async def test_the_watch_resumes_after_a_restart_with_no_gap_and_no_repeat(
         await stack.order.stop(0)
         buying = asyncio.gather(*(buy(stack, activity.id, f"b{i}") for i in range(5)))
         order = await start_service(ORDER, settings_for(
-            db_url, SECKILL_ORDER_ADDR=stack.order.address,
+            db_url, SECKILL_ORDER_ADDR=stack.order.address,  # the restarted one, as above
             SECKILL_EVENTS_PROGRESS_INTERVAL_MS="100"))
         stack.order = order
         await buying
@@ -171,6 +173,7 @@ async def test_the_watch_resumes_after_a_restart_with_no_gap_and_no_repeat(
 
 
 async def test_an_idle_watch_gets_progress_messages(db_url: str) -> None:
+    # A short progress interval, so that several progress messages arrive within the test.
     stack = await start_stack(db_url, SECKILL_EVENTS_PROGRESS_INTERVAL_MS="50")
     try:
         product = await make_product(stack, stock=1)
@@ -222,7 +225,7 @@ async def test_the_feed_is_admin_only_and_checks_its_request(stack: Stack) -> No
 
 
 async def test_events_off_writes_none_and_the_feed_says_so(db_url: str) -> None:
-    stack = await start_stack(db_url, SECKILL_EVENTS_ENABLED="false")
+    stack = await start_stack(db_url, SECKILL_EVENTS_ENABLED="false")  # the setting under test
     try:
         product = await make_product(stack, stock=3)
         activity = await make_activity(stack, product.id)
