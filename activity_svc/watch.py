@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -45,7 +44,7 @@ from seckill_common.config import WatchSettings
 from seckill_common.database.db import Database
 from seckill_common.database.singleflight import BatchLoader
 from seckill_common.runtime.interceptors import Malformed
-from seckill_common.runtime.streams import StreamEndings, TooManyStreams, resolve
+from seckill_common.runtime.streams import StreamEndings, StreamSlots, resolve
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +56,6 @@ FRESHNESS_BOUND_S = 1.0
 # After a local commit the feed reads again, but not sooner than this after its last read: a
 # sale commits a batch every few milliseconds and one read per commit would be a read storm.
 MIN_READ_GAP_S = 0.05
-# How long shutdown waits for the streams it ended to have sent their status.
-CLOSE_WAIT_S = 2.0
 
 
 def _wake(waiters: set[asyncio.Future[None]]) -> None:
@@ -120,11 +117,9 @@ class WatchHub:
         self._feeds: dict[int, _Feed] = {}
         self._by_product: dict[int, set[_Feed]] = {}
         self._reads: BatchLoader[int, ViewRow] = BatchLoader(self._load)
-        self.streams = 0
+        self.slots = StreamSlots("WatchActivity", settings.max_streams,
+                                 "SECKILL_WATCH_MAX_STREAMS", settings.max_lifetime_s)
         self.messages = 0  # sent so far (statistics)
-        self._closing = False
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._endings = StreamEndings("activity", METHOD)
 
     @property
@@ -231,17 +226,15 @@ class WatchHub:
             raise InvalidArgument([("request", request.why)])
         require_id(request.id)
         interval = min_interval_s(request)
-        if self._closing:
-            raise Unavailable("the server is shutting down; call again")
-        if self.streams >= self.settings.max_streams:
-            raise TooManyStreams(self.settings.max_streams, "WatchActivity",
-                                 "SECKILL_WATCH_MAX_STREAMS")
+        with self.slots.slot() as lifetime:
+            return await self._serve(request.id, interval, lifetime, context, sent)
+
+    async def _serve(self, activity_id: int, interval: float, lifetime: float,
+                     context: ServicerContext, sent: list[int]) -> ServiceError:
+        """The stream's messages, in its slot, until its feed ends or its lifetime passes."""
         loop = asyncio.get_running_loop()
-        lifetime = self.settings.max_lifetime_s * random.uniform(0.9, 1.0)
         ends_at = loop.time() + lifetime
-        self.streams += 1
-        self._idle.clear()
-        feed = self._join(request.id)
+        feed = self._join(activity_id)
         try:
             sent_revision = 0
             sent_view: View | None = None
@@ -279,22 +272,16 @@ class WatchHub:
                     waiters.discard(woken)
         finally:
             feed.watchers -= 1
-            self.streams -= 1
-            if self.streams == 0:
-                self._idle.set()
 
     async def close(self) -> None:
         """Shutdown, before the server's grace: new streams are refused and every open one
         ends with UNAVAILABLE (RetryInfo), so the drain waits for no stream that would never
         end by itself."""
-        self._closing = True
         for feed in list(self._feeds.values()):
             feed.finish(Unavailable("the server is shutting down; call again"))
             if feed.task is not None:
                 feed.task.cancel()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(CLOSE_WAIT_S):
-                await self._idle.wait()
+        await self.slots.drained()
         await self._reads.close()
 
 

@@ -11,7 +11,6 @@ events past SECKILL_EVENTS_RETENTION (never one the relay has still to send).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 
@@ -27,7 +26,7 @@ from seckill_common.database.db import Database
 from seckill_common.database.order_events import Position
 from seckill_common.runtime.background import Background
 from seckill_common.runtime.interceptors import Malformed
-from seckill_common.runtime.streams import StreamEndings, TooManyStreams, resolve
+from seckill_common.runtime.streams import StreamEndings, StreamSlots, resolve
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +36,6 @@ WATCH_METHOD = f"/{SERVICE_NAME}/WatchOrderEvents"
 STREAM_PAGE = 500
 PRUNE_INTERVAL_S = 60.0
 PRUNE_BATCH = 10_000
-# How long shutdown waits for the streams it ended to have sent their status.
-CLOSE_WAIT_S = 2.0
 
 
 def pruned(through: int) -> FailedPrecondition:
@@ -160,10 +157,8 @@ class OrderEventServicer(order_events_pb2_grpc.OrderEventServiceServicer):
         self.settings = settings
         self.limits = limits
         self.feed = EventFeed(database, settings)
-        self.streams = 0
-        self._closing = False
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self.slots = StreamSlots("WatchOrderEvents", limits.max_streams,
+                                 "SECKILL_WATCH_MAX_STREAMS", limits.max_lifetime_s)
         self._endings = StreamEndings("order", WATCH_METHOD)
 
     async def ListOrderEvents(self, request: order_events_pb2.ListOrderEventsRequest,
@@ -206,18 +201,17 @@ class OrderEventServicer(order_events_pb2_grpc.OrderEventServiceServicer):
             raise InvalidArgument([("request", request.why)])
         if not self.settings.enabled:
             raise disabled()
-        if self._closing:
-            raise Unavailable("the server is shutting down; call again")
-        if self.streams >= self.limits.max_streams:
-            raise TooManyStreams(self.limits.max_streams, "WatchOrderEvents",
-                                 "SECKILL_WATCH_MAX_STREAMS")
-        position = await self.feed.read()
-        cursor = start_after(request.after_revision, position)
+        with self.slots.slot() as lifetime:
+            position = await self.feed.read()
+            cursor = start_after(request.after_revision, position)
+            return await self._serve(cursor, position, lifetime, context, sent)
+
+    async def _serve(self, cursor: int, position: Position, lifetime: float,
+                     context: ServicerContext, sent: list[int]) -> Unavailable:
+        """The stream's messages after `cursor`, in its slot, until the feed fails or the
+        stream's lifetime passes."""
         loop = asyncio.get_running_loop()
-        lifetime = self.limits.max_lifetime_s * random.uniform(0.9, 1.0)
         ends_at = loop.time() + lifetime
-        self.streams += 1
-        self._idle.clear()
         self.feed.join()
         try:
             last_write = float("-inf")
@@ -244,9 +238,6 @@ class OrderEventServicer(order_events_pb2_grpc.OrderEventServiceServicer):
                 last_write = loop.time()
         finally:
             self.feed.leave()
-            self.streams -= 1
-            if self.streams == 0:
-                self._idle.set()
 
     async def _wait(self, wake_at: float) -> None:
         """Until the feed's watermark moves (or its read fails), or `wake_at`."""
@@ -259,9 +250,6 @@ class OrderEventServicer(order_events_pb2_grpc.OrderEventServiceServicer):
 
     async def close(self) -> None:
         """Shutdown, before the server's grace: streams end with UNAVAILABLE (RetryInfo)."""
-        self._closing = True
         self.feed.fail(Unavailable("the server is shutting down; call again"))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(CLOSE_WAIT_S):
-                await self._idle.wait()
+        await self.slots.drained()
         await self.feed.stop()
