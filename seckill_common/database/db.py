@@ -196,8 +196,7 @@ class Database:
                 # the round trip of an explicit BEGIN.
                 transaction = Transaction(cur)
                 yield transaction
-                if not transaction.committed:
-                    await conn.commit()
+                await transaction.commit()
         except asyncio.CancelledError:
             # The call was cancelled mid-query: the connection's state is unknown, so drop it;
             # the server rolls back whatever the transaction held.
