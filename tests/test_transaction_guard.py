@@ -115,13 +115,13 @@ async def test_a_seckill_batch_ended_while_it_reads_under_the_lock_is_run_again(
     assert (stock, active, len(events), len(orders)) == (STOCK - USERS, USERS, USERS, USERS)
 
 
-@pytest.mark.parametrize("after", [1, 2])
+@pytest.mark.parametrize("after", [1, 2, 3, 4, 5])
 async def test_a_cancel_ended_between_its_writes_commits_none_of_them(
         stack: Stack, inject: list[Injection], after: int) -> None:
     product_id, activity_id = await _sale(stack)
     orders = await _buy_all(stack, activity_id)
-    # The cancel's pipeline: the orders' UPDATE, the events' gate and INSERT; the stock's
-    # give-back follows in a round trip of its own.
+    # The cancel's last round trip: the order's UPDATE, the units back, the events' gate and
+    # INSERT, the order's SELECT (then the guard's release, COMMIT).
     inject.append(injection := Injection("UPDATE orders SET state", after))
     cancelled = await stack.orders.CancelOrder(order_pb2.CancelOrderRequest(id=orders[0].id),
                                                 metadata=ADMIN)

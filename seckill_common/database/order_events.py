@@ -3,7 +3,8 @@
 Every order state change writes one event row in the change's own transaction, so an event
 exists exactly when its change committed: the seckill batch's CREATED events ride in its
 pipeline (`created_statements`, one INSERT ... SELECT for every winner), PAID, CANCELLED and
-EXPIRED follow their UPDATE in its round trip (`record_statements`). Both services that change
+EXPIRED follow their UPDATE in its round trip (`record_statements`). Both round trips carry the
+COMMIT too, so the gate below is held only while the server runs them. Both services that change
 orders write through here, as both take stock through database.stock.
 
 The payload is the order after the change, built by the database from the row the transaction

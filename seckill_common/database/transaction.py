@@ -61,6 +61,7 @@ class Transaction:
         return int(self._cursor.lastrowid)
 
     async def execute(self, sql: str, params: Sequence[object] = ()) -> None:
+        assert not self._committed, "a statement after the transaction's COMMIT"
         if self._guarded:
             await self._cursor.execute(sql, params)
             return
@@ -89,6 +90,7 @@ class Transaction:
                         ) -> list[list[tuple[Any, ...]]]:
         """`pipeline`; `guard=False` only for a transaction of one statement, which nothing
         can split."""
+        assert not self._committed, "a statement after the transaction's COMMIT"
         opens = guard and not self._guarded
         releases = commit and (self._guarded or opens)
         statements = [_GUARD] if opens else []
