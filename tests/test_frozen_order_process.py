@@ -52,7 +52,7 @@ class Changes:
             self.recovered.set()
 
 
-async def _changer(orders: order_pb2_grpc.OrderServiceStub, stack: Stack, activity_id: int,
+async def _changer(orders: order_pb2_grpc.OrderServiceAsyncStub, stack: Stack, activity_id: int,
                    stop: asyncio.Event, changes: Changes, name: str) -> None:
     """Buys an order through the stack, then pays or cancels it through the second process,
     over and over."""
