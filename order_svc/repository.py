@@ -8,8 +8,8 @@ deadline is judged by the database's clock inside the transaction that holds the
 so a payment and an expiry of one order never both win.
 
 Every change's writes (the orders' UPDATE, the units back, its events) go in one round trip
-with the COMMIT (`_change`): the events' gate, which every writer of every sale needs, is held
-for the server's own work on that round trip and never while the client is away between two.
+with the COMMIT (`_change`): the rows they lock are held for the server's own work on that
+round trip, never while the client is away between two.
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 A second order-service process pays and cancels orders of one sale without pause; it is
 frozen (SIGSTOP: a GC or VM pause, a debugger) for a while, then resumed. Meanwhile buyers of
 another product, one at a time through the stack's own services, see no call fail and p99 under
-1 s: every order change sends its writes and the events' gate in the round trip of its COMMIT,
-so a process stopped between two round trips holds its own order's rows, never the gate that
-every writer and the events' reader need. The frozen process's callers get their deadline; once
-resumed, it pays and cancels again.
+1 s: every order change sends its writes in the round trip of its COMMIT, and order events take
+no lock that other writers or the events' readers wait for, so a process stopped between two
+round trips holds its own sale's rows and nothing another sale needs. The frozen process's
+callers get their deadline; once resumed, it pays and cancels again.
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ async def _changer(orders: order_pb2_grpc.OrderServiceAsyncStub, stack: Stack, a
 
 async def test_a_frozen_order_process_stalls_no_other_sale(
         db_url: str, nats_server: NatsServer, tmp_path: Path) -> None:
-    # The relay to NATS reads the events' watermark, the gate's exclusive reader: the reader
-    # behind which writers once queued when a frozen writer held the gate.
+    # The relay to NATS reads the events' feed: a reader that once made every writer queue
+    # behind a frozen writer.
     stack = await start_stack(db_url, SECKILL_EVENTS_NATS_URL=nats_server.url)
     second = ServiceProcess("order_svc", subprocess_env(
         db_url, SECKILL_ORDER_ADDR="127.0.0.1:0", SECKILL_EVENTS_NATS_URL=nats_server.url),
