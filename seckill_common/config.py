@@ -21,6 +21,7 @@ from seckill_common.setting_kinds import (
     Float,
     Int,
     Text,
+    descriptor,
     group,
     host_port,
     log_level,
@@ -291,6 +292,13 @@ class Settings:
     # Set by the `--workers N` supervisor for each worker (seckill_common.runtime.workers);
     # "" in a lone process.
     worker_env: str = setting(Text("SECKILL_WORKER_ID", worker_number))
+    # Also set by the supervisor: the descriptor of the shared page the worker's event loop
+    # beats in; "" in a lone process, or with the heartbeat off.
+    worker_heartbeat_fd: str = setting(Text("SECKILL_WORKER_HEARTBEAT_FD", descriptor))
+    # A worker whose event loop shows no progress (blocked, or the process stopped) for this
+    # long is killed by its supervisor and restarted; 0: never. Well above the longest pause
+    # of a busy but healthy worker on a loaded machine, so a sale never sets it off.
+    worker_timeout_s: float = setting(Float("SECKILL_WORKER_TIMEOUT", 5.0, 0.0, 600.0))
     # ActivityService.WatchActivity streams.
     watch: WatchSettings = group(WatchSettings)  # noqa: RUF009
     # Order events (the outbox, OrderEventService, the relay).
