@@ -32,7 +32,13 @@ from opentelemetry import trace
 
 from seckill_common.api.errors import ServiceError, Unavailable
 from seckill_common.config import MySQLTarget, Settings, default_of
-from seckill_common.database.aiomysql_fix import DropWakingRelease
+from seckill_common.database.aiomysql_fix import (
+    DropWakingRelease,
+    bound_pool_connects,
+)
+from seckill_common.database.aiomysql_fix import (
+    connect as bounded_connect,
+)
 from seckill_common.database.transaction import Transaction
 from seckill_common.runtime.telemetry import tracer
 
@@ -127,6 +133,7 @@ def connect_kwargs(settings: Settings, *, with_db: bool = True,
 
 async def create_pool(settings: Settings) -> aiomysql.Pool:
     # minsize=0: a pool made while the database is down still opens; calls then fail fast.
+    bound_pool_connects()  # a connection's whole handshake within the connect timeout
     pool: aiomysql.Pool = await aiomysql.create_pool(
         minsize=0,
         maxsize=settings.db_pool_size,
@@ -287,8 +294,10 @@ class Database:
             raise
         except BaseException as exc:
             if isinstance(exc, TimeoutError):
-                # No answer in time: the session may still be running on the server.
+                # No answer in time: the session may still be running on the server, and the
+                # idle connections may share the silent link.
                 self._abandon(conn)
+                self._releases.drop_idle()
                 self.mark(False)
                 raise NoAnswer(bound) from exc
             if is_connection_error(exc):
@@ -313,8 +322,11 @@ class Database:
         try:
             async with asyncio.timeout(bound_s):
                 await conn.rollback()
-        except Exception:
+        except Exception as exc:
             self._abandon(conn)
+            if isinstance(exc, TimeoutError):  # no answer: as for any other round trip
+                self._releases.drop_idle()
+                self.mark(False)
         except BaseException:
             self._abandon(conn)
             raise
@@ -342,9 +354,7 @@ class Database:
         meanwhile if they sit in a transaction (idle_transaction_timeout).
         """
         try:
-            async with asyncio.timeout(settings.db_connect_timeout_s):
-                # aiomysql's own connect_timeout covers only the TCP connect.
-                conn = await aiomysql.connect(**connect_kwargs(settings))
+            conn = await bounded_connect(**connect_kwargs(settings))
             try:
                 async with conn.cursor() as cur:
                     while self._doomed:
