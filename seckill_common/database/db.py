@@ -424,7 +424,7 @@ async def wait_for_server(settings: Settings, *, create_database: bool = True) -
     delay = 0.05
     while True:
         try:
-            conn = await aiomysql.connect(**connect_kwargs(settings, with_db=not create_database))
+            conn = await bounded_connect(**connect_kwargs(settings, with_db=not create_database))
             try:
                 if create_database:
                     async with conn.cursor() as cur:
@@ -454,7 +454,7 @@ async def wait_for_server(settings: Settings, *, create_database: bool = True) -
 async def connection_limit(settings: Settings) -> int:
     """How many connections the server lets our account open: max_connections, or the account's
     own limit (MAX_USER_CONNECTIONS, which the session's max_user_connections reports) if lower."""
-    conn = await aiomysql.connect(**connect_kwargs(settings))
+    conn = await bounded_connect(**connect_kwargs(settings))
     try:
         async with conn.cursor() as cur:
             await cur.execute("SELECT @@GLOBAL.max_connections, @@SESSION.max_user_connections")
