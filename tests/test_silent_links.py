@@ -256,6 +256,9 @@ async def test_a_session_idle_in_a_transaction_is_ended_so_a_seckill_waiting_on_
     product, activity = sale
     settings = settings_for(stack.db_url)
     assert settings.db_idle_transaction_timeout_s < settings.db_lock_wait_timeout_s
+    pooled, = await stack.activity.database.run(
+        lambda tx: _one_row(tx, "SELECT @@SESSION.idle_transaction_timeout"))
+    assert pooled == settings.db_idle_transaction_timeout_s  # the services' own sessions
     conn = await aiomysql.connect(**connect_kwargs(settings, bounded=True))
     try:
         cur = await conn.cursor()
