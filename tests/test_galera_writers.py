@@ -8,7 +8,10 @@ Here that is the steady state: app1's proxy writes to db1 and app2's to db2 (`wr
 and every user calls Seckill through both app hosts at once. Each round sells a fresh product
 and then checks, in SQL on every node: stock + active units = units added; exactly one
 CREATED event per order and none for an order that does not exist; every user told OK (or
-ALREADY_EXISTS) holds that order, and was told no other.
+ALREADY_EXISTS) holds that order, and was told no other. Then it reads the order events' feed
+through both app hosts at once, which runs the events' sequencer on both writer nodes
+(docs/EVENTS.md): each feed holds every order's CREATED event once, in revision order, and the
+two feeds are the same.
 
 Rounds: GALERA_WRITER_ROUNDS (default 2, as in `make test`); `make galera-writers` runs 30.
 Every round runs even after a violation, so a run reports how many rounds broke a promise.
@@ -29,14 +32,14 @@ from dataclasses import dataclass, field
 import grpc
 import pymysql
 import pytest
-from seckill.v1 import activity_pb2, activity_pb2_grpc
+from seckill.v1 import activity_pb2, activity_pb2_grpc, order_events_pb2, order_events_pb2_grpc
 
 from seckill_cluster.cluster import Cluster
 from seckill_cluster.galera import DATABASE
 from seckill_cluster.hosts import Host
 from seckill_common.runtime.tls import ClientTLS
 from tests.helpers.rpc import error_details
-from tests.helpers.stack import REPO
+from tests.helpers.stack import REPO, STORED_EVENTS
 from tests.test_cluster import ALREADY_EXISTS, DEFINITE, OK, RETRYABLE, open_sale
 
 ROUNDS = int(os.environ.get("GALERA_WRITER_ROUNDS", "2"))
@@ -45,6 +48,7 @@ USERS = 1500
 USERS_AT_ONCE = int(os.environ.get("GALERA_WRITER_USERS_AT_ONCE", "100"))
 CALL_TIMEOUT_S = 10.0
 ROUND_BOUND_S = 150.0  # every user has a definite answer on both app hosts within this
+Metadata = tuple[tuple[str, str], ...]
 # A round took 5-22 s on a loaded 2-core machine, starting the cluster about a minute.
 pytestmark = [pytest.mark.cluster, pytest.mark.slow,
               pytest.mark.timeout(240 + ROUNDS * (ROUND_BOUND_S + 30))]
@@ -113,13 +117,16 @@ class Round:
             cur.execute("SELECT id, user_id, COALESCE(quantity * active, 0) FROM orders"
                         " WHERE activity_id = %s", (self.activity_id,))
             orders = {i: (user.decode(), int(held)) for i, user, held in cur.fetchall()}
-            cur.execute("SELECT o.id, COUNT(e.revision) FROM orders o LEFT JOIN order_events"
-                        " e ON e.order_id = o.id AND e.type = 1 WHERE o.activity_id = %s"
-                        " GROUP BY o.id HAVING COUNT(e.revision) <> 1", (self.activity_id,))
+            # Events sequenced (order_events) or still waiting for the sequencer (the inbox).
+            cur.execute("SELECT o.id, COUNT(e.event_id) FROM orders o LEFT JOIN"
+                        f" {STORED_EVENTS} e ON e.order_id = o.id AND e.type = 1"
+                        " WHERE o.activity_id = %s GROUP BY o.id HAVING COUNT(e.event_id) <> 1",
+                        (self.activity_id,))
             created = dict(cur.fetchall())
-            cur.execute("SELECT e.revision, e.order_id FROM order_events e LEFT JOIN orders o"
-                        " ON o.id = e.order_id WHERE e.revision > %s AND o.id IS NULL",
-                        (events_after,))
+            cur.execute("SELECT e.event_id, e.order_id FROM (SELECT event_id, order_id FROM"
+                        " order_events WHERE revision > %s UNION ALL SELECT event_id, order_id"
+                        " FROM order_event_inbox) e LEFT JOIN orders o ON o.id = e.order_id"
+                        " WHERE o.id IS NULL", (events_after,))
             orphans = dict(cur.fetchall())
         active = sum(held for _, held in orders.values())
         problems = []
@@ -140,6 +147,46 @@ class Round:
         return problems
 
 
+FEED_BOUND_S = 30.0  # both feeds hold every order's CREATED event within this
+
+
+async def read_feed(stub: order_events_pb2_grpc.OrderEventServiceAsyncStub, admin: Metadata,
+                    after: int) -> list[order_events_pb2.OrderEvent]:
+    """Every event after `after` as ListOrderEvents serves them, retrying a sequencer that
+    lost its certification conflict (ABORTED) or a node away."""
+    events: list[order_events_pb2.OrderEvent] = []
+    token = ""
+    while True:
+        try:
+            page = await stub.ListOrderEvents(order_events_pb2.ListOrderEventsRequest(
+                after_revision=after, page_size=1000, page_token=token), metadata=admin,
+                timeout=CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in RETRIED:
+                raise
+            await asyncio.sleep(0.05)  # a client's back-off before its retry
+            continue
+        events += page.events
+        if not page.next_page_token:
+            return events
+        token = page.next_page_token
+
+
+def feed_problems(name: str, feed: list[order_events_pb2.OrderEvent], orders: set[int]
+                  ) -> list[str]:
+    revisions = [e.revision for e in feed]
+    created = Counter(e.order.id for e in feed if e.type == order_events_pb2.OrderEvent.CREATED)
+    problems = []
+    if revisions != sorted(set(revisions)):
+        problems.append(f"{name}: revisions not strictly increasing")
+    if len({e.event_id for e in feed}) != len(feed):
+        problems.append(f"{name}: an event served twice")
+    if created != Counter(orders):
+        problems.append(f"{name}: CREATED events {sum(created.values())} for {len(orders)}"
+                        " orders, not one each")
+    return problems
+
+
 async def open_round(cluster: Cluster) -> Round:
     """A fresh sale. Its activity may be made through the app host that did not make the
     product, whose node may not have applied the product yet (Galera applies a certified
@@ -153,6 +200,32 @@ async def open_round(cluster: Cluster) -> Round:
             if exc.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
                 raise
         await asyncio.sleep(0.2)  # the other node's apply has no event to wait on
+
+
+async def both_feeds(cluster: Cluster, sale: Round, after: int) -> list[str]:
+    """The feed read through both app hosts at once until both hold the round's orders'
+    CREATED events (both writer nodes sequence meanwhile); what is wrong with either."""
+    admin: Metadata = (("authorization", f"Bearer {cluster.state.admin_token}"),)
+    orders = {order_id for ids in sale.told().values() for order_id in ids}
+    channels = [ClientTLS().channel(f"{app.ip}:50053") for app in cluster.apps]
+    stubs = [order_events_pb2_grpc.OrderEventServiceStub(c) for c in channels]
+    try:
+        deadline = time.monotonic() + FEED_BOUND_S
+        while True:
+            feeds = await asyncio.gather(*(read_feed(stub, admin, after) for stub in stubs))
+            mine = [[e for e in feed if e.order.id in orders] for feed in feeds]
+            done = all(len({e.order.id for e in feed}) >= len(orders) for feed in mine)
+            if done or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)  # a node applying the other's commits: nothing to await
+    finally:
+        for channel in channels:
+            await channel.close()
+    problems = [p for app, feed in zip(cluster.apps, mine, strict=True)
+                for p in feed_problems(app.name, feed, orders)]
+    if [e.event_id for e in mine[0]] != [e.event_id for e in mine[1]]:
+        problems.append("the two app hosts' feeds differ")
+    return problems
 
 
 def node_problems(cluster: Cluster, db: Host, sale: Round, events_after: int) -> list[str]:
@@ -215,6 +288,7 @@ async def test_two_writers_commit_nothing_of_an_aborted_transaction(
             for db in cluster.dbs:
                 problems += [f"{db.name}: {p}" for p in await asyncio.to_thread(
                     node_problems, cluster, db, sale, events_after)]
+            problems += await both_feeds(cluster, sale, events_after)
             codes = Counter(code.name for _, code, _ in sale.answers)
             print(f"round {n}/{ROUNDS}: {took:.1f} s, {len(sale.told())} buyers, "
                   f"answers {dict(codes)}: " + ("; ".join(problems) or "ok"), flush=True)
