@@ -13,42 +13,16 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime
 from typing import Any, NamedTuple
 
 from seckill.v1.order_pb2 import CANCELLED, EXPIRED, PAID, PENDING_PAYMENT
 
 from seckill_common.api.errors import FailedPrecondition, NotFound
+from seckill_common.api.messages import OrderRow
 from seckill_common.database import stock
 from seckill_common.database.order_events import EventType, Outbox
 from seckill_common.database.stock import LockedStock
 from seckill_common.database.transaction import Transaction
-
-
-@dataclass(frozen=True)
-class OrderRow:
-    id: int
-    activity_id: int
-    product_id: int
-    user_id: str
-    create_time: datetime
-    state: int
-    price_cents: int
-    pay_deadline: datetime
-    update_time: datetime
-    quantity: int
-
-    @classmethod
-    def from_db(cls, columns: dict[str, Any]) -> OrderRow:
-        """The order from its columns by name (`_named`), user_id decoded (a VARBINARY)."""
-        return cls(
-            id=columns["id"], activity_id=columns["activity_id"],
-            product_id=columns["product_id"], user_id=columns["user_id"].decode("utf-8"),
-            create_time=columns["create_time"], state=columns["state"],
-            price_cents=columns["price_cents"], pay_deadline=columns["pay_deadline"],
-            update_time=columns["update_time"], quantity=columns["quantity"],
-        )
-
 
 # The columns are OrderRow's fields, in its order; `_named` pairs them up again.
 _FIELDS = tuple(field.name for field in fields(OrderRow))
