@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from seckill.v1.order_pb2 import CANCELLED, EXPIRED, PAID, PENDING_PAYMENT
 
-from seckill_common.api.errors import FailedPrecondition, NotFound
+from seckill_common.api.errors import FailedPrecondition, NotFound, Reason
 from seckill_common.api.messages import OrderRow
 from seckill_common.database import stock
 from seckill_common.database.order_events import EventType, Outbox
@@ -99,22 +99,22 @@ class Expiry:
         return len(self.lags_s)
 
 
-def _refusal(reason: str, message: str, order_id: int) -> FailedPrecondition:
+def _refusal(reason: Reason, message: str, order_id: int) -> FailedPrecondition:
     return FailedPrecondition(reason, message, {"order_id": str(order_id)})
 
 
 def payment_expired(order_id: int) -> FailedPrecondition:
-    return _refusal("PAYMENT_EXPIRED", f"order {order_id} was not paid before its deadline",
+    return _refusal(Reason.PAYMENT_EXPIRED, f"order {order_id} was not paid before its deadline",
                     order_id)
 
 
 def order_expired(order_id: int) -> FailedPrecondition:
-    return _refusal("ORDER_EXPIRED", f"order {order_id} expired unpaid; its units are back",
+    return _refusal(Reason.ORDER_EXPIRED, f"order {order_id} expired unpaid; its units are back",
                     order_id)
 
 
 def order_cancelled(order_id: int) -> FailedPrecondition:
-    return _refusal("ORDER_CANCELLED", f"order {order_id} is cancelled", order_id)
+    return _refusal(Reason.ORDER_CANCELLED, f"order {order_id} is cancelled", order_id)
 
 
 async def get(cur: Transaction, order_id: int, owner: str | None = None) -> OrderRow:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pymysql
 
-from seckill_common.api.errors import FailedPrecondition, NotFound
+from seckill_common.api.errors import FailedPrecondition, NotFound, Reason
 from seckill_common.api.messages import PRODUCT_FIELDS, ProductRow
 from seckill_common.database import stock
 from seckill_common.database.db import ROW_IS_REFERENCED, error_code
@@ -77,7 +77,7 @@ async def delete(cur: Transaction, product_id: int) -> None:
         if error_code(exc) != ROW_IS_REFERENCED:
             raise
         raise FailedPrecondition(
-            "PRODUCT_IN_USE",
+            Reason.PRODUCT_IN_USE,
             f"product {product_id} is still sold by an activity or referenced by orders",
             {"product_id": str(product_id)},
         ) from exc

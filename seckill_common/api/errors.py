@@ -7,6 +7,7 @@ statuses, so no servicer calls `context.abort`.
 from __future__ import annotations
 
 import collections
+import enum
 import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -18,6 +19,38 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN = "seckill.v1"
+
+
+class Reason(enum.StrEnum):
+    """Every `ErrorInfo.reason` we answer with (domain ERROR_DOMAIN), googleapis' ErrorReason
+    shape: the value is the wire's string, so servers, metrics and clients compare members,
+    never spelled-out strings. What each means: docs/ERRORS.md."""
+
+    # Seckill
+    ALREADY_PURCHASED = "ALREADY_PURCHASED"
+    QUANTITY_OVER_LIMIT = "QUANTITY_OVER_LIMIT"
+    NOT_STARTED = "NOT_STARTED"
+    ENDED = "ENDED"
+    SOLD_OUT = "SOLD_OUT"
+    INSUFFICIENT_STOCK = "INSUFFICIENT_STOCK"
+    # Deletes
+    ACTIVITY_HAS_ORDERS = "ACTIVITY_HAS_ORDERS"
+    PRODUCT_IN_USE = "PRODUCT_IN_USE"
+    # An order's lifecycle
+    PAYMENT_EXPIRED = "PAYMENT_EXPIRED"
+    ORDER_CANCELLED = "ORDER_CANCELLED"
+    ORDER_EXPIRED = "ORDER_EXPIRED"
+    # Order events
+    EVENTS_PRUNED = "EVENTS_PRUNED"
+    EVENTS_DISABLED = "EVENTS_DISABLED"
+    # Overload
+    OVERLOADED = "OVERLOADED"
+
+    @classmethod
+    def of(cls, reason: str) -> Reason | None:
+        """The member a status's `ErrorInfo.reason` names; None for none (another domain's,
+        or a newer server's)."""
+        return cls._value2member_map_.get(reason)  # type: ignore[return-value]
 
 
 class ServiceError(Exception):
@@ -103,6 +136,8 @@ def _cached_status(kind_and_key: tuple[Any, ...]) -> grpc.Status:
 
 
 class _WithErrorInfo(_Repeated):
+    """`reason`: a Reason (any string is encoded as given)."""
+
     def __init__(self, reason: str, message: str,
                  metadata: Mapping[str, str] | Iterable[tuple[str, str]] | None = None):
         super().__init__(message)
@@ -219,7 +254,7 @@ class Overloaded(_Repeated):
     client may retry after the delay (RESOURCE_EXHAUSTED, as grpc's own concurrency limit)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    reason = "OVERLOADED"
+    reason = Reason.OVERLOADED
     # Delays are rounded up to this step, so a handful of statuses are ever built.
     STEP_MS = 50
 
