@@ -290,6 +290,48 @@ class Unavailable(ServiceError):
         return [error_details_pb2.RetryInfo(retry_delay=delay)]
 
 
+class Aborted(ServiceError):
+    """A lock wait that timed out, or a deadlock that outlived its retries; the client may
+    retry."""
+
+    code = grpc.StatusCode.ABORTED
+
+
+class PeerNotFound(ServiceError):
+    """The peer answered NOT_FOUND: passed on to our caller with the peer's own details."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+    def __init__(self, error: grpc.aio.AioRpcError) -> None:
+        super().__init__(error.details() or "not found")
+        self._error = error
+
+    def to_status(self) -> grpc.Status:
+        status = rpc_status.from_call(self._error)
+        if status is None:
+            return super().to_status()
+        answer: grpc.Status = rpc_status.to_status(status)
+        return answer
+
+
+class TooManyStreams(ServiceError):
+    """This process already serves as many streams of a kind as `setting` allows."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, limit: int, what: str, setting: str) -> None:
+        super().__init__(f"this server already serves {limit} {what} streams; retry later "
+                         "(another replica may have room)")
+        self.setting = setting
+
+    def details(self) -> list[Message]:
+        delay = error_details_pb2.RetryInfo()
+        delay.retry_delay.FromSeconds(1)
+        return [delay, error_details_pb2.QuotaFailure(violations=[
+            error_details_pb2.QuotaFailure.Violation(
+                subject="process", description=self.setting)])]
+
+
 def internal_status() -> grpc.Status:
     """The answer for an unexpected error: no internals leave the process."""
     answer: grpc.Status = rpc_status.to_status(

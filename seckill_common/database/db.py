@@ -20,11 +20,10 @@ from contextlib import asynccontextmanager, nullcontext
 from typing import TypeVar
 
 import aiomysql
-import grpc
 import pymysql
 from opentelemetry import trace
 
-from seckill_common.api.errors import ServiceError, Unavailable
+from seckill_common.api.errors import Aborted, Unavailable
 from seckill_common.config import MySQLTarget, Settings
 from seckill_common.database.aiomysql_fix import DropWakingRelease
 from seckill_common.database.transaction import Transaction
@@ -54,13 +53,6 @@ DUPLICATE_ENTRY = 1062  # a unique key already holds the value
 # An ALTER TABLE whose change is already there (a migration re-run after a crash): a duplicate
 # column or key name, a column or key already dropped, a duplicate CHECK name (MariaDB, MySQL).
 ALREADY_ALTERED = frozenset({1060, 1061, 1091, 1826, 3822})
-
-
-class Aborted(ServiceError):
-    """A lock wait that timed out, or a deadlock that outlived its retries; the client may
-    retry."""
-
-    code = grpc.StatusCode.ABORTED
 
 
 def _session_init(settings: Settings, *, bounded: bool) -> str:
