@@ -24,7 +24,11 @@ ERROR_DOMAIN = "seckill.v1"
 class Reason(enum.StrEnum):
     """Every `ErrorInfo.reason` we answer with (domain ERROR_DOMAIN), googleapis' ErrorReason
     shape: the value is the wire's string, so servers, metrics and clients compare members,
-    never spelled-out strings. What each means: docs/ERRORS.md."""
+    never spelled-out strings. What each means: docs/ERRORS.md.
+
+    Not a proto enum: in package seckill.v1 its SOLD_OUT, NOT_STARTED and ENDED would clash
+    with ActivityState's values, and a string-valued member needs no name lookup to encode.
+    """
 
     # Seckill
     ALREADY_PURCHASED = "ALREADY_PURCHASED"
