@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from seckill.v1.order_pb2 import CANCELLED, EXPIRED, PAID, PENDING_PAYMENT
@@ -25,7 +25,7 @@ from seckill_common.database.stock import LockedStock
 from seckill_common.database.transaction import Transaction
 
 # The columns are OrderRow's fields, in its order; `_named` pairs them up again.
-_FIELDS = tuple(field.name for field in fields(OrderRow))
+_FIELDS = OrderRow._fields
 _COLUMNS = ", ".join(_FIELDS)
 # The order's columns, and whether its deadline has passed by the database's clock.
 _COLUMNS_DUE = _COLUMNS + ", pay_deadline <= UTC_TIMESTAMP(6)"
