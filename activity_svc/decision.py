@@ -6,9 +6,9 @@ without locks (repository.read_facts): both answer with the same rules and the s
 precedence between refusals. `outcomes` then pairs the decisions with the orders the
 transaction recorded.
 
-Quantities: an attempt asks for `quantity` units, all or nothing. Attempts are
-decided in arrival order against the units the earlier winners of the same batch left, and a
-refusal for want of units takes nothing, so a smaller request behind it may still win them.
+Quantities: an attempt asks for `quantity` units, all or nothing. Attempts are decided in
+arrival order against the units the earlier winners of the same batch left, and a refusal for
+want of units takes nothing, so a smaller request behind it may still win them.
 """
 
 from __future__ import annotations
