@@ -1,7 +1,8 @@
 """OrderEventService: the feed of order events, listed and watched (docs/EVENTS.md).
 
-One `EventFeed` per process reads the watermark (order_events.watermark: every event up to it
-is committed for good) every SECKILL_EVENTS_POLL_INTERVAL_MS while streams watch, and wakes
+One `EventFeed` per process takes the watermark (order_events.watermark: it sequences what
+has committed since, and every event up to it is in the feed for good) every
+SECKILL_EVENTS_POLL_INTERVAL_MS while streams watch, and wakes
 them when it moves; each stream then reads its own events, up to that watermark, from its own
 revision. A stream or a list never serves beyond the watermark, so no event it skipped can
 commit later. Retention runs here too: every PRUNE_INTERVAL_S one process's sweep deletes the
@@ -74,7 +75,7 @@ class EventFeed:
         self._poller = Background("order-events-feed", self._poll)
 
     async def read(self) -> Position:
-        """A fresh watermark (one short transaction that waits for the writers in flight)."""
+        """A fresh watermark (one short sequencer transaction; it waits for nobody)."""
         return await self._db.run(order_events.watermark)
 
     def join(self) -> None:

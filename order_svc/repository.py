@@ -6,6 +6,10 @@ quantity, never part of it) takes the product's stock row first (database.stock;
 order is docs/DESIGN.md's "Locks"); paying moves no unit and locks the order row alone. The
 deadline is judged by the database's clock inside the transaction that holds the order row,
 so a payment and an expiry of one order never both win.
+
+Every change's writes (the orders' UPDATE, the units back, its events) go in one round trip
+with the COMMIT (`_change`): the rows they lock are held for the server's own work on that
+round trip, never while the client is away between two.
 """
 
 from __future__ import annotations
@@ -186,8 +190,7 @@ async def pay(cur: Transaction, order_id: int, owner: str | None, outbox: Outbox
         late = await stock.try_lock(cur, row.product_id)
         expired = None if late is None else await _expire_locked(cur, late, [order_id], outbox)
         return Payment(outcome=Paid.TOO_LATE, order=row, expired=expired)
-    await _set_state(cur, [order_id], PAID, outbox)
-    return Payment(outcome=Paid.NOW, order=await get(cur, order_id))
+    return Payment(outcome=Paid.NOW, order=await _change(cur, [order_id], PAID, outbox))
 
 
 async def cancel(cur: Transaction, order_id: int, owner: str | None, outbox: Outbox
@@ -205,9 +208,8 @@ async def cancel(cur: Transaction, order_id: int, owner: str | None, outbox: Out
     if row.state == PENDING_PAYMENT and due:
         expiry = await _expire_locked(cur, locked, [order_id], outbox)
         return Cancellation(outcome=Cancelled.TOO_LATE, order=row, expired=expiry)
-    await _set_state(cur, [order_id], CANCELLED, outbox)
-    await stock.give_back(cur, locked, row.quantity)
-    return Cancellation(outcome=Cancelled.NOW, order=await get(cur, order_id))
+    return Cancellation(outcome=Cancelled.NOW, order=await _change(
+        cur, [order_id], CANCELLED, outbox, back=(locked, row.quantity)))
 
 
 # The event each state change writes.
@@ -215,16 +217,26 @@ _EVENT_OF: dict[int, EventType] = {
     PAID: EventType.PAID, CANCELLED: EventType.CANCELLED, EXPIRED: EventType.EXPIRED}
 
 
-async def _set_state(cur: Transaction, order_ids: Sequence[int], state: int, outbox: Outbox
-                     ) -> None:
-    """Moves orders to `state`; `active` follows (the schema's CHECK insists). Every state
-    change passes here, and writes its events here, in the same transaction."""
+async def _change(cur: Transaction, order_ids: Sequence[int], state: int, outbox: Outbox, *,
+                  back: tuple[LockedStock, int] | None = None) -> OrderRow:
+    """Moves orders to `state` (`active` follows: the schema's CHECK insists), gives `back`
+    units to the stock row held, writes the change's events and COMMITs, in one round trip;
+    returns the first order as committed. Every state change passes here, and ends its
+    transaction here: nothing may follow it."""
     marks = ", ".join(["%s"] * len(order_ids))
     active = 1 if state in (PENDING_PAYMENT, PAID) else None
+    statements = [f"UPDATE orders SET state = %s, active = %s, update_time = UTC_TIMESTAMP(6)"
+                  f" WHERE id IN ({marks})"]
+    params: list[object] = [state, active, *order_ids]
+    if back is not None:
+        back_sql, back_params = stock.give_back_statement(*back)
+        statements.append(back_sql)
+        params += back_params
     events_sql, events_params = outbox.record_statements(_EVENT_OF[state], order_ids)
-    await cur.pipeline("; ".join([
-        f"UPDATE orders SET state = %s, active = %s, update_time = UTC_TIMESTAMP(6)"
-        f" WHERE id IN ({marks})", *events_sql]), (state, active, *order_ids, *events_params))
+    statements += [*events_sql, f"SELECT {_COLUMNS} FROM orders WHERE id = %s"]
+    params += [*events_params, order_ids[0]]
+    *_, (row,) = await cur.pipeline("; ".join(statements), params, commit=True)
+    return OrderRow.from_db(_named(_FIELDS, row))
 
 
 # --- expiry --------------------------------------------------------------------------------
@@ -261,7 +273,8 @@ async def expire(cur: Transaction, product_id: int, order_ids: Sequence[int], ou
 
 async def _expire_locked(cur: Transaction, locked: LockedStock, order_ids: Sequence[int],
                          outbox: Outbox) -> Expiry:
-    """`expire` once the stock row is held: the orders' locks come after it."""
+    """`expire` once the stock row is held: the orders' locks come after it. When it expired
+    any, it committed (`_change`)."""
     marks = ", ".join(["%s"] * len(order_ids))
     await cur.execute(
         "SELECT id, TIMESTAMPDIFF(MICROSECOND, pay_deadline, UTC_TIMESTAMP(6)), quantity"
@@ -272,8 +285,8 @@ async def _expire_locked(cur: Transaction, locked: LockedStock, order_ids: Seque
     overdue = [_Overdue(order_id=int(order_id), lag_us=int(lag_us), quantity=int(quantity))
                for order_id, lag_us, quantity in await cur.fetchall()]
     units = sum(order.quantity for order in overdue)
-    if overdue:
-        await _set_state(cur, [order.order_id for order in overdue], EXPIRED, outbox)
-        await stock.give_back(cur, locked, units)
+    if overdue:  # the transaction ends here
+        await _change(cur, [order.order_id for order in overdue], EXPIRED, outbox,
+                      back=(locked, units))
     return Expiry(outcome=Expired.DONE, lags_s=tuple(order.lag_us / 1e6 for order in overdue),
                   units=units)

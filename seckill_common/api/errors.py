@@ -294,6 +294,22 @@ class Unavailable(ServiceError):
         return [error_details_pb2.RetryInfo(retry_delay=delay)]
 
 
+class NoAnswer(Unavailable):
+    """The database did not answer within the client's bound (a silent link, a frozen
+    server): the connection was dropped and its session KILLed; the caller may retry."""
+
+    def __init__(self, bound_s: float) -> None:
+        super().__init__(f"database did not answer within {bound_s:g} s")
+
+
+class StatementTimeout(Unavailable):
+    """A statement ran past SECKILL_DB_STATEMENT_TIMEOUT (a lock held elsewhere, an overloaded
+    server): the database is there, so it is not marked down; the caller may retry."""
+
+    def __init__(self) -> None:
+        super().__init__("database statement timed out")
+
+
 class Aborted(ServiceError):
     """A lock wait that timed out, or a deadlock that outlived its retries; the client may
     retry."""
