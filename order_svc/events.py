@@ -18,7 +18,7 @@ import random
 from grpc.aio import ServicerContext
 from seckill.v1 import order_events_pb2, order_events_pb2_grpc
 
-from seckill_common.api.errors import FailedPrecondition, InvalidArgument, Unavailable
+from seckill_common.api.errors import FailedPrecondition, InvalidArgument, Reason, Unavailable
 from seckill_common.api.pages import decode_page_token, encode_page_token, page_size
 from seckill_common.api.times import to_timestamp
 from seckill_common.config import EventsSettings, WatchSettings
@@ -41,13 +41,13 @@ PRUNE_BATCH = 10_000
 
 def pruned(through: int) -> FailedPrecondition:
     return FailedPrecondition(
-        "EVENTS_PRUNED",
+        Reason.EVENTS_PRUNED,
         f"events up to revision {through} were deleted by retention; read the orders anew"
         " (ListOrders) and continue after pruned_through", {"pruned_through": str(through)})
 
 
 def disabled() -> FailedPrecondition:
-    return FailedPrecondition("EVENTS_DISABLED", "this deployment writes no order events"
+    return FailedPrecondition(Reason.EVENTS_DISABLED, "this deployment writes no order events"
                               " (SECKILL_EVENTS_ENABLED=false)", {})
 
 

@@ -16,46 +16,20 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from seckill.v1.order_pb2 import CANCELLED, EXPIRED, PAID, PENDING_PAYMENT
 
-from seckill_common.api.errors import FailedPrecondition, NotFound
+from seckill_common.api.errors import FailedPrecondition, NotFound, Reason
+from seckill_common.api.messages import OrderRow
 from seckill_common.database import stock
 from seckill_common.database.order_events import EventType, Outbox
 from seckill_common.database.stock import LockedStock
 from seckill_common.database.transaction import Transaction
 
-
-@dataclass(frozen=True)
-class OrderRow:
-    id: int
-    activity_id: int
-    product_id: int
-    user_id: str
-    create_time: datetime
-    state: int
-    price_cents: int
-    pay_deadline: datetime
-    update_time: datetime
-    quantity: int
-
-    @classmethod
-    def from_db(cls, columns: dict[str, Any]) -> OrderRow:
-        """The order from its columns by name (`_named`), user_id decoded (a VARBINARY)."""
-        return cls(
-            id=columns["id"], activity_id=columns["activity_id"],
-            product_id=columns["product_id"], user_id=columns["user_id"].decode("utf-8"),
-            create_time=columns["create_time"], state=columns["state"],
-            price_cents=columns["price_cents"], pay_deadline=columns["pay_deadline"],
-            update_time=columns["update_time"], quantity=columns["quantity"],
-        )
-
-
 # The columns are OrderRow's fields, in its order; `_named` pairs them up again.
-_FIELDS = tuple(field.name for field in fields(OrderRow))
+_FIELDS = OrderRow._fields
 _COLUMNS = ", ".join(_FIELDS)
 # The order's columns, and whether its deadline has passed by the database's clock.
 _COLUMNS_DUE = _COLUMNS + ", pay_deadline <= UTC_TIMESTAMP(6)"
@@ -129,22 +103,22 @@ class Expiry:
         return len(self.lags_s)
 
 
-def _refusal(reason: str, message: str, order_id: int) -> FailedPrecondition:
+def _refusal(reason: Reason, message: str, order_id: int) -> FailedPrecondition:
     return FailedPrecondition(reason, message, {"order_id": str(order_id)})
 
 
 def payment_expired(order_id: int) -> FailedPrecondition:
-    return _refusal("PAYMENT_EXPIRED", f"order {order_id} was not paid before its deadline",
+    return _refusal(Reason.PAYMENT_EXPIRED, f"order {order_id} was not paid before its deadline",
                     order_id)
 
 
 def order_expired(order_id: int) -> FailedPrecondition:
-    return _refusal("ORDER_EXPIRED", f"order {order_id} expired unpaid; its units are back",
+    return _refusal(Reason.ORDER_EXPIRED, f"order {order_id} expired unpaid; its units are back",
                     order_id)
 
 
 def order_cancelled(order_id: int) -> FailedPrecondition:
-    return _refusal("ORDER_CANCELLED", f"order {order_id} is cancelled", order_id)
+    return _refusal(Reason.ORDER_CANCELLED, f"order {order_id} is cancelled", order_id)
 
 
 async def get(cur: Transaction, order_id: int, owner: str | None = None) -> OrderRow:

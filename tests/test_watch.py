@@ -128,6 +128,31 @@ async def test_first_message_is_the_whole_view(stack: Stack) -> None:
         first.activity.end_time)
 
 
+async def test_the_watched_activity_is_the_one_get_activity_returns(stack: Stack) -> None:
+    product = await make_product(stack, stock=7)
+    activity = await make_activity(stack, product.id, per_user_limit=3)
+    got = await stack.activities.GetActivity(activity_pb2.GetActivityRequest(id=activity.id))
+    call = watch(stack.activities, activity.id)
+    first = await call.read()
+    call.cancel()
+    assert got.per_user_limit == 3
+    assert first.activity == got  # every field, the embedded product's too
+
+
+async def test_a_new_per_user_limit_alone_reaches_watchers(stack: Stack) -> None:
+    product = await make_product(stack)
+    activity = await make_activity(stack, product.id, per_user_limit=3)
+    call = watch(stack.activities, activity.id)
+    first = await call.read()
+    assert first.activity.per_user_limit == 3
+    await stack.activities.UpdateActivity(activity_pb2.UpdateActivityRequest(
+        activity=activity_pb2.Activity(id=activity.id, per_user_limit=5),
+        update_mask=field_mask_pb2.FieldMask(paths=["per_user_limit"])), metadata=ADMIN)
+    changed, _ = await next_until(call, lambda m: m.revision > first.revision)
+    call.cancel()
+    assert changed.activity.per_user_limit == 5
+
+
 async def test_a_later_watcher_is_told_the_clock_of_a_recent_read(stack: Stack) -> None:
     product = await make_product(stack)
     activity = await make_activity(stack, product.id)

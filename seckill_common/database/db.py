@@ -26,11 +26,10 @@ from contextlib import asynccontextmanager, nullcontext
 from typing import Any, TypeVar, cast
 
 import aiomysql
-import grpc
 import pymysql
 from opentelemetry import trace
 
-from seckill_common.api.errors import ServiceError, Unavailable
+from seckill_common.api.errors import Aborted, NoAnswer, StatementTimeout, Unavailable
 from seckill_common.config import MySQLTarget, Settings, default_of
 from seckill_common.database.aiomysql_fix import (
     DropWakingRelease,
@@ -70,13 +69,6 @@ ALREADY_ALTERED = frozenset({1060, 1061, 1091, 1826, 3822})
 # (a clean StatementTimeout on a connection that stays pooled) should come first.
 STATEMENT_MARGIN_S = 1.0
 MAX_DOOMED = 1000  # abandoned sessions remembered for a KILL at most
-
-
-class Aborted(ServiceError):
-    """A lock wait that timed out, or a deadlock that outlived its retries; the client may
-    retry."""
-
-    code = grpc.StatusCode.ABORTED
 
 
 def _session_init(settings: Settings, *, bounded: bool) -> str:
@@ -187,22 +179,6 @@ class BoundedCursor:
     def __getattr__(self, name: str) -> Any:
         # fetchone, fetchall, lastrowid, rowcount...: no I/O on a buffered cursor.
         return getattr(self._cursor, name)
-
-
-class NoAnswer(Unavailable):
-    """The database did not answer within the client's bound (a silent link, a frozen
-    server): the connection was dropped and its session KILLed; the caller may retry."""
-
-    def __init__(self, bound_s: float) -> None:
-        super().__init__(f"database did not answer within {bound_s:g} s")
-
-
-class StatementTimeout(Unavailable):
-    """A statement ran past SECKILL_DB_STATEMENT_TIMEOUT (a lock held elsewhere, an overloaded
-    server): the database is there, so it is not marked down; the caller may retry."""
-
-    def __init__(self) -> None:
-        super().__init__("database statement timed out")
 
 
 class Database:

@@ -8,8 +8,9 @@ orders write through here, as both take stock through database.stock.
 
 The payload is the order after the change, built by the database from the row the transaction
 just wrote, in protobuf's JSON mapping of seckill.v1.Order: its columns are Order's fields
-(`_SNAPSHOT`), so a field added to Order and to the orders table flows into events unedited (a
-field computed from others, not stored, needs its SQL in `_DERIVED`).
+(`_SNAPSHOT`), so a field added to Order and to the orders table flows into events unedited; a
+field computed from others (api.messages.DERIVED_ORDER_FIELDS) is not stored but computed on
+reading, by the same code as every other order's.
 
 Writers append to `order_event_inbox`, in their own transaction and taking no lock anyone else
 waits for; their insertion order is not their commit order. The sequencer (`watermark`) moves
@@ -31,6 +32,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 from seckill.v1 import order_events_pb2, order_pb2
 
+from seckill_common.api.messages import DERIVED_ORDER_FIELDS, with_derived
 from seckill_common.database.transaction import Transaction
 
 
@@ -43,16 +45,9 @@ class EventType(enum.IntEnum):
     EXPIRED = order_events_pb2.OrderEvent.EXPIRED
 
 
-# Order fields that are no column of their own, and the SQL that computes each from the row (as
-# order_svc.servicer.to_proto computes them); every other field is the column of its name.
-_DERIVED = {"total_price_cents": "price_cents * quantity"}
-
-
 def _column_json(field: FieldDescriptor) -> str:
     """The SQL of one Order field's column, as protobuf's JSON mapping writes it."""
     name = field.name  # from our own proto, never from a client
-    if name in _DERIVED:
-        return _DERIVED[name]
     if field.message_type is Timestamp.DESCRIPTOR:
         return f"DATE_FORMAT({name}, '%%Y-%%m-%%dT%%H:%%i:%%s.%%fZ')"
     if field.type == FieldDescriptor.TYPE_STRING:
@@ -61,10 +56,11 @@ def _column_json(field: FieldDescriptor) -> str:
     return name
 
 
-# The order's snapshot: every Order field from the orders column of the same name.
+# The order's snapshot: every stored Order field from the orders column of the same name.
 _SNAPSHOT = "JSON_OBJECT(" + ", ".join(
     f"'{field.json_name}', {_column_json(field)}"
-    for field in order_pb2.Order.DESCRIPTOR.fields) + ")"
+    for field in order_pb2.Order.DESCRIPTOR.fields
+    if field.name not in DERIVED_ORDER_FIELDS) + ")"
 # Inbox rows the sequencer moves in one transaction, at most.
 SEQUENCE_BATCH = 2000
 
@@ -160,11 +156,11 @@ async def watermark(tx: Transaction) -> Position:
 def event_of(revision: int, event_id: str, event_type: int, payload: str
              ) -> order_events_pb2.OrderEvent:
     """The OrderEvent of a stored row: the payload parsed as Order's JSON mapping (fields of a
-    newer schema than this code are skipped)."""
+    newer schema than this code are skipped), its derived fields computed as every order's."""
     event = order_events_pb2.OrderEvent(
         revision=revision, event_id=event_id,
         type=order_events_pb2.OrderEvent.Type.ValueType(event_type))
-    json_format.Parse(payload, event.order, ignore_unknown_fields=True)
+    with_derived(json_format.Parse(payload, event.order, ignore_unknown_fields=True))
     event.create_time.CopyFrom(event.order.update_time)
     return event
 
