@@ -36,6 +36,7 @@ class Injection:
     marker: str
     after: int
     done: int = 0
+    sql: str = "ROLLBACK"  # what the outside end leaves behind; one statement
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ def inject(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Injection]]:
             due = not injection.done and injection.marker in sql
             if due and injection.after <= len(statements):
                 injection.done += 1
-                statements.insert(injection.after, "ROLLBACK")
+                statements.insert(injection.after, injection.sql)
                 results = await pipeline(self, "; ".join(statements), params, commit=commit,
                                          guard=guard)
                 del results[injection.after]  # the ROLLBACK's, which the caller did not send
@@ -129,6 +130,20 @@ async def test_a_cancel_ended_between_its_writes_commits_none_of_them(
     stock, active, events = await _ledger(stack, product_id)
     assert (stock, active) == (STOCK - USERS + 1, USERS - 1)
     assert dict((order_id, types) for order_id, _, types in events)[orders[0].id] == "1,3"
+
+
+async def test_a_statement_failing_after_an_outside_end_runs_the_work_again(
+        stack: Stack, inject: list[Injection]) -> None:
+    """After an outside end, the next statement may fail on its own (a duplicate key against
+    rows the abort let another writer commit): still the work of an ended transaction, run
+    again, not an INTERNAL error."""
+    product_id, activity_id = await _sale(stack)
+    inject.append(injection := Injection(
+        "INSERT INTO orders", 1, sql="ROLLBACK; SELECT * FROM no_such_table"))
+    orders = await _buy_all(stack, activity_id)
+    assert injection.done == 1
+    stock, active, events = await _ledger(stack, product_id)
+    assert (stock, active, len(events), len(orders)) == (STOCK - USERS, USERS, USERS, USERS)
 
 
 async def test_without_the_guard_the_statements_after_the_end_commit_alone(

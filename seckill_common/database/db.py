@@ -38,7 +38,7 @@ from seckill_common.database.aiomysql_fix import (
 from seckill_common.database.aiomysql_fix import (
     connect as bounded_connect,
 )
-from seckill_common.database.transaction import Transaction
+from seckill_common.database.transaction import Transaction, TransactionEnded
 from seckill_common.runtime.telemetry import tracer
 
 log = logging.getLogger(__name__)
@@ -254,6 +254,7 @@ class Database:
             raise
         finally:
             self.waiting -= 1
+        transaction: Transaction | None = None
         try:
             # autocommit is off: the first statement opens the transaction, which saves the
             # round trip of an explicit BEGIN.
@@ -280,12 +281,31 @@ class Database:
                 conn.close()
                 self.mark(False)
                 raise Unavailable("database unavailable") from exc
+            ended = await self._ended_from_outside(conn, transaction, exc)
             await self._roll_back(conn, bound)
+            if ended:
+                raise TransactionEnded() from exc
             if error_code(exc) in STATEMENT_TIMEOUTS:
                 raise StatementTimeout() from exc
             raise
         finally:
             self._releases.release(conn)
+
+    async def _ended_from_outside(self, conn: aiomysql.Connection,
+                                  transaction: Transaction | None, exc: BaseException) -> bool:
+        """Whether the statement that failed with `exc` ran after something outside had ended
+        its transaction (docs/DESIGN.md, "A transaction ended from outside"): such work is run
+        again, as after a deadlock, whatever the error. One round trip, on a server error only."""
+        if (transaction is None or not isinstance(exc, pymysql.err.MySQLError)
+                or isinstance(exc, TransactionEnded)):
+            return False
+        try:
+            return await transaction.ended_from_outside()
+        except pymysql.err.MySQLError:
+            return False
+        except BaseException:
+            self._abandon(conn)  # no answer, or cancelled: its reply may be unread
+            raise
 
     async def _roll_back(self, conn: aiomysql.Connection, bound_s: float) -> None:
         """ROLLBACK after a failed unit of work, or drop the connection.

@@ -113,6 +113,19 @@ class Transaction:
         self._committed = self._committed or commit
         return results
 
+    async def ended_from_outside(self) -> bool:
+        """After one of its statements failed: whether the transaction had already been ended
+        from outside (its guard gone), so that the statement failed in another one (a duplicate
+        key against rows the abort let someone else write, say). The guard is released either
+        way: the caller rolls back next."""
+        if not self._guarded or self._committed:
+            return False
+        try:
+            await self._cursor.execute(_RELEASE)
+        except pymysql.err.OperationalError as exc:
+            return bool(exc.args) and exc.args[0] == _SAVEPOINT_MISSING
+        return False
+
     async def commit(self) -> None:
         """Commits what the work left uncommitted, its guard released first in the same round
         trip (TransactionEnded: the transaction was not this one's any more)."""
