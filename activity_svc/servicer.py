@@ -20,7 +20,14 @@ from seckill.v1 import (
 )
 
 from activity_svc import repository
-from activity_svc.fields import DEFAULT_PAYMENT_WINDOW_MS, check_payment_window, payment_window_ms
+from activity_svc.fields import (
+    DEFAULT_PAYMENT_WINDOW_MS,
+    check_payment_window,
+    check_waiting_room,
+    payment_window_ms,
+    waiting_room_columns,
+)
+from activity_svc.queue import QueueHub
 from activity_svc.seckill import SeckillEngine
 from activity_svc.watch import WatchHub
 from seckill_common.api.errors import NotFound, ServiceError
@@ -54,6 +61,13 @@ def to_proto(row: repository.ActivityRow,
         per_user_limit=row.per_user_limit,
     )
     activity.payment_window.FromMilliseconds(row.payment_window_ms)
+    if row.waiting_room:
+        room = activity.waiting_room
+        room.enabled = True
+        room.pre_queue.FromMilliseconds(row.pre_queue_ms)
+        room.pass_validity.FromMilliseconds(row.pass_validity_ms)
+        if row.admission_rate is not None:
+            room.admission_rate = row.admission_rate
     if product is not None:
         activity.product.CopyFrom(product)
     return activity
@@ -74,6 +88,8 @@ def _check_fields(violations: Violations, activity: activity_pb2.Activity,
     if "per_user_limit" in paths:
         violations.bounded("activity.per_user_limit", activity.per_user_limit,
                            1, MAX_PER_USER_LIMIT)
+    if "waiting_room" in paths:
+        check_waiting_room(violations, "activity.waiting_room", activity.waiting_room)
 
 
 def _quantity(violations: Violations, quantity: int) -> int:
@@ -86,6 +102,7 @@ def _quantity(violations: Violations, quantity: int) -> int:
 
 class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
     watches: WatchHub  # WatchActivity's streams (activity_svc.watch), set by server.py
+    queue: QueueHub  # JoinQueue's streams and Seckill's pass check (activity_svc.queue)
 
     def __init__(self, database: Database, engine: SeckillEngine,
                  products: product_pb2_grpc.ProductServiceAsyncStub,
@@ -144,7 +161,8 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
         violations.positive_id("activity.product_id", activity.product_id)
         unset = {"price_cents": not activity.HasField("price_cents"),
                  "payment_window": not activity.HasField("payment_window"),
-                 "per_user_limit": activity.per_user_limit == 0}
+                 "per_user_limit": activity.per_user_limit == 0,
+                 "waiting_room": not activity.HasField("waiting_room")}
         _check_fields(violations, activity,
                       [path for path in repository.UPDATABLE if not unset.get(path)])
         idempotency.check(violations, request.request_id)
@@ -161,7 +179,8 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
         row = await idempotency.create_once(
             self._db, "CreateActivity", request,
             lambda tx: repository.create(tx, activity.product_id, activity.name,
-                                          db_time(start), db_time(end), price, window_ms, limit),
+                                          db_time(start), db_time(end), price, window_ms, limit,
+                                          waiting_room_columns(activity.waiting_room)),
             repository.get)
         return to_proto(row)
 
@@ -195,6 +214,7 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
             value = getattr(activity, path)
             changes[path] = (db_time(to_datetime(value)) if path.endswith("_time")
                              else payment_window_ms(value) if path == "payment_window"
+                             else waiting_room_columns(value) if path == "waiting_room"
                              else value)
         row = await self._db.run(lambda tx: repository.update(tx, activity.id, changes))
         return to_proto(row)
@@ -224,6 +244,7 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
         quantity = _quantity(violations, request.quantity)
         violations.check()
         try:
+            await self.queue.check_pass(request.activity_id, user_id, request.admission_pass)
             won = await self._engine.buy(request.activity_id, user_id, quantity)
         except ServiceError as exc:
             count_seckill(exc)
@@ -247,3 +268,7 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
     async def WatchActivity(self, request: activity_pb2.WatchActivityRequest,  # type: ignore[override]
                             context: ServicerContext) -> None:
         await self.watches.serve(request, context)
+
+    async def JoinQueue(self, request: activity_pb2.JoinQueueRequest,  # type: ignore[override]
+                        context: ServicerContext) -> None:
+        await self.queue.serve(request, context)

@@ -129,7 +129,7 @@ RPC_LATENCY = Histogram("seckill_rpc_latency_seconds",
 SECKILL_OUTCOMES = Counter(
     "seckill_outcomes", "Seckill answers past validation, by outcome: won, "
     "already_purchased, sold_out, insufficient_stock, quantity_over_limit, not_started, "
-    "ended, not_found, error", ["outcome"])
+    "ended, not_admitted, pass_expired (waiting rooms), not_found, error", ["outcome"])
 BATCH_SIZE = Histogram("seckill_commit_batch_size",
                        "Seckill attempts decided by one transaction", buckets=BATCH_BUCKETS)
 POOL_CONNECTIONS = Gauge("seckill_db_pool_connections",
@@ -196,7 +196,8 @@ def count_expired(lags_s: Sequence[float], units: int) -> None:
 _OUTCOME_OF_REASON = {"ALREADY_PURCHASED": "already_purchased", "SOLD_OUT": "sold_out",
                       "INSUFFICIENT_STOCK": "insufficient_stock",
                       "QUANTITY_OVER_LIMIT": "quantity_over_limit",
-                      "NOT_STARTED": "not_started", "ENDED": "ended"}
+                      "NOT_STARTED": "not_started", "ENDED": "ended",
+                      "NOT_ADMITTED": "not_admitted", "PASS_EXPIRED": "pass_expired"}
 
 
 _outcome_counters: dict[str, Any] = {}
