@@ -216,6 +216,9 @@ class QueueHub:
     async def _learn_tickets(self, line: _Line, view: LineRow) -> None:
         """The tickets of this line's buyers who have none yet: one statement per chunk."""
         round_ = view.ticket_round
+        if round_ == 0:  # no ticket handed out yet (the pre-queue before the shuffle)
+            line.known_round = 0
+            return
         users = sorted({b.user_id for b in line.buyers if b.ticket is None})
         found: dict[str, Entry] = {}
         for begin in range(0, len(users), LOOKUP_CHUNK):

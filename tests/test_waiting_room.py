@@ -26,6 +26,7 @@ from tests.helpers.rpc import error_details
 from tests.helpers.stack import (
     ADMIN,
     ADMIN_TOKEN,
+    REPO,
     Stack,
     query,
     settings_for,
@@ -370,3 +371,28 @@ async def test_pre_queued_winners_are_uniform_over_arrival_and_later_ones_keep_o
             await until(call, at(buyers - units + 1 + offset))
         finally:
             call.cancel()
+
+
+async def test_refusals_over_a_rate_limit_carry_grpc_retry_pushback_ms_beside_retry_info(
+        stack: Stack) -> None:
+    """Over a user's rate limit (shipped: 20/s, bursts of 40) the refusal's trailers carry
+    the RetryInfo delay as grpc-retry-pushback-ms too, the trailer gRPC's retry policy reads;
+    and a channel takes examples/service_config.json. (The calls ask for an impossible
+    quantity: a refusal without any database work; 80 at once outrun the burst.)"""
+    config = (REPO / "examples" / "service_config.json").read_text()
+    request = activity_pb2.SeckillRequest(activity_id=1, quantity=5000, user_id="u")
+    refused = []
+    async with grpc.aio.insecure_channel(
+            stack.activity.address, options=[("grpc.service_config", config)]) as channel:
+        stub = activity_pb2_grpc.ActivityServiceStub(channel)
+        answers = await asyncio.gather(*(stub.Seckill(request) for _ in range(80)),
+                                       return_exceptions=True)
+    for answer in answers:
+        assert isinstance(answer, grpc.aio.AioRpcError)
+        if answer.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            refused.append(answer)
+    assert refused
+    for error in refused:
+        delay = error_details(error)["RetryInfo"].retry_delay.ToMilliseconds()
+        trailers = dict(error.trailing_metadata() or ())
+        assert trailers["grpc-retry-pushback-ms"] == str(delay)

@@ -34,11 +34,21 @@ class ServiceError(Exception):
 
     def to_status(self) -> grpc.Status:
         status = status_pb2.Status(code=self.code.value[0], message=self.message)
+        pushback: list[tuple[str, str]] = []
         for detail in self.details():
             packed = any_pb2.Any()
             packed.Pack(detail)
             status.details.append(packed)
+            if isinstance(detail, error_details_pb2.RetryInfo):
+                # gRPC's own retry policy (A6) reads the server's delay from this trailer, so
+                # any client configured with a retryPolicy backs off by the server's word
+                # without our code (docs/CLIENTS.md, "Retries by the service config").
+                pushback.append((RETRY_PUSHBACK_KEY,
+                                 str(detail.retry_delay.ToMilliseconds())))
         answer: grpc.Status = rpc_status.to_status(status)
+        if pushback:
+            return _Status(answer.code, answer.details,
+                           (*answer.trailing_metadata, *pushback))
         return answer
 
 
@@ -122,6 +132,8 @@ class _WithErrorInfo(_Repeated):
 
 # The trailer grpcio-status reads the google.rpc.Status from.
 GRPC_DETAILS_KEY = "grpc-status-details-bin"
+# The trailer a gRPC client's retry policy takes the server's retry delay from (gRFC A6).
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 _ERROR_INFO_TYPE_URL = b"\n\x28type.googleapis.com/google.rpc.ErrorInfo"  # Any field 1
 
 
