@@ -180,14 +180,6 @@ async def move(tx: Transaction, activity_id: int, max_active: int) -> Moved:
     assert row is not None
     last_ticket, through, shuffled, measured, moved_at, now = row
     last_ticket, through = int(last_ticket), int(through)
-    await tx.execute(
-        "SELECT a.pass_validity_ms, a.admission_rate, p.stock"
-        " FROM activities a JOIN products p ON p.id = a.product_id WHERE a.id = %s",
-        (activity_id,))
-    activity = await tx.fetchone()
-    if activity is None:
-        raise NotFound("Activity", activity_id)
-    validity_ms, fixed_rate, units_left = activity
     # Tickets: the pre-queued in their random order (all of them at the first move at or
     # after the start: the shuffle), then later arrivals in arrival order.
     ticketed = 0
@@ -228,6 +220,17 @@ async def move(tx: Transaction, activity_id: int, max_active: int) -> Moved:
     counted = await tx.fetchone()
     assert counted is not None
     active, held_units = int(counted[0]), int(counted[1])
+    # The stock is read after the admitted were counted, never before: an order made in
+    # between then both took its units and still counts as held (fewer admitted, never more).
+    # Read first, a buyer who bought meanwhile would free their slot and keep the units.
+    await tx.execute(
+        "SELECT a.pass_validity_ms, a.admission_rate, p.stock"
+        " FROM activities a JOIN products p ON p.id = a.product_id WHERE a.id = %s",
+        (activity_id,))
+    activity = await tx.fetchone()
+    if activity is None:
+        raise NotFound("Activity", activity_id)
+    validity_ms, fixed_rate, units_left = activity
     budget = queue_line.rate_budget(None if fixed_rate is None else int(fixed_rate), through,
                                     shuffled or now, now)
     room = queue_line.Room(units_left=int(units_left) - int(held_units),
