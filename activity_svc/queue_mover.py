@@ -18,6 +18,7 @@ from seckill_common.config import QueueSettings
 from seckill_common.database.db import Database
 from seckill_common.database.queue_lease import Lease
 from seckill_common.runtime.background import Background
+from seckill_common.runtime.telemetry import count_move
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +68,4 @@ class QueueMover:
                 max_active=self.settings.max_active))
             self.admitted += moved.admitted
             self.used += moved.used
+            count_move(activity_id, moved.admitted, moved.used, moved.expired, moved.rate)

@@ -164,6 +164,8 @@ class Moved:
     ticketed: int
     admitted: int
     used: int
+    expired: int
+    rate: float  # measured admissions per second
 
 
 async def move(tx: Transaction, activity_id: int, max_active: int) -> Moved:
@@ -214,6 +216,7 @@ async def move(tx: Transaction, activity_id: int, max_active: int) -> Moved:
     await tx.execute(
         "UPDATE queue_entries SET state = 4 WHERE activity_id = %s AND state = 2"
         " AND pass_expire_time <= %s", (activity_id, now - PASS_SLACK))
+    expired = tx.rowcount
     await tx.execute(
         "SELECT COUNT(*), COALESCE(SUM(quantity), 0) FROM queue_entries"
         " WHERE activity_id = %s AND state = 2", (activity_id,))
@@ -253,7 +256,7 @@ async def move(tx: Transaction, activity_id: int, max_active: int) -> Moved:
         "UPDATE queue_lines SET admitted_through = %s, admission_rate = %s, move_time = %s,"
         " admit_expire_time = IF(%s > 0, %s, admit_expire_time) WHERE activity_id = %s",
         (through + admitted, rate, now, admitted, expire_time, activity_id))
-    return Moved(ticketed, admitted, len(used))
+    return Moved(ticketed, admitted, len(set(used)), expired, rate)
 
 
 async def waiting_rooms(tx: Transaction, activity_ids: list[int]) -> dict[int, bool]:

@@ -17,6 +17,7 @@ from seckill_common.config import Settings
 from seckill_common.database.db import Database
 from seckill_common.runtime.peers import open_channel
 from seckill_common.runtime.server import Cleanup, OnStop, ServiceDefinition
+from seckill_common.runtime.telemetry import QUEUE_WAITING
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = activity_pb2.DESCRIPTOR.services_by_name["ActivityService"].full_name
@@ -45,6 +46,7 @@ async def add_servicers(server: grpc.aio.Server, database: Database,
     # (activity_svc.passes).
     servicer.queue = QueueHub(database, settings.queue,
                               Passes(settings.user_token_secret or settings.admin_token))
+    QUEUE_WAITING.set_function(lambda: servicer.queue.waiting)
     mover = QueueMover(database, settings.queue)
     mover.start()
     activity_pb2_grpc.add_ActivityServiceServicer_to_server(servicer, server)

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 from seckill.v1 import activity_pb2, activity_pb2_grpc, order_pb2
 
 from activity_svc.passes import Passes
@@ -271,9 +272,15 @@ async def test_seckill_without_a_valid_pass_is_refused_without_a_database_call(
     assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
+METRICS = [("seckill_queue_admitted_total", {}), ("seckill_queue_passes_total",
+                                                  {"outcome": "used"})]
+
+
 async def test_admission_stops_at_the_units_left_and_sold_out_reaches_everyone_at_once(
         stack: Stack) -> None:
     activity = await room_sale(stack, stock=2)
+    before = {name: REGISTRY.get_sample_value(name, labels) or 0.0
+              for name, labels in METRICS}
     passes = {}
     for user in ("u0", "u1"):
         call = join(stack.activities, activity.id, user)
@@ -308,6 +315,11 @@ async def test_admission_stops_at_the_units_left_and_sold_out_reaches_everyone_a
         activity_pb2.WAITING, activity_pb2.QUEUE_SOLD_OUT)
     call = join(stack.activities, activity.id, "w1")
     await until(call, state(activity_pb2.QUEUE_SOLD_OUT))
+    # Seen in the metrics: three admitted, two passes used (w0's admission needed both).
+    grown = {name: (REGISTRY.get_sample_value(name, labels) or 0.0) - before[name]
+             for name, labels in METRICS}
+    assert grown["seckill_queue_admitted_total"] == 3
+    assert grown["seckill_queue_passes_total"] >= 2
 
 
 async def test_two_activity_processes_serve_one_line(stack: Stack) -> None:
