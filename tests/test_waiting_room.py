@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,6 +26,7 @@ from seckill_cli import cli
 from seckill_cli.client import Exit
 from seckill_common.api.times import to_datetime
 from seckill_common.runtime.server import start_service
+from seckill_stack.services import python_env
 from tests.helpers.factories import make_activity, make_product
 from tests.helpers.rpc import error_details
 from tests.helpers.stack import (
@@ -427,3 +430,18 @@ async def test_seckill_buy_waits_in_line_then_buys_with_the_pass(
     assert await cli.run([*flags, "buy", "--activity", str(activity.id), "--user", "bob"]
                          ) == Exit.REFUSED
     assert "sold out" in capsys.readouterr().err
+
+
+async def test_the_queue_client_example_waits_then_buys(stack: Stack) -> None:
+    activity = await room_sale(stack, stock=1, start_s=2)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "examples/queue_client.py", str(activity.id), "alice",
+        "--activity-addr", stack.activity.address, cwd=REPO,
+        env=python_env(dict(os.environ)), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(process.communicate(), 30)
+    lines = out.decode().splitlines()
+    assert process.returncode == 0, lines
+    assert lines[0].startswith("PRE_QUEUED: the line is drawn in "), lines
+    assert lines[-2].startswith("ADMITTED: pass valid until "), lines
+    assert lines[-1].startswith("order ") and lines[-1].endswith(": 1 unit(s)"), lines
