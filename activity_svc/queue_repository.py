@@ -151,12 +151,20 @@ async def entries_of(tx: Transaction, activity_id: int,
 
 
 async def lines_to_move(tx: Transaction) -> list[int]:
-    """The activities whose sale is open and whose line has buyers waiting or admitted."""
+    """The activities whose sale has not ended and whose line has buyers waiting or admitted
+    (before the start, a move only counts them)."""
     return [int(row[0]) for row in await tx.select_only(
         "SELECT a.id FROM activities a WHERE a.waiting_room = 1"
-        " AND a.start_time <= UTC_TIMESTAMP(6) AND a.end_time > UTC_TIMESTAMP(6)"
+        " AND a.end_time > UTC_TIMESTAMP(6)"
         " AND EXISTS (SELECT 1 FROM queue_entries q WHERE q.state IN (1, 2)"
         " AND q.activity_id = a.id)", ())]
+
+
+async def _count_waiting(tx: Transaction, activity_id: int) -> None:
+    await tx.execute(
+        "UPDATE queue_lines SET waiting = (SELECT COUNT(*) FROM queue_entries"
+        " WHERE state = 1 AND activity_id = %s) WHERE activity_id = %s",
+        (activity_id, activity_id))
 
 
 @dataclass(frozen=True)
@@ -182,6 +190,13 @@ async def move(tx: Transaction, activity_id: int, max_active: int) -> Moved:
     assert row is not None
     last_ticket, through, shuffled, measured, moved_at, now = row
     last_ticket, through = int(last_ticket), int(through)
+    await tx.execute("SELECT start_time FROM activities WHERE id = %s", (activity_id,))
+    started = await tx.fetchone()
+    if started is None:
+        raise NotFound("Activity", activity_id)
+    if now < started[0]:  # the pre-queue: nothing moves before the start
+        await _count_waiting(tx, activity_id)
+        return Moved(0, 0, 0, 0, float(measured))
     # Tickets: the pre-queued in their random order (all of them at the first move at or
     # after the start: the shuffle), then later arrivals in arrival order.
     ticketed = 0
@@ -256,6 +271,7 @@ async def move(tx: Transaction, activity_id: int, max_active: int) -> Moved:
         "UPDATE queue_lines SET admitted_through = %s, admission_rate = %s, move_time = %s,"
         " admit_expire_time = IF(%s > 0, %s, admit_expire_time) WHERE activity_id = %s",
         (through + admitted, rate, now, admitted, expire_time, activity_id))
+    await _count_waiting(tx, activity_id)
     return Moved(ticketed, admitted, len(set(used)), expired, rate)
 
 

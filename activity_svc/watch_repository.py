@@ -34,6 +34,7 @@ class ViewRow:
     activity: ActivityRow
     product: ProductRow | None  # None: the product is gone (the activity cannot sell)
     read_time: datetime  # the database's clock at the read
+    waiting: int = 0  # buyers in its waiting room, as the line's mover last counted them
 
 
 # The columns are the rows' fields, in their order (an activity column added to ActivityRow,
@@ -42,8 +43,10 @@ _ACTIVITY_FIELDS = tuple(f.name for f in fields(ActivityRow))
 _PRODUCT_FIELDS = tuple(f.name for f in fields(ProductRow))
 _SQL = (
     "SELECT " + ", ".join([*(f"a.{name}" for name in _ACTIVITY_FIELDS),
-                           *(f"p.{name}" for name in _PRODUCT_FIELDS), "UTC_TIMESTAMP(6)"])
-    + " FROM activities a LEFT JOIN products p ON p.id = a.product_id WHERE a.id IN ({marks})"
+                           *(f"p.{name}" for name in _PRODUCT_FIELDS), "UTC_TIMESTAMP(6)",
+                           "COALESCE(l.waiting, 0)"])
+    + " FROM activities a LEFT JOIN products p ON p.id = a.product_id"
+    " LEFT JOIN queue_lines l ON l.activity_id = a.id WHERE a.id IN ({marks})"
 )
 _ACTIVITY_COLUMNS = len(_ACTIVITY_FIELDS)
 _PRODUCT_COLUMNS = len(_PRODUCT_FIELDS)
@@ -61,5 +64,6 @@ async def read_views(tx: Transaction, activity_ids: list[int]) -> dict[int, View
         product = (None if product_cells[0] is None
                    else ProductRow(**dict(zip(_PRODUCT_FIELDS, product_cells, strict=True))))
         views[activity.id] = ViewRow(activity=activity, product=product,
-                                     read_time=row[_ACTIVITY_COLUMNS + _PRODUCT_COLUMNS])
+                                     read_time=row[_ACTIVITY_COLUMNS + _PRODUCT_COLUMNS],
+                                     waiting=int(row[_ACTIVITY_COLUMNS + _PRODUCT_COLUMNS + 1]))
     return views

@@ -445,3 +445,18 @@ async def test_the_queue_client_example_waits_then_buys(stack: Stack) -> None:
     assert lines[0].startswith("PRE_QUEUED: the line is drawn in "), lines
     assert lines[-2].startswith("ADMITTED: pass valid until "), lines
     assert lines[-1].startswith("order ") and lines[-1].endswith(": 1 unit(s)"), lines
+
+
+async def test_watchers_see_how_many_wait(stack: Stack) -> None:
+    activity = await room_sale(stack, stock=5, start_s=60)  # the pre-queue is open
+    watcher: Any = stack.activities.WatchActivity(
+        activity_pb2.WatchActivityRequest(id=activity.id))
+    try:
+        assert (await watcher.read()).waiting == 0
+        for user in ("a", "b", "c"):
+            await first(stack.activities, activity.id, user)
+        async with asyncio.timeout(10):
+            while (await watcher.read()).waiting != 3:
+                pass
+    finally:
+        watcher.cancel()

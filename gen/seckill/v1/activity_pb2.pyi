@@ -631,6 +631,7 @@ class WatchActivityResponse(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     READ_TIME_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
     units_left: _builtins.int
     """Units of the product left to sell."""
     state: Global___ActivityState.ValueType
@@ -638,6 +639,12 @@ class WatchActivityResponse(_message.Message):
     revision: _builtins.int
     """Grows with every message of this stream (it may skip numbers); not
     comparable between streams.
+    """
+    waiting: _builtins.int
+    """Buyers waiting in the activity's waiting room (pre-queued or in line, not
+    yet admitted), as the line's mover last counted them (every
+    SECKILL_QUEUE_MOVE_INTERVAL_MS); 0 without a waiting room. A change of it
+    alone is sent like one of units_left (at most one per min_interval).
     """
     @_builtins.property
     def activity(self) -> Global___Activity:
@@ -659,10 +666,11 @@ class WatchActivityResponse(_message.Message):
         state: Global___ActivityState.ValueType = ...,
         read_time: _timestamp_pb2.Timestamp | None = ...,
         revision: _builtins.int = ...,
+        waiting: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["activity", b"activity", "read_time", b"read_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity", b"activity", "read_time", b"read_time", "revision", b"revision", "state", b"state", "units_left", b"units_left"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity", b"activity", "read_time", b"read_time", "revision", b"revision", "state", b"state", "units_left", b"units_left", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS queue_entries (
 --   shuffle_time      when the pre-queue was shuffled, by the database's clock
 --   admit_expire_time the pass expiry of the latest admissions
 --   admission_rate    measured admissions per second (for the estimated wait)
+--   waiting           buyers waiting (pre-queued or in line), as the last move counted them
 CREATE TABLE IF NOT EXISTS queue_lines (
     activity_id       BIGINT      NOT NULL,
     last_ticket       BIGINT      NOT NULL DEFAULT 0,
@@ -59,6 +60,7 @@ CREATE TABLE IF NOT EXISTS queue_lines (
     shuffle_time      DATETIME(6) NULL,
     admit_expire_time DATETIME(6) NULL,
     admission_rate    DOUBLE      NOT NULL DEFAULT 0,
+    waiting           BIGINT      NOT NULL DEFAULT 0,
     move_time         DATETIME(6) NULL,
     PRIMARY KEY (activity_id),
     CONSTRAINT queue_lines_activity_fk FOREIGN KEY (activity_id) REFERENCES activities (id)
