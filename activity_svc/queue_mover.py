@@ -48,6 +48,7 @@ class QueueMover:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        failing = False  # logged once per outage, not at every move
         while True:
             began = loop.time()
             if self.lease.due():
@@ -56,8 +57,13 @@ class QueueMover:
                 try:
                     async with asyncio.timeout(LEASE_TTL_S / 2):
                         await self.move_all()
+                    if failing:
+                        log.info("the queue mover moves the lines again")
+                    failing = False
                 except Exception as exc:  # the database is away, or slow: try again
-                    log.warning("the queue mover could not move the lines: %s", exc)
+                    if not failing:
+                        log.warning("the queue mover could not move the lines: %r", exc)
+                    failing = True
             await asyncio.sleep(max(0.0, began + self.settings.move_interval_s - loop.time()))
 
     async def move_all(self) -> None:

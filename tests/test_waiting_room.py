@@ -460,3 +460,31 @@ async def test_watchers_see_how_many_wait(stack: Stack) -> None:
                 pass
     finally:
         watcher.cancel()
+
+
+async def test_join_refusals(stack: Stack) -> None:
+    product = await make_product(stack, stock=5)
+    plain = await make_activity(stack, product.id)
+    later = await make_activity(stack, product.id, start_s=7200, end_s=9000,
+                                waiting_room=ROOM)  # its pre-queue opens in 90 min
+    ended = await make_activity(stack, product.id, start_s=-60, end_s=-1, waiting_room=ROOM)
+    for activity_id, reason in ((plain.id, "NO_WAITING_ROOM"), (later.id, "NOT_STARTED"),
+                                (ended.id, "ENDED")):
+        call = join(stack.activities, activity_id, "u")
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call.read()
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_details(raised.value)["ErrorInfo"].reason == reason
+    call = join(stack.activities, later.id, "u", quantity=2)  # per_user_limit 1
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call.read()
+    assert error_details(raised.value)["ErrorInfo"].reason == "QUANTITY_OVER_LIMIT"
+    for bad in (activity_pb2.JoinQueueRequest(activity_id=0, user_id="u"),
+                activity_pb2.JoinQueueRequest(activity_id=plain.id, user_id="")):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stack.activities.JoinQueue(bad).read()
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    call = join(stack.activities, 10**9, "u")
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call.read()
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
