@@ -442,7 +442,8 @@ async def test_the_queue_client_example_waits_then_buys(stack: Stack) -> None:
     out, _ = await asyncio.wait_for(process.communicate(), 30)
     lines = out.decode().splitlines()
     assert process.returncode == 0, lines
-    assert lines[0].startswith("PRE_QUEUED: the line is drawn in "), lines
+    # Pre-queued, unless starting Python on a busy machine took longer than the 2 s.
+    assert lines[0].startswith(("PRE_QUEUED: the line is drawn in ", "WAITING: position 1")), lines
     assert lines[-2].startswith("ADMITTED: pass valid until "), lines
     assert lines[-1].startswith("order ") and lines[-1].endswith(": 1 unit(s)"), lines
 
