@@ -25,6 +25,7 @@ from activity_svc.server import DEFINITION as ACTIVITY
 from seckill_cli import cli
 from seckill_cli.client import Exit
 from seckill_common.api.times import to_datetime
+from seckill_common.runtime.auth import UserTokens
 from seckill_common.runtime.server import start_service
 from seckill_stack.services import python_env
 from tests.helpers.factories import make_activity, make_product
@@ -202,12 +203,16 @@ async def test_pre_queue_is_shuffled_at_the_start_then_arrivals_keep_their_order
 
 
 @asynccontextmanager
-async def running(db_url: str) -> AsyncIterator[Stack]:
-    stack = await start_stack(db_url)
+async def running_with(db_url: str, **overrides: str) -> AsyncIterator[Stack]:
+    stack = await start_stack(db_url, **overrides)
     try:
         yield stack
     finally:
         await stack.stop()
+
+
+def running(db_url: str) -> Any:
+    return running_with(db_url)
 
 
 async def test_joining_again_keeps_the_place_also_across_a_restart(db_url: str) -> None:
@@ -489,3 +494,34 @@ async def test_join_refusals(stack: Stack) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await call.read()
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_with_user_tokens_the_place_and_the_pass_are_the_tokens_users(
+        db_url: str) -> None:
+    secret = "s" * 40  # user tokens on: the setting under test
+    tokens = UserTokens(secret)
+
+    def as_user(user: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {tokens.issue(user)}"),)
+
+    async with running_with(db_url, SECKILL_USER_TOKEN_SECRET=secret) as stack:
+        activity = await room_sale(stack, stock=2)
+        call = stack.activities.JoinQueue(
+            activity_pb2.JoinQueueRequest(activity_id=activity.id), metadata=as_user("alice"))
+        admitted = await until(call, state(activity_pb2.ADMITTED))
+        call = stack.activities.JoinQueue(
+            activity_pb2.JoinQueueRequest(activity_id=activity.id, user_id="bob"),
+            metadata=as_user("alice"))
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call.read()
+        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # Alice's pass is not Bob's, whatever Bob's token.
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stack.activities.Seckill(activity_pb2.SeckillRequest(
+                activity_id=activity.id, admission_pass=admitted.admission_pass),
+                metadata=as_user("bob"))
+        assert error_details(raised.value)["ErrorInfo"].reason == "NOT_ADMITTED"
+        reply = await stack.activities.Seckill(activity_pb2.SeckillRequest(
+            activity_id=activity.id, admission_pass=admitted.admission_pass),
+            metadata=as_user("alice"))
+        assert reply.order.user_id == "alice"
