@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -34,10 +35,12 @@ from tests.helpers.stack import (
     ADMIN,
     ADMIN_TOKEN,
     REPO,
+    ServiceProcess,
     Stack,
     query,
     settings_for,
     start_stack,
+    subprocess_env,
 )
 
 Update = activity_pb2.QueueUpdate
@@ -525,3 +528,30 @@ async def test_with_user_tokens_the_place_and_the_pass_are_the_tokens_users(
             activity_id=activity.id, admission_pass=admitted.admission_pass),
             metadata=as_user("alice"))
         assert reply.order.user_id == "alice"
+
+
+async def test_two_workers_of_a_process_serve_one_line(stack: Stack, tmp_path: Path) -> None:
+    # Two workers (SECKILL_WORKERS=2): the setting under test; the rest shipped defaults.
+    env = subprocess_env(stack.db_url, SECKILL_ACTIVITY_ADDR="127.0.0.1:0",
+                         SECKILL_PRODUCT_ADDR=stack.product.address,
+                         SECKILL_ORDER_ADDR=stack.order.address, SECKILL_WORKERS="2")
+    process = ServiceProcess("activity_svc", env, tmp_path / "activity.log")
+    await process.start()
+    # A channel per buyer: their connections spread over the workers.
+    channels = [grpc.aio.insecure_channel(process.address) for _ in range(7)]
+    try:
+        stubs = [activity_pb2_grpc.ActivityServiceStub(channel) for channel in channels]
+        activity = await room_sale(stack, stock=1)
+        admitted = await until(join(stubs[0], activity.id, "u0"), state(activity_pb2.ADMITTED))
+        calls = []
+        for position, stub in enumerate(stubs[1:], start=1):
+            calls.append(join(stub, activity.id, f"w{position}"))
+            await until(calls[-1], at(position))
+        await stubs[3].Seckill(activity_pb2.SeckillRequest(
+            activity_id=activity.id, user_id="u0", admission_pass=admitted.admission_pass))
+        for call in calls:
+            await until(call, state(activity_pb2.QUEUE_SOLD_OUT))
+    finally:
+        for channel in channels:
+            await channel.close()
+        assert await process.stop() == 0
