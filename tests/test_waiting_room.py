@@ -555,3 +555,32 @@ async def test_two_workers_of_a_process_serve_one_line(stack: Stack, tmp_path: P
         for channel in channels:
             await channel.close()
         assert await process.stop() == 0
+
+
+async def test_a_waiting_buyer_costs_messages_not_reads(stack: Stack) -> None:
+    activity = await room_sale(stack, stock=1)
+    await until(join(stack.activities, activity.id, "holder"), state(activity_pb2.ADMITTED))
+    buyers = 200
+    calls = [join(stack.activities, activity.id, f"w{i}") for i in range(buyers)]
+    try:
+        await asyncio.gather(*(until(call, state(activity_pb2.WAITING)) for call in calls))
+        transactions: list[str] = []
+        database = stack.activity.database
+        real = database.transaction
+
+        def counted() -> Any:
+            task = asyncio.current_task()
+            if task is None or task.get_name() != "queue-mover":  # the mover is per line
+                transactions.append("")
+            return real()
+
+        database.transaction = counted  # type: ignore[method-assign]
+        try:
+            await asyncio.sleep(2.0)  # waiting is what is measured: nothing to await
+        finally:
+            database.transaction = real  # type: ignore[method-assign]
+        # One read of the line per poll (250 ms) for all 200, not one per buyer.
+        assert len(transactions) <= 2.0 / stack.activity.settings.queue.poll_interval_s + 3
+    finally:
+        for call in calls:
+            call.cancel()
