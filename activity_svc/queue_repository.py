@@ -1,7 +1,7 @@
 """SQL for waiting rooms (docs/WAITING_ROOM.md): joining the line, the feeds' one read per
 line, the tickets of a feed's buyers, and the mover's unit of work.
 
-The queue tables (migration 0005) are written by two parties only: a join inserts (or, for a
+The queue tables (migration 0006) are written by two parties only: a join inserts (or, for a
 buyer whose turn is over, replaces) its own entry; the mover, one process at a time under its
 lease, hands out tickets, admits, and marks passes used or expired, and alone writes
 `queue_lines`. The mover reads the stock, the activity and the orders without locks: it never

@@ -2,7 +2,7 @@
 
 Kept apart on purpose: the relay's generic lease (seckill_common/database/lease.py) is being
 written alongside; this one is the smallest that the mover needs, over a table of its own
-(`queue_leases`, migration 0005), to be folded into that one when both land.
+(`queue_leases`, migration 0006), to be folded into that one when both land.
 
 A holder renews its lease well before it lapses; a lease whose expire time passed, by the
 database's clock, may be taken by anyone. The holder acts only while `held()` says so: until
