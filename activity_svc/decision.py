@@ -6,9 +6,9 @@ without locks (repository.read_facts): both answer with the same rules and the s
 precedence between refusals. `outcomes` then pairs the decisions with the orders the
 transaction recorded.
 
-Quantities (issue 17): an attempt asks for `quantity` units, all or nothing. Attempts are
-decided in arrival order against the units the earlier winners of the same batch left, and a
-refusal for want of units takes nothing, so a smaller request behind it may still win them.
+Quantities: an attempt asks for `quantity` units, all or nothing. Attempts are decided in
+arrival order against the units the earlier winners of the same batch left, and a refusal for
+want of units takes nothing, so a smaller request behind it may still win them.
 """
 
 from __future__ import annotations
@@ -17,8 +17,15 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
-from seckill_common.api.errors import AlreadyExists, FailedPrecondition, NotFound, ServiceError
+from seckill_common.api.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    Reason,
+    ServiceError,
+)
 
 
 @dataclass(frozen=True)
@@ -70,54 +77,90 @@ class Twin:
     """A second attempt of a winner within the batch: answered with the winner's order."""
 
 
-@dataclass(frozen=True)
-class Refused:
-    """A refusal: `error` is what the caller is answered."""
+class Refusal(enum.Enum):
+    """Why `decide` refused an attempt, in its order of precedence. A value, not a status:
+    the engine reads it (`reached_stock`), and `error_of` alone turns it into the answer."""
 
-    error: ServiceError
+    NOT_FOUND = enum.auto()
+    QUANTITY_OVER_LIMIT = enum.auto()
+    ALREADY_PURCHASED = enum.auto()
+    NOT_STARTED = enum.auto()
+    ENDED = enum.auto()
+    SOLD_OUT = enum.auto()
+    INSUFFICIENT_STOCK = enum.auto()
+
+
+class Refused(NamedTuple):
+    """A refusal and the data its answer names (0: not named); a tuple, as cheap to make as
+    the refusal path needs."""
+
+    kind: Refusal
+    activity_id: int = 0
+    quantity: int = 0  # units asked (QUANTITY_OVER_LIMIT, INSUFFICIENT_STOCK)
+    available: int = 0  # units left (INSUFFICIENT_STOCK)
+    limit: int = 0  # the activity's per-user limit (QUANTITY_OVER_LIMIT)
+    order_id: int = 0  # the order the user holds (ALREADY_PURCHASED)
+
+    @property
+    def error(self) -> ServiceError:
+        """What the caller is answered (`error_of`)."""
+        return error_of(self)
 
 
 Decision = Win | Twin | Refused
 
 
-def already_purchased(order_id: int) -> Refused:
-    # One message for every buyer (the order id is in the ErrorInfo metadata): load tools
-    # count one kind of answer, and the status is built from cached parts.
-    return Refused(AlreadyExists(
-        "ALREADY_PURCHASED",
-        "you already hold an order for this activity",
-        {"order_id": str(order_id)},
-    ))
+# Each ErrorInfo refusal's reason and message. One message per kind for every buyer (what
+# differs is in the metadata): load tools count one kind of answer, and the status is built
+# from cached parts (api.errors).
+_ANSWERS = {
+    Refusal.QUANTITY_OVER_LIMIT: (Reason.QUANTITY_OVER_LIMIT,
+                                  "more units asked for than one customer may hold"),
+    Refusal.ALREADY_PURCHASED: (Reason.ALREADY_PURCHASED,
+                                "you already hold an order for this activity"),
+    Refusal.NOT_STARTED: (Reason.NOT_STARTED, "the sale has not started yet"),
+    Refusal.ENDED: (Reason.ENDED, "the sale has ended"),
+    Refusal.SOLD_OUT: (Reason.SOLD_OUT, "sold out"),
+    Refusal.INSUFFICIENT_STOCK: (Reason.INSUFFICIENT_STOCK, "fewer units left than asked for"),
+}
 
 
-def _precondition(reason: str, message: str, activity_id: int) -> Refused:
-    return Refused(FailedPrecondition(reason, message, {"activity_id": str(activity_id)}))
+def error_of(refused: Refused) -> ServiceError:
+    """The one mapping of a refusal to its status: code, ErrorInfo reason and metadata.
+
+    ALREADY_PURCHASED is ALREADY_EXISTS, naming the order held; an unknown activity NOT_FOUND;
+    the rest FAILED_PRECONDITION, naming the activity. QUANTITY_OVER_LIMIT is not
+    INVALID_ARGUMENT (AIP-193): the request is well formed, refused on the activity's current
+    limit, which an admin may raise (quantities no activity allows are the servicer's).
+    """
+    kind = refused.kind
+    if kind is Refusal.NOT_FOUND:
+        return NotFound("Activity", refused.activity_id)
+    reason, message = _ANSWERS[kind]
+    if kind is Refusal.ALREADY_PURCHASED:
+        return AlreadyExists(reason, message, {"order_id": str(refused.order_id)})
+    activity = str(refused.activity_id)
+    if kind is Refusal.INSUFFICIENT_STOCK:  # `available`: the client may ask for that many
+        return FailedPrecondition(reason, message, {
+            "activity_id": activity, "available": str(refused.available),
+            "quantity": str(refused.quantity)})
+    if kind is Refusal.QUANTITY_OVER_LIMIT:
+        return FailedPrecondition(reason, message, {
+            "activity_id": activity, "per_user_limit": str(refused.limit),
+            "quantity": str(refused.quantity)})
+    return FailedPrecondition(reason, message, {"activity_id": activity})
+
+
+def already_purchased(order_id: int, activity_id: int = 0) -> Refused:
+    return Refused(Refusal.ALREADY_PURCHASED, activity_id, order_id=order_id)
 
 
 def sold_out(activity_id: int) -> Refused:
-    return _precondition("SOLD_OUT", "sold out", activity_id)
-
-
-def insufficient_stock(activity_id: int, asked: int, available: int) -> Refused:
-    """Fewer units left than asked (but some): `available` is how many, so the client may
-    ask for that many instead."""
-    return Refused(FailedPrecondition(
-        "INSUFFICIENT_STOCK", "fewer units left than asked for",
-        {"activity_id": str(activity_id), "available": str(available),
-         "quantity": str(asked)}))
+    return Refused(Refusal.SOLD_OUT, activity_id)
 
 
 def over_limit(activity_id: int, asked: int, limit: int) -> Refused:
-    """More units asked than the activity lets one user hold.
-
-    FAILED_PRECONDITION, not INVALID_ARGUMENT (AIP-193): the request is well formed, and is
-    refused because of the activity's current state (its limit, which an admin may raise);
-    quantities no activity could allow are INVALID_ARGUMENT in the servicer instead.
-    """
-    return Refused(FailedPrecondition(
-        "QUANTITY_OVER_LIMIT", "more units asked for than one customer may hold",
-        {"activity_id": str(activity_id), "per_user_limit": str(limit),
-         "quantity": str(asked)}))
+    return Refused(Refusal.QUANTITY_OVER_LIMIT, activity_id, quantity=asked, limit=limit)
 
 
 def decide(attempts: Sequence[SeckillAttempt], facts: Facts) -> list[Decision]:
@@ -142,24 +185,23 @@ def decide(attempts: Sequence[SeckillAttempt], facts: Facts) -> list[Decision]:
         key = attempt.key
         window = facts.windows.get(attempt.activity_id)
         if facts.stock is None or window is None:
-            decisions.append(Refused(NotFound("Activity", attempt.activity_id)))
+            decisions.append(Refused(Refusal.NOT_FOUND, attempt.activity_id))
         elif attempt.quantity > facts.limit_of(attempt.activity_id):
             decisions.append(over_limit(attempt.activity_id, attempt.quantity,
                                         facts.limit_of(attempt.activity_id)))
         elif key in facts.held:
-            decisions.append(already_purchased(facts.held[key]))
+            decisions.append(already_purchased(facts.held[key], attempt.activity_id))
         elif key in winners:
             decisions.append(Twin())
         elif window == Window.NOT_STARTED:
-            decisions.append(_precondition("NOT_STARTED", "the sale has not started yet",
-                                           attempt.activity_id))
+            decisions.append(Refused(Refusal.NOT_STARTED, attempt.activity_id))
         elif window == Window.ENDED:
-            decisions.append(_precondition("ENDED", "the sale has ended", attempt.activity_id))
+            decisions.append(Refused(Refusal.ENDED, attempt.activity_id))
         elif remaining <= 0:
             decisions.append(sold_out(attempt.activity_id))
         elif remaining < attempt.quantity:
-            decisions.append(insufficient_stock(attempt.activity_id, attempt.quantity,
-                                                remaining))
+            decisions.append(Refused(Refusal.INSUFFICIENT_STOCK, attempt.activity_id,
+                                     quantity=attempt.quantity, available=remaining))
         else:
             remaining -= attempt.quantity
             winners.add(key)
@@ -187,7 +229,7 @@ def reached_stock(answer: Decision | Outcome) -> bool:
     were left). Such an answer shows the window open and the units left worth taking for a
     smaller request; any other refusal (the window, a held order) says nothing of them."""
     if isinstance(answer, Refused):
-        return getattr(answer.error, "reason", None) == "INSUFFICIENT_STOCK"
+        return answer.kind is Refusal.INSUFFICIENT_STOCK
     return isinstance(answer, (Win, Won))
 
 
@@ -200,7 +242,7 @@ def outcomes(attempts: Sequence[SeckillAttempt], decisions: Sequence[Decision],
         if isinstance(decision, Refused):
             answers.append(decision)
         elif isinstance(decision, Twin):
-            answers.append(already_purchased(won[attempt.key].order_id))
+            answers.append(already_purchased(won[attempt.key].order_id, attempt.activity_id))
         else:
             answers.append(won[attempt.key])
     return answers

@@ -14,23 +14,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import hashlib
 import hmac
 import time
 from datetime import datetime
 
-from seckill_common.api.errors import FailedPrecondition
+from seckill_common.api.errors import FailedPrecondition, Reason
 
 _LABEL = b"seckill.v1 admission pass"
 _VERSION = "v1"
-
-
-class PassRefusal(enum.StrEnum):
-    """Why a Seckill on an activity with a waiting room was refused (ErrorInfo reasons)."""
-
-    NOT_ADMITTED = "NOT_ADMITTED"
-    PASS_EXPIRED = "PASS_EXPIRED"
 
 
 def _b64(data: bytes) -> str:
@@ -62,13 +54,13 @@ class Passes:
         PASS_EXPIRED."""
         payload = self._payload(admission_pass)
         if payload is None:
-            raise refusal(PassRefusal.NOT_ADMITTED, activity_id)
+            raise refusal(Reason.NOT_ADMITTED, activity_id)
         pass_activity, _, rest = payload.partition(":")
         expire_ms, _, pass_user = rest.partition(":")
         if pass_activity != str(activity_id) or pass_user != user_id:
-            raise refusal(PassRefusal.NOT_ADMITTED, activity_id)
+            raise refusal(Reason.NOT_ADMITTED, activity_id)
         if int(expire_ms) <= (time.time() if now is None else now) * 1000:
-            raise refusal(PassRefusal.PASS_EXPIRED, activity_id)
+            raise refusal(Reason.PASS_EXPIRED, activity_id)
 
     def _payload(self, admission_pass: str) -> str | None:
         """The pass's payload if its mac is ours, else None."""
@@ -88,9 +80,9 @@ class Passes:
             return None
 
 
-def refusal(reason: PassRefusal, activity_id: int) -> FailedPrecondition:
+def refusal(reason: Reason, activity_id: int) -> FailedPrecondition:
     message = ("this activity has a waiting room: join it (JoinQueue) and buy with the "
                "admission pass it gives at your turn"
-               if reason is PassRefusal.NOT_ADMITTED
+               if reason is Reason.NOT_ADMITTED
                else "the admission pass expired: join the waiting room again")
-    return FailedPrecondition(reason.value, message, {"activity_id": str(activity_id)})
+    return FailedPrecondition(reason, message, {"activity_id": str(activity_id)})

@@ -4,25 +4,16 @@ the mover admits, and where a buyer stands in a line as a feed last read it. The
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass
 from datetime import datetime
 
 from seckill.v1 import activity_pb2
 
-from seckill_common.api.errors import FailedPrecondition, ServiceError
+from seckill_common.api.errors import FailedPrecondition, Reason, ServiceError
 
 # The measured admission rate forgets with this time constant.
 RATE_MEMORY_S = 5.0
-
-
-class JoinRefusal(enum.StrEnum):
-    """ErrorInfo reasons of a refused JoinQueue (besides QUANTITY_OVER_LIMIT, Seckill's)."""
-
-    NO_WAITING_ROOM = "NO_WAITING_ROOM"
-    NOT_STARTED = "NOT_STARTED"
-    ENDED = "ENDED"
 
 
 def join_refusal(activity_id: int, waiting_room: bool, quantity: int, per_user_limit: int,
@@ -32,18 +23,18 @@ def join_refusal(activity_id: int, waiting_room: bool, quantity: int, per_user_l
     room, the quantity is over its limit, the pre-queue is not open yet, the sale ended."""
     metadata = {"activity_id": str(activity_id)}
     if not waiting_room:
-        return FailedPrecondition(JoinRefusal.NO_WAITING_ROOM.value,
+        return FailedPrecondition(Reason.NO_WAITING_ROOM,
                                   "this activity has no waiting room: call Seckill", metadata)
     if quantity > per_user_limit:
         return FailedPrecondition(
-            "QUANTITY_OVER_LIMIT", "more units asked for than one customer may hold",
+            Reason.QUANTITY_OVER_LIMIT, "more units asked for than one customer may hold",
             {**metadata, "per_user_limit": str(per_user_limit), "quantity": str(quantity)})
     if now < open_time:
-        return FailedPrecondition(JoinRefusal.NOT_STARTED.value,
+        return FailedPrecondition(Reason.NOT_STARTED,
                                   "the waiting room is not open yet",
                                   {**metadata, "open_time": open_time.isoformat() + "Z"})
     if now >= end_time:
-        return FailedPrecondition(JoinRefusal.ENDED.value, "the sale has ended", metadata)
+        return FailedPrecondition(Reason.ENDED, "the sale has ended", metadata)
     return None
 
 

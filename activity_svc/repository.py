@@ -21,7 +21,7 @@ import pymysql
 from seckill.v1.order_pb2 import PENDING_PAYMENT
 
 from activity_svc.decision import Facts, SeckillAttempt, Window, Won
-from seckill_common.api.errors import FailedPrecondition, InvalidArgument, NotFound
+from seckill_common.api.errors import FailedPrecondition, InvalidArgument, NotFound, Reason
 from seckill_common.database import stock
 from seckill_common.database.db import NO_REFERENCED_ROW, ROW_IS_REFERENCED, error_code
 from seckill_common.database.order_events import Outbox
@@ -156,7 +156,7 @@ async def delete(tx: Transaction, activity_id: int) -> None:
 
 def has_orders(activity_id: int) -> FailedPrecondition:
     return FailedPrecondition(
-        "ACTIVITY_HAS_ORDERS",
+        Reason.ACTIVITY_HAS_ORDERS,
         f"activity {activity_id} has pending or paid orders; cancel them first",
         {"activity_id": str(activity_id)},
     )

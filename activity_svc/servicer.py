@@ -27,12 +27,14 @@ from activity_svc.fields import (
     payment_window_ms,
     waiting_room_columns,
 )
+from activity_svc.messages import activity_message
 from activity_svc.queue import QueueHub
 from activity_svc.seckill import SeckillEngine
 from activity_svc.watch import WatchHub
 from seckill_common.api.errors import NotFound, ServiceError
+from seckill_common.api.messages import OrderRow, order_message
 from seckill_common.api.pages import decode_page_token, page_of, page_size
-from seckill_common.api.times import db_time, to_datetime, to_timestamp
+from seckill_common.api.times import db_time, to_datetime
 from seckill_common.api.validation import (
     MAX_NAME_CHARS,
     MAX_PER_USER_LIMIT,
@@ -46,31 +48,6 @@ from seckill_common.database.singleflight import HOT_READ_GATHER_S, BatchLoader
 from seckill_common.runtime.auth import acting_user
 from seckill_common.runtime.peers import call_peer
 from seckill_common.runtime.telemetry import count_seckill
-
-
-def to_proto(row: repository.ActivityRow,
-             product: product_pb2.Product | None = None) -> activity_pb2.Activity:
-    activity = activity_pb2.Activity(
-        id=row.id,
-        product_id=row.product_id,
-        name=row.name,
-        start_time=to_timestamp(row.start_time),
-        end_time=to_timestamp(row.end_time),
-        create_time=to_timestamp(row.create_time),
-        price_cents=row.price_cents,
-        per_user_limit=row.per_user_limit,
-    )
-    activity.payment_window.FromMilliseconds(row.payment_window_ms)
-    if row.waiting_room:
-        room = activity.waiting_room
-        room.enabled = True
-        room.pre_queue.FromMilliseconds(row.pre_queue_ms)
-        room.pass_validity.FromMilliseconds(row.pass_validity_ms)
-        if row.admission_rate is not None:
-            room.admission_rate = row.admission_rate
-    if product is not None:
-        activity.product.CopyFrom(product)
-    return activity
 
 
 def _check_fields(violations: Violations, activity: activity_pb2.Activity,
@@ -145,7 +122,7 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
             elif isinstance(product, BaseException):
                 found[activity_id] = product
             else:
-                found[activity_id] = to_proto(row, product)
+                found[activity_id] = activity_message(row, product)
         return found
 
     async def _get_product(self, product_id: int) -> product_pb2.Product:
@@ -182,7 +159,7 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
                                           db_time(start), db_time(end), price, window_ms, limit,
                                           waiting_room_columns(activity.waiting_room)),
             repository.get)
-        return to_proto(row)
+        return activity_message(row)
 
     async def GetActivity(self, request: activity_pb2.GetActivityRequest,
                           context: ServicerContext) -> activity_pb2.Activity:
@@ -196,7 +173,7 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
         rows = await self._db.run(lambda tx: repository.list_page(tx, after, limit + 1))
         page, token = page_of(rows, limit, {})
         return activity_pb2.ListActivitiesResponse(
-            activities=[to_proto(row) for row in page], next_page_token=token)
+            activities=[activity_message(row) for row in page], next_page_token=token)
 
     async def UpdateActivity(self, request: activity_pb2.UpdateActivityRequest,
                              context: ServicerContext) -> activity_pb2.Activity:
@@ -217,7 +194,7 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
                              else waiting_room_columns(value) if path == "waiting_room"
                              else value)
         row = await self._db.run(lambda tx: repository.update(tx, activity.id, changes))
-        return to_proto(row)
+        return activity_message(row)
 
     async def DeleteActivity(self, request: activity_pb2.DeleteActivityRequest,
                              context: ServicerContext) -> empty_pb2.Empty:
@@ -250,19 +227,11 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
             count_seckill(exc)
             raise
         count_seckill(None, won.quantity)
-        return activity_pb2.SeckillResponse(order=order_pb2.Order(
-            id=won.order_id,
-            activity_id=request.activity_id,
-            product_id=won.product_id,
-            user_id=user_id,
-            create_time=to_timestamp(won.create_time),
-            state=order_pb2.PENDING_PAYMENT,
-            price_cents=won.price_cents,
-            pay_deadline=to_timestamp(won.pay_deadline),
-            update_time=to_timestamp(won.create_time),
-            quantity=won.quantity,
-            total_price_cents=won.price_cents * won.quantity,
-        ))
+        return activity_pb2.SeckillResponse(order=order_message(OrderRow(
+            id=won.order_id, activity_id=request.activity_id, product_id=won.product_id,
+            user_id=user_id, create_time=won.create_time, state=order_pb2.PENDING_PAYMENT,
+            price_cents=won.price_cents, pay_deadline=won.pay_deadline,
+            update_time=won.create_time, quantity=won.quantity)))
 
     # grpc.aio serves a coroutine handler of a server stream too: it writes with context.write.
     async def WatchActivity(self, request: activity_pb2.WatchActivityRequest,  # type: ignore[override]

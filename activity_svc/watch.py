@@ -6,13 +6,17 @@ statement, so one instant) through a shared single-flight `BatchLoader`: every
 product, and at the instant its window opens or closes by the database's clock. Changes made
 anywhere else (another replica's batches, a cancel or an expiry in the order service, a
 restock in the product service, an update) are read by the next poll, so every message is at
-most FRESHNESS_BOUND_S behind the database. A watcher costs a message write, never a read:
+most FRESHNESS_BOUND_S behind the database. The bound is checked again when a message is sent,
+not only when it is read: a view whose read started longer ago than the bound (the process was
+busy or paused, a read stalled) is never sent as current; the stream asks its feed to read
+again and sends that view, or ends UNAVAILABLE if none comes within the bound. A watcher costs
+a message write, never a read:
 each stream's task waits for its feed's next view and sends it, at once when the state or
 the activity changed, coalesced to one message per `min_interval` when only units_left did.
 
 Streams end with a status the client acts on (docs/WATCH.md): NOT_FOUND when the activity
-is gone; UNAVAILABLE with RetryInfo after the stream's lifetime, on shutdown, or when the
-database cannot be read within the bound (resume: call again). A client's cancel ends the
+is gone; UNAVAILABLE with RetryInfo after the stream's lifetime, on shutdown, or when no view
+within the bound can be read or sent (resume: call again). A client's cancel ends the
 stream's task by CancelledError, which is never swallowed here (grpc/grpc#43360: a
 server-streaming handler that swallows it leaks native memory per call).
 """
@@ -49,9 +53,10 @@ from seckill_common.runtime.streams import StreamEndings, StreamSlots, resolve
 log = logging.getLogger(__name__)
 
 METHOD = "/seckill.v1.ActivityService/WatchActivity"
-# Every message is at most this far behind the database (the documented bound): the poll
-# interval is capped below it (750 ms, seckill_common.config.WatchSettings), and a feed
-# that cannot read for this long ends its streams.
+# Every message is at most this far behind the database when it is sent (the documented
+# bound): the poll interval is capped below it (750 ms, seckill_common.config.WatchSettings),
+# a feed that cannot read for this long ends its streams, and a stream never sends a view
+# read longer ago than this.
 FRESHNESS_BOUND_S = 1.0
 # After a local commit the feed reads again, but not sooner than this after its last read: a
 # sale commits a batch every few milliseconds and one read per commit would be a read storm.
@@ -71,6 +76,9 @@ class _Feed:
     activity_id: int
     watchers: int = 0
     view: View | None = None
+    # The loop's clock when the read of `view` started: the database's reading of now (its
+    # read_time) is later, so the age measured from here is never less than the view's.
+    read_at: float = 0.0
     revision: int = 0
     end: ServiceError | None = None  # set once: every watcher ends with it
     product_id: int | None = None
@@ -83,9 +91,18 @@ class _Feed:
     # are a list, whose removal scans every watcher).
     changed: set[asyncio.Future[None]] = field(default_factory=set)
     urgent: set[asyncio.Future[None]] = field(default_factory=set)
+    # Watchers holding a view too old to send: woken by every read, even one that changed
+    # nothing but the clock.
+    read: set[asyncio.Future[None]] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
 
-    def publish(self, view: View) -> None:
+    def age(self, now: float) -> float:
+        """How long ago, at the loop's time `now`, the latest view was read (an upper bound)."""
+        return now - self.read_at
+
+    def publish(self, view: View, read_at: float) -> None:
+        self.read_at = read_at
+        _wake(self.read)
         last = self.view
         if last is not None and (last.state, last.units_left, last.waiting, last.shown) == (
                 view.state, view.units_left, view.waiting, view.shown):
@@ -106,6 +123,7 @@ class _Feed:
             self.end = error
             _wake(self.changed)
             _wake(self.urgent)
+            _wake(self.read)
 
 
 class WatchHub:
@@ -186,7 +204,7 @@ class WatchHub:
                     feed.product_id = row.activity.product_id
                     self._by_product.setdefault(feed.product_id, set()).add(feed)
                 view = view_of(row)
-                feed.publish(view)
+                feed.publish(view, started)
                 await self._wait(feed, view, started)
         finally:
             self._forget(feed)
@@ -239,6 +257,7 @@ class WatchHub:
             sent_revision = 0
             sent_view: View | None = None
             last_write = float("-inf")
+            stale_since: float | None = None  # since when the view due is too old to send
             while True:
                 if feed.end is not None:
                     return feed.end
@@ -248,14 +267,29 @@ class WatchHub:
                     now = loop.time()
                     urgent = (sent_view is None or view.state != sent_view.state
                               or view.shown != sent_view.shown)
-                    if urgent or now >= last_write + interval:
+                    due = urgent or now >= last_write + interval
+                    if due and feed.age(now) <= FRESHNESS_BOUND_S:
+                        stale_since = None
                         sent_revision, sent_view, last_write = feed.revision, view, now
                         await context.write(view.message)
                         sent[0] += 1
                         self.messages += 1
                         continue
-                    # Units only, too soon: the interval's end, or a change that cannot wait.
-                    wake_at, waiters = min(wake_at, last_write + interval), feed.urgent
+                    if due:
+                        # Too old to be sent as current (this process was busy or paused,
+                        # or the feed's reads stall): the feed reads again at once; a fresh
+                        # view within the bound is sent, else the stream ends (resume).
+                        stale_since = now if stale_since is None else stale_since
+                        if now - stale_since >= FRESHNESS_BOUND_S:
+                            return Unavailable("no view of the activity fresh enough to "
+                                               "send; call again")
+                        feed.poke.set()
+                        wake_at = min(wake_at, stale_since + FRESHNESS_BOUND_S)
+                        waiters = feed.read
+                    else:
+                        # Units only, too soon: the interval's end, or a change that cannot
+                        # wait.
+                        wake_at, waiters = min(wake_at, last_write + interval), feed.urgent
                 if loop.time() >= ends_at:
                     return Unavailable(f"the stream reached its lifetime ({lifetime:.0f} s); "
                                       "call again to resume", retry_after_s=0.0)

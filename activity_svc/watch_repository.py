@@ -13,20 +13,8 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 
 from activity_svc.repository import ActivityRow
+from seckill_common.api.messages import PRODUCT_FIELDS, ProductRow
 from seckill_common.database.transaction import Transaction
-
-
-@dataclass(frozen=True)
-class ProductRow:
-    """The product on sale, as the view shows it."""
-
-    id: int
-    name: str
-    description: str
-    price_cents: int
-    stock: int
-    create_time: datetime
-    update_time: datetime
 
 
 @dataclass(frozen=True)
@@ -40,16 +28,15 @@ class ViewRow:
 # The columns are the rows' fields, in their order (an activity column added to ActivityRow,
 # per_user_limit say, is read here too, with nothing to keep in step by hand).
 _ACTIVITY_FIELDS = tuple(f.name for f in fields(ActivityRow))
-_PRODUCT_FIELDS = tuple(f.name for f in fields(ProductRow))
 _SQL = (
     "SELECT " + ", ".join([*(f"a.{name}" for name in _ACTIVITY_FIELDS),
-                           *(f"p.{name}" for name in _PRODUCT_FIELDS), "UTC_TIMESTAMP(6)",
+                           *(f"p.{name}" for name in PRODUCT_FIELDS), "UTC_TIMESTAMP(6)",
                            "COALESCE(l.waiting, 0)"])
     + " FROM activities a LEFT JOIN products p ON p.id = a.product_id"
     " LEFT JOIN queue_lines l ON l.activity_id = a.id WHERE a.id IN ({marks})"
 )
 _ACTIVITY_COLUMNS = len(_ACTIVITY_FIELDS)
-_PRODUCT_COLUMNS = len(_PRODUCT_FIELDS)
+_PRODUCT_COLUMNS = len(PRODUCT_FIELDS)
 
 
 async def read_views(tx: Transaction, activity_ids: list[int]) -> dict[int, ViewRow]:
@@ -61,8 +48,7 @@ async def read_views(tx: Transaction, activity_ids: list[int]) -> dict[int, View
         # The SELECT lists ActivityRow's and ProductRow's fields in their order, then the clock.
         activity = ActivityRow.from_db(row[:_ACTIVITY_COLUMNS])
         product_cells = row[_ACTIVITY_COLUMNS:_ACTIVITY_COLUMNS + _PRODUCT_COLUMNS]
-        product = (None if product_cells[0] is None
-                   else ProductRow(**dict(zip(_PRODUCT_FIELDS, product_cells, strict=True))))
+        product = None if product_cells[0] is None else ProductRow.from_db(product_cells)
         views[activity.id] = ViewRow(activity=activity, product=product,
                                      read_time=row[_ACTIVITY_COLUMNS + _PRODUCT_COLUMNS],
                                      waiting=int(row[_ACTIVITY_COLUMNS + _PRODUCT_COLUMNS + 1]))

@@ -7,10 +7,12 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
-from seckill.v1 import activity_pb2, product_pb2
+from seckill.v1 import activity_pb2
 
+from activity_svc.messages import activity_message
 from activity_svc.watch_repository import ViewRow
 from seckill_common.api.errors import InvalidArgument
+from seckill_common.api.messages import product_message
 from seckill_common.api.times import to_timestamp
 
 # WatchActivityRequest.min_interval: unset, floor and ceiling.
@@ -67,21 +69,9 @@ def view_of(row: ViewRow) -> View:
     assert product is not None
     state = state_of(activity.start_time, activity.end_time, row.read_time, product.stock)
     message = activity_pb2.WatchActivityResponse(
-        activity=activity_pb2.Activity(
-            id=activity.id, product_id=activity.product_id, name=activity.name,
-            start_time=to_timestamp(activity.start_time),
-            end_time=to_timestamp(activity.end_time),
-            create_time=to_timestamp(activity.create_time),
-            price_cents=activity.price_cents,
-            product=product_pb2.Product(
-                id=product.id, name=product.name, description=product.description,
-                price_cents=product.price_cents, stock=product.stock,
-                create_time=to_timestamp(product.create_time),
-                update_time=to_timestamp(product.update_time)),
-        ),
+        activity=activity_message(activity, product_message(product)),
         units_left=product.stock, state=state.value, read_time=to_timestamp(row.read_time),
         waiting=row.waiting)
-    message.activity.payment_window.FromMilliseconds(activity.payment_window_ms)
     flips = [t for t in (activity.start_time, activity.end_time) if t > row.read_time]
     return View(message, state, product.stock, row.waiting,
                 (activity, product.name, product.description, product.price_cents),

@@ -1,7 +1,8 @@
 """OrderEventService: the feed of order events, listed and watched (docs/EVENTS.md).
 
-One `EventFeed` per process reads the watermark (order_events.watermark: every event up to it
-is committed for good) every SECKILL_EVENTS_POLL_INTERVAL_MS while streams watch, and wakes
+One `EventFeed` per process takes the watermark (order_events.watermark: it sequences what
+has committed since, and every event up to it is in the feed for good) every
+SECKILL_EVENTS_POLL_INTERVAL_MS while streams watch, and wakes
 them when it moves; each stream then reads its own events, up to that watermark, from its own
 revision. A stream or a list never serves beyond the watermark, so no event it skipped can
 commit later. Retention runs here too: every PRUNE_INTERVAL_S one process's sweep deletes the
@@ -17,7 +18,7 @@ import random
 from grpc.aio import ServicerContext
 from seckill.v1 import order_events_pb2, order_events_pb2_grpc
 
-from seckill_common.api.errors import FailedPrecondition, InvalidArgument, Unavailable
+from seckill_common.api.errors import FailedPrecondition, InvalidArgument, Reason, Unavailable
 from seckill_common.api.pages import decode_page_token, encode_page_token, page_size
 from seckill_common.api.times import to_timestamp
 from seckill_common.config import EventsSettings, WatchSettings
@@ -40,13 +41,13 @@ PRUNE_BATCH = 10_000
 
 def pruned(through: int) -> FailedPrecondition:
     return FailedPrecondition(
-        "EVENTS_PRUNED",
+        Reason.EVENTS_PRUNED,
         f"events up to revision {through} were deleted by retention; read the orders anew"
         " (ListOrders) and continue after pruned_through", {"pruned_through": str(through)})
 
 
 def disabled() -> FailedPrecondition:
-    return FailedPrecondition("EVENTS_DISABLED", "this deployment writes no order events"
+    return FailedPrecondition(Reason.EVENTS_DISABLED, "this deployment writes no order events"
                               " (SECKILL_EVENTS_ENABLED=false)", {})
 
 
@@ -74,7 +75,7 @@ class EventFeed:
         self._poller = Background("order-events-feed", self._poll)
 
     async def read(self) -> Position:
-        """A fresh watermark (one short transaction that waits for the writers in flight)."""
+        """A fresh watermark (one short sequencer transaction; it waits for nobody)."""
         return await self._db.run(order_events.watermark)
 
     def join(self) -> None:

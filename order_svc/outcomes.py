@@ -7,12 +7,12 @@ from order_svc.repository import (
     Cancellation,
     Cancelled,
     Expiry,
-    OrderRow,
     Paid,
     Payment,
     order_expired,
     payment_expired,
 )
+from seckill_common.api.messages import OrderRow
 from seckill_common.runtime.telemetry import count_expired, count_order
 
 

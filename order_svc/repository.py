@@ -6,52 +6,30 @@ quantity, never part of it) takes the product's stock row first (database.stock;
 order is docs/DESIGN.md's "Locks"); paying moves no unit and locks the order row alone. The
 deadline is judged by the database's clock inside the transaction that holds the order row,
 so a payment and an expiry of one order never both win.
+
+Every change's writes (the orders' UPDATE, the units back, its events) go in one round trip
+with the COMMIT (`_change`): the rows they lock are held for the server's own work on that
+round trip, never while the client is away between two.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from seckill.v1.order_pb2 import CANCELLED, EXPIRED, PAID, PENDING_PAYMENT
 
-from seckill_common.api.errors import FailedPrecondition, NotFound
+from seckill_common.api.errors import FailedPrecondition, NotFound, Reason
+from seckill_common.api.messages import OrderRow
 from seckill_common.database import stock
 from seckill_common.database.order_events import EventType, Outbox
 from seckill_common.database.stock import LockedStock
 from seckill_common.database.transaction import Transaction
 
-
-@dataclass(frozen=True)
-class OrderRow:
-    id: int
-    activity_id: int
-    product_id: int
-    user_id: str
-    create_time: datetime
-    state: int
-    price_cents: int
-    pay_deadline: datetime
-    update_time: datetime
-    quantity: int
-
-    @classmethod
-    def from_db(cls, columns: dict[str, Any]) -> OrderRow:
-        """The order from its columns by name (`_named`), user_id decoded (a VARBINARY)."""
-        return cls(
-            id=columns["id"], activity_id=columns["activity_id"],
-            product_id=columns["product_id"], user_id=columns["user_id"].decode("utf-8"),
-            create_time=columns["create_time"], state=columns["state"],
-            price_cents=columns["price_cents"], pay_deadline=columns["pay_deadline"],
-            update_time=columns["update_time"], quantity=columns["quantity"],
-        )
-
-
 # The columns are OrderRow's fields, in its order; `_named` pairs them up again.
-_FIELDS = tuple(field.name for field in fields(OrderRow))
+_FIELDS = OrderRow._fields
 _COLUMNS = ", ".join(_FIELDS)
 # The order's columns, and whether its deadline has passed by the database's clock.
 _COLUMNS_DUE = _COLUMNS + ", pay_deadline <= UTC_TIMESTAMP(6)"
@@ -125,22 +103,22 @@ class Expiry:
         return len(self.lags_s)
 
 
-def _refusal(reason: str, message: str, order_id: int) -> FailedPrecondition:
+def _refusal(reason: Reason, message: str, order_id: int) -> FailedPrecondition:
     return FailedPrecondition(reason, message, {"order_id": str(order_id)})
 
 
 def payment_expired(order_id: int) -> FailedPrecondition:
-    return _refusal("PAYMENT_EXPIRED", f"order {order_id} was not paid before its deadline",
+    return _refusal(Reason.PAYMENT_EXPIRED, f"order {order_id} was not paid before its deadline",
                     order_id)
 
 
 def order_expired(order_id: int) -> FailedPrecondition:
-    return _refusal("ORDER_EXPIRED", f"order {order_id} expired unpaid; its units are back",
+    return _refusal(Reason.ORDER_EXPIRED, f"order {order_id} expired unpaid; its units are back",
                     order_id)
 
 
 def order_cancelled(order_id: int) -> FailedPrecondition:
-    return _refusal("ORDER_CANCELLED", f"order {order_id} is cancelled", order_id)
+    return _refusal(Reason.ORDER_CANCELLED, f"order {order_id} is cancelled", order_id)
 
 
 async def get(cur: Transaction, order_id: int, owner: str | None = None) -> OrderRow:
@@ -212,8 +190,7 @@ async def pay(cur: Transaction, order_id: int, owner: str | None, outbox: Outbox
         late = await stock.try_lock(cur, row.product_id)
         expired = None if late is None else await _expire_locked(cur, late, [order_id], outbox)
         return Payment(outcome=Paid.TOO_LATE, order=row, expired=expired)
-    await _set_state(cur, [order_id], PAID, outbox)
-    return Payment(outcome=Paid.NOW, order=await get(cur, order_id))
+    return Payment(outcome=Paid.NOW, order=await _change(cur, [order_id], PAID, outbox))
 
 
 async def cancel(cur: Transaction, order_id: int, owner: str | None, outbox: Outbox
@@ -231,9 +208,8 @@ async def cancel(cur: Transaction, order_id: int, owner: str | None, outbox: Out
     if row.state == PENDING_PAYMENT and due:
         expiry = await _expire_locked(cur, locked, [order_id], outbox)
         return Cancellation(outcome=Cancelled.TOO_LATE, order=row, expired=expiry)
-    await _set_state(cur, [order_id], CANCELLED, outbox)
-    await stock.give_back(cur, locked, row.quantity)
-    return Cancellation(outcome=Cancelled.NOW, order=await get(cur, order_id))
+    return Cancellation(outcome=Cancelled.NOW, order=await _change(
+        cur, [order_id], CANCELLED, outbox, back=(locked, row.quantity)))
 
 
 # The event each state change writes.
@@ -241,16 +217,26 @@ _EVENT_OF: dict[int, EventType] = {
     PAID: EventType.PAID, CANCELLED: EventType.CANCELLED, EXPIRED: EventType.EXPIRED}
 
 
-async def _set_state(cur: Transaction, order_ids: Sequence[int], state: int, outbox: Outbox
-                     ) -> None:
-    """Moves orders to `state`; `active` follows (the schema's CHECK insists). Every state
-    change passes here, and writes its events here, in the same transaction."""
+async def _change(cur: Transaction, order_ids: Sequence[int], state: int, outbox: Outbox, *,
+                  back: tuple[LockedStock, int] | None = None) -> OrderRow:
+    """Moves orders to `state` (`active` follows: the schema's CHECK insists), gives `back`
+    units to the stock row held, writes the change's events and COMMITs, in one round trip;
+    returns the first order as committed. Every state change passes here, and ends its
+    transaction here: nothing may follow it."""
     marks = ", ".join(["%s"] * len(order_ids))
     active = 1 if state in (PENDING_PAYMENT, PAID) else None
+    statements = [f"UPDATE orders SET state = %s, active = %s, update_time = UTC_TIMESTAMP(6)"
+                  f" WHERE id IN ({marks})"]
+    params: list[object] = [state, active, *order_ids]
+    if back is not None:
+        back_sql, back_params = stock.give_back_statement(*back)
+        statements.append(back_sql)
+        params += back_params
     events_sql, events_params = outbox.record_statements(_EVENT_OF[state], order_ids)
-    await cur.pipeline("; ".join([
-        f"UPDATE orders SET state = %s, active = %s, update_time = UTC_TIMESTAMP(6)"
-        f" WHERE id IN ({marks})", *events_sql]), (state, active, *order_ids, *events_params))
+    statements += [*events_sql, f"SELECT {_COLUMNS} FROM orders WHERE id = %s"]
+    params += [*events_params, order_ids[0]]
+    *_, (row,) = await cur.pipeline("; ".join(statements), params, commit=True)
+    return OrderRow.from_db(_named(_FIELDS, row))
 
 
 # --- expiry --------------------------------------------------------------------------------
@@ -287,7 +273,8 @@ async def expire(cur: Transaction, product_id: int, order_ids: Sequence[int], ou
 
 async def _expire_locked(cur: Transaction, locked: LockedStock, order_ids: Sequence[int],
                          outbox: Outbox) -> Expiry:
-    """`expire` once the stock row is held: the orders' locks come after it."""
+    """`expire` once the stock row is held: the orders' locks come after it. When it expired
+    any, it committed (`_change`)."""
     marks = ", ".join(["%s"] * len(order_ids))
     await cur.execute(
         "SELECT id, TIMESTAMPDIFF(MICROSECOND, pay_deadline, UTC_TIMESTAMP(6)), quantity"
@@ -298,8 +285,8 @@ async def _expire_locked(cur: Transaction, locked: LockedStock, order_ids: Seque
     overdue = [_Overdue(order_id=int(order_id), lag_us=int(lag_us), quantity=int(quantity))
                for order_id, lag_us, quantity in await cur.fetchall()]
     units = sum(order.quantity for order in overdue)
-    if overdue:
-        await _set_state(cur, [order.order_id for order in overdue], EXPIRED, outbox)
-        await stock.give_back(cur, locked, units)
+    if overdue:  # the transaction ends here
+        await _change(cur, [order.order_id for order in overdue], EXPIRED, outbox,
+                      back=(locked, units))
     return Expiry(outcome=Expired.DONE, lags_s=tuple(order.lag_us / 1e6 for order in overdue),
                   units=units)

@@ -8,30 +8,14 @@ from seckill.v1 import order_pb2, order_pb2_grpc
 
 from order_svc import repository
 from order_svc.outcomes import settle
+from seckill_common.api.messages import OrderRow, order_message
 from seckill_common.api.pages import decode_page_token, page_of, page_size
-from seckill_common.api.times import to_timestamp
 from seckill_common.api.validation import MAX_USER_ID_CHARS, Violations, require_id
 from seckill_common.database.db import Database
 from seckill_common.database.order_events import Outbox
 from seckill_common.runtime.auth import acting_user, confined_to, may_see
 
 STATES = frozenset(order_pb2.OrderState.values()) - {order_pb2.ORDER_STATE_UNSPECIFIED}
-
-
-def to_proto(row: repository.OrderRow) -> order_pb2.Order:
-    return order_pb2.Order(
-        id=row.id,
-        activity_id=row.activity_id,
-        product_id=row.product_id,
-        user_id=row.user_id,
-        create_time=to_timestamp(row.create_time),
-        state=order_pb2.OrderState.ValueType(row.state),
-        price_cents=row.price_cents,
-        pay_deadline=to_timestamp(row.pay_deadline),
-        update_time=to_timestamp(row.update_time),
-        quantity=row.quantity,
-        total_price_cents=row.price_cents * row.quantity,
-    )
 
 
 class OrderServicer(order_pb2_grpc.OrderServiceServicer):
@@ -44,7 +28,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         require_id(request.id)
         row = await self._db.run(lambda cur: repository.get(cur, request.id))
         may_see(row.user_id, "Order", row.id)
-        return to_proto(row)
+        return order_message(row)
 
     async def ListOrders(self, request: order_pb2.ListOrdersRequest,
                          context: ServicerContext) -> order_pb2.ListOrdersResponse:
@@ -73,7 +57,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         ))
         page, token = page_of(rows, limit, filters)
         return order_pb2.ListOrdersResponse(
-            orders=[to_proto(row) for row in page], next_page_token=token)
+            orders=[order_message(row) for row in page], next_page_token=token)
 
     async def PayOrder(self, request: order_pb2.PayOrderRequest,
                        context: ServicerContext) -> order_pb2.Order:
@@ -81,18 +65,18 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         owner = confined_to()
         payment = await self._db.run(
             lambda cur: repository.pay(cur, request.id, owner, self._outbox))
-        return to_proto(settle(payment))
+        return order_message(settle(payment))
 
     async def CancelOrder(self, request: order_pb2.CancelOrderRequest,
                           context: ServicerContext) -> order_pb2.Order:
-        return to_proto(await self._cancel(request.id))
+        return order_message(await self._cancel(request.id))
 
     async def DeleteOrder(self, request: order_pb2.DeleteOrderRequest,
                           context: ServicerContext) -> empty_pb2.Empty:
         await self._cancel(request.id)
         return empty_pb2.Empty()
 
-    async def _cancel(self, order_id: int) -> repository.OrderRow:
+    async def _cancel(self, order_id: int) -> OrderRow:
         require_id(order_id)
         owner = confined_to()
         cancellation = await self._db.run(

@@ -2,40 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from datetime import datetime
-from typing import Any
-
 import pymysql
 
-from seckill_common.api.errors import FailedPrecondition, NotFound
+from seckill_common.api.errors import FailedPrecondition, NotFound, Reason
+from seckill_common.api.messages import PRODUCT_FIELDS, ProductRow
 from seckill_common.database import stock
 from seckill_common.database.db import ROW_IS_REFERENCED, error_code
 from seckill_common.database.transaction import Transaction
 
 UPDATABLE = ("name", "description", "price_cents", "stock")
-
-
-@dataclass(frozen=True)
-class ProductRow:
-    id: int
-    name: str
-    description: str
-    price_cents: int
-    stock: int
-    create_time: datetime
-    update_time: datetime
-
-    @classmethod
-    def from_db(cls, row: Sequence[Any]) -> ProductRow:
-        """The product from a row of `_COLUMNS`, paired with its fields by name."""
-        return cls(**dict(zip(_FIELDS, row, strict=True)))
-
-
-# The columns are ProductRow's fields, in its order: `from_db` pairs them up again.
-_FIELDS = tuple(field.name for field in fields(ProductRow))
-_COLUMNS = ", ".join(_FIELDS)
+# The columns are ProductRow's fields, in its order: `ProductRow.from_db` pairs them up again.
+_COLUMNS = ", ".join(PRODUCT_FIELDS)
 
 
 async def create(cur: Transaction, *, name: str, description: str, price_cents: int,
@@ -100,7 +77,7 @@ async def delete(cur: Transaction, product_id: int) -> None:
         if error_code(exc) != ROW_IS_REFERENCED:
             raise
         raise FailedPrecondition(
-            "PRODUCT_IN_USE",
+            Reason.PRODUCT_IN_USE,
             f"product {product_id} is still sold by an activity or referenced by orders",
             {"product_id": str(product_id)},
         ) from exc

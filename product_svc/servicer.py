@@ -8,8 +8,8 @@ from seckill.v1 import product_pb2, product_pb2_grpc
 
 from product_svc import repository
 from seckill_common.api.errors import NotFound
+from seckill_common.api.messages import product_message
 from seckill_common.api.pages import decode_page_token, encode_page_token, page_of, page_size
-from seckill_common.api.times import to_timestamp
 from seckill_common.api.validation import (
     MAX_DESCRIPTION_CHARS,
     MAX_NAME_CHARS,
@@ -25,18 +25,6 @@ from seckill_common.database.singleflight import HOT_READ_GATHER_S, BatchLoader
 # be 40 MB: past grpc's default 4 MiB that clients accept, and past our 16 MiB send limit. So a
 # page ends early, with a next_page_token, once it holds this many bytes.
 MAX_PAGE_BYTES = 2 * 1024 * 1024
-
-
-def to_proto(row: repository.ProductRow) -> product_pb2.Product:
-    return product_pb2.Product(
-        id=row.id,
-        name=row.name,
-        description=row.description,
-        price_cents=row.price_cents,
-        stock=row.stock,
-        create_time=to_timestamp(row.create_time),
-        update_time=to_timestamp(row.update_time),
-    )
 
 
 def _check_fields(violations: Violations, product: product_pb2.Product, paths: list[str]
@@ -62,7 +50,7 @@ class ProductServicer(product_pb2_grpc.ProductServiceServicer):
 
     async def _read(self, ids: list[int]) -> dict[int, product_pb2.Product | BaseException]:
         rows = await self._db.run(lambda cur: repository.get_many(cur, ids))
-        return {i: to_proto(rows[i]) if i in rows else NotFound("Product", i) for i in ids}
+        return {i: product_message(rows[i]) if i in rows else NotFound("Product", i) for i in ids}
 
     async def CreateProduct(self, request: product_pb2.CreateProductRequest,
                             context: ServicerContext) -> product_pb2.Product:
@@ -78,7 +66,7 @@ class ProductServicer(product_pb2_grpc.ProductServiceServicer):
                 cur, name=product.name, description=product.description,
                 price_cents=product.price_cents, stock=product.stock),
             repository.get)
-        return to_proto(row)
+        return product_message(row)
 
     async def GetProduct(self, request: product_pb2.GetProductRequest,
                          context: ServicerContext) -> product_pb2.Product:
@@ -95,7 +83,7 @@ class ProductServicer(product_pb2_grpc.ProductServiceServicer):
         products: list[product_pb2.Product] = []
         size = 0
         for row in page:
-            product = to_proto(row)
+            product = product_message(row)
             size += product.ByteSize() + 8  # the field's tag and length
             if size > MAX_PAGE_BYTES and products:
                 # A short page (AIP-158 allows it): the rest follows the token.
@@ -117,7 +105,7 @@ class ProductServicer(product_pb2_grpc.ProductServiceServicer):
         violations.check()
         changes = {path: getattr(product, path) for path in paths}
         row = await self._db.run(lambda cur: repository.update(cur, product.id, changes))
-        return to_proto(row)
+        return product_message(row)
 
     async def DeleteProduct(self, request: product_pb2.DeleteProductRequest,
                             context: ServicerContext) -> empty_pb2.Empty:

@@ -21,6 +21,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from seckill.v1 import activity_pb2_grpc, order_pb2_grpc, product_pb2_grpc
 
+from seckill_common.api.errors import Reason
 from seckill_common.api.retry import (
     MIN_RETRY_S,
     AdaptiveThrottle,
@@ -116,17 +117,17 @@ def seconds(duration: duration_pb2.Duration) -> str:
 def _precondition(info: error_details_pb2.ErrorInfo | None, message: str) -> str:
     reason = info.reason if info else ""
     activity = info.metadata.get("activity_id", "") if info else ""
-    match reason:
-        case "SOLD_OUT":
+    match Reason.of(reason):
+        case Reason.SOLD_OUT:
             return f"activity {activity} is sold out"
-        case "NOT_STARTED":
+        case Reason.NOT_STARTED:
             return f"activity {activity} has not started yet (`seckill activity get {activity}`)"
-        case "ENDED":
+        case Reason.ENDED:
             return f"activity {activity} has ended"
-        case "ACTIVITY_HAS_ORDERS":
+        case Reason.ACTIVITY_HAS_ORDERS:
             return (f"activity {activity} has pending or paid orders: cancel them first "
                     f"(`seckill orders --activity {activity}`)")
-        case "PRODUCT_IN_USE":
+        case Reason.PRODUCT_IN_USE:
             return f"{message}: delete its activities first"
     return f"refused ({reason}): {message}" if reason else f"refused: {message}"
 
@@ -135,7 +136,7 @@ def _exhausted(status: status_pb2.Status | None, retry: error_details_pb2.RetryI
                message: str, who: str) -> str:
     """RESOURCE_EXHAUSTED with RetryInfo: an overloaded process, or a rate limit."""
     info = detail(status, error_details_pb2.ErrorInfo)
-    if info is not None and info.reason == "OVERLOADED":
+    if info is not None and Reason.of(info.reason) is Reason.OVERLOADED:
         return f"{who} is overloaded: nothing was done; retry in {seconds(retry.retry_delay)}"
     return f"rate limited: {message}; retry in {seconds(retry.retry_delay)}"
 

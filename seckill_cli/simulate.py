@@ -33,6 +33,7 @@ from seckill.v1 import activity_pb2, order_pb2, product_pb2
 from seckill_cli import render
 from seckill_cli.client import Auth, Exit, Session, detail, rich_status, usage_error
 from seckill_cli.render import Output
+from seckill_common.api.errors import Reason
 from seckill_common.api.times import to_timestamp
 from seckill_common.api.validation import MAX_PER_USER_LIMIT
 from seckill_stack.invariants import Invariant, SeckillCheck, percentile, units
@@ -58,15 +59,15 @@ class Tally:
 
     def refused(self, exc: grpc.aio.AioRpcError, asked: int) -> None:
         info = detail(rich_status(exc), error_details_pb2.ErrorInfo)
-        reason = info.reason if info else ""
+        reason = Reason.of(info.reason) if info else None
         if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
             self.duplicates += 1
-        elif exc.code() == grpc.StatusCode.FAILED_PRECONDITION and reason == "SOLD_OUT":
+        elif exc.code() == grpc.StatusCode.FAILED_PRECONDITION and reason is Reason.SOLD_OUT:
             self.sold_out += 1
-        elif reason == "INSUFFICIENT_STOCK" and info is not None:
+        elif reason is Reason.INSUFFICIENT_STOCK and info is not None:
             self.insufficient.append((asked, int(info.metadata["available"])))
         else:
-            self.other[f"{exc.code().name} {reason}".strip()] += 1
+            self.other[f"{exc.code().name} {info.reason if info else ''}".strip()] += 1
 
     def latency_ms(self, pct: float) -> float:
         return percentile(sorted(self.latencies_s), pct) * 1000

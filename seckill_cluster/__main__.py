@@ -2,7 +2,7 @@
 
 A development tool run from the repository (not installed with the services).
 
-    up [--nodes 3] [--single] [--relay-ms MS]
+    up [--nodes 3] [--single] [--relay-ms MS] [--writers 1]
                                 start db1..db3 (Galera) and app1, app2; write .run/cluster.env
     down                        stop everything, remove namespaces, bridge and files
     status                      every host: processes, Galera state, where each proxy writes
@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--relay-ms", type=float, default=None, metavar="MS",
                     help="replication between the nodes through delaying TCP relays (MS each "
                          "way): latency where the kernel has no netem for `delay`")
+    up.add_argument("--writers", type=int, default=1, choices=(1, 2),
+                    help="nodes taking writes: 2 makes app1's proxy prefer db1 and app2's db2 "
+                         "(Galera's multi-writer case); default 1, both write to db1")
     verbs.add_parser("down", help="stop and remove everything the cluster made")
     verbs.add_parser("status", help="what runs where")
     for verb, what in (("kill", "SIGKILL every process on these hosts"),
@@ -91,7 +94,7 @@ def run_verb(cluster: Cluster, args: argparse.Namespace) -> int:
     """Runs one verb of `seckill_cluster`; the exit code (3: `status` of a cluster not up)."""
     if args.verb == "up":
         cluster.up(db_count=1 if args.single else args.nodes, galera=not args.single,
-                   relay_ms=args.relay_ms)
+                   relay_ms=args.relay_ms, writers=args.writers)
         print_status(cluster)
     elif args.verb == "down":
         cluster.down()

@@ -33,7 +33,7 @@ MIGRATE_TIMEOUT_S = 120.0
 class AppHosts:
     """The app hosts under `root`, in front of the database hosts `dbs`; `python` runs the
     services, with the app user's `password`, the `admin_token` and `settings` (more SECKILL_*
-    settings)."""
+    settings). `writers`: how many nodes take writes (see `preferred`)."""
 
     root: Path
     hosts: list[Host]
@@ -42,6 +42,15 @@ class AppHosts:
     password: str = ""
     admin_token: str = ""
     settings: dict[str, str] = field(default_factory=dict)
+    writers: int = 1
+
+    def preferred(self, app: Host) -> list[Host]:
+        """The nodes in the order `app`'s proxy takes them: the k-th app host (from 0) starts
+        at node k mod `writers`, so with 2 writers app1 writes to db1 and app2 to db2 (Galera
+        then certifies the two against each other: the multi-writer case a failover or a
+        switchover makes for a while), and with 1 every proxy writes to db1."""
+        first = self.hosts.index(app) % self.writers
+        return [*self.dbs[first:], *self.dbs[:first]]
 
     def target(self, service: str) -> str:
         """The gRPC target naming `service` on every app host."""
@@ -124,13 +133,14 @@ class AppHosts:
         home = self.root / app.name
         home.mkdir(parents=True, exist_ok=True)
         # The first node that its agent calls Synced+Primary gets every connection; the others
-        # are backups, taken in order. Both proxies list the nodes in the same order, so both
-        # app hosts write to the same node (Galera certifies concurrent writers against each
-        # other; one writer has no conflicts). Sessions on a node marked down are cut, so the
-        # services reconnect through the proxy to the next one at once.
+        # are backups, taken in order. By default both proxies list the nodes in the same order,
+        # so both app hosts write to the same node (Galera certifies concurrent writers against
+        # each other; one writer has no conflicts); `writers` > 1 rotates the order per app
+        # host (`preferred`). Sessions on a node marked down are cut, so the services reconnect
+        # through the proxy to the next one at once.
         servers = "\n".join(
             f"  server {db.name} {db.ip}:{DB_PORT} check port {AGENT_PORT}"
-            + (" backup" if i else "") for i, db in enumerate(self.dbs))
+            + (" backup" if i else "") for i, db in enumerate(self.preferred(app)))
         config = home / "haproxy.cfg"
         config.write_text(f"""\
 global

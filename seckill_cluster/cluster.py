@@ -4,7 +4,8 @@
       ├─ seckill-db1  10.77.0.11  mariadbd (Galera node db1) + check agent :9200
       ├─ seckill-db2  10.77.0.12  ...
       ├─ seckill-db3  10.77.0.13  ...
-      ├─ seckill-app1 10.77.0.21  HAProxy 127.0.0.1:3306 -> one Synced+Primary node;
+      ├─ seckill-app1 10.77.0.21  HAProxy 127.0.0.1:3306 -> one Synced+Primary node
+      │                           (db1 first; with `writers` 2, app2's proxy tries db2 first);
       │                           product :50051, activity :50052, order :50053
       └─ seckill-app2 10.77.0.22  the same
 
@@ -60,6 +61,9 @@ class State:
     # Replication through seckill_cluster.delay_relay with this delay (ms, each way): the
     # benchmark's latency where the kernel has no netem. None: nodes talk directly.
     relay_ms: float | None = None
+    # How many nodes take writes: app host k's proxy prefers node k mod writers (AppHosts.
+    # preferred). 1: every app host writes to db1, the documented deployment.
+    writers: int = 1
     partitioned: list[str] = field(default_factory=list)
     # SECKILL_* settings the services were started with beyond the cluster's own.
     service_env: dict[str, str] = field(default_factory=dict)
@@ -119,7 +123,7 @@ class Cluster:
     @property
     def app_hosts(self) -> AppHosts:
         return AppHosts(self.root, self.apps, self.dbs, self.python, self.state.password,
-                        self.state.admin_token, self.state.service_env)
+                        self.state.admin_token, self.state.service_env, self.state.writers)
 
     def host(self, name: str) -> Host:
         for host in (*self.dbs, *self.apps):
@@ -165,12 +169,17 @@ class Cluster:
     # --- whole cluster -------------------------------------------------------------------
 
     def up(self, *, db_count: int = 3, galera: bool = True, app_count: int = 2,
-           service_env: dict[str, str] | None = None, relay_ms: float | None = None) -> None:
-        """Builds the network and starts every host: the database first, then the apps."""
+           service_env: dict[str, str] | None = None, relay_ms: float | None = None,
+           writers: int = 1) -> None:
+        """Builds the network and starts every host: the database first, then the apps.
+        `writers` > 1: the app hosts' proxies prefer different nodes (AppHosts.preferred)."""
         if self.is_up():
             raise ClusterError("the cluster is already up: run 'make cluster-down' first")
         if not galera and (db_count != 1 or relay_ms is not None):
             raise ClusterError("without Galera there is one database host, and no relay")
+        if not 1 <= writers <= min(db_count, app_count):
+            raise ClusterError(f"writers must be within 1..{min(db_count, app_count)} (one per "
+                               f"app host at most, each a node of its own), got {writers}")
         why = namespaces_available()
         if why:
             raise ClusterError(why)
@@ -180,7 +189,8 @@ class Cluster:
         self.state = State(prefix=self.state.prefix, subnet=self.state.subnet,
                            db_count=db_count, app_count=app_count, galera=galera,
                            password=secrets.token_hex(12), admin_token=secrets.token_hex(24),
-                           service_env=dict(service_env or {}), relay_ms=relay_ms)
+                           service_env=dict(service_env or {}), relay_ms=relay_ms,
+                           writers=writers)
         self._save_state()
         try:
             self.network.create([*self.dbs, *self.apps])

@@ -21,6 +21,7 @@ from seckill_common.setting_kinds import (
     Float,
     Int,
     Text,
+    descriptor,
     group,
     host_port,
     log_level,
@@ -290,6 +291,17 @@ class Settings:
         Int("SECKILL_MAX_MESSAGE_BYTES", 64 * 1024, 1024, 64 * 1024 * 1024))
     db_statement_timeout_s: float = setting(
         Float("SECKILL_DB_STATEMENT_TIMEOUT", 10.0, 0.0, 3600.0))
+    # How long the client waits for one database answer when no caller's deadline ends the
+    # wait sooner (shared reads, background loops, calls without a deadline): aiomysql has no
+    # read timeout, so a silent link would otherwise hang the wait for good. Capped at the
+    # statement timeout plus a margin (seckill_common.database.db.client_bound_s).
+    db_client_timeout_s: float = setting(
+        Float("SECKILL_DB_CLIENT_TIMEOUT", 11.0, 0.1, 3600.0))
+    # A session idle inside an open transaction is ended by the server after this long
+    # (MariaDB's idle_transaction_timeout): a frozen or cut-off process holds its locks no
+    # longer. Below the lock wait timeout, so a call waiting on such a lock gets it.
+    db_idle_transaction_timeout_s: int = setting(
+        Int("SECKILL_DB_IDLE_TRANSACTION_TIMEOUT", 3, 1, 3600))
     user_token_secret: str = setting(Text("SECKILL_USER_TOKEN_SECRET", secret))
     user_rate: float = setting(Float("SECKILL_RATE_LIMIT_USER", 20.0, 0.0, 1e6))
     user_burst: int = setting(Int("SECKILL_RATE_LIMIT_USER_BURST", 40, 1, 1_000_000))
@@ -312,6 +324,13 @@ class Settings:
     # Set by the `--workers N` supervisor for each worker (seckill_common.runtime.workers);
     # "" in a lone process.
     worker_env: str = setting(Text("SECKILL_WORKER_ID", worker_number))
+    # Also set by the supervisor: the descriptor of the shared page the worker's event loop
+    # beats in; "" in a lone process, or with the heartbeat off.
+    worker_heartbeat_fd: str = setting(Text("SECKILL_WORKER_HEARTBEAT_FD", descriptor))
+    # A worker whose event loop shows no progress (blocked, or the process stopped) for this
+    # long is killed by its supervisor and restarted; 0: never. Well above the longest pause
+    # of a busy but healthy worker on a loaded machine, so a sale never sets it off.
+    worker_timeout_s: float = setting(Float("SECKILL_WORKER_TIMEOUT", 5.0, 0.0, 600.0))
     # ActivityService.WatchActivity streams.
     watch: WatchSettings = group(WatchSettings)  # noqa: RUF009
     # ActivityService.JoinQueue: waiting rooms' streams and their mover.

@@ -167,6 +167,12 @@ def worker_number(name: str, value: str) -> str:
     return value
 
 
+def descriptor(name: str, value: str) -> str:
+    if not value.isdigit():
+        raise ConfigError(f"{name} must be a file descriptor number, got {value!r}")
+    return value
+
+
 def setting(spec: Setting[Any]) -> Any:
     """A field of `Settings` read from `spec`'s variable, `spec`'s default its default."""
     return field(default=spec.default, metadata={"setting": spec})

@@ -210,9 +210,9 @@ def cluster() -> Iterator[Cluster]:
     running.down()
 
 
-@pytest.fixture
-async def new_sale(cluster: Cluster) -> AsyncIterator[Sale]:
-    """1200 units for 2000 users, opened through the API (any app host)."""
+async def open_sale(cluster: Cluster, stock: int) -> tuple[int, int]:
+    """A new product of `stock` units and an open activity on it, made through the API (any
+    app host): (product id, activity id)."""
     admin = (("authorization", f"Bearer {cluster.state.admin_token}"),)
     tls = ClientTLS()
     async with tls.channel(cluster.target("product")) as pc, \
@@ -220,14 +220,21 @@ async def new_sale(cluster: Cluster) -> AsyncIterator[Sale]:
         # A retried create may make a second product or activity, which is harmless here.
         product = await retried(lambda: product_pb2_grpc.ProductServiceStub(pc).CreateProduct(
             product_pb2.CreateProductRequest(product=product_pb2.Product(
-                name="Phone", price_cents=9900, stock=1200)), metadata=admin, timeout=10))
+                name="Phone", price_cents=9900, stock=stock)), metadata=admin, timeout=10))
         activity = await retried(lambda: activity_pb2_grpc.ActivityServiceStub(ac)
                                  .CreateActivity(activity_pb2.CreateActivityRequest(
                                      activity=activity_pb2.Activity(
                                          product_id=product.id, name="Flash sale",
                                          start_time=timestamp(-1), end_time=timestamp(3600))),
                                      metadata=admin, timeout=10))
-    sale = Sale(cluster, product.id, activity.id, stock=1200, users=2000)
+    return product.id, activity.id
+
+
+@pytest.fixture
+async def new_sale(cluster: Cluster) -> AsyncIterator[Sale]:
+    """1200 units for 2000 users."""
+    product_id, activity_id = await open_sale(cluster, stock=1200)
+    sale = Sale(cluster, product_id, activity_id, stock=1200, users=2000)
     yield sale
     await sale.close()
 

@@ -7,13 +7,16 @@ import itertools
 from activity_svc.decision import (
     Decision,
     Facts,
+    Refusal,
     Refused,
     SeckillAttempt,
     Twin,
     Win,
     Window,
     decide,
+    error_of,
 )
+from seckill_common.api.errors import Reason
 
 
 def outcomes(attempts: list[tuple[int, str]], stock: int | None,
@@ -155,3 +158,21 @@ def test_units_won_never_exceed_the_stock_and_winners_get_what_they_asked() -> N
             for (_, q), d in zip(asked, decided, strict=True):  # arrival order, greedily
                 assert isinstance(d, Win) == (q <= left), (quantities, stock)
                 left -= q if isinstance(d, Win) else 0
+
+
+def test_refusals_are_values_and_error_of_gives_each_its_status() -> None:
+    facts = Facts(1, {1: Window.OPEN, 2: Window.ENDED}, {(1, "h"): 9}, {1: 2})
+    attempts = [SeckillAttempt(1, "a", 3), SeckillAttempt(1, "h"), SeckillAttempt(2, "b"),
+                SeckillAttempt(3, "c"), SeckillAttempt(1, "d", 2), SeckillAttempt(1, "e"),
+                SeckillAttempt(1, "f")]
+    decided = decide(attempts, facts)
+    kinds = [d.kind if isinstance(d, Refused) else type(d).__name__ for d in decided]
+    assert kinds == [Refusal.QUANTITY_OVER_LIMIT, Refusal.ALREADY_PURCHASED, Refusal.ENDED,
+                     Refusal.NOT_FOUND, Refusal.INSUFFICIENT_STOCK, "Win", Refusal.SOLD_OUT]
+    for decision in decided:
+        if isinstance(decision, Refused):
+            error = error_of(decision)
+            if decision.kind is Refusal.NOT_FOUND:
+                assert error.code.name == "NOT_FOUND"
+            else:  # the ErrorInfo reason is the kind's own name
+                assert getattr(error, "reason", None) is Reason[decision.kind.name]

@@ -28,7 +28,7 @@ from tests.helpers.flash_sale import (
     start_flash_sale,
 )
 from tests.helpers.polling import eventually
-from tests.helpers.stack import ADMIN, REPO, query, start_stack
+from tests.helpers.stack import ADMIN, REPO, STORED_EVENTS, query, start_stack
 
 Event = order_events_pb2.OrderEvent
 
@@ -77,8 +77,7 @@ class Consumer:
 
 
 async def stored_event_ids(db_url: str) -> list[str]:
-    return [str(i) for (i,) in await query(
-        db_url, "SELECT event_id FROM order_events ORDER BY revision")]
+    return [str(i) for (i, _, _) in await query(db_url, f"SELECT * FROM {STORED_EVENTS} e")]
 
 
 async def test_every_event_reaches_jetstream_and_waits_while_it_is_away(
@@ -171,7 +170,8 @@ async def test_relay_killed_five_times_and_nats_restarted_mid_sale_lose_and_repe
                 [(mark,)] = await query(db_url, "SELECT revision FROM order_event_marks"
                                         " WHERE name = 'relayed'")
                 [(newest,)] = await query(db_url, "SELECT MAX(revision) FROM order_events")
-                return bool(mark >= newest)
+                [(waiting,)] = await query(db_url, "SELECT COUNT(*) FROM order_event_inbox")
+                return bool(mark >= newest and not waiting)
             await eventually(relayed_all, "the relay's checkpoint reached the last event",
                              timeout_s=60)
             await consumer.holds(len(stored))

@@ -242,16 +242,16 @@ async def test_events_off_writes_none_and_the_feed_says_so(db_url: str) -> None:
 
 async def test_eight_writers_in_two_processes_never_make_a_reader_skip_an_event(
         stack: Stack) -> None:
-    """Transactions commit out of revision order (each holds its revision open a while, some
+    """Transactions commit out of insertion order (each holds its event open a while, some
     roll back); a WatchOrderEvents reader must still end up with every committed event, each
-    once, in revision order. A reader that trusts MAX(revision) alone is the control: it
-    skips events that commit below what it has already passed."""
+    once, in revision order. A reader that trusts the writers' own order (the inbox's ids,
+    taken at insert) is the control: it skips events that commit below what it has passed."""
     product = await make_product(stack, stock=1)
     activity = await make_activity(stack, product.id)
     order = await buy(stack, activity.id, "writer")
     stream = await watch(stack.events, 0)
     seen: list[Event] = []
-    naive_seen: set[int] = set()
+    naive_seen: set[str] = set()
     env = subprocess_env(stack.db_url)
     writers = [await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.helpers.event_writers", stack.db_url, str(order.id), "4",
@@ -260,12 +260,12 @@ async def test_eight_writers_in_two_processes_never_make_a_reader_skip_an_event(
     async def naive_reader() -> None:
         cursor = 0
         while any(w.returncode is None for w in writers):
-            [(newest,)] = await query(stack.db_url, "SELECT COALESCE(MAX(revision), 0)"
-                                      " FROM order_events")
-            rows = await query(stack.db_url, "SELECT revision FROM order_events WHERE revision"
-                               " > %s AND revision <= %s", (cursor, newest))
-            naive_seen.update(r for (r,) in rows)
-            cursor = newest
+            [(newest,)] = await query(stack.db_url, "SELECT COALESCE(MAX(id), 0)"
+                                      " FROM order_event_inbox")
+            rows = await query(stack.db_url, "SELECT event_id FROM order_event_inbox WHERE id"
+                               " > %s AND id <= %s", (cursor, newest))
+            naive_seen.update(str(r) for (r,) in rows)
+            cursor = max(cursor, int(newest))
             await asyncio.sleep(0.005)
 
     async def feed_reader() -> None:
@@ -276,19 +276,20 @@ async def test_eight_writers_in_two_processes_never_make_a_reader_skip_an_event(
     outputs = [await w.communicate() for w in writers]
     committed = sum(int(out) for out, _ in outputs) + 1  # and the order's CREATED
     assert committed > 100, committed
-    final = [r for (r,) in await query(stack.db_url,
-                                        "SELECT revision FROM order_events ORDER BY revision")]
-    assert len(final) == committed
 
     async def caught_up() -> bool:
         return len(seen) >= committed
     await eventually(caught_up, "the feed reader got every committed event")
     reading.cancel()
     stream.cancel()
-    assert [e.revision for e in seen] == final  # each once, none skipped, in order
-    assert set(final) - naive_seen, "the control reader skipped nothing: no out-of-order commit"
+    final = await query(stack.db_url,
+                        "SELECT revision, event_id FROM order_events ORDER BY revision")
+    assert len(final) == committed
+    assert [e.revision for e in seen] == [r for r, _ in final]  # each once, in order
+    skipped = {str(e) for _, e in final[1:]} - naive_seen  # the first was the order's own
+    assert skipped, "the control reader skipped nothing: no out-of-order commit"
     report("eight event writers in two processes", {
-        "committed": committed, "control_reader_skipped": len(set(final) - naive_seen)})
+        "committed": committed, "control_reader_skipped": len(skipped)})
 
 
 async def test_retention_deletes_the_oldest_events_and_never_ones_the_relay_has_not_sent(

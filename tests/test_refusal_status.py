@@ -14,9 +14,9 @@ from seckill_common.api.errors import (
     Overloaded,
     ResourceExhausted,
     ServiceError,
+    TooManyStreams,
     Unavailable,
 )
-from seckill_common.runtime.streams import TooManyStreams
 
 
 def decoded(status: grpc.Status) -> status_pb2.Status:

@@ -91,3 +91,29 @@ async def test_a_busy_loader_gathers_callers_for_its_next_load() -> None:
     third = asyncio.create_task(loader.get("c"))
     assert (await second, await third) == ("b@0", "c@0")
     assert source.calls == [["a"], ["b", "c"]]
+
+
+async def test_a_load_every_caller_left_is_cancelled_and_the_next_one_runs() -> None:
+    """A load nobody waits for any more (a read hung on a silent link, its callers' deadlines
+    past) is cancelled, so the callers behind it get a load of their own at once."""
+    source = Source()
+    hung = asyncio.Event()
+
+    async def load(keys: list[str]) -> dict[str, object]:
+        if not source.calls:  # the first load hangs until cancelled
+            source.calls.append(sorted(keys))
+            hung.set()
+            await asyncio.Event().wait()
+        return await source.load(keys)
+
+    loader: BatchLoader[str, object] = BatchLoader(load)
+    gone = [asyncio.create_task(loader.get("a")) for _ in range(2)]
+    await hung.wait()
+    behind = asyncio.create_task(loader.get("b"))  # waits for the next load
+    for task in gone:
+        task.cancel()
+    source.release.set()
+    assert await behind == "b@0"
+    assert all(task.cancelled() for task in gone)
+    assert source.calls == [["a"], ["b"]]
+    assert loader.abandoned == 1

@@ -5,15 +5,19 @@ the stream cap, the lifetime, the drain; and the pure rules behind them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiomysql
 import grpc
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
@@ -124,6 +128,31 @@ async def test_first_message_is_the_whole_view(stack: Stack) -> None:
         first.activity.end_time)
 
 
+async def test_the_watched_activity_is_the_one_get_activity_returns(stack: Stack) -> None:
+    product = await make_product(stack, stock=7)
+    activity = await make_activity(stack, product.id, per_user_limit=3)
+    got = await stack.activities.GetActivity(activity_pb2.GetActivityRequest(id=activity.id))
+    call = watch(stack.activities, activity.id)
+    first = await call.read()
+    call.cancel()
+    assert got.per_user_limit == 3
+    assert first.activity == got  # every field, the embedded product's too
+
+
+async def test_a_new_per_user_limit_alone_reaches_watchers(stack: Stack) -> None:
+    product = await make_product(stack)
+    activity = await make_activity(stack, product.id, per_user_limit=3)
+    call = watch(stack.activities, activity.id)
+    first = await call.read()
+    assert first.activity.per_user_limit == 3
+    await stack.activities.UpdateActivity(activity_pb2.UpdateActivityRequest(
+        activity=activity_pb2.Activity(id=activity.id, per_user_limit=5),
+        update_mask=field_mask_pb2.FieldMask(paths=["per_user_limit"])), metadata=ADMIN)
+    changed, _ = await next_until(call, lambda m: m.revision > first.revision)
+    call.cancel()
+    assert changed.activity.per_user_limit == 5
+
+
 async def test_a_later_watcher_is_told_the_clock_of_a_recent_read(stack: Stack) -> None:
     product = await make_product(stack)
     activity = await make_activity(stack, product.id)
@@ -179,6 +208,60 @@ async def test_a_sale_shows_units_falling_then_sold_out(stack: Stack) -> None:
     assert units == sorted(units, reverse=True), units
     revisions = [first.revision] + [m.revision for m in seen]
     assert revisions == sorted(set(revisions)), revisions
+
+
+@asynccontextmanager
+async def products_locked(db_url: str) -> AsyncIterator[None]:
+    """Another session holds the products table for writing: every read of it waits."""
+    base, name = db_url.rsplit("/", 1)
+    host, port = base.rsplit("@", 1)[1].split(":")
+    conn = await aiomysql.connect(host=host, port=int(port), user="root", db=name)
+    try:
+        async with conn.cursor() as cur, asyncio.timeout(WITHIN_BOUND_S):
+            await cur.execute("LOCK TABLES products WRITE")
+        yield
+    finally:
+        conn.close()  # the lock goes with the session
+
+
+@pytest.mark.parametrize("reads", ["answer", "stall"])
+async def test_a_view_older_than_the_bound_is_never_sent_as_current(stack: Stack,
+                                                                   reads: str) -> None:
+    """The process stalls (its loop blocked, as by a long GC, a VM pause or a starved CPU)
+    while a change of units waits out the watcher's interval: once it runs again, the watcher
+    gets a view read after the stall, or, when no read can be had (`stall`: the database
+    makes reads wait), UNAVAILABLE with RetryInfo to resume; never the view read before it."""
+    product = await make_product(stack, stock=10)
+    activity = await make_activity(stack, product.id)
+    call = watch(stack.activities, activity.id, min_interval_ms=2000)
+    assert (await call.read()).units_left == 10  # the next change of units waits 2 s
+    await stack.activities.Seckill(
+        activity_pb2.SeckillRequest(activity_id=activity.id, user_id="u1"))
+    # The feed holds the sale's view: a new watcher's first message shows it.
+    other = watch(stack.activities, activity.id)
+    await next_until(other, lambda m: m.units_left == 9)
+    other.cancel()
+    async with contextlib.AsyncExitStack() as faults:
+        if reads == "stall":
+            await faults.enter_async_context(products_locked(stack.db_url))
+        # The fault: this whole process (servers and test) stops for longer than the
+        # interval and the bound, with the view of 9 units due to the watcher.
+        time.sleep(3 * FRESHNESS_BOUND_S)  # noqa: ASYNC251 - blocking the loop is the fault
+        async with asyncio.timeout(WITHIN_BOUND_S):
+            try:
+                message = await call.read()
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+                assert "RetryInfo" in error_details(error)
+                return
+    assert reads == "answer", f"a view was sent while no read could be had: {message}"
+    ((now,),) = await query(stack.db_url, "SELECT UTC_TIMESTAMP(6)")
+    assert message is not grpc.aio.EOF and message.units_left == 9
+    age = now.replace(tzinfo=dt.UTC) - moment(message.read_time)
+    # The view read before the stall would be 3 s old; one read after it is within the bound
+    # (and the few milliseconds of this check).
+    assert age <= dt.timedelta(seconds=FRESHNESS_BOUND_S), age
+    call.cancel()
 
 
 async def sold_out_then_back(stack: Stack, watcher: activity_pb2_grpc.ActivityServiceAsyncStub,

@@ -7,6 +7,7 @@ statuses, so no servicer calls `context.abort`.
 from __future__ import annotations
 
 import collections
+import enum
 import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -18,6 +19,47 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN = "seckill.v1"
+
+
+class Reason(enum.StrEnum):
+    """Every `ErrorInfo.reason` we answer with (domain ERROR_DOMAIN), googleapis' ErrorReason
+    shape: the value is the wire's string, so servers, metrics and clients compare members,
+    never spelled-out strings. What each means: docs/ERRORS.md.
+
+    Not a proto enum: in package seckill.v1 its SOLD_OUT, NOT_STARTED and ENDED would clash
+    with ActivityState's values, and a string-valued member needs no name lookup to encode.
+    """
+
+    # Seckill
+    ALREADY_PURCHASED = "ALREADY_PURCHASED"
+    QUANTITY_OVER_LIMIT = "QUANTITY_OVER_LIMIT"
+    NOT_STARTED = "NOT_STARTED"
+    ENDED = "ENDED"
+    SOLD_OUT = "SOLD_OUT"
+    INSUFFICIENT_STOCK = "INSUFFICIENT_STOCK"
+    # Deletes
+    ACTIVITY_HAS_ORDERS = "ACTIVITY_HAS_ORDERS"
+    PRODUCT_IN_USE = "PRODUCT_IN_USE"
+    # An order's lifecycle
+    PAYMENT_EXPIRED = "PAYMENT_EXPIRED"
+    ORDER_CANCELLED = "ORDER_CANCELLED"
+    ORDER_EXPIRED = "ORDER_EXPIRED"
+    # Order events
+    EVENTS_PRUNED = "EVENTS_PRUNED"
+    EVENTS_DISABLED = "EVENTS_DISABLED"
+    # Overload
+    OVERLOADED = "OVERLOADED"
+    # Waiting rooms (docs/WAITING_ROOM.md): a Seckill without a valid admission pass, and
+    # JoinQueue on an activity without a room (its NOT_STARTED, ENDED are Seckill's)
+    NOT_ADMITTED = "NOT_ADMITTED"
+    PASS_EXPIRED = "PASS_EXPIRED"
+    NO_WAITING_ROOM = "NO_WAITING_ROOM"
+
+    @classmethod
+    def of(cls, reason: str) -> Reason | None:
+        """The member a status's `ErrorInfo.reason` names; None for none (another domain's,
+        or a newer server's)."""
+        return cls._value2member_map_.get(reason)  # type: ignore[return-value]
 
 
 class ServiceError(Exception):
@@ -113,6 +155,8 @@ def _cached_status(kind_and_key: tuple[Any, ...]) -> grpc.Status:
 
 
 class _WithErrorInfo(_Repeated):
+    """`reason`: a Reason (any string is encoded as given)."""
+
     def __init__(self, reason: str, message: str,
                  metadata: Mapping[str, str] | Iterable[tuple[str, str]] | None = None):
         super().__init__(message)
@@ -231,7 +275,7 @@ class Overloaded(_Repeated):
     client may retry after the delay (RESOURCE_EXHAUSTED, as grpc's own concurrency limit)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    reason = "OVERLOADED"
+    reason = Reason.OVERLOADED
     # Delays are rounded up to this step, so a handful of statuses are ever built.
     STEP_MS = 50
 
@@ -265,6 +309,64 @@ class Unavailable(ServiceError):
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(self.retry_after_s * 1000))
         return [error_details_pb2.RetryInfo(retry_delay=delay)]
+
+
+class NoAnswer(Unavailable):
+    """The database did not answer within the client's bound (a silent link, a frozen
+    server): the connection was dropped and its session KILLed; the caller may retry."""
+
+    def __init__(self, bound_s: float) -> None:
+        super().__init__(f"database did not answer within {bound_s:g} s")
+
+
+class StatementTimeout(Unavailable):
+    """A statement ran past SECKILL_DB_STATEMENT_TIMEOUT (a lock held elsewhere, an overloaded
+    server): the database is there, so it is not marked down; the caller may retry."""
+
+    def __init__(self) -> None:
+        super().__init__("database statement timed out")
+
+
+class Aborted(ServiceError):
+    """A lock wait that timed out, or a deadlock that outlived its retries; the client may
+    retry."""
+
+    code = grpc.StatusCode.ABORTED
+
+
+class PeerNotFound(ServiceError):
+    """The peer answered NOT_FOUND: passed on to our caller with the peer's own details."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+    def __init__(self, error: grpc.aio.AioRpcError) -> None:
+        super().__init__(error.details() or "not found")
+        self._error = error
+
+    def to_status(self) -> grpc.Status:
+        status = rpc_status.from_call(self._error)
+        if status is None:
+            return super().to_status()
+        answer: grpc.Status = rpc_status.to_status(status)
+        return answer
+
+
+class TooManyStreams(ServiceError):
+    """This process already serves as many streams of a kind as `setting` allows."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, limit: int, what: str, setting: str) -> None:
+        super().__init__(f"this server already serves {limit} {what} streams; retry later "
+                         "(another replica may have room)")
+        self.setting = setting
+
+    def details(self) -> list[Message]:
+        delay = error_details_pb2.RetryInfo()
+        delay.retry_delay.FromSeconds(1)
+        return [delay, error_details_pb2.QuotaFailure(violations=[
+            error_details_pb2.QuotaFailure.Violation(
+                subject="process", description=self.setting)])]
 
 
 def internal_status() -> grpc.Status:

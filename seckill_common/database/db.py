@@ -8,7 +8,13 @@ start. Driver errors that mean "the database is not there" become `Unavailable`,
 that outlives SECKILL_DB_STATEMENT_TIMEOUT becomes `Unavailable` too (without marking the
 database down), and a lock wait timeout or a deadlock that outlives its retries becomes
 `Aborted`. A transaction whose caller is cancelled mid-statement is ended on the server at once
-(KILL), so a caller that left holds no lock, lock wait or connection."""
+(KILL), so a caller that left holds no lock, lock wait or connection.
+
+Every wait for the database is bounded on the client too (`client_bound_s`): a caller's
+deadline cancels its work (grpc.aio cancels the handler), and whatever no deadline ends (shared
+reads, background loops) gives up after SECKILL_DB_CLIENT_TIMEOUT. A connection whose round
+trip timed out or was cancelled, its ROLLBACK included, is dropped and its session KILLed:
+never pooled with a reply still unread."""
 
 from __future__ import annotations
 
@@ -17,16 +23,21 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, nullcontext
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import aiomysql
-import grpc
 import pymysql
 from opentelemetry import trace
 
-from seckill_common.api.errors import ServiceError, Unavailable
-from seckill_common.config import MySQLTarget, Settings
-from seckill_common.database.aiomysql_fix import DropWakingRelease
+from seckill_common.api.errors import Aborted, NoAnswer, StatementTimeout, Unavailable
+from seckill_common.config import MySQLTarget, Settings, default_of
+from seckill_common.database.aiomysql_fix import (
+    DropWakingRelease,
+    bound_pool_connects,
+)
+from seckill_common.database.aiomysql_fix import (
+    connect as bounded_connect,
+)
 from seckill_common.database.transaction import Transaction
 from seckill_common.runtime.telemetry import tracer
 
@@ -54,13 +65,10 @@ DUPLICATE_ENTRY = 1062  # a unique key already holds the value
 # An ALTER TABLE whose change is already there (a migration re-run after a crash): a duplicate
 # column or key name, a column or key already dropped, a duplicate CHECK name (MariaDB, MySQL).
 ALREADY_ALTERED = frozenset({1060, 1061, 1091, 1826, 3822})
-
-
-class Aborted(ServiceError):
-    """A lock wait that timed out, or a deadlock that outlived its retries; the client may
-    retry."""
-
-    code = grpc.StatusCode.ABORTED
+# How much longer than the server's own statement limit the client waits: the server's answer
+# (a clean StatementTimeout on a connection that stays pooled) should come first.
+STATEMENT_MARGIN_S = 1.0
+MAX_DOOMED = 1000  # abandoned sessions remembered for a KILL at most
 
 
 def _session_init(settings: Settings, *, bounded: bool) -> str:
@@ -74,10 +82,25 @@ def _session_init(settings: Settings, *, bounded: bool) -> str:
         # otherwise hang every call), and any statement as a whole: max_statement_time on
         # MariaDB (an executable comment, so MySQL, which has no such variable for writes,
         # reads it as a comment).
+        # A session that sits idle inside a transaction (its process frozen, its link silent)
+        # is ended by the server (MariaDB 10.3+; MySQL reads a comment), so its locks stop
+        # every other sale for that long at most.
         wait = int(settings.db_lock_wait_timeout_s)
         sql += (f", innodb_lock_wait_timeout = {wait}, lock_wait_timeout = {wait}"
-                f" /*M!100108 , max_statement_time = {settings.db_statement_timeout_s:.3f} */")
+                f" /*M!100108 , max_statement_time = {settings.db_statement_timeout_s:.3f} */"
+                f" /*M!100300 , idle_transaction_timeout ="
+                f" {int(settings.db_idle_transaction_timeout_s)} */")
     return sql
+
+
+def client_bound_s(settings: Settings) -> float:
+    """How long the client waits for one database answer when no caller's deadline ends the
+    wait sooner: SECKILL_DB_CLIENT_TIMEOUT, but never past the server's statement limit plus
+    a margin, so a statement the server would still run is not cut short by the client."""
+    bound = settings.db_client_timeout_s
+    if settings.db_statement_timeout_s > 0:
+        bound = min(bound, settings.db_statement_timeout_s + STATEMENT_MARGIN_S)
+    return bound
 
 
 def connect_kwargs(settings: Settings, *, with_db: bool = True,
@@ -102,6 +125,7 @@ def connect_kwargs(settings: Settings, *, with_db: bool = True,
 
 async def create_pool(settings: Settings) -> aiomysql.Pool:
     # minsize=0: a pool made while the database is down still opens; calls then fail fast.
+    bound_pool_connects()  # a connection's whole handshake within the connect timeout
     pool: aiomysql.Pool = await aiomysql.create_pool(
         minsize=0,
         maxsize=settings.db_pool_size,
@@ -124,12 +148,37 @@ def error_code(exc: BaseException) -> int:
     return 0
 
 
-class StatementTimeout(Unavailable):
-    """A statement ran past SECKILL_DB_STATEMENT_TIMEOUT (a lock held elsewhere, an overloaded
-    server): the database is there, so it is not marked down; the caller may retry."""
+class BoundedCursor:
+    """A cursor whose every round trip waits at most `bound_s`.
 
-    def __init__(self) -> None:
-        super().__init__("database statement timed out")
+    aiomysql has no read timeout: a link that goes silent mid-statement would hang its caller
+    for good. Each statement's result (`execute`, each `nextset` of a pipeline) gets the bound
+    on its own, as the server's max_statement_time bounds each statement. Buffered fetches
+    read nothing from the socket and pass straight through.
+    """
+
+    def __init__(self, cursor: aiomysql.Cursor, bound_s: float) -> None:
+        self._cursor = cursor
+        self._bound_s = bound_s
+
+    async def execute(self, sql: str, params: object = None) -> int:
+        async with asyncio.timeout(self._bound_s):
+            count: int = await self._cursor.execute(sql, params)
+        return count
+
+    async def nextset(self) -> bool | None:
+        async with asyncio.timeout(self._bound_s):
+            more: bool | None = await self._cursor.nextset()
+        return more
+
+    async def close(self) -> None:
+        """Reads any results left unread (a round trip if there are), then forgets them."""
+        async with asyncio.timeout(self._bound_s):
+            await self._cursor.close()
+
+    def __getattr__(self, name: str) -> Any:
+        # fetchone, fetchall, lastrowid, rowcount...: no I/O on a buffered cursor.
+        return getattr(self._cursor, name)
 
 
 class Database:
@@ -137,6 +186,8 @@ class Database:
 
     With `settings`, the sessions of cancelled transactions are killed on the server over a
     connection of their own (see `_abandon`); without, they are only disconnected.
+    `bound_s` is the client's bound on each wait for the database (`client_bound_s`);
+    `ping_bound_s` the health ping's, a connect timeout: a ping answers in milliseconds.
     """
 
     def __init__(self, pool: aiomysql.Pool, settings: Settings | None = None) -> None:
@@ -149,7 +200,13 @@ class Database:
         self._tracer = tracer()
         self.on_change: list[Callable[[bool], None]] = []
         self._settings = settings
-        self._doomed: deque[int] = deque()  # server thread ids of abandoned sessions
+        # Server thread ids of abandoned sessions; bounded: a reaper that cannot reach the
+        # server keeps them for the next one, and the oldest go first.
+        self._doomed: deque[int] = deque(maxlen=MAX_DOOMED)
+        self.bound_s = (client_bound_s(settings) if settings is not None
+                        else float(default_of("db_client_timeout_s")))
+        self.ping_bound_s = (settings.db_connect_timeout_s if settings is not None
+                             else float(default_of("db_connect_timeout_s")))
         self._reaper: asyncio.Task[None] | None = None
 
     def mark(self, up: bool) -> None:
@@ -174,15 +231,22 @@ class Database:
                 yield transaction
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[Transaction]:
+    async def _transaction(self, bound_s: float | None = None) -> AsyncIterator[Transaction]:
         """One transaction on a pooled connection: commit on success (unless the work's own
         pipeline carried the COMMIT), roll back on error.
 
-        A connection that saw a connection error is closed rather than returned to the pool.
+        Every wait (a connection, each statement, COMMIT, ROLLBACK) is bounded by `bound_s`
+        (default `self.bound_s`). A connection that saw a connection error is closed, one
+        whose round trip timed out or was cancelled is abandoned (`_abandon`): neither is
+        returned to the pool.
         """
+        bound = self.bound_s if bound_s is None else bound_s
         self.waiting += 1
         try:
-            conn: aiomysql.Connection = await self.pool.acquire()
+            # A new connection's handshake has no timeout of its own in aiomysql, and the pool
+            # makes it while every other acquire waits: the bound covers both.
+            async with asyncio.timeout(bound):
+                conn: aiomysql.Connection = await self.pool.acquire()
         except Exception as exc:
             if is_connection_error(exc) or isinstance(exc, pymysql.err.OperationalError):
                 self.mark(False)
@@ -191,32 +255,57 @@ class Database:
         finally:
             self.waiting -= 1
         try:
-            async with conn.cursor() as cur:
-                # autocommit is off: the first statement opens the transaction, which saves
-                # the round trip of an explicit BEGIN.
-                transaction = Transaction(cur)
-                yield transaction
-                if not transaction.committed:
-                    await conn.commit()
+            # autocommit is off: the first statement opens the transaction, which saves the
+            # round trip of an explicit BEGIN.
+            cur = BoundedCursor(await conn.cursor(), bound)
+            # The same methods as the cursor it wraps (a duck type: Transaction names aiomysql's).
+            transaction = Transaction(cast(aiomysql.Cursor, cur))
+            yield transaction
+            await transaction.commit()  # through the bounded cursor
+            await cur.close()
         except asyncio.CancelledError:
             # The call was cancelled mid-query: the connection's state is unknown, so drop it;
             # the server rolls back whatever the transaction held.
             self._abandon(conn)
             raise
         except BaseException as exc:
+            if isinstance(exc, TimeoutError):
+                # No answer in time: the session may still be running on the server, and the
+                # idle connections may share the silent link.
+                self._abandon(conn)
+                self._releases.drop_idle()
+                self.mark(False)
+                raise NoAnswer(bound) from exc
             if is_connection_error(exc):
                 conn.close()
                 self.mark(False)
                 raise Unavailable("database unavailable") from exc
-            try:
-                await conn.rollback()
-            except Exception:
-                conn.close()
+            await self._roll_back(conn, bound)
             if error_code(exc) in STATEMENT_TIMEOUTS:
                 raise StatementTimeout() from exc
             raise
         finally:
             self._releases.release(conn)
+
+    async def _roll_back(self, conn: aiomysql.Connection, bound_s: float) -> None:
+        """ROLLBACK after a failed unit of work, or drop the connection.
+
+        A ROLLBACK that fails, times out or is cancelled mid-round-trip leaves the server's
+        reply unread: pooled, the connection would hand that reply to its next borrower as the
+        answer to another statement. So it is abandoned instead (closed, session KILLed), and
+        a cancellation goes on up; any other failure leaves the work's own error to be raised.
+        """
+        try:
+            async with asyncio.timeout(bound_s):
+                await conn.rollback()
+        except Exception as exc:
+            self._abandon(conn)
+            if isinstance(exc, TimeoutError):  # no answer: as for any other round trip
+                self._releases.drop_idle()
+                self.mark(False)
+        except BaseException:
+            self._abandon(conn)
+            raise
 
     def _abandon(self, conn: aiomysql.Connection) -> None:
         """Drops a connection whose transaction was cancelled, and ends its session.
@@ -234,25 +323,33 @@ class Database:
             self._reaper = asyncio.create_task(self._reap(self._settings), name="db-reaper")
 
     async def _reap(self, settings: Settings) -> None:
-        """KILLs the abandoned sessions over one connection, opened for the burst."""
+        """KILLs the abandoned sessions over one connection, opened for the burst.
+
+        Every wait is a connect timeout: the link that left those sessions may be the one that
+        went silent. Sessions not reached are kept for the next reaper; the server ends them
+        meanwhile if they sit in a transaction (idle_transaction_timeout).
+        """
         try:
-            conn = await aiomysql.connect(**connect_kwargs(settings))
+            conn = await bounded_connect(**connect_kwargs(settings))
             try:
                 async with conn.cursor() as cur:
                     while self._doomed:
-                        thread_id = self._doomed.popleft()
+                        thread_id = self._doomed[0]
                         try:
                             async with asyncio.timeout(settings.db_connect_timeout_s):
                                 await cur.execute("KILL %s", (thread_id,))
                         except pymysql.err.MySQLError as exc:
-                            if error_code(exc) != UNKNOWN_THREAD:
+                            if is_connection_error(exc):
                                 raise
+                            if error_code(exc) != UNKNOWN_THREAD:  # answered: no retry helps
+                                log.warning("KILL %d refused: %s", thread_id, exc)
+                        self._doomed.popleft()
             finally:
                 conn.close()
         except Exception as exc:
-            # The server may be gone, which ends the sessions anyway.
-            log.warning("could not end abandoned database sessions: %s", exc)
-            self._doomed.clear()
+            # The server may be gone (which ends the sessions anyway) or out of reach.
+            log.warning("could not end %d abandoned database session(s): %s",
+                        len(self._doomed), exc)
         finally:
             self._reaper = None
 
@@ -275,7 +372,9 @@ class Database:
 
     async def ping(self) -> bool:
         try:
-            async with self._transaction() as transaction:  # untraced: a ping a second is noise
+            # Untraced: a ping a second is noise. Bounded by a connect timeout, so a silent link
+            # turns health NOT_SERVING within seconds.
+            async with self._transaction(self.ping_bound_s) as transaction:
                 await transaction.execute("SELECT 1")
             self.mark(True)
             return True
@@ -301,7 +400,7 @@ async def wait_for_server(settings: Settings, *, create_database: bool = True) -
     delay = 0.05
     while True:
         try:
-            conn = await aiomysql.connect(**connect_kwargs(settings, with_db=not create_database))
+            conn = await bounded_connect(**connect_kwargs(settings, with_db=not create_database))
             try:
                 if create_database:
                     async with conn.cursor() as cur:
@@ -331,7 +430,7 @@ async def wait_for_server(settings: Settings, *, create_database: bool = True) -
 async def connection_limit(settings: Settings) -> int:
     """How many connections the server lets our account open: max_connections, or the account's
     own limit (MAX_USER_CONNECTIONS, which the session's max_user_connections reports) if lower."""
-    conn = await aiomysql.connect(**connect_kwargs(settings))
+    conn = await bounded_connect(**connect_kwargs(settings))
     try:
         async with conn.cursor() as cur:
             await cur.execute("SELECT @@GLOBAL.max_connections, @@SESSION.max_user_connections")

@@ -30,6 +30,7 @@ import aiomysql
 import pymysql
 
 from seckill_common.config import ConfigError, Settings
+from seckill_common.database.aiomysql_fix import connect as bounded_connect
 from seckill_common.database.db import (
     ALREADY_ALTERED,
     NO_SUCH_TABLE,
@@ -80,7 +81,7 @@ def statements(sql: str) -> list[str]:
 
 async def migrate(settings: Settings) -> list[str]:
     """Apply every pending migration; returns the names applied by this call."""
-    conn = await aiomysql.connect(**connect_kwargs(settings))
+    conn = await bounded_connect(**connect_kwargs(settings))
     applied_now: list[str] = []
     try:
         async with conn.cursor() as cur:
@@ -150,7 +151,7 @@ async def missing(settings: Settings) -> list[str]:
     A database ahead of the code (a newer release migrated it) is not an error: migrations only
     add, so older code keeps working during a rolling upgrade.
     """
-    conn = await aiomysql.connect(**connect_kwargs(settings))
+    conn = await bounded_connect(**connect_kwargs(settings))
     try:
         async with conn.cursor() as cur:
             try:

@@ -8,14 +8,16 @@ orders write through here, as both take stock through database.stock.
 
 The payload is the order after the change, built by the database from the row the transaction
 just wrote, in protobuf's JSON mapping of seckill.v1.Order: its columns are Order's fields
-(`_SNAPSHOT`), so a field added to Order and to the orders table flows into events unedited (a
-field computed from others, not stored, needs its SQL in `_DERIVED`).
+(`_SNAPSHOT`), so a field added to Order and to the orders table flows into events unedited; a
+field computed from others (api.messages.DERIVED_ORDER_FIELDS) is not stored but computed on
+reading, by the same code as every other order's.
 
-Revisions are an AUTO_INCREMENT, taken at insert, not at commit: two writers may commit out of
-revision order. So every writer holds the `gate` mark in share mode from before its INSERT
-until its COMMIT (the lock order's last lock: nothing is waited for after it), and `watermark`
-takes the gate exclusively: once granted, no writer holds a revision it has not resolved, so
-every event up to the newest committed revision is in the table for good (docs/EVENTS.md).
+Writers append to `order_event_inbox`, in their own transaction and taking no lock anyone else
+waits for; their insertion order is not their commit order. The sequencer (`watermark`) moves
+the committed inbox rows into `order_events`, each with the next revision, one sequencer
+transaction at a time (the `sequenced` mark's row lock on one node, certification across Galera
+nodes): revisions therefore commit in revision order wherever they are read, and every event up
+to the `sequenced` mark is in the table for good. Readers take no lock (docs/EVENTS.md).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 from seckill.v1 import order_events_pb2, order_pb2
 
+from seckill_common.api.messages import DERIVED_ORDER_FIELDS, with_derived
 from seckill_common.database.transaction import Transaction
 
 
@@ -42,16 +45,9 @@ class EventType(enum.IntEnum):
     EXPIRED = order_events_pb2.OrderEvent.EXPIRED
 
 
-# Order fields that are no column of their own, and the SQL that computes each from the row (as
-# order_svc.servicer.to_proto computes them); every other field is the column of its name.
-_DERIVED = {"total_price_cents": "price_cents * quantity"}
-
-
 def _column_json(field: FieldDescriptor) -> str:
     """The SQL of one Order field's column, as protobuf's JSON mapping writes it."""
     name = field.name  # from our own proto, never from a client
-    if name in _DERIVED:
-        return _DERIVED[name]
     if field.message_type is Timestamp.DESCRIPTOR:
         return f"DATE_FORMAT({name}, '%%Y-%%m-%%dT%%H:%%i:%%s.%%fZ')"
     if field.type == FieldDescriptor.TYPE_STRING:
@@ -60,18 +56,19 @@ def _column_json(field: FieldDescriptor) -> str:
     return name
 
 
-# The order's snapshot: every Order field from the orders column of the same name.
+# The order's snapshot: every stored Order field from the orders column of the same name.
 _SNAPSHOT = "JSON_OBJECT(" + ", ".join(
     f"'{field.json_name}', {_column_json(field)}"
-    for field in order_pb2.Order.DESCRIPTOR.fields) + ")"
-# Held in share mode by every writer until its COMMIT; see the module's docstring.
-_GATE = "SELECT revision FROM order_event_marks WHERE name = 'gate' LOCK IN SHARE MODE"
+    for field in order_pb2.Order.DESCRIPTOR.fields
+    if field.name not in DERIVED_ORDER_FIELDS) + ")"
+# Inbox rows the sequencer moves in one transaction, at most.
+SEQUENCE_BATCH = 2000
 
 
 def _insert(where: str) -> str:
-    """One INSERT of an event per order row matching `where`; its time is the row's
-    update_time, the change's own reading of the database's clock."""
-    return ("INSERT INTO order_events (event_id, type, order_id, payload, create_time)"
+    """One INSERT of an event per order row matching `where` into the inbox; its time is the
+    row's update_time, the change's own reading of the database's clock."""
+    return ("INSERT INTO order_event_inbox (event_id, type, order_id, payload, create_time)"
             f" SELECT UUID(), %s, id, {_SNAPSHOT}, update_time FROM orders WHERE {where}"
             " ORDER BY id")
 
@@ -87,7 +84,7 @@ class Outbox:
                            ) -> tuple[list[str], list[object]]:
         """The statements (each one result set) and parameters that write a CREATED event for
         each winner, by activity, to send in the seckill pipeline after its orders' INSERT:
-        the gate, then one INSERT for all of them, through the unique active-order key."""
+        one INSERT for all of them, through the unique active-order key."""
         if not self.enabled or not winners:
             return [], []
         clauses, params = [], []
@@ -95,7 +92,7 @@ class Outbox:
             clauses.append(f"(activity_id = %s AND user_id IN ({', '.join(['%s'] * len(users))}))")
             params += [activity_id, *users]
         where = f"({' OR '.join(clauses)}) AND active = 1"
-        return [_GATE, _insert(where)], [EventType.CREATED, *params]
+        return [_insert(where)], [EventType.CREATED, *params]
 
     def record_statements(self, event: EventType, order_ids: Sequence[int]
                           ) -> tuple[list[str], list[object]]:
@@ -104,7 +101,7 @@ class Outbox:
         if not self.enabled or not order_ids:
             return [], []
         marks = ", ".join(["%s"] * len(order_ids))
-        return [_GATE, _insert(f"id IN ({marks})")], [event, *order_ids]
+        return [_insert(f"id IN ({marks})")], [event, *order_ids]
 
     async def record(self, tx: Transaction, event: EventType, order_ids: Sequence[int]) -> None:
         """An `event` for each of `order_ids`, as this transaction has just changed them."""
@@ -126,24 +123,44 @@ class Position:
 
 
 async def watermark(tx: Transaction) -> Position:
-    """Takes the gate exclusively (waiting for the writers that hold it), then reads the
-    newest revision: its own transaction, committed in the same round trip."""
-    _, (row,) = await tx.pipeline(
-        "SELECT revision FROM order_event_marks WHERE name = 'gate' FOR UPDATE; "
-        "SELECT COALESCE((SELECT MAX(revision) FROM order_events), 0), revision,"
-        " UTC_TIMESTAMP(6) FROM order_event_marks WHERE name = 'pruned'", (), commit=True)
-    newest, pruned, now = row
-    return Position(safe=max(int(newest), int(pruned)), pruned=int(pruned), read_time=now)
+    """Sequences the committed inbox (up to SEQUENCE_BATCH events) and returns the position:
+    every event up to `safe` is in order_events for good. Its own transaction, committed.
+
+    Another sequencer at work (its mark's row locked): this one waits for nothing and answers
+    the last committed mark, which is as safe.
+    """
+    mark, pending = await tx.pipeline(
+        "SELECT revision FROM order_event_marks WHERE name = 'sequenced' FOR UPDATE SKIP LOCKED;"
+        " SELECT id FROM order_event_inbox ORDER BY id LIMIT %s", (SEQUENCE_BATCH,))
+    if not mark or not pending:
+        ((sequenced, pruned, now),) = await tx.select_only(
+            "SELECT MAX(IF(name = 'sequenced', revision, 0)), MAX(IF(name = 'pruned', revision,"
+            " 0)), UTC_TIMESTAMP(6) FROM order_event_marks", ())
+        return Position(safe=max(int(sequenced), int(pruned)), pruned=int(pruned),
+                        read_time=now)
+    ((base,),) = mark
+    ids = [int(row_id) for (row_id,) in pending]
+    marks = ", ".join(["%s"] * len(ids))
+    safe = int(base) + len(ids)
+    *_, ((pruned, now),) = await tx.pipeline(
+        "INSERT INTO order_events (revision, event_id, type, order_id, payload, create_time)"
+        " SELECT %s + ROW_NUMBER() OVER (ORDER BY id), event_id, type, order_id, payload,"
+        f" create_time FROM order_event_inbox WHERE id IN ({marks}); "
+        f"DELETE FROM order_event_inbox WHERE id IN ({marks}); "
+        "UPDATE order_event_marks SET revision = %s WHERE name = 'sequenced'; "
+        "SELECT revision, UTC_TIMESTAMP(6) FROM order_event_marks WHERE name = 'pruned'",
+        (int(base), *ids, *ids, safe), commit=True)
+    return Position(safe=max(safe, int(pruned)), pruned=int(pruned), read_time=now)
 
 
 def event_of(revision: int, event_id: str, event_type: int, payload: str
              ) -> order_events_pb2.OrderEvent:
     """The OrderEvent of a stored row: the payload parsed as Order's JSON mapping (fields of a
-    newer schema than this code are skipped)."""
+    newer schema than this code are skipped), its derived fields computed as every order's."""
     event = order_events_pb2.OrderEvent(
         revision=revision, event_id=event_id,
         type=order_events_pb2.OrderEvent.Type.ValueType(event_type))
-    json_format.Parse(payload, event.order, ignore_unknown_fields=True)
+    with_derived(json_format.Parse(payload, event.order, ignore_unknown_fields=True))
     event.create_time.CopyFrom(event.order.update_time)
     return event
 
@@ -190,13 +207,16 @@ async def relayed(tx: Transaction) -> int:
 
 
 async def pending_age_s(tx: Transaction) -> float:
-    """How long the oldest event the relay has still to send has waited (0: none waits)."""
+    """How long the oldest event the relay has still to send (sequenced or not yet) has
+    waited (0: none waits)."""
     await tx.execute(
-        "SELECT TIMESTAMPDIFF(MICROSECOND, create_time, UTC_TIMESTAMP(6)) FROM order_events"
-        " WHERE revision > (SELECT revision FROM order_event_marks WHERE name = 'relayed')"
-        " ORDER BY revision LIMIT 1")
+        "SELECT TIMESTAMPDIFF(MICROSECOND, MIN(create_time), UTC_TIMESTAMP(6)) FROM ("
+        "(SELECT create_time FROM order_events WHERE revision >"
+        " (SELECT revision FROM order_event_marks WHERE name = 'relayed')"
+        " ORDER BY revision LIMIT 1)"
+        " UNION ALL (SELECT create_time FROM order_event_inbox ORDER BY id LIMIT 1)) AS waiting")
     row = await tx.fetchone()
-    return 0.0 if row is None else max(0.0, int(row[0]) / 1e6)
+    return 0.0 if row is None or row[0] is None else max(0.0, int(row[0]) / 1e6)
 
 
 async def set_relayed(tx: Transaction, revision: int) -> None:

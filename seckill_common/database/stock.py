@@ -74,12 +74,12 @@ def take_statement(locked: LockedStock, units: int, now: datetime) -> tuple[str,
             [units, now, locked.product_id])
 
 
-async def give_back(tx: Transaction, locked: LockedStock, units: int = 1) -> None:
-    """Returns `units` to stock (a cancelled or expired order's unit)."""
-    await tx.execute(
-        "UPDATE products SET stock = stock + %s, update_time = UTC_TIMESTAMP(6) WHERE id = %s",
-        (units, locked.product_id),
-    )
+def give_back_statement(locked: LockedStock, units: int) -> tuple[str, list[object]]:
+    """The UPDATE that returns `units` to stock (a cancelled or expired order's), to send in
+    the caller's pipeline."""
+    assert units > 0, (units, locked)
+    return ("UPDATE products SET stock = stock + %s, update_time = UTC_TIMESTAMP(6)"
+            " WHERE id = %s", [units, locked.product_id])
 
 
 async def set_units(tx: Transaction, locked: LockedStock, units: int) -> None:

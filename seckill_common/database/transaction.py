@@ -4,6 +4,16 @@ on, and whether the work sent the transaction's COMMIT itself.
 A hot path saves a round trip by sending its COMMIT in the pipeline of its last statements
 (`pipeline(..., commit=True)`, `select_only`); the transaction then knows there is nothing
 left to commit, and `Database` asks it (`committed`) rather than committing again.
+
+A pipeline never outlives its transaction. Something outside may end a transaction between two
+statements of one round trip (a Galera brute-force abort, a KILL of the transaction, a
+timeout); with autocommit off, the statements after that point would open a new transaction
+and the pipeline's COMMIT would commit them, half a unit of work. So the first round trip
+opens a savepoint (`_GUARD`) and every COMMIT is preceded, in its own round trip, by its
+release (`_RELEASE`): a savepoint belongs to the transaction that made it, so in any other
+transaction the release fails, the server stops the round trip there, before the COMMIT, and
+the work is rolled back and run again (`TransactionEnded`, retried like a deadlock).
+docs/DESIGN.md, "A transaction ended from outside".
 """
 
 from __future__ import annotations
@@ -12,6 +22,24 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiomysql
+import pymysql
+
+# The transaction's guard: made by its first statement, released just before its COMMIT.
+_GUARD = "SAVEPOINT txn_guard"
+_RELEASE = "RELEASE SAVEPOINT txn_guard"
+_SAVEPOINT_MISSING = 1305  # ER_SP_DOES_NOT_EXIST: this transaction never made the guard
+_DEADLOCK = 1213
+
+
+class TransactionEnded(pymysql.err.OperationalError):
+    """The guard was gone at COMMIT: something outside ended the transaction mid-way and a
+    new one ran the statements after that point. Nothing was committed (the round trip stopped
+    before its COMMIT, and the caller rolls the stray transaction back). Its code is a
+    deadlock's, since that is what it is to the caller: rolled back whole, safe to run again."""
+
+    def __init__(self) -> None:
+        super().__init__(_DEADLOCK, "transaction ended from outside before its COMMIT"
+                                    " (its guard savepoint was gone); nothing committed")
 
 
 class Transaction:
@@ -20,6 +48,7 @@ class Transaction:
     def __init__(self, cursor: aiomysql.Cursor) -> None:
         self._cursor = cursor
         self._committed = False
+        self._guarded = False  # the first statement made the guard savepoint
 
     @property
     def committed(self) -> bool:
@@ -37,7 +66,13 @@ class Transaction:
         return int(self._cursor.rowcount)
 
     async def execute(self, sql: str, params: Sequence[object] = ()) -> None:
-        await self._cursor.execute(sql, params)
+        assert not self._committed, "a statement after the transaction's COMMIT"
+        if self._guarded:
+            await self._cursor.execute(sql, params)
+            return
+        self._guarded = True
+        await self._cursor.execute(f"{_GUARD}; {sql}", params)
+        await self._cursor.nextset()  # past the savepoint's result, to the statement's
 
     async def fetchone(self) -> tuple[Any, ...] | None:
         row: tuple[Any, ...] | None = await self._cursor.fetchone()
@@ -54,17 +89,43 @@ class Transaction:
         `commit`: the transaction's COMMIT follows them in the same round trip (its empty
         result is not returned); once it returned, the transaction is over.
         """
-        await self._cursor.execute(sql + "; COMMIT" if commit else sql, params)
-        results = [list(await self._cursor.fetchall())]
-        while await self._cursor.nextset():
-            results.append(list(await self._cursor.fetchall()))
-        if commit:
-            results.pop()  # the COMMIT's
-            self._committed = True
+        return await self._pipeline(sql, params, commit=commit, guard=True)
+
+    async def _pipeline(self, sql: str, params: Sequence[object], *, commit: bool, guard: bool
+                        ) -> list[list[tuple[Any, ...]]]:
+        """`pipeline`; `guard=False` only for a transaction of one statement, which nothing
+        can split."""
+        assert not self._committed, "a statement after the transaction's COMMIT"
+        opens = guard and not self._guarded
+        releases = commit and (self._guarded or opens)
+        statements = [_GUARD] if opens else []
+        statements += [sql] if sql else []
+        statements += [_RELEASE] if releases else []
+        statements += ["COMMIT"] if commit else []
+        self._guarded = self._guarded or opens
+        try:
+            await self._cursor.execute("; ".join(statements), params)
+            results = [list(await self._cursor.fetchall())]
+            while await self._cursor.nextset():
+                results.append(list(await self._cursor.fetchall()))
+        except pymysql.err.OperationalError as exc:
+            if releases and exc.args and exc.args[0] == _SAVEPOINT_MISSING:
+                raise TransactionEnded() from exc
+            raise
+        del results[len(results) - releases - commit:]  # the release's and the COMMIT's
+        if opens:
+            del results[0]  # the savepoint's
+        self._committed = self._committed or commit
         return results
+
+    async def commit(self) -> None:
+        """Commits what the work left uncommitted, its guard released first in the same round
+        trip (TransactionEnded: the transaction was not this one's any more)."""
+        if not self._committed:
+            await self._pipeline("", (), commit=True, guard=False)
 
     async def select_only(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
         """Runs one SELECT as the whole transaction, its COMMIT in the same round trip: a hot
         read (a single-flight load) then costs one round trip, not two."""
-        (rows,) = await self.pipeline(sql, params, commit=True)
+        (rows,) = await self._pipeline(sql, params, commit=True, guard=False)
         return rows

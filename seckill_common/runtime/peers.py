@@ -12,9 +12,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
-from grpc_status import rpc_status
 
-from seckill_common.api.errors import ServiceError, Unavailable
+from seckill_common.api.errors import PeerNotFound, Unavailable
 from seckill_common.config import Settings
 from seckill_common.runtime.telemetry import client_interceptors
 from seckill_common.runtime.tls import ClientTLS
@@ -36,23 +35,6 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 2000),
     ("grpc.min_reconnect_backoff_ms", 100),
 ]
-
-
-class PeerNotFound(ServiceError):
-    """The peer answered NOT_FOUND: passed on to our caller with the peer's own details."""
-
-    code = grpc.StatusCode.NOT_FOUND
-
-    def __init__(self, error: grpc.aio.AioRpcError) -> None:
-        super().__init__(error.details() or "not found")
-        self._error = error
-
-    def to_status(self) -> grpc.Status:
-        status = rpc_status.from_call(self._error)
-        if status is None:
-            return super().to_status()
-        answer: grpc.Status = rpc_status.to_status(status)
-        return answer
 
 
 def open_channel(addr: str, settings: Settings) -> grpc.aio.Channel:

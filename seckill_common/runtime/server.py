@@ -45,7 +45,7 @@ from seckill_common.runtime.telemetry import (
     watch_pool,
 )
 from seckill_common.runtime.tls import server_credentials
-from seckill_common.runtime.workers import supervise
+from seckill_common.runtime.workers import start_heartbeat, supervise
 
 log = logging.getLogger(__name__)
 
@@ -351,11 +351,13 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> None:
     if workers > 1 and not settings.is_worker:
         raise SystemExit(run_loop(supervise(
             f"{definition.name}_svc", settings.address(definition.name).listen_setting,
-            listen_addr, workers), settings))
+            listen_addr, workers, settings), settings))
 
     async def run() -> None:
         if configure_tracing(definition.name):
             log.info("tracing: exporting spans by OTLP")
+        # Under a supervisor: proves this loop runs, from before it listens to its exit.
+        heartbeat = start_heartbeat(settings)
         running = await start_service(definition, settings, reuse_port=settings.is_worker)
         collect_garbage_for_serving()
         signals = asyncio.Queue[int]()
@@ -372,6 +374,8 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> None:
             waiter.cancel()
         await running.stop()
         flush_traces()
+        if heartbeat is not None:
+            heartbeat.cancel()
 
     try:
         run_loop(run(), settings)

@@ -18,11 +18,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 
 import grpc
-from google.protobuf.message import Message
-from google.rpc import error_details_pb2
 from grpc.aio import ServicerContext
 
-from seckill_common.api.errors import ServiceError, Unavailable, internal_status
+from seckill_common.api.errors import ServiceError, TooManyStreams, Unavailable, internal_status
 from seckill_common.runtime.telemetry import rpc_recorder
 
 log = logging.getLogger(__name__)
@@ -36,24 +34,6 @@ CLOSE_WAIT_S = 2.0
 # traceback gathers on it; None: OK, a stream that ended with its final message), raises the
 # request's refusal.
 StreamBody = Callable[[list[int]], Awaitable[ServiceError | None]]
-
-
-class TooManyStreams(ServiceError):
-    """This process already serves as many streams of a kind as `setting` allows."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-    def __init__(self, limit: int, what: str, setting: str) -> None:
-        super().__init__(f"this server already serves {limit} {what} streams; retry later "
-                         "(another replica may have room)")
-        self.setting = setting
-
-    def details(self) -> list[Message]:
-        delay = error_details_pb2.RetryInfo()
-        delay.retry_delay.FromSeconds(1)
-        return [delay, error_details_pb2.QuotaFailure(violations=[
-            error_details_pb2.QuotaFailure.Violation(
-                subject="process", description=self.setting)])]
 
 
 class StreamSlots:

@@ -24,6 +24,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from seckill_common.api.errors import Reason
+
 log = logging.getLogger(__name__)
 
 TRACER_NAME = "seckill"
@@ -215,11 +217,11 @@ def count_expired(lags_s: Sequence[float], units: int) -> None:
             EXPIRY_LAG.observe(lag)
 
 
-_OUTCOME_OF_REASON = {"ALREADY_PURCHASED": "already_purchased", "SOLD_OUT": "sold_out",
-                      "INSUFFICIENT_STOCK": "insufficient_stock",
-                      "QUANTITY_OVER_LIMIT": "quantity_over_limit",
-                      "NOT_STARTED": "not_started", "ENDED": "ended",
-                      "NOT_ADMITTED": "not_admitted", "PASS_EXPIRED": "pass_expired"}
+# The Seckill refusals counted each under its own outcome: the reason, in lower case.
+_OUTCOME_OF_REASON: dict[str, str] = {reason: reason.lower() for reason in (
+    Reason.ALREADY_PURCHASED, Reason.SOLD_OUT, Reason.INSUFFICIENT_STOCK,
+    Reason.QUANTITY_OVER_LIMIT, Reason.NOT_STARTED, Reason.ENDED, Reason.NOT_ADMITTED,
+    Reason.PASS_EXPIRED)}
 
 
 _outcome_counters: dict[str, Any] = {}
@@ -235,7 +237,7 @@ def count_seckill(error: BaseException | None, units: int = 1) -> None:
         _pending_orders.inc()
         _pending_units.inc(units)
     else:
-        outcome = _OUTCOME_OF_REASON.get(getattr(error, "reason", None) or "") or (
+        outcome = _OUTCOME_OF_REASON.get(getattr(error, "reason", "")) or (
             "not_found" if getattr(error, "code", None) == grpc.StatusCode.NOT_FOUND
             else "error")
     counter = _outcome_counters.get(outcome)

@@ -32,7 +32,14 @@ from seckill_stack.invariants import SeckillCheck
 from tests.helpers.factories import timestamp
 from tests.helpers.polling import eventually
 from tests.helpers.rpc import error_details
-from tests.helpers.stack import ADMIN, ServiceProcess, free_port, query, subprocess_env
+from tests.helpers.stack import (
+    ADMIN,
+    STORED_EVENTS,
+    ServiceProcess,
+    free_port,
+    query,
+    subprocess_env,
+)
 
 OK = grpc.StatusCode.OK
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -213,7 +220,7 @@ class FlashSale:
         assert not lost, f"acknowledged orders missing: {lost}"
         # Each order has its one CREATED event (written in the same transaction).
         created = Counter(order_id for (order_id,) in await query(
-            db_url, "SELECT e.order_id FROM order_events e JOIN orders o ON o.id = e.order_id"
+            db_url, f"SELECT e.order_id FROM {STORED_EVENTS} e JOIN orders o ON o.id = e.order_id"
             " WHERE e.type = 1 AND o.activity_id = %s", (self.activity_id,)))
         assert created == Counter(list(owner)), "an order without its one CREATED event"
         # Every order belongs to a user who was told its id, and the other way round.

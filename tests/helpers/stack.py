@@ -69,6 +69,12 @@ async def query(url: str, sql: str, params: tuple = ()) -> list[tuple]:
         conn.close()
 
 
+# Every stored event, sequenced (order_events) or waiting for the sequencer (the inbox): the
+# durable outbox, as a test checks it right after the transactions that wrote it.
+STORED_EVENTS = ("(SELECT event_id, type, order_id FROM order_events"
+                 " UNION ALL SELECT event_id, type, order_id FROM order_event_inbox)")
+
+
 def settings_for(db_url: str, **overrides: str) -> Settings:
     # Every setting that decides an answer (commit mode, batching, rate limits, timeouts of
     # calls) keeps its shipped default. These differ only for the harness: any free port; a

@@ -34,9 +34,9 @@ class OrderEventServiceStub:
     expiry) writes one event in the change's own transaction, so an event
     exists exactly when its change committed. Revisions only grow. **A reader
     that has seen revision R never later finds a committed event below R**:
-    the feed serves only up to a watermark below which every writer has
-    committed or rolled back. Revisions may skip numbers (a rolled-back
-    change's); a skipped number is never filled later.
+    a revision is given to an event only after its change committed, and
+    revisions are given in order, so the feed serves only final ones.
+    Revisions may skip numbers; a skipped number is never filled later.
 
     Both RPCs are admin RPCs: they need `authorization: Bearer
     <SECKILL_ADMIN_TOKEN>` metadata and answer UNAUTHENTICATED without it and
@@ -76,9 +76,9 @@ class OrderEventServiceServicer:
     expiry) writes one event in the change's own transaction, so an event
     exists exactly when its change committed. Revisions only grow. **A reader
     that has seen revision R never later finds a committed event below R**:
-    the feed serves only up to a watermark below which every writer has
-    committed or rolled back. Revisions may skip numbers (a rolled-back
-    change's); a skipped number is never filled later.
+    a revision is given to an event only after its change committed, and
+    revisions are given in order, so the feed serves only final ones.
+    Revisions may skip numbers; a skipped number is never filled later.
 
     Both RPCs are admin RPCs: they need `authorization: Bearer
     <SECKILL_ADMIN_TOKEN>` metadata and answer UNAUTHENTICATED without it and
@@ -148,9 +148,9 @@ class OrderEventService:
     expiry) writes one event in the change's own transaction, so an event
     exists exactly when its change committed. Revisions only grow. **A reader
     that has seen revision R never later finds a committed event below R**:
-    the feed serves only up to a watermark below which every writer has
-    committed or rolled back. Revisions may skip numbers (a rolled-back
-    change's); a skipped number is never filled later.
+    a revision is given to an event only after its change committed, and
+    revisions are given in order, so the feed serves only final ones.
+    Revisions may skip numbers; a skipped number is never filled later.
 
     Both RPCs are admin RPCs: they need `authorization: Bearer
     <SECKILL_ADMIN_TOKEN>` metadata and answer UNAUTHENTICATED without it and
