@@ -24,6 +24,13 @@ def activity_message(row: ActivityRow,
         per_user_limit=row.per_user_limit,
     )
     activity.payment_window.FromMilliseconds(row.payment_window_ms)
+    if row.waiting_room:
+        room = activity.waiting_room
+        room.enabled = True
+        room.pre_queue.FromMilliseconds(row.pre_queue_ms)
+        room.pass_validity.FromMilliseconds(row.pass_validity_ms)
+        if row.admission_rate is not None:
+            room.admission_rate = row.admission_rate
     if product is not None:
         activity.product.CopyFrom(product)
     return activity

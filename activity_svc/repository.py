@@ -30,8 +30,10 @@ from seckill_common.database.transaction import Transaction
 
 # Update mask paths; each is the column of the same name but payment_window.
 UPDATABLE = ("name", "start_time", "end_time", "price_cents", "payment_window",
-             "per_user_limit")
+             "per_user_limit", "waiting_room")
 _COLUMN_OF = {"payment_window": "payment_window_ms"}
+# The columns of the waiting_room path (activity_svc.fields.waiting_room_columns).
+WAITING_ROOM_COLUMNS = ("waiting_room", "pre_queue_ms", "pass_validity_ms", "admission_rate")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,12 @@ class ActivityRow:
     price_cents: int
     payment_window_ms: int
     per_user_limit: int
+    # The waiting room (activity_svc.fields: defaults and ranges); admission_rate None:
+    # adaptive.
+    waiting_room: int
+    pre_queue_ms: int
+    pass_validity_ms: int
+    admission_rate: int | None
 
     @classmethod
     def from_db(cls, row: Sequence[Any]) -> ActivityRow:
@@ -59,14 +67,16 @@ _COLUMNS = ", ".join(_FIELDS)
 
 async def create(tx: Transaction, product_id: int, name: str, start_time: datetime,
                  end_time: datetime, price_cents: int, payment_window_ms: int,
-                 per_user_limit: int) -> ActivityRow:
+                 per_user_limit: int, waiting_room: Mapping[str, object]) -> ActivityRow:
+    """`waiting_room`: its columns (WAITING_ROOM_COLUMNS), by name."""
     try:
         await tx.execute(
             "INSERT INTO activities (product_id, name, start_time, end_time, create_time,"
-            " price_cents, payment_window_ms, per_user_limit)"
-            " VALUES (%s, %s, %s, %s, UTC_TIMESTAMP(6), %s, %s, %s)",
+            " price_cents, payment_window_ms, per_user_limit, "
+            + ", ".join(WAITING_ROOM_COLUMNS) + ")"
+            " VALUES (%s, %s, %s, %s, UTC_TIMESTAMP(6), %s, %s, %s, %s, %s, %s, %s)",
             (product_id, name, start_time, end_time, price_cents, payment_window_ms,
-             per_user_limit),
+             per_user_limit, *(waiting_room[column] for column in WAITING_ROOM_COLUMNS)),
         )
     except pymysql.err.IntegrityError as exc:
         if error_code(exc) != NO_REFERENCED_ROW:
@@ -104,8 +114,8 @@ async def list_page(tx: Transaction, after_id: int, limit: int) -> list[Activity
 
 async def update(tx: Transaction, activity_id: int,
                  changes: dict[str, object]) -> ActivityRow:
-    """Applies `changes` (keys from UPDATABLE; payment_window in milliseconds); the resulting
-    window must stay ordered."""
+    """Applies `changes` (keys from UPDATABLE; payment_window in milliseconds, waiting_room as
+    its columns by name); the resulting window must stay ordered."""
     current = await get(tx, activity_id, lock=True)
     start = cast(datetime, changes.get("start_time", current.start_time))
     end = cast(datetime, changes.get("end_time", current.end_time))
@@ -114,10 +124,16 @@ async def update(tx: Transaction, activity_id: int,
     if changes:
         # Column names come from UPDATABLE, never from the client; values are parameters.
         assert set(changes) <= set(UPDATABLE), changes
-        assignments = ", ".join(f"{_COLUMN_OF.get(path, path)} = %s" for path in changes)
+        columns: dict[str, object] = {}
+        for path, value in changes.items():
+            if path == "waiting_room":
+                columns.update(cast(Mapping[str, object], value))
+            else:
+                columns[_COLUMN_OF.get(path, path)] = value
+        assignments = ", ".join(f"{column} = %s" for column in columns)
         await tx.execute(
             f"UPDATE activities SET {assignments} WHERE id = %s",
-            (*changes.values(), activity_id),
+            (*columns.values(), activity_id),
         )
     return await get(tx, activity_id)
 

@@ -7,6 +7,9 @@ import logging
 import grpc
 from seckill.v1 import activity_pb2, activity_pb2_grpc, order_pb2_grpc, product_pb2_grpc
 
+from activity_svc.passes import Passes
+from activity_svc.queue import QueueHub
+from activity_svc.queue_mover import QueueMover
 from activity_svc.seckill import EngineSettings, SeckillEngine
 from activity_svc.servicer import ActivityServicer
 from activity_svc.watch import WatchHub
@@ -14,6 +17,7 @@ from seckill_common.config import Settings
 from seckill_common.database.db import Database
 from seckill_common.runtime.peers import open_channel
 from seckill_common.runtime.server import Cleanup, OnStop, ServiceDefinition
+from seckill_common.runtime.telemetry import QUEUE_WAITING
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = activity_pb2.DESCRIPTOR.services_by_name["ActivityService"].full_name
@@ -38,6 +42,13 @@ async def add_servicers(server: grpc.aio.Server, database: Database,
     )
     servicer.watches = WatchHub(database, settings.watch)
     engine.on_commit.append(servicer.watches.committed)
+    # Passes are signed with a key derived from a secret every activity process shares
+    # (activity_svc.passes).
+    servicer.queue = QueueHub(database, settings.queue,
+                              Passes(settings.user_token_secret or settings.admin_token))
+    QUEUE_WAITING.set_function(lambda: servicer.queue.waiting)
+    mover = QueueMover(database, settings.queue)
+    mover.start()
     activity_pb2_grpc.add_ActivityServiceServicer_to_server(servicer, server)
 
     async def report() -> None:
@@ -49,8 +60,13 @@ async def add_servicers(server: grpc.aio.Server, database: Database,
                                              "calls": servicer.reads.gets})
         log.info("WatchActivity", extra={"reads": servicer.watches.reads,
                                          "messages": servicer.watches.messages})
+        log.info("JoinQueue", extra={"reads": servicer.queue.reads,
+                                     "lookups": servicer.queue.lookups,
+                                     "messages": servicer.queue.messages,
+                                     "admitted": mover.admitted})
 
-    return [OnStop(servicer.watches.close), report, product_channel.close, order_channel.close]
+    return [OnStop(servicer.watches.close), OnStop(servicer.queue.close), OnStop(mover.stop),
+            report, product_channel.close, order_channel.close]
 
 
 DEFINITION = ServiceDefinition(
@@ -60,6 +76,6 @@ DEFINITION = ServiceDefinition(
         f"/{SERVICE_NAME}/{method}"
         for method in ("CreateActivity", "UpdateActivity", "DeleteActivity")
     ),
-    user_methods=frozenset(f"/{SERVICE_NAME}/{method}" for method in ("Seckill",)),
+    user_methods=frozenset(f"/{SERVICE_NAME}/{method}" for method in ("Seckill", "JoinQueue")),
     add_servicers=add_servicers,
 )

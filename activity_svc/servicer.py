@@ -20,8 +20,15 @@ from seckill.v1 import (
 )
 
 from activity_svc import repository
-from activity_svc.fields import DEFAULT_PAYMENT_WINDOW_MS, check_payment_window, payment_window_ms
+from activity_svc.fields import (
+    DEFAULT_PAYMENT_WINDOW_MS,
+    check_payment_window,
+    check_waiting_room,
+    payment_window_ms,
+    waiting_room_columns,
+)
 from activity_svc.messages import activity_message
+from activity_svc.queue import QueueHub
 from activity_svc.seckill import SeckillEngine
 from activity_svc.watch import WatchHub
 from seckill_common.api.errors import NotFound, ServiceError
@@ -58,6 +65,8 @@ def _check_fields(violations: Violations, activity: activity_pb2.Activity,
     if "per_user_limit" in paths:
         violations.bounded("activity.per_user_limit", activity.per_user_limit,
                            1, MAX_PER_USER_LIMIT)
+    if "waiting_room" in paths:
+        check_waiting_room(violations, "activity.waiting_room", activity.waiting_room)
 
 
 def _quantity(violations: Violations, quantity: int) -> int:
@@ -70,6 +79,7 @@ def _quantity(violations: Violations, quantity: int) -> int:
 
 class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
     watches: WatchHub  # WatchActivity's streams (activity_svc.watch), set by server.py
+    queue: QueueHub  # JoinQueue's streams and Seckill's pass check (activity_svc.queue)
 
     def __init__(self, database: Database, engine: SeckillEngine,
                  products: product_pb2_grpc.ProductServiceAsyncStub,
@@ -128,7 +138,8 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
         violations.positive_id("activity.product_id", activity.product_id)
         unset = {"price_cents": not activity.HasField("price_cents"),
                  "payment_window": not activity.HasField("payment_window"),
-                 "per_user_limit": activity.per_user_limit == 0}
+                 "per_user_limit": activity.per_user_limit == 0,
+                 "waiting_room": not activity.HasField("waiting_room")}
         _check_fields(violations, activity,
                       [path for path in repository.UPDATABLE if not unset.get(path)])
         idempotency.check(violations, request.request_id)
@@ -145,7 +156,8 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
         row = await idempotency.create_once(
             self._db, "CreateActivity", request,
             lambda tx: repository.create(tx, activity.product_id, activity.name,
-                                          db_time(start), db_time(end), price, window_ms, limit),
+                                          db_time(start), db_time(end), price, window_ms, limit,
+                                          waiting_room_columns(activity.waiting_room)),
             repository.get)
         return activity_message(row)
 
@@ -179,6 +191,7 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
             value = getattr(activity, path)
             changes[path] = (db_time(to_datetime(value)) if path.endswith("_time")
                              else payment_window_ms(value) if path == "payment_window"
+                             else waiting_room_columns(value) if path == "waiting_room"
                              else value)
         row = await self._db.run(lambda tx: repository.update(tx, activity.id, changes))
         return activity_message(row)
@@ -208,6 +221,7 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
         quantity = _quantity(violations, request.quantity)
         violations.check()
         try:
+            await self.queue.check_pass(request.activity_id, user_id, request.admission_pass)
             won = await self._engine.buy(request.activity_id, user_id, quantity)
         except ServiceError as exc:
             count_seckill(exc)
@@ -223,3 +237,7 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
     async def WatchActivity(self, request: activity_pb2.WatchActivityRequest,  # type: ignore[override]
                             context: ServicerContext) -> None:
         await self.watches.serve(request, context)
+
+    async def JoinQueue(self, request: activity_pb2.JoinQueueRequest,  # type: ignore[override]
+                        context: ServicerContext) -> None:
+        await self.queue.serve(request, context)

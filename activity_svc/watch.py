@@ -104,8 +104,8 @@ class _Feed:
         self.read_at = read_at
         _wake(self.read)
         last = self.view
-        if last is not None and (last.state, last.units_left, last.shown) == (
-                view.state, view.units_left, view.shown):
+        if last is not None and (last.state, last.units_left, last.waiting, last.shown) == (
+                view.state, view.units_left, view.waiting, view.shown):
             # Only time moved: the same revision, but a watcher joining now is told the clock
             # of this read (its countdown starts from it), not that of the first.
             last.message.read_time.CopyFrom(view.message.read_time)

@@ -22,6 +22,7 @@ class ViewRow:
     activity: ActivityRow
     product: ProductRow | None  # None: the product is gone (the activity cannot sell)
     read_time: datetime  # the database's clock at the read
+    waiting: int = 0  # buyers in its waiting room, as the line's mover last counted them
 
 
 # The columns are the rows' fields, in their order (an activity column added to ActivityRow,
@@ -29,8 +30,10 @@ class ViewRow:
 _ACTIVITY_FIELDS = tuple(f.name for f in fields(ActivityRow))
 _SQL = (
     "SELECT " + ", ".join([*(f"a.{name}" for name in _ACTIVITY_FIELDS),
-                           *(f"p.{name}" for name in PRODUCT_FIELDS), "UTC_TIMESTAMP(6)"])
-    + " FROM activities a LEFT JOIN products p ON p.id = a.product_id WHERE a.id IN ({marks})"
+                           *(f"p.{name}" for name in PRODUCT_FIELDS), "UTC_TIMESTAMP(6)",
+                           "COALESCE(l.waiting, 0)"])
+    + " FROM activities a LEFT JOIN products p ON p.id = a.product_id"
+    " LEFT JOIN queue_lines l ON l.activity_id = a.id WHERE a.id IN ({marks})"
 )
 _ACTIVITY_COLUMNS = len(_ACTIVITY_FIELDS)
 _PRODUCT_COLUMNS = len(PRODUCT_FIELDS)
@@ -47,5 +50,6 @@ async def read_views(tx: Transaction, activity_ids: list[int]) -> dict[int, View
         product_cells = row[_ACTIVITY_COLUMNS:_ACTIVITY_COLUMNS + _PRODUCT_COLUMNS]
         product = None if product_cells[0] is None else ProductRow.from_db(product_cells)
         views[activity.id] = ViewRow(activity=activity, product=product,
-                                     read_time=row[_ACTIVITY_COLUMNS + _PRODUCT_COLUMNS])
+                                     read_time=row[_ACTIVITY_COLUMNS + _PRODUCT_COLUMNS],
+                                     waiting=int(row[_ACTIVITY_COLUMNS + _PRODUCT_COLUMNS + 1]))
     return views

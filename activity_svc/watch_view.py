@@ -58,6 +58,7 @@ class View:
     message: activity_pb2.WatchActivityResponse  # revision filled by the feed
     state: State
     units_left: int
+    waiting: int  # buyers in the waiting room; a change is sent like one of units_left
     shown: tuple[object, ...]  # what, besides the stock, a storefront shows of it
     read_time: datetime
     next_flip: datetime | None  # start_time or end_time, while still ahead
@@ -69,9 +70,10 @@ def view_of(row: ViewRow) -> View:
     state = state_of(activity.start_time, activity.end_time, row.read_time, product.stock)
     message = activity_pb2.WatchActivityResponse(
         activity=activity_message(activity, product_message(product)),
-        units_left=product.stock, state=state.value, read_time=to_timestamp(row.read_time))
+        units_left=product.stock, state=state.value, read_time=to_timestamp(row.read_time),
+        waiting=row.waiting)
     flips = [t for t in (activity.start_time, activity.end_time) if t > row.read_time]
-    return View(message, state, product.stock,
+    return View(message, state, product.stock, row.waiting,
                 (activity, product.name, product.description, product.price_cents),
                 row.read_time, min(flips) if flips else None)
 

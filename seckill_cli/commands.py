@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.table import Table
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
-from seckill_cli import render, token
+from seckill_cli import queue, render, token
 from seckill_cli.client import SERVICES, About, Auth, CliError, Exit, Session, usage_error
 from seckill_cli.render import Output
 from seckill_common.api.pages import MAX_PAGE_SIZE
@@ -213,10 +213,16 @@ def show_activity(out: Output, activity: activity_pb2.Activity) -> None:
 async def buy(args: argparse.Namespace, session: Session, out: Output) -> int:
     if not args.user and not session.user_token:
         raise usage_error("buy needs --user (or a user token, whose user buys)")
+    request = activity_pb2.SeckillRequest(activity_id=args.activity, user_id=args.user,
+                                          quantity=args.quantity)
+    activity = await session.call("activity", "GetActivity",
+                                  activity_pb2.GetActivityRequest(id=args.activity),
+                                  about=About(activity_id=args.activity))
+    if activity.waiting_room.enabled:  # wait in line first (docs/WAITING_ROOM.md)
+        request.admission_pass = await queue.wait_in_line(session, out, args.activity,
+                                                          args.user, args.quantity)
     reply = await session.call(
-        "activity", "Seckill",
-        activity_pb2.SeckillRequest(activity_id=args.activity, user_id=args.user,
-                                    quantity=args.quantity),
+        "activity", "Seckill", request,
         auth=Auth.USER, about=About(user=args.user, activity_id=args.activity))
     if out.as_json:
         out.message(reply)

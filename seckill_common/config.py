@@ -186,6 +186,27 @@ class WatchSettings:
 
 
 @dataclass(frozen=True)
+class QueueSettings:
+    """Waiting rooms (docs/WAITING_ROOM.md): JoinQueue's streams per process, and the mover."""
+
+    # JoinQueue streams served at once by one process; one more is RESOURCE_EXHAUSTED.
+    max_streams: int = setting(Int("SECKILL_QUEUE_MAX_STREAMS", 50_000, 0, 1_000_000))
+    # A stream ends (UNAVAILABLE, RetryInfo: join again, the place is kept) after this long,
+    # give or take a tenth.
+    max_lifetime_s: float = setting(Float("SECKILL_QUEUE_MAX_LIFETIME", 1800.0, 1.0, 86_400.0))
+    # How often one reader per waited-on activity reads its line; at most 750 ms, so a
+    # sell-out reaches every waiting buyer within 1 s.
+    poll_interval_s: float = setting(
+        Float("SECKILL_QUEUE_POLL_INTERVAL_MS", 250.0, 20.0, 750.0, per=1000))
+    # How often the process holding the mover's lease moves every line.
+    move_interval_s: float = setting(
+        Float("SECKILL_QUEUE_MOVE_INTERVAL_MS", 100.0, 10.0, 1000.0, per=1000))
+    # Admitted buyers of one activity who have not bought yet (nor let their pass expire):
+    # the line admits no more than this at once (Cloudflare's "total active users").
+    max_active: int = setting(Int("SECKILL_QUEUE_MAX_ACTIVE", 500, 1, 1_000_000))
+
+
+@dataclass(frozen=True)
 class EventsSettings:
     """Order events: the outbox, their feed and the relay to NATS JetStream (docs/EVENTS.md)."""
 
@@ -312,6 +333,8 @@ class Settings:
     worker_timeout_s: float = setting(Float("SECKILL_WORKER_TIMEOUT", 5.0, 0.0, 600.0))
     # ActivityService.WatchActivity streams.
     watch: WatchSettings = group(WatchSettings)  # noqa: RUF009
+    # ActivityService.JoinQueue: waiting rooms' streams and their mover.
+    queue: QueueSettings = group(QueueSettings)  # noqa: RUF009
     # Order events (the outbox, OrderEventService, the relay).
     events: EventsSettings = group(EventsSettings)  # noqa: RUF009
     # The access log and overload (seckill_common.runtime.interceptors, .overload).

@@ -14,14 +14,19 @@ from seckill_common.api.errors import (
     Overloaded,
     ResourceExhausted,
     ServiceError,
+    TooManyStreams,
+    Unavailable,
 )
 
 
 def decoded(status: grpc.Status) -> status_pb2.Status:
-    (key, value), = status.trailing_metadata
-    assert key == "grpc-status-details-bin"
+    (value,) = [v for k, v in status.trailing_metadata if k == "grpc-status-details-bin"]
     assert isinstance(value, bytes)
     return status_pb2.Status.FromString(value)
+
+
+def pushback(status: grpc.Status) -> list[str]:
+    return [str(v) for k, v in status.trailing_metadata if k == "grpc-retry-pushback-ms"]
 
 
 @pytest.mark.parametrize("error", [
@@ -60,3 +65,17 @@ def test_overload_refusals_carry_retry_info_in_steps() -> None:
     assert status.details[0].Unpack(retry) and status.details[1].Unpack(info)
     assert retry.retry_delay.ToMilliseconds() == 150  # rounded up to 50 ms steps
     assert (info.reason, dict(info.metadata)) == ("OVERLOADED", {"limit": "in_flight"})
+
+
+@pytest.mark.parametrize("error", [
+    Overloaded("in_flight", 0.123), ResourceExhausted("user", 0.25),
+    Unavailable("database unavailable", 2.0), TooManyStreams(5, "JoinQueue", "X"),
+], ids=["overloaded", "rate-limit", "unavailable", "stream-cap"])
+def test_retry_info_travels_with_grpc_retry_pushback_ms(error: ServiceError) -> None:
+    """gRPC's retry policy reads the server's delay from grpc-retry-pushback-ms (gRFC A6): the
+    same delay as RetryInfo's, so a client with only a service config backs off as ours do."""
+    status = error.to_status()
+    retry = error_details_pb2.RetryInfo()
+    assert any(d.Unpack(retry) for d in decoded(status).details)
+    assert pushback(status) == [str(retry.retry_delay.ToMilliseconds())]
+    assert pushback(FailedPrecondition("SOLD_OUT", "sold out", {}).to_status()) == []

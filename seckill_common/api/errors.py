@@ -49,6 +49,11 @@ class Reason(enum.StrEnum):
     EVENTS_DISABLED = "EVENTS_DISABLED"
     # Overload
     OVERLOADED = "OVERLOADED"
+    # Waiting rooms (docs/WAITING_ROOM.md): a Seckill without a valid admission pass, and
+    # JoinQueue on an activity without a room (its NOT_STARTED, ENDED are Seckill's)
+    NOT_ADMITTED = "NOT_ADMITTED"
+    PASS_EXPIRED = "PASS_EXPIRED"
+    NO_WAITING_ROOM = "NO_WAITING_ROOM"
 
     @classmethod
     def of(cls, reason: str) -> Reason | None:
@@ -71,11 +76,21 @@ class ServiceError(Exception):
 
     def to_status(self) -> grpc.Status:
         status = status_pb2.Status(code=self.code.value[0], message=self.message)
+        pushback: list[tuple[str, str]] = []
         for detail in self.details():
             packed = any_pb2.Any()
             packed.Pack(detail)
             status.details.append(packed)
+            if isinstance(detail, error_details_pb2.RetryInfo):
+                # gRPC's own retry policy (A6) reads the server's delay from this trailer, so
+                # any client configured with a retryPolicy backs off by the server's word
+                # without our code (docs/CLIENTS.md, "Retries by the service config").
+                pushback.append((RETRY_PUSHBACK_KEY,
+                                 str(detail.retry_delay.ToMilliseconds())))
         answer: grpc.Status = rpc_status.to_status(status)
+        if pushback:
+            return _Status(answer.code, answer.details,
+                           (*answer.trailing_metadata, *pushback))
         return answer
 
 
@@ -161,6 +176,8 @@ class _WithErrorInfo(_Repeated):
 
 # The trailer grpcio-status reads the google.rpc.Status from.
 GRPC_DETAILS_KEY = "grpc-status-details-bin"
+# The trailer a gRPC client's retry policy takes the server's retry delay from (gRFC A6).
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 _ERROR_INFO_TYPE_URL = b"\n\x28type.googleapis.com/google.rpc.ErrorInfo"  # Any field 1
 
 

@@ -60,6 +60,11 @@ class Transaction:
         """The AUTO_INCREMENT id of the last INSERT."""
         return int(self._cursor.lastrowid)
 
+    @property
+    def rowcount(self) -> int:
+        """The rows the last statement changed (an UPDATE's, a DELETE's)."""
+        return int(self._cursor.rowcount)
+
     async def execute(self, sql: str, params: Sequence[object] = ()) -> None:
         assert not self._committed, "a statement after the transaction's COMMIT"
         if self._guarded:

@@ -31,8 +31,9 @@ CLOSE_WAIT_S = 2.0
 
 # One stream's work: serves it until it ends, counting its messages in the list's one item;
 # returns the status to end it with (a shared error is returned rather than raised, so no
-# traceback gathers on it), raises the request's refusal.
-StreamBody = Callable[[list[int]], Awaitable[ServiceError]]
+# traceback gathers on it; None: OK, a stream that ended with its final message), raises the
+# request's refusal.
+StreamBody = Callable[[list[int]], Awaitable[ServiceError | None]]
 
 
 class StreamSlots:
@@ -91,7 +92,11 @@ class StreamEndings:
         begun = time.perf_counter()
         sent = [0]
         try:
-            status = (await body(sent)).to_status()
+            ending = await body(sent)
+            if ending is None:
+                self._log(context, grpc.StatusCode.OK, sent[0], begun)
+                return
+            status = ending.to_status()
         except ServiceError as exc:
             status = exc.to_status()
         except asyncio.CancelledError:

@@ -131,7 +131,7 @@ RPC_LATENCY = Histogram("seckill_rpc_latency_seconds",
 SECKILL_OUTCOMES = Counter(
     "seckill_outcomes", "Seckill answers past validation, by outcome: won, "
     "already_purchased, sold_out, insufficient_stock, quantity_over_limit, not_started, "
-    "ended, not_found, error", ["outcome"])
+    "ended, not_admitted, pass_expired (waiting rooms), not_found, error", ["outcome"])
 BATCH_SIZE = Histogram("seckill_commit_batch_size",
                        "Seckill attempts decided by one transaction", buckets=BATCH_BUCKETS)
 POOL_CONNECTIONS = Gauge("seckill_db_pool_connections",
@@ -171,6 +171,28 @@ EXPIRY_LAG = Histogram("seckill_order_expiry_lag_seconds",
                        "How long after its pay deadline an unpaid order was expired",
                        buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0))
 
+QUEUE_WAITING = Gauge("seckill_queue_waiting_streams",
+                      "JoinQueue streams of buyers waiting in line in this process")
+QUEUE_ADMITTED = Counter("seckill_queue_admitted",
+                         "Buyers admitted (a pass given) by this process's queue mover")
+QUEUE_PASSES = Counter("seckill_queue_passes", "Admission passes that ended, by outcome: used "
+                       "(an order made with it), expired (not used in time)", ["outcome"])
+QUEUE_ADMISSION_RATE = Gauge(
+    "seckill_queue_admission_rate", "Measured admissions per second of a line, as the queue "
+    "mover last computed it", ["activity_id"])
+
+
+def count_move(activity_id: int, admitted: int, used: int, expired: int, rate: float) -> None:
+    """Counts one move of a waiting room's line (activity_svc.queue_mover)."""
+    if admitted:
+        QUEUE_ADMITTED.inc(admitted)
+    if used:
+        QUEUE_PASSES.labels("used").inc(used)
+    if expired:
+        QUEUE_PASSES.labels("expired").inc(expired)
+    QUEUE_ADMISSION_RATE.labels(str(activity_id)).set(rate)
+
+
 EVENTS_RELAYED = Counter("seckill_events_relayed",
                          "Order events JetStream acknowledged to this process's relay")
 EVENTS_RELAY_LAG = Gauge(
@@ -198,7 +220,8 @@ def count_expired(lags_s: Sequence[float], units: int) -> None:
 # The Seckill refusals counted each under its own outcome: the reason, in lower case.
 _OUTCOME_OF_REASON: dict[str, str] = {reason: reason.lower() for reason in (
     Reason.ALREADY_PURCHASED, Reason.SOLD_OUT, Reason.INSUFFICIENT_STOCK,
-    Reason.QUANTITY_OVER_LIMIT, Reason.NOT_STARTED, Reason.ENDED)}
+    Reason.QUANTITY_OVER_LIMIT, Reason.NOT_STARTED, Reason.ENDED, Reason.NOT_ADMITTED,
+    Reason.PASS_EXPIRED)}
 
 
 _outcome_counters: dict[str, Any] = {}

@@ -26,11 +26,14 @@ async def make_product(stack: Stack, stock: int = 10, **fields: Any) -> product_
 
 
 async def make_activity(stack: Stack, product_id: int, start_s: float = -1,
-                        end_s: float = 3600, per_user_limit: int = 0) -> activity_pb2.Activity:
-    """An activity; `per_user_limit` 0 leaves it unset (the service's default, 1)."""
+                        end_s: float = 3600, per_user_limit: int = 0,
+                        waiting_room: activity_pb2.WaitingRoom | None = None,
+                        ) -> activity_pb2.Activity:
+    """An activity; `per_user_limit` 0 leaves it unset (the service's default, 1);
+    `waiting_room` None: none."""
     activity = activity_pb2.Activity(product_id=product_id, name="Flash sale",
                                      start_time=timestamp(start_s), end_time=timestamp(end_s),
-                                     per_user_limit=per_user_limit)
+                                     per_user_limit=per_user_limit, waiting_room=waiting_room)
     return await stack.activities.CreateActivity(
         activity_pb2.CreateActivityRequest(activity=activity), metadata=ADMIN)
 

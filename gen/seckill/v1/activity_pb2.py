@@ -31,13 +31,27 @@ from seckill.v1 import order_pb2 as seckill_dot_v1_dot_order__pb2
 from seckill.v1 import product_pb2 as seckill_dot_v1_dot_product__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19seckill/v1/activity.proto\x12\nseckill.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16seckill/v1/order.proto\x1a\x18seckill/v1/product.proto\"\x99\x03\n\x08\x41\x63tivity\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\nproduct_id\x18\x02 \x01(\x03\x42\x05\xe2\x41\x02\x02\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x34\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x32\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12*\n\x07product\x18\x06 \x01(\x0b\x32\x13.seckill.v1.ProductB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1e\n\x0bprice_cents\x18\x08 \x01(\x03\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x37\n\x0epayment_window\x18\t \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x1c\n\x0eper_user_limit\x18\n \x01(\x05\x42\x04\xe2\x41\x01\x01\x42\x0e\n\x0c_price_cents\"_\n\x15\x43reateActivityRequest\x12,\n\x08\x61\x63tivity\x18\x01 \x01(\x0b\x32\x14.seckill.v1.ActivityB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"&\n\x12GetActivityRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\">\n\x15ListActivitiesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x16ListActivitiesResponse\x12(\n\nactivities\x18\x01 \x03(\x0b\x32\x14.seckill.v1.Activity\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"v\n\x15UpdateActivityRequest\x12,\n\x08\x61\x63tivity\x18\x01 \x01(\x0b\x32\x14.seckill.v1.ActivityB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\")\n\x15\x44\x65leteActivityRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\"Z\n\x0eSeckillRequest\x12\x19\n\x0b\x61\x63tivity_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x15\n\x07user_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08quantity\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\"3\n\x0fSeckillResponse\x12 \n\x05order\x18\x01 \x01(\x0b\x32\x11.seckill.v1.Order\"_\n\x14WatchActivityRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x35\n\x0cmin_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\"\xbe\x01\n\x15WatchActivityResponse\x12&\n\x08\x61\x63tivity\x18\x01 \x01(\x0b\x32\x14.seckill.v1.Activity\x12\x12\n\nunits_left\x18\x02 \x01(\x03\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.seckill.v1.ActivityState\x12-\n\tread_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x05 \x01(\x03*c\n\rActivityState\x12\x1e\n\x1a\x41\x43TIVITY_STATE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bNOT_STARTED\x10\x01\x12\x08\n\x04OPEN\x10\x02\x12\x0c\n\x08SOLD_OUT\x10\x03\x12\t\n\x05\x45NDED\x10\x04\x32\xae\x04\n\x0f\x41\x63tivityService\x12I\n\x0e\x43reateActivity\x12!.seckill.v1.CreateActivityRequest\x1a\x14.seckill.v1.Activity\x12\x43\n\x0bGetActivity\x12\x1e.seckill.v1.GetActivityRequest\x1a\x14.seckill.v1.Activity\x12W\n\x0eListActivities\x12!.seckill.v1.ListActivitiesRequest\x1a\".seckill.v1.ListActivitiesResponse\x12I\n\x0eUpdateActivity\x12!.seckill.v1.UpdateActivityRequest\x1a\x14.seckill.v1.Activity\x12K\n\x0e\x44\x65leteActivity\x12!.seckill.v1.DeleteActivityRequest\x1a\x16.google.protobuf.Empty\x12\x42\n\x07Seckill\x12\x1a.seckill.v1.SeckillRequest\x1a\x1b.seckill.v1.SeckillResponse\x12V\n\rWatchActivity\x12 .seckill.v1.WatchActivityRequest\x1a!.seckill.v1.WatchActivityResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19seckill/v1/activity.proto\x12\nseckill.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16seckill/v1/order.proto\x1a\x18seckill/v1/product.proto\"\xc0\x01\n\x0bWaitingRoom\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x32\n\tpre_queue\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x36\n\rpass_validity\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12!\n\x0e\x61\x64mission_rate\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x42\x11\n\x0f_admission_rate\"\x93\x01\n\x10JoinQueueRequest\x12\x19\n\x0b\x61\x63tivity_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x15\n\x07user_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08quantity\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x35\n\x0cmin_interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\"\xb5\x02\n\x0bQueueUpdate\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.seckill.v1.QueueState\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tread_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08position\x18\x04 \x01(\x03\x12\r\n\x05\x61head\x18\x05 \x01(\x03\x12\x31\n\x0e\x65stimated_wait\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0e\x61\x64mission_pass\x18\x07 \x01(\t\x12\x34\n\x10pass_expire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xce\x03\n\x08\x41\x63tivity\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\nproduct_id\x18\x02 \x01(\x03\x42\x05\xe2\x41\x02\x02\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x34\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x32\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12*\n\x07product\x18\x06 \x01(\x0b\x32\x13.seckill.v1.ProductB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1e\n\x0bprice_cents\x18\x08 \x01(\x03\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x37\n\x0epayment_window\x18\t \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x1c\n\x0eper_user_limit\x18\n \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x33\n\x0cwaiting_room\x18\x0b \x01(\x0b\x32\x17.seckill.v1.WaitingRoomB\x04\xe2\x41\x01\x01\x42\x0e\n\x0c_price_cents\"_\n\x15\x43reateActivityRequest\x12,\n\x08\x61\x63tivity\x18\x01 \x01(\x0b\x32\x14.seckill.v1.ActivityB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"&\n\x12GetActivityRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\">\n\x15ListActivitiesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x16ListActivitiesResponse\x12(\n\nactivities\x18\x01 \x03(\x0b\x32\x14.seckill.v1.Activity\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"v\n\x15UpdateActivityRequest\x12,\n\x08\x61\x63tivity\x18\x01 \x01(\x0b\x32\x14.seckill.v1.ActivityB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\")\n\x15\x44\x65leteActivityRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\"x\n\x0eSeckillRequest\x12\x19\n\x0b\x61\x63tivity_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x15\n\x07user_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08quantity\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x1c\n\x0e\x61\x64mission_pass\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"3\n\x0fSeckillResponse\x12 \n\x05order\x18\x01 \x01(\x0b\x32\x11.seckill.v1.Order\"_\n\x14WatchActivityRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x35\n\x0cmin_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\"\xcf\x01\n\x15WatchActivityResponse\x12&\n\x08\x61\x63tivity\x18\x01 \x01(\x0b\x32\x14.seckill.v1.Activity\x12\x12\n\nunits_left\x18\x02 \x01(\x03\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.seckill.v1.ActivityState\x12-\n\tread_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x05 \x01(\x03\x12\x0f\n\x07waiting\x18\x06 \x01(\x03*y\n\nQueueState\x12\x1b\n\x17QUEUE_STATE_UNSPECIFIED\x10\x00\x12\x0e\n\nPRE_QUEUED\x10\x01\x12\x0b\n\x07WAITING\x10\x02\x12\x0c\n\x08\x41\x44MITTED\x10\x03\x12\x12\n\x0eQUEUE_SOLD_OUT\x10\x04\x12\x0f\n\x0bQUEUE_ENDED\x10\x05*c\n\rActivityState\x12\x1e\n\x1a\x41\x43TIVITY_STATE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bNOT_STARTED\x10\x01\x12\x08\n\x04OPEN\x10\x02\x12\x0c\n\x08SOLD_OUT\x10\x03\x12\t\n\x05\x45NDED\x10\x04\x32\xf4\x04\n\x0f\x41\x63tivityService\x12I\n\x0e\x43reateActivity\x12!.seckill.v1.CreateActivityRequest\x1a\x14.seckill.v1.Activity\x12\x43\n\x0bGetActivity\x12\x1e.seckill.v1.GetActivityRequest\x1a\x14.seckill.v1.Activity\x12W\n\x0eListActivities\x12!.seckill.v1.ListActivitiesRequest\x1a\".seckill.v1.ListActivitiesResponse\x12I\n\x0eUpdateActivity\x12!.seckill.v1.UpdateActivityRequest\x1a\x14.seckill.v1.Activity\x12K\n\x0e\x44\x65leteActivity\x12!.seckill.v1.DeleteActivityRequest\x1a\x16.google.protobuf.Empty\x12\x42\n\x07Seckill\x12\x1a.seckill.v1.SeckillRequest\x1a\x1b.seckill.v1.SeckillResponse\x12V\n\rWatchActivity\x12 .seckill.v1.WatchActivityRequest\x1a!.seckill.v1.WatchActivityResponse0\x01\x12\x44\n\tJoinQueue\x12\x1c.seckill.v1.JoinQueueRequest\x1a\x17.seckill.v1.QueueUpdate0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'seckill.v1.activity_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_WAITINGROOM'].fields_by_name['pre_queue']._loaded_options = None
+  _globals['_WAITINGROOM'].fields_by_name['pre_queue']._serialized_options = b'\342A\001\001'
+  _globals['_WAITINGROOM'].fields_by_name['pass_validity']._loaded_options = None
+  _globals['_WAITINGROOM'].fields_by_name['pass_validity']._serialized_options = b'\342A\001\001'
+  _globals['_WAITINGROOM'].fields_by_name['admission_rate']._loaded_options = None
+  _globals['_WAITINGROOM'].fields_by_name['admission_rate']._serialized_options = b'\342A\001\001'
+  _globals['_JOINQUEUEREQUEST'].fields_by_name['activity_id']._loaded_options = None
+  _globals['_JOINQUEUEREQUEST'].fields_by_name['activity_id']._serialized_options = b'\342A\001\002'
+  _globals['_JOINQUEUEREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_JOINQUEUEREQUEST'].fields_by_name['user_id']._serialized_options = b'\342A\001\002'
+  _globals['_JOINQUEUEREQUEST'].fields_by_name['quantity']._loaded_options = None
+  _globals['_JOINQUEUEREQUEST'].fields_by_name['quantity']._serialized_options = b'\342A\001\001'
+  _globals['_JOINQUEUEREQUEST'].fields_by_name['min_interval']._loaded_options = None
+  _globals['_JOINQUEUEREQUEST'].fields_by_name['min_interval']._serialized_options = b'\342A\001\001'
   _globals['_ACTIVITY'].fields_by_name['id']._loaded_options = None
   _globals['_ACTIVITY'].fields_by_name['id']._serialized_options = b'\342A\001\003'
   _globals['_ACTIVITY'].fields_by_name['product_id']._loaded_options = None
@@ -56,6 +70,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACTIVITY'].fields_by_name['payment_window']._serialized_options = b'\342A\001\001'
   _globals['_ACTIVITY'].fields_by_name['per_user_limit']._loaded_options = None
   _globals['_ACTIVITY'].fields_by_name['per_user_limit']._serialized_options = b'\342A\001\001'
+  _globals['_ACTIVITY'].fields_by_name['waiting_room']._loaded_options = None
+  _globals['_ACTIVITY'].fields_by_name['waiting_room']._serialized_options = b'\342A\001\001'
   _globals['_CREATEACTIVITYREQUEST'].fields_by_name['activity']._loaded_options = None
   _globals['_CREATEACTIVITYREQUEST'].fields_by_name['activity']._serialized_options = b'\342A\001\002'
   _globals['_CREATEACTIVITYREQUEST'].fields_by_name['request_id']._loaded_options = None
@@ -72,34 +88,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SECKILLREQUEST'].fields_by_name['user_id']._serialized_options = b'\342A\001\002'
   _globals['_SECKILLREQUEST'].fields_by_name['quantity']._loaded_options = None
   _globals['_SECKILLREQUEST'].fields_by_name['quantity']._serialized_options = b'\342A\001\001'
+  _globals['_SECKILLREQUEST'].fields_by_name['admission_pass']._loaded_options = None
+  _globals['_SECKILLREQUEST'].fields_by_name['admission_pass']._serialized_options = b'\342A\001\001'
   _globals['_WATCHACTIVITYREQUEST'].fields_by_name['id']._loaded_options = None
   _globals['_WATCHACTIVITYREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
   _globals['_WATCHACTIVITYREQUEST'].fields_by_name['min_interval']._loaded_options = None
   _globals['_WATCHACTIVITYREQUEST'].fields_by_name['min_interval']._serialized_options = b'\342A\001\001'
-  _globals['_ACTIVITYSTATE']._serialized_start=1556
-  _globals['_ACTIVITYSTATE']._serialized_end=1655
-  _globals['_ACTIVITY']._serialized_start=253
-  _globals['_ACTIVITY']._serialized_end=662
-  _globals['_CREATEACTIVITYREQUEST']._serialized_start=664
-  _globals['_CREATEACTIVITYREQUEST']._serialized_end=759
-  _globals['_GETACTIVITYREQUEST']._serialized_start=761
-  _globals['_GETACTIVITYREQUEST']._serialized_end=799
-  _globals['_LISTACTIVITIESREQUEST']._serialized_start=801
-  _globals['_LISTACTIVITIESREQUEST']._serialized_end=863
-  _globals['_LISTACTIVITIESRESPONSE']._serialized_start=865
-  _globals['_LISTACTIVITIESRESPONSE']._serialized_end=956
-  _globals['_UPDATEACTIVITYREQUEST']._serialized_start=958
-  _globals['_UPDATEACTIVITYREQUEST']._serialized_end=1076
-  _globals['_DELETEACTIVITYREQUEST']._serialized_start=1078
-  _globals['_DELETEACTIVITYREQUEST']._serialized_end=1119
-  _globals['_SECKILLREQUEST']._serialized_start=1121
-  _globals['_SECKILLREQUEST']._serialized_end=1211
-  _globals['_SECKILLRESPONSE']._serialized_start=1213
-  _globals['_SECKILLRESPONSE']._serialized_end=1264
-  _globals['_WATCHACTIVITYREQUEST']._serialized_start=1266
-  _globals['_WATCHACTIVITYREQUEST']._serialized_end=1361
-  _globals['_WATCHACTIVITYRESPONSE']._serialized_start=1364
-  _globals['_WATCHACTIVITYRESPONSE']._serialized_end=1554
-  _globals['_ACTIVITYSERVICE']._serialized_start=1658
-  _globals['_ACTIVITYSERVICE']._serialized_end=2216
+  _globals['_QUEUESTATE']._serialized_start=2313
+  _globals['_QUEUESTATE']._serialized_end=2434
+  _globals['_ACTIVITYSTATE']._serialized_start=2436
+  _globals['_ACTIVITYSTATE']._serialized_end=2535
+  _globals['_WAITINGROOM']._serialized_start=253
+  _globals['_WAITINGROOM']._serialized_end=445
+  _globals['_JOINQUEUEREQUEST']._serialized_start=448
+  _globals['_JOINQUEUEREQUEST']._serialized_end=595
+  _globals['_QUEUEUPDATE']._serialized_start=598
+  _globals['_QUEUEUPDATE']._serialized_end=907
+  _globals['_ACTIVITY']._serialized_start=910
+  _globals['_ACTIVITY']._serialized_end=1372
+  _globals['_CREATEACTIVITYREQUEST']._serialized_start=1374
+  _globals['_CREATEACTIVITYREQUEST']._serialized_end=1469
+  _globals['_GETACTIVITYREQUEST']._serialized_start=1471
+  _globals['_GETACTIVITYREQUEST']._serialized_end=1509
+  _globals['_LISTACTIVITIESREQUEST']._serialized_start=1511
+  _globals['_LISTACTIVITIESREQUEST']._serialized_end=1573
+  _globals['_LISTACTIVITIESRESPONSE']._serialized_start=1575
+  _globals['_LISTACTIVITIESRESPONSE']._serialized_end=1666
+  _globals['_UPDATEACTIVITYREQUEST']._serialized_start=1668
+  _globals['_UPDATEACTIVITYREQUEST']._serialized_end=1786
+  _globals['_DELETEACTIVITYREQUEST']._serialized_start=1788
+  _globals['_DELETEACTIVITYREQUEST']._serialized_end=1829
+  _globals['_SECKILLREQUEST']._serialized_start=1831
+  _globals['_SECKILLREQUEST']._serialized_end=1951
+  _globals['_SECKILLRESPONSE']._serialized_start=1953
+  _globals['_SECKILLRESPONSE']._serialized_end=2004
+  _globals['_WATCHACTIVITYREQUEST']._serialized_start=2006
+  _globals['_WATCHACTIVITYREQUEST']._serialized_end=2101
+  _globals['_WATCHACTIVITYRESPONSE']._serialized_start=2104
+  _globals['_WATCHACTIVITYRESPONSE']._serialized_end=2311
+  _globals['_ACTIVITYSERVICE']._serialized_start=2538
+  _globals['_ACTIVITYSERVICE']._serialized_end=3166
 # @@protoc_insertion_point(module_scope)

@@ -24,6 +24,46 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _QueueState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _QueueStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_QueueState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    QUEUE_STATE_UNSPECIFIED: _QueueState.ValueType  # 0
+    """Never sent."""
+    PRE_QUEUED: _QueueState.ValueType  # 1
+    """Joined before the start: the place is drawn at start_time."""
+    WAITING: _QueueState.ValueType  # 2
+    """In line: position and ahead say where."""
+    ADMITTED: _QueueState.ValueType  # 3
+    """The buyer's turn: pass is valid until pass_expire_time. Final."""
+    QUEUE_SOLD_OUT: _QueueState.ValueType  # 4
+    """No unit is left for the buyers waiting. Final; joining again keeps the
+    place, should units come back.
+    """
+    QUEUE_ENDED: _QueueState.ValueType  # 5
+    """The sale's end_time passed. Final."""
+
+class QueueState(_QueueState, metaclass=_QueueStateEnumTypeWrapper):
+    """Where a buyer stands in a waiting room."""
+
+QUEUE_STATE_UNSPECIFIED: QueueState.ValueType  # 0
+"""Never sent."""
+PRE_QUEUED: QueueState.ValueType  # 1
+"""Joined before the start: the place is drawn at start_time."""
+WAITING: QueueState.ValueType  # 2
+"""In line: position and ahead say where."""
+ADMITTED: QueueState.ValueType  # 3
+"""The buyer's turn: pass is valid until pass_expire_time. Final."""
+QUEUE_SOLD_OUT: QueueState.ValueType  # 4
+"""No unit is left for the buyers waiting. Final; joining again keeps the
+place, should units come back.
+"""
+QUEUE_ENDED: QueueState.ValueType  # 5
+"""The sale's end_time passed. Final."""
+Global___QueueState: _TypeAlias = QueueState  # noqa: Y015
+
 class _ActivityState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -67,6 +107,168 @@ ENDED: ActivityState.ValueType  # 4
 Global___ActivityState: _TypeAlias = ActivityState  # noqa: Y015
 
 @_typing.final
+class WaitingRoom(_message.Message):
+    """An activity's waiting room: buyers wait in one line, those who came before
+    the start are shuffled at start_time, and the line moves as fast as the
+    sale can serve (docs/WAITING_ROOM.md).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    PRE_QUEUE_FIELD_NUMBER: _builtins.int
+    PASS_VALIDITY_FIELD_NUMBER: _builtins.int
+    ADMISSION_RATE_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    """Whether the activity has a waiting room. Unset (false): Seckill is open to
+    every caller, as without a waiting room.
+    """
+    admission_rate: _builtins.int
+    """Buyers admitted per second at most, 1 to 100000. Unset: adaptive, as
+    fast as buyers use their passes (at most SECKILL_QUEUE_MAX_ACTIVE
+    admitted buyers who have not bought yet).
+    """
+    @_builtins.property
+    def pre_queue(self) -> _duration_pb2.Duration:
+        """How long before start_time the pre-queue opens: 1 second to 7 days, in
+        whole milliseconds. Unset: 30 minutes. Buyers who join in it are shuffled
+        at start_time.
+        """
+
+    @_builtins.property
+    def pass_validity(self) -> _duration_pb2.Duration:
+        """How long an admission pass is valid once given: 10 seconds to 1 hour, in
+        whole milliseconds. Unset: 2 minutes. An unused pass then frees its slot
+        for the next in line.
+        """
+
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool = ...,
+        pre_queue: _duration_pb2.Duration | None = ...,
+        pass_validity: _duration_pb2.Duration | None = ...,
+        admission_rate: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_admission_rate", b"_admission_rate", "admission_rate", b"admission_rate", "pass_validity", b"pass_validity", "pre_queue", b"pre_queue"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_admission_rate", b"_admission_rate", "admission_rate", b"admission_rate", "enabled", b"enabled", "pass_validity", b"pass_validity", "pre_queue", b"pre_queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__admission_rate: _TypeAlias = _typing.Literal["admission_rate"]  # noqa: Y015
+    _WhichOneofArgType__admission_rate: _TypeAlias = _typing.Literal["_admission_rate", b"_admission_rate"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__admission_rate) -> _WhichOneofReturnType__admission_rate | None: ...
+
+Global___WaitingRoom: _TypeAlias = WaitingRoom  # noqa: Y015
+
+@_typing.final
+class JoinQueueRequest(_message.Message):
+    """Request for ActivityService.JoinQueue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVITY_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    MIN_INTERVAL_FIELD_NUMBER: _builtins.int
+    activity_id: _builtins.int
+    """Required. The activity whose waiting room to join, > 0."""
+    user_id: _builtins.str
+    """Required. The buyer: 1 to 64 printable characters (with user tokens: the
+    token's user; may then be empty).
+    """
+    quantity: _builtins.int
+    """Optional. Units the buyer means to buy: 0 (unset) means 1; at most the
+    activity's per_user_limit. A buyer is admitted only while units are left
+    for them.
+    """
+    @_builtins.property
+    def min_interval(self) -> _duration_pb2.Duration:
+        """Optional. The least time between two WAITING messages: unset or 0 means
+        1 s; values below 100 ms are raised to 100 ms, above 60 s lowered to 60 s;
+        negative values are INVALID_ARGUMENT. Final messages are sent at once.
+        """
+
+    def __init__(
+        self,
+        *,
+        activity_id: _builtins.int = ...,
+        user_id: _builtins.str = ...,
+        quantity: _builtins.int = ...,
+        min_interval: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["min_interval", b"min_interval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_id", b"activity_id", "min_interval", b"min_interval", "quantity", b"quantity", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinQueueRequest: _TypeAlias = JoinQueueRequest  # noqa: Y015
+
+@_typing.final
+class QueueUpdate(_message.Message):
+    """One message of ActivityService.JoinQueue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    READ_TIME_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    AHEAD_FIELD_NUMBER: _builtins.int
+    ESTIMATED_WAIT_FIELD_NUMBER: _builtins.int
+    ADMISSION_PASS_FIELD_NUMBER: _builtins.int
+    PASS_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    state: Global___QueueState.ValueType
+    """Where the buyer stands."""
+    position: _builtins.int
+    """WAITING: the buyer's place among those still waiting, 1 = next."""
+    ahead: _builtins.int
+    """WAITING: buyers still waiting ahead of this one (position - 1)."""
+    admission_pass: _builtins.str
+    """ADMITTED: the admission pass, for SeckillRequest.admission_pass. Opaque:
+    bound to the user, the activity and pass_expire_time.
+    """
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The sale's start_time (PRE_QUEUED: when the pre-queue is shuffled)."""
+
+    @_builtins.property
+    def read_time(self) -> _timestamp_pb2.Timestamp:
+        """The database's clock at the read this message comes from: count down to
+        start_time from here, not from the client's clock.
+        """
+
+    @_builtins.property
+    def estimated_wait(self) -> _duration_pb2.Duration:
+        """WAITING: the estimated time to the buyer's turn, from the measured
+        admission rate; unset while no rate has been measured yet.
+        """
+
+    @_builtins.property
+    def pass_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """ADMITTED: when the pass stops admitting."""
+
+    def __init__(
+        self,
+        *,
+        state: Global___QueueState.ValueType = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        read_time: _timestamp_pb2.Timestamp | None = ...,
+        position: _builtins.int = ...,
+        ahead: _builtins.int = ...,
+        estimated_wait: _duration_pb2.Duration | None = ...,
+        admission_pass: _builtins.str = ...,
+        pass_expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["estimated_wait", b"estimated_wait", "pass_expire_time", b"pass_expire_time", "read_time", b"read_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admission_pass", b"admission_pass", "ahead", b"ahead", "estimated_wait", b"estimated_wait", "pass_expire_time", b"pass_expire_time", "position", b"position", "read_time", b"read_time", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueUpdate: _TypeAlias = QueueUpdate  # noqa: Y015
+
+@_typing.final
 class Activity(_message.Message):
     """A time-boxed sale of one product."""
 
@@ -82,6 +284,7 @@ class Activity(_message.Message):
     PRICE_CENTS_FIELD_NUMBER: _builtins.int
     PAYMENT_WINDOW_FIELD_NUMBER: _builtins.int
     PER_USER_LIMIT_FIELD_NUMBER: _builtins.int
+    WAITING_ROOM_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Output only. Server-assigned id, > 0."""
     product_id: _builtins.int
@@ -123,6 +326,12 @@ class Activity(_message.Message):
         15 minutes.
         """
 
+    @_builtins.property
+    def waiting_room(self) -> Global___WaitingRoom:
+        """The activity's waiting room. Unset at creation: none (Seckill is open to
+        every caller).
+        """
+
     def __init__(
         self,
         *,
@@ -136,10 +345,11 @@ class Activity(_message.Message):
         price_cents: _builtins.int | None = ...,
         payment_window: _duration_pb2.Duration | None = ...,
         per_user_limit: _builtins.int = ...,
+        waiting_room: Global___WaitingRoom | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_price_cents", b"_price_cents", "create_time", b"create_time", "end_time", b"end_time", "payment_window", b"payment_window", "price_cents", b"price_cents", "product", b"product", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_price_cents", b"_price_cents", "create_time", b"create_time", "end_time", b"end_time", "payment_window", b"payment_window", "price_cents", b"price_cents", "product", b"product", "start_time", b"start_time", "waiting_room", b"waiting_room"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_price_cents", b"_price_cents", "create_time", b"create_time", "end_time", b"end_time", "id", b"id", "name", b"name", "payment_window", b"payment_window", "per_user_limit", b"per_user_limit", "price_cents", b"price_cents", "product", b"product", "product_id", b"product_id", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_price_cents", b"_price_cents", "create_time", b"create_time", "end_time", b"end_time", "id", b"id", "name", b"name", "payment_window", b"payment_window", "per_user_limit", b"per_user_limit", "price_cents", b"price_cents", "product", b"product", "product_id", b"product_id", "start_time", b"start_time", "waiting_room", b"waiting_room"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__price_cents: _TypeAlias = _typing.Literal["price_cents"]  # noqa: Y015
     _WhichOneofArgType__price_cents: _TypeAlias = _typing.Literal["_price_cents", b"_price_cents"]  # noqa: Y015
@@ -271,8 +481,8 @@ class UpdateActivityRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to update (AIP-134). Empty means every populated field among
-        name, start_time, end_time, price_cents, payment_window and
-        per_user_limit.
+        name, start_time, end_time, price_cents, payment_window,
+        per_user_limit and waiting_room.
         """
 
     def __init__(
@@ -320,6 +530,7 @@ class SeckillRequest(_message.Message):
     ACTIVITY_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     QUANTITY_FIELD_NUMBER: _builtins.int
+    ADMISSION_PASS_FIELD_NUMBER: _builtins.int
     activity_id: _builtins.int
     """Required. The activity to buy from, > 0."""
     user_id: _builtins.str
@@ -333,16 +544,21 @@ class SeckillRequest(_message.Message):
     is FAILED_PRECONDITION INSUFFICIENT_STOCK naming how many are available;
     none left is SOLD_OUT.
     """
+    admission_pass: _builtins.str
+    """The admission pass JoinQueue gave this user (QueueUpdate.admission_pass):
+    required on an activity with a waiting room, ignored on one without.
+    """
     def __init__(
         self,
         *,
         activity_id: _builtins.int = ...,
         user_id: _builtins.str = ...,
         quantity: _builtins.int = ...,
+        admission_pass: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_id", b"activity_id", "quantity", b"quantity", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_id", b"activity_id", "admission_pass", b"admission_pass", "quantity", b"quantity", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -415,6 +631,7 @@ class WatchActivityResponse(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     READ_TIME_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
     units_left: _builtins.int
     """Units of the product left to sell."""
     state: Global___ActivityState.ValueType
@@ -422,6 +639,12 @@ class WatchActivityResponse(_message.Message):
     revision: _builtins.int
     """Grows with every message of this stream (it may skip numbers); not
     comparable between streams.
+    """
+    waiting: _builtins.int
+    """Buyers waiting in the activity's waiting room (pre-queued or in line, not
+    yet admitted), as the line's mover last counted them (every
+    SECKILL_QUEUE_MOVE_INTERVAL_MS); 0 without a waiting room. A change of it
+    alone is sent like one of units_left (at most one per min_interval).
     """
     @_builtins.property
     def activity(self) -> Global___Activity:
@@ -443,10 +666,11 @@ class WatchActivityResponse(_message.Message):
         state: Global___ActivityState.ValueType = ...,
         read_time: _timestamp_pb2.Timestamp | None = ...,
         revision: _builtins.int = ...,
+        waiting: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["activity", b"activity", "read_time", b"read_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity", b"activity", "read_time", b"read_time", "revision", b"revision", "state", b"state", "units_left", b"units_left"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity", b"activity", "read_time", b"read_time", "revision", b"revision", "state", b"state", "units_left", b"units_left", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

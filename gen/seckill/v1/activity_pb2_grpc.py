@@ -89,6 +89,11 @@ class ActivityServiceStub:
                 request_serializer=seckill_dot_v1_dot_activity__pb2.WatchActivityRequest.SerializeToString,
                 response_deserializer=seckill_dot_v1_dot_activity__pb2.WatchActivityResponse.FromString,
                 _registered_method=True)
+        self.JoinQueue = channel.unary_stream(
+                '/seckill.v1.ActivityService/JoinQueue',
+                request_serializer=seckill_dot_v1_dot_activity__pb2.JoinQueueRequest.SerializeToString,
+                response_deserializer=seckill_dot_v1_dot_activity__pb2.QueueUpdate.FromString,
+                _registered_method=True)
 
 
 class ActivityServiceServicer:
@@ -121,7 +126,9 @@ class ActivityServiceServicer:
         product_id <= 0, an empty or too long name, an unset start_time or
         end_time, end_time not after start_time, a price_cents outside 0..10^12,
         a payment_window outside 1 s..7 days or not in whole milliseconds, a
-        per_user_limit outside 0..1000, a request_id that is not a UUID, or one
+        per_user_limit outside 0..1000, a waiting_room whose pre_queue,
+        pass_validity or admission_rate is out of its range (WaitingRoom), a
+        request_id that is not a UUID, or one
         already used for a different request; NOT_FOUND (ResourceInfo of
         the product) when the product does not exist.
         """
@@ -149,7 +156,7 @@ class ActivityServiceServicer:
     def UpdateActivity(self, request, context):
         """Updates the fields named by update_mask and returns the activity.
         Admin. Updatable paths: name, start_time, end_time, price_cents,
-        payment_window, per_user_limit. Orders already made keep their price,
+        payment_window, per_user_limit, waiting_room (the whole message). Orders already made keep their price,
         deadline and quantity: lowering per_user_limit below an existing order's
         quantity leaves that order as it is, and applies to new Seckill calls.
         Errors: INVALID_ARGUMENT (BadRequest) for an unknown or immutable path
@@ -201,6 +208,14 @@ class ActivityServiceServicer:
         SOLD_OUT when no unit is left, or INSUFFICIENT_STOCK, metadata available:
         the units left when the call's turn came, fewer than asked but at least
         one, so the client may ask for that many).
+        On an activity with a waiting room (Activity.waiting_room.enabled) the
+        call must carry the admission pass that JoinQueue gave this user for
+        this activity: without one, or with a pass that is not valid for this
+        user and activity, it is FAILED_PRECONDITION (ErrorInfo reason
+        NOT_ADMITTED), and with one past its expire time FAILED_PRECONDITION
+        (ErrorInfo reason PASS_EXPIRED); both are decided from the signed pass
+        alone, before any database work. A pass admits, it does not buy: the
+        answers above (stock, limits, one active order) stay as they are.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -225,6 +240,41 @@ class ActivityServiceServicer:
         view). Errors: INVALID_ARGUMENT (BadRequest) for an id <= 0 or a negative
         min_interval; RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure) while the
         process already serves SECKILL_WATCH_MAX_STREAMS streams.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JoinQueue(self, request, context):
+        """Puts user_id (with user tokens: the token's user) in the activity's
+        waiting room and streams where they stand (docs/WAITING_ROOM.md). The
+        first message places the buyer: PRE_QUEUED before the pre-queue's
+        shuffle at start_time (by the database's clock), or WAITING with their
+        position, how many are ahead and an estimated wait. Then a message as the
+        line moves (at most one per min_interval), and at the buyer's turn a
+        final ADMITTED with the admission pass for Seckill and its expire time;
+        or a final SOLD_OUT (no unit left for anyone waiting) or ENDED (the
+        sale's end_time passed). After a final message the stream ends OK.
+
+        One place per user and activity: joining again (another stream, a
+        dropped connection, a restart of any service) resumes the same place; a
+        buyer told SOLD_OUT who joins again keeps it (units may come back); a
+        buyer whose pass expired, or who used it, joins again at the back.
+        Pre-queued buyers are put in a uniformly random order at start_time;
+        later arrivals follow in arrival order.
+
+        The stream ends with UNAVAILABLE (RetryInfo) after its maximum lifetime
+        (SECKILL_QUEUE_MAX_LIFETIME), when the server shuts down, or when the
+        line cannot be read for longer than 1 s: call again, the place is kept.
+        Errors: INVALID_ARGUMENT (BadRequest) for an activity_id <= 0, a user_id
+        that is not 1 to 64 printable characters, a quantity outside 0..1000 or a
+        negative min_interval; NOT_FOUND (ResourceInfo) for an unknown activity;
+        FAILED_PRECONDITION (ErrorInfo reason NO_WAITING_ROOM) when the activity
+        has no waiting room (call Seckill directly), reason QUANTITY_OVER_LIMIT
+        for a quantity above its per_user_limit, reason NOT_STARTED before its
+        pre-queue opens (metadata open_time), reason ENDED after its end_time;
+        RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure) while the process already
+        serves SECKILL_QUEUE_MAX_STREAMS streams.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -267,6 +317,11 @@ def add_ActivityServiceServicer_to_server(servicer, server):
                     servicer.WatchActivity,
                     request_deserializer=seckill_dot_v1_dot_activity__pb2.WatchActivityRequest.FromString,
                     response_serializer=seckill_dot_v1_dot_activity__pb2.WatchActivityResponse.SerializeToString,
+            ),
+            'JoinQueue': grpc.unary_stream_rpc_method_handler(
+                    servicer.JoinQueue,
+                    request_deserializer=seckill_dot_v1_dot_activity__pb2.JoinQueueRequest.FromString,
+                    response_serializer=seckill_dot_v1_dot_activity__pb2.QueueUpdate.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -477,6 +532,33 @@ class ActivityService:
             '/seckill.v1.ActivityService/WatchActivity',
             seckill_dot_v1_dot_activity__pb2.WatchActivityRequest.SerializeToString,
             seckill_dot_v1_dot_activity__pb2.WatchActivityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/seckill.v1.ActivityService/JoinQueue',
+            seckill_dot_v1_dot_activity__pb2.JoinQueueRequest.SerializeToString,
+            seckill_dot_v1_dot_activity__pb2.QueueUpdate.FromString,
             options,
             channel_credentials,
             insecure,

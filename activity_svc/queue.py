@@ -1,0 +1,360 @@
+"""JoinQueue: waiting rooms' streams, one feed per waited-on line per process, and the
+admission pass check of Seckill (docs/WAITING_ROOM.md).
+
+A join is one write (queue_repository.join: the buyer's place). Then the buyer waits on their
+line's feed: one reader per line per process reads the line (one row: how far it has
+admitted, the tickets handed out, the units left, the database's clock) every poll interval
+through a shared single-flight `BatchLoader`, so a waiting buyer costs a message now and then,
+never a read. When the mover hands out tickets (the pre-queue's shuffle at the start, later
+arrivals as they come) the feed learns its buyers' tickets in one statement. Where a buyer
+stands follows from their ticket and the line (queue_line.place): WAITING with a position,
+then a final ADMITTED (with a pass signed here), SOLD_OUT or ENDED, after which the stream
+ends OK. Streams are capped, live a bounded time and are drained on shutdown as
+WatchActivity's are (seckill_common.runtime.streams). A client's cancel ends the stream's task
+by CancelledError, never swallowed (grpc/grpc#43360).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from grpc.aio import ServicerContext
+from seckill.v1 import activity_pb2
+
+from activity_svc import queue_repository
+from activity_svc.passes import Passes
+from activity_svc.queue_line import Place, place
+from activity_svc.queue_repository import Entry, EntryState, LineRow
+from seckill_common.api.errors import InvalidArgument, NotFound, ServiceError, Unavailable
+from seckill_common.api.times import to_timestamp
+from seckill_common.api.validation import MAX_PER_USER_LIMIT, Violations
+from seckill_common.config import QueueSettings
+from seckill_common.database.db import Database
+from seckill_common.database.singleflight import BatchLoader
+from seckill_common.runtime.auth import acting_user
+from seckill_common.runtime.interceptors import Malformed
+from seckill_common.runtime.streams import StreamEndings, StreamSlots, resolve
+
+log = logging.getLogger(__name__)
+
+METHOD = "/seckill.v1.ActivityService/JoinQueue"
+# A sell-out, an admission or the end reaches every waiting buyer within this bound; a feed
+# that cannot read its line for this long ends its streams (UNAVAILABLE: join again).
+FRESHNESS_BOUND_S = 1.0
+# JoinQueueRequest.min_interval: unset, floor and ceiling (see the proto).
+DEFAULT_MIN_INTERVAL_S = 1.0
+MIN_INTERVAL_FLOOR_S = 0.1
+MIN_INTERVAL_CEILING_S = 60.0
+# Whether an activity has a waiting room is known to Seckill's pass check from a read at most
+# this old (or from a feed's read): a burst of Seckill calls costs at most one read.
+ROOM_KNOWN_FOR_S = 5.0
+# Tickets looked up per statement.
+LOOKUP_CHUNK = 1000
+
+
+def min_interval_s(request: activity_pb2.JoinQueueRequest) -> float:
+    if not request.HasField("min_interval"):
+        return DEFAULT_MIN_INTERVAL_S
+    interval = request.min_interval
+    if interval.seconds < 0 or interval.nanos < 0:
+        raise InvalidArgument({"min_interval": "must not be negative"})
+    seconds = interval.seconds + interval.nanos / 1e9
+    if seconds == 0:
+        return DEFAULT_MIN_INTERVAL_S
+    return min(max(seconds, MIN_INTERVAL_FLOOR_S), MIN_INTERVAL_CEILING_S)
+
+
+@dataclass(eq=False)
+class _Buyer:
+    """One stream's buyer, as its feed knows them."""
+
+    user_id: str
+    ticket: int | None
+    pre_queued: bool
+
+
+@dataclass(eq=False)
+class _Line:
+    """One waited-on line in this process: its latest read, and who waits for the next."""
+
+    activity_id: int
+    buyers: set[_Buyer] = field(default_factory=set)
+    view: LineRow | None = None
+    revision: int = 0
+    known_round: int = -1  # the ticket round whose tickets the feed has looked up
+    end: ServiceError | None = None
+    changed: set[asyncio.Future[None]] = field(default_factory=set)
+    task: asyncio.Task[None] | None = None
+
+    def publish(self, view: LineRow) -> None:
+        self.view = view
+        self.revision += 1
+        self._wake()
+
+    def finish(self, error: ServiceError) -> None:
+        if self.end is None:
+            self.end = error
+            self._wake()
+
+    def _wake(self) -> None:
+        for future in self.changed:
+            resolve(future)
+        self.changed.clear()
+
+
+class QueueHub:
+    """The process's lines, JoinQueue's handler and Seckill's pass check."""
+
+    def __init__(self, database: Database, settings: QueueSettings, passes: Passes) -> None:
+        self._db = database
+        self.settings = settings
+        self.passes = passes
+        self._lines: dict[int, _Line] = {}
+        self._reads: BatchLoader[int, LineRow] = BatchLoader(self._load)
+        self._rooms: dict[int, tuple[bool, float]] = {}
+        self._room_reads: BatchLoader[int, bool] = BatchLoader(self._load_rooms)
+        self.slots = StreamSlots("JoinQueue", settings.max_streams,
+                                 "SECKILL_QUEUE_MAX_STREAMS", settings.max_lifetime_s)
+        self._endings = StreamEndings("activity", METHOD)
+        self.messages = 0  # sent so far (statistics)
+        self.lookups = 0  # ticket lookups (statistics)
+
+    @property
+    def reads(self) -> int:
+        return self._reads.loads
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(line.buyers) for line in self._lines.values())
+
+    # --- Seckill's check ---------------------------------------------------------------
+
+    async def check_pass(self, activity_id: int, user_id: str, admission_pass: str) -> None:
+        """Returns when the call may go on to the sale: the activity has no waiting room, or
+        the pass admits this user to it now. Else FAILED_PRECONDITION NOT_ADMITTED or
+        PASS_EXPIRED, decided on the pass alone (no database call, once this process knows
+        the activity has a waiting room)."""
+        loop = asyncio.get_running_loop()
+        known = self._rooms.get(activity_id)
+        if known is None or loop.time() - known[1] > ROOM_KNOWN_FOR_S:
+            try:
+                await self._room_reads.get(activity_id)
+            except NotFound:
+                return  # the sale's own answer: NOT_FOUND
+            known = self._rooms[activity_id]
+        if known[0]:
+            self.passes.check(admission_pass, activity_id, user_id)
+
+    async def _load_rooms(self, ids: list[int]) -> dict[int, bool | BaseException]:
+        rooms = await self._db.run(lambda tx: queue_repository.waiting_rooms(tx, ids))
+        now = asyncio.get_running_loop().time()
+        for activity_id, room in rooms.items():
+            self._rooms[activity_id] = (room, now)
+        return {i: rooms[i] if i in rooms else NotFound("Activity", i) for i in ids}
+
+    # --- feeds -------------------------------------------------------------------------
+
+    async def _load(self, ids: list[int]) -> dict[int, LineRow | BaseException]:
+        lines = await self._db.run(lambda tx: queue_repository.read_lines(tx, ids))
+        now = asyncio.get_running_loop().time()
+        for activity_id, line in lines.items():
+            self._rooms[activity_id] = (line.waiting_room, now)
+        return {i: lines[i] if i in lines else NotFound("Activity", i) for i in ids}
+
+    def _join(self, activity_id: int, buyer: _Buyer) -> _Line:
+        line = self._lines.get(activity_id)
+        if line is None:
+            line = self._lines[activity_id] = _Line(activity_id)
+            line.task = asyncio.create_task(self._run(line), name=f"queue-{activity_id}")
+        line.buyers.add(buyer)
+        if buyer.ticket is None:
+            line.known_round = -1  # its ticket may come in a round already seen
+        return line
+
+    async def _run(self, line: _Line) -> None:
+        """Reads the line every poll interval while buyers wait on it."""
+        loop = asyncio.get_running_loop()
+        last_fresh = loop.time()
+        try:
+            while line.buyers and line.end is None:
+                started = loop.time()
+                try:
+                    async with asyncio.timeout_at(last_fresh + FRESHNESS_BOUND_S):
+                        view = await self._reads.get(line.activity_id)
+                        if view.ticket_round != line.known_round:
+                            await self._learn_tickets(line, view)
+                except NotFound as exc:
+                    line.finish(exc)
+                    break
+                except Exception as exc:  # the database is away, or slow
+                    if loop.time() - last_fresh >= FRESHNESS_BOUND_S:
+                        line.finish(exc if isinstance(exc, ServiceError) else Unavailable(
+                            "cannot read the waiting room's line; join again"))
+                        if not isinstance(exc, ServiceError | TimeoutError):
+                            log.warning("queue read failed", exc_info=exc)
+                        break
+                    await asyncio.sleep(self.settings.poll_interval_s / 2)
+                    continue
+                last_fresh = started
+                line.publish(view)
+                due = started + self.settings.poll_interval_s
+                if view.read_time < view.start_time:  # read again at the shuffle
+                    due = min(due, started + (view.start_time - view.read_time
+                                              ).total_seconds() + 0.001)
+                await asyncio.sleep(max(0.0, due - loop.time()))
+        finally:
+            if self._lines.get(line.activity_id) is line:
+                del self._lines[line.activity_id]
+            if line.end is None:  # cancelled (shutdown) or nobody left
+                line.finish(Unavailable("the server is shutting down; join again"))
+
+    async def _learn_tickets(self, line: _Line, view: LineRow) -> None:
+        """The tickets of this line's buyers who have none yet: one statement per chunk."""
+        round_ = view.ticket_round
+        if round_ == 0:  # no ticket handed out yet (the pre-queue before the shuffle)
+            line.known_round = 0
+            return
+        users = sorted({b.user_id for b in line.buyers if b.ticket is None})
+        found: dict[str, Entry] = {}
+        for begin in range(0, len(users), LOOKUP_CHUNK):
+            found.update(await self._db.run(functools.partial(
+                queue_repository.entries_of, activity_id=line.activity_id,
+                user_ids=users[begin:begin + LOOKUP_CHUNK])))
+            self.lookups += 1
+        for buyer in line.buyers:
+            entry = found.get(buyer.user_id)
+            if buyer.ticket is None and entry is not None:
+                buyer.ticket = entry.ticket
+        line.known_round = round_
+
+    # --- streams -----------------------------------------------------------------------
+
+    async def serve(self, request: activity_pb2.JoinQueueRequest | Malformed,
+                    context: ServicerContext) -> None:
+        """The JoinQueue handler: writes messages with context.write, ends with a status."""
+        await self._endings.serve(context, lambda sent: self._stream(request, context, sent))
+
+    async def _stream(self, request: activity_pb2.JoinQueueRequest | Malformed,
+                      context: ServicerContext, sent: list[int]) -> ServiceError | None:
+        if isinstance(request, Malformed):
+            raise InvalidArgument([("request", request.why)])
+        user_id = acting_user(request.user_id)
+        violations = Violations()
+        violations.positive_id("activity_id", request.activity_id)
+        violations.user_id("user_id", user_id)
+        violations.bounded("quantity", request.quantity, 0, MAX_PER_USER_LIMIT)
+        violations.check()
+        interval = min_interval_s(request)
+        with self.slots.slot() as lifetime:
+            joined = await self._db.run(lambda tx: queue_repository.join(
+                tx, request.activity_id, user_id, request.quantity or 1,
+                secrets.randbits(63)))
+            entry = joined.entry
+            if entry.state is EntryState.ADMITTED and entry.pass_expire_time is not None:
+                await self._admitted(context, request.activity_id, user_id,
+                                     entry.pass_expire_time, joined.now)
+                sent[0] += 1
+                return None
+            buyer = _Buyer(user_id, entry.ticket, entry.pre_queued)
+            return await self._wait(request.activity_id, buyer, interval, lifetime, context,
+                                    sent)
+
+    async def _admitted(self, context: ServicerContext, activity_id: int, user_id: str,
+                        expire_time: datetime, now: datetime) -> None:
+        await context.write(activity_pb2.QueueUpdate(
+            state=activity_pb2.ADMITTED, read_time=to_timestamp(now),
+            admission_pass=self.passes.issue(activity_id, user_id, expire_time),
+            pass_expire_time=to_timestamp(expire_time)))
+        self.messages += 1
+
+    async def _wait(self, activity_id: int, buyer: _Buyer, interval: float, lifetime: float,
+                    context: ServicerContext, sent: list[int]) -> ServiceError | None:
+        """The buyer's messages until a final one, the feed's end or the lifetime."""
+        loop = asyncio.get_running_loop()
+        ends_at = loop.time() + lifetime
+        line = self._join(activity_id, buyer)
+        # A final SOLD_OUT or ENDED is told only from a read after the join: the line's last
+        # read may predate a unit that came back since.
+        joined_revision = line.revision
+        try:
+            seen_revision = 0
+            last: Place | None = None
+            last_write = float("-inf")
+            while True:
+                if line.end is not None:
+                    return line.end
+                view = line.view
+                wake_at = ends_at
+                if view is not None and line.revision != seen_revision:
+                    now_place = place(
+                        ticket=buyer.ticket, pre_queued=buyer.pre_queued,
+                        admitted_through=view.admitted_through, last_ticket=view.last_ticket,
+                        units_left=view.units_left, rate=view.rate,
+                        start_time=view.start_time, end_time=view.end_time,
+                        now=view.read_time)
+                    if now_place.state == activity_pb2.ADMITTED:
+                        expire = view.admit_expire_time
+                        assert expire is not None
+                        await self._admitted(context, activity_id, buyer.user_id, expire,
+                                             view.read_time)
+                        sent[0] += 1
+                        return None
+                    stale = now_place.final and line.revision <= joined_revision
+                    urgent = last is None or now_place.state != last.state
+                    changed = not stale and (
+                        urgent or now_place.position != (last and last.position))
+                    now = loop.time()
+                    if changed and (urgent or now >= last_write + interval):
+                        await context.write(self._message(now_place, view))
+                        sent[0] += 1
+                        self.messages += 1
+                        last, last_write = now_place, now
+                        seen_revision = line.revision
+                        if now_place.final:
+                            return None
+                        continue
+                    if changed:
+                        wake_at = min(wake_at, last_write + interval)
+                    else:
+                        seen_revision = line.revision
+                if loop.time() >= ends_at:
+                    return Unavailable(f"the stream reached its lifetime ({lifetime:.0f} s); "
+                                       "join again: the place is kept", retry_after_s=0.0)
+                woken = loop.create_future()
+                line.changed.add(woken)
+                timer = loop.call_at(wake_at, resolve, woken)
+                try:
+                    await woken
+                finally:
+                    timer.cancel()
+                    line.changed.discard(woken)
+        finally:
+            line.buyers.discard(buyer)
+
+    @staticmethod
+    def _message(where: Place, view: LineRow) -> activity_pb2.QueueUpdate:
+        message = activity_pb2.QueueUpdate(
+            state=where.state, start_time=to_timestamp(view.start_time),
+            read_time=to_timestamp(view.read_time))
+        if where.state == activity_pb2.WAITING:
+            message.position = where.position
+            message.ahead = where.position - 1
+            if where.estimated_wait_s is not None:
+                message.estimated_wait.FromMilliseconds(round(where.estimated_wait_s * 1000))
+        return message
+
+    async def close(self) -> None:
+        """Shutdown, before the server's grace: new streams are refused, open ones end with
+        UNAVAILABLE (RetryInfo: join again, the place is kept)."""
+        for line in list(self._lines.values()):
+            line.finish(Unavailable("the server is shutting down; join again"))
+            if line.task is not None:
+                line.task.cancel()
+        await self.slots.drained()
+        await self._reads.close()
+        await self._room_reads.close()

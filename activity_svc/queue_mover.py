@@ -1,0 +1,77 @@
+"""The waiting rooms' mover: one process at a time (a database lease) moves every open line
+every SECKILL_QUEUE_MOVE_INTERVAL_MS: hands out tickets (the pre-queue shuffled at the start,
+then arrivals in order), frees the slots of passes used or expired, and admits the next in
+line while fewer than SECKILL_QUEUE_MAX_ACTIVE admitted buyers have not bought and units are
+left for them (queue_repository.move, queue_line.admissions). Every activity process runs
+one; the others wait for the lease. Every wait is bounded: a move that outlasts the lease's
+acting time is abandoned (the next holder redoes it: a move is one transaction).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+
+from activity_svc import queue_repository
+from seckill_common.config import QueueSettings
+from seckill_common.database.db import Database
+from seckill_common.database.queue_lease import Lease
+from seckill_common.runtime.background import Background
+from seckill_common.runtime.telemetry import count_move
+
+log = logging.getLogger(__name__)
+
+LEASE_NAME = "queue-mover"
+# A holder that stops renewing (a frozen process, a lost database) is replaced after this.
+LEASE_TTL_S = 3.0
+
+
+class QueueMover:
+    def __init__(self, database: Database, settings: QueueSettings) -> None:
+        self._db = database
+        self.settings = settings
+        self.lease = Lease(database, LEASE_NAME, LEASE_TTL_S)
+        self.admitted = 0  # by this process's moves (statistics, metrics)
+        self.used = 0
+        self._background = Background("queue-mover", self._run)
+
+    def start(self) -> None:
+        self._background.start()
+
+    async def stop(self) -> None:
+        await self._background.stop()
+        try:
+            await self.lease.release()
+        except Exception as exc:  # the lease lapses by itself
+            log.info("could not release the queue mover's lease: %s", exc)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        failing = False  # logged once per outage, not at every move
+        while True:
+            began = loop.time()
+            if self.lease.due():
+                await self.lease.renew()
+            if self.lease.held():
+                try:
+                    async with asyncio.timeout(LEASE_TTL_S / 2):
+                        await self.move_all()
+                    if failing:
+                        log.info("the queue mover moves the lines again")
+                    failing = False
+                except Exception as exc:  # the database is away, or slow: try again
+                    if not failing:
+                        log.warning("the queue mover could not move the lines: %r", exc)
+                    failing = True
+            await asyncio.sleep(max(0.0, began + self.settings.move_interval_s - loop.time()))
+
+    async def move_all(self) -> None:
+        """One move of every open line."""
+        for activity_id in await self._db.run(queue_repository.lines_to_move):
+            moved = await self._db.run(functools.partial(
+                queue_repository.move, activity_id=activity_id,
+                max_active=self.settings.max_active))
+            self.admitted += moved.admitted
+            self.used += moved.used
+            count_move(activity_id, moved.admitted, moved.used, moved.expired, moved.rate)
