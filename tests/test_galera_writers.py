@@ -212,7 +212,11 @@ async def both_feeds(cluster: Cluster, sale: Round, after: int) -> list[str]:
     try:
         deadline = time.monotonic() + FEED_BOUND_S
         while True:
-            feeds = await asyncio.gather(*(read_feed(stub, admin, after) for stub in stubs))
+            try:
+                feeds = await asyncio.gather(*(read_feed(stub, admin, after) for stub in stubs))
+            except grpc.aio.AioRpcError as exc:
+                return [f"the feed answered {exc.code().name}: {exc.details()}; the order"
+                        f" services' errors:\n{service_errors(cluster, 'order')}"]
             mine = [[e for e in feed if e.order.id in orders] for feed in feeds]
             done = all(len({e.order.id for e in feed}) >= len(orders) for feed in mine)
             if done or time.monotonic() > deadline:
@@ -226,6 +230,16 @@ async def both_feeds(cluster: Cluster, sale: Round, after: int) -> list[str]:
     if [e.event_id for e in mine[0]] != [e.event_id for e in mine[1]]:
         problems.append("the two app hosts' feeds differ")
     return problems
+
+
+def service_errors(cluster: Cluster, service: str) -> str:
+    """The last error lines of `service`'s logs on every app host (the cluster's teardown
+    removes them)."""
+    lines = [f"{log.name}: {line[:1500]}"
+             for log in sorted((cluster.root / "logs").glob(f"*-{service}.log"))
+             for line in log.read_text(errors="replace").splitlines()
+             if '"level": "ERROR"' in line or "Traceback" in line]
+    return "\n".join(lines[-6:])
 
 
 def node_problems(cluster: Cluster, db: Host, sale: Round, events_after: int) -> list[str]:
