@@ -42,8 +42,8 @@ class CpuReading:
 
 
 class CpuMeter:
-    """Reads the processes' CPU before and after a run (`with`): `per_call(calls)` is then the
-    milliseconds of CPU each process spent per call."""
+    """Reads the processes' CPU before (`start`) and after (`stop`) a run: `per_call(calls)`
+    is then the milliseconds of CPU each process spent per call."""
 
     def __init__(self, stack: BenchStack, activity_label: str) -> None:
         self._stack = stack
@@ -51,11 +51,10 @@ class CpuMeter:
         self._before: CpuReading | None = None
         self._after: CpuReading | None = None
 
-    def __enter__(self) -> CpuMeter:
+    def start(self) -> None:
         self._before = CpuReading.of(self._stack, self._label)
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         deadline = time.monotonic() + SETTLE_MAX_S
         last = CpuReading.of(self._stack, self._label)
         while True:
