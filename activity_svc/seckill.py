@@ -30,8 +30,8 @@ read without locks (`_check_limit`): never after waiting for the stock row.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -178,9 +178,15 @@ class SeckillEngine:
         if self.settings.mode == "per_request":
             return await self._commit_one(product_id, attempt)
         future: asyncio.Future[Won] = asyncio.get_running_loop().create_future()
-        self._queues.setdefault(product_id, deque()).append(
-            _Pending(attempt, future, None if self._tracer is None else get_current()))
-        self._arrived.setdefault(product_id, asyncio.Event()).set()
+        queue = self._queues.get(product_id)
+        if queue is None:
+            queue = self._queues[product_id] = deque()
+            self._arrived[product_id] = asyncio.Event()
+        queue.append(_Pending(attempt, future, None if self._tracer is None else get_current()))
+        if len(queue) >= self.settings.batch_max:
+            # Only a full batch ends the gathering early: waking the committer at every
+            # arrival cost each call a wake-up, a timer and a task for nothing.
+            self._arrived[product_id].set()
         if product_id not in self._committers:
             self._committers[product_id] = asyncio.create_task(
                 self._commit_loop(product_id), name=f"seckill-commit-{product_id}")
@@ -279,20 +285,15 @@ class SeckillEngine:
             del self._committers[product_id]
 
     async def _gather(self, queue: deque[_Pending], arrived: asyncio.Event) -> None:
-        """Waits up to the gathering window for the batch to fill."""
+        """Waits up to the gathering window for the batch to fill (`buy` sets `arrived` once
+        the queue holds a full batch)."""
         window = self.settings.batch_window_s
-        if window <= 0:
+        if window <= 0 or len(queue) >= self.settings.batch_max:
             return
-        deadline = time.monotonic() + window
-        while len(queue) < self.settings.batch_max:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            arrived.clear()
-            try:
-                await asyncio.wait_for(arrived.wait(), remaining)
-            except TimeoutError:
-                return
+        arrived.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(window):
+                await arrived.wait()
 
     def _take_batch(self, queue: deque[_Pending]) -> list[_Pending]:
         batch: list[_Pending] = []
@@ -306,7 +307,7 @@ class SeckillEngine:
         work = asyncio.ensure_future(
             self._run_batch(product_id, [p.attempt for p in batch]) if self._tracer is None
             else self._run_traced_batch(product_id, batch))
-        _cancel_when_all_leave(work, [p.future for p in batch])
+        left = _cancel_when_all_leave(work, [p.future for p in batch])
         try:
             outcomes = await work
         except asyncio.CancelledError:
@@ -319,10 +320,13 @@ class SeckillEngine:
         except Exception as exc:
             # The transaction rolled back as a whole: every caller in it gets the error.
             for pending in batch:
+                pending.future.remove_done_callback(left)
                 if not pending.future.done():
                     pending.future.set_exception(exc)
             return
         for pending, outcome in zip(batch, outcomes, strict=True):
+            # The batch is over: its callers' answers need not run `left` (one callback each).
+            pending.future.remove_done_callback(left)
             if pending.future.done():
                 continue  # the caller left; a retry will find its order (ALREADY_EXISTS)
             if isinstance(outcome, Refused):
@@ -347,12 +351,13 @@ async def _transact(tx: Transaction, product_id: int, attempts: list[SeckillAtte
 
 
 def _cancel_when_all_leave(work: asyncio.Future[Any], callers: list[asyncio.Future[Won]]
-                           ) -> None:
+                           ) -> Callable[[asyncio.Future[Won]], None]:
     """Cancels a batch's transaction once every caller in it has gone (deadline, cancel).
 
     Nobody would hear its outcome, and it may be waiting for a lock: cancelling it frees its
     connection and ends its session on the server (Database.transaction). Should the
     cancel come after its COMMIT left, the orders stand, and a retry is told ALREADY_EXISTS.
+    Returns the callback, for the batch to remove once it is over.
     """
     waiting = len(callers)
 
@@ -364,3 +369,4 @@ def _cancel_when_all_leave(work: asyncio.Future[Any], callers: list[asyncio.Futu
 
     for future in callers:
         future.add_done_callback(left)
+    return left

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,9 @@ class BenchConfig:
     initial_stock: int | None = None
     # Ctrl-C stops sending and reports what completed (the CLI sets this).
     handle_sigint: bool = False
+    # Called once the calls are done, before the invariant check (the benchmark suite reads
+    # the servers' CPU time there, so the check's own calls are not counted as the run's).
+    calls_done: Callable[[], None] | None = None
     # Plaintext unless a CA is given (--cacert; --cert/--key for mutual TLS).
     tls: ClientTLS = field(default_factory=ClientTLS)
 

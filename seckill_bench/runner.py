@@ -183,6 +183,8 @@ async def run_load(config: BenchConfig) -> Report:
         end_reason = "normal"
     options = {**config.options_json(), "call": method.full_name}
     report = Report.from_parts(options, results, end_reason)
+    if config.calls_done is not None:
+        config.calls_done()
     if check is not None:
         report.invariants = await check.verify(
             report.ok_answers, chain.from_iterable(r.order_ids for r in results),

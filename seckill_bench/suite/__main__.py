@@ -2,7 +2,7 @@
 
     python -m seckill_bench.suite [--workers N] [-c 64] [--connections 4] [--procs 2]
         [--calls 20000] [--flash-users 20000] [--flash-stock 10000] [--soak-seconds 60]
-        [--rows b,q]
+        [--rows b,q]      # --rows a,b,w: Health/Check, the flash sale, all winners (w1, w2)
 
 Writes BENCHMARKS.md's generated section, the HTML and JSON reports under benchmarks/, and the
 section on stdout. Exit 0 when every row ran and every invariant held, 1 otherwise.
@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, list[str]]:
     p.add_argument("--warmup-calls", type=int, default=1_000,
                    help="unreported Seckill calls per activity service first (1,000; 0: none)")
     p.add_argument("--rows", default="",
-                   help="only these rows, comma-separated (e.g. b,q; default all). Pass "
+                   help="only these rows, comma-separated (e.g. b,q; a,b,w for the CPU per "
+                        "call of the flash sale and all winners; default all). Pass "
                         "--output and --reports elsewhere: a partial table is no BENCHMARKS.md")
     p.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md",
                    help="the Markdown file whose generated section is replaced")

@@ -21,6 +21,17 @@ def children(pid: int) -> list[int]:
     return sorted(found)
 
 
+def family(pid: int) -> list[int]:
+    """The process and all its descendants (a service's supervisor, workers and their
+    helpers), in pid order."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children(current))
+    return sorted(found)
+
+
 def rss_kib(pid: int) -> int | None:
     """The process's VmRSS in KiB; None once it has gone."""
     with contextlib.suppress(OSError):

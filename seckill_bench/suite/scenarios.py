@@ -16,6 +16,7 @@ from seckill_bench.config import BenchConfig
 from seckill_bench.report import Report
 from seckill_bench.runner import BenchError, run
 from seckill_bench.suite import events, watch
+from seckill_bench.suite.cpu import CpuMeter
 from seckill_bench.suite.procfs import RssSampler, children, rss_mib
 from seckill_bench.suite.stack import ACTIVITY_MODES, BenchStack, StackError, log
 from seckill_stack.sale import open_sale
@@ -43,7 +44,7 @@ class Settings:
     warmup_calls: int
     output: Path
     reports: Path
-    only: frozenset[str] = frozenset()  # the rows to run (a..g); empty: all of them
+    only: frozenset[str] = frozenset()  # the rows to run (a, b, w, ...); empty: all
 
 
 @dataclass
@@ -60,12 +61,16 @@ class Row:
     outcome: str = ""
     report: Report | None = None
     failed: bool = False  # the scenario could not be run as intended
+    # Milliseconds of CPU per call by server process (cpu.PROCESSES), for the rows that read it.
+    cpu_ms: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_report(cls, key: str, title: str, report: Report) -> Row:
+    def from_report(cls, key: str, title: str, report: Report,
+                    cpu_ms: dict[str, float] | None = None) -> Row:
         lat = report.latency_ms
         return cls(key, title, report.count, report.total_s, report.rps, lat.get("p50"),
-                   lat.get("p90"), lat.get("p99"), lat.get("max"), outcomes(report), report)
+                   lat.get("p90"), lat.get("p99"), lat.get("max"), outcomes(report), report,
+                   cpu_ms=cpu_ms or {})
 
 
 def outcomes(report: Report) -> str:
@@ -137,6 +142,15 @@ class Suite:
         return run(BenchConfig(call=call, host=self.stack.addr(label), data=data, name=name,
                                **values))
 
+    def metered(self, name: str, call: str, label: str, data: str | dict[str, Any],
+                **options: Any) -> tuple[Report, dict[str, float]]:
+        """`load`, and what its calls cost each server process in CPU (ms per call): read
+        when the calls are done, before the invariant check's own calls."""
+        meter = CpuMeter(self.stack, label)
+        meter.start()
+        report = self.load(name, call, label, data, calls_done=meter.stop, **options)
+        return report, meter.per_call(report.count)
+
     def save(self, stem: str, report: Report) -> None:
         folder = self.settings.reports
         folder.mkdir(parents=True, exist_ok=True)
@@ -147,7 +161,8 @@ class Suite:
 
     def row(self, key: str, title: str, body: Callable[[], Row]) -> None:
         """Runs one row (unless --rows leaves it out); a failure becomes the row's outcome."""
-        if self.settings.only and key.rstrip("0123456789") not in self.settings.only:
+        only = self.settings.only
+        if only and key not in only and key.rstrip("0123456789") not in only:
             return
         log(f"({key}) {title}")
         t0 = time.monotonic()
@@ -177,6 +192,14 @@ class Suite:
                      lambda: self.flash_sale("q", "coalesced", MAX_QUANTITY))
             self.row("r", "the relay during (b)", lambda: events.relay_row(self, relay))
         self.row("n", "flash sale, coalesced, events off", lambda: events.without_events(self))
+        # (w1), (w2): every call a winner, with events and without (what the outbox and the
+        # relay cost an order: the order service's CPU is the relay's).
+        self.row("w1", "all winners, coalesced",
+                 lambda: self.all_winners("w1", "activity-coalesced"))
+        self.row("w2", "all winners, coalesced, events off",
+                 lambda: self.all_winners("w2", "activity-no-events",
+                                          " (SECKILL_EVENTS_ENABLED=false: without the outbox and"
+                                          " the relay)"))
         self.row("c", "flash sale, per_request", lambda: self.flash_sale("c", "per_request"))
         self.row("d", "GetActivity, the load of (a)", self.get_activity)
         watch.rows(self)  # (f): WatchActivity's watchers against GetActivity polling
@@ -200,10 +223,10 @@ class Suite:
 
     def ceiling(self) -> Row:
         """(a): a call that does no work, the most the server answers."""
-        report = self.load("(a) Health/Check", HEALTH, "activity-coalesced", "{}",
-                           total=self.settings.calls)
+        report, cpu = self.metered("(a) Health/Check", HEALTH, "activity-coalesced", "{}",
+                                   total=self.settings.calls)
         self.save("a-health-check", report)
-        return Row.from_report("a", "Health/Check ceiling (coalesced activity svc)", report)
+        return Row.from_report("a", "Health/Check ceiling (coalesced activity svc)", report, cpu)
 
     def flash_sale(self, key: str, mode: str, max_quantity: int = 1, label: str = "",
                    title: str = "") -> Row:
@@ -220,14 +243,27 @@ class Suite:
             data = data.replace('"QUANTITY"', QUANTITY_TEMPLATE)
         elif key == "b":
             self.flash_sale_activity = activity
-        report = self.load(f"({key}) flash sale {mode}", SECKILL, label, data,
-                           total=2 * s.flash_users, initial_stock=s.flash_stock)
+        report, cpu = self.metered(f"({key}) flash sale {mode}", SECKILL, label, data,
+                                   total=2 * s.flash_users, initial_stock=s.flash_stock)
         units = "" if max_quantity == 1 else f"-{max_quantity}-units"
         self.save(f"{key}-flash-sale-{mode.replace('_', '-')}{units}", report)
         asks = "" if max_quantity == 1 else f", 1-{max_quantity} units each"
         return Row.from_report(key, f"{title or f'flash sale, {mode}'} (stock "
                                     f"{s.flash_stock:,}, {s.flash_users:,} users, 2 tries "
-                                    f"each{asks})", report)
+                                    f"each{asks})", report, cpu)
+
+    def all_winners(self, key: str, label: str, why: str = "") -> Row:
+        """(w1), (w2): every call a new user with stock to spare, so every call commits an
+        order: the winner's path alone, as many calls as (a)."""
+        calls = self.settings.calls
+        activity = create_sale(self.stack, label, f"all winners {key}", calls)
+        report, cpu = self.metered(f"({key}) all winners", SECKILL, label,
+                                   {"activity_id": activity,
+                                    "user_id": f"{key}-{{{{.RequestNumber}}}}"},
+                                   total=calls, initial_stock=calls)
+        self.save(f"{key}-all-winners", report)
+        return Row.from_report(key, f"all winners: every call a new user, stock {calls:,}, "
+                                    f"coalesced{why}", report, cpu)
 
     def get_activity(self) -> Row:
         """(d): a read that also calls the product service, as many calls as (a)."""

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from seckill_bench.suite.cpu import PROCESSES
 from seckill_bench.suite.h2load import targets as h2load_targets
 from seckill_bench.suite.scenarios import Results, Row
 from seckill_stack.services import REPO
@@ -23,6 +24,9 @@ TARGET_GET_ACTIVITY_RATIO = 0.7  # (d)/(a)
 TARGET_P99_MS = 50.0  # p99 of (b)
 TARGET_QUANTITIES_RATIO = 0.9  # (q)/(b): quantities cost at most 10% of the one-unit rate
 TARGET_OUTBOX_RATIO = 0.9  # (b)/(n): the flash sale with order events against without
+TARGET_WINNER_RATIO = 0.7  # (w1)/(a): all winners against Health/Check, the same client
+TARGET_WINNER_EVENTS_RATIO = 0.95  # (w1)/(w2): all winners with order events against without
+TARGET_WINNER_CPU_MS = 0.6  # the activity service's CPU per winner in (w1)
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -108,6 +112,27 @@ def targets(results: Results) -> list[tuple[str, str, bool | None]]:
     ]
 
 
+def winner_targets(results: Results) -> list[tuple[str, str, bool | None]]:
+    """The winner's path's targets, from rows (a), (w1) and (w2): (target, measured, met)."""
+    a, w1, w2 = results.row("a"), results.row("w1"), results.row("w2")
+    found: list[tuple[str, str, bool | None]] = []
+    for name, top, bottom, target in (
+            ("all winners (w1) / ceiling (a), throughput, the same client", w1, a,
+             TARGET_WINNER_RATIO),
+            ("all winners with order events (w1) / without (w2), throughput", w1, w2,
+             TARGET_WINNER_EVENTS_RATIO)):
+        value = ratio(top, bottom)
+        found.append((f"{name} ≥ {target:g}", "—" if value is None or top is None
+                      or bottom is None else
+                      f"{value:.2f} ({fmt(top.rps, 0)} / {fmt(bottom.rps, 0)} req/s)",
+                      None if value is None else value >= target))
+    cpu = w1.cpu_ms.get("activity") if w1 is not None else None
+    found.append((f"activity service CPU per winner in (w1) ≤ {TARGET_WINNER_CPU_MS:g} ms",
+                  "—" if cpu is None else f"{cpu:.3f} ms",
+                  None if cpu is None else cpu <= TARGET_WINNER_CPU_MS))
+    return found
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -147,9 +172,27 @@ def _rows(results: Results) -> list[str]:
             f"{fmt(row.rps, 0)} | {fmt(row.p50)} | {fmt(row.p90)} | {fmt(row.p99)} | "
             f"{fmt(row.max_ms)} | {_cell(row.outcome)} |")
     lines += ["", "### Targets", "", "| target | measured | met |", "|---|---|---|"]
-    for name, measured, met in targets(results):
+    for name, measured, met in [*targets(results), *winner_targets(results)]:
         verdict = "not measured" if met is None else ("**met**" if met else "**not met**")
         lines.append(f"| {name} | {measured} | {verdict} |")
+    return lines
+
+
+def _cpu(results: Results) -> list[str]:
+    rows = [row for row in results.rows if row.cpu_ms]
+    if not rows:
+        return []
+    lines = ["", "### CPU per call, by process", "",
+             "Each process's user + system CPU time (`/proc/<pid>/stat`, a service's "
+             "supervisor and workers together; the order service relays the events) read "
+             "before and after the row's calls, divided by the calls: milliseconds per call. "
+             "Less noisy than req/s on a shared machine.", "",
+             "| row | req/s | " + " | ".join(f"{name} ms" for name in PROCESSES)
+             + " | all ms |", "|---|--:|" + "--:|" * (len(PROCESSES) + 1)]
+    for row in rows:
+        cells = " | ".join(fmt(row.cpu_ms.get(name), 3) for name in PROCESSES)
+        lines.append(f"| ({row.key}) | {fmt(row.rps, 0)} | {cells} | "
+                     f"{fmt(sum(row.cpu_ms.values()), 3)} |")
     return lines
 
 
@@ -196,7 +239,8 @@ def _checks(results: Results) -> list[str]:
 
 def section(results: Results, argv: list[str]) -> str:
     """The generated section of BENCHMARKS.md for one run."""
-    lines = [*_header(results, argv), *_rows(results), *_memory(results), *_checks(results)]
+    lines = [*_header(results, argv), *_rows(results), *_cpu(results), *_memory(results),
+             *_checks(results)]
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,7 @@ lives here: a second copy drifts (docs/DESIGN.md, "Layout").
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -87,16 +88,22 @@ def with_derived(order: order_pb2.Order) -> order_pb2.Order:
     return order
 
 
+# The winners of one seckill batch share its reading of the clock (create, update and deadline
+# times): each time is converted once, not once per winner, which was most of a won Seckill's
+# reply. The cached Timestamps are only ever copied into messages, never changed.
+_order_time = functools.lru_cache(maxsize=1024)(to_timestamp)
+
+
 def order_message(row: OrderRow) -> order_pb2.Order:
     return with_derived(order_pb2.Order(
         id=row.id,
         activity_id=row.activity_id,
         product_id=row.product_id,
         user_id=row.user_id,
-        create_time=to_timestamp(row.create_time),
+        create_time=_order_time(row.create_time),
         state=order_pb2.OrderState.ValueType(row.state),
         price_cents=row.price_cents,
-        pay_deadline=to_timestamp(row.pay_deadline),
-        update_time=to_timestamp(row.update_time),
+        pay_deadline=_order_time(row.pay_deadline),
+        update_time=_order_time(row.update_time),
         quantity=row.quantity,
     ))
