@@ -16,6 +16,9 @@ import nats
 from seckill.v1 import order_events_pb2, order_pb2
 
 from order_svc.relay import HEALTH_NAME
+from seckill_bench.suite.procfs import cpu_seconds
+from seckill_common.database.db import Database, create_pool
+from seckill_common.database.order_events import EventType, Outbox
 from seckill_stack.nats import NatsServer
 from seckill_stack.services import python_env
 from tests.helpers.factories import buy, make_activity, make_product
@@ -28,9 +31,13 @@ from tests.helpers.flash_sale import (
     start_flash_sale,
 )
 from tests.helpers.polling import eventually
-from tests.helpers.stack import ADMIN, REPO, query, start_stack
+from tests.helpers.stack import ADMIN, REPO, query, settings_for, start_stack
 
 Event = order_events_pb2.OrderEvent
+# The cost test's writes: RATE_BATCH events every RATE_TICK_S (900 a second), RATE_TICKS times.
+RATE_BATCH = 45
+RATE_TICK_S = 0.05
+RATE_TICKS = 200
 
 
 def example(name: str) -> Any:
@@ -79,6 +86,15 @@ class Consumer:
 async def stored_event_ids(db_url: str) -> list[str]:
     return [str(i) for (i,) in await query(
         db_url, "SELECT event_id FROM order_events ORDER BY revision")]
+
+
+async def relayed_through_newest(db_url: str) -> None:
+    async def caught_up() -> bool:
+        [(mark,)] = await query(db_url, "SELECT revision FROM order_event_marks"
+                                " WHERE name = 'relayed'")
+        [(newest,)] = await query(db_url, "SELECT MAX(revision) FROM order_events")
+        return bool(mark >= newest)
+    await eventually(caught_up, "the relay's checkpoint reached the last event", timeout_s=60)
 
 
 async def test_every_event_reaches_jetstream_and_waits_while_it_is_away(
@@ -184,3 +200,42 @@ async def test_relay_killed_five_times_and_nats_restarted_mid_sale_lose_and_repe
         finally:
             await consumer.close()
             await sale.close()
+
+
+async def test_relay_costs_little_cpu_per_event_at_a_sales_rate(
+        db_url: str, nats_server: NatsServer, tmp_path: Path) -> None:
+    """The order process's CPU (utime + stime from /proc) per event relayed while events are
+    written at a sale's rate (~900/s, in batches as a seckill batch writes them), with the
+    shipped poll interval: the relay's whole cost, its idle polls included."""
+    async with running_services(db_url, tmp_path,
+                                SECKILL_EVENTS_NATS_URL=nats_server.url) as services:
+        sale = await start_flash_sale(services.addrs, stock=RATE_BATCH, users=RATE_BATCH,
+                                      concurrency=8, max_quantity=1)
+        try:
+            await sale.rush()
+        finally:
+            await sale.close()
+        order_ids = [int(i) for (i,) in await query(db_url, "SELECT id FROM orders")]
+        assert len(order_ids) == RATE_BATCH
+        await relayed_through_newest(db_url)
+        pid = services.running["order"].pid
+        assert pid is not None
+        database = Database(await create_pool(settings_for(db_url)))
+        outbox = Outbox()
+        try:
+            before = cpu_seconds([pid])
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            for tick in range(RATE_TICKS):  # each tick one transaction of RATE_BATCH events
+                await database.run(
+                    lambda tx: outbox.record(tx, EventType.PAID, order_ids))
+                await asyncio.sleep(max(0.0, start + (tick + 1) * RATE_TICK_S - loop.time()))
+            await relayed_through_newest(db_url)
+            used = cpu_seconds([pid]) - before
+        finally:
+            await database.close()
+        events = RATE_TICKS * RATE_BATCH
+        per_event_ms = used / events * 1000
+        report("relay CPU per event", {"events": events, "order_cpu_ms": round(used * 1000),
+                                       "cpu_us_per_event": round(per_event_ms * 1000)})
+        assert per_event_ms <= 0.1, f"{per_event_ms:.3f} ms of CPU per event"
