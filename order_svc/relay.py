@@ -201,17 +201,22 @@ class Relay:
                 await publisher.start()
                 self.health.set(True)
                 relaying = asyncio.create_task(self._relay(nc, publisher, lease))
-                # Whichever ends first: the relay on an error, or the lease lost while the
-                # relay waits (for acknowledgements, a poll interval).
-                await asyncio.wait({relaying, keeper}, return_when=asyncio.FIRST_COMPLETED)
-                if not relaying.done():
-                    relaying.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await relaying
-                    lease.check()  # raises: the keeper returns only once the lease is lost
+                try:
+                    # Whichever ends first: the relay on an error, or the lease lost while
+                    # the relay waits (for acknowledgements, a poll interval).
+                    await asyncio.wait({relaying, keeper}, return_when=asyncio.FIRST_COMPLETED)
+                finally:  # the lease lost, or this task cancelled (stopping)
+                    if not relaying.done():
+                        relaying.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await relaying
+                if relaying.cancelled():  # the keeper returns only once the lease is lost
+                    raise LeaseLost(f"the relay's lease (epoch {lease.epoch}) was lost")
                 relaying.result()
             finally:
-                await nc.close()
+                with contextlib.suppress(Exception):  # its flush is bounded here too
+                    async with asyncio.timeout(ACK_TIMEOUT_S):
+                        await nc.close()
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -313,23 +313,22 @@ async def relay_batch(tx: Transaction, fence: Fence, relayed_through: int, after
         f"{fence.lock}; "
         "UPDATE order_event_marks SET revision = GREATEST(revision, %s)"
         f" WHERE name = 'relayed' AND {fence.held}; "
-        "SELECT revision FROM order_event_marks WHERE name = 'gate' FOR UPDATE; "
+        "SELECT revision INTO @relay_gate FROM order_event_marks WHERE name = 'gate'"
+        " FOR UPDATE; "
         "SELECT COALESCE((SELECT MAX(revision) FROM order_events), 0), revision,"
         " UTC_TIMESTAMP(6) INTO @relay_newest, @relay_pruned, @relay_now"
         " FROM order_event_marks WHERE name = 'pruned'; "
         "COMMIT; "
         "SELECT @relay_newest, @relay_pruned, @relay_now, TIMESTAMPDIFF(MICROSECOND,"
         " (SELECT create_time FROM order_events WHERE revision > %s ORDER BY revision LIMIT 1),"
-        " @relay_now); "
-        "SELECT COUNT(*), CONCAT('[', COALESCE(GROUP_CONCAT(CONCAT('[', revision, ',\"',"
+        " @relay_now), COUNT(*), CONCAT('[', COALESCE(GROUP_CONCAT(CONCAT('[', revision, ',\"',"
         " event_id, '\",', type, ',', payload, ']') ORDER BY revision SEPARATOR ','), ''), ']')"
         " FROM (SELECT revision, event_id, type, payload FROM order_events WHERE revision > %s"
         " AND revision <= GREATEST(@relay_newest, @relay_pruned) ORDER BY revision LIMIT %s)"
         " AS batch",
         (_BATCH_TEXT_MAX, *fence.params, relayed_through, *fence.params, after, after, limit),
         commit=True)
-    lease, [(newest, pruned, now, waited_us)], [(count, text)] = (
-        results[1], results[6], results[7])
+    lease, [(newest, pruned, now, waited_us, count, text)] = results[1], results[6]
     if not isinstance(now, datetime):  # a session variable may come back as its text
         now = datetime.fromisoformat(now.decode() if isinstance(now, bytes) else str(now))
     return RelayBatch(
