@@ -226,23 +226,44 @@ async def test_relay_costs_little_cpu_per_event_at_a_sales_rate(
         assert pid is not None
         database = Database(await create_pool(settings_for(db_url)))
         outbox = Outbox()
+        tap = Tap()
+        await tap.start(nats_server.url)
         try:
+            [(base,)] = await query(db_url, "SELECT MAX(revision) FROM order_events")
+            committed: list[float] = []  # when each tick's transaction had committed
             before = cpu_seconds([pid])
             loop = asyncio.get_running_loop()
             start = loop.time()
             for tick in range(RATE_TICKS):  # each tick one transaction of RATE_BATCH events
                 await database.run(
                     lambda tx: outbox.record(tx, EventType.PAID, order_ids))
+                committed.append(time.monotonic())
                 await asyncio.sleep(max(0.0, start + (tick + 1) * RATE_TICK_S - loop.time()))
             await relayed_through_newest(db_url)
             used = cpu_seconds([pid]) - before
         finally:
             await database.close()
+            await tap.close()
         events = RATE_TICKS * RATE_BATCH
         per_event_ms = used / events * 1000
+        # Commit to delivery: each event's arrival at a plain subscriber against its
+        # transaction's commit (the ticks ran one after another: in revision order, each
+        # tick's RATE_BATCH events; AUTO_INCREMENT may leave gaps between them).
+        revisions = [r for (r,) in await query(
+            db_url, "SELECT revision FROM order_events WHERE revision > %s ORDER BY revision",
+            (base,))]
+        tick_of = {r: n // RATE_BATCH for n, r in enumerate(revisions)}
+        lags = sorted(p.at - committed[tick_of[p.revision]]
+                      for p in tap.seen if p.revision in tick_of)
+        p99_ms = lags[int(len(lags) * 0.99)] * 1000
         report("relay CPU per event", {"events": events, "order_cpu_ms": round(used * 1000),
-                                       "cpu_us_per_event": round(per_event_ms * 1000)})
-        assert per_event_ms <= 0.1, f"{per_event_ms:.3f} ms of CPU per event"
+                                       "cpu_us_per_event": round(per_event_ms * 1000),
+                                       "lag_p99_ms": round(p99_ms)})
+        assert len(lags) >= events
+        # Generous bounds against regressions on a shared machine (the targets: 0.05 ms and
+        # a lag p99 of 250 ms; docs/EVENTS.md has the figures measured).
+        assert per_event_ms <= 0.15, f"{per_event_ms:.3f} ms of CPU per event"
+        assert p99_ms <= 2000, f"commit-to-delivery lag p99 {p99_ms:.0f} ms"
 
 
 @dataclass
