@@ -15,7 +15,6 @@ import os
 from collections.abc import Awaitable, Callable
 
 import nats
-import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from seckill.v1 import order_events_pb2, order_pb2
 
@@ -43,7 +42,8 @@ async def consume(url: str, durable: str, handle: Handler, seen: set[str], *,
         while not (stop is not None and stop.is_set()):
             try:
                 messages = await sub.fetch(100, timeout=0.5)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats.errors.TimeoutError, or the builtin one that nats-py
+                # raises when the poll's deadline ran out before its second request
                 idle += 0.5
                 if idle_s is not None and idle >= idle_s:
                     break

@@ -227,6 +227,10 @@ class EventsSettings:
     nats_url: str = setting(Text("SECKILL_EVENTS_NATS_URL", nats_url))
     # The JetStream stream the relay creates when missing and publishes to.
     nats_stream: str = setting(Text("SECKILL_EVENTS_NATS_STREAM", stream_name, "ORDER_EVENTS"))
+    # The relay's lease lives this long unrenewed (renewed every third of it): a standby takes
+    # over from a frozen or cut-off relay within it, plus a round trip.
+    relay_lease_s: float = setting(
+        Float("SECKILL_EVENTS_RELAY_LEASE_MS", 3000.0, 300.0, 60_000.0, per=1000))
 
 
 @dataclass(frozen=True)
