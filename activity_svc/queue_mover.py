@@ -15,8 +15,9 @@ import logging
 
 from activity_svc import queue_repository
 from seckill_common.config import QueueSettings
+from seckill_common.database import lease as leases
 from seckill_common.database.db import Database
-from seckill_common.database.queue_lease import Lease
+from seckill_common.database.lease import Lease, LeaseTimes
 from seckill_common.runtime.background import Background
 from seckill_common.runtime.telemetry import count_move
 
@@ -31,7 +32,9 @@ class QueueMover:
     def __init__(self, database: Database, settings: QueueSettings) -> None:
         self._db = database
         self.settings = settings
-        self.lease = Lease(database, LEASE_NAME, LEASE_TTL_S)
+        self.holder = leases.holder_id()
+        self.times = LeaseTimes(LEASE_TTL_S)
+        self.lease: Lease | None = None  # while this process holds it
         self.admitted = 0  # by this process's moves (statistics, metrics)
         self.used = 0
         self._background = Background("queue-mover", self._run)
@@ -41,21 +44,32 @@ class QueueMover:
 
     async def stop(self) -> None:
         await self._background.stop()
-        try:
-            await self.lease.release()
-        except Exception as exc:  # the lease lapses by itself
-            log.info("could not release the queue mover's lease: %s", exc)
+        if self.lease is not None:
+            await self.lease.release()  # best effort: an unreleased lease lapses by itself
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        failing = False  # logged once per outage, not at every move
         while True:
-            began = loop.time()
-            if self.lease.due():
-                await self.lease.renew()
-            if self.lease.held():
+            try:
+                taken = await leases.acquire(self._db, LEASE_NAME, self.holder, self.times)
+            except Exception as exc:  # the database is away: try again in a while
+                log.info("could not take the queue mover's lease: %r", exc)
+                taken = self.times.renew_every_s
+            if isinstance(taken, Lease):
+                await self._lead(taken)
+            else:  # held elsewhere until then, unless renewed
+                await asyncio.sleep(min(taken, self.times.ttl_s))
+
+    async def _lead(self, lease: Lease) -> None:
+        """Moves every line each interval while `lease` is valid, renewing it beside."""
+        loop = asyncio.get_running_loop()
+        self.lease = lease
+        keeper = asyncio.create_task(lease.keep(), name="queue-mover-lease")
+        failing = False  # logged once per outage, not at every move
+        try:
+            while lease.valid():
+                began = loop.time()
                 try:
-                    async with asyncio.timeout(LEASE_TTL_S / 2):
+                    async with asyncio.timeout(self.times.ttl_s / 2):
                         await self.move_all()
                     if failing:
                         log.info("the queue mover moves the lines again")
@@ -64,7 +78,10 @@ class QueueMover:
                     if not failing:
                         log.warning("the queue mover could not move the lines: %r", exc)
                     failing = True
-            await asyncio.sleep(max(0.0, began + self.settings.move_interval_s - loop.time()))
+                await asyncio.sleep(max(0.0, began + self.settings.move_interval_s - loop.time()))
+        finally:
+            keeper.cancel()
+            self.lease = None
 
     async def move_all(self) -> None:
         """One move of every open line."""

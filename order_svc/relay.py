@@ -31,9 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
-import uuid
 
 import nats
 import nats.js.errors
@@ -148,19 +145,13 @@ class AckedPublisher:
                 done.cancel()
 
 
-def holder_id() -> str:
-    """This process's name in the lease row: host, pid and a random part (a restarted process
-    with a reused pid is another holder)."""
-    return f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
 class Relay:
     def __init__(self, database: Database, settings: Settings, health: HealthEntry) -> None:
         self._db = database
         self.settings = settings
         self.health = health
         self.active = False
-        self.holder = holder_id()
+        self.holder = leases.holder_id()
         self.times = LeaseTimes(settings.events.relay_lease_s)
         self._task = Background("order-events-relay", self._run)
         self.start, self.stop = self._task.start, self._task.stop

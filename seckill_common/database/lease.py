@@ -27,12 +27,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
+import uuid
 from dataclasses import dataclass
 
 from seckill_common.database.db import Database
 from seckill_common.database.transaction import Transaction
 
 log = logging.getLogger(__name__)
+
+
+def holder_id() -> str:
+    """This process's name in a lease row: host, pid and a random part (a restarted process
+    with a reused pid is another holder)."""
+    return f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class LeaseLost(RuntimeError):

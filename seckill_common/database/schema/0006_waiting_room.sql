@@ -66,12 +66,3 @@ CREATE TABLE IF NOT EXISTS queue_lines (
     CONSTRAINT queue_lines_activity_fk FOREIGN KEY (activity_id) REFERENCES activities (id)
         ON DELETE CASCADE
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_unicode_ci;
-
--- The queue mover's lease (seckill_common/database/queue_lease.py): one process moves every
--- line at a time. A minimal lease of its own, to be unified with the relay's generic one.
-CREATE TABLE IF NOT EXISTS queue_leases (
-    name        VARCHAR(32) NOT NULL,
-    holder      VARCHAR(64) NOT NULL,
-    expire_time DATETIME(6) NOT NULL,
-    PRIMARY KEY (name)
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_unicode_ci;
