@@ -12,6 +12,7 @@ the order id they were told before, if any.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -21,7 +22,14 @@ from typing import TypeVar
 import grpc
 import pymysql
 import pytest
-from seckill.v1 import activity_pb2, activity_pb2_grpc, product_pb2, product_pb2_grpc
+from seckill.v1 import (
+    activity_pb2,
+    activity_pb2_grpc,
+    order_events_pb2,
+    order_events_pb2_grpc,
+    product_pb2,
+    product_pb2_grpc,
+)
 
 from seckill_cluster.cluster import Cluster
 from seckill_cluster.galera import DATABASE
@@ -129,6 +137,81 @@ class Sale:
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+class FeedConsumer:
+    """A WatchOrderEvents consumer written as a user would: through either app host, and on
+    any error it resumes after the last revision it holds (docs/EVENTS.md)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.events: list[order_events_pb2.OrderEvent] = []
+        self.resumes = 0
+        self._admin = (("authorization", f"Bearer {cluster.state.admin_token}"),)
+        self._channel = ClientTLS().channel(cluster.target("order"))
+        self._stub = order_events_pb2_grpc.OrderEventServiceStub(self._channel)
+        self._arrived = asyncio.Condition()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            after = self.events[-1].revision if self.events else 0
+            call = self._stub.WatchOrderEvents(
+                order_events_pb2.WatchOrderEventsRequest(after_revision=after),
+                metadata=self._admin)
+            try:
+                async for response in call:
+                    self.events += response.events
+                    async with self._arrived:
+                        self._arrived.notify_all()
+            except grpc.aio.AioRpcError:
+                pass
+            self.resumes += 1
+            await asyncio.sleep(0.2)  # a client's back-off before it resumes
+
+    async def holds_created(self, order_ids: set[int]) -> None:
+        """Returns once a CREATED event of every order in `order_ids` has arrived."""
+        def complete() -> bool:
+            return order_ids <= {e.order.id for e in self.events
+                                 if e.type == order_events_pb2.OrderEvent.CREATED}
+        async with asyncio.timeout(60), self._arrived:
+            await self._arrived.wait_for(complete)
+
+    def problems(self, stored: list[str]) -> list[str]:
+        """What is wrong with the events held against `stored`, the event ids of the sale's
+        orders in the database."""
+        ids = [e.event_id for e in self.events]
+        revisions = [e.revision for e in self.events]
+        problems = []
+        if len(set(ids)) != len(ids):
+            problems.append("an event received twice")
+        if revisions != sorted(set(revisions)):
+            problems.append("revisions out of order")
+        missing = set(stored) - set(ids)
+        if missing:
+            problems.append(f"{len(missing)} committed events never received")
+        return problems
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._channel.close()
+
+
+def stored_event_ids(cluster: Cluster, node: Host, sale: Sale) -> list[str]:
+    with cluster.admin(node, database=DATABASE) as conn, conn.cursor() as cur:
+        cur.execute("SET SESSION wsrep_sync_wait = 1")
+        cur.execute("SELECT e.event_id FROM order_events e JOIN orders o ON o.id = e.order_id"
+                    " WHERE o.activity_id = %s", (sale.activity_id,))
+        return [str(event_id) for (event_id,) in cur.fetchall()]
+
+
+async def check_feed(cluster: Cluster, sale: Sale, consumer: FeedConsumer, node: Host) -> None:
+    """The live consumer holds every committed event of the sale once, in revision order."""
+    await consumer.holds_created(set(sale.acknowledged().values()))
+    stored = await asyncio.to_thread(stored_event_ids, cluster, node, sale)
+    assert len(stored) >= len(sale.acknowledged())
+    assert not consumer.problems(stored), consumer.problems(stored)
 
 
 def sql_invariants(conn: pymysql.Connection, sale: Sale) -> list[str]:
@@ -249,8 +332,10 @@ def the_write_node(cluster: Cluster) -> Host:
 async def test_write_node_killed_mid_sale(cluster: Cluster, new_sale: Sale,
                                           record_property: Callable[[str, object], None]) -> None:
     """SIGKILL the node both proxies write to: the proxies move to the next Synced+Primary
-    node, the survivors form a Primary component, and selling resumes within the bound."""
+    node, the survivors form a Primary component, and selling resumes within the bound. A live
+    WatchOrderEvents consumer, resuming on errors, gets every committed event once."""
     sale = new_sale
+    consumer = FeedConsumer(cluster)
     running = asyncio.create_task(sale.run())
     await sale.wait_for(100)
     victim = the_write_node(cluster)
@@ -265,6 +350,10 @@ async def test_write_node_killed_mid_sale(cluster: Cluster, new_sale: Sale,
     survivors = [d for d in cluster.dbs if d != victim]
     await verify(cluster, sale, survivors)
     assert the_write_node(cluster) != victim
+    try:
+        await check_feed(cluster, sale, consumer, survivors[0])
+    finally:
+        await consumer.close()
     # The killed node rejoins (state transfer) and holds every order too.
     await asyncio.to_thread(cluster.start, victim.name)
     await verify(cluster, sale)
@@ -273,8 +362,10 @@ async def test_write_node_killed_mid_sale(cluster: Cluster, new_sale: Sale,
 async def test_node_partitioned_mid_sale(cluster: Cluster, new_sale: Sale) -> None:
     """Cut the write node off the network: it leaves the Primary component and commits
     nothing while cut off; the others go on selling; after `heal` it rejoins with every
-    order."""
+    order, and the proxies move back to it. A live WatchOrderEvents consumer, resuming on
+    errors, gets every committed event once across both moves."""
     sale = new_sale
+    consumer = FeedConsumer(cluster)  # across the move to another node and the move back
     running = asyncio.create_task(sale.run())
     await sale.wait_for(100)
     cut = the_write_node(cluster)
@@ -311,6 +402,10 @@ async def test_node_partitioned_mid_sale(cluster: Cluster, new_sale: Sale) -> No
     await asyncio.to_thread(cluster.wait_synced, cut)
     await asyncio.to_thread(cluster.wait_routed, [cut])
     await verify(cluster, sale)
+    try:
+        await check_feed(cluster, sale, consumer, cut)
+    finally:
+        await consumer.close()
 
 
 async def test_app_host_killed_mid_sale(cluster: Cluster, new_sale: Sale) -> None:
