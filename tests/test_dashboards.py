@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
 from tests.helpers.factories import make_activity, make_product
+from tests.helpers.polling import eventually
 from tests.helpers.stack import create_database, start_stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -339,9 +340,27 @@ async def exported(mariadb: str) -> AsyncIterator[Exported]:
             await stack.activities.Seckill(request)
         await stack.products.GetProduct(product_pb2.GetProductRequest(id=product.id))
         await stack.orders.ListOrders(order_pb2.ListOrdersRequest(user_id="dash"))
+        # A waiting room's buyer: waits, is admitted, buys with the pass (its use counted).
+        room = await make_activity(stack, product.id,
+                                   waiting_room=activity_pb2.WaitingRoom(enabled=True))
+        line = stack.activities.JoinQueue(activity_pb2.JoinQueueRequest(
+            activity_id=room.id, user_id="dash"))
+        async with asyncio.timeout(10):
+            async for update in line:
+                if update.state == activity_pb2.ADMITTED:
+                    break
+        await stack.activities.Seckill(activity_pb2.SeckillRequest(
+            activity_id=room.id, user_id="dash", admission_pass=update.admission_pass))
         # One registry per process: the activity service's endpoint serves all three here.
         assert stack.activity.metrics_server is not None
-        text = await asyncio.to_thread(scrape, stack.activity.metrics_server.server_port)
+        port = stack.activity.metrics_server.server_port
+        text = ""
+
+        async def pass_use_counted() -> bool:  # by the mover's next move
+            nonlocal text
+            text = await asyncio.to_thread(scrape, port)
+            return 'seckill_queue_passes_total{outcome="used"}' in text
+        await eventually(pass_use_counted, "the mover counted the pass's use")
     finally:
         await stack.stop()
     labels: dict[str, set[str]] = {}

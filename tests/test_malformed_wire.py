@@ -37,7 +37,7 @@ INPUTS: dict[str, Descriptor] = {
 # do not exist.
 WIRE_TYPE_OF = {
     FieldDescriptor.TYPE_INT64: 0, FieldDescriptor.TYPE_INT32: 0, FieldDescriptor.TYPE_ENUM: 0,
-    FieldDescriptor.TYPE_STRING: 2, FieldDescriptor.TYPE_MESSAGE: 2,
+    FieldDescriptor.TYPE_BOOL: 0, FieldDescriptor.TYPE_STRING: 2, FieldDescriptor.TYPE_MESSAGE: 2,
 }
 ran: Counter[str] = Counter()
 # A database warning raised in a service becomes an error there (an INTERNAL that fails).
