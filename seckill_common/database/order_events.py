@@ -145,14 +145,17 @@ async def watermark(tx: Transaction) -> Position:
     ids = [int(row_id) for (row_id,) in pending]
     marks = ", ".join(["%s"] * len(ids))
     safe = int(base) + len(ids)
+    # Each row's revision: the mark plus its place among `ids` (in id order, FIELD's 1-based
+    # index), computed row by row. No window function: its temporary table once took a
+    # MariaDB 10.11 server down in this statement (RELIABILITY.md).
     *_, ((pruned, now),) = await tx.pipeline(
         "INSERT INTO order_events (revision, event_id, type, order_id, payload, create_time)"
-        " SELECT %s + ROW_NUMBER() OVER (ORDER BY id), event_id, type, order_id, payload,"
-        f" create_time FROM order_event_inbox WHERE id IN ({marks}); "
+        f" SELECT %s + FIELD(id, {marks}), event_id, type, order_id, payload, create_time"
+        f" FROM order_event_inbox WHERE id IN ({marks}); "
         f"DELETE FROM order_event_inbox WHERE id IN ({marks}); "
         "UPDATE order_event_marks SET revision = %s WHERE name = 'sequenced'; "
         "SELECT revision, UTC_TIMESTAMP(6) FROM order_event_marks WHERE name = 'pruned'",
-        (int(base), *ids, *ids, safe), commit=True)
+        (int(base), *ids, *ids, *ids, safe), commit=True)
     return Position(safe=max(safe, int(pruned)), pruned=int(pruned), read_time=now)
 
 
