@@ -13,9 +13,11 @@ import contextlib
 import os
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from seckill.v1 import order_pb2
 
 from seckill_stack.nats import NatsServer
 from tests.helpers import chaos
@@ -109,3 +111,49 @@ async def test_chaos_schedule(seed: int, nats_server: NatsServer, tmp_path: Path
             await load.close()
         await stack.stop()
         await asyncio.to_thread(stack.db.stop)
+
+
+def test_checker_names_each_broken_promise() -> None:
+    """The checker over a small made-up history: clean, then with one promise broken at a
+    time."""
+    def call(rpc: str, user: str, order_id: int, code: str = "OK", took: float = 0.1,
+             at: float = 1.0) -> chaos.Call:
+        return chaos.Call(rpc, user, at, at + took, code, "", order_id, 2,
+                          chaos.CALL_DEADLINE_S)
+
+    def event(n: int, order_id: int, kind: str) -> chaos.Event:
+        return chaos.Event(revision=n, event_id=f"e{n}", type=chaos.Event.Type.Value(kind),
+                           order=order_pb2.Order(id=order_id))
+
+    history = chaos.History(0, [], [call("Seckill", "a", 1), call("Seckill", "b", 2),
+                                    call("PayOrder", "a", 1)], units_added=10)
+    feed = [event(1, 1, "CREATED"), event(2, 2, "CREATED"), event(3, 1, "PAID")]
+    ids = [e.event_id for e in feed]
+    clean = chaos.Final(6, {1: ("a", 2, chaos.PAID), 2: ("b", 2, chaos.PENDING)}, ids, feed,
+                        ids, 3)
+    assert chaos.check(history, clean) == []
+    broken = {
+        "oversold": replace(clean, stock=-1),
+        "unbalanced": replace(clean, stock=5),
+        "lost": replace(clean, orders={1: clean.orders[1]}),
+        "holds 2 active": replace(clean, orders={**clean.orders, 3: ("a", 2, chaos.PENDING)},
+                                     stock=4),
+        "events twice": replace(clean, feed=[*feed, feed[0]]),
+        "last event CREATED but state": replace(clean, feed=feed[:2], stored_event_ids=ids[:2],
+                                                consumed_ids=ids[:2], stream_messages=2),
+        "order 2: events ('CREATED', 'CREATED')": replace(
+            clean, feed=[*feed, event(4, 2, "CREATED")], stored_event_ids=[*ids, "e4"],
+            consumed_ids=[*ids, "e4"], stream_messages=4),
+        "JetStream consumer": replace(clean, consumed_ids=ids[:2]),
+        "JetStream stream": replace(clean, stream_messages=4),
+    }
+    for what, final in broken.items():
+        assert any(what in v for v in chaos.check(history, final)), what
+    odd = replace(history, calls=[*history.calls, call("Seckill", "e", 0, "FAILED_PRECONDITION")])
+    assert any("outside the documented set" in v for v in chaos.check(odd, clean))
+    late = replace(history, calls=[*history.calls, call("Seckill", "c", 0, "UNAVAILABLE", 3.0)])
+    assert any("after its deadline" in v for v in chaos.check(late, clean))
+    heal = chaos.Heal(chaos.Fault(1.0, "pause_db", "db", 1.0), 1.0, 2.0)
+    stalled = replace(history, heals=[heal], ended=20.0,
+                      calls=[*history.calls, call("Seckill", "d", 0, "UNAVAILABLE", at=3.0)])
+    assert any("not resumed" in v for v in chaos.check(stalled, clean))

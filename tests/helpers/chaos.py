@@ -70,6 +70,11 @@ THINK_S = (0.05, 0.25)
 SECKILL_DEFINITE = {"OK", "ALREADY_EXISTS", "FAILED_PRECONDITION"}
 CHANGE_DEFINITE = {"OK", "FAILED_PRECONDITION"}
 RETRYABLE = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "RESOURCE_EXHAUSTED", "CANCELLED"}
+# The refusals this sale may see, with their ErrorInfo reasons.
+REASONS = {("Seckill", "ALREADY_EXISTS"): {"ALREADY_PURCHASED"},
+           ("Seckill", "FAILED_PRECONDITION"): {"SOLD_OUT", "INSUFFICIENT_STOCK"},
+           ("PayOrder", "FAILED_PRECONDITION"): {"PAYMENT_EXPIRED"},
+           ("CancelOrder", "FAILED_PRECONDITION"): {"ORDER_EXPIRED"}}
 PENDING, PAID, CANCELLED, EXPIRED = (order_pb2.PENDING_PAYMENT, order_pb2.PAID,
                                      order_pb2.CANCELLED, order_pb2.EXPIRED)
 Event = order_events_pb2.OrderEvent
@@ -396,9 +401,11 @@ def check(history: History, final: Final) -> list[str]:
 
 
 def _answers(calls: list[Call]) -> list[str]:
-    """Answers from the documented set, each within its deadline."""
-    allowed = SECKILL_DEFINITE | RETRYABLE
-    return ([f"answer outside the documented set: {c}" for c in calls if c.code not in allowed]
+    """Answers from the documented set (refusals with their documented reasons), each within
+    its deadline."""
+    return ([f"answer outside the documented set: {c}" for c in calls
+             if c.code not in RETRYABLE and c.code != "OK"
+             and c.reason not in REASONS.get((c.rpc, c.code), set())]
             + [f"answered after its deadline: {c.ended - c.started:.2f}s {c}" for c in calls
                if c.ended - c.started > c.deadline + DEADLINE_MARGIN_S])
 
@@ -424,6 +431,8 @@ def _orders(calls: list[Call], final: Final) -> list[str]:
     after = {"PayOrder": PAID, "CancelOrder": CANCELLED}
     for c in calls:
         held = orders.get(c.order_id)
+        if c.code == "ALREADY_EXISTS" and (held is None or held[0] != c.user):
+            bad.append(f"ALREADY_EXISTS naming an order not the user's: {c} -> {held}")
         if c.code != "OK":
             continue
         if c.rpc == "Seckill" and (held is None or held[:2] != (c.user, c.quantity)):
