@@ -102,6 +102,8 @@ async def test_chaos_schedule(seed: int, nats_server: NatsServer, tmp_path: Path
         assert not violations, f"{history.describe()}\n" + "\n".join(violations[:30])
     except BaseException:
         print(f"[chaos] FAILED {history.describe()}\nhistory: {tmp_path / 'history.jsonl'}")
+        for crash in chaos.database_crashes(stack):
+            print(f"[chaos] seed {seed}: the database crashed: {crash}")
         raise
     finally:
         history.dump(tmp_path / "history.jsonl")
@@ -146,6 +148,7 @@ def test_checker_names_each_broken_promise() -> None:
             consumed_ids=[*ids, "e4"], stream_messages=4),
         "JetStream consumer": replace(clean, consumed_ids=ids[:2]),
         "JetStream stream": replace(clean, stream_messages=4),
+        "database crashed": replace(clean, crashes=["mariadbd got signal 11"]),
     }
     for what, final in broken.items():
         assert any(what in v for v in chaos.check(history, final)), what

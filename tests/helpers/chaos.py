@@ -392,12 +392,29 @@ class Final:
     feed: list[Event]
     consumed_ids: list[str]
     stream_messages: int
+    crashes: list[str] = field(default_factory=list)  # the database's own crash reports
+
+
+def database_crashes(stack: Stack) -> list[str]:
+    """The crashes mariadbd reported in its error log (a signal it caught, an assertion),
+    each with the statement it was running; a SIGKILL of the schedule reports nothing."""
+    try:
+        lines = stack.db.error_log.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    out = []
+    for n, line in enumerate(lines):
+        if "got signal" in line or "Assertion" in line:
+            query_line = next((q for q in lines[n:n + 120] if q.startswith("Query (")), "")
+            out.append(f"{line.strip()} {query_line[:300]}")
+    return out
 
 
 def check(history: History, final: Final) -> list[str]:
     """Every violation of the promises in the history and the final state; [] when none."""
-    return (_answers(history.calls) + _stock(history, final) + _orders(history.calls, final)
-            + _feed(final) + _resumed(history))
+    return ([f"the database crashed: {c}" for c in final.crashes] + _answers(history.calls)
+            + _stock(history, final) + _orders(history.calls, final) + _feed(final)
+            + _resumed(history))
 
 
 def _answers(calls: list[Call]) -> list[str]:
@@ -543,4 +560,4 @@ async def final_state(stack: Stack, history: History, product_id: int, activity_
     return Final(int(stock), {int(i): (u.decode() if isinstance(u, bytes) else str(u), int(q),
                                        int(s)) for i, u, q, s in rows},
                  stored, await feed(stack.addrs["order"]), consumed,
-                 await jetstream_messages(stack.nats_url))
+                 await jetstream_messages(stack.nats_url), database_crashes(stack))
