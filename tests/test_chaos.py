@@ -65,8 +65,17 @@ async def test_chaos_schedule(seed: int, nats_server: NatsServer, tmp_path: Path
         began = history.began = time.monotonic()
         try:
             for fault in history.faults:
-                await asyncio.sleep(max(0.0, began + fault.at - time.monotonic()))
+                # The schedule's time, but never sooner than its gap after the previous heal
+                # and the first definite Seckill answer after it (or the resumption bound).
+                if history.heals:
+                    await load.resumed(history.heals[-1].healed)
+                    start = max(began + fault.at, history.heals[-1].healed + fault.gap)
+                else:
+                    start = began + fault.at
+                await asyncio.sleep(max(0.0, start - time.monotonic()))
                 await chaos.inject(stack, fault, history.heals)
+            if history.heals:
+                await load.resumed(history.heals[-1].healed)
             await asyncio.sleep(max(0.0, began + chaos.SALE_S - time.monotonic()))
         finally:
             history.ended = time.monotonic()
@@ -156,7 +165,7 @@ def test_checker_names_each_broken_promise() -> None:
     assert any("outside the documented set" in v for v in chaos.check(odd, clean))
     late = replace(history, calls=[*history.calls, call("Seckill", "c", 0, "UNAVAILABLE", 3.0)])
     assert any("after its deadline" in v for v in chaos.check(late, clean))
-    heal = chaos.Heal(chaos.Fault(1.0, "pause_db", "db", 1.0), 1.0, 2.0)
+    heal = chaos.Heal(chaos.Fault(1.0, "pause_db", "db", 1.0, 1.0), 1.0, 2.0)
     stalled = replace(history, heals=[heal], ended=20.0,
                       calls=[*history.calls, call("Seckill", "d", 0, "UNAVAILABLE", at=3.0)])
     assert any("not resumed" in v for v in chaos.check(stalled, clean))

@@ -90,24 +90,27 @@ class Fault:
     kind: str
     target: str  # a service, or "db"
     duration: float
+    gap: float  # after the previous fault's heal and resumption, at least
 
     def __str__(self) -> str:
         return f"{self.at:5.1f}s {self.kind}({self.target}) for {self.duration:.1f}s"
 
 
 def schedule(seed: int, span_s: float = SALE_S) -> list[Fault]:
-    """The seed's faults: one at a time, each starting 1-3 s after the previous one ended."""
+    """The seed's faults: one at a time, each starting 1-3 s after the previous one ended
+    (`ChaosRun` waits longer when a heal or the resumption after it takes longer)."""
     rng = random.Random(seed)
     faults: list[Fault] = []
-    at = FIRST_FAULT_S
+    at, gap = FIRST_FAULT_S, FIRST_FAULT_S
     while True:
         kind = rng.choice(KINDS)
         target = "db" if kind.endswith("_db") else rng.choice(SERVICES)
         duration = round(rng.uniform(*DURATION_S), 1)
         if at + duration > span_s:
             return faults
-        faults.append(Fault(round(at, 1), kind, target, duration))
-        at += duration + rng.uniform(*GAP_S)
+        faults.append(Fault(round(at, 1), kind, target, duration, round(gap, 1)))
+        gap = rng.uniform(*GAP_S)
+        at += duration + gap
 
 
 @dataclass
@@ -256,6 +259,7 @@ class Load:
         self.returning: list[str] = []
         self.fates: set[asyncio.Task[None]] = set()
         self.stop = asyncio.Event()
+        self._definite = asyncio.Event()  # set by each definite Seckill answer
         self.channels = [grpc.aio.insecure_channel(addrs[n], options=CHANNEL_OPTIONS)
                          for n in ("activity", "order")]
         self.activities = activity_pb2_grpc.ActivityServiceStub(self.channels[0])
@@ -278,7 +282,19 @@ class Load:
         recorded = Call(rpc, user, started, time.monotonic(), code, reason, order_id, quantity,
                         CALL_DEADLINE_S)
         self.history.calls.append(recorded)
+        if rpc == "Seckill" and code in SECKILL_DEFINITE:
+            self._definite.set()
         return recorded
+
+    async def resumed(self, since: float) -> None:
+        """Returns once a Seckill started at `since` or later was answered definitely, or
+        RESUME_BOUND_S after `since` (the checker then names the stall)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, since + RESUME_BOUND_S - time.monotonic())):
+                while not any(c.rpc == "Seckill" and c.code in SECKILL_DEFINITE
+                              and c.started >= since for c in self.history.calls[-200:]):
+                    self._definite.clear()
+                    await self._definite.wait()
 
     async def _seckill(self, request: activity_pb2.SeckillRequest, deadline_s: float) -> object:
         return await self.activities.Seckill(request, timeout=deadline_s)
