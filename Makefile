@@ -17,7 +17,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/seckill/v1/*.proto)
 
 .PHONY: venv lock gen check-gen up down status demo run test lint bench \
-	cluster-up cluster-down cluster-status bench-cluster galera-writers
+	cluster-up cluster-down cluster-status bench-cluster galera-writers chaos
 
 venv: $(STAMP)
 
@@ -71,6 +71,15 @@ run: up
 
 test: venv
 	$(PY) -m pytest -q
+
+# Randomized fault schedules (docs/CHAOS.md): CHAOS_SEEDS runs of tests/test_chaos.py, seeds
+# CHAOS_FIRST_SEED on, about a minute each; `make chaos CHAOS_SEEDS=1 CHAOS_FIRST_SEED=17`
+# replays seed 17's schedule. `make test` runs three fixed seeds.
+CHAOS_SEEDS ?= 20
+CHAOS_FIRST_SEED ?= 1
+chaos: venv
+	SECKILL_CHAOS_SEEDS=$(CHAOS_SEEDS) SECKILL_CHAOS_FIRST_SEED=$(CHAOS_FIRST_SEED) \
+		$(PY) -m pytest -q -s -p no:cacheprovider tests/test_chaos.py -k test_chaos_schedule
 
 # npm's tools (buf) from package-lock.json into ./node_modules. --ignore-scripts: buf's
 # install script only caches the binary that its platform package already ships.
