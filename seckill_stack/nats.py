@@ -1,5 +1,6 @@
 """A private NATS server with JetStream (`nats-server -js`): its store, pid file and log under
-one folder, listening on 127.0.0.1 only, for the order events' relay (docs/EVENTS.md).
+one folder, listening on 127.0.0.1 (or a test cluster's bridge), for the order events' relay
+(docs/EVENTS.md).
 
 Debian's `nats-server` package provides the binary; as root a missing one is installed
 through apt, as the private MariaDB's is. It runs when its port answers NATS's greeting.
@@ -42,10 +43,10 @@ def install_server() -> str:
     return found
 
 
-def answers(port: int, timeout_s: float = 1.0) -> bool:
-    """Whether a NATS server on 127.0.0.1:`port` greets (its INFO line)."""
+def answers(port: int, timeout_s: float = 1.0, host: str = "127.0.0.1") -> bool:
+    """Whether a NATS server on `host`:`port` greets (its INFO line)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as conn:
+        with socket.create_connection((host, port), timeout=timeout_s) as conn:
             conn.settimeout(timeout_s)
             return conn.recv(4).startswith(b"INFO")
     except OSError:
@@ -53,16 +54,18 @@ def answers(port: int, timeout_s: float = 1.0) -> bool:
 
 
 class NatsServer:
-    """A nats-server with JetStream under `root` on 127.0.0.1:`port`."""
+    """A nats-server with JetStream under `root` on `host`:`port` (loopback, or the address
+    of a cluster's bridge that its app hosts reach)."""
 
-    def __init__(self, root: Path, port: int) -> None:
+    def __init__(self, root: Path, port: int, host: str = "127.0.0.1") -> None:
         self.root = Path(root).resolve()
         self.port = port
+        self.host = host
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"nats://{self.host}:{self.port}"
 
     @property
     def pid_file(self) -> Path:
@@ -73,7 +76,7 @@ class NatsServer:
         return self.root / "nats-server.log"
 
     def answers(self) -> bool:
-        return answers(self.port)
+        return answers(self.port, host=self.host)
 
     def start(self) -> None:
         """Starts the server (its JetStream store kept across restarts) and waits until it
@@ -84,7 +87,7 @@ class NatsServer:
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(
-                [binary, "-js", "-a", "127.0.0.1", "-p", str(self.port),
+                [binary, "-js", "-a", self.host, "-p", str(self.port),
                  "-sd", str(self.root / "jetstream"), "-P", str(self.pid_file)],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT_S

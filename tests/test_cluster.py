@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -36,9 +37,12 @@ from seckill_cluster.galera import DATABASE
 from seckill_cluster.hosts import Host, namespaces_available
 from seckill_common.runtime.tls import ClientTLS
 from seckill_stack.invariants import Invariant, SeckillCheck
+from seckill_stack.nats import NatsServer
 from tests.helpers.factories import timestamp
+from tests.helpers.polling import eventually
 from tests.helpers.rpc import error_details
-from tests.helpers.stack import REPO
+from tests.helpers.stack import REPO, free_port
+from tests.test_events_relay import Consumer
 
 _why = namespaces_available()
 if _why:
@@ -283,14 +287,26 @@ async def retried(call: Callable[[], Awaitable[T]]) -> T:
         await asyncio.sleep(0.1)  # a client's back-off
 
 
+# The relay's JetStream: a nats-server in the root namespace on the cluster's bridge, which the
+# app hosts reach (their order services relay to it; a consumer reads it from here).
+NATS = NatsServer(REPO / ".run" / "cluster-test-nats", free_port(), host="10.78.0.1")
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     # Its own names and subnet, so a cluster started by hand (make cluster-up) is untouched.
     running = Cluster(REPO / ".run" / "cluster-test", prefix="sktest", subnet="10.78.0")
     running.down()
-    running.up()
-    yield running
-    running.down()
+    shutil.rmtree(NATS.root, ignore_errors=True)
+    # The relays wait for the broker (their health entry NOT_SERVING, sales unaffected) until
+    # it starts on the bridge, which exists once the cluster is up.
+    running.up(service_env={"SECKILL_EVENTS_NATS_URL": NATS.url})
+    NATS.start()
+    try:
+        yield running
+    finally:
+        NATS.stop()
+        running.down()
 
 
 async def open_sale(cluster: Cluster, stock: int) -> tuple[int, int]:
@@ -333,9 +349,11 @@ async def test_write_node_killed_mid_sale(cluster: Cluster, new_sale: Sale,
                                           record_property: Callable[[str, object], None]) -> None:
     """SIGKILL the node both proxies write to: the proxies move to the next Synced+Primary
     node, the survivors form a Primary component, and selling resumes within the bound. A live
-    WatchOrderEvents consumer, resuming on errors, gets every committed event once."""
+    WatchOrderEvents consumer, resuming on errors, gets every committed event once, and so does
+    a durable JetStream consumer of the relay's stream."""
     sale = new_sale
     consumer = FeedConsumer(cluster)
+    durable = Consumer(NATS.url, f"kill-{sale.activity_id}")  # JetStream, through the relay
     running = asyncio.create_task(sale.run())
     await sale.wait_for(100)
     victim = the_write_node(cluster)
@@ -352,8 +370,15 @@ async def test_write_node_killed_mid_sale(cluster: Cluster, new_sale: Sale,
     assert the_write_node(cluster) != victim
     try:
         await check_feed(cluster, sale, consumer, survivors[0])
+        stored = set(await asyncio.to_thread(stored_event_ids, cluster, survivors[0], sale))
+
+        async def relayed() -> bool:
+            return stored <= durable.seen
+        await eventually(relayed, "every committed event of the sale in JetStream", 60)
+        assert len(durable.events) == len(durable.seen)  # each handled once, by event id
     finally:
         await consumer.close()
+        await durable.close()
     # The killed node rejoins (state transfer) and holds every order too.
     await asyncio.to_thread(cluster.start, victim.name)
     await verify(cluster, sale)
