@@ -30,6 +30,7 @@ from activity_svc import queue_repository
 from activity_svc.passes import Passes
 from activity_svc.queue_line import Place, place
 from activity_svc.queue_repository import Entry, EntryState, LineRow
+from activity_svc.watch_view import min_interval_s
 from seckill_common.api.errors import InvalidArgument, NotFound, ServiceError, Unavailable
 from seckill_common.api.times import to_timestamp
 from seckill_common.api.validation import MAX_PER_USER_LIMIT, Violations
@@ -46,27 +47,13 @@ METHOD = "/seckill.v1.ActivityService/JoinQueue"
 # A sell-out, an admission or the end reaches every waiting buyer within this bound; a feed
 # that cannot read its line for this long ends its streams (UNAVAILABLE: join again).
 FRESHNESS_BOUND_S = 1.0
-# JoinQueueRequest.min_interval: unset, floor and ceiling (see the proto).
+# JoinQueueRequest.min_interval when unset (its floor and ceiling: watch_view.min_interval_s).
 DEFAULT_MIN_INTERVAL_S = 1.0
-MIN_INTERVAL_FLOOR_S = 0.1
-MIN_INTERVAL_CEILING_S = 60.0
 # Whether an activity has a waiting room is known to Seckill's pass check from a read at most
 # this old (or from a feed's read): a burst of Seckill calls costs at most one read.
 ROOM_KNOWN_FOR_S = 5.0
 # Tickets looked up per statement.
 LOOKUP_CHUNK = 1000
-
-
-def min_interval_s(request: activity_pb2.JoinQueueRequest) -> float:
-    if not request.HasField("min_interval"):
-        return DEFAULT_MIN_INTERVAL_S
-    interval = request.min_interval
-    if interval.seconds < 0 or interval.nanos < 0:
-        raise InvalidArgument({"min_interval": "must not be negative"})
-    seconds = interval.seconds + interval.nanos / 1e9
-    if seconds == 0:
-        return DEFAULT_MIN_INTERVAL_S
-    return min(max(seconds, MIN_INTERVAL_FLOOR_S), MIN_INTERVAL_CEILING_S)
 
 
 @dataclass(eq=False)
@@ -249,7 +236,7 @@ class QueueHub:
         violations.user_id("user_id", user_id)
         violations.bounded("quantity", request.quantity, 0, MAX_PER_USER_LIMIT)
         violations.check()
-        interval = min_interval_s(request)
+        interval = min_interval_s(request, DEFAULT_MIN_INTERVAL_S)
         with self.slots.slot() as lifetime:
             joined = await self._db.run(lambda tx: queue_repository.join(
                 tx, request.activity_id, user_id, request.quantity or 1,

@@ -38,16 +38,18 @@ def state_of(start: datetime, end: datetime, now: datetime, units_left: int) -> 
     return State.OPEN if units_left > 0 else State.SOLD_OUT
 
 
-def min_interval_s(request: activity_pb2.WatchActivityRequest) -> float:
-    """The request's min_interval in seconds, defaulted and clamped (see the proto)."""
+def min_interval_s(request: activity_pb2.WatchActivityRequest | activity_pb2.JoinQueueRequest,
+                   default_s: float = DEFAULT_MIN_INTERVAL_S) -> float:
+    """A stream request's min_interval in seconds, `default_s` when unset or 0, clamped to
+    the floor and ceiling (see the protos): WatchActivity's and JoinQueue's alike."""
     if not request.HasField("min_interval"):
-        return DEFAULT_MIN_INTERVAL_S
+        return default_s
     interval = request.min_interval
     if interval.seconds < 0 or interval.nanos < 0:
         raise InvalidArgument({"min_interval": "must not be negative"})
     seconds = interval.seconds + interval.nanos / 1e9
     if seconds == 0:
-        return DEFAULT_MIN_INTERVAL_S
+        return default_s
     return min(max(seconds, MIN_INTERVAL_FLOOR_S), MIN_INTERVAL_CEILING_S)
 
 
