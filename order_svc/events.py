@@ -37,6 +37,9 @@ WATCH_METHOD = f"/{SERVICE_NAME}/WatchOrderEvents"
 STREAM_PAGE = 500
 PRUNE_INTERVAL_S = 60.0
 PRUNE_BATCH = 10_000
+# Sequencer passes a sweep makes at most (2,000 events each): with no reader, the inbox is
+# sequenced at up to 200,000 events a minute, past any sale this platform has measured.
+SEQUENCE_PASSES = 100
 
 
 def pruned(through: int) -> FailedPrecondition:
@@ -123,7 +126,9 @@ class EventFeed:
 
 
 class Pruner:
-    """Deletes events past retention, a batch at a time, every PRUNE_INTERVAL_S."""
+    """Deletes events past retention, a batch at a time, every PRUNE_INTERVAL_S. It sequences
+    the inbox first: readers do as they read, and with none (no watcher, no relay) the inbox
+    would otherwise only grow."""
 
     def __init__(self, database: Database, settings: EventsSettings) -> None:
         self._db = database
@@ -131,8 +136,18 @@ class Pruner:
         self._task = Background("order-events-pruner", self._run)
         self.start, self.stop = self._task.start, self._task.stop
 
+    async def sequence(self) -> None:
+        """Sequencer passes until one moves less than a full batch (at most SEQUENCE_PASSES)."""
+        before = (await self._db.run(order_events.watermark)).safe
+        for _ in range(SEQUENCE_PASSES):
+            after = (await self._db.run(order_events.watermark)).safe
+            if after - before < order_events.SEQUENCE_BATCH:
+                return
+            before = after
+
     async def prune(self) -> int:
         """One sweep; returns how many events went."""
+        await self.sequence()
         total = 0
         while True:
             count = await self._db.run(lambda tx: order_events.prune(

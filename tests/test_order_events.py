@@ -16,6 +16,7 @@ from google.protobuf import duration_pb2
 from seckill.v1 import activity_pb2, order_events_pb2, order_events_pb2_grpc, order_pb2
 
 from activity_svc.seckill import EngineSettings, SeckillEngine
+from order_svc.events import Pruner
 from order_svc.server import DEFINITION as ORDER
 from seckill_common.database import order_events
 from seckill_common.database.db import Database, create_pool
@@ -312,3 +313,17 @@ async def test_retention_deletes_the_oldest_events_and_never_ones_the_relay_has_
     # Events younger than the retention stay.
     assert await database.run(lambda tx: order_events.prune(
         tx, 3600, behind_relay=False, limit=10)) == 0
+
+
+async def test_with_no_reader_the_pruners_sweep_sequences_the_inbox(
+        stack: Stack, database: Database) -> None:
+    """Readers sequence the inbox as they read; with none (no watcher, no relay, no list) the
+    retention sweep does, so the inbox cannot only grow."""
+    product = await make_product(stack, stock=10)
+    activity = await make_activity(stack, product.id)
+    for user in ("a", "b", "c"):
+        await buy(stack, activity.id, user)
+    assert await query(stack.db_url, "SELECT COUNT(*) FROM order_event_inbox") == [(3,)]
+    await Pruner(database, stack.order.settings.events).prune()
+    assert await query(stack.db_url, "SELECT COUNT(*) FROM order_event_inbox") == [(0,)]
+    assert await query(stack.db_url, "SELECT COUNT(*) FROM order_events") == [(3,)]
