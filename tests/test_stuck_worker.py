@@ -218,3 +218,19 @@ async def test_a_busy_worker_with_short_pauses_is_left_alone(stack: Stack,
     assert "made no progress" not in service.log_path.read_text()
     assert set(answered) == {"OK"}, answered
     assert await service.stop() == 0
+
+
+@pytest.mark.slow
+async def test_workers_whose_supervisor_died_shut_down(stack: Stack, tmp_path: Path) -> None:
+    """A SIGKILLed supervisor leaves its workers with nobody to restart or stop them: they
+    notice at their next beat and stop, freeing the port."""
+    service, workers = await _two_workers(stack, tmp_path)
+    assert service.pid is not None
+    os.kill(service.pid, signal.SIGKILL)
+
+    async def all_gone() -> bool:
+        return all(_dead(pid) for pid in workers)
+
+    # A beat every timeout/10 (0.5 s), then a graceful shutdown: well within 10 s.
+    await eventually(all_gone, "the orphaned workers stopped", timeout_s=10)
+    assert not _listening(service.port)

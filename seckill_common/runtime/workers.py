@@ -64,12 +64,21 @@ def reserve_port(host: str, port: int) -> tuple[socket.socket | None, int]:
 
 async def beat(fd: int, interval_s: float) -> None:
     """Counts a beat in the supervisor's page every `interval_s`, for as long as this event
-    loop runs its timers: a count that stops moving is a loop (or a process) that stopped."""
+    loop runs its timers: a count that stops moving is a loop (or a process) that stopped.
+
+    The other way round too: a worker whose supervisor is gone (killed, crashed) would keep
+    its place on the port with nobody to restart or stop it, so it shuts itself down
+    gracefully (SIGTERM to itself) once its parent changes."""
     page = mmap.mmap(fd, _COUNTER.size)
     os.close(fd)
+    supervisor = os.getppid()
     beats = 0
     try:
         while True:
+            if os.getppid() != supervisor:
+                log.error("the supervisor (pid %d) is gone: shutting down", supervisor)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
             beats += 1
             _COUNTER.pack_into(page, 0, beats)
             await asyncio.sleep(interval_s)
