@@ -243,13 +243,6 @@ def events_of_batch(text: str) -> list[order_events_pb2.OrderEvent]:
             for revision, event_id, event_type, snapshot in json.loads(text)]
 
 
-def event_of(revision: int, event_id: str, event_type: int, payload: str
-             ) -> order_events_pb2.OrderEvent:
-    """The OrderEvent of one stored row (see `events_of`)."""
-    (event,) = events_of([(revision, event_id, event_type, payload)])
-    return event
-
-
 async def read(tx: Transaction, after: int, through: int, limit: int
                ) -> tuple[list[order_events_pb2.OrderEvent], int]:
     """Events with revisions in (after, through], at most `limit`, and the pruned mark as
@@ -357,9 +350,3 @@ async def relay_batch(tx: Transaction, fence: Fence, relayed_through: int, after
                           read_time=now),
         count=int(count), text=str(text),
         waited_s=0.0 if waited_us is None else max(0.0, int(waited_us) / 1e6))
-
-
-async def set_relayed(tx: Transaction, revision: int) -> None:
-    """Moves the relay's checkpoint forward (never back: a stale relay cannot undo it)."""
-    await tx.execute("UPDATE order_event_marks SET revision = GREATEST(revision, %s)"
-                     " WHERE name = 'relayed'", (revision,))
