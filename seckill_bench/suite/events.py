@@ -6,10 +6,11 @@ sale (target >= 0.9). (r) is the relay during (b): a plain NATS subscriber on `s
 (`RelayProbe`, in a thread of its own) notes each event's arrival against its create_time (the
 database's clock, on this machine), so lag = commit to delivery through the outbox, the watermark
 and JetStream; events/s = the sale's events over the span from the first to the last arrival;
-CPU per event = the order process's utime + stime (/proc, its workers included) from the start of
-(b) until (b)'s last event arrived, over every event that arrived meanwhile ((q)'s first ones
-too): the relay's whole cost, its idle polls included (the order service does nothing else
-during a sale).
+CPU per event = the order process's CPU during (b) as (b)'s own meter read it (cpu.CpuMeter: from
+the first call until every process went quiet, so the relay's tail is in, and before the
+invariant check, whose listing of every order is the order service's work, not the relay's),
+over (b)'s events: the relay's whole cost, its idle polls and the sequencer included (the order
+service does nothing else during a sale).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import nats
 from nats.aio.msg import Msg
 from seckill.v1 import order_events_pb2
 
-from seckill_bench.suite.procfs import children, cpu_seconds
 from seckill_bench.suite.stack import StackError
 from seckill_stack.invariants import percentile
 
@@ -53,21 +53,6 @@ class RelayProbe:
     _ready: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _error: BaseException | None = None
-    _cpu_from: tuple[list[int], float, int] | None = None  # pids, their CPU s, arrivals then
-
-    def start_cpu(self, pid: int) -> None:
-        """From now on, the CPU of process `pid` (and its workers) is counted against the
-        events that arrive."""
-        pids = [pid, *children(pid)]
-        self._cpu_from = (pids, cpu_seconds(pids), len(self.arrivals))
-
-    def cpu_per_event_ms(self) -> float | None:
-        """The counted process's CPU per event arrived since `start_cpu`, in ms."""
-        if self._cpu_from is None:
-            return None
-        pids, before, arrived = self._cpu_from
-        events = len(self.arrivals) - arrived
-        return (cpu_seconds(pids) - before) * 1000 / events if events else None
 
     def __enter__(self) -> RelayProbe:
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
@@ -133,8 +118,12 @@ def relay_row(suite: Suite, probe: RelayProbe) -> Row:
     if activity is None:
         raise StackError("row (b) did not run: nothing to measure the relay on")
     probe.wait_for(activity, suite.settings.flash_stock)
-    cpu_ms = probe.cpu_per_event_ms()
     arrivals = probe.of(activity)
+    sale = suite.results.row("b")
+    order_ms = sale.cpu_ms.get("order") if sale is not None else None
+    calls = sale.calls if sale is not None else None
+    cpu_ms = (order_ms * calls / len({a.event_id for a in arrivals})
+              if order_ms is not None and calls and arrivals else None)
     repeats = len(arrivals) - len({a.event_id for a in arrivals})
     lags = sorted(a.lag_ms for a in arrivals)
     span = max(a.at for a in arrivals) - min(a.at for a in arrivals)

@@ -186,9 +186,6 @@ class Suite:
         self.row("a", "Health/Check ceiling (coalesced activity svc)", self.ceiling)
         assert self.stack.nats is not None
         with events.RelayProbe(self.stack.nats.url) as relay:
-            order_pid = self.stack.services["order"].pid
-            if order_pid is not None:
-                relay.start_cpu(order_pid)
             self.row("b", "flash sale, coalesced", lambda: self.flash_sale("b", "coalesced"))
             # Right after (b), on the same service: its rate is judged against (b)'s.
             self.row("q", "flash sale of 1-3 units, coalesced",

@@ -284,6 +284,16 @@ async def relayed(tx: Transaction) -> int:
     return 0 if row is None else int(row[0])
 
 
+async def nothing_after(tx: Transaction, through: int) -> bool:
+    """Whether the relay has nothing to do past `through`: no event waits in the inbox and none
+    is sequenced after it. One round trip and no lock, for a relay that found nothing last time
+    (a sequencer pass and a batch read cost several)."""
+    ((waiting, newest),) = await tx.select_only(
+        "SELECT EXISTS(SELECT 1 FROM order_event_inbox), MAX(IF(name IN ('sequenced', 'pruned'),"
+        " revision, 0)) FROM order_event_marks", ())
+    return not waiting and int(newest) <= through
+
+
 async def pending_age_s(tx: Transaction) -> float:
     """How long the oldest event the relay has still to send (sequenced or not yet) has
     waited (0: none waits)."""
