@@ -274,7 +274,7 @@ async def run(argv: list[str] | None = None) -> int:
     try:
         client = ClientSettings.from_env()
     except ConfigError as exc:
-        Output(False).error(f"seckill: {exc}")
+        Output(False).error(str(exc))
         return Exit.USAGE
     try:
         args = build_parser(client).parse_args(argv)
@@ -285,7 +285,7 @@ async def run(argv: list[str] | None = None) -> int:
         tls = (ClientTLS(cacert=args.cacert, cert=args.cert, key=args.key)
                if args.cacert or args.cert or args.key else ClientTLS.of_files(client.tls_files))
     except ValueError as exc:
-        out.error(f"seckill: {exc}")
+        out.error(str(exc))
         return Exit.USAGE
     session = Session(
         addrs={s: getattr(args, f"{s}_addr") for s in SERVICES}, timeout_s=args.timeout,
