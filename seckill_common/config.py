@@ -3,21 +3,19 @@
 Each setting is written once, as a pydantic field of `Settings` or of one of its groups: its
 variable (the alias), its type, its default and its range. pydantic-settings reads them all
 from the environment (`Settings.from_env`, once at start-up); a bad value fails with one
-ConfigError line naming the variable and what it accepts (seckill_common.setting_values).
+ConfigError line naming the variable and what it accepts (seckill_common.setting_values: the
+groups' base, the checks pydantic has no type for, the line).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Mapping
-from contextvars import ContextVar
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from seckill_common.cpus import usable_cpus
 from seckill_common.setting_values import ConfigError as ConfigError  # the error of reading
@@ -32,12 +30,13 @@ from seckill_common.setting_values import (
     MySQLUrl,
     NatsUrl,
     RedisUrl,
+    SettingsGroup,
     StreamName,
     Target,
     TokenSecret,
     WorkerNumber,
+    fields_of,
     is_host_port,
-    one_line,
 )
 
 __all__ = ["ADDRESSES", "DEFAULT_ADDRS", "ClientSettings", "CommitMode", "ConfigError",
@@ -50,72 +49,9 @@ CommitMode = Literal["coalesced", "per_request"]
 # SECKILL_EVENT_LOOP: the event loop of a service process (seckill_common.runtime.server).
 EventLoop = Literal["uvloop", "asyncio"]
 
-# The environment being read: os.environ unless `from_env` was given another mapping.
-_environment: ContextVar[Mapping[str, str] | None] = ContextVar("environment", default=None)
-
-
-def _values(model: type[BaseModel], env: Mapping[str, str]) -> dict[str, Any]:
-    """`model`'s variables that `env` sets (unset and empty alike: the default), a group's
-    under its field name: every variable is flat (SECKILL_WATCH_MAX_STREAMS)."""
-    values: dict[str, Any] = {}
-    for name, info in model.model_fields.items():
-        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
-            values[name] = _values(info.annotation, env)
-        elif isinstance(info.alias, str) and env.get(info.alias):
-            values[info.alias] = env[info.alias]
-    return values
-
-
-class _Environment(PydanticBaseSettingsSource):
-    """pydantic-settings' source of every setting: the variables named by the fields' aliases."""
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        raise NotImplementedError  # __call__ reads the whole model at once
-
-    def __call__(self) -> dict[str, Any]:
-        env = _environment.get()
-        return _values(self.settings_cls, os.environ if env is None else env)
-
-
-class _Group(BaseSettings):
-    """A block of settings, frozen, read from the environment like `Settings` (alone too:
-    `TLSSettings.from_env()`)."""
-
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", validate_default=True)
-
-    @classmethod
-    def settings_customise_sources(
-            cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Arguments, then the environment; no .env file, no secrets directory."""
-        return init_settings, _Environment(settings_cls)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
-        """These settings as `env` (default: os.environ) sets them."""
-        reading = _environment.set(env)
-        try:
-            return cls()
-        except ValidationError as exc:
-            raise one_line(exc, dict(_fields(cls))) from None
-        finally:
-            _environment.reset(reading)
-
-
-def _fields(model: type[BaseModel]) -> Iterator[tuple[str, FieldInfo]]:
-    """Every setting of `model` and its groups, by its variable."""
-    for info in model.model_fields.values():
-        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
-            yield from _fields(info.annotation)
-        elif isinstance(info.alias, str):
-            yield info.alias, info
-
-
 def variables() -> dict[str, FieldInfo]:
     """Every variable `Settings` reads, with its field (docs/CONFIGURATION.md lists them)."""
-    return dict(_fields(Settings))
+    return dict(fields_of(Settings))
 
 
 @cache
@@ -130,7 +66,7 @@ def default_of(name: str) -> Any:
     return getattr(_defaults(), name)
 
 
-class WatchSettings(_Group):
+class WatchSettings(SettingsGroup):
     """Limits of the activity service's WatchActivity streams, per process (docs/WATCH.md)."""
 
     # Streams served at once by one process; one more is RESOURCE_EXHAUSTED.
@@ -145,7 +81,7 @@ class WatchSettings(_Group):
                                     alias="SECKILL_WATCH_POLL_INTERVAL_MS")
 
 
-class QueueSettings(_Group):
+class QueueSettings(SettingsGroup):
     """Waiting rooms (docs/WAITING_ROOM.md): JoinQueue's streams per process, and the mover."""
 
     # JoinQueue streams served at once by one process; one more is RESOURCE_EXHAUSTED.
@@ -165,7 +101,7 @@ class QueueSettings(_Group):
     max_active: int = Field(500, ge=1, le=1_000_000, alias="SECKILL_QUEUE_MAX_ACTIVE")
 
 
-class EventsSettings(_Group):
+class EventsSettings(SettingsGroup):
     """Order events: the outbox, their feed and the relay to NATS JetStream (docs/EVENTS.md)."""
 
     # Every order state change writes its event in its own transaction; off only to measure
@@ -191,7 +127,7 @@ class EventsSettings(_Group):
                                   alias="SECKILL_EVENTS_RELAY_LEASE_MS")
 
 
-class SaleDaySettings(_Group):
+class SaleDaySettings(SettingsGroup):
     """Which calls the access log writes (seckill_common.runtime.interceptors) and how a
     process sheds load (seckill_common.runtime.overload)."""
 
@@ -222,7 +158,7 @@ class SaleDaySettings(_Group):
         return self
 
 
-class TLSSettings(_Group):
+class TLSSettings(SettingsGroup):
     """TLS of the services' ports and of their calls to each other (seckill_common.runtime.tls);
     a tool beside a service dials with the same files (ClientTLS.from_env)."""
 
@@ -241,7 +177,7 @@ class TLSSettings(_Group):
         return self
 
 
-class TracingSettings(_Group):
+class TracingSettings(SettingsGroup):
     """Tracing by OTLP (seckill_common.runtime.telemetry), by the standard OpenTelemetry
     variables; the exporter reads the others (OTEL_EXPORTER_OTLP_HEADERS, ...) itself."""
 
@@ -275,7 +211,7 @@ class ServiceAddress:
         return self.target
 
 
-class SharedSettings(_Group):
+class SharedSettings(SettingsGroup):
     """What the services and the tools beside them (seckill, seckill-token, seckill-bench,
     health probes) read alike: where each service is, the tokens, the TLS files."""
 

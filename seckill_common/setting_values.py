@@ -1,22 +1,93 @@
-"""What a SECKILL_* variable may hold beyond pydantic's own types (addresses, URLs, the token
-secret, files, milliseconds), and the one line a bad value fails with: the variable, what it
-accepts, what it got (never the value of a secret). seckill_common.config's fields use them."""
+"""What seckill_common.config's settings stand on: `SettingsGroup`, a frozen block of settings
+that pydantic-settings reads from the flat SECKILL_* variables its fields' aliases name; what
+a variable may hold beyond pydantic's own types (addresses, URLs, the token secret, files,
+milliseconds); and the one line a bad value fails with: the variable, what it accepts, what it
+got (never the value of a secret)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, Self, get_args, get_origin
 from urllib.parse import unquote, urlsplit
 
 from annotated_types import Ge, Le
-from pydantic import AfterValidator, PlainValidator, SecretStr, ValidationError
+from pydantic import AfterValidator, BaseModel, PlainValidator, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the process should exit with this message."""
+
+
+# --- reading: pydantic-settings with one source, the flat SECKILL_* variables ------------------
+
+# The environment being read: os.environ unless `from_env` was given another mapping.
+# pydantic-settings builds its sources inside the model's constructor, which takes no
+# environment, so `from_env` names it here for the constructor's one call.
+_environment: ContextVar[Mapping[str, str] | None] = ContextVar("environment", default=None)
+
+
+def _values(model: type[BaseModel], env: Mapping[str, str]) -> dict[str, Any]:
+    """`model`'s variables that `env` sets (unset and empty alike: the default), a group's
+    under its field name: every variable is flat (SECKILL_WATCH_MAX_STREAMS)."""
+    values: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            values[name] = _values(info.annotation, env)
+        elif isinstance(info.alias, str) and env.get(info.alias):
+            values[info.alias] = env[info.alias]
+    return values
+
+
+class _Environment(PydanticBaseSettingsSource):
+    """pydantic-settings' source of every setting: the variables named by the fields' aliases."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ reads the whole model at once
+
+    def __call__(self) -> dict[str, Any]:
+        env = _environment.get()
+        return _values(self.settings_cls, os.environ if env is None else env)
+
+
+class SettingsGroup(BaseSettings):
+    """A block of settings, frozen, read from the environment like `Settings` (alone too:
+    `TLSSettings.from_env()`)."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", validate_default=True)
+
+    @classmethod
+    def settings_customise_sources(
+            cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment; no .env file, no secrets directory."""
+        return init_settings, _Environment(settings_cls)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
+        """These settings as `env` (default: os.environ) sets them."""
+        reading = _environment.set(env)
+        try:
+            return cls()
+        except ValidationError as exc:
+            raise one_line(exc, dict(fields_of(cls))) from None
+        finally:
+            _environment.reset(reading)
+
+
+def fields_of(model: type[BaseModel]) -> Iterator[tuple[str, FieldInfo]]:
+    """Every setting of `model` and its groups, by its variable."""
+    for info in model.model_fields.values():
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            yield from fields_of(info.annotation)
+        elif isinstance(info.alias, str):
+            yield info.alias, info
 
 
 # --- checks: each raises ValueError("must ...") for a bad value ------------------------------
