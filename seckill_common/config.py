@@ -32,6 +32,7 @@ from seckill_common.setting_values import (
     RedisUrl,
     SettingsGroup,
     StreamName,
+    Switch,
     Target,
     TokenSecret,
     WorkerNumber,
@@ -106,7 +107,7 @@ class EventsSettings(SettingsGroup):
 
     # Every order state change writes its event in its own transaction; off only to measure
     # what the events cost (the feed then answers FAILED_PRECONDITION EVENTS_DISABLED).
-    enabled: bool = Field(True, alias="SECKILL_EVENTS_ENABLED")
+    enabled: Switch = Field(True, alias="SECKILL_EVENTS_ENABLED")
     # Events older than this are deleted (never before the relay has sent them); a reader
     # behind them is told to list again (EVENTS_PRUNED).
     retention_s: float = Field(7 * 86_400.0, ge=60.0, le=3650 * 86_400.0,
@@ -118,7 +119,8 @@ class EventsSettings(SettingsGroup):
     progress_interval_s: Millis = Field(5000.0, ge=50.0, le=600_000.0,
                                         alias="SECKILL_EVENTS_PROGRESS_INTERVAL_MS")
     # The relay publishes to this NATS server's JetStream (nats://host:port); empty: no relay.
-    nats_url: NatsUrl = Field("", alias="SECKILL_EVENTS_NATS_URL")
+    # Out of the repr, like every value that may hold a password.
+    nats_url: NatsUrl = Field("", alias="SECKILL_EVENTS_NATS_URL", repr=False)
     # The JetStream stream the relay creates when missing and publishes to.
     nats_stream: StreamName = Field("ORDER_EVENTS", alias="SECKILL_EVENTS_NATS_STREAM")
     # The relay's lease lives this long unrenewed (renewed every third of it): a standby takes
@@ -132,9 +134,9 @@ class SaleDaySettings(SettingsGroup):
     process sheds load (seckill_common.runtime.overload)."""
 
     # Every call, whatever the rules below say.
-    access_log_all: bool = Field(False, alias="SECKILL_ACCESS_LOG_ALL")
+    access_log_all: Switch = Field(False, alias="SECKILL_ACCESS_LOG_ALL")
     # Every call whose code is neither OK nor an expected refusal.
-    access_log_errors: bool = Field(True, alias="SECKILL_ACCESS_LOG_ERRORS")
+    access_log_errors: Switch = Field(True, alias="SECKILL_ACCESS_LOG_ERRORS")
     # Every call slower than this (0: none for being slow).
     access_log_slow_s: Millis = Field(250.0, ge=0.0, le=3_600_000.0,
                                       alias="SECKILL_ACCESS_LOG_SLOW_MS")
@@ -291,9 +293,10 @@ class Settings(SharedSettings):
     expiry_batch: int = Field(200, ge=1, le=10_000, alias="SECKILL_EXPIRY_BATCH")
     # Apply pending migrations at start-up; off where a migration step (`seckill migrate`, the
     # Kubernetes Job, compose's migrate service) owns the schema and services lack DDL rights.
-    migrate_on_start: bool = Field(True, alias="SECKILL_MIGRATE_ON_START")
+    migrate_on_start: Switch = Field(True, alias="SECKILL_MIGRATE_ON_START")
     # Shared rate-limit counters (redis://host:port/db); empty: counted in each process.
-    rate_limit_redis_url: RedisUrl = Field("", alias="SECKILL_RATE_LIMIT_REDIS_URL")
+    # Out of the repr: it may hold a password.
+    rate_limit_redis_url: RedisUrl = Field("", alias="SECKILL_RATE_LIMIT_REDIS_URL", repr=False)
     # On SIGTERM: NOT_SERVING at once, serving on for this long (so load balancers and DNS
     # stop sending calls here), then stop(shutdown_grace).
     drain_delay_s: float = Field(0.0, ge=0.0, le=300.0, alias="SECKILL_DRAIN_DELAY")

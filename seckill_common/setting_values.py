@@ -14,7 +14,14 @@ from typing import Annotated, Any, Literal, Self, get_args, get_origin
 from urllib.parse import unquote, urlsplit
 
 from annotated_types import Ge, Le
-from pydantic import AfterValidator, BaseModel, PlainValidator, SecretStr, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    PlainValidator,
+    SecretStr,
+    ValidationError,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -158,6 +165,8 @@ WorkerNumber = Annotated[str, _checked(str.isdigit, "be a worker number")]
 Descriptor = Annotated[str, _checked(str.isdigit, "be a file descriptor number")]
 ExistingFile = Annotated[str, _checked(os.path.isfile, "name an existing file")]
 LogLevel = Annotated[str, AfterValidator(str.upper)]
+# true/false, 1/0, yes/no, on/off, in any case, spaces around ignored.
+Switch = Annotated[bool, BeforeValidator(lambda v: v.strip() if isinstance(v, str) else v)]
 TokenSecret = Annotated[SecretStr, AfterValidator(_long_enough)]
 # A variable written in milliseconds (its default and range too), held in seconds.
 Millis = Annotated[float, AfterValidator(lambda ms: ms / 1000)]

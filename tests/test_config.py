@@ -64,9 +64,20 @@ def test_only_the_mapping_given_is_read(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_secrets_stay_out_of_the_repr() -> None:
     secret = "s" * 40
-    settings = Settings.from_env({**BASE, "SECKILL_USER_TOKEN_SECRET": secret,
-                                  "SECKILL_MYSQL_URL": "mysql://app:db-password@db:3306/shop"})
+    settings = Settings.from_env({
+        **BASE, "SECKILL_USER_TOKEN_SECRET": secret,
+        "SECKILL_MYSQL_URL": "mysql://app:db-password@db:3306/shop",
+        "SECKILL_RATE_LIMIT_REDIS_URL": "redis://:redis-password@redis:6379/0",
+        "SECKILL_EVENTS_NATS_URL": "nats://app:nats-password@nats:4222"})
     assert settings.user_token_secret == secret and settings.mysql.password == "db-password"
+    assert settings.rate_limit_redis_url.startswith("redis://:redis-password@")
     shown = repr(settings) + str(settings)
     assert secret not in shown and BASE["SECKILL_ADMIN_TOKEN"] not in shown
-    assert "db-password" not in shown
+    for password in ("db-password", "redis-password", "nats-password"):
+        assert password not in shown
+
+
+def test_switches_take_the_usual_words_in_any_case() -> None:
+    for word, value in [("true", True), (" On ", True), ("1", True), ("no", False),
+                        ("OFF", False), ("0", False)]:
+        assert Settings.from_env({**BASE, "SECKILL_EVENTS_ENABLED": word}).events.enabled is value
