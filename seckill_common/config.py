@@ -229,6 +229,8 @@ class SharedSettings(SettingsGroup):
     # The services' TLS files.
     tls_files: TLSSettings = Field(default_factory=TLSSettings)
 
+    # The secrets as text, for the code that compares or signs with them; the fields stay
+    # SecretStr, so no repr or log line of the settings shows them.
     @property
     def admin_token(self) -> str:
         return self.admin_secret.get_secret_value()
