@@ -68,8 +68,8 @@ class EngineSettings:
     mode: CommitMode = default_of("commit_mode")  # noqa: RUF009 (a constant, read once)
     batch_window_s: float = default_of("batch_window_s")
     batch_max: int = default_of("batch_max")
-    # SECKILL_EVENTS_ENABLED (on by default): the batch writes its winners' CREATED events.
-    events: bool = True
+    # SECKILL_EVENTS_ENABLED: the batch writes its winners' CREATED events.
+    events: bool = default_of("events").enabled
 
 
 @dataclass

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from seckill_common.config import ClientSettings
 from seckill_common.runtime.tls import ClientTLS
 
 DEFAULT_TOTAL = 200  # ghz's default when neither -n nor -z is given
-DEFAULT_ORDER_ADDR = "127.0.0.1:50053"
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -65,7 +64,7 @@ class BenchConfig:
     progress: bool = False
     # After a Seckill run, check the invariants through the API.
     check: bool = True
-    order_addr: str | None = None  # default: $SECKILL_ORDER_ADDR or 127.0.0.1:50053
+    order_addr: str | None = None  # default: ClientSettings' (SECKILL_ORDER_ADDR)
     product_addr: str | None = None  # default: the stock through ActivityService.GetActivity
     initial_stock: int | None = None
     # Ctrl-C stops sending and reports what completed (the CLI sets this).
@@ -92,7 +91,7 @@ class BenchConfig:
 
     @property
     def effective_order_addr(self) -> str:
-        return self.order_addr or os.environ.get("SECKILL_ORDER_ADDR") or DEFAULT_ORDER_ADDR
+        return self.order_addr or ClientSettings.from_env().order_addr
 
     def validate(self) -> None:
         problems: list[str] = []

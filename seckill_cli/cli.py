@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from typing import Any
 
@@ -53,7 +52,7 @@ from seckill_cli.render import Output
 from seckill_cli.simulate import simulate
 from seckill_cli.watch import add_arguments as watch_arguments
 from seckill_cli.watch import watch
-from seckill_common.config import DEFAULT_ADDRS
+from seckill_common.config import ADDRESSES, ClientSettings, ConfigError
 from seckill_common.runtime.tls import ClientTLS
 
 EPILOG = """\
@@ -88,7 +87,7 @@ def positive_float(text: str) -> float:
     return value
 
 
-def add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+def add_common(parser: argparse.ArgumentParser, client: ClientSettings, *, top: bool) -> None:
     """The options every command takes, before or after the command's name.
 
     The commands' copies default to SUPPRESS, so they set a value only when given there and
@@ -105,15 +104,15 @@ def add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
     parser.add_argument("--timeout", type=positive_float, default=default(10.0), metavar="S",
                         help=text("deadline of each call in seconds (default 10)"))
     for service in SERVICES:
-        env = f"SECKILL_{service.upper()}_ADDR"
+        address = ADDRESSES[service]  # the default, and the setting that changes it
         parser.add_argument(f"--{service}-addr", metavar="TARGET",
-                            default=default(os.environ.get(env) or DEFAULT_ADDRS[service]),
+                            default=default(getattr(client, f"{service}_addr")),
                             help=text(f"the {service} service: host:port, or a gRPC target "
                                       "naming several hosts (ipv4:a:p,b:p, dns:///name:p; "
-                                      f"round_robin) (default ${env} or "
-                                      f"{DEFAULT_ADDRS[service]})"))
+                                      f"round_robin) (default ${address.target_setting} or "
+                                      f"{address.target})"))
     parser.add_argument("--user-token", metavar="JWT",
-                        default=default(os.environ.get("SECKILL_USER_TOKEN", "")),
+                        default=default(client.user_token.get_secret_value()),
                         help=text("user token for buy, orders, cancel "
                                   "(default $SECKILL_USER_TOKEN)"))
     parser.add_argument("--cacert", metavar="PEM", default=default(""),
@@ -135,13 +134,15 @@ def sale_term_options(sub: argparse.ArgumentParser) -> None:
                      help="the most units one user may buy, 1 to 1000 (default at creation: 1)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(client: ClientSettings | None = None) -> argparse.ArgumentParser:
+    """The parser; its defaults are `client`'s (default: the environment's)."""
+    client = ClientSettings.from_env() if client is None else client
     parser = argparse.ArgumentParser(
         prog="seckill", description="\n\n".join(__doc__.split("\n\n")[:2]),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(parser, top=True)
+    add_common(parser, client, top=True)
     common = argparse.ArgumentParser(add_help=False)
-    add_common(common, top=False)
+    add_common(common, client, top=False)
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     def command(group: Any, name: str, handler: Handler, help_text: str
@@ -271,20 +272,24 @@ def build_parser() -> argparse.ArgumentParser:
 async def run(argv: list[str] | None = None) -> int:
     """The CLI inside a running event loop (the tests call this)."""
     try:
-        args = build_parser().parse_args(argv)
+        client = ClientSettings.from_env()
+    except ConfigError as exc:
+        Output(False).error(str(exc))
+        return Exit.USAGE
+    try:
+        args = build_parser(client).parse_args(argv)
     except SystemExit as exc:  # argparse printed the usage error (or the help)
         return exc.code if isinstance(exc.code, int) else Exit.USAGE
     out = Output(args.json)
     try:
         tls = (ClientTLS(cacert=args.cacert, cert=args.cert, key=args.key)
-               if args.cacert or args.cert or args.key else ClientTLS.from_env())
+               if args.cacert or args.cert or args.key else ClientTLS.of_files(client.tls_files))
     except ValueError as exc:
-        out.error(f"seckill: {exc}")
+        out.error(str(exc))
         return Exit.USAGE
     session = Session(
         addrs={s: getattr(args, f"{s}_addr") for s in SERVICES}, timeout_s=args.timeout,
-        admin_token=os.environ.get("SECKILL_ADMIN_TOKEN", ""), user_token=args.user_token,
-        tls=tls)
+        admin_token=client.admin_token, user_token=args.user_token, tls=tls)
     try:
         code: int = await args.handler(args, session, out)
         return code

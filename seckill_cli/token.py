@@ -9,10 +9,9 @@ PayOrder, CancelOrder and DeleteOrder when they run with the same SECKILL_USER_T
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from seckill_common.config import Settings
+from seckill_common.config import SharedSettings
 from seckill_common.runtime.auth import UserTokens
 
 
@@ -35,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
 def issue(user_id: str, ttl_s: float) -> str:
     """A token for `user_id` signed with SECKILL_USER_TOKEN_SECRET; ValueError says what is
     wrong (no secret, a secret the services would refuse, a bad ttl). Also `seckill token`."""
-    if not os.environ.get("SECKILL_USER_TOKEN_SECRET"):
-        raise ValueError("set SECKILL_USER_TOKEN_SECRET (the services' secret)")
     # The same checks as the services apply (length of the secret). ConfigError is a ValueError.
-    secret = Settings.from_env({**os.environ, "SECKILL_ADMIN_TOKEN": "unused"}).user_token_secret
+    secret = SharedSettings.from_env().user_token_secret
+    if not secret:
+        raise ValueError("set SECKILL_USER_TOKEN_SECRET (the services' secret)")
     return UserTokens(secret).issue(user_id, ttl_s=ttl_s)
 
 

@@ -8,9 +8,12 @@ import ast
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
+from seckill_common.config import ClientSettings, MySQLTarget, variables
 from tests.helpers.stack import REPO
 
 CONFIGURATION = REPO / "docs" / "CONFIGURATION.md"
@@ -58,6 +61,48 @@ def test_every_setting_the_code_reads_is_documented() -> None:
 def test_every_documented_setting_is_read_by_the_code() -> None:
     stale = settings_documented() - set(settings_in_code())
     assert not stale, f"docs/CONFIGURATION.md lists settings no code reads: {sorted(stale)}"
+
+
+def documented_defaults() -> dict[str, str]:
+    """The default column of docs/CONFIGURATION.md's tables, by each name of the first column."""
+    rows = [line.split("|") for line in CONFIGURATION.read_text().splitlines()
+            if line.startswith("| `")]
+    return {name: row[2].strip() for row in rows for name in names_in(row[1])}
+
+
+def as_written(default: Any) -> str:
+    """A field's default as its variable would be set to it: `250` for 250.0 ms, `true`."""
+    if isinstance(default, SecretStr):
+        default = default.get_secret_value()
+    if isinstance(default, MySQLTarget):
+        return default.redacted()
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    return str(default)
+
+
+def test_every_setting_of_the_model_is_documented_with_its_default() -> None:
+    """Each SECKILL_* field of the settings model (Settings, its groups, ClientSettings) is a
+    row whose default is the field's as written (`250` for a field in milliseconds), or words
+    (unset, required, the CPUs...) for a field with no value of its own: empty, zero, or
+    computed at start-up."""
+    documented = documented_defaults()
+    fields = variables()
+    fields.update((str(info.alias), info) for info in ClientSettings.model_fields.values()
+                  if isinstance(info.alias, str))
+    for name, info in fields.items():
+        if not name.startswith("SECKILL_"):
+            continue  # OTEL_*: the OpenTelemetry standard's, described in prose
+        assert name in documented, f"docs/CONFIGURATION.md lacks {name}"
+        literal = re.match(r"`([^`]*)`", documented[name])
+        if literal and not documented[name].startswith("the "):
+            assert literal.group(1) == as_written(info.default), name
+        else:
+            assert info.default_factory or not as_written(info.default).strip("0"), (
+                f"{name}: docs/CONFIGURATION.md says {documented[name]!r}, the model "
+                f"{as_written(info.default)!r}")
 
 
 def test_the_make_targets_the_readme_names_exist() -> None:

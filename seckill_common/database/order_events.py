@@ -35,6 +35,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from seckill.v1 import order_events_pb2, order_pb2
 
 from seckill_common.api.messages import DERIVED_ORDER_FIELDS, with_derived
+from seckill_common.config import default_of
 from seckill_common.database.lease import Fence
 from seckill_common.database.transaction import Transaction
 
@@ -81,7 +82,7 @@ class Outbox:
     """Writes events into the caller's transaction; `enabled=False` (SECKILL_EVENTS_ENABLED)
     writes none, for a comparison without them."""
 
-    enabled: bool = True
+    enabled: bool = default_of("events").enabled
 
     def created_statements(self, winners: Mapping[int, Sequence[str]]
                            ) -> tuple[list[str], list[object]]:

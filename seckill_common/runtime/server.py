@@ -354,7 +354,7 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> None:
             listen_addr, workers, settings), settings))
 
     async def run() -> None:
-        if configure_tracing(definition.name):
+        if configure_tracing(definition.name, settings.tracing):
             log.info("tracing: exporting spans by OTLP")
         # Under a supervisor: proves this loop runs, from before it listens to its exit.
         heartbeat = start_heartbeat(settings)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -25,6 +24,7 @@ from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from seckill_common.api.errors import Reason
+from seckill_common.config import TracingSettings
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +37,20 @@ _provider: Any = None
 
 # --- tracing ---------------------------------------------------------------------------------
 
-def configure_tracing(service: str) -> bool:
-    """Installs the OTLP exporter when OTEL_EXPORTER_OTLP_ENDPOINT is set; says whether it did."""
-    if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+def configure_tracing(service: str, settings: TracingSettings | None = None) -> bool:
+    """Installs the OTLP exporter when OTEL_EXPORTER_OTLP_ENDPOINT is set (in `settings`,
+    default: the environment's); says whether it did."""
+    settings = TracingSettings.from_env() if settings is None else settings
+    if not settings.endpoint:
         return False
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    name = os.environ.get("OTEL_SERVICE_NAME") or f"seckill-{service}"
+    name = settings.service_name or f"seckill-{service}"
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.endpoint)))
     trace.set_tracer_provider(provider)
     use_tracer_provider(provider)
     return True

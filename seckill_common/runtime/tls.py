@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from seckill_common.config import Settings
+from seckill_common.config import Settings, TLSSettings
 
 # Client-side load balancing: a target naming several hosts (ipv4:a:p,b:p, or a DNS name with
 # several addresses) gets a connection to each, and calls take turns over the ready ones, so a
@@ -72,8 +71,14 @@ class ClientTLS:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ClientTLS:
-        env = os.environ if env is None else env
-        return cls.of_service(*(env.get(f"SECKILL_TLS_{k}", "") for k in ("CERT", "KEY", "CA")))
+        """As the SECKILL_TLS_* files of `env` (default: os.environ) say; ConfigError (a
+        ValueError) when they are incomplete or missing."""
+        return cls.of_files(TLSSettings.from_env(env))
+
+    @classmethod
+    def of_files(cls, files: TLSSettings) -> ClientTLS:
+        """How a tool beside a service dials with the service's TLS files."""
+        return cls.of_service(files.cert, files.key, files.ca)
 
     def channel(self, addr: str, options: Sequence[tuple[str, Any]] = (),
                 interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None
