@@ -24,7 +24,7 @@ from seckill.v1.order_pb2 import PENDING_PAYMENT
 from activity_svc.decision import Facts, SeckillAttempt, Window, Won
 from seckill_common.api.errors import FailedPrecondition, InvalidArgument, NotFound, Reason
 from seckill_common.database import stock
-from seckill_common.database.db import NO_REFERENCED_ROW, ROW_IS_REFERENCED, error_code
+from seckill_common.database.errors import NO_REFERENCED_ROW, ROW_IS_REFERENCED, error_code
 from seckill_common.database.order_events import Outbox
 from seckill_common.database.stock import LockedStock
 from seckill_common.database.transaction import Transaction

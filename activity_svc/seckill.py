@@ -55,7 +55,8 @@ from seckill_common.config import CommitMode, default_of
 from seckill_common.database.db import Database
 from seckill_common.database.order_events import Outbox
 from seckill_common.database.transaction import Transaction
-from seckill_common.runtime.telemetry import BATCH_SIZE, STOCK_REMAINING, batch_span, tracer
+from seckill_common.runtime.telemetry import BATCH_SIZE, STOCK_REMAINING
+from seckill_common.tracing import batch_span, tracer
 
 log = logging.getLogger(__name__)
 

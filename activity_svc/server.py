@@ -14,9 +14,9 @@ from activity_svc.queue_mover import QueueMover
 from activity_svc.seckill import EngineSettings, SeckillEngine
 from activity_svc.servicer import ActivityServicer
 from activity_svc.watch import WatchHub
+from seckill_common.client.peers import open_channel
 from seckill_common.config import Settings
 from seckill_common.database.db import Database
-from seckill_common.runtime.peers import open_channel
 from seckill_common.runtime.server import Cleanup, OnStop, ServiceDefinition
 from seckill_common.runtime.telemetry import QUEUE_WAITING
 

@@ -43,11 +43,11 @@ from seckill_common.api.validation import (
     require_id,
     update_paths,
 )
+from seckill_common.client.peers import call_peer
 from seckill_common.concurrency.loader import HOT_READ_GATHER_S, BatchLoader
 from seckill_common.database import idempotency
 from seckill_common.database.db import Database
 from seckill_common.runtime.auth import acting_user
-from seckill_common.runtime.peers import call_peer
 from seckill_common.runtime.telemetry import count_seckill
 
 

@@ -31,14 +31,14 @@ import pymysql
 
 from seckill_common.config import ConfigError, Settings
 from seckill_common.database.aiomysql_fix import connect as bounded_connect
-from seckill_common.database.db import (
+from seckill_common.database.errors import (
     ALREADY_ALTERED,
     NO_SUCH_TABLE,
     NOT_SUPPORTED_YET,
-    connect_kwargs,
     error_code,
-    wait_for_server,
 )
+from seckill_common.database.sessions import connect_kwargs
+from seckill_common.database.startup import wait_for_server
 
 log = logging.getLogger(__name__)
 LOCK_NAME = "seckill.schema_migrations"
