@@ -49,13 +49,13 @@ from activity_svc.decision import (
     outcomes,
     reached_stock,
 )
+from activity_svc.metrics import BATCH_SIZE, STOCK_REMAINING
 from seckill_common.concurrency.coalescer import Coalescer, Waiter
 from seckill_common.concurrency.loader import HOT_READ_GATHER_S, BatchLoader
 from seckill_common.config import CommitMode, default_of
 from seckill_common.database.db import Database
 from seckill_common.database.order_events import Outbox
 from seckill_common.database.transaction import Transaction
-from seckill_common.runtime.telemetry import BATCH_SIZE, STOCK_REMAINING
 from seckill_common.tracing import batch_span, tracer
 
 log = logging.getLogger(__name__)

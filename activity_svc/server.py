@@ -8,6 +8,7 @@ import grpc
 from seckill.v1 import activity_pb2, activity_pb2_grpc, order_pb2_grpc, product_pb2_grpc
 
 from activity_svc.catalogue import Catalogue
+from activity_svc.metrics import QUEUE_WAITING
 from activity_svc.passes import Passes
 from activity_svc.queue import QueueHub
 from activity_svc.queue_mover import QueueMover
@@ -18,7 +19,6 @@ from seckill_common.client.peers import open_channel
 from seckill_common.config import Settings
 from seckill_common.database.db import Database
 from seckill_common.runtime.server import Cleanup, OnStop, ServiceDefinition
-from seckill_common.runtime.telemetry import QUEUE_WAITING
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = activity_pb2.DESCRIPTOR.services_by_name["ActivityService"].full_name

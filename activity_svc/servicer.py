@@ -29,6 +29,7 @@ from activity_svc.fields import (
     waiting_room_columns,
 )
 from activity_svc.messages import activity_message
+from activity_svc.metrics import count_seckill
 from activity_svc.queue import QueueHub
 from activity_svc.seckill import SeckillEngine
 from activity_svc.watch import WatchHub
@@ -48,7 +49,6 @@ from seckill_common.concurrency.loader import HOT_READ_GATHER_S, BatchLoader
 from seckill_common.database import idempotency
 from seckill_common.database.db import Database
 from seckill_common.runtime.auth import acting_user
-from seckill_common.runtime.telemetry import count_seckill
 
 
 def _check_fields(violations: Violations, activity: activity_pb2.Activity,

@@ -37,6 +37,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from prometheus_client import Counter, Gauge
 from seckill.v1 import order_events_pb2
 
 from order_svc import event_store
@@ -46,13 +47,16 @@ from seckill_common.database.db import Database
 from seckill_common.database.lease import Lease, LeaseLost, LeaseTimes
 from seckill_common.runtime.background import Background
 from seckill_common.runtime.server import HealthEntry
-from seckill_common.runtime.telemetry import (
-    EVENTS_RELAY_ACTIVE,
-    EVENTS_RELAY_LAG,
-    EVENTS_RELAYED,
-)
 
 log = logging.getLogger(__name__)
+
+EVENTS_RELAYED = Counter("seckill_events_relayed",
+                         "Order events JetStream acknowledged to this process's relay")
+EVENTS_RELAY_LAG = Gauge(
+    "seckill_events_relay_lag_seconds", "Age of the oldest order event the relay has not yet "
+    "had acknowledged by JetStream (0: caught up), as the active relay last saw it")
+EVENTS_RELAY_ACTIVE = Gauge("seckill_events_relay_active",
+                            "1 while this process's relay holds the lease and publishes")
 
 HEALTH_NAME = "seckill.events.relay"
 LEASE = "seckill.events_relay"

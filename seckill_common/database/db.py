@@ -28,6 +28,7 @@ from typing import Any, TypeVar, cast
 import aiomysql
 import pymysql
 from opentelemetry import trace
+from prometheus_client import Gauge
 
 from seckill_common.api.errors import Aborted, NoAnswer, StatementTimeout, Unavailable
 from seckill_common.config import Settings, default_of
@@ -331,3 +332,25 @@ class Database:
         await self.pool.wait_closed()
         if self._reaper is not None:  # bounded: a connect timeout, then one KILL per session
             await asyncio.wait({self._reaper})
+
+
+# --- metrics: the pool's connections, read at scrape time -------------------------------------
+
+POOL_CONNECTIONS = Gauge("seckill_db_pool_connections",
+                         "Database pool connections by state (in_use, idle)",
+                         ["service", "state"])
+POOL_WAITING = Gauge("seckill_db_pool_waiting", "Calls waiting for a pooled connection",
+                     ["service"])
+# The pool opens connections as calls need them: in_use against this limit says how close the
+# pool is to making calls wait.
+POOL_MAX = Gauge("seckill_db_pool_max_connections",
+                 "Most connections the pool opens (SECKILL_DB_POOL_SIZE)", ["service"])
+
+
+def watch_pool(service: str, size: Callable[[], int], free: Callable[[], int],
+               waiting: Callable[[], int], limit: int) -> None:
+    """Pool gauges, read at scrape time."""
+    POOL_CONNECTIONS.labels(service, "in_use").set_function(lambda: size() - free())
+    POOL_CONNECTIONS.labels(service, "idle").set_function(free)
+    POOL_WAITING.labels(service).set_function(waiting)
+    POOL_MAX.labels(service).set(limit)

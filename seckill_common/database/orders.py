@@ -1,5 +1,6 @@
 """The orders table's writes: the one owner of inserting orders, of the rule that ties an
-order's `active` column to its state, and of deleting orders.
+order's `active` column to its state, and of deleting orders; and the metrics that count
+orders entering each state.
 
 Two services write orders: the activity service inserts the seckill's winners as
 PENDING_PAYMENT and deletes an activity's finished orders with it; the order service moves them
@@ -20,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
+from prometheus_client import Counter, Histogram
 from pymysql.converters import escape_datetime
 from seckill.v1.order_pb2 import PAID, PENDING_PAYMENT
 
@@ -84,3 +86,44 @@ async def delete_finished(tx: Transaction, activity_id: int) -> None:
     the foreign key from orders then refuses the activity's delete)."""
     await tx.execute("DELETE FROM orders WHERE activity_id = %s AND active IS NULL",
                      (activity_id,))
+
+
+# --- metrics: the orders' state changes, counted by the process that made them ---------------
+
+ORDER_TRANSITIONS = Counter(
+    "seckill_orders", "Orders that entered a state in this process, by state: "
+    "pending_payment (a seckill won), paid, cancelled, expired", ["state"])
+# Orders count buyers; units count stock. With quantities (issue 17) one order holds one to
+# per_user_limit units, so stock dashboards need the units: units won - cancelled - expired
+# = units held.
+UNIT_TRANSITIONS = Counter(
+    "seckill_order_units", "Units of the orders that entered a state in this process, by "
+    "state: pending_payment (units won), paid, cancelled, expired (units given back)",
+    ["state"])
+EXPIRY_LAG = Histogram("seckill_order_expiry_lag_seconds",
+                       "How long after its pay deadline an unpaid order was expired",
+                       buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0))
+_pending_orders = ORDER_TRANSITIONS.labels("pending_payment")
+_pending_units = UNIT_TRANSITIONS.labels("pending_payment")
+
+
+def count_won(units: int) -> None:
+    """Counts one order won by a Seckill (pending_payment) and its units (label children
+    cached: this runs once per winner)."""
+    _pending_orders.inc()
+    _pending_units.inc(units)
+
+
+def count_order(state: str, n: int = 1, *, units: int) -> None:
+    """Counts orders entering `state` (pending_payment, paid, cancelled, expired), and their
+    units."""
+    ORDER_TRANSITIONS.labels(state).inc(n)
+    UNIT_TRANSITIONS.labels(state).inc(units)
+
+
+def count_expired(lags_s: Sequence[float], units: int) -> None:
+    """Counts expired orders (one lag each) and the units they gave back."""
+    if lags_s:
+        count_order("expired", len(lags_s), units=units)
+        for lag in lags_s:
+            EXPIRY_LAG.observe(lag)
