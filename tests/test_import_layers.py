@@ -4,6 +4,7 @@ source's imports, walked with ast)."""
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,3 +109,12 @@ def test_seckill_common_imports_no_service() -> None:
     for path in PACKAGE.rglob("*.py"):
         for imported in imports_of(path):
             assert imported.split(".")[0] not in SERVICES, (path, imported)
+
+
+def test_every_part_is_a_package_pip_installs() -> None:
+    """A part missing from pyproject.toml's packages imports here and fails in the image."""
+    packages = set(tomllib.loads((ROOT / "pyproject.toml").read_text())
+                   ["tool"]["setuptools"]["packages"])
+    for init in PACKAGE.rglob("__init__.py"):
+        package = ".".join(init.parent.relative_to(ROOT).parts)
+        assert package in packages, f"pyproject.toml's packages lack {package}"
