@@ -10,7 +10,7 @@ import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 from seckill_common.api.errors import Reason
-from seckill_common.database.orders import count_won
+from seckill_common.database.orders import ORDER_TRANSITIONS, UNIT_TRANSITIONS
 
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
@@ -32,6 +32,9 @@ _OUTCOME_OF_REASON: dict[str, str] = {reason: reason.lower() for reason in (
 
 
 _outcome_counters: dict[str, Any] = {}
+# The orders a Seckill wins, counted with every other state change (database.orders).
+_pending_orders = ORDER_TRANSITIONS.labels("pending_payment")
+_pending_units = UNIT_TRANSITIONS.labels("pending_payment")
 
 
 def count_seckill(error: BaseException | None, units: int = 1) -> None:
@@ -39,7 +42,8 @@ def count_seckill(error: BaseException | None, units: int = 1) -> None:
     cached, as per call."""
     if error is None:
         outcome = "won"
-        count_won(units)
+        _pending_orders.inc()
+        _pending_units.inc(units)
     else:
         outcome = _OUTCOME_OF_REASON.get(getattr(error, "reason", "")) or (
             "not_found" if getattr(error, "code", None) == grpc.StatusCode.NOT_FOUND

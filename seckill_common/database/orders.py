@@ -93,7 +93,7 @@ async def delete_finished(tx: Transaction, activity_id: int) -> None:
 ORDER_TRANSITIONS = Counter(
     "seckill_orders", "Orders that entered a state in this process, by state: "
     "pending_payment (a seckill won), paid, cancelled, expired", ["state"])
-# Orders count buyers; units count stock. With quantities (issue 17) one order holds one to
+# Orders count buyers; units count stock. With quantities one order holds one to
 # per_user_limit units, so stock dashboards need the units: units won - cancelled - expired
 # = units held.
 UNIT_TRANSITIONS = Counter(
@@ -103,15 +103,6 @@ UNIT_TRANSITIONS = Counter(
 EXPIRY_LAG = Histogram("seckill_order_expiry_lag_seconds",
                        "How long after its pay deadline an unpaid order was expired",
                        buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0))
-_pending_orders = ORDER_TRANSITIONS.labels("pending_payment")
-_pending_units = UNIT_TRANSITIONS.labels("pending_payment")
-
-
-def count_won(units: int) -> None:
-    """Counts one order won by a Seckill (pending_payment) and its units (label children
-    cached: this runs once per winner)."""
-    _pending_orders.inc()
-    _pending_units.inc(units)
 
 
 def count_order(state: str, n: int = 1, *, units: int) -> None:
