@@ -7,7 +7,8 @@ import ast
 import tomllib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+# The repository's root, wherever under tests/ this file sits.
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").exists())
 PACKAGE = ROOT / "seckill_common"
 SERVICES = ("activity_svc", "product_svc", "order_svc")
 
