@@ -34,9 +34,9 @@ from activity_svc.watch_view import min_interval_s
 from seckill_common.api.errors import InvalidArgument, NotFound, ServiceError, Unavailable
 from seckill_common.api.times import to_timestamp
 from seckill_common.api.validation import MAX_PER_USER_LIMIT, Violations
+from seckill_common.concurrency.loader import BatchLoader
 from seckill_common.config import QueueSettings
 from seckill_common.database.db import Database
-from seckill_common.database.singleflight import BatchLoader
 from seckill_common.runtime.auth import acting_user
 from seckill_common.runtime.interceptors import Malformed
 from seckill_common.runtime.streams import StreamEndings, StreamSlots, resolve

@@ -14,12 +14,12 @@ import functools
 import logging
 
 from activity_svc import queue_repository
+from activity_svc.metrics import count_move
 from seckill_common.config import QueueSettings
 from seckill_common.database import lease as leases
 from seckill_common.database.db import Database
 from seckill_common.database.lease import Lease, LeaseTimes
 from seckill_common.runtime.background import Background
-from seckill_common.runtime.telemetry import count_move
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,8 @@ in the seckill transaction (`lock_sale`, `record_winners`), the refusal read (`r
 and `delete`; everything else about products and orders goes through their services' stubs
 (docs/DESIGN.md, "What the activity service touches directly"). An order and its stock
 decrement must commit together, in one transaction that holds the stock row, taken through
-database.stock in the lock order of docs/DESIGN.md ("Locks"). Who wins is not decided here:
+database.stock in the lock order of docs/DESIGN.md ("Locks"); the orders' INSERT and DELETE
+are database.orders', the one owner of the orders table's writes. Who wins is not decided here:
 the engine (activity_svc.seckill) asks `decide` between the two round trips.
 """
 
@@ -18,13 +19,11 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 
 import pymysql
-from pymysql.converters import escape_datetime
-from seckill.v1.order_pb2 import PENDING_PAYMENT
 
 from activity_svc.decision import Facts, SeckillAttempt, Window, Won
 from seckill_common.api.errors import FailedPrecondition, InvalidArgument, NotFound, Reason
-from seckill_common.database import stock
-from seckill_common.database.db import NO_REFERENCED_ROW, ROW_IS_REFERENCED, error_code
+from seckill_common.database import orders, stock
+from seckill_common.database.errors import NO_REFERENCED_ROW, ROW_IS_REFERENCED, error_code
 from seckill_common.database.order_events import Outbox
 from seckill_common.database.stock import LockedStock
 from seckill_common.database.transaction import Transaction
@@ -146,8 +145,7 @@ async def delete(tx: Transaction, activity_id: int) -> None:
     await stock.lock(tx, activity.product_id)
     await get(tx, activity_id, lock=True)
     try:
-        await tx.execute("DELETE FROM orders WHERE activity_id = %s AND active IS NULL",
-                          (activity_id,))
+        await orders.delete_finished(tx, activity_id)
         await tx.execute("DELETE FROM activities WHERE id = %s", (activity_id,))
     except pymysql.err.IntegrityError as exc:
         if error_code(exc) != ROW_IS_REFERENCED:
@@ -264,24 +262,15 @@ async def record_winners(tx: Transaction, sale: LockedSale, winners: Sequence[Se
     (now,) = {activity.now for activity in sale.activities.values()}  # one statement, one clock
     deadlines = {activity_id: now + timedelta(milliseconds=int(activity.payment_window_ms))
                  for activity_id, activity in sale.activities.items()}
-    # The columns a batch's orders of one activity share are written out once per activity,
-    # not passed per winner: the driver escaped three datetimes a row, a good part of what a
-    # winner cost this process. Numbers and escaped datetimes only, never a client's text.
-    shared = {activity_id: f"{locked.product_id:d}, {escape_datetime(now)}, {PENDING_PAYMENT:d},"
-                           f" 1, {int(activity.price_cents):d},"
-                           f" {escape_datetime(deadlines[activity_id])}, {escape_datetime(now)}"
+    prices = {activity_id: int(activity.price_cents)
               for activity_id, activity in sale.activities.items()}
-    rows = ", ".join([f"(%s, %s, %s, {shared[w.activity_id]})" for w in winners])
-    params: list[object] = []
-    for w in winners:
-        params += [w.activity_id, w.user_id, w.quantity]
+    insert_sql, params = orders.insert_pending_statement(locked.product_id, now, prices,
+                                                         deadlines, winners)
     take_sql, take_params = stock.take_statement(locked, units_of(winners), now)
     won_users = _users_by_activity(winners)
     created_sql, created_params = _orders_query(won_users)
     events_sql, events_params = outbox.created_statements(won_users)
-    writes = ["INSERT INTO orders (activity_id, user_id, quantity, product_id, create_time, state,"
-              f" active, price_cents, pay_deadline, update_time) VALUES {rows}", take_sql,
-              *events_sql]
+    writes = [insert_sql, take_sql, *events_sql]
     # COMMIT rides in the same round trip. Should anything before it fail, the server stops
     # there and the transaction rolls back; should the link drop after it was sent, the
     # outcome is unknown and the callers get UNAVAILABLE, and a retry finds the order.

@@ -20,6 +20,7 @@ from seckill.v1 import (
 )
 
 from activity_svc import repository
+from activity_svc.catalogue import Catalogue
 from activity_svc.fields import (
     DEFAULT_PAYMENT_WINDOW_MS,
     check_payment_window,
@@ -28,6 +29,7 @@ from activity_svc.fields import (
     waiting_room_columns,
 )
 from activity_svc.messages import activity_message
+from activity_svc.metrics import count_seckill
 from activity_svc.queue import QueueHub
 from activity_svc.seckill import SeckillEngine
 from activity_svc.watch import WatchHub
@@ -42,12 +44,11 @@ from seckill_common.api.validation import (
     require_id,
     update_paths,
 )
+from seckill_common.client.peers import call_peer
+from seckill_common.concurrency.loader import HOT_READ_GATHER_S, BatchLoader
 from seckill_common.database import idempotency
 from seckill_common.database.db import Database
-from seckill_common.database.singleflight import HOT_READ_GATHER_S, BatchLoader
 from seckill_common.runtime.auth import acting_user
-from seckill_common.runtime.peers import call_peer
-from seckill_common.runtime.telemetry import count_seckill
 
 
 def _check_fields(violations: Violations, activity: activity_pb2.Activity,
@@ -78,14 +79,20 @@ def _quantity(violations: Violations, quantity: int) -> int:
 
 
 class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
-    watches: WatchHub  # WatchActivity's streams (activity_svc.watch), set by server.py
-    queue: QueueHub  # JoinQueue's streams and Seckill's pass check (activity_svc.queue)
+    """Its collaborators, all built by server.py: the seckill engine, the activities this
+    process knows of (`catalogue`, shared with the engine), WatchActivity's streams
+    (`watches`, activity_svc.watch), JoinQueue's streams and Seckill's pass check (`queue`,
+    activity_svc.queue) and the peers' stubs."""
 
-    def __init__(self, database: Database, engine: SeckillEngine,
+    def __init__(self, database: Database, engine: SeckillEngine, catalogue: Catalogue,
+                 watches: WatchHub, queue: QueueHub,
                  products: product_pb2_grpc.ProductServiceAsyncStub,
                  orders: order_pb2_grpc.OrderServiceAsyncStub, peer_timeout_s: float) -> None:
         self._db = database
         self._engine = engine
+        self._catalogue = catalogue
+        self.watches = watches
+        self.queue = queue
         self._products = products
         self._orders = orders
         self._peer_timeout_s = peer_timeout_s
@@ -97,7 +104,7 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
     async def _read(self, ids: list[int]) -> dict[int, activity_pb2.Activity | BaseException]:
         # An activity's product never changes: products already known are fetched alongside
         # the activities rather than after them (one round trip less on the read's path).
-        known = {p for p in map(self._engine.known_product_of, ids) if p is not None}
+        known = {p for p in map(self._catalogue.known_product_of, ids) if p is not None}
         fetches = {p: asyncio.ensure_future(self._get_product(p)) for p in known}
         try:
             rows = await self._db.run(lambda tx: repository.get_many(tx, ids))
@@ -107,7 +114,7 @@ class ActivityServicer(activity_pb2_grpc.ActivityServiceServicer):
             await asyncio.gather(*fetches.values(), return_exceptions=True)
             raise
         for read in rows.values():
-            self._engine.learn_product_of(read.id, read.product_id, read.per_user_limit)
+            self._catalogue.learn(read.id, read.product_id, read.per_user_limit)
             if read.product_id not in fetches:
                 fetches[read.product_id] = asyncio.ensure_future(
                     self._get_product(read.product_id))

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -44,9 +43,9 @@ from seckill_common.api.errors import (
     Unavailable,
 )
 from seckill_common.api.validation import require_id
+from seckill_common.concurrency.loader import BatchLoader
 from seckill_common.config import WatchSettings
 from seckill_common.database.db import Database
-from seckill_common.database.singleflight import BatchLoader
 from seckill_common.runtime.interceptors import Malformed
 from seckill_common.runtime.streams import StreamEndings, StreamSlots, resolve
 
@@ -318,6 +317,3 @@ class WatchHub:
         await self.slots.drained()
         await self._reads.close()
 
-
-# The engine's hook type: called with a product id after each committed batch.
-CommitHook = Callable[[int], None]

@@ -1,6 +1,6 @@
 """OrderEventService: the feed of order events, listed and watched (docs/EVENTS.md).
 
-One `EventFeed` per process takes the watermark (order_events.watermark: it sequences what
+One `EventFeed` per process takes the watermark (event_store.watermark: it sequences what
 has committed since, and every event up to it is in the feed for good) every
 SECKILL_EVENTS_POLL_INTERVAL_MS while streams watch, and wakes
 them when it moves; each stream then reads its own events, up to that watermark, from its own
@@ -18,13 +18,13 @@ import random
 from grpc.aio import ServicerContext
 from seckill.v1 import order_events_pb2, order_events_pb2_grpc
 
+from order_svc import event_store
+from order_svc.event_store import Position
 from seckill_common.api.errors import FailedPrecondition, InvalidArgument, Reason, Unavailable
 from seckill_common.api.pages import decode_page_token, encode_page_token, page_size
 from seckill_common.api.times import to_timestamp
 from seckill_common.config import EventsSettings, WatchSettings
-from seckill_common.database import order_events
 from seckill_common.database.db import Database
-from seckill_common.database.order_events import Position
 from seckill_common.runtime.background import Background
 from seckill_common.runtime.interceptors import Malformed
 from seckill_common.runtime.streams import StreamEndings, StreamSlots, resolve
@@ -79,7 +79,7 @@ class EventFeed:
 
     async def read(self) -> Position:
         """A fresh watermark (one short sequencer transaction; it waits for nobody)."""
-        return await self._db.run(order_events.watermark)
+        return await self._db.run(event_store.watermark)
 
     def join(self) -> None:
         self.watchers += 1
@@ -138,10 +138,10 @@ class Pruner:
 
     async def sequence(self) -> None:
         """Sequencer passes until one moves less than a full batch (at most SEQUENCE_PASSES)."""
-        before = (await self._db.run(order_events.watermark)).safe
+        before = (await self._db.run(event_store.watermark)).safe
         for _ in range(SEQUENCE_PASSES):
-            after = (await self._db.run(order_events.watermark)).safe
-            if after - before < order_events.SEQUENCE_BATCH:
+            after = (await self._db.run(event_store.watermark)).safe
+            if after - before < event_store.SEQUENCE_BATCH:
                 return
             before = after
 
@@ -150,7 +150,7 @@ class Pruner:
         await self.sequence()
         total = 0
         while True:
-            count = await self._db.run(lambda tx: order_events.prune(
+            count = await self._db.run(lambda tx: event_store.prune(
                 tx, self.settings.retention_s, behind_relay=bool(self.settings.nats_url),
                 limit=PRUNE_BATCH))
             total += count
@@ -200,7 +200,7 @@ class OrderEventServicer(order_events_pb2_grpc.OrderEventServiceServicer):
                     ) -> list[order_events_pb2.OrderEvent]:
         """Events in (after, through]; EVENTS_PRUNED when retention passed `after` first."""
         events, pruned_through = await self._db.run(
-            lambda tx: order_events.read(tx, after, through, limit))
+            lambda tx: event_store.read(tx, after, through, limit))
         if after < pruned_through:
             raise pruned(pruned_through)
         return events

@@ -13,7 +13,7 @@ from order_svc.repository import (
     payment_expired,
 )
 from seckill_common.api.messages import OrderRow
-from seckill_common.runtime.telemetry import count_expired, count_order
+from seckill_common.database.orders import count_expired, count_order
 
 
 def observe(result: Payment | Cancellation | Expiry) -> None:

@@ -7,8 +7,8 @@ STANDBY_S). A holder that freezes or is cut off stops renewing, and a standby ta
 the lease's time to live (SECKILL_EVENTS_RELAY_LEASE_MS) plus one round trip.
 
 The active relay creates its stream when missing, then loops: a sequencer pass
-(order_events.watermark: it gives revisions to what has committed since), then one database
-round trip per batch (order_events.relay_batch): the checkpoint moved past what JetStream
+(event_store.watermark: it gives revisions to what has committed since), then one database
+round trip per batch (event_store.relay_batch): the checkpoint moved past what JetStream
 acknowledged, fenced by the lease's epoch; the events after the checkpoint up to the
 `sequenced` mark (no event below it can commit later). It publishes the batch in revision order
 on one connection, every message with a reply subject of one inbox subscription (serialized
@@ -37,22 +37,26 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from prometheus_client import Counter, Gauge
 from seckill.v1 import order_events_pb2
 
+from order_svc import event_store
 from seckill_common.config import Settings
 from seckill_common.database import lease as leases
-from seckill_common.database import order_events
 from seckill_common.database.db import Database
 from seckill_common.database.lease import Lease, LeaseLost, LeaseTimes
 from seckill_common.runtime.background import Background
 from seckill_common.runtime.server import HealthEntry
-from seckill_common.runtime.telemetry import (
-    EVENTS_RELAY_ACTIVE,
-    EVENTS_RELAY_LAG,
-    EVENTS_RELAYED,
-)
 
 log = logging.getLogger(__name__)
+
+EVENTS_RELAYED = Counter("seckill_events_relayed",
+                         "Order events JetStream acknowledged to this process's relay")
+EVENTS_RELAY_LAG = Gauge(
+    "seckill_events_relay_lag_seconds", "Age of the oldest order event the relay has not yet "
+    "had acknowledged by JetStream (0: caught up), as the active relay last saw it")
+EVENTS_RELAY_ACTIVE = Gauge("seckill_events_relay_active",
+                            "1 while this process's relay holds the lease and publishes")
 
 HEALTH_NAME = "seckill.events.relay"
 LEASE = "seckill.events_relay"
@@ -171,7 +175,7 @@ class Relay:
                 EVENTS_RELAY_ACTIVE.set(0)
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(READ_TIMEOUT_S):
-                    EVENTS_RELAY_LAG.set(await self._db.run(order_events.pending_age_s))
+                    EVENTS_RELAY_LAG.set(await self._db.run(event_store.pending_age_s))
             await asyncio.sleep(RETRY_S)
 
     async def _lead(self) -> float:
@@ -229,7 +233,7 @@ class Relay:
 
     async def _relay(self, nc: NATS, publisher: AckedPublisher, lease: Lease) -> None:
         async with asyncio.timeout(READ_TIMEOUT_S):
-            acked = recorded = await self._db.run(order_events.relayed)
+            acked = recorded = await self._db.run(event_store.relayed)
         idle = False
         while True:
             if not nc.is_connected:  # noticed even while no event waits
@@ -250,7 +254,7 @@ class Relay:
 
     async def nothing_new(self, acked: int) -> bool:
         async with asyncio.timeout(READ_TIMEOUT_S):
-            return await self._db.run(lambda tx: order_events.nothing_after(tx, acked))
+            return await self._db.run(lambda tx: event_store.nothing_after(tx, acked))
 
     async def relay_once(self, publisher: AckedPublisher, lease: Lease, acked: int
                          ) -> tuple[int, bool]:
@@ -259,8 +263,8 @@ class Relay:
         (more may be waiting)."""
         lease.check()
         async with asyncio.timeout(READ_TIMEOUT_S):
-            await self._db.run(order_events.watermark)
-            batch = await self._db.run(lambda tx: order_events.relay_batch(
+            await self._db.run(event_store.watermark)
+            batch = await self._db.run(lambda tx: event_store.relay_batch(
                 tx, lease.fence, acked, acked, BATCH))
         if batch.lease_left_s is None or batch.lease_left_s < self.times.margin_s:
             lease.lost.set()
@@ -269,7 +273,7 @@ class Relay:
         EVENTS_RELAY_LAG.set(batch.waited_s)
         if not batch.count:
             return max(acked, batch.position.safe), False
-        events = order_events.events_of_batch(batch.text)
+        events = event_store.events_of_batch(batch.text)
         if len(events) != batch.count:  # never: the text's limit is far above a batch's size
             raise RuntimeError(f"read {len(events)} of a batch of {batch.count} events")
         messages = [(SUBJECTS[event.type], event.SerializeToString(),

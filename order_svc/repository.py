@@ -1,11 +1,12 @@
 """SQL for orders: reading them, and their state changes after the seckill.
 
 Orders are inserted only by the seckill transaction (activity_svc/repository.py), as
-PENDING_PAYMENT. Every change that gives units back (cancel, expiry: the order's whole
-quantity, never part of it) takes the product's stock row first (database.stock; the lock
-order is docs/DESIGN.md's "Locks"); paying moves no unit and locks the order row alone. The
-deadline is judged by the database's clock inside the transaction that holds the order row,
-so a payment and an expiry of one order never both win.
+PENDING_PAYMENT; every write of the orders table is built by its one owner, database.orders.
+Every change that gives units back (cancel, expiry: the order's whole quantity, never part of
+it) takes the product's stock row first (database.stock; the lock order is docs/DESIGN.md's
+"Locks"); paying moves no unit and locks the order row alone. The deadline is judged by the
+database's clock inside the transaction that holds the order row, so a payment and an expiry
+of one order never both win.
 
 Every change's writes (the orders' UPDATE, the units back, its events) go in one round trip
 with the COMMIT (`_change`): the rows they lock are held for the server's own work on that
@@ -23,7 +24,7 @@ from seckill.v1.order_pb2 import CANCELLED, EXPIRED, PAID, PENDING_PAYMENT
 
 from seckill_common.api.errors import FailedPrecondition, NotFound, Reason
 from seckill_common.api.messages import OrderRow
-from seckill_common.database import stock
+from seckill_common.database import orders, stock
 from seckill_common.database.order_events import EventType, Outbox
 from seckill_common.database.stock import LockedStock
 from seckill_common.database.transaction import Transaction
@@ -219,15 +220,12 @@ _EVENT_OF: dict[int, EventType] = {
 
 async def _change(cur: Transaction, order_ids: Sequence[int], state: int, outbox: Outbox, *,
                   back: tuple[LockedStock, int] | None = None) -> OrderRow:
-    """Moves orders to `state` (`active` follows: the schema's CHECK insists), gives `back`
+    """Moves orders to `state` (database.orders: `active` follows), gives `back`
     units to the stock row held, writes the change's events and COMMITs, in one round trip;
     returns the first order as committed. Every state change passes here, and ends its
     transaction here: nothing may follow it."""
-    marks = ", ".join(["%s"] * len(order_ids))
-    active = 1 if state in (PENDING_PAYMENT, PAID) else None
-    statements = [f"UPDATE orders SET state = %s, active = %s, update_time = UTC_TIMESTAMP(6)"
-                  f" WHERE id IN ({marks})"]
-    params: list[object] = [state, active, *order_ids]
+    change_sql, params = orders.change_statement(order_ids, state)
+    statements = [change_sql]
     if back is not None:
         back_sql, back_params = stock.give_back_statement(*back)
         statements.append(back_sql)

@@ -7,7 +7,7 @@ import pymysql
 from seckill_common.api.errors import FailedPrecondition, NotFound, Reason
 from seckill_common.api.messages import PRODUCT_FIELDS, ProductRow
 from seckill_common.database import stock
-from seckill_common.database.db import ROW_IS_REFERENCED, error_code
+from seckill_common.database.errors import ROW_IS_REFERENCED, error_code
 from seckill_common.database.transaction import Transaction
 
 UPDATABLE = ("name", "description", "price_cents", "stock")

@@ -17,9 +17,9 @@ from seckill_common.api.validation import (
     require_id,
     update_paths,
 )
+from seckill_common.concurrency.loader import HOT_READ_GATHER_S, BatchLoader
 from seckill_common.database import idempotency
 from seckill_common.database.db import Database
-from seckill_common.database.singleflight import HOT_READ_GATHER_S, BatchLoader
 
 # A page of 1,000 products with 10,000-character descriptions (up to 4 bytes a character) would
 # be 40 MB: past grpc's default 4 MiB that clients accept, and past our 16 MiB send limit. So a

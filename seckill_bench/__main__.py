@@ -17,7 +17,7 @@ from pathlib import Path
 
 from seckill_bench.config import BenchConfig, ConfigError, parse_duration
 from seckill_bench.runner import BenchError, run
-from seckill_common.runtime.tls import ClientTLS
+from seckill_common.client.tls import ClientTLS
 
 FORMATS = ("summary", "json", "pretty", "html")
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from seckill_common.client.tls import ClientTLS
 from seckill_common.config import ClientSettings
-from seckill_common.runtime.tls import ClientTLS
 
 DEFAULT_TOTAL = 200  # ghz's default when neither -n nor -z is given
 

@@ -27,8 +27,8 @@ from google.rpc import error_details_pb2, status_pb2
 from seckill_bench.config import BenchConfig, share
 from seckill_bench.methods import Method, resolve
 from seckill_bench.template import Template, static_values
-from seckill_common.api.retry import AdaptiveThrottle, ThrottledLocally, backoff_s, retry_delay_s
-from seckill_common.runtime.tls import ClientTLS
+from seckill_common.client.retry import AdaptiveThrottle, ThrottledLocally, backoff_s, retry_delay_s
+from seckill_common.client.tls import ClientTLS
 
 CHANNEL_OPTIONS = [
     # Without it, channels to the same target in one process share one TCP connection.

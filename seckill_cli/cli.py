@@ -52,8 +52,8 @@ from seckill_cli.render import Output
 from seckill_cli.simulate import simulate
 from seckill_cli.watch import add_arguments as watch_arguments
 from seckill_cli.watch import watch
+from seckill_common.client.tls import ClientTLS
 from seckill_common.config import ADDRESSES, ClientSettings, ConfigError
-from seckill_common.runtime.tls import ClientTLS
 
 EPILOG = """\
 environment:

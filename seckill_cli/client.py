@@ -22,14 +22,14 @@ from grpc_status import rpc_status
 from seckill.v1 import activity_pb2_grpc, order_pb2_grpc, product_pb2_grpc
 
 from seckill_common.api.errors import Reason
-from seckill_common.api.retry import (
+from seckill_common.client.retry import (
     MIN_RETRY_S,
     AdaptiveThrottle,
     ThrottledLocally,
     backoff_s,
     retry_delay_s,
 )
-from seckill_common.runtime.tls import ClientTLS
+from seckill_common.client.tls import ClientTLS
 
 
 class Exit(enum.IntEnum):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from seckill_cluster.galera import AGENT_PORT, DATABASE, DB_PORT
 from seckill_cluster.hosts import ClusterError, Host, alive_pids, spawn
-from seckill_common.runtime.tls import ClientTLS
+from seckill_common.client.tls import ClientTLS
 from seckill_stack.health import run as wait_serving_all
 from seckill_stack.services import SERVICES, python_env
 

@@ -21,7 +21,7 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from seckill_common.runtime.tls import ClientTLS
+from seckill_common.client.tls import ClientTLS
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 # gRPC's default reconnect backoff grows to minutes; a server that binds a few seconds

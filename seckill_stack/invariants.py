@@ -31,7 +31,7 @@ from seckill.v1 import (
     product_pb2_grpc,
 )
 
-from seckill_common.runtime.tls import ClientTLS
+from seckill_common.client.tls import ClientTLS
 
 PLAINTEXT = ClientTLS()
 CALL_TIMEOUT_S = 30.0

@@ -110,7 +110,7 @@ async def test_the_budget_warns_when_max_connections_cannot_hold_a_replica(
 async def test_the_budget_is_logged_without_a_warning_when_it_fits(
         small_mariadb: str, caplog: pytest.LogCaptureFixture) -> None:
     db_url = await create_database(small_mariadb)
-    caplog.set_level(logging.INFO, logger="seckill_common.database.db")
+    caplog.set_level(logging.INFO, logger="seckill_common.database.startup")
     # A pool size of its own, so the logged budget is seen to follow the setting.
     product = await start_service(PRODUCT, settings_for(db_url, SECKILL_DB_POOL_SIZE="5"))
     await product.stop(0)

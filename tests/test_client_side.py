@@ -36,7 +36,7 @@ from seckill.v1 import activity_pb2, activity_pb2_grpc, order_pb2, product_pb2
 
 from seckill_bench.worker import Part, PartSpec
 from seckill_cli.client import About, Auth, CliError, Exit, Session
-from seckill_common.runtime.tls import ClientTLS
+from seckill_common.client.tls import ClientTLS
 from tests.helpers.stack import REPO
 
 ACTIVITY_SERVICE = activity_pb2.DESCRIPTOR.services_by_name["ActivityService"]

@@ -35,7 +35,7 @@ from seckill.v1 import (
 from seckill_cluster.cluster import Cluster
 from seckill_cluster.galera import DATABASE
 from seckill_cluster.hosts import Host, namespaces_available
-from seckill_common.runtime.tls import ClientTLS
+from seckill_common.client.tls import ClientTLS
 from seckill_stack.invariants import Invariant, SeckillCheck
 from seckill_stack.nats import NatsServer
 from tests.helpers.factories import timestamp

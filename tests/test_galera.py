@@ -12,7 +12,7 @@ import pytest
 from seckill.v1 import activity_pb2, product_pb2
 
 from seckill_common.database import migrations
-from seckill_common.database.db import wait_for_server
+from seckill_common.database.startup import wait_for_server
 from tests.helpers.factories import make_activity, make_product
 from tests.helpers.stack import PrivateMariaDB, free_port, query, settings_for, start_stack
 

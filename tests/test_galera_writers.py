@@ -37,7 +37,7 @@ from seckill.v1 import activity_pb2, activity_pb2_grpc, order_events_pb2, order_
 from seckill_cluster.cluster import Cluster
 from seckill_cluster.galera import DATABASE
 from seckill_cluster.hosts import Host
-from seckill_common.runtime.tls import ClientTLS
+from seckill_common.client.tls import ClientTLS
 from tests.helpers.rpc import error_details
 from tests.helpers.stack import REPO, STORED_EVENTS
 from tests.test_cluster import ALREADY_EXISTS, DEFINITE, OK, RETRYABLE, open_sale

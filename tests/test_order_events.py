@@ -16,9 +16,9 @@ from google.protobuf import duration_pb2
 from seckill.v1 import activity_pb2, order_events_pb2, order_events_pb2_grpc, order_pb2
 
 from activity_svc.seckill import EngineSettings, SeckillEngine
+from order_svc import event_store as order_events
 from order_svc.events import Pruner
 from order_svc.server import DEFINITION as ORDER
-from seckill_common.database import order_events
 from seckill_common.database.db import Database, create_pool
 from seckill_common.database.transaction import Transaction
 from seckill_common.runtime.server import start_service
@@ -197,7 +197,7 @@ async def test_a_pruned_position_is_refused_and_zero_starts_at_the_oldest_kept(
     for user in ("a", "b", "c"):
         await buy(stack, activity.id, user)
     events = await all_events(stack.events)
-    # Retention deleted the first two (as order_events.prune does).
+    # Retention deleted the first two (as event_store.prune does).
     await query(stack.db_url, "DELETE FROM order_events WHERE revision <= %s",
                 (events[1].revision,))
     await query(stack.db_url, "UPDATE order_event_marks SET revision = %s WHERE name = 'pruned'",

@@ -1,5 +1,5 @@
 """Overload answered in time (seckill_common.runtime.overload and the clients' side,
-seckill_common.api.retry): a call whose deadline has passed is not worked on; above the
+seckill_common.client.retry): a call whose deadline has passed is not worked on; above the
 in-flight limit calls are refused at once with RetryInfo, and nothing of them is done; the
 clients wait the delay, jittered, and try again; the limit adapts to latency."""
 
@@ -30,7 +30,7 @@ from product_svc.server import DEFINITION as PRODUCT
 from seckill_bench.config import BenchConfig
 from seckill_bench.runner import run_load
 from seckill_cli.client import Session
-from seckill_common.api.retry import AdaptiveThrottle, ThrottledLocally, backoff_s
+from seckill_common.client.retry import AdaptiveThrottle, ThrottledLocally, backoff_s
 from seckill_common.runtime.overload import INTERVAL_S, LoadShedder
 from seckill_common.runtime.server import start_service
 from tests.helpers.factories import make_activity, make_product

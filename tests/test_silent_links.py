@@ -31,7 +31,8 @@ from seckill.v1 import (
 from activity_svc.server import DEFINITION as ACTIVITY
 from order_svc.server import DEFINITION as ORDER
 from product_svc.server import DEFINITION as PRODUCT
-from seckill_common.database.db import Database, connect_kwargs, create_pool
+from seckill_common.database.db import Database, create_pool
+from seckill_common.database.sessions import connect_kwargs
 from seckill_common.database.transaction import Transaction
 from seckill_common.runtime.server import RunningService, start_service
 from seckill_stack.silent_link import SilentLink

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from seckill_common.database.singleflight import BatchLoader
+from seckill_common.concurrency.loader import BatchLoader
 
 
 class Source:

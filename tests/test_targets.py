@@ -9,8 +9,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from seckill_common.client.tls import ClientTLS
 from seckill_common.config import ConfigError, Settings
-from seckill_common.runtime.tls import ClientTLS
 from tests.helpers.stack import REPO, free_port
 
 BASE = {"SECKILL_ADMIN_TOKEN": "t"}

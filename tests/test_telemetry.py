@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from seckill.v1 import activity_pb2, product_pb2
 
-from seckill_common.runtime import telemetry
+from seckill_common import tracing as telemetry
 from tests.helpers.factories import make_activity, make_product
 from tests.helpers.metrics import delta, scrape
 from tests.helpers.stack import ADMIN, ServiceProcess, Stack, start_stack, subprocess_env

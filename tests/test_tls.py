@@ -21,7 +21,7 @@ from seckill.v1 import activity_pb2, activity_pb2_grpc, product_pb2, product_pb2
 
 from seckill_bench import BenchConfig, run_load
 from seckill_cli import cli
-from seckill_common.runtime.tls import ClientTLS
+from seckill_common.client.tls import ClientTLS
 from seckill_stack.health import wait_serving
 from tests.helpers.factories import timestamp
 from tests.helpers.stack import ADMIN, Stack, start_stack

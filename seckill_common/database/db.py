@@ -28,9 +28,10 @@ from typing import Any, TypeVar, cast
 import aiomysql
 import pymysql
 from opentelemetry import trace
+from prometheus_client import Gauge
 
 from seckill_common.api.errors import Aborted, NoAnswer, StatementTimeout, Unavailable
-from seckill_common.config import MySQLTarget, Settings, default_of
+from seckill_common.config import Settings, default_of
 from seckill_common.database.aiomysql_fix import (
     DropWakingRelease,
     bound_pool_connects,
@@ -38,89 +39,26 @@ from seckill_common.database.aiomysql_fix import (
 from seckill_common.database.aiomysql_fix import (
     connect as bounded_connect,
 )
+from seckill_common.database.errors import (
+    DEADLOCK,
+    LOCK_WAIT_TIMEOUT,
+    STATEMENT_TIMEOUTS,
+    UNKNOWN_THREAD,
+    error_code,
+    is_connection_error,
+)
+from seckill_common.database.sessions import client_bound_s, connect_kwargs
 from seckill_common.database.transaction import Transaction, TransactionEnded
-from seckill_common.runtime.telemetry import tracer
+from seckill_common.tracing import tracer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Errors after which the connection cannot be trusted and the server may be gone.
-# 1047: a Galera node that is not (or no longer) in the primary component: unusable until it
-# has rejoined, like a server that is down.
-CONNECTION_ERRORS = {2003, 2006, 2013, 2055, 1927, 1053, 1077, 1079, 1080, 1047}
 # A deadlock rolls the transaction back at once: the work is retried from the start in a new
 # one. A lock wait timeout (row or metadata lock) is not retried: the caller has already waited
 # SECKILL_DB_LOCK_WAIT_TIMEOUT, and retrying would multiply the bound.
-DEADLOCK = 1213
-LOCK_WAIT_TIMEOUT = 1205
 MAX_LOCK_RETRIES = 3
-# The statement ran past max_statement_time (MariaDB 1969; MySQL's max_execution_time, 3024).
-STATEMENT_TIMEOUTS = {1969, 3024}
-UNKNOWN_THREAD = 1094  # KILL of a session that has already ended
-ROW_IS_REFERENCED = 1451  # a foreign key still points at the row being deleted
-NO_REFERENCED_ROW = 1452  # a foreign key points at a missing row
-NO_SUCH_TABLE = 1146  # the schema has not been migrated at all (no schema_migrations)
-NOT_SUPPORTED_YET = 1235  # GET_LOCK on a Galera node, in MariaDB releases that refuse it
-DUPLICATE_ENTRY = 1062  # a unique key already holds the value
-# An ALTER TABLE whose change is already there (a migration re-run after a crash): a duplicate
-# column or key name, a column or key already dropped, a duplicate CHECK name (MariaDB, MySQL).
-ALREADY_ALTERED = frozenset({1060, 1061, 1091, 1826, 3822})
-# How much longer than the server's own statement limit the client waits: the server's answer
-# (a clean StatementTimeout on a connection that stays pooled) should come first.
-STATEMENT_MARGIN_S = 1.0
 MAX_DOOMED = 1000  # abandoned sessions remembered for a KILL at most
-
-
-def _session_init(settings: Settings, *, bounded: bool) -> str:
-    # READ COMMITTED: every read sees the latest commit, and inserts take no gap locks.
-    # UTC session clock: DATETIME columns hold UTC, and NOW() agrees across processes.
-    sql = ("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; "
-           "SET SESSION time_zone = '+00:00'")
-    if bounded:
-        # What a call may wait for: a row lock (innodb_lock_wait_timeout), a table's metadata
-        # lock (lock_wait_timeout, a day by default: a LOCK TABLES or a long ALTER would
-        # otherwise hang every call), and any statement as a whole: max_statement_time on
-        # MariaDB (an executable comment, so MySQL, which has no such variable for writes,
-        # reads it as a comment).
-        # A session that sits idle inside a transaction (its process frozen, its link silent)
-        # is ended by the server (MariaDB 10.3+; MySQL reads a comment), so its locks stop
-        # every other sale for that long at most.
-        wait = int(settings.db_lock_wait_timeout_s)
-        sql += (f", innodb_lock_wait_timeout = {wait}, lock_wait_timeout = {wait}"
-                f" /*M!100108 , max_statement_time = {settings.db_statement_timeout_s:.3f} */"
-                f" /*M!100300 , idle_transaction_timeout ="
-                f" {int(settings.db_idle_transaction_timeout_s)} */")
-    return sql
-
-
-def client_bound_s(settings: Settings) -> float:
-    """How long the client waits for one database answer when no caller's deadline ends the
-    wait sooner: SECKILL_DB_CLIENT_TIMEOUT, but never past the server's statement limit plus
-    a margin, so a statement the server would still run is not cut short by the client."""
-    bound = settings.db_client_timeout_s
-    if settings.db_statement_timeout_s > 0:
-        bound = min(bound, settings.db_statement_timeout_s + STATEMENT_MARGIN_S)
-    return bound
-
-
-def connect_kwargs(settings: Settings, *, with_db: bool = True,
-                   bounded: bool = False) -> dict[str, object]:
-    """Arguments of `aiomysql.connect`. `bounded` adds the lock and statement time limits of
-    the calls' pool; start-up work (the migrations' named lock, DDL) must not inherit them."""
-    target: MySQLTarget = settings.mysql
-    kwargs: dict[str, object] = dict(
-        host=target.host,
-        port=target.port,
-        user=target.user,
-        password=target.password,
-        charset="utf8mb4",
-        autocommit=False,
-        connect_timeout=settings.db_connect_timeout_s,
-        init_command=_session_init(settings, bounded=bounded),
-    )
-    if with_db:
-        kwargs["db"] = target.database
-    return kwargs
 
 
 async def create_pool(settings: Settings) -> aiomysql.Pool:
@@ -133,19 +71,6 @@ async def create_pool(settings: Settings) -> aiomysql.Pool:
         **connect_kwargs(settings, bounded=True),
     )
     return pool
-
-
-def is_connection_error(exc: BaseException) -> bool:
-    if isinstance(exc, pymysql.err.OperationalError | pymysql.err.InterfaceError):
-        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
-        return code in CONNECTION_ERRORS or isinstance(exc, pymysql.err.InterfaceError)
-    return isinstance(exc, ConnectionError | OSError | asyncio.TimeoutError | TimeoutError)
-
-
-def error_code(exc: BaseException) -> int:
-    if isinstance(exc, pymysql.err.MySQLError) and exc.args and isinstance(exc.args[0], int):
-        return exc.args[0]
-    return 0
 
 
 class BoundedCursor:
@@ -409,71 +334,23 @@ class Database:
             await asyncio.wait({self._reaper})
 
 
-async def wait_for_server(settings: Settings, *, create_database: bool = True) -> None:
-    """Block until the server accepts connections: creating the database if it is missing
-    (`create_database`, for whoever migrates), else connecting to it.
+# --- metrics: the pool's connections, read at scrape time -------------------------------------
 
-    Fails with `Unavailable` after SECKILL_DB_STARTUP_TIMEOUT seconds.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.db_startup_timeout_s
-    delay = 0.05
-    while True:
-        try:
-            conn = await bounded_connect(**connect_kwargs(settings, with_db=not create_database))
-            try:
-                if create_database:
-                    async with conn.cursor() as cur:
-                        await cur.execute("SET SESSION sql_notes = 0")
-                        # Identifier quoting: the name comes from our own config, never a client.
-                        name = settings.mysql.database.replace("`", "``")
-                        await cur.execute(
-                            f"CREATE DATABASE IF NOT EXISTS `{name}` "
-                            "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
-                        )
-                    await conn.commit()
-            finally:
-                conn.close()
-            return
-        except Exception as exc:
-            if not (is_connection_error(exc) or isinstance(exc, pymysql.err.OperationalError)):
-                raise
-            if loop.time() + delay > deadline:
-                raise Unavailable(
-                    f"database {settings.mysql.redacted()} not reachable: {exc}"
-                ) from exc
-            log.info("waiting for database %s: %s", settings.mysql.redacted(), exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+POOL_CONNECTIONS = Gauge("seckill_db_pool_connections",
+                         "Database pool connections by state (in_use, idle)",
+                         ["service", "state"])
+POOL_WAITING = Gauge("seckill_db_pool_waiting", "Calls waiting for a pooled connection",
+                     ["service"])
+# The pool opens connections as calls need them: in_use against this limit says how close the
+# pool is to making calls wait.
+POOL_MAX = Gauge("seckill_db_pool_max_connections",
+                 "Most connections the pool opens (SECKILL_DB_POOL_SIZE)", ["service"])
 
 
-async def connection_limit(settings: Settings) -> int:
-    """How many connections the server lets our account open: max_connections, or the account's
-    own limit (MAX_USER_CONNECTIONS, which the session's max_user_connections reports) if lower."""
-    conn = await bounded_connect(**connect_kwargs(settings))
-    try:
-        async with conn.cursor() as cur:
-            await cur.execute("SELECT @@GLOBAL.max_connections, @@SESSION.max_user_connections")
-            server, account = await cur.fetchone()
-    finally:
-        conn.close()
-    return min(int(server), int(account)) if int(account) > 0 else int(server)
-
-
-def log_connection_budget(settings: Settings, limit: int) -> None:
-    """One line with what one replica (all its worker processes) asks of the database; a
-    warning, with the numbers, when the database cannot hold it."""
-    asks = settings.workers * settings.db_pool_size
-    fields = {"workers": settings.workers, "pool_size": settings.db_pool_size,
-              "replica_connections": asks, "database_limit": limit}
-    if asks > limit:
-        log.warning(
-            "connection budget: %d workers x pool %d = %d connections for one replica, but the "
-            "database allows %d: calls will fail with 'Too many connections' under load; lower "
-            "SECKILL_WORKERS or SECKILL_DB_POOL_SIZE, or raise max_connections (replicas x "
-            "workers x pool must stay below it)", settings.workers, settings.db_pool_size, asks,
-            limit, extra=fields)
-    else:
-        log.info("connection budget: %d workers x pool %d = %d connections for one replica "
-                 "(database allows %d)", settings.workers, settings.db_pool_size, asks, limit,
-                 extra=fields)
+def watch_pool(service: str, size: Callable[[], int], free: Callable[[], int],
+               waiting: Callable[[], int], limit: int) -> None:
+    """Pool gauges, read at scrape time."""
+    POOL_CONNECTIONS.labels(service, "in_use").set_function(lambda: size() - free())
+    POOL_CONNECTIONS.labels(service, "idle").set_function(free)
+    POOL_WAITING.labels(service).set_function(waiting)
+    POOL_MAX.labels(service).set(limit)

@@ -20,7 +20,8 @@ from google.protobuf.message import Message
 
 from seckill_common.api.errors import InvalidArgument
 from seckill_common.api.validation import Violations
-from seckill_common.database.db import DUPLICATE_ENTRY, Database, error_code
+from seckill_common.database.db import Database
+from seckill_common.database.errors import DUPLICATE_ENTRY, error_code
 from seckill_common.database.transaction import Transaction
 
 FIELD = "request_id"

@@ -20,6 +20,11 @@ Two checks keep a holder that lost the lease from acting on it:
 
 Every call is bounded (asyncio.timeout): the database's own bound on a connection that went
 silent is hours.
+
+The migrations' lock (GET_LOCK, database/migrations.py) is another fact, with its own owner: a
+session lock held for one connection's DDL, needed before any table (this one included)
+exists, and gone with its session. A lease is held across many short transactions on any
+node, outlives no holder by more than its time to live, and fences its holder's writes.
 """
 
 from __future__ import annotations

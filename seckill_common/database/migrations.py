@@ -3,10 +3,14 @@ start-up (SECKILL_MIGRATE_ON_START, the default) or as a step of its own (`secki
 `python -m seckill_common.database.migrations`) run by a user with DDL rights before the services.
 
 Several processes may start at once: a server-side named lock (GET_LOCK) lets one apply while
-the others wait, then find nothing left to do. On a Galera cluster a named lock holds on one node
-only (and older MariaDB releases refuse it, error 1235, which is then skipped): there the
-migration must run as one step at a time through one node (the Kubernetes Job, via the
-operator's primary Service).
+the others wait, then find nothing left to do. It is not a lease (database/lease.py), and
+cannot be one: the leases table is itself a migration (0007), DDL commits implicitly so no
+transaction's fence could guard it, and a session lock ends with its session, so a migrator
+that crashes frees it at once, where a lease would keep the others waiting out its time to
+live. This module is its one owner (`_migration_lock`). On a Galera cluster a named lock
+holds on one node only (and older MariaDB releases refuse it, error 1235, which is then
+skipped): there the migration must run as one step at a time through one node (the Kubernetes
+Job, via the operator's primary Service).
 Every statement is idempotent, because MySQL DDL commits implicitly and a crash can leave a
 migration half applied: IF NOT EXISTS where both servers have it, and for ALTER TABLE (atomic
 on both, but MySQL has no ADD COLUMN IF NOT EXISTS) an error saying its change is already
@@ -24,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections.abc import AsyncIterator
 from importlib import resources
 
 import aiomysql
@@ -31,14 +36,14 @@ import pymysql
 
 from seckill_common.config import ConfigError, Settings
 from seckill_common.database.aiomysql_fix import connect as bounded_connect
-from seckill_common.database.db import (
+from seckill_common.database.errors import (
     ALREADY_ALTERED,
     NO_SUCH_TABLE,
     NOT_SUPPORTED_YET,
-    connect_kwargs,
     error_code,
-    wait_for_server,
 )
+from seckill_common.database.sessions import connect_kwargs
+from seckill_common.database.startup import wait_for_server
 
 log = logging.getLogger(__name__)
 LOCK_NAME = "seckill.schema_migrations"
@@ -86,8 +91,7 @@ async def migrate(settings: Settings) -> list[str]:
     try:
         async with conn.cursor() as cur:
             await cur.execute("SET SESSION sql_notes = 0")  # no "already exists" warnings
-            locked = await _lock(cur)
-            try:
+            async with _migration_lock(cur):
                 await cur.execute(
                     "CREATE TABLE IF NOT EXISTS schema_migrations ("
                     " version INT NOT NULL PRIMARY KEY,"
@@ -110,10 +114,6 @@ async def migrate(settings: Settings) -> list[str]:
                     await conn.commit()
                     applied_now.append(name)
                     log.info("applied migration %s", name)
-            finally:
-                if locked:
-                    await cur.execute("SELECT RELEASE_LOCK(%s)", (LOCK_NAME,))
-                    await cur.fetchone()
     finally:
         conn.close()
     return applied_now
@@ -129,8 +129,11 @@ async def _execute(cur: aiomysql.Cursor, statement: str) -> None:
         log.info("migration statement already applied: %s", exc)
 
 
-async def _lock(cur: aiomysql.Cursor) -> bool:
-    """Takes the migration lock; False where the server has no named locks (Galera)."""
+@contextlib.asynccontextmanager
+async def _migration_lock(cur: aiomysql.Cursor) -> AsyncIterator[None]:
+    """Holds the migration lock (a session lock, GET_LOCK) while the block runs; without one
+    where the server has no named locks (Galera). The lock dies with the session: a migrator
+    that crashes frees it at once."""
     try:
         await cur.execute("SELECT GET_LOCK(%s, %s)", (LOCK_NAME, LOCK_TIMEOUT_S))
     except pymysql.err.MySQLError as exc:
@@ -138,11 +141,16 @@ async def _lock(cur: aiomysql.Cursor) -> bool:
             raise
         log.warning("the database refuses named locks (Galera with wsrep on): migrating "
                     "without one; run a single migration step at a time")
-        return False
+        yield
+        return
     (got,) = await cur.fetchone()
     if got != 1:
         raise MigrationError(f"could not take the migration lock in {LOCK_TIMEOUT_S}s")
-    return True
+    try:
+        yield
+    finally:
+        await cur.execute("SELECT RELEASE_LOCK(%s)", (LOCK_NAME,))
+        await cur.fetchone()
 
 
 async def missing(settings: Settings) -> list[str]:

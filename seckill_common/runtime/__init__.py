@@ -1,1 +1,2 @@
-"""Server runtime: lifecycle, workers, interceptors, auth, rate limits, telemetry, TLS, peers."""
+"""Server runtime: lifecycle, workers, interceptors, overload, auth, rate limits, RPC metrics,
+servers' TLS, reflection, logs, streams, background tasks."""

@@ -37,12 +37,8 @@ from seckill_common.config import Settings
 from seckill_common.runtime.auth import Authenticator
 from seckill_common.runtime.overload import LoadShedder
 from seckill_common.runtime.ratelimit import RateLimiter
-from seckill_common.runtime.telemetry import (
-    current_trace_id,
-    rpc_recorder,
-    server_interceptors,
-    tracing_on,
-)
+from seckill_common.runtime.telemetry import rpc_recorder
+from seckill_common.tracing import current_trace_id, server_interceptors, tracing_on
 
 log = logging.getLogger("seckill.rpc")
 

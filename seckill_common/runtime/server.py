@@ -27,25 +27,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from seckill_common.api.errors import Unavailable
 from seckill_common.config import Settings
-from seckill_common.database.db import (
-    Database,
+from seckill_common.database.db import Database, create_pool, watch_pool
+from seckill_common.database.migrations import SchemaBehind, check_schema, migrate
+from seckill_common.database.startup import (
     connection_limit,
-    create_pool,
     log_connection_budget,
     wait_for_server,
 )
-from seckill_common.database.migrations import SchemaBehind, check_schema, migrate
 from seckill_common.runtime.interceptors import interceptors_for, rate_limiter_for
 from seckill_common.runtime.ratelimit import SHARED_HEALTH_NAME, RateLimiter
 from seckill_common.runtime.reflection import enable_reflection
-from seckill_common.runtime.telemetry import (
-    configure_tracing,
-    flush_traces,
-    serve_metrics,
-    watch_pool,
-)
+from seckill_common.runtime.telemetry import serve_metrics
 from seckill_common.runtime.tls import server_credentials
 from seckill_common.runtime.workers import start_heartbeat, supervise
+from seckill_common.tracing import configure_tracing, flush_traces
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from seckill.v1 import (
     product_pb2_grpc,
 )
 
-from seckill_common.runtime.peers import CHANNEL_OPTIONS
+from seckill_common.client.peers import CHANNEL_OPTIONS
 from seckill_stack.silent_link import SilentLink
 from tests.helpers.factories import timestamp
 from tests.helpers.rpc import error_details

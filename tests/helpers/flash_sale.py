@@ -27,7 +27,7 @@ from seckill.v1 import (
     product_pb2_grpc,
 )
 
-from seckill_common.runtime.peers import CHANNEL_OPTIONS
+from seckill_common.client.peers import CHANNEL_OPTIONS
 from seckill_stack.invariants import SeckillCheck
 from tests.helpers.factories import timestamp
 from tests.helpers.polling import eventually

@@ -14,9 +14,9 @@ from typing import TypeVar
 import grpc
 
 from seckill_common.api.errors import PeerNotFound, Unavailable
+from seckill_common.client.tls import ClientTLS
 from seckill_common.config import Settings
-from seckill_common.runtime.telemetry import client_interceptors
-from seckill_common.runtime.tls import ClientTLS
+from seckill_common.tracing import client_interceptors
 
 log = logging.getLogger(__name__)
 Resp = TypeVar("Resp")

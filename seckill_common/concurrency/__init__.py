@@ -1,0 +1,1 @@
+"""Concurrency without I/O of its own: single-flight loads and coalesced batches."""
