@@ -1,12 +1,11 @@
 """gRPC's own retries, with nothing but the shipped service config (examples/service_config.json,
 docs/CLIENTS.md): a refusal a client may retry (RESOURCE_EXHAUSTED, UNAVAILABLE) goes out
-Trailers-Only, so a channel with the retryPolicy retries it, after the server's
-grpc-retry-pushback-ms, and its retryThrottling stops retries once refusals outnumber answers.
+Trailers-Only, so a channel with the retryPolicy retries it after the server's
+grpc-retry-pushback-ms (an overload refusal's retries and throttling: test_overload.py).
 Attempts are counted by the server's own metrics."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -17,14 +16,10 @@ import pytest
 from prometheus_client import REGISTRY
 from seckill.v1 import activity_pb2, activity_pb2_grpc
 
-from tests.helpers.factories import make_activity, make_product
-from tests.helpers.flash_sale import holding
-from tests.helpers.polling import eventually
 from tests.helpers.stack import REPO, Stack, start_stack
 
 SHIPPED = (REPO / "examples" / "service_config.json").read_text()
 SECKILL = "/seckill.v1.ActivityService/Seckill"
-GET_ACTIVITY = "/seckill.v1.ActivityService/GetActivity"
 
 
 def served(method: str, code: str) -> float:
@@ -44,53 +39,6 @@ def test_the_service_config_of_the_docs_is_the_shipped_one() -> None:
     block = re.search(r"```json\n(.*?)```", section, re.S)
     assert block is not None
     assert json.loads(block.group(1)) == json.loads(SHIPPED)
-
-
-@pytest.fixture
-async def small_limit_stack(db_url: str) -> AsyncIterator[Stack]:
-    # An in-flight limit that two held calls reach.
-    stack = await start_stack(db_url, SECKILL_MAX_IN_FLIGHT="2", SECKILL_MIN_IN_FLIGHT="1")
-    yield stack
-    await stack.stop()
-
-
-async def test_overload_refusals_are_retried_by_the_policy_until_throttled(
-        small_limit_stack: Stack) -> None:
-    stack = small_limit_stack
-    product = await make_product(stack, stock=5)
-    activity = await make_activity(stack, product.id)
-    request = activity_pb2.GetActivityRequest(id=activity.id)
-    async with holding(stack.db_url) as holder, retrying_channel(stack.activity.address) as ch:
-        await holder.hold_stock_row(product.id)
-        held = [asyncio.ensure_future(stack.activities.Seckill(activity_pb2.SeckillRequest(
-            activity_id=activity.id, user_id=f"u{n}"), timeout=30)) for n in (1, 2)]
-
-        async def full() -> bool:
-            return (REGISTRY.get_sample_value("seckill_rpc_in_flight",
-                                              {"service": "activity"}) or 0) >= 2
-        await eventually(full, "two calls in flight", every_s=0.01)
-        stub = activity_pb2_grpc.ActivityServiceStub(ch)
-        before = served(GET_ACTIVITY, "RESOURCE_EXHAUSTED")
-        began = time.perf_counter()
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await stub.GetActivity(request, timeout=30)
-        took = time.perf_counter() - began
-        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        # maxAttempts: the call and three retries, each refused by the server.
-        assert served(GET_ACTIVITY, "RESOURCE_EXHAUSTED") - before == 4
-        pushback_ms = int(dict(refused.value.trailing_metadata() or ())[
-            "grpc-retry-pushback-ms"])
-        assert pushback_ms >= 50
-        # Each retry waited the server's delay.
-        assert took >= 3 * pushback_ms / 1000
-        # Four failed attempts cost four of the ten tokens; a fifth leaves five, no more
-        # than half: the next call is not retried (retryThrottling).
-        with pytest.raises(grpc.aio.AioRpcError) as throttled:
-            await stub.GetActivity(request, timeout=30)
-        assert throttled.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert served(GET_ACTIVITY, "RESOURCE_EXHAUSTED") - before == 5
-        await holder.release()
-    assert all(reply.order.id for reply in await asyncio.gather(*held))
 
 
 @pytest.fixture
