@@ -44,8 +44,9 @@ async def answer(context: ServicerContext, status: grpc.Status) -> None:
         context.set_trailing_metadata(status.trailing_metadata)
         return
     # `abort` sends the status at once, with response headers only if a message went before
-    # (a stream's), and raises AbortError. It is caught here, not raised through every layer
-    # (a raise through them costs more than the answer): grpc raises the same error again
-    # itself once the handler returns, ends the call quietly, and sends nothing more.
+    # (a stream's), and raises AbortError. It is caught here, so the layers outside return as
+    # for any other answer; grpc raises the same error again itself once the handler returns,
+    # ends the call quietly and sends nothing more. Measured: no dearer than setting the code
+    # (docs/CLIENTS.md, "Retries by the service config").
     with contextlib.suppress(grpc.aio.AbortError):
         await context.abort(status.code, status.details, tuple(status.trailing_metadata))
