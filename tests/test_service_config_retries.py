@@ -6,16 +6,21 @@ Attempts are counted by the server's own metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
 from prometheus_client import REGISTRY
 from seckill.v1 import activity_pb2, activity_pb2_grpc
 
+from tests.helpers.factories import make_activity, make_product
+from tests.helpers.polling import eventually
 from tests.helpers.stack import REPO, Stack, start_stack
 
 SHIPPED = (REPO / "examples" / "service_config.json").read_text()
@@ -72,3 +77,47 @@ async def test_a_rate_limited_call_is_retried_after_the_pushback(
     assert served(SECKILL, "RESOURCE_EXHAUSTED") - before["RESOURCE_EXHAUSTED"] == 1
     assert served(SECKILL, "INVALID_ARGUMENT") - before["INVALID_ARGUMENT"] == 2
     assert took >= 0.8
+
+
+@pytest.fixture
+async def one_stream(db_url: str) -> AsyncIterator[Stack]:
+    stack = await start_stack(db_url, SECKILL_WATCH_MAX_STREAMS="1")
+    yield stack
+    await stack.stop()
+
+
+async def test_a_stream_refused_before_its_first_message_is_retried_after_the_pushback(
+        one_stream: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    """A process full of WatchActivity streams refuses one more (RESOURCE_EXHAUSTED, a pushback
+    of a second); once the other stream has gone, the policy's retry opens it. The refusal
+    and the stream are counted and logged by the layers unary calls pass through."""
+    stack = one_stream
+    watch = "/seckill.v1.ActivityService/WatchActivity"
+    product = await make_product(stack)
+    activity = await make_activity(stack, product.id)
+    request = activity_pb2.WatchActivityRequest(id=activity.id)
+    first = stack.activities.WatchActivity(request)
+    await first.read()  # type: ignore[attr-defined]
+    before = served(watch, "RESOURCE_EXHAUSTED")
+
+    async def refused_once() -> bool:
+        return served(watch, "RESOURCE_EXHAUSTED") - before >= 1
+
+    with caplog.at_level(logging.INFO, logger="seckill.rpc"):
+        async with retrying_channel(stack.activity.address) as channel:
+            second: Any = activity_pb2_grpc.ActivityServiceStub(channel).WatchActivity(request)
+            reading = asyncio.ensure_future(second.read())
+            await eventually(refused_once, "the second stream refused")
+            refused_at = time.perf_counter()
+            first.cancel()
+            async with asyncio.timeout(10):
+                message = await reading
+            took = time.perf_counter() - refused_at
+            assert message.activity.id == activity.id
+            second.cancel()
+    assert served(watch, "RESOURCE_EXHAUSTED") - before == 1
+    assert took >= 0.9  # the pushback: a second; the client's own first backoff is 0.1 s
+    # The refused attempt's line, and the first stream's, with the messages it sent.
+    ended = [(r.code, getattr(r, "messages", None)) for r in caplog.records  # type: ignore
+             if r.name == "seckill.rpc" and getattr(r, "method", "") == watch]
+    assert ("RESOURCE_EXHAUSTED", 0) in ended and ("CANCELLED", 1) in ended
