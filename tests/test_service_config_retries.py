@@ -97,7 +97,7 @@ async def test_a_stream_refused_before_its_first_message_is_retried_after_the_pu
     activity = await make_activity(stack, product.id)
     request = activity_pb2.WatchActivityRequest(id=activity.id)
     first = stack.activities.WatchActivity(request)
-    await first.read()  # type: ignore[attr-defined]
+    await first.read()
     before = served(watch, "RESOURCE_EXHAUSTED")
 
     async def refused_once() -> bool:
