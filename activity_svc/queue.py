@@ -39,11 +39,10 @@ from seckill_common.config import QueueSettings
 from seckill_common.database.db import Database
 from seckill_common.runtime.auth import acting_user
 from seckill_common.runtime.interceptors import Malformed
-from seckill_common.runtime.streams import StreamEndings, StreamSlots, resolve
+from seckill_common.runtime.streams import StreamSlots, resolve, serve_stream
 
 log = logging.getLogger(__name__)
 
-METHOD = "/seckill.v1.ActivityService/JoinQueue"
 # A sell-out, an admission or the end reaches every waiting buyer within this bound; a feed
 # that cannot read its line for this long ends its streams (UNAVAILABLE: join again).
 FRESHNESS_BOUND_S = 1.0
@@ -107,7 +106,6 @@ class QueueHub:
         self._room_reads: BatchLoader[int, bool] = BatchLoader(self._load_rooms)
         self.slots = StreamSlots("JoinQueue", settings.max_streams,
                                  "SECKILL_QUEUE_MAX_STREAMS", settings.max_lifetime_s)
-        self._endings = StreamEndings("activity", METHOD)
         self.messages = 0  # sent so far (statistics)
         self.lookups = 0  # ticket lookups (statistics)
 
@@ -224,7 +222,7 @@ class QueueHub:
     async def serve(self, request: activity_pb2.JoinQueueRequest | Malformed,
                     context: ServicerContext) -> None:
         """The JoinQueue handler: writes messages with context.write, ends with a status."""
-        await self._endings.serve(context, lambda sent: self._stream(request, context, sent))
+        await serve_stream(lambda sent: self._stream(request, context, sent))
 
     async def _stream(self, request: activity_pb2.JoinQueueRequest | Malformed,
                       context: ServicerContext, sent: list[int]) -> ServiceError | None:

@@ -47,11 +47,10 @@ from seckill_common.concurrency.loader import BatchLoader
 from seckill_common.config import WatchSettings
 from seckill_common.database.db import Database
 from seckill_common.runtime.interceptors import Malformed
-from seckill_common.runtime.streams import StreamEndings, StreamSlots, resolve
+from seckill_common.runtime.streams import StreamSlots, resolve, serve_stream
 
 log = logging.getLogger(__name__)
 
-METHOD = "/seckill.v1.ActivityService/WatchActivity"
 # Every message is at most this far behind the database when it is sent (the documented
 # bound): the poll interval is capped below it (750 ms, seckill_common.config.WatchSettings),
 # a feed that cannot read for this long ends its streams, and a stream never sends a view
@@ -137,7 +136,6 @@ class WatchHub:
         self.slots = StreamSlots("WatchActivity", settings.max_streams,
                                  "SECKILL_WATCH_MAX_STREAMS", settings.max_lifetime_s)
         self.messages = 0  # sent so far (statistics)
-        self._endings = StreamEndings("activity", METHOD)
 
     @property
     def reads(self) -> int:
@@ -232,7 +230,7 @@ class WatchHub:
     async def serve(self, request: activity_pb2.WatchActivityRequest | Malformed,
                     context: ServicerContext) -> None:
         """The WatchActivity handler: writes messages with context.write, ends with a status."""
-        await self._endings.serve(context, lambda sent: self._stream(request, context, sent))
+        await serve_stream(lambda sent: self._stream(request, context, sent))
 
     async def _stream(self, request: activity_pb2.WatchActivityRequest | Malformed,
                       context: ServicerContext, sent: list[int]) -> ServiceError:

@@ -27,12 +27,11 @@ from seckill_common.config import EventsSettings, WatchSettings
 from seckill_common.database.db import Database
 from seckill_common.runtime.background import Background
 from seckill_common.runtime.interceptors import Malformed
-from seckill_common.runtime.streams import StreamEndings, StreamSlots, resolve
+from seckill_common.runtime.streams import StreamSlots, resolve, serve_stream
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = order_events_pb2.DESCRIPTOR.services_by_name["OrderEventService"].full_name
-WATCH_METHOD = f"/{SERVICE_NAME}/WatchOrderEvents"
 # Events per stream message (and per read of a stream).
 STREAM_PAGE = 500
 PRUNE_INTERVAL_S = 60.0
@@ -175,7 +174,6 @@ class OrderEventServicer(order_events_pb2_grpc.OrderEventServiceServicer):
         self.feed = EventFeed(database, settings)
         self.slots = StreamSlots("WatchOrderEvents", limits.max_streams,
                                  "SECKILL_WATCH_MAX_STREAMS", limits.max_lifetime_s)
-        self._endings = StreamEndings("order", WATCH_METHOD)
 
     async def ListOrderEvents(self, request: order_events_pb2.ListOrderEventsRequest,
                               context: ServicerContext
@@ -209,7 +207,7 @@ class OrderEventServicer(order_events_pb2_grpc.OrderEventServiceServicer):
     async def WatchOrderEvents(self,  # type: ignore[override]
                                request: order_events_pb2.WatchOrderEventsRequest | Malformed,
                                context: ServicerContext) -> None:
-        await self._endings.serve(context, lambda sent: self._stream(request, context, sent))
+        await serve_stream(lambda sent: self._stream(request, context, sent))
 
     async def _stream(self, request: order_events_pb2.WatchOrderEventsRequest | Malformed,
                       context: ServicerContext, sent: list[int]) -> Unavailable:

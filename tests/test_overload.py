@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -39,6 +40,7 @@ from tests.helpers.polling import eventually
 from tests.helpers.rpc import error_details
 from tests.helpers.stack import (
     ADMIN,
+    REPO,
     ServiceProcess,
     Stack,
     settings_for,
@@ -50,6 +52,7 @@ SECKILL = "/seckill.v1.ActivityService/Seckill"
 # Limits a test reaches with a few held calls; the shipped ones (5,000, floor 2,500) are what
 # every other test runs with.
 SMALL_LIMIT = {"SECKILL_MAX_IN_FLIGHT": "2", "SECKILL_MIN_IN_FLIGHT": "1"}
+SERVICE_CONFIG = (REPO / "examples" / "service_config.json").read_text()
 
 
 def in_flight() -> float:
@@ -164,6 +167,47 @@ async def test_seckill_bench_backs_off_after_retry_info(small_limit_stack: Stack
     await asyncio.gather(*held)
     assert set(report.status_counts) == {"ResourceExhausted"}, report.status_counts
     assert report.count <= 2 * (1.0 / 0.025 + 2), report.count
+
+
+async def test_the_shipped_service_config_retries_after_the_pushback_until_throttled(
+        small_limit_stack: Stack) -> None:
+    """A refusal goes out Trailers-Only, so gRPC's own retryPolicy (examples/service_config.json,
+    nothing of ours on the client) retries it after the server's grpc-retry-pushback-ms; its
+    retryThrottling stops retrying once refusals outnumber answers. Attempts are counted by
+    the server's metrics."""
+    stack = small_limit_stack
+    product = await make_product(stack, stock=5)
+    activity = await make_activity(stack, product.id)
+    method = "/seckill.v1.ActivityService/GetActivity"
+    request = activity_pb2.GetActivityRequest(id=activity.id)
+
+    def refused() -> float:
+        return REGISTRY.get_sample_value("seckill_rpc_requests_total", {
+            "service": "activity", "method": method, "code": "RESOURCE_EXHAUSTED"}) or 0.0
+
+    async with stock_row_held(stack.db_url, product.id), grpc.aio.insecure_channel(
+            stack.activity.address, options=[("grpc.service_config", SERVICE_CONFIG),
+                                             ("grpc.enable_retries", 1)]) as channel:
+        held = [asyncio.ensure_future(stack.activities.Seckill(seckill(activity.id, f"u{n}"),
+                                                               timeout=30)) for n in (1, 2)]
+        await gauge_reaches(lambda: in_flight() >= 2, "two calls in flight")
+        stub = activity_pb2_grpc.ActivityServiceStub(channel)
+        before = refused()
+        began = time.perf_counter()
+        with pytest.raises(grpc.aio.AioRpcError) as first:
+            await stub.GetActivity(request, timeout=30)
+        took = time.perf_counter() - began
+        assert first.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused() - before == 4  # maxAttempts: the call and three retries
+        pushback_ms = int(dict(first.value.trailing_metadata() or ())["grpc-retry-pushback-ms"])
+        assert took >= 3 * pushback_ms / 1000  # each retry waited the server's delay
+        # Four failed attempts cost four of the ten tokens; a fifth leaves five, no more than
+        # half: the next refused call is not retried.
+        with pytest.raises(grpc.aio.AioRpcError) as second:
+            await stub.GetActivity(request, timeout=30)
+        assert second.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused() - before == 5
+    assert all(reply.order.id for reply in await asyncio.gather(*held))
 
 
 async def test_a_call_whose_deadline_has_passed_is_not_worked_on(db_url: str,

@@ -1,7 +1,7 @@
 """Domain errors and their one mapping to canonical gRPC status codes with `google.rpc` details.
 
-Servicers and repositories raise these; `interceptors.ErrorMappingInterceptor` turns them into
-statuses, so no servicer calls `context.abort`.
+Servicers and repositories raise these; the interceptors' `map_errors` layer turns them into
+statuses, which `runtime.answers.answer` writes, so no servicer calls `context.abort`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN = "seckill.v1"
@@ -369,9 +369,13 @@ class TooManyStreams(ServiceError):
                 subject="process", description=self.setting)])]
 
 
+def status_of(code: grpc.StatusCode, message: str) -> grpc.Status:
+    """A status without details."""
+    answer: grpc.Status = rpc_status.to_status(
+        status_pb2.Status(code=code.value[0], message=message))
+    return answer
+
+
 def internal_status() -> grpc.Status:
     """The answer for an unexpected error: no internals leave the process."""
-    answer: grpc.Status = rpc_status.to_status(
-        status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
-    )
-    return answer
+    return status_of(grpc.StatusCode.INTERNAL, "internal error")

@@ -24,6 +24,7 @@ from grpc.aio import ServicerContext
 
 from seckill_common.api.errors import NotFound, PermissionDenied, Unauthenticated
 from seckill_common.api.validation import MAX_USER_ID_CHARS
+from seckill_common.runtime.answers import Behavior
 
 ISSUER = "seckill"
 ALGORITHM = "HS256"
@@ -144,9 +145,6 @@ class UserTokens:
             self._verified.clear()
         self._verified[token] = (user, float(claims["exp"]) + LEEWAY_S)
         return user
-
-
-Behavior = Any  # interceptors.Behavior; kept loose to avoid an import cycle
 
 
 class Authenticator:

@@ -16,9 +16,12 @@ Order (outermost first), as `interceptors_for` builds it:
 
 The layers are plain functions composed once per method by one grpc interceptor, which caches
 the wrapped handler: grpc.aio calls every interceptor on every RPC, and building handlers per
-call costs more than a trivial RPC itself. Only unary-unary handlers are wrapped; health Watch
-and reflection streams pass through, and our own server streams get only the tolerant request
-parser and auth (seckill_common.runtime.streams ends, logs and counts them).
+call costs more than a trivial RPC itself. Unary-unary handlers get every layer; our own server
+streams (a coroutine that writes with context.write) get the access log, map_errors, auth and
+the tolerant request parser, so their lines, metrics and statuses are written by the same code
+as a unary call's (seckill_common.runtime.streams: how many a process takes, how they end).
+Health Watch and reflection streams pass through. Every status is written by
+`runtime.answers.answer`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from grpc.aio import ServicerContext
 
 from seckill_common.api.errors import InvalidArgument, ServiceError, internal_status
 from seckill_common.config import Settings
+from seckill_common.runtime.answers import Behavior, Layer, answer, stream_messages
 from seckill_common.runtime.auth import Authenticator
 from seckill_common.runtime.overload import LoadShedder
 from seckill_common.runtime.ratelimit import RateLimiter
@@ -41,10 +45,6 @@ from seckill_common.runtime.telemetry import rpc_recorder
 from seckill_common.tracing import current_trace_id, server_interceptors, tracing_on
 
 log = logging.getLogger("seckill.rpc")
-
-Behavior = Callable[[Any, ServicerContext], Awaitable[Any]]
-# A layer wraps the behavior of one method (named by its full path) in another behavior.
-Layer = Callable[[str, Behavior], Behavior]
 
 
 # Answers a sale gives by the thousand, as designed: a buyer told "sold out", "you hold one
@@ -74,6 +74,21 @@ class AccessLogRules:
         sale_day = settings.sale_day
         return cls(sale_day.access_log_all, sale_day.access_log_errors,
                    sale_day.access_log_slow_s, sale_day.access_log_sample_every)
+
+
+def _write_line(method: str, context: ServicerContext, code: str, seconds: float, reason: str,
+                sample_every: int, with_trace_id: bool) -> None:
+    """The access-log line of one call, unary or a server stream."""
+    fields: dict[str, Any] = {"method": method, "peer": context.peer(), "code": code,
+                              "latency_ms": round(seconds * 1000, 3), "logged": reason}
+    if reason == "sampled":
+        fields["sample_every"] = sample_every
+    messages = stream_messages.get()
+    if messages is not None:  # a server stream's
+        fields["messages"] = messages[0]
+    if with_trace_id:
+        fields["trace_id"] = current_trace_id()
+    log.info("rpc", extra=fields)
 
 
 def access_log(service: str, rules: AccessLogRules = AccessLogRules()) -> Layer:
@@ -119,26 +134,11 @@ def access_log(service: str, rules: AccessLogRules = AccessLogRules()) -> Layer:
                 record(name, seconds)
                 reason = why(code, seconds)
                 if reason is not None and log.isEnabledFor(logging.INFO):
-                    fields = {"method": method, "peer": context.peer(), "code": name,
-                              "latency_ms": round(seconds * 1000, 3), "logged": reason}
-                    if reason == "sampled":
-                        fields["sample_every"] = every
-                    if with_trace_id:
-                        fields["trace_id"] = current_trace_id()
-                    log.info("rpc", extra=fields)
+                    _write_line(method, context, name, seconds, reason, every, with_trace_id)
 
         return logged
 
     return layer
-
-
-def _answer(context: ServicerContext, status: grpc.Status) -> None:
-    # Setting the status and returning, rather than `abort_with_status` (which raises through
-    # every layer and costs about as much as a whole trivial RPC): grpc sends no message for
-    # a non-OK code.
-    context.set_code(status.code)
-    context.set_details(status.details)
-    context.set_trailing_metadata(status.trailing_metadata)
 
 
 def map_errors(method: str, behavior: Behavior) -> Behavior:
@@ -146,12 +146,12 @@ def map_errors(method: str, behavior: Behavior) -> Behavior:
         try:
             return await behavior(request, context)
         except ServiceError as exc:
-            _answer(context, exc.to_status())
+            await answer(context, exc.to_status())
         except grpc.aio.AbortError:
             raise
         except Exception:
             log.exception("unexpected error in %s", method)
-            _answer(context, internal_status())
+            await answer(context, internal_status())
         return None
 
     return mapped
@@ -194,8 +194,8 @@ class LayeredInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, layers: Sequence[Layer], stream_layers: Sequence[Layer] = ()) -> None:
         self._layers = list(layers)
-        # Our server streams log and end themselves (seckill_common.runtime.streams); they take
-        # only these: who may call them (auth), and the mapping of its refusals.
+        # Our server streams take only these: not the load shedder (a stream is bounded by
+        # its slots, runtime.streams) nor the rate limits.
         self._stream_layers = list(stream_layers)
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
@@ -212,8 +212,8 @@ class LayeredInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is not None and handler.unary_stream is not None and method.startswith(
                 "/seckill."):
-            # Our server streams (WatchActivity) keep their own layers; only bytes that are
-            # not their request reach them as `Malformed` (INVALID_ARGUMENT), not INTERNAL.
+            # Bytes that are not a stream's request reach it as `Malformed` (its own check
+            # answers INVALID_ARGUMENT), not as grpc's INTERNAL.
             streaming = handler.unary_stream
             for layer in reversed(self._stream_layers):
                 streaming = layer(method, streaming)
@@ -250,8 +250,8 @@ def interceptors_for(settings: Settings, service: str, admin_methods: frozenset[
                          user_methods)
     limits = limits or rate_limiter_for(settings, service)
     shedder = LoadShedder.of(settings, service)
+    logged = access_log(service, AccessLogRules.of(settings))
     return [*server_interceptors(),
-            LayeredInterceptor([access_log(service, AccessLogRules.of(settings)),
-                                shedder.layer, map_errors, auth.layer, refuse_malformed,
+            LayeredInterceptor([logged, shedder.layer, map_errors, auth.layer, refuse_malformed,
                                 limits.layer],
-                               stream_layers=[map_errors, auth.layer])]
+                               stream_layers=[logged, map_errors, auth.layer])]

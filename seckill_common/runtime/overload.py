@@ -32,8 +32,9 @@ from typing import Any
 import grpc
 from grpc.aio import ServicerContext
 
-from seckill_common.api.errors import Overloaded
+from seckill_common.api.errors import Overloaded, status_of
 from seckill_common.config import Settings
+from seckill_common.runtime.answers import Behavior, answer
 from seckill_common.runtime.telemetry import IN_FLIGHT, IN_FLIGHT_LIMIT
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,9 @@ DEADLINE_RULE_FROM = 64
 # At most one "shedding" warning per this many seconds.
 WARN_EVERY_S = 5.0
 
-Behavior = Callable[[Any, ServicerContext], Any]
+# The answer to a call whose deadline passed before it was worked on.
+DEADLINE_PASSED = status_of(grpc.StatusCode.DEADLINE_EXCEEDED,
+                            "deadline exceeded before the call was worked on")
 
 
 class LoadShedder:
@@ -96,7 +99,7 @@ class LoadShedder:
             return
         self._gauge_limit.set(self.limit)
 
-    def _refuse(self, context: ServicerContext, limit: str, latency_s: float) -> None:
+    async def _refuse(self, context: ServicerContext, limit: str, latency_s: float) -> None:
         self.refused += 1
         self._refused_since_warning += 1
         now = self._clock()
@@ -107,10 +110,8 @@ class LoadShedder:
             self._warned_at = now
             self._refused_since_warning = 0
         # Come back once the calls ahead have drained: about one latency.
-        status = Overloaded(limit, min(MAX_RETRY_S, max(MIN_RETRY_S, latency_s))).to_status()
-        context.set_code(status.code)
-        context.set_details(status.details)
-        context.set_trailing_metadata(status.trailing_metadata)
+        await answer(context, Overloaded(
+            limit, min(MAX_RETRY_S, max(MIN_RETRY_S, latency_s))).to_status())
 
     def layer(self, method: str, behavior: Behavior) -> Behavior:
         if not self.enabled or method.startswith(HEALTH_PREFIX):
@@ -122,15 +123,13 @@ class LoadShedder:
         async def shed(request: Any, context: ServicerContext) -> Any:
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
-                context.set_code(grpc.StatusCode.DEADLINE_EXCEEDED)
-                context.set_details("deadline exceeded before the call was worked on")
-                return None
+                return await answer(context, DEADLINE_PASSED)
             in_flight = self.in_flight
             if in_flight >= self.limit:
-                return self._refuse(context, "in_flight", latency[0])
+                return await self._refuse(context, "in_flight", latency[0])
             if (remaining is not None and in_flight >= DEADLINE_RULE_FROM
                     and remaining < latency[0]):
-                return self._refuse(context, "deadline", latency[0])
+                return await self._refuse(context, "deadline", latency[0])
             self.in_flight += 1
             start = clock()
             try:

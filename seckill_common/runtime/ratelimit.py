@@ -39,6 +39,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 
 from seckill_common.api.errors import ResourceExhausted
+from seckill_common.runtime.answers import Behavior
 from seckill_common.runtime.auth import current_caller
 from seckill_common.runtime.telemetry import RATE_LIMITS_SHARED
 
@@ -233,7 +234,7 @@ class RateLimiter:
             if wait:
                 raise ResourceExhausted("user", wait)
 
-    def layer(self, method: str, behavior: Any) -> Any:
+    def layer(self, method: str, behavior: Behavior) -> Behavior:
         if method in HEALTH_METHODS or (self.users is None and self.process is None):
             return behavior
         if self.shared is not None:

@@ -1,38 +1,30 @@
 """Server streams that never end by themselves (WatchActivity, WatchOrderEvents): how many a
 process takes and how long each lives (`StreamSlots`), how one ends with a status the client
-acts on, is counted and logged (`StreamEndings`), and what a full process answers.
+acts on (`serve_stream`), and what a full process answers.
 
-The handler writes with context.write and ends by setting its status; the interceptors see
-only the call, so the access log line and the metrics are written here. A client's cancel ends
-the stream's task by CancelledError, which is never swallowed (grpc/grpc#43360: a
-server-streaming handler that swallows it leaks native memory per call).
+The handler writes with context.write and ends with a status; the layers every call passes
+through (runtime.interceptors) write its status, its access-log line and its metrics, as for a
+unary call. A client's cancel ends the stream's task by CancelledError, which is never
+swallowed (grpc/grpc#43360: a server-streaming handler that swallows it leaks native memory
+per call).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import random
-import time
 from collections.abc import Awaitable, Callable, Iterator
 
-import grpc
-from grpc.aio import ServicerContext
-
-from seckill_common.api.errors import ServiceError, TooManyStreams, Unavailable, internal_status
-from seckill_common.runtime.telemetry import rpc_recorder
-
-log = logging.getLogger(__name__)
-access = logging.getLogger("seckill.rpc")
+from seckill_common.api.errors import ServiceError, TooManyStreams, Unavailable
+from seckill_common.runtime.answers import stream_messages
 
 # How long shutdown waits for the streams it ended to have sent their status.
 CLOSE_WAIT_S = 2.0
 
 # One stream's work: serves it until it ends, counting its messages in the list's one item;
-# returns the status to end it with (a shared error is returned rather than raised, so no
-# traceback gathers on it; None: OK, a stream that ended with its final message), raises the
-# request's refusal.
+# returns the error to end it with (None: OK, a stream that ended with its final message),
+# raises the request's refusal.
 StreamBody = Callable[[list[int]], Awaitable[ServiceError | None]]
 
 
@@ -80,41 +72,14 @@ def resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-class StreamEndings:
-    """One streaming method's status, metrics and access log."""
-
-    def __init__(self, service: str, method: str) -> None:
-        self.method = method
-        self._record = rpc_recorder(service, method)
-
-    async def serve(self, context: ServicerContext, body: StreamBody) -> None:
-        """Runs `body` and ends the stream with its status (or its refusal's)."""
-        begun = time.perf_counter()
-        sent = [0]
-        try:
-            ending = await body(sent)
-            if ending is None:
-                self._log(context, grpc.StatusCode.OK, sent[0], begun)
-                return
-            status = ending.to_status()
-        except ServiceError as exc:
-            status = exc.to_status()
-        except asyncio.CancelledError:
-            self._log(context, grpc.StatusCode.CANCELLED, sent[0], begun)
-            raise  # the client left: never swallowed (grpc/grpc#43360)
-        except Exception:
-            log.exception("unexpected error in %s", self.method)
-            status = internal_status()
-        context.set_code(status.code)
-        context.set_details(status.details)
-        context.set_trailing_metadata(status.trailing_metadata)
-        self._log(context, status.code, sent[0], begun)
-
-    def _log(self, context: ServicerContext, code: grpc.StatusCode, messages: int,
-             begun: float) -> None:
-        seconds = time.perf_counter() - begun
-        self._record(code.name, seconds)
-        if access.isEnabledFor(logging.INFO):
-            access.info("rpc", extra={"method": self.method, "peer": context.peer(),
-                                      "code": code.name, "messages": messages,
-                                      "latency_ms": round(seconds * 1000, 3)})
+async def serve_stream(body: StreamBody) -> None:
+    """Runs a stream's `body` (the handler's work) and ends the stream with its status: the
+    ending it returns or the refusal it raises goes to the layers outside (map_errors answers
+    it, the access log writes its line, with the messages counted here)."""
+    sent = [0]
+    stream_messages.set(sent)
+    ending = await body(sent)
+    if ending is not None:
+        # A shared error is raised by many streams: without this, each raise would add its
+        # frames to the traceback the error keeps.
+        raise ending.with_traceback(None)
