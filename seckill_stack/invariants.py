@@ -8,7 +8,7 @@ OK answers" compares only the orders this run added. That comparison assumes nob
 buys in the activity during the run; the other checks hold whoever buys. Only active orders
 (PENDING_PAYMENT, PAID) hold units: "no user holds two" and the stock balance count those.
 
-With quantities (issue 17) an order holds `quantity` units, so the balance is in units:
+An order holds `quantity` units, so the balance is in units:
 remaining stock + the quantities of the active orders = the units added (the initial stock,
 when no restock happened during the run), and the units the OK answers won = the units of the
 orders the run added. No active order holds more than the activity's per_user_limit (when the

@@ -135,7 +135,7 @@ class OverloadRow(Row):
 
 
 def targets(results: Results) -> list[tuple[str, str, bool | None]]:
-    """Issue 20's targets, from this run's rows: (target, measured, met or None)."""
+    """The h2load rows' targets, from this run's rows: (target, measured, met or None)."""
     found: list[tuple[str, str, bool | None]] = []
 
     def ratio(name: str, top_key: str, bottom_key: str, target: float) -> None:

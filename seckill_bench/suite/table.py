@@ -106,7 +106,7 @@ def targets(results: Results) -> list[tuple[str, str, bool | None]]:
          "—" if p99 is None else f"{p99:.1f} ms", judged(p99, lambda v: v <= TARGET_P99_MS)),
         ratio_target("flash sale of 1-3 units (q) / flash sale (b), throughput", q,
                      TARGET_QUANTITIES_RATIO, b),
-        *h2load_targets(results),  # issue 20's, from the h2load rows and (e)
+        *h2load_targets(results),  # from the h2load rows and (e)
         ratio_target("flash sale with order events (b) / without (n), throughput", b,
                      TARGET_OUTBOX_RATIO, n),
     ]
