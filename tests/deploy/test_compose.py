@@ -24,8 +24,8 @@ from packaging.utils import canonicalize_name
 
 from seckill_common.config import ConfigError, Settings
 
-ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = Path(__file__).resolve().parent / "data" / "compose-spec.schema.json"
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = Path(__file__).resolve().parents[1] / "data" / "compose-spec.schema.json"
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus.yml"
 PORTS = {"product": 50051, "activity": 50052, "order": 50053}
 SERVICES = tuple(PORTS)

@@ -28,7 +28,7 @@ from tests.helpers.factories import make_activity, make_product
 from tests.helpers.polling import eventually
 from tests.helpers.stack import create_database, start_stack
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 DASHBOARDS = DEPLOY / "grafana" / "dashboards"
 PROVISIONING = DEPLOY / "grafana" / "provisioning"

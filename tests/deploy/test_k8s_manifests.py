@@ -25,7 +25,7 @@ import yaml
 from seckill_common.config import Settings
 from seckill_common.runtime.server import LIVENESS_HEALTH_NAME
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAY = K8S / "overlays" / "example"
 KUBERNETES_VERSION = "1.33.0"

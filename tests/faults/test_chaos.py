@@ -20,10 +20,10 @@ import pytest
 from seckill.v1 import order_pb2
 
 from seckill_stack.nats import NatsServer
+from tests.faults.test_events_relay import Consumer
 from tests.helpers import chaos
 from tests.helpers.polling import eventually
 from tests.helpers.stack import create_database, query
-from tests.test_events_relay import Consumer
 
 pytestmark = pytest.mark.slow
 

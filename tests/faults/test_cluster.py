@@ -38,11 +38,11 @@ from seckill_cluster.hosts import Host, namespaces_available
 from seckill_common.runtime.tls import ClientTLS
 from seckill_stack.invariants import Invariant, SeckillCheck
 from seckill_stack.nats import NatsServer
+from tests.faults.test_events_relay import Consumer
 from tests.helpers.factories import timestamp
 from tests.helpers.polling import eventually
 from tests.helpers.rpc import error_details
 from tests.helpers.stack import REPO, free_port
-from tests.test_events_relay import Consumer
 
 _why = namespaces_available()
 if _why:

@@ -38,9 +38,9 @@ from seckill_cluster.cluster import Cluster
 from seckill_cluster.galera import DATABASE
 from seckill_cluster.hosts import Host
 from seckill_common.runtime.tls import ClientTLS
+from tests.faults.test_cluster import ALREADY_EXISTS, DEFINITE, OK, RETRYABLE, open_sale
 from tests.helpers.rpc import error_details
 from tests.helpers.stack import REPO, STORED_EVENTS
-from tests.test_cluster import ALREADY_EXISTS, DEFINITE, OK, RETRYABLE, open_sale
 
 ROUNDS = int(os.environ.get("GALERA_WRITER_ROUNDS", "2"))
 STOCK = 300
@@ -265,7 +265,7 @@ def latest_revision(cluster: Cluster) -> int:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    # Names and a subnet of its own: tests/test_cluster.py's cluster (sktest, 10.78.0), the
+    # Names and a subnet of its own: tests/faults/test_cluster.py's cluster (sktest, 10.78.0), the
     # benchmark's (skbench, 10.79.0) and `make cluster-up`'s (seckill, 10.77.0) are untouched.
     running = Cluster(REPO / ".run" / "cluster-writers", prefix="skwriters",
                       subnet="10.80.0")

@@ -1,5 +1,5 @@
 """The fault harness: a flash sale under load (`FlashSale`), the services as processes of
-their own (`Services`), and a connection that holds a lock (`Holder`). tests/test_faults.py
+their own (`Services`), and a connection that holds a lock (`Holder`). tests/faults/test_faults.py
 breaks things under it; `FlashSale.verify` holds the platform to what it told each user.
 
 Sales are of quantities (issue 17): user n asks for 1 + n mod max_quantity units (the
