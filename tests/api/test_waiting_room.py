@@ -30,17 +30,16 @@ from seckill_common.runtime.auth import UserTokens
 from seckill_common.runtime.server import start_service
 from seckill_stack.services import python_env
 from tests.helpers.factories import make_activity, make_product
+from tests.helpers.processes import start_processes
 from tests.helpers.rpc import error_details
 from tests.helpers.stack import (
     ADMIN,
     ADMIN_TOKEN,
     REPO,
-    ServiceProcess,
     Stack,
     query,
     settings_for,
     start_stack,
-    subprocess_env,
 )
 
 Update = activity_pb2.QueueUpdate
@@ -532,29 +531,26 @@ async def test_with_user_tokens_the_place_and_the_pass_are_the_tokens_users(
 
 async def test_two_workers_of_a_process_serve_one_line(stack: Stack, tmp_path: Path) -> None:
     # Two workers (SECKILL_WORKERS=2): the setting under test; the rest shipped defaults.
-    env = subprocess_env(stack.db_url, SECKILL_ACTIVITY_ADDR="127.0.0.1:0",
-                         SECKILL_PRODUCT_ADDR=stack.product.address,
-                         SECKILL_ORDER_ADDR=stack.order.address, SECKILL_WORKERS="2")
-    process = ServiceProcess("activity_svc", env, tmp_path / "activity.log")
-    await process.start()
-    # A channel per buyer: their connections spread over the workers.
-    channels = [grpc.aio.insecure_channel(process.address) for _ in range(7)]
-    try:
-        stubs = [activity_pb2_grpc.ActivityServiceStub(channel) for channel in channels]
-        activity = await room_sale(stack, stock=1)
-        admitted = await until(join(stubs[0], activity.id, "u0"), state(activity_pb2.ADMITTED))
-        calls = []
-        for position, stub in enumerate(stubs[1:], start=1):
-            calls.append(join(stub, activity.id, f"w{position}"))
-            await until(calls[-1], at(position))
-        await stubs[3].Seckill(activity_pb2.SeckillRequest(
-            activity_id=activity.id, user_id="u0", admission_pass=admitted.admission_pass))
-        for call in calls:
-            await until(call, state(activity_pb2.QUEUE_SOLD_OUT))
-    finally:
-        for channel in channels:
-            await channel.close()
-        assert await process.stop() == 0
+    async with start_processes("activity", 1, stack.db_url, tmp_path, peers=stack,
+                               SECKILL_WORKERS="2") as extra:
+        # A channel per buyer: their connections spread over the workers.
+        channels = [grpc.aio.insecure_channel(extra[0].address) for _ in range(7)]
+        try:
+            stubs = [activity_pb2_grpc.ActivityServiceStub(channel) for channel in channels]
+            activity = await room_sale(stack, stock=1)
+            admitted = await until(join(stubs[0], activity.id, "u0"),
+                                   state(activity_pb2.ADMITTED))
+            calls = []
+            for position, stub in enumerate(stubs[1:], start=1):
+                calls.append(join(stub, activity.id, f"w{position}"))
+                await until(calls[-1], at(position))
+            await stubs[3].Seckill(activity_pb2.SeckillRequest(
+                activity_id=activity.id, user_id="u0", admission_pass=admitted.admission_pass))
+            for call in calls:
+                await until(call, state(activity_pb2.QUEUE_SOLD_OUT))
+        finally:
+            for channel in channels:
+                await channel.close()
 
 
 async def test_a_waiting_buyer_costs_messages_not_reads(stack: Stack) -> None:

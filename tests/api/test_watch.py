@@ -28,17 +28,16 @@ from activity_svc.watch_view import State, min_interval_s, state_of
 from seckill_common.api.times import to_datetime
 from seckill_stack.services import python_env
 from tests.helpers.factories import make_activity, make_product
+from tests.helpers.processes import start_processes
 from tests.helpers.rpc import error_details
 from tests.helpers.stack import (
     ADMIN,
     REPO,
     PrivateMariaDB,
-    ServiceProcess,
     Stack,
     create_database,
     query,
     start_stack,
-    subprocess_env,
 )
 
 Response = activity_pb2.WatchActivityResponse
@@ -310,23 +309,6 @@ async def test_cancel_restock_update_and_delete_reach_watchers(stack: Stack) -> 
     await sold_out_then_back(stack, stack.activities, stack.activities)
 
 
-@pytest.fixture
-async def second_activity(stack: Stack, tmp_path: Path
-                          ) -> AsyncIterator[activity_pb2_grpc.ActivityServiceAsyncStub]:
-    """Another activity service process on the stack's database (shipped defaults)."""
-    env = subprocess_env(stack.db_url, SECKILL_ACTIVITY_ADDR="127.0.0.1:0",
-                         SECKILL_PRODUCT_ADDR=stack.product.address,
-                         SECKILL_ORDER_ADDR=stack.order.address)
-    process = ServiceProcess("activity_svc", env, tmp_path / "activity.log")
-    await process.start()
-    channel = grpc.aio.insecure_channel(process.address)
-    try:
-        yield activity_pb2_grpc.ActivityServiceStub(channel)
-    finally:
-        await channel.close()
-        assert await process.stop() == 0
-
-
 @pytest.mark.slow
 async def test_changes_made_through_another_activity_process_reach_watchers(
         stack: Stack, second_activity: activity_pb2_grpc.ActivityServiceAsyncStub) -> None:
@@ -393,26 +375,18 @@ async def test_a_stream_ends_after_its_lifetime_with_unavailable(db_url: str) ->
 async def test_sigterm_ends_streams_with_unavailable_without_waiting_the_grace(
         stack: Stack, tmp_path: Path) -> None:
     # A grace far longer than the test may take: the drain must not wait it out for streams.
-    env = subprocess_env(stack.db_url, SECKILL_ACTIVITY_ADDR="127.0.0.1:0",
-                         SECKILL_PRODUCT_ADDR=stack.product.address,
-                         SECKILL_ORDER_ADDR=stack.order.address, SECKILL_SHUTDOWN_GRACE="120")
-    process = ServiceProcess("activity_svc", env, tmp_path / "activity.log")
-    await process.start()
     product = await make_product(stack)
     activity = await make_activity(stack, product.id)
-    channel = grpc.aio.insecure_channel(process.address)
-    try:
-        stub = activity_pb2_grpc.ActivityServiceStub(channel)
-        calls = [watch(stub, activity.id) for _ in range(5)]
+    async with start_processes("activity", 1, stack.db_url, tmp_path, peers=stack,
+                               SECKILL_SHUTDOWN_GRACE="120") as extra:
+        calls = [watch(extra.activities[0], activity.id) for _ in range(5)]
         for call in calls:
             await call.read()
-        assert await process.stop(signal.SIGTERM, timeout_s=30) == 0
+        assert await extra.stop(0, signal.SIGTERM) == 0
         for call in calls:
             messages, error = await ending(call)
             assert messages == [] and error.code() == grpc.StatusCode.UNAVAILABLE
             assert "RetryInfo" in error_details(error)
-    finally:
-        await channel.close()
 
 
 

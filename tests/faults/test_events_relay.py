@@ -24,7 +24,7 @@ from seckill_bench.suite.procfs import cpu_seconds
 from seckill_common.database.db import Database, create_pool
 from seckill_common.database.order_events import EventType, Outbox
 from seckill_stack.nats import NatsServer
-from seckill_stack.services import ServiceProcess, python_env
+from seckill_stack.services import python_env
 from tests.helpers.factories import buy, make_activity, make_product
 from tests.helpers.flash_sale import (
     NOT_SERVING,
@@ -35,11 +35,11 @@ from tests.helpers.flash_sale import (
     start_flash_sale,
 )
 from tests.helpers.polling import eventually
+from tests.helpers.processes import start_processes
 from tests.helpers.stack import (
     ADMIN,
     REPO,
     STORED_EVENTS,
-    free_port,
     query,
     settings_for,
     start_stack,
@@ -326,12 +326,13 @@ async def test_a_frozen_relay_is_replaced_within_5s_and_publishes_nothing_after_
     (SIGCONT), the old one publishes at most the batch it had begun when it froze (events it
     had read before the freeze, which JetStream drops as repeats), then nothing; a durable
     consumer holds every event id exactly once."""
-    async with running_services(db_url, tmp_path, SECKILL_EVENTS_NATS_URL=nats_server.url,
-                                SECKILL_EVENTS_POLL_INTERVAL_MS="20") as services:
-        standby = ServiceProcess("order_svc", {
-            **services.env, "SECKILL_ORDER_ADDR": f"127.0.0.1:{free_port()}"},
-            tmp_path / "order-standby.log")
-        await standby.start()
+    relay = {"SECKILL_EVENTS_NATS_URL": nats_server.url, "SECKILL_EVENTS_POLL_INTERVAL_MS": "20"}
+    async with running_services(db_url, tmp_path, **relay) as services, \
+            start_processes("order", 1, db_url, tmp_path, name="order-standby",
+                            settings=relay,
+                            SECKILL_HEALTH_INTERVAL=services.env["SECKILL_HEALTH_INTERVAL"]
+                            ) as extra:
+        standby = extra[0]
         tap = Tap()
         await tap.start(nats_server.url)
         sale = await start_flash_sale(services.addrs, stock=1500, users=1600, concurrency=2)
@@ -377,7 +378,6 @@ async def test_a_frozen_relay_is_replaced_within_5s_and_publishes_nothing_after_
             await consumer.close()
             await sale.close()
             await tap.close()
-            await standby.stop()
         assert takeover_s < 5.0, f"the standby published {takeover_s:.2f} s after the freeze"
         # The woken relay: at most one batch, all read before the freeze, then nothing.
         late = [p for p in tap.seen if p.relay == old_relay and p.at > stopped_at]

@@ -26,7 +26,8 @@ from seckill.v1 import activity_pb2, order_pb2, order_pb2_grpc
 
 from seckill_stack.nats import NatsServer
 from tests.helpers.factories import make_activity, make_product
-from tests.helpers.stack import ADMIN, ServiceProcess, Stack, start_stack, subprocess_env
+from tests.helpers.processes import start_processes
+from tests.helpers.stack import ADMIN, Stack, start_stack
 
 pytestmark = pytest.mark.slow
 
@@ -80,61 +81,56 @@ async def test_a_frozen_order_process_stalls_no_other_sale(
     # The relay to NATS reads the events' feed: a reader that once made every writer queue
     # behind a frozen writer.
     stack = await start_stack(db_url, SECKILL_EVENTS_NATS_URL=nats_server.url)
-    second = ServiceProcess("order_svc", subprocess_env(
-        db_url, SECKILL_ORDER_ADDR="127.0.0.1:0", SECKILL_EVENTS_NATS_URL=nats_server.url),
-        tmp_path / "order.log")
-    await second.start()
-    channel = grpc.aio.insecure_channel(second.address)
     try:
-        changed = await make_product(stack, stock=100_000)
-        changing = await make_activity(stack, changed.id)
-        other = await make_product(stack, stock=100_000)
-        buying = await make_activity(stack, other.id)
-        orders = order_pb2_grpc.OrderServiceStub(channel)
-        stop = asyncio.Event()
-        changes = Changes()
-        changers = [asyncio.create_task(_changer(orders, stack, changing.id, stop, changes,
-                                                 f"changer{n}")) for n in range(4)]
-        buys: list[tuple[float, float]] = []
-        users = itertools.count()
+        async with start_processes("order", 1, db_url, tmp_path,
+                                   SECKILL_EVENTS_NATS_URL=nats_server.url) as extra:
+            changed = await make_product(stack, stock=100_000)
+            changing = await make_activity(stack, changed.id)
+            other = await make_product(stack, stock=100_000)
+            buying = await make_activity(stack, other.id)
+            second, orders = extra[0], extra.orders[0]
+            stop = asyncio.Event()
+            changes = Changes()
+            changers = [asyncio.create_task(_changer(orders, stack, changing.id, stop, changes,
+                                                     f"changer{n}")) for n in range(4)]
+            buys: list[tuple[float, float]] = []
+            users = itertools.count()
 
-        async def buy_for(seconds: float) -> None:
-            end = time.monotonic() + seconds
-            while time.monotonic() < end:
-                started = time.monotonic()
-                await stack.activities.Seckill(activity_pb2.SeckillRequest(
-                    activity_id=buying.id, user_id=f"buyer-{next(users)}"),
-                    timeout=BUY_DEADLINE_S)  # a failure fails the test
-                buys.append((started, time.monotonic() - started))
+            async def buy_for(seconds: float) -> None:
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    started = time.monotonic()
+                    await stack.activities.Seckill(activity_pb2.SeckillRequest(
+                        activity_id=buying.id, user_id=f"buyer-{next(users)}"),
+                        timeout=BUY_DEADLINE_S)  # a failure fails the test
+                    buys.append((started, time.monotonic() - started))
 
-        frozen: list[tuple[float, float]] = []
-        assert second.pid is not None
-        for _ in range(FREEZES):
-            await buy_for(0.5)  # changes under way before the freeze
-            os.kill(second.pid, signal.SIGSTOP)
-            frozen_at = time.monotonic()
-            try:
-                await buy_for(FROZEN_S)
-            finally:
-                os.kill(second.pid, signal.SIGCONT)
-            changes.resumed_at = time.monotonic()
-            frozen.append((frozen_at, changes.resumed_at))
-        await buy_for(1.0)
-        # Once resumed, the second process pays and cancels again within the bound.
-        await asyncio.wait_for(changes.recovered.wait(), RESUME_BOUND_S)
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*changers), BUY_DEADLINE_S + CHANGE_DEADLINE_S)
+            frozen: list[tuple[float, float]] = []
+            assert second.pid is not None
+            for _ in range(FREEZES):
+                await buy_for(0.5)  # changes under way before the freeze
+                os.kill(second.pid, signal.SIGSTOP)
+                frozen_at = time.monotonic()
+                try:
+                    await buy_for(FROZEN_S)
+                finally:
+                    os.kill(second.pid, signal.SIGCONT)
+                changes.resumed_at = time.monotonic()
+                frozen.append((frozen_at, changes.resumed_at))
+            await buy_for(1.0)
+            # Once resumed, the second process pays and cancels again within the bound.
+            await asyncio.wait_for(changes.recovered.wait(), RESUME_BOUND_S)
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*changers), BUY_DEADLINE_S + CHANGE_DEADLINE_S)
 
-        during = sorted(seconds for start, seconds in buys
-                        if any(since <= start < until for since, until in frozen))
-        assert len(during) > 10, during
-        p99 = during[min(len(during) - 1, int(len(during) * 0.99))]
-        assert p99 <= 1.0, (p99, statistics.median(during))
-        # The frozen process's callers were answered by their deadline, not left hanging.
-        assert all(seconds <= CHANGE_DEADLINE_S + 1.0 for _, seconds, _ in changes.outcomes)
-        assert {code for *_, code in changes.outcomes} <= {
-            grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}, changes.outcomes
+            during = sorted(seconds for start, seconds in buys
+                            if any(since <= start < until for since, until in frozen))
+            assert len(during) > 10, during
+            p99 = during[min(len(during) - 1, int(len(during) * 0.99))]
+            assert p99 <= 1.0, (p99, statistics.median(during))
+            # The frozen process's callers were answered by their deadline, not left hanging.
+            assert all(seconds <= CHANGE_DEADLINE_S + 1.0 for _, seconds, _ in changes.outcomes)
+            assert {code for *_, code in changes.outcomes} <= {
+                grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}, changes.outcomes
     finally:
-        await channel.close()
-        await second.stop()
         await stack.stop()

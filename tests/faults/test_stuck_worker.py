@@ -10,6 +10,8 @@ import os
 import signal
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -18,9 +20,11 @@ from seckill.v1 import activity_pb2, activity_pb2_grpc
 
 from seckill_common.config import default_of
 from seckill_common.runtime.workers import BEATS_PER_TIMEOUT, Progress
+from seckill_stack.services import ServiceProcess
 from tests.helpers.factories import make_activity, make_product
 from tests.helpers.polling import eventually
-from tests.helpers.stack import ServiceProcess, Stack, subprocess_env
+from tests.helpers.processes import Processes, start_processes
+from tests.helpers.stack import Stack
 
 # The shipped timeout, and the bound docs/OPERATIONS.md states for it: a stopped worker is
 # killed within the timeout and two of the supervisor's looks after its last beat.
@@ -84,23 +88,24 @@ def _listening(port: int) -> set[int]:
     return pids
 
 
-async def _two_workers(stack: Stack, tmp_path: Path) -> tuple[ServiceProcess, set[int]]:
-    """The activity service with two workers (the shipped timeout), once both listen."""
-    env = subprocess_env(stack.db_url, SECKILL_ACTIVITY_ADDR="127.0.0.1:0",
-                         SECKILL_PRODUCT_ADDR=stack.product.address,
-                         SECKILL_ORDER_ADDR=stack.order.address, SECKILL_WORKERS="2")
-    env.pop("SECKILL_WORKER_TIMEOUT", None)
-    service = ServiceProcess("activity_svc", env, tmp_path / "activity.log")
-    await service.start()
-    assert service.pid is not None
-    pid = service.pid
+@asynccontextmanager
+async def _two_workers(stack: Stack, tmp_path: Path
+                       ) -> AsyncIterator[tuple[Processes, ServiceProcess, set[int]]]:
+    """The activity service with two workers (the shipped timeout), once both listen; at exit
+    it must stop cleanly."""
+    async with start_processes("activity", 1, stack.db_url, tmp_path, peers=stack,
+                               SECKILL_WORKERS="2",
+                               SECKILL_WORKER_TIMEOUT=str(TIMEOUT_S)) as extra:
+        service = extra[0]
+        assert service.pid is not None
+        pid = service.pid
 
-    async def both_listen() -> bool:
-        workers = _children(pid)
-        return len(workers) == 2 and _listening(service.port) == workers
+        async def both_listen() -> bool:
+            workers = _children(pid)
+            return len(workers) == 2 and _listening(service.port) == workers
 
-    await eventually(both_listen, "both workers listen", timeout_s=30)
-    return service, _children(pid)
+        await eventually(both_listen, "both workers listen", timeout_s=30)
+        yield extra, service, _children(pid)
 
 
 async def _buyers(address: str, activity_id: int, users: list[str]) -> Counter[str]:
@@ -126,49 +131,49 @@ async def test_a_stopped_worker_is_replaced_within_the_bound(stack: Stack,
                                                              tmp_path: Path) -> None:
     product = await make_product(stack, stock=1000)
     activity = await make_activity(stack, product.id)
-    service, workers = await _two_workers(stack, tmp_path)
-    assert service.pid is not None
-    victim = min(workers)
-    try:
-        os.kill(victim, signal.SIGSTOP)
-        frozen_at = time.monotonic()
-        # The fault bites: new connections handed to the stopped worker go unanswered.
-        during = await _buyers(service.address, activity.id, [f"early-{i}" for i in range(20)])
-        assert during["DEADLINE_EXCEEDED"] > 0, during
+    async with _two_workers(stack, tmp_path) as (_, service, workers):
+        victim = min(workers)
+        try:
+            os.kill(victim, signal.SIGSTOP)
+            frozen_at = time.monotonic()
+            # The fault bites: new connections handed to the stopped worker go unanswered.
+            during = await _buyers(service.address, activity.id,
+                                   [f"early-{i}" for i in range(20)])
+            assert during["DEADLINE_EXCEEDED"] > 0, during
 
-        async def killed() -> bool:
-            return _dead(victim)
+            async def killed() -> bool:
+                return _dead(victim)
 
-        await eventually(killed, "the stopped worker is killed", timeout_s=BOUND_S + 5)
-        killed_s = time.monotonic() - frozen_at
-        # Its socket closed with it: the other worker takes every new connection at once.
-        between = await _buyers(service.address, activity.id, [f"mid-{i}" for i in range(30)])
-        survivor = workers - {victim}
+            await eventually(killed, "the stopped worker is killed", timeout_s=BOUND_S + 5)
+            killed_s = time.monotonic() - frozen_at
+            # Its socket closed with it: the other worker takes every new connection at once.
+            between = await _buyers(service.address, activity.id,
+                                    [f"mid-{i}" for i in range(30)])
+            survivor = workers - {victim}
 
-        async def replaced() -> bool:
-            now = _children(service.pid or 0)
-            return len(now) == 2 and survivor < now and _listening(service.port) == now
+            async def replaced() -> bool:
+                now = _children(service.pid or 0)
+                return len(now) == 2 and survivor < now and _listening(service.port) == now
 
-        await eventually(replaced, "a new worker listens in its place", timeout_s=30)
-        replaced_s = time.monotonic() - frozen_at
-        print(f"\nstopped worker killed after {killed_s:.2f} s (bound {BOUND_S:.2f} s), "
-              f"its replacement listening after {replaced_s:.2f} s; buyers during the "
-              f"freeze {dict(during)}, between the kill and the replacement {dict(between)}")
-        # The bound (its last beat may precede the stop by one interval), with what a loaded
-        # machine adds to the supervisor's timer.
-        assert TIMEOUT_S * (1 - 1 / BEATS_PER_TIMEOUT) <= killed_s <= BOUND_S + 0.5, killed_s
+            await eventually(replaced, "a new worker listens in its place", timeout_s=30)
+            replaced_s = time.monotonic() - frozen_at
+            print(f"\nstopped worker killed after {killed_s:.2f} s (bound {BOUND_S:.2f} s), "
+                  f"its replacement listening after {replaced_s:.2f} s; buyers during the "
+                  f"freeze {dict(during)}, between the kill and the replacement {dict(between)}")
+            # The bound (its last beat may precede the stop by one interval), with what a
+            # loaded machine adds to the supervisor's timer.
+            assert TIMEOUT_S * (1 - 1 / BEATS_PER_TIMEOUT) <= killed_s <= BOUND_S + 0.5, killed_s
 
-        assert between == Counter(OK=30), between
-        # Once replaced, every buyer on a new connection is answered within the deadline.
-        after = await _buyers(service.address, activity.id, [f"late-{i}" for i in range(60)])
-        assert after == Counter(OK=60), after
-        log = service.log_path.read_text()
-        assert "made no progress" in log and "restarted" in log
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(victim, signal.SIGCONT)
-        code = await service.stop()
-    assert code == 0
+            assert between == Counter(OK=30), between
+            # Once replaced, every buyer on a new connection is answered within the deadline.
+            after = await _buyers(service.address, activity.id,
+                                  [f"late-{i}" for i in range(60)])
+            assert after == Counter(OK=60), after
+            log = service.log_path.read_text()
+            assert "made no progress" in log and "restarted" in log
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGCONT)
 
 
 @pytest.mark.slow
@@ -178,7 +183,12 @@ async def test_a_busy_worker_with_short_pauses_is_left_alone(stack: Stack,
     and again for a quarter of it (a long GC, a VM hiccup, a starved CPU): nobody is killed."""
     product = await make_product(stack, stock=1_000_000)
     activity = await make_activity(stack, product.id)
-    service, workers = await _two_workers(stack, tmp_path)
+    async with _two_workers(stack, tmp_path) as (_, service, workers):
+        await pauses_left_alone(service, workers, activity.id)
+
+
+async def pauses_left_alone(service: ServiceProcess, workers: set[int],
+                            activity_id: int) -> None:
     assert service.pid is not None
     paused = min(workers)
     pause_s = TIMEOUT_S / 4
@@ -195,7 +205,7 @@ async def test_a_busy_worker_with_short_pauses_is_left_alone(stack: Stack,
                 n += 1
                 try:
                     await stub.Seckill(activity_pb2.SeckillRequest(
-                        activity_id=activity.id, user_id=f"busy-{lane}-{n}"), timeout=30)
+                        activity_id=activity_id, user_id=f"busy-{lane}-{n}"), timeout=30)
                     answered["OK"] += 1
                 except grpc.aio.AioRpcError as error:
                     answered[error.code().name] += 1
@@ -217,20 +227,18 @@ async def test_a_busy_worker_with_short_pauses_is_left_alone(stack: Stack,
     assert _children(service.pid) == workers
     assert "made no progress" not in service.log_path.read_text()
     assert set(answered) == {"OK"}, answered
-    assert await service.stop() == 0
 
 
 @pytest.mark.slow
 async def test_workers_whose_supervisor_died_shut_down(stack: Stack, tmp_path: Path) -> None:
     """A SIGKILLed supervisor leaves its workers with nobody to restart or stop them: they
     notice at their next beat and stop, freeing the port."""
-    service, workers = await _two_workers(stack, tmp_path)
-    assert service.pid is not None
-    os.kill(service.pid, signal.SIGKILL)
+    async with _two_workers(stack, tmp_path) as (extra, service, workers):
+        assert await extra.stop(0, signal.SIGKILL) == -signal.SIGKILL
 
-    async def all_gone() -> bool:
-        return all(_dead(pid) for pid in workers)
+        async def all_gone() -> bool:
+            return all(_dead(pid) for pid in workers)
 
-    # A beat every timeout/10 (0.5 s), then a graceful shutdown: well within 10 s.
-    await eventually(all_gone, "the orphaned workers stopped", timeout_s=10)
-    assert not _listening(service.port)
+        # A beat every timeout/10 (0.5 s), then a graceful shutdown: well within 10 s.
+        await eventually(all_gone, "the orphaned workers stopped", timeout_s=10)
+        assert not _listening(service.port)

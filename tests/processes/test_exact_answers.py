@@ -8,8 +8,6 @@ or service made the change.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -24,7 +22,7 @@ from seckill.v1 import (
 
 from tests.helpers.factories import make_activity, make_product, timestamp
 from tests.helpers.rpc import error_details
-from tests.helpers.stack import ADMIN, ServiceProcess, Stack, subprocess_env
+from tests.helpers.stack import ADMIN, Stack
 
 if TYPE_CHECKING:  # the stub for an aio channel is a type of the .pyi only
     Buy = activity_pb2_grpc.ActivityServiceAsyncStub
@@ -116,29 +114,13 @@ async def test_an_ended_activity_answers_ended_also_when_sold_out(stack: Stack) 
     await window_refusals_come_before_stock(stack, stack.activities, stack.activities)
 
 
-@pytest.fixture
-async def second_activity_process(stack: Stack, tmp_path: Path) -> AsyncIterator[Buy]:
-    """Another activity service process on the stack's database (shipped defaults)."""
-    env = subprocess_env(stack.db_url, SECKILL_ACTIVITY_ADDR="127.0.0.1:0",
-                         SECKILL_PRODUCT_ADDR=stack.product.address,
-                         SECKILL_ORDER_ADDR=stack.order.address)
-    process = ServiceProcess("activity_svc", env, tmp_path / "activity.log")
-    await process.start()
-    channel = grpc.aio.insecure_channel(process.address)
-    try:
-        yield activity_pb2_grpc.ActivityServiceStub(channel)
-    finally:
-        await channel.close()
-        assert await process.stop() == 0
-
-
 @pytest.mark.slow
 async def test_exact_answers_when_another_process_changes_things(
-    stack: Stack, second_activity_process: Buy
+    stack: Stack, second_activity: Buy
 ) -> None:
     # Buyers call the other process; cancels, restocks and window moves go through the
     # order service, the product service and this process's activity service.
-    other = second_activity_process
+    other = second_activity
     await cancel_gives_the_unit_to_the_next_buyer(stack, other)
     await restock_sells_exactly_the_new_units(stack, other)
     await window_refusals_come_before_stock(stack, other, stack.activities)

@@ -11,8 +11,9 @@ import pytest
 from seckill.v1 import activity_pb2, activity_pb2_grpc, product_pb2
 
 from tests.helpers.factories import make_activity, make_product
+from tests.helpers.processes import start_processes
 from tests.helpers.rpc import error_details
-from tests.helpers.stack import ServiceProcess, Stack, query, subprocess_env
+from tests.helpers.stack import Stack, query
 
 pytestmark = pytest.mark.slow
 
@@ -29,16 +30,10 @@ async def test_flash_sale_over_two_processes_never_oversells(
 ) -> None:
     product = await make_product(stack, stock=STOCK)
     activity = await make_activity(stack, product.id)
-    env = subprocess_env(stack.db_url, SECKILL_ACTIVITY_ADDR="127.0.0.1:0",
-                         SECKILL_PRODUCT_ADDR=stack.product.address,
-                         SECKILL_ORDER_ADDR=stack.order.address,
-                         SECKILL_COMMIT_MODE=mode, SECKILL_WORKERS=workers)
-    processes = [ServiceProcess("activity_svc", env, tmp_path / f"activity{i}.log")
-                 for i in range(2)]
-    await asyncio.gather(*(p.start() for p in processes))
-    channels = [grpc.aio.insecure_channel(p.address) for p in processes]
-    try:
-        stubs = [activity_pb2_grpc.ActivityServiceStub(c) for c in channels]
+    # At exit both must drain cleanly (exit 0).
+    async with start_processes("activity", 2, stack.db_url, tmp_path, peers=stack,
+                               SECKILL_COMMIT_MODE=mode, SECKILL_WORKERS=workers) as extra:
+        stubs = extra.activities
 
         async def attempt(stub: activity_pb2_grpc.ActivityServiceAsyncStub, user: str) -> str:
             try:
@@ -52,12 +47,7 @@ async def test_flash_sale_over_two_processes_never_oversells(
         # Every user fires twice at once, one call at each process.
         calls = [attempt(stubs[i], f"user-{n}") for n in range(USERS) for i in range(2)]
         outcomes = Counter(await asyncio.gather(*calls))
-    finally:
-        for channel in channels:
-            await channel.close()
-        codes = await asyncio.gather(*(p.stop() for p in processes))
 
-    assert codes == [0, 0], "activity processes did not shut down cleanly"
     assert outcomes["OK"] == STOCK, outcomes
     assert set(outcomes) <= {"OK", "ALREADY_EXISTS:ALREADY_PURCHASED",
                              "FAILED_PRECONDITION:SOLD_OUT"}, outcomes

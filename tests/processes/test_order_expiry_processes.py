@@ -13,17 +13,15 @@ import pytest
 from google.protobuf import duration_pb2
 from seckill.v1 import (
     activity_pb2,
-    activity_pb2_grpc,
     order_pb2,
-    order_pb2_grpc,
     product_pb2,
-    product_pb2_grpc,
 )
 
 from tests.helpers.factories import timestamp
 from tests.helpers.polling import eventually
+from tests.helpers.processes import start_processes
 from tests.helpers.rpc import error_details
-from tests.helpers.stack import ADMIN, ServiceProcess, free_port, query, subprocess_env
+from tests.helpers.stack import ADMIN, free_port, query
 
 pytestmark = pytest.mark.slow
 
@@ -71,102 +69,91 @@ async def until_no_pending(db_url: str, product_id: int, timeout_s: float) -> No
 
 async def test_unpaid_orders_expire_once_across_processes_and_restarts(
         db_url: str, tmp_path: Path) -> None:
-    def env(**addrs: str) -> dict[str, str]:
-        return subprocess_env(db_url, **{f"SECKILL_{k.upper()}_ADDR": v
-                                         for k, v in addrs.items()})
-
-    product_svc = ServiceProcess("product_svc", env(product="127.0.0.1:0"),
-                                 tmp_path / "product.log")
-    await product_svc.start()
-    order_ports = [free_port(), free_port()]  # fixed: a restarted process keeps its address
-    order_svcs = [ServiceProcess("order_svc", env(order=f"127.0.0.1:{port}"),
-                                 tmp_path / f"order{i}.log")
-                  for i, port in enumerate(order_ports)]
-    await asyncio.gather(*(s.start() for s in order_svcs))
-    activity_svcs = [ServiceProcess("activity_svc", env(
-        activity="127.0.0.1:0", product=product_svc.address, order=order_svcs[i].address),
-        tmp_path / f"activity{i}.log") for i in range(2)]
-    await asyncio.gather(*(s.start() for s in activity_svcs))
-    channels = [grpc.aio.insecure_channel(s.address)
-                for s in (product_svc, *activity_svcs, *order_svcs)]
     watcher: asyncio.Task[None] | None = None
-    try:
-        products = product_pb2_grpc.ProductServiceStub(channels[0])
-        activities = [activity_pb2_grpc.ActivityServiceStub(c) for c in channels[1:3]]
-        orders = [order_pb2_grpc.OrderServiceStub(c) for c in channels[3:5]]
-        product = await products.CreateProduct(product_pb2.CreateProductRequest(
-            product=product_pb2.Product(name="Console", price_cents=100, stock=UNITS)),
-            metadata=ADMIN)
-        window = duration_pb2.Duration()
-        window.FromSeconds(WINDOW_S)
-        activity = await activities[0].CreateActivity(activity_pb2.CreateActivityRequest(
-            activity=activity_pb2.Activity(product_id=product.id, name="sale",
-                                           start_time=timestamp(-1), end_time=timestamp(3600),
-                                           payment_window=window)), metadata=ADMIN)
-        invariant = Invariant(db_url, product.id)
-        watcher = asyncio.create_task(invariant.watch())
+    # Each activity process calls the product process and an order process of its own; the
+    # order processes' ports are fixed: a restarted process keeps its address.
+    async with start_processes("product", 1, db_url, tmp_path) as product_svc, \
+            start_processes("order", 2, db_url, tmp_path,
+                            ports=[free_port(), free_port()]) as order_svcs, \
+            start_processes("activity", 1, db_url, tmp_path, name="activity0",
+                            SECKILL_PRODUCT_ADDR=product_svc[0].address,
+                            SECKILL_ORDER_ADDR=order_svcs[0].address) as activity0, \
+            start_processes("activity", 1, db_url, tmp_path, name="activity1",
+                            SECKILL_PRODUCT_ADDR=product_svc[0].address,
+                            SECKILL_ORDER_ADDR=order_svcs[1].address) as activity1:
+        try:
+            products = product_svc.products[0]
+            activities = [*activity0.activities, *activity1.activities]
+            orders = order_svcs.orders
+            product = await products.CreateProduct(product_pb2.CreateProductRequest(
+                product=product_pb2.Product(name="Console", price_cents=100, stock=UNITS)),
+                metadata=ADMIN)
+            window = duration_pb2.Duration()
+            window.FromSeconds(WINDOW_S)
+            activity = await activities[0].CreateActivity(activity_pb2.CreateActivityRequest(
+                activity=activity_pb2.Activity(
+                    product_id=product.id, name="sale", start_time=timestamp(-1),
+                    end_time=timestamp(3600), payment_window=window)), metadata=ADMIN)
+            invariant = Invariant(db_url, product.id)
+            watcher = asyncio.create_task(invariant.watch())
 
-        async def buy(users: list[str]) -> dict[str, int]:
-            """The users' seckills, alternating between the activity processes; the winners'
-            order ids."""
-            async def one(i: int, user: str) -> tuple[str, int | None]:
-                try:
-                    reply = await activities[i % 2].Seckill(activity_pb2.SeckillRequest(
-                        activity_id=activity.id, user_id=user))
-                    return user, reply.order.id
-                except grpc.aio.AioRpcError as exc:
-                    assert error_details(exc)["ErrorInfo"].reason == "SOLD_OUT", exc
-                    return user, None
+            async def buy(users: list[str]) -> dict[str, int]:
+                """The users' seckills, alternating between the activity processes; the
+                winners' order ids."""
+                async def one(i: int, user: str) -> tuple[str, int | None]:
+                    try:
+                        reply = await activities[i % 2].Seckill(activity_pb2.SeckillRequest(
+                            activity_id=activity.id, user_id=user))
+                        return user, reply.order.id
+                    except grpc.aio.AioRpcError as exc:
+                        assert error_details(exc)["ErrorInfo"].reason == "SOLD_OUT", exc
+                        return user, None
 
-            won = await asyncio.gather(*(one(i, u) for i, u in enumerate(users)))
-            return {user: order_id for user, order_id in won if order_id}
+                won = await asyncio.gather(*(one(i, u) for i, u in enumerate(users)))
+                return {user: order_id for user, order_id in won if order_id}
 
-        # Wave 1: 20 users for 10 units; 4 winners pay, through either order process.
-        first = await buy([f"a{i}" for i in range(20)])
-        assert len(first) == UNITS
-        paid = sorted(first.values())[:4]
-        for i, order_id in enumerate(paid):
-            await orders[i % 2].PayOrder(order_pb2.PayOrderRequest(id=order_id), metadata=ADMIN)
+            # Wave 1: 20 users for 10 units; 4 winners pay, through either order process.
+            first = await buy([f"a{i}" for i in range(20)])
+            assert len(first) == UNITS
+            paid = sorted(first.values())[:4]
+            for i, order_id in enumerate(paid):
+                await orders[i % 2].PayOrder(order_pb2.PayOrderRequest(id=order_id),
+                                             metadata=ADMIN)
 
-        # Both order processes go down before the deadline (one killed, one stopped) and come
-        # back after it: the due orders wait for them, then expire once.
-        order_svcs[0].process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
-        await order_svcs[0].stop()
-        assert await order_svcs[1].stop() == 0
-        await asyncio.sleep(WINDOW_S + 0.5)  # let the deadline pass with nobody sweeping
-        assert (await states(db_url, product.id))[order_pb2.PENDING_PAYMENT] == UNITS - 4
-        await asyncio.gather(*(s.start() for s in order_svcs))
-        await until_no_pending(db_url, product.id, BOUND_S + 30)  # the restart's start-up too
-        assert await states(db_url, product.id) == Counter({
-            order_pb2.PAID: 4, order_pb2.EXPIRED: UNITS - 4})
+            # Both order processes go down before the deadline (one killed, one stopped) and
+            # come back after it: the due orders wait for them, then expire once.
+            await order_svcs.stop(0, signal.SIGKILL)
+            assert await order_svcs[1].stop() == 0
+            await asyncio.sleep(WINDOW_S + 0.5)  # let the deadline pass with nobody sweeping
+            assert (await states(db_url, product.id))[order_pb2.PENDING_PAYMENT] == UNITS - 4
+            await asyncio.gather(*(s.start() for s in order_svcs.processes))
+            # BOUND_S and the restart's start-up.
+            await until_no_pending(db_url, product.id, BOUND_S + 30)
+            assert await states(db_url, product.id) == Counter({
+                order_pb2.PAID: 4, order_pb2.EXPIRED: UNITS - 4})
 
-        # Wave 2: other users buy the 6 units given back, through both activity processes
-        # (each saw the product sold out; the units came back from another process).
-        second = await buy([f"b{i}" for i in range(10)])
-        assert len(second) == UNITS - 4
-        # They do not pay; one order process is killed while their orders expire.
-        async def expiring() -> bool:
-            return (await states(db_url, product.id))[order_pb2.EXPIRED] > UNITS - 4
+            # Wave 2: other users buy the 6 units given back, through both activity processes
+            # (each saw the product sold out; the units came back from another process).
+            second = await buy([f"b{i}" for i in range(10)])
+            assert len(second) == UNITS - 4
+            # They do not pay; one order process is killed while their orders expire.
+            async def expiring() -> bool:
+                return (await states(db_url, product.id))[order_pb2.EXPIRED] > UNITS - 4
 
-        await eventually(expiring, "orders expiring", WINDOW_S + BOUND_S)
-        order_svcs[0].process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
-        await order_svcs[0].stop()
-        await until_no_pending(db_url, product.id, BOUND_S)
-        await order_svcs[0].start()
-        assert await states(db_url, product.id) == Counter({
-            order_pb2.PAID: 4, order_pb2.EXPIRED: 2 * (UNITS - 4)})
-        # The paid orders stayed paid; every expired unit came back exactly once.
-        for order_id in paid:
-            got = await orders[1].GetOrder(order_pb2.GetOrderRequest(id=order_id))
-            assert got.state == order_pb2.PAID
-        left = await products.GetProduct(product_pb2.GetProductRequest(id=product.id))
-        assert left.stock == UNITS - 4
-    finally:
-        if watcher is not None:
-            invariant.stop()
-            await watcher
-        for channel in channels:
-            await channel.close()
-        await asyncio.gather(*(s.stop() for s in (*activity_svcs, *order_svcs, product_svc)),
-                             return_exceptions=True)
+            await eventually(expiring, "orders expiring", WINDOW_S + BOUND_S)
+            await order_svcs.stop(0, signal.SIGKILL)
+            await until_no_pending(db_url, product.id, BOUND_S)
+            await order_svcs[0].start()
+            assert await states(db_url, product.id) == Counter({
+                order_pb2.PAID: 4, order_pb2.EXPIRED: 2 * (UNITS - 4)})
+            # The paid orders stayed paid; every expired unit came back exactly once.
+            for order_id in paid:
+                got = await orders[1].GetOrder(order_pb2.GetOrderRequest(id=order_id))
+                assert got.state == order_pb2.PAID
+            left = await products.GetProduct(product_pb2.GetProductRequest(id=product.id))
+            assert left.stock == UNITS - 4
+        finally:
+            if watcher is not None:
+                invariant.stop()
+                await watcher
     assert invariant.reads > 50 and not invariant.broken, invariant.broken[:5]

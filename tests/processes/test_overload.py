@@ -11,7 +11,6 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -19,31 +18,23 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 from seckill.v1 import (
     activity_pb2,
-    activity_pb2_grpc,
     order_pb2,
-    order_pb2_grpc,
-    product_pb2_grpc,
 )
 
-from order_svc.server import DEFINITION as ORDER
-from product_svc.server import DEFINITION as PRODUCT
 from seckill_bench.config import BenchConfig
 from seckill_bench.runner import run_load
 from seckill_cli.client import Session
 from seckill_common.api.retry import AdaptiveThrottle, ThrottledLocally, backoff_s
 from seckill_common.runtime.overload import INTERVAL_S, LoadShedder
-from seckill_common.runtime.server import start_service
 from tests.helpers.factories import make_activity, make_product
 from tests.helpers.flash_sale import holding
 from tests.helpers.polling import eventually
+from tests.helpers.processes import start_processes
 from tests.helpers.rpc import error_details
 from tests.helpers.stack import (
     ADMIN,
-    ServiceProcess,
     Stack,
-    settings_for,
     start_stack,
-    subprocess_env,
 )
 
 SECKILL = "/seckill.v1.ActivityService/Seckill"
@@ -166,43 +157,27 @@ async def test_seckill_bench_backs_off_after_retry_info(small_limit_stack: Stack
     assert report.count <= 2 * (1.0 / 0.025 + 2), report.count
 
 
-async def test_a_call_whose_deadline_has_passed_is_not_worked_on(db_url: str,
+async def test_a_call_whose_deadline_has_passed_is_not_worked_on(stack: Stack,
                                                                  tmp_path: Path) -> None:
-    product = await start_service(PRODUCT, settings_for(db_url))
-    order = await start_service(ORDER, settings_for(db_url))
-    activity_svc = ServiceProcess("activity_svc", subprocess_env(
-        db_url, SECKILL_PRODUCT_ADDR=product.address, SECKILL_ORDER_ADDR=order.address,
-        SECKILL_ACTIVITY_ADDR="127.0.0.1:0"), tmp_path / "activity.log")
-    await activity_svc.start()
-    try:
-        async with grpc.aio.insecure_channel(activity_svc.address) as channel, \
-                grpc.aio.insecure_channel(product.address) as product_channel, \
-                grpc.aio.insecure_channel(order.address) as order_channel:
-            stubs = SimpleNamespace(
-                products=product_pb2_grpc.ProductServiceStub(product_channel),
-                activities=activity_pb2_grpc.ActivityServiceStub(channel))
-            activities = stubs.activities
-            made = await make_product(stubs, stock=5)  # type: ignore[arg-type]
-            activity = await make_activity(stubs, made.id)  # type: ignore[arg-type]
-            assert (await activities.Seckill(seckill(activity.id, "first"), timeout=10)).order.id
-            assert activity_svc.pid is not None
-            # The service cannot take the call until its deadline has passed.
-            os.kill(activity_svc.pid, signal.SIGSTOP)
-            try:
-                with pytest.raises(grpc.aio.AioRpcError) as late:
-                    await activities.Seckill(seckill(activity.id, "late"), timeout=0.5)
-                assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            finally:
-                os.kill(activity_svc.pid, signal.SIGCONT)
-            # Calls after it are served, and the late one left nothing behind.
-            assert (await activities.Seckill(seckill(activity.id, "next"), timeout=10)).order.id
-            orders = await order_pb2_grpc.OrderServiceStub(order_channel).ListOrders(
-                order_pb2.ListOrdersRequest(activity_id=activity.id), metadata=ADMIN)
-            assert sorted(o.user_id for o in orders.orders) == ["first", "next"]
-    finally:
-        assert await activity_svc.stop() == 0
-        await product.stop(0)
-        await order.stop(0)
+    made = await make_product(stack, stock=5)
+    activity = await make_activity(stack, made.id)
+    async with start_processes("activity", 1, stack.db_url, tmp_path, peers=stack) as extra:
+        activities, pid = extra.activities[0], extra[0].pid
+        assert (await activities.Seckill(seckill(activity.id, "first"), timeout=10)).order.id
+        assert pid is not None
+        # The service cannot take the call until its deadline has passed.
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as late:
+                await activities.Seckill(seckill(activity.id, "late"), timeout=0.5)
+            assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # Calls after it are served, and the late one left nothing behind.
+        assert (await activities.Seckill(seckill(activity.id, "next"), timeout=10)).order.id
+        orders = await stack.orders.ListOrders(
+            order_pb2.ListOrdersRequest(activity_id=activity.id), metadata=ADMIN)
+        assert sorted(o.user_id for o in orders.orders) == ["first", "next"]
 
 
 # --- the rules without a server ------------------------------------------------------------

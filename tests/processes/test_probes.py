@@ -12,16 +12,15 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from seckill.v1 import product_pb2, product_pb2_grpc
+from seckill.v1 import product_pb2
 
 from product_svc.server import DEFINITION as PRODUCT
 from seckill_common.runtime.server import LIVENESS_HEALTH_NAME, start_service
+from tests.helpers.processes import start_processes
 from tests.helpers.stack import (
     PrivateMariaDB,
-    ServiceProcess,
     create_database,
     settings_for,
-    subprocess_env,
 )
 
 DRAIN_S = 3.0
@@ -29,14 +28,12 @@ DRAIN_S = 3.0
 
 async def test_sigterm_drains_then_stops(db_url: str, tmp_path: Path) -> None:
     # The setting under test; the default (0) stops at once as before.
-    env = subprocess_env(db_url, SECKILL_PRODUCT_ADDR="127.0.0.1:0",
-                         SECKILL_DRAIN_DELAY=str(DRAIN_S))
-    service = ServiceProcess("product_svc", env, tmp_path / "product.log")
-    await service.start()
-    assert service.process is not None
-    async with grpc.aio.insecure_channel(service.address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        products = product_pb2_grpc.ProductServiceStub(channel)
+    async with start_processes("product", 1, db_url, tmp_path,
+                               SECKILL_DRAIN_DELAY=str(DRAIN_S)) as extra:
+        service = extra[0]
+        assert service.process is not None
+        health = health_pb2_grpc.HealthStub(extra.channels[0])
+        products = extra.products[0]
         watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
         first = await watch.read()
         assert first.status == health_pb2.HealthCheckResponse.SERVING
@@ -50,9 +47,9 @@ async def test_sigterm_drains_then_stops(db_url: str, tmp_path: Path) -> None:
         await products.ListProducts(product_pb2.ListProductsRequest(), timeout=5)
         assert time.monotonic() - signalled < DRAIN_S
         await asyncio.wait_for(service.process.wait(), 30)
-    assert time.monotonic() - signalled >= DRAIN_S
-    assert await service.stop() == 0  # already exited: collects the code and the log
-    assert "draining: NOT_SERVING for 3.0 s" in (tmp_path / "product.log").read_text()
+        assert time.monotonic() - signalled >= DRAIN_S
+        assert await service.stop() == 0  # already exited: collects the code and the log
+    assert "draining: NOT_SERVING for 3.0 s" in service.log_path.read_text()
 
 
 async def test_liveness_stays_serving_while_the_database_is_away(tmp_path: Path) -> None:

@@ -26,14 +26,13 @@ from tests.helpers.factories import make_activity, make_product, timestamp
 from tests.helpers.flash_sale import holding
 from tests.helpers.metrics import delta, expiry_counted, metered_stack, scrape
 from tests.helpers.polling import eventually
+from tests.helpers.processes import start_processes
 from tests.helpers.rpc import bad_fields, error_details, refused
 from tests.helpers.stack import (
     ADMIN,
-    ServiceProcess,
     Stack,
     query,
     settings_for,
-    subprocess_env,
 )
 
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
@@ -124,21 +123,8 @@ async def test_300_users_asking_1_to_3_units_on_200(stack: Stack) -> None:
 async def test_the_same_across_two_activity_processes(stack: Stack, tmp_path: Path) -> None:
     product = await make_product(stack, stock=STOCK)
     activity = await make_activity(stack, product.id, per_user_limit=LIMIT)
-    env = subprocess_env(stack.db_url, SECKILL_ACTIVITY_ADDR="127.0.0.1:0",
-                         SECKILL_PRODUCT_ADDR=stack.product.address,
-                         SECKILL_ORDER_ADDR=stack.order.address)
-    processes = [ServiceProcess("activity_svc", env, tmp_path / f"activity{i}.log")
-                 for i in range(2)]
-    await asyncio.gather(*(p.start() for p in processes))
-    channels = [grpc.aio.insecure_channel(p.address) for p in processes]
-    try:
-        answers = await rush([activity_pb2_grpc.ActivityServiceStub(c) for c in channels],
-                             activity.id)
-    finally:
-        for channel in channels:
-            await channel.close()
-        codes = await asyncio.gather(*(p.stop() for p in processes))
-    assert codes == [0, 0]
+    async with start_processes("activity", 2, stack.db_url, tmp_path, peers=stack) as extra:
+        answers = await rush(extra.activities, activity.id)
     await check_sale(stack, product.id, activity.id, answers)
 
 

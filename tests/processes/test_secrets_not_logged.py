@@ -12,10 +12,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from seckill.v1 import order_pb2, order_pb2_grpc
+from seckill.v1 import order_pb2
 
 from seckill_common.runtime.auth import UserTokens
-from tests.helpers.stack import ADMIN_TOKEN, REPO, ServiceProcess, query, subprocess_env
+from tests.helpers.processes import start_processes
+from tests.helpers.stack import ADMIN_TOKEN, REPO, query
 
 pytestmark = pytest.mark.slow
 
@@ -32,25 +33,17 @@ async def test_no_secret_or_token_is_logged(db_url: str, tmp_path: Path) -> None
     token = UserTokens(SECRET).issue("alice")
     wrong_token = UserTokens("z" * 40).issue("alice")
 
-    log = tmp_path / "order.log"
     # DEBUG logs the most; user tokens on, so there are secrets to leak.
-    service = ServiceProcess("order_svc", subprocess_env(
-        url, SECKILL_LOG_LEVEL="DEBUG", SECKILL_USER_TOKEN_SECRET=SECRET,
-        SECKILL_ORDER_ADDR="127.0.0.1:0"), log)
-    await service.start()
-    try:
-        async with grpc.aio.insecure_channel(service.address) as channel:
-            orders = order_pb2_grpc.OrderServiceStub(channel)
-            for credential in (token, wrong_token, ADMIN_TOKEN, "wrong-admin", token[:-3]):
-                metadata = (("authorization", f"Bearer {credential}"),)
-                for call in (orders.ListOrders(order_pb2.ListOrdersRequest(),
-                                               metadata=metadata),
-                             orders.DeleteOrder(order_pb2.DeleteOrderRequest(id=1),
-                                                metadata=metadata)):
-                    with contextlib.suppress(grpc.aio.AioRpcError):
-                        await call
-    finally:
-        assert await service.stop() == 0
+    async with start_processes("order", 1, url, tmp_path, SECKILL_LOG_LEVEL="DEBUG",
+                               SECKILL_USER_TOKEN_SECRET=SECRET) as extra:
+        orders, log = extra.orders[0], extra[0].log_path
+        for credential in (token, wrong_token, ADMIN_TOKEN, "wrong-admin", token[:-3]):
+            metadata = (("authorization", f"Bearer {credential}"),)
+            for call in (orders.ListOrders(order_pb2.ListOrdersRequest(), metadata=metadata),
+                         orders.DeleteOrder(order_pb2.DeleteOrderRequest(id=1),
+                                            metadata=metadata)):
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await call
 
     # A refused start-up explains itself without echoing the secret either.
     short = "short-secret-xyz"

@@ -19,7 +19,8 @@ from seckill.v1 import activity_pb2, product_pb2
 from seckill_common.runtime import telemetry
 from tests.helpers.factories import make_activity, make_product
 from tests.helpers.metrics import delta, scrape
-from tests.helpers.stack import ADMIN, ServiceProcess, Stack, start_stack, subprocess_env
+from tests.helpers.processes import start_processes
+from tests.helpers.stack import ADMIN, Stack, start_stack
 
 ACTIVITY = "/seckill.v1.ActivityService"
 
@@ -167,21 +168,13 @@ async def test_metrics_endpoint_counts_rpcs_outcomes_batches_pool_and_stock(
 @pytest.mark.slow
 async def test_a_service_process_logs_json_lines_and_serves_metrics(
         db_url: str, tmp_path: Path) -> None:
-    log_path = tmp_path / "product.log"
-    service = ServiceProcess("product_svc", subprocess_env(
-        db_url, SECKILL_PRODUCT_ADDR="127.0.0.1:0", SECKILL_METRICS_ADDR="127.0.0.1:0"),
-        log_path)
-    await service.start()
-    try:
-        async with grpc.aio.insecure_channel(service.address) as channel:
-            from seckill.v1 import product_pb2_grpc
-            products = product_pb2_grpc.ProductServiceStub(channel)
-            await products.CreateProduct(product_pb2.CreateProductRequest(
-                product=product_pb2.Product(name="Logged", stock=1)), metadata=ADMIN)
-            with pytest.raises(grpc.aio.AioRpcError):
-                await products.GetProduct(product_pb2.GetProductRequest(id=10**9))
-    finally:
-        assert await service.stop() == 0
+    async with start_processes("product", 1, db_url, tmp_path,
+                               SECKILL_METRICS_ADDR="127.0.0.1:0") as extra:
+        products, log_path = extra.products[0], extra[0].log_path
+        await products.CreateProduct(product_pb2.CreateProductRequest(
+            product=product_pb2.Product(name="Logged", stock=1)), metadata=ADMIN)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await products.GetProduct(product_pb2.GetProductRequest(id=10**9))
     records = [json.loads(line) for line in log_path.read_text().splitlines()]
     assert all(r["service"] == "product" and "time" in r and "level" in r for r in records)
     messages = [r["message"] for r in records]
@@ -222,16 +215,12 @@ async def test_a_process_exports_its_spans_by_otlp(db_url: str, tmp_path: Path) 
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(handler, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    service = ServiceProcess("product_svc", subprocess_env(
-        db_url, SECKILL_PRODUCT_ADDR="127.0.0.1:0",
-        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}"), tmp_path / "product.log")
     try:
-        await service.start()
-        async with grpc.aio.insecure_channel(service.address) as channel:
-            from seckill.v1 import product_pb2_grpc
-            await product_pb2_grpc.ProductServiceStub(channel).ListProducts(
-                product_pb2.ListProductsRequest())
-        assert await service.stop() == 0  # shutdown flushes the spans
+        async with start_processes("product", 1, db_url, tmp_path,
+                                   OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}"
+                                   ) as extra:
+            await extra.products[0].ListProducts(product_pb2.ListProductsRequest())
+            assert await extra.stop(0) == 0  # shutdown flushes the spans
         async with asyncio.timeout(30):
             await collector.received.wait()
     finally:

@@ -17,7 +17,8 @@ import pytest
 from seckill.v1 import activity_pb2, activity_pb2_grpc
 
 from tests.helpers.factories import make_activity, make_product
-from tests.helpers.stack import ServiceProcess, Stack, subprocess_env
+from tests.helpers.processes import start_processes
+from tests.helpers.stack import Stack
 
 CYCLES = int(os.environ.get("SECKILL_TEST_WATCH_CYCLES", "20000"))
 WARM_UP = 2_000  # allocator arenas, caches and grpc's pools settle first
@@ -53,25 +54,17 @@ async def cycles(stub: activity_pb2_grpc.ActivityServiceStub, activity_id: int,
 
 @pytest.mark.slow
 async def test_connect_disconnect_cycles_keep_rss_flat(stack: Stack, tmp_path: Path) -> None:
-    env = subprocess_env(stack.db_url, SECKILL_ACTIVITY_ADDR="127.0.0.1:0",
-                         SECKILL_PRODUCT_ADDR=stack.product.address,
-                         SECKILL_ORDER_ADDR=stack.order.address,
-                         SECKILL_LOG_LEVEL="WARNING")  # 20,000 access lines are not the test
-    process = ServiceProcess("activity_svc", env, tmp_path / "activity.log")
-    await process.start()
     product = await make_product(stack)
     activity = await make_activity(stack, product.id)
-    channel = grpc.aio.insecure_channel(process.address)
-    try:
-        stub = activity_pb2_grpc.ActivityServiceStub(channel)
-        assert process.pid is not None
+    # 20,000 access lines are not the test.
+    async with start_processes("activity", 1, stack.db_url, tmp_path, peers=stack,
+                               SECKILL_LOG_LEVEL="WARNING") as extra:
+        stub, pid = extra.activities[0], extra[0].pid
+        assert pid is not None
         await cycles(stub, activity.id, WARM_UP)
-        before = rss_bytes(process.pid)
+        before = rss_bytes(pid)
         await cycles(stub, activity.id, CYCLES)
-        after = rss_bytes(process.pid)
+        after = rss_bytes(pid)
         print(f"RSS before {before / 2**20:.1f} MiB, after {CYCLES} cycles "
               f"{after / 2**20:.1f} MiB ({(after - before) / CYCLES:+.1f} B/cycle)")
         assert after - before <= RSS_BOUND_BYTES, (before, after)
-    finally:
-        await channel.close()
-        assert await process.stop() == 0
