@@ -20,9 +20,10 @@ from seckill_cluster.galera import AGENT_PORT, DATABASE, DB_PORT
 from seckill_cluster.hosts import ClusterError, Host, alive_pids, spawn
 from seckill_common.runtime.tls import ClientTLS
 from seckill_stack.health import run as wait_serving_all
+from seckill_stack.launcher import DEFAULT_PORTS
 from seckill_stack.services import SERVICES, python_env
 
-SERVICE_PORTS = {"product": 50051, "activity": 50052, "order": 50053}
+SERVICE_PORTS = DEFAULT_PORTS
 SERVICE_READY_S = 90.0
 # The migration step waits for the database through the proxy (SECKILL_DB_STARTUP_TIMEOUT, 30 s)
 # and then applies at most every shipped migration.

@@ -23,11 +23,12 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from seckill_common.config import ConfigError, Settings
+from seckill_stack.launcher import DEFAULT_PORTS
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = Path(__file__).resolve().parents[1] / "data" / "compose-spec.schema.json"
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus.yml"
-PORTS = {"product": 50051, "activity": 50052, "order": 50053}
+PORTS = DEFAULT_PORTS
 SERVICES = tuple(PORTS)
 METRICS_PORT = 9464
 ACTIVITY_REPLICAS = 2

@@ -24,13 +24,14 @@ import yaml
 
 from seckill_common.config import Settings
 from seckill_common.runtime.server import LIVENESS_HEALTH_NAME
+from seckill_stack.launcher import DEFAULT_PORTS
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAY = K8S / "overlays" / "example"
 KUBERNETES_VERSION = "1.33.0"
 OPERATOR_GROUP = "k8s.mariadb.com/"
-SERVICES = {"product": 50051, "activity": 50052, "order": 50053}
+SERVICES = DEFAULT_PORTS
 # Connections the database keeps beyond the services' account: the migration Job, the operator,
 # monitoring, people with a console.
 HEADROOM = 50
