@@ -1,140 +1,29 @@
-"""docker-compose.yml, .env.example and deploy/prometheus.yml wire the stack the way users rely
-on, and the Dockerfile builds what compose runs. No Docker engine runs on the development
-machines, so these read the files: the Compose schema, the variables, the wiring."""
+"""docker-compose.yml wires the stack the way users rely on: healthchecks through the gRPC
+health protocol, start-up order, the migration step, listen and peer addresses, ports on
+loopback, replicas, metrics and traces. No Docker engine runs on the development machines, so
+these read the files (fixtures and readers: tests/deploy/conftest.py, tests/helpers/compose.py)."""
 
 from __future__ import annotations
 
-import ast
-import importlib.machinery
-import importlib.metadata
-import importlib.util
-import json
-import os
 import re
-import sys
-import tomllib
-from pathlib import Path
-from typing import Any
 
-import jsonschema
 import pytest
-import yaml
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 
-from seckill_common.config import ConfigError, Settings
-from seckill_stack.launcher import DEFAULT_PORTS
+from seckill_common.config import Settings
+from tests.helpers.compose import (
+    FILLED_SECRETS,
+    METRICS_PORT,
+    PORTS,
+    ROOT,
+    SERVICES,
+    addr_var,
+    environment,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-SCHEMA = Path(__file__).resolve().parents[1] / "data" / "compose-spec.schema.json"
-PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus.yml"
-PORTS = DEFAULT_PORTS
-SERVICES = tuple(PORTS)
-METRICS_PORT = 9464
 ACTIVITY_REPLICAS = 2
-# Secrets: required (`${VAR:?message}`), no default in compose nor in .env.example.
-SECRET = re.compile(r"PASSWORD|TOKEN")
-# What a user's .env supplies for them, to read the file as Compose runs it.
-FILLED_SECRETS = {"SECKILL_ADMIN_TOKEN": "an-admin-token", "DB_ROOT_PASSWORD": "root-pw",
-                  "DB_PASSWORD": "app-pw"}
 # MariaDB's long-term-support series: the compose default is the one the tests run (Debian's).
 MARIADB_LTS = ("10.6", "10.11", "11.4", "11.8")
 TESTED_MARIADB = "10.11"
-# What Compose interpolates: $$ (a literal $), ${VAR}, ${VAR:-default} and kin, $VAR.
-VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?+])([^}]*))?\}|\$(\w+)")
-
-
-def addr_var(service: str) -> str:
-    return f"SECKILL_{service.upper()}_ADDR"
-
-
-def strings(value: Any) -> list[str]:
-    """Every string value in a parsed YAML document (what Compose interpolates)."""
-    if isinstance(value, dict):
-        return [text for item in value.values() for text in strings(item)]
-    if isinstance(value, list):
-        return [text for item in value for text in strings(item)]
-    return [value] if isinstance(value, str) else []
-
-
-def variables(document: dict) -> dict[str, str | None]:
-    """Each variable the document reads, with its default (None: none given)."""
-    found: dict[str, str | None] = {}
-    for text in strings(document):
-        for match in VARIABLE.finditer(text):
-            name = match[1] or match[4]
-            if name:
-                default = match[3] if match[2] in (":-", "-") else None
-                found[name] = found.get(name) or default
-    return found
-
-
-def required(document: dict) -> dict[str, str]:
-    """Each variable read as `${VAR:?message}`, with its message."""
-    found = {}
-    for text in strings(document):
-        for match in VARIABLE.finditer(text):
-            if match[2] == ":?":
-                found[match[1]] = match[3]
-    return found
-
-
-def interpolate(value: Any, env: dict[str, str] | None = None) -> Any:
-    """The value as Compose resolves it with `env` as the .env file: defaults apply to the
-    rest."""
-    env = env or {}
-    if isinstance(value, dict):
-        return {key: interpolate(item, env) for key, item in value.items()}
-    if isinstance(value, list):
-        return [interpolate(item, env) for item in value]
-    if not isinstance(value, str):
-        return value
-
-    def substitute(match: re.Match[str]) -> str:
-        if match[0] == "$$":
-            return "$"
-        name = match[1] or match[4]
-        if env.get(name):
-            return env[name]
-        return match[3] if match[2] in (":-", "-") else ""
-
-    return VARIABLE.sub(substitute, value)
-
-
-@pytest.fixture(scope="module")
-def raw_compose() -> dict:
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-
-
-@pytest.fixture(scope="module")
-def compose(raw_compose) -> dict:
-    """The file as Compose runs it with a .env holding only the secrets: defaults for the
-    rest."""
-    return interpolate(raw_compose, FILLED_SECRETS)
-
-
-@pytest.fixture(scope="module")
-def env_example() -> dict[str, str]:
-    pairs = {}
-    for line in (ROOT / ".env.example").read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key, sep, value = line.partition("=")
-            assert sep, f".env.example: not KEY=value: {line!r}"
-            pairs[key.strip()] = value.strip()
-    return pairs
-
-
-@pytest.fixture(scope="module")
-def prometheus() -> dict:
-    return yaml.safe_load(PROMETHEUS_CONFIG.read_text())
-
-
-def environment(compose: dict, service: str) -> dict[str, str]:
-    env = compose["services"][service].get("environment", {})
-    if isinstance(env, list):  # the `- KEY=value` form
-        env = dict(item.split("=", 1) for item in env)
-    return {key: str(value) for key, value in env.items()}
 
 
 def published_ports(service: dict) -> list[tuple[str, str, int]]:
@@ -151,56 +40,6 @@ def published_ports(service: dict) -> list[tuple[str, str, int]]:
         host_ip = parts[-3] if len(parts) >= 3 else ""
         entries.append((host_ip, published, target))
     return entries
-
-
-# --- the compose file ------------------------------------------------------------------------
-
-@pytest.mark.parametrize("resolved", [False, True], ids=["as-written", "interpolated"])
-def test_compose_file_matches_the_compose_spec(raw_compose, compose, resolved):
-    schema = json.loads(SCHEMA.read_text())
-    # The schema declares draft 2019-09 by its old http://...# URI, which jsonschema's lookup
-    # does not recognise; name the draft rather than fall back to the latest one.
-    jsonschema.Draft201909Validator.check_schema(schema)
-    validator = jsonschema.Draft201909Validator(schema)
-    document = compose if resolved else raw_compose
-    errors = sorted(validator.iter_errors(document), key=lambda e: list(e.path))
-    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
-
-
-def test_every_variable_is_listed_in_env_example(raw_compose, env_example):
-    read = variables(raw_compose)
-    assert read, "the compose file reads no variable: has the parser broken?"
-    assert not set(read) - set(env_example), "missing from .env.example"
-    assert not set(env_example) - set(read), ".env.example lists what nothing reads"
-
-
-def test_env_example_states_the_defaults_and_leaves_secrets_to_fill(raw_compose, env_example):
-    for name, default in variables(raw_compose).items():
-        value = env_example[name]
-        if SECRET.search(name):
-            assert value == "", f"{name}: .env.example must not hold a secret to reuse"
-        else:
-            assert value, f".env.example leaves {name} empty"
-            assert value == default, f"{name}: .env.example says {value}, compose {default}"
-
-
-def test_secrets_have_no_default_and_stop_compose_with_a_clear_line(raw_compose):
-    secrets = {name for name in variables(raw_compose) if SECRET.search(name)}
-    assert secrets == set(FILLED_SECRETS)
-    needed = required(raw_compose)
-    for name in secrets:
-        assert variables(raw_compose)[name] is None, f"{name} has a default"
-        assert name in needed, f"{name}: read without `:?`, so a missing one goes unnoticed"
-        assert name in needed[name] and ".env" in needed[name], needed[name]
-    # No secret written into the file itself either.
-    assert "change-me" not in (ROOT / "docker-compose.yml").read_text()
-
-
-def test_missing_secrets_leave_the_services_unconfigured(raw_compose):
-    """What `:?` guards against: without the .env, the services would get an empty token."""
-    bare = interpolate(raw_compose)
-    with pytest.raises(ConfigError, match="SECKILL_ADMIN_TOKEN"):
-        Settings.from_env(environment(bare, "product"))
 
 
 def one_shot(service: dict) -> bool:
@@ -244,34 +83,6 @@ def test_db_creates_the_services_account_and_keeps_its_data(compose):
     # A volume of its own: MariaDB cannot open the data of the MySQL 8.4 default of old.
     assert (volume, target) == ("mariadb-data", "/var/lib/mysql")
     assert volume in compose["volumes"]
-
-
-def mysql_override() -> dict:
-    """The compose.mysql.yml that docs/OPERATIONS.md gives for running on MySQL 8.4."""
-    text = (ROOT / "docs" / "OPERATIONS.md").read_text()
-    section = text.split("### MySQL 8.4 instead", 1)[1]
-    return yaml.safe_load(section.split("```yaml", 1)[1].split("```", 1)[0])
-
-
-def test_the_documented_mysql_override_fits_the_compose_file(raw_compose, env_example):
-    """MySQL is untested here, but the switch the docs give must at least be well formed: the
-    spec's shape, the .env's variables, the mount it replaces, a check MySQL's image can run."""
-    override = mysql_override()
-    validator = jsonschema.Draft201909Validator(json.loads(SCHEMA.read_text()))
-    errors = list(validator.iter_errors(override))
-    assert not errors, [error.message for error in errors]
-    assert set(variables(override)) <= set(env_example)
-    assert required(override).keys() == {"DB_ROOT_PASSWORD", "DB_PASSWORD"}
-    db = override["services"]["db"]
-    assert db["image"] == "mysql:8.4"
-    env = db["environment"]
-    assert (env["MYSQL_DATABASE"], env["MYSQL_USER"]) == ("seckill", "seckill")
-    # Compose merges volumes by their target: the MySQL volume takes the MariaDB one's place.
-    base_target = raw_compose["services"]["db"]["volumes"][0].partition(":")[2]
-    volume, _, target = db["volumes"][0].partition(":")
-    assert target == base_target
-    assert volume in override["volumes"] and volume not in raw_compose["volumes"]
-    assert "mysqladmin ping" in " ".join(db["healthcheck"]["test"])
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -422,166 +233,6 @@ def test_grafana_has_no_password_to_guess(compose):
     assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
     assert env["GF_AUTH_BASIC_ENABLED"] == "false"
     assert not any("PASSWORD" in key for key in env)
-
-
-# --- Prometheus --------------------------------------------------------------------------------
-
-def test_prometheus_mounts_the_config_from_the_repo(compose):
-    volumes = compose["services"]["prometheus"]["volumes"]
-    assert "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in volumes
-    assert PROMETHEUS_CONFIG.is_file()
-
-
-def scrape_targets(prometheus: dict, service: str) -> list[str]:
-    """How Prometheus finds `service`: 'static' and/or 'dns' per matching scrape config."""
-    ways = []
-    for job in prometheus["scrape_configs"]:
-        for static in job.get("static_configs", []):
-            if f"{service}:{METRICS_PORT}" in static["targets"]:
-                ways.append("static")
-        for dns in job.get("dns_sd_configs", []):
-            if service in dns["names"] and dns.get("type", "SRV") == "A" \
-                    and dns.get("port") == METRICS_PORT:
-                ways.append("dns")
-    return ways
-
-
-@pytest.mark.parametrize("service", SERVICES)
-def test_prometheus_scrapes_every_service_on_its_metrics_port(prometheus, service):
-    assert len(scrape_targets(prometheus, service)) == 1, service
-
-
-def test_prometheus_finds_every_activity_replica_by_dns(prometheus):
-    # A static `activity:9464` would resolve to one replica per scrape, not to each of them.
-    assert scrape_targets(prometheus, "activity") == ["dns"]
-
-
-def test_prometheus_jobs_are_unique_and_paths_default(prometheus):
-    names = [job["job_name"] for job in prometheus["scrape_configs"]]
-    assert len(names) == len(set(names))
-    for job in prometheus["scrape_configs"]:
-        assert job.get("metrics_path", "/metrics") == "/metrics"
-
-
-# --- the image -----------------------------------------------------------------------------
-
-def dockerfile_instructions(keyword: str) -> list[list[str]]:
-    return [line.split()[1:] for line in (ROOT / "Dockerfile").read_text().splitlines()
-            if line.split() and line.split()[0].upper() == keyword]
-
-
-def dockerfile_copy_sources() -> list[str]:
-    sources = []
-    for words in dockerfile_instructions("COPY"):
-        sources += [word for word in words if not word.startswith("--")][:-1]
-    return sources
-
-
-def test_healthcheck_module_ships_in_the_image():
-    assert (ROOT / "seckill_stack" / "health.py").is_file()
-    assert "seckill_stack/" in dockerfile_copy_sources()
-
-
-def test_dockerfile_copies_only_paths_that_exist():
-    sources = dockerfile_copy_sources()
-    assert sources
-    missing = [source for source in sources if not (ROOT / source).exists()]
-    assert not missing, f"COPY sources missing from the repo: {missing}"
-
-
-def pyproject() -> dict:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())
-
-
-def test_dockerfile_copies_every_package_pip_installs():
-    setuptools = pyproject()["tool"]["setuptools"]
-    package_dir = setuptools.get("package-dir", {})
-    copied = [source.rstrip("/") for source in dockerfile_copy_sources()]
-    for package in setuptools["packages"]:
-        top = package.split(".")[0]
-        folder = package_dir.get(top, top).strip("./") or top
-        assert any(folder == c or folder.startswith(c + "/") for c in copied), (
-            f"`pip install .` needs {folder}/ for package {package}: COPY it")
-
-
-def test_dockerfile_exposes_what_compose_uses(compose):
-    exposed = {int(word.split("/")[0]) for words in dockerfile_instructions("EXPOSE")
-               for word in words}
-    for service in SERVICES:
-        env = environment(compose, service)
-        assert int(env[addr_var(service)].rpartition(":")[2]) in exposed
-        assert int(env["SECKILL_METRICS_ADDR"].rpartition(":")[2]) in exposed
-
-
-def module_owners() -> dict[str, str]:
-    """Installed file → the distribution that installed it."""
-    owners: dict[str, str] = {}
-    for dist in importlib.metadata.distributions():
-        name = canonicalize_name(dist.metadata["Name"])
-        for file in dist.files or []:
-            owners[os.path.normpath(str(dist.locate_file(file)))] = name
-    return owners
-
-
-def runtime_distributions() -> set[str]:
-    """What `pip install .` installs: pyproject's dependencies and everything they require."""
-    todo = [Requirement(line) for line in pyproject()["project"]["dependencies"]]
-    seen: set[str] = set()
-    while todo:
-        requirement = todo.pop()
-        name = canonicalize_name(requirement.name)
-        if name in seen or (requirement.marker and not requirement.marker.evaluate({"extra": ""})):
-            continue
-        seen.add(name)
-        todo += [Requirement(line) for line in importlib.metadata.requires(name) or []]
-    return seen
-
-
-def imported_modules(folder: Path) -> dict[str, bool]:
-    """Absolute imports under `folder`: module name → whether it must be a module (`import x`,
-    `from x import ...`) rather than maybe a name in one (`from x import y`: x.y)."""
-    modules: dict[str, bool] = {}
-    for path in folder.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                modules.update((alias.name, True) for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                modules[node.module] = True
-                for alias in node.names:
-                    modules.setdefault(f"{node.module}.{alias.name}", False)
-    return modules
-
-
-def find_spec(module: str) -> importlib.machinery.ModuleSpec | None:
-    try:
-        return importlib.util.find_spec(module)
-    except ModuleNotFoundError:  # a parent is a module, not a package: `module` is a name
-        return None
-
-
-def test_image_installs_every_module_the_services_import():
-    """The image gets pyproject's dependencies only: a module that the venv has by hand (or by
-    the dev extra) imports fine here and fails in the container."""
-    ours = {package.split(".")[0] for package in pyproject()["tool"]["setuptools"]["packages"]}
-    imports: dict[str, bool] = {}
-    for folder in [ROOT / name for name in sorted(ours)] + [ROOT / "gen"]:
-        if folder.is_dir():
-            imports.update(imported_modules(folder))
-    owners = module_owners()
-    runtime = runtime_distributions()
-    missing = {}
-    for module, must_exist in sorted(imports.items()):
-        top = module.split(".")[0]
-        if top in ours or top in sys.stdlib_module_names:
-            continue
-        spec = find_spec(module)
-        assert spec is not None or not must_exist, f"{module} is not installed"
-        if spec is None or not spec.has_location:  # a name, or a namespace package
-            continue
-        owner = owners.get(os.path.normpath(spec.origin or ""))
-        if owner not in runtime:
-            missing[module] = owner
-    assert not missing, f"imported, but not a runtime dependency in pyproject.toml: {missing}"
 
 
 def test_the_order_service_relays_events_to_a_jetstream_server(compose):

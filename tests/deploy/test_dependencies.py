@@ -4,17 +4,17 @@ them, that `make venv`, CI and the image install."""
 from __future__ import annotations
 
 import importlib.metadata
-import tomllib
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from tests.helpers.distributions import pyproject, requirement_closure
 from tests.helpers.stack import REPO
 
 
 def declared() -> list[Requirement]:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    project = pyproject()["project"]
     lines = project["dependencies"] + project["optional-dependencies"]["dev"]
     return [Requirement(line) for line in lines]
 
@@ -42,16 +42,9 @@ def test_pyproject_has_ranges_and_the_lock_pins_each_within_them() -> None:
 def test_the_venv_holds_the_locked_versions() -> None:
     """Everything pyproject.toml pulls in, directly or not, at the lock's version."""
     locked = pins()
-    todo, seen = declared(), set()
-    while todo:
-        requirement = todo.pop()
-        name = canonicalize_name(requirement.name)
-        if name in seen or (requirement.marker and not requirement.marker.evaluate({"extra": ""})):
-            continue
-        seen.add(name)
+    for name in requirement_closure(declared()):
         assert name in locked, f"{name} is installed but not locked: run `make lock`"
         assert Version(importlib.metadata.version(name)) == locked[name], name
-        todo += [Requirement(line) for line in importlib.metadata.requires(name) or []]
     assert "tqdm" not in locked
 
 
