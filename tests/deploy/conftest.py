@@ -1,7 +1,9 @@
 """The deployment files, parsed once per module: docker-compose.yml (as written and
-interpolated), .env.example and deploy/prometheus.yml."""
+interpolated), .env.example, deploy/prometheus.yml and deploy/k8s rendered."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 import yaml
@@ -12,6 +14,7 @@ from tests.helpers.compose import (
     ROOT,
     interpolate,
 )
+from tests.helpers.k8s import OVERLAY, SECRET_VALUES, render
 
 
 @pytest.fixture(scope="module")
@@ -29,3 +32,8 @@ def compose(raw_compose) -> dict:
 @pytest.fixture(scope="module")
 def prometheus() -> dict:
     return yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict[str, Any]]:
+    return render(OVERLAY, SECRET_VALUES)
