@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import shutil
-import sys
-from pathlib import Path
 
 from tests.helpers.factories import make_activity, make_product
 from tests.helpers.stack import ADMIN_TOKEN, Stack, query
-
-GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or "grpcurl"
-
-
-async def grpcurl(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        GRPCURL, "-plaintext", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 30)
-    return process.returncode or 0, out.decode(), err.decode()
+from tests.helpers.wire import grpcurl
 
 
 async def test_grpcurl_lists_services_and_places_an_order(stack: Stack) -> None:

@@ -30,6 +30,7 @@ from tests.helpers.bad_input import (
     parses,
     running_prober,
 )
+from tests.helpers.wire import varint
 
 INPUTS: dict[str, Descriptor] = {
     method_path(s.name, m.name): m.input_type for s in SERVICES for m in s.methods}
@@ -69,15 +70,6 @@ async def own_prober(mariadb: str, server_log: ServerLog,
     async with running_prober(mariadb) as p:
         yield p
     property_tally.add(p)
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def tag(number: int, wire_type: int) -> bytes:

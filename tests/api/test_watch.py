@@ -463,7 +463,7 @@ async def test_a_database_outage_ends_streams_with_unavailable(tmp_path: Path) -
 
 
 async def test_grpcurl_prints_each_message(stack: Stack) -> None:
-    from tests.api.test_grpcurl import grpcurl
+    from tests.helpers.wire import grpcurl
 
     product = await make_product(stack, stock=3)
     activity = await make_activity(stack, product.id, start_s=-1, end_s=1.0)
