@@ -1,17 +1,12 @@
 """Waiting rooms through real servers (shipped defaults): the pre-queue shuffled at the start
 then arrival order, a place kept across streams and restarts, passes judged without the
-database, admission bounded by the units left, SOLD_OUT to everyone waiting at once, a cancel
-re-opening the line, two processes on one line, and a fairness test; and the pure rules."""
+database, admission bounded by the units left, SOLD_OUT to everyone at once, one line over
+two processes, rate-limit pushback, refusals, and what a waiting buyer costs."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
-import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,16 +16,10 @@ from seckill.v1 import activity_pb2, activity_pb2_grpc, order_pb2
 
 from activity_svc.passes import Passes
 from activity_svc.queue import FRESHNESS_BOUND_S
-from activity_svc.queue_line import Room, admissions, place, rate_budget
 from activity_svc.server import DEFINITION as ACTIVITY
-from seckill_cli import cli
-from seckill_cli.client import Exit
 from seckill_common.api.times import to_datetime
-from seckill_common.runtime.auth import UserTokens
 from seckill_common.runtime.server import start_service
-from seckill_stack.services import python_env
 from tests.helpers.factories import make_activity, make_product
-from tests.helpers.processes import start_processes
 from tests.helpers.rpc import error_details
 from tests.helpers.stack import (
     ADMIN,
@@ -39,50 +28,20 @@ from tests.helpers.stack import (
     Stack,
     query,
     settings_for,
-    start_stack,
+)
+from tests.helpers.waiting_room import (
+    ROOM,
+    at,
+    first,
+    join,
+    room_sale,
+    running_with,
+    state,
+    until,
 )
 
-Update = activity_pb2.QueueUpdate
-ROOM = activity_pb2.WaitingRoom(enabled=True)  # every other setting: its default
 # Awaiting what a bound promises: the bound, plus slack for a busy 2-core machine.
 WITHIN_BOUND_S = FRESHNESS_BOUND_S + 1.0
-
-
-def join(stub: activity_pb2_grpc.ActivityServiceAsyncStub, activity_id: int, user: str,
-         quantity: int = 0) -> Any:
-    """The JoinQueue stream (a grpc.aio.UnaryStreamCall)."""
-    return stub.JoinQueue(activity_pb2.JoinQueueRequest(activity_id=activity_id, user_id=user,
-                                                        quantity=quantity))
-
-
-async def until(call: Any, accept: Callable[[Update], bool],
-                timeout_s: float = 10.0) -> Update:
-    """Reads messages until one satisfies `accept`. The default timeout only ends a test that
-    hangs (a busy shared machine is slow): tests of a bound measure the time themselves."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            message = await call.read()
-            assert message is not grpc.aio.EOF, f"stream ended: {await call.code()}"
-            if accept(message):
-                return message
-
-
-def state(wanted: int) -> Callable[[Update], bool]:
-    return lambda message: message.state == wanted
-
-
-def at(position: int) -> Callable[[Update], bool]:
-    return lambda message: message.position == position
-
-
-async def first(stub: activity_pb2_grpc.ActivityServiceAsyncStub, activity_id: int,
-                user: str) -> Update:
-    """The first message of a join, then the stream is left (the place is kept)."""
-    call = join(stub, activity_id, user)
-    try:
-        return await until(call, lambda _: True)
-    finally:
-        call.cancel()
 
 
 async def seckill(stack: Stack, activity_id: int, user: str,
@@ -99,73 +58,6 @@ async def refusal(stack: Stack, activity_id: int, user: str, admission_pass: str
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     return str(error_details(raised.value)["ErrorInfo"].reason)
 
-
-async def room_sale(stack: Stack, stock: int, start_s: float = -1
-                    ) -> activity_pb2.Activity:
-    product = await make_product(stack, stock=stock)
-    return await make_activity(stack, product.id, start_s=start_s, waiting_room=ROOM)
-
-
-# --- the pure rules ----------------------------------------------------------------------
-
-T0 = dt.datetime(2030, 1, 1, 12, 0, 0)
-
-
-def test_admissions_stop_at_the_units_left_the_slots_and_the_budget() -> None:
-    assert admissions([1] * 10, Room(units_left=3, slots=100, budget=100)) == 3
-    assert admissions([1] * 10, Room(units_left=30, slots=4, budget=100)) == 4
-    assert admissions([1] * 10, Room(units_left=30, slots=100, budget=2)) == 2
-    # A buyer for more units than are left is admitted (Seckill names the units left), and
-    # takes them all: nobody behind.
-    assert admissions([3, 1], Room(units_left=2, slots=100, budget=100)) == 1
-    assert admissions([1], Room(units_left=0, slots=100, budget=100)) == 0
-
-
-def test_a_fixed_rate_admits_no_faster_and_saves_up_no_burst() -> None:
-    assert rate_budget(None, 0, T0, T0) >= 1 << 30  # adaptive: no bound here
-    assert rate_budget(5, 0, T0, T0) == 1
-    assert rate_budget(5, 1, T0, T0 + dt.timedelta(seconds=1)) == 5
-    assert rate_budget(5, 6, T0, T0 + dt.timedelta(seconds=1)) == 0
-    assert rate_budget(5, 0, T0, T0 + dt.timedelta(hours=1)) == 5  # a second's worth
-
-
-def test_a_place_is_the_end_first_then_the_turn_then_the_stock() -> None:
-    common: dict[str, Any] = {"pre_queued": False, "last_ticket": 10, "rate": 2.0,
-                              "start_time": T0, "end_time": T0 + dt.timedelta(hours=1)}
-    now = T0 + dt.timedelta(minutes=1)
-    assert place(ticket=3, admitted_through=3, units_left=0, now=now,
-                 **common).state == activity_pb2.ADMITTED
-    assert place(ticket=4, admitted_through=3, units_left=0, now=now,
-                 **common).state == activity_pb2.QUEUE_SOLD_OUT
-    waiting = place(ticket=7, admitted_through=3, units_left=5, now=now, **common)
-    assert (waiting.state, waiting.position, waiting.estimated_wait_s) == (
-        activity_pb2.WAITING, 4, 1.5)
-    assert place(ticket=None, admitted_through=3, units_left=5, now=now,
-                 **common).position == 8  # behind every ticket handed out
-    assert place(ticket=None, admitted_through=0, units_left=5, now=T0 - dt.timedelta(1),
-                 **{**common, "pre_queued": True}).state == activity_pb2.PRE_QUEUED
-    assert place(ticket=1, admitted_through=3, units_left=5, now=common["end_time"],
-                 **common).state == activity_pb2.QUEUE_ENDED
-
-
-def test_a_pass_binds_user_activity_and_expiry() -> None:
-    passes = Passes("secret")
-    good = passes.issue(7, "alice", dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
-    early = dt.datetime(2029, 12, 31, tzinfo=dt.UTC).timestamp()
-    passes.check(good, 7, "alice", now=early)
-    for args in ((7, "bob"), (8, "alice")):
-        with pytest.raises(Exception, match="waiting room") as raised:
-            passes.check(good, *args, now=early)
-        assert getattr(raised.value, "reason", None) == "NOT_ADMITTED"
-    with pytest.raises(Exception, match="expired"):
-        passes.check(good, 7, "alice", now=early + 2 * 86400)
-    with pytest.raises(Exception, match="waiting room"):
-        Passes("another secret").check(good, 7, "alice", now=early)
-    with pytest.raises(Exception, match="waiting room"):
-        passes.check(good[:-2] + "AA", 7, "alice", now=early)
-
-
-# --- through the servers -----------------------------------------------------------------
 
 async def test_pre_queue_is_shuffled_at_the_start_then_arrivals_keep_their_order(
         stack: Stack) -> None:
@@ -202,15 +94,6 @@ async def test_pre_queue_is_shuffled_at_the_start_then_arrivals_keep_their_order
         finally:
             call.cancel()
         assert message.state == activity_pb2.WAITING and message.ahead == 6 + offset
-
-
-@asynccontextmanager
-async def running_with(db_url: str, **overrides: str) -> AsyncIterator[Stack]:
-    stack = await start_stack(db_url, **overrides)
-    try:
-        yield stack
-    finally:
-        await stack.stop()
 
 
 def running(db_url: str) -> Any:
@@ -423,53 +306,6 @@ async def test_refusals_over_a_rate_limit_carry_grpc_retry_pushback_ms_beside_re
         assert trailers["grpc-retry-pushback-ms"] == str(delay)
 
 
-async def test_seckill_buy_waits_in_line_then_buys_with_the_pass(
-        stack: Stack, capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
-    activity = await room_sale(stack, stock=1)
-    flags = ["--product-addr", stack.product.address, "--activity-addr",
-             stack.activity.address, "--order-addr", stack.order.address]
-    capsys.readouterr()
-    assert await cli.run([*flags, "buy", "--activity", str(activity.id), "--user", "alice"]
-                         ) == Exit.OK
-    assert "user alice bought one unit" in capsys.readouterr().out
-    assert await cli.run([*flags, "buy", "--activity", str(activity.id), "--user", "bob"]
-                         ) == Exit.REFUSED
-    assert "sold out" in capsys.readouterr().err
-
-
-async def test_the_queue_client_example_waits_then_buys(stack: Stack) -> None:
-    activity = await room_sale(stack, stock=1, start_s=2)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "examples/queue_client.py", str(activity.id), "alice",
-        "--activity-addr", stack.activity.address, cwd=REPO,
-        env=python_env(dict(os.environ)), stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(process.communicate(), 30)
-    lines = out.decode().splitlines()
-    assert process.returncode == 0, lines
-    # Pre-queued, unless starting Python on a busy machine took longer than the 2 s.
-    assert lines[0].startswith(("PRE_QUEUED: the line is drawn in ", "WAITING: position 1")), lines
-    assert lines[-2].startswith("ADMITTED: pass valid until "), lines
-    assert lines[-1].startswith("order ") and lines[-1].endswith(": 1 unit(s)"), lines
-
-
-async def test_watchers_see_how_many_wait(stack: Stack) -> None:
-    activity = await room_sale(stack, stock=5, start_s=60)  # the pre-queue is open
-    watcher: Any = stack.activities.WatchActivity(
-        activity_pb2.WatchActivityRequest(id=activity.id))
-    try:
-        assert (await watcher.read()).waiting == 0
-        for user in ("a", "b", "c"):
-            await first(stack.activities, activity.id, user)
-        async with asyncio.timeout(10):
-            while (await watcher.read()).waiting != 3:
-                pass
-    finally:
-        watcher.cancel()
-
-
 async def test_join_refusals(stack: Stack) -> None:
     product = await make_product(stack, stock=5)
     plain = await make_activity(stack, product.id)
@@ -496,61 +332,6 @@ async def test_join_refusals(stack: Stack) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await call.read()
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
-
-
-async def test_with_user_tokens_the_place_and_the_pass_are_the_tokens_users(
-        db_url: str) -> None:
-    secret = "s" * 40  # user tokens on: the setting under test
-    tokens = UserTokens(secret)
-
-    def as_user(user: str) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {tokens.issue(user)}"),)
-
-    async with running_with(db_url, SECKILL_USER_TOKEN_SECRET=secret) as stack:
-        activity = await room_sale(stack, stock=2)
-        call = stack.activities.JoinQueue(
-            activity_pb2.JoinQueueRequest(activity_id=activity.id), metadata=as_user("alice"))
-        admitted = await until(call, state(activity_pb2.ADMITTED))
-        call = stack.activities.JoinQueue(
-            activity_pb2.JoinQueueRequest(activity_id=activity.id, user_id="bob"),
-            metadata=as_user("alice"))
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await call.read()
-        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        # Alice's pass is not Bob's, whatever Bob's token.
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await stack.activities.Seckill(activity_pb2.SeckillRequest(
-                activity_id=activity.id, admission_pass=admitted.admission_pass),
-                metadata=as_user("bob"))
-        assert error_details(raised.value)["ErrorInfo"].reason == "NOT_ADMITTED"
-        reply = await stack.activities.Seckill(activity_pb2.SeckillRequest(
-            activity_id=activity.id, admission_pass=admitted.admission_pass),
-            metadata=as_user("alice"))
-        assert reply.order.user_id == "alice"
-
-
-async def test_two_workers_of_a_process_serve_one_line(stack: Stack, tmp_path: Path) -> None:
-    # Two workers (SECKILL_WORKERS=2): the setting under test; the rest shipped defaults.
-    async with start_processes("activity", 1, stack.db_url, tmp_path, peers=stack,
-                               SECKILL_WORKERS="2") as extra:
-        # A channel per buyer: their connections spread over the workers.
-        channels = [grpc.aio.insecure_channel(extra[0].address) for _ in range(7)]
-        try:
-            stubs = [activity_pb2_grpc.ActivityServiceStub(channel) for channel in channels]
-            activity = await room_sale(stack, stock=1)
-            admitted = await until(join(stubs[0], activity.id, "u0"),
-                                   state(activity_pb2.ADMITTED))
-            calls = []
-            for position, stub in enumerate(stubs[1:], start=1):
-                calls.append(join(stub, activity.id, f"w{position}"))
-                await until(calls[-1], at(position))
-            await stubs[3].Seckill(activity_pb2.SeckillRequest(
-                activity_id=activity.id, user_id="u0", admission_pass=admitted.admission_pass))
-            for call in calls:
-                await until(call, state(activity_pb2.QUEUE_SOLD_OUT))
-        finally:
-            for channel in channels:
-                await channel.close()
 
 
 async def test_a_waiting_buyer_costs_messages_not_reads(stack: Stack) -> None:

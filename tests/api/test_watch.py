@@ -1,16 +1,13 @@
 """WatchActivity through real servers (shipped defaults): the whole view first, then the state
 flips by the database's clock, a sale's units, changes made by other services and processes,
-the stream cap, the lifetime, the drain; and the pure rules behind them."""
+the stream cap, the lifetime, the drain, a database outage."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import datetime as dt
-import json
-import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -24,34 +21,23 @@ from google.protobuf import duration_pb2, field_mask_pb2
 from seckill.v1 import activity_pb2, activity_pb2_grpc, order_pb2, product_pb2
 
 from activity_svc.watch import FRESHNESS_BOUND_S
-from activity_svc.watch_view import State, min_interval_s, state_of
 from seckill_common.api.times import to_datetime
-from seckill_stack.services import python_env
 from tests.helpers.factories import make_activity, make_product
 from tests.helpers.processes import start_processes
 from tests.helpers.rpc import error_details
 from tests.helpers.stack import (
     ADMIN,
-    REPO,
     PrivateMariaDB,
     Stack,
     create_database,
     query,
     start_stack,
 )
+from tests.helpers.watching import watch
 
 Response = activity_pb2.WatchActivityResponse
 # Awaiting a message that the bound promises: the bound, plus slack for a busy 2-core machine.
 WITHIN_BOUND_S = FRESHNESS_BOUND_S + 1.0
-
-
-def watch(stub: activity_pb2_grpc.ActivityServiceAsyncStub, activity_id: int,
-          min_interval_ms: int | None = None) -> Any:
-    """The stream (a grpc.aio.UnaryStreamCall: its stub types it as an iterator only)."""
-    request = activity_pb2.WatchActivityRequest(id=activity_id)
-    if min_interval_ms is not None:
-        request.min_interval.FromMilliseconds(min_interval_ms)
-    return stub.WatchActivity(request)
 
 
 async def next_until(call: Any,
@@ -84,32 +70,6 @@ async def ending(call: Any, timeout_s: float = WITHIN_BOUND_S
 def moment(ts: object) -> dt.datetime:
     return to_datetime(ts)  # type: ignore[arg-type]
 
-
-# --- the pure rules ----------------------------------------------------------------------
-
-def test_state_is_the_window_first_then_the_stock() -> None:
-    start = dt.datetime(2030, 1, 1, 12, 0, 0)
-    end = start + dt.timedelta(hours=1)
-    assert state_of(start, end, start - dt.timedelta(microseconds=1), 0) is State.NOT_STARTED
-    assert state_of(start, end, start, 1) is State.OPEN  # start is inclusive
-    assert state_of(start, end, start, 0) is State.SOLD_OUT
-    assert state_of(start, end, end, 5) is State.ENDED  # end is exclusive
-
-
-def test_min_interval_has_a_default_a_floor_and_a_ceiling() -> None:
-    def request(ms: int | None) -> activity_pb2.WatchActivityRequest:
-        r = activity_pb2.WatchActivityRequest(id=1)
-        if ms is not None:
-            r.min_interval.FromMilliseconds(ms)
-        return r
-
-    assert min_interval_s(request(None)) == min_interval_s(request(0)) == 0.5
-    assert min_interval_s(request(1)) == 0.1
-    assert min_interval_s(request(2000)) == 2.0
-    assert min_interval_s(request(10**9)) == 60.0
-
-
-# --- through the servers -----------------------------------------------------------------
 
 async def test_first_message_is_the_whole_view(stack: Stack) -> None:
     product = await make_product(stack, stock=7)
@@ -389,56 +349,6 @@ async def test_sigterm_ends_streams_with_unavailable_without_waiting_the_grace(
             assert "RetryInfo" in error_details(error)
 
 
-
-async def test_the_cli_follows_a_sale_to_its_end(stack: Stack,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    from seckill_cli import cli
-
-    product = await make_product(stack, stock=2)
-    activity = await make_activity(stack, product.id, start_s=0.5, end_s=1.5)
-    code = await cli.run(["--activity-addr", stack.activity.address, "--json",
-                          "watch", str(activity.id)])
-    assert code == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    states = [line["state"] for line in lines]
-    assert states[0] in ("NOT_STARTED", "OPEN") and states[-1] == "ENDED", states
-    assert all(line["units_left"] == 2 for line in lines)
-
-
-def test_the_live_line_counts_down_by_the_given_clock() -> None:
-    from seckill_cli.watch import live_line
-
-    view = activity_pb2.WatchActivityResponse(units_left=3, state=activity_pb2.OPEN)
-    view.activity.id, view.activity.name = 7, "Tea rush"
-    start = dt.datetime(2030, 1, 1, 12, tzinfo=dt.UTC)
-    view.activity.start_time.FromDatetime(start)
-    view.activity.end_time.FromDatetime(start + dt.timedelta(hours=1))
-    line = live_line(view, start + dt.timedelta(minutes=15))
-    assert line == "#7 Tea rush: OPEN        3 left, ends in 00:45:00 (server clock)"
-    assert "opens in 00:00:10" in live_line(view, start - dt.timedelta(seconds=10))
-
-
-async def test_the_python_example_follows_a_sale_and_resumes(db_url: str) -> None:
-    # A lifetime of 1 s (the setting under test) makes the example resume once at least.
-    stack = await start_stack(db_url, SECKILL_WATCH_MAX_LIFETIME="1")
-    try:
-        product = await make_product(stack, stock=4)
-        activity = await make_activity(stack, product.id, start_s=-1, end_s=2.5)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "examples/watch_client.py", str(activity.id),
-            "--activity-addr", stack.activity.address, cwd=REPO,
-            env=python_env(dict(os.environ)), stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT)
-        out, _ = await asyncio.wait_for(process.communicate(), 30)
-        text = out.decode()
-        assert process.returncode == 0, text
-        assert "resuming in 0 s" in text, text
-        assert text.splitlines()[0].startswith("revision 1: OPEN, 4 left"), text
-        assert "ENDED, 4 left, ends in 0 s" in text.splitlines()[-1], text
-    finally:
-        await stack.stop()
-
-
 @pytest.mark.slow
 async def test_a_database_outage_ends_streams_with_unavailable(tmp_path: Path) -> None:
     server = PrivateMariaDB(tmp_path / "mariadb")
@@ -460,19 +370,3 @@ async def test_a_database_outage_ends_streams_with_unavailable(tmp_path: Path) -
             await stack.stop()
     finally:
         server.stop()
-
-
-async def test_grpcurl_prints_each_message(stack: Stack) -> None:
-    from tests.helpers.wire import grpcurl
-
-    product = await make_product(stack, stock=3)
-    activity = await make_activity(stack, product.id, start_s=-1, end_s=1.0)
-    # docs/WATCH.md's line, bounded by -max-time: the stream itself does not end at ENDED.
-    _, out, err = await grpcurl("-max-time", "3", "-d",
-                                json.dumps({"id": activity.id, "min_interval": "1s"}),
-                                stack.activity.address,
-                                "seckill.v1.ActivityService/WatchActivity")
-    states = [json.loads(doc)["state"] for doc in out.replace("}\n{", "}\x00{").split("\x00")
-              if doc.strip()]
-    assert states == ["OPEN", "ENDED"], (out, err)
-    assert "DeadlineExceeded" in err, err

@@ -1,9 +1,5 @@
-"""The `seckill` CLI against the in-process stack: every command, its JSON, each class of error
-told in plain words with its exit code, `status`, and a small `sale simulate`.
-
-The CLI runs in this process (`cli.run(argv)`, stdout captured) so the servers keep running
-on the same event loop; two tests run it as its own process, as people do.
-"""
+"""The `seckill` CLI against the in-process stack: every command and its JSON, `status`, user
+tokens, the CLI as a process, the events feed (the CLI runs in this process, see conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,18 +7,17 @@ import asyncio
 import datetime as dt
 import json
 import os
-import socket
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from seckill.v1 import activity_pb2, order_pb2, product_pb2
+from seckill.v1 import product_pb2
 
-from seckill_cli import cli, commands
+from seckill_cli import commands
 from seckill_cli.client import Exit
 from seckill_common.runtime.auth import UserTokens
+from tests.helpers.cli import Result, Seckill
 from tests.helpers.factories import make_activity, make_product
 from tests.helpers.stack import (
     ADMIN,
@@ -35,47 +30,6 @@ from tests.helpers.stack import (
 )
 
 USER_SECRET = "a-user-token-secret-of-32-bytes!"
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-@pytest.fixture
-def admin_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
-    monkeypatch.delenv("SECKILL_USER_TOKEN", raising=False)
-    monkeypatch.setenv("COLUMNS", "160")  # rich's width off a terminal: no cell wraps
-
-
-def addr_flags(stack: Stack) -> list[str]:
-    return ["--product-addr", stack.product.address, "--activity-addr", stack.activity.address,
-            "--order-addr", stack.order.address]
-
-
-class Seckill:
-    """Runs `seckill ARGS` against one stack, in-process, and captures what it prints."""
-
-    def __init__(self, stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
-        self.stack = stack
-        self.capsys = capsys
-
-    async def __call__(self, *argv: str) -> Result:
-        self.capsys.readouterr()
-        code = await cli.run([*addr_flags(self.stack), *argv])
-        captured = self.capsys.readouterr()
-        return Result(int(code), captured.out, captured.err)
-
-
-@pytest.fixture
-def seckill(stack: Stack, capsys: pytest.CaptureFixture[str], admin_env: None) -> Seckill:
-    return Seckill(stack, capsys)
 
 
 async def test_product_commands(seckill: Seckill) -> None:
@@ -223,85 +177,6 @@ async def test_activity_sale_terms(seckill: Seckill, stack: Stack) -> None:
     assert (updated["price_cents"], updated["payment_window"]) == (500, "1.500s")
 
 
-async def test_already_holds_an_order(seckill: Seckill, stack: Stack) -> None:
-    aid = (await make_activity(stack, (await make_product(stack)).id)).id
-    first = (await seckill("--json", "buy", "--activity", str(aid), "--user", "u")).json()
-    again = await seckill("buy", "--activity", str(aid), "--user", "u")
-    assert again.code == Exit.REFUSED
-    assert (f"user u already holds order {first['order']['id']} for activity {aid}"
-            in again.err)
-
-
-async def test_sold_out_and_not_started(seckill: Seckill, stack: Stack) -> None:
-    product = await make_product(stack, stock=1)
-    aid = (await make_activity(stack, product.id)).id
-    assert (await seckill("buy", "--activity", str(aid), "--user", "a")).code == Exit.OK
-    late = await seckill("buy", "--activity", str(aid), "--user", "b")
-    assert late.code == Exit.REFUSED and f"activity {aid} is sold out" in late.err
-
-    early_id = (await make_activity(stack, (await make_product(stack)).id, start_s=3600)).id
-    early = await seckill("--json", "buy", "--activity", str(early_id), "--user", "a")
-    assert early.code == Exit.REFUSED and "has not started yet" in early.err
-    # --json: the error as a document on stdout too, with the status details.
-    error = early.json()["error"]
-    assert error["code"] == "FAILED_PRECONDITION"
-    assert error["details"][0]["reason"] == "NOT_STARTED"
-
-
-async def test_invalid_arguments_list_every_violation(seckill: Seckill) -> None:
-    bad = await seckill("product", "create", "--name", " ", "--price-cents", "-1")
-    assert bad.code == Exit.REFUSED
-    assert "invalid request:" in bad.err
-    assert "- product.name: is required" in bad.err
-    assert "- product.price_cents: must be within" in bad.err
-    zero = await seckill("product", "get", "0")
-    assert zero.code == Exit.REFUSED and "- id: must be a positive id" in zero.err
-
-
-async def test_admin_token_missing_or_wrong(seckill: Seckill,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SECKILL_ADMIN_TOKEN")
-    missing = await seckill("product", "create", "--name", "Tea")
-    assert missing.code == Exit.REFUSED
-    assert "missing 'authorization: Bearer <token>'" in missing.err
-    assert "set SECKILL_ADMIN_TOKEN" in missing.err
-    monkeypatch.setenv("SECKILL_ADMIN_TOKEN", "not-the-token")
-    wrong = await seckill("product", "create", "--name", "Tea")
-    assert wrong.code == Exit.REFUSED and "not the admin token" in wrong.err
-    assert "set SECKILL_ADMIN_TOKEN" in wrong.err
-
-
-async def test_unreachable_service(seckill: Seckill) -> None:
-    closed = f"127.0.0.1:{free_port()}"
-    down = await seckill("--product-addr", closed, "product", "list")
-    assert down.code == Exit.UNREACHABLE
-    assert (f"cannot reach the product service at {closed} (is it running? `make up`)"
-            in down.err)
-
-
-async def test_deadline_exceeded(seckill: Seckill) -> None:
-    # A server that takes the connection and never answers: the deadline decides, not a race
-    # between a 1 us timer and a fast local answer.
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen()
-        slow = await seckill("--activity-addr", f"127.0.0.1:{silent.getsockname()[1]}",
-                             "--timeout", "0.000001", "activity", "list")
-    assert slow.code == Exit.UNREACHABLE
-    assert "did not answer within 1e-06s (--timeout)" in slow.err
-
-
-async def test_usage_errors(seckill: Seckill) -> None:
-    assert (await seckill()).code == Exit.USAGE
-    assert (await seckill("product", "get", "one")).code == Exit.USAGE
-    nothing = await seckill("product", "update", "1")
-    assert nothing.code == Exit.USAGE and "nothing to update" in nothing.err
-    when = await seckill("activity", "create", "--product", "1", "--name", "x", "--end", "soon")
-    assert when.code == Exit.USAGE and "is not a time" in when.err
-    assert (await seckill("sale", "simulate", "--users", "0")).code == Exit.USAGE
-    assert (await seckill("--help")).code == Exit.OK
-
-
 async def test_status(seckill: Seckill, stack: Stack) -> None:
     # A service starts NOT_SERVING and turns SERVING once its database answers a ping.
     for service in (stack.product, stack.activity, stack.order):
@@ -344,91 +219,6 @@ async def test_user_tokens(db_url: str, capsys: pytest.CaptureFixture[str],
         assert len((await seckill("--json", "orders")).json()["orders"]) == 1
     finally:
         await stack.stop()
-
-
-async def test_rate_limited(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    # A limit a single user reaches at once: the CLI's answer to RESOURCE_EXHAUSTED is tested.
-    stack = await start_stack(db_url, SECKILL_RATE_LIMIT_USER="0.01",
-                              SECKILL_RATE_LIMIT_USER_BURST="1")
-    try:
-        seckill = Seckill(stack, capsys)
-        assert (await seckill("orders", "--user", "greedy")).code == Exit.OK
-        again = await seckill("orders", "--user", "greedy")
-        assert again.code == Exit.REFUSED
-        assert "rate limited:" in again.err and "retry in" in again.err
-    finally:
-        await stack.stop()
-
-
-async def test_sale_simulate(seckill: Seckill, stack: Stack) -> None:
-    sale = await seckill("--json", "sale", "simulate", "--users", "200", "--stock", "20",
-                         "--concurrency", "100")
-    assert sale.code == Exit.OK, sale.err
-    summary = sale.json()
-    assert summary["calls"] == 400
-    assert summary["orders"] == 20 and summary["stock_left"] == 0
-    # Each user's second try is a duplicate (winners) or sold out; nothing else.
-    assert summary["sold_out"] + summary["duplicates"] == 380
-    assert summary["other_errors"] == {}
-    assert summary["latency_ms"]["p99"] >= summary["latency_ms"]["p50"] > 0
-    assert [i["ok"] for i in summary["invariants"]] == [True] * len(summary["invariants"])
-    listed = await stack.orders.ListOrders(
-        order_pb2.ListOrdersRequest(
-            activity_id=summary["activity"]["id"], page_size=1000))
-    assert len({o.user_id for o in listed.orders}) == 20
-    product = await stack.products.GetProduct(
-        product_pb2.GetProductRequest(id=summary["product"]["id"]))
-    assert product.stock == 0
-
-
-async def test_sale_simulate_with_a_mix_of_quantities(seckill: Seckill, stack: Stack) -> None:
-    sale = await seckill("--json", "sale", "simulate", "--users", "200", "--stock", "100",
-                         "--concurrency", "100", "--max-quantity", "3")
-    assert sale.code == Exit.OK, sale.err
-    summary = sale.json()
-    assert summary["activity"]["per_user_limit"] == 3
-    assert summary["units"] == 100 - summary["stock_left"] and summary["stock_left"] < 3
-    assert summary["other_errors"] == {}
-    names = {i["name"]: i["ok"] for i in summary["invariants"]}
-    assert names["every INSUFFICIENT_STOCK named a count that was true"]
-    assert names["units of active orders == initial stock - remaining stock"]
-    assert all(names.values()), summary["invariants"]
-    listed = await stack.orders.ListOrders(order_pb2.ListOrdersRequest(
-        activity_id=summary["activity"]["id"], page_size=1000))
-    assert sum(o.quantity for o in listed.orders) == summary["units"]
-    assert {o.quantity for o in listed.orders} == {1, 2, 3}
-
-
-async def test_sale_simulate_pays_a_share_and_lets_the_rest_expire(seckill: Seckill,
-                                                                   stack: Stack) -> None:
-    sale = await seckill("--json", "sale", "simulate", "--users", "20", "--stock", "6",
-                         "--tries", "1", "--pay-share", "0.5", "--payment-window", "1")
-    assert sale.code == Exit.OK, sale.err
-    summary = sale.json()
-    assert (summary["orders"], summary["paid"]) == (6, 3)
-    names = {i["name"]: i["ok"] for i in summary["invariants"]}
-    assert names["unpaid orders expired"] and names["paid orders stayed paid"]
-    assert all(names.values()), summary["invariants"]
-    product = await stack.products.GetProduct(
-        product_pb2.GetProductRequest(id=summary["product"]["id"]))
-    assert product.stock == 3  # the expired orders' units are back
-
-
-async def test_sale_simulate_for_people(seckill: Seckill, stack: Stack) -> None:
-    sale = await seckill("sale", "simulate", "--users", "30", "--stock", "5", "--tries", "3")
-    assert sale.code == Exit.OK, sale.err
-    for text in ("orders placed (OK)", "sold-out refusals", "duplicates refused",
-                 "other errors", "latency p50 / p99", "stock left", "0 of 5", "invariants"):
-        assert text in sale.out, f"{text!r} missing from:\n{sale.out}"
-    assert "FAILED" not in sale.out and sale.out.count(" ok ") >= 6
-    products = await stack.products.ListProducts(product_pb2.ListProductsRequest())
-    pid = products.products[-1].id
-    activity_id = (await stack.activities.ListActivities(
-        activity_pb2.ListActivitiesRequest())
-    ).activities[-1].id
-    assert f"seckill activity get {activity_id}" in sale.out
-    assert f"seckill product update {pid} --stock 10" in sale.out
-    assert "grpcurl -plaintext" in sale.out and "make down" in sale.out
 
 
 async def run_process(*argv: str, env: dict[str, str]) -> Result:
