@@ -20,8 +20,8 @@ import pytest
 from seckill.v1 import order_pb2
 
 from seckill_stack.nats import NatsServer
-from tests.faults.test_events_relay import Consumer
-from tests.helpers import chaos
+from tests.helpers import chaos, chaos_checker, chaos_load
+from tests.helpers.jetstream import Consumer
 from tests.helpers.polling import eventually
 from tests.helpers.stack import create_database, query
 
@@ -53,13 +53,13 @@ async def test_chaos_schedule(seed: int, nats_server: NatsServer, tmp_path: Path
     await asyncio.to_thread(stack.db.install)
     await asyncio.to_thread(stack.db.start)
     consumer: Consumer | None = None
-    load: chaos.Load | None = None
+    load: chaos_load.Load | None = None
     try:
         db_url = await create_database(stack.db.url_base)
         await stack.start(db_url.rsplit("/", 1)[1])
         product_id, activity_id = await chaos.create_sale(stack.addrs, chaos.STOCK)
         consumer = Consumer(nats_server.url, "chaos")
-        load = chaos.Load(stack.addrs, activity_id, history)
+        load = chaos_load.Load(stack.addrs, activity_id, history)
         sale_over = asyncio.Event()
         running = asyncio.create_task(load.run(sale_over))
         began = history.began = time.monotonic()
@@ -99,8 +99,8 @@ async def test_chaos_schedule(seed: int, nats_server: NatsServer, tmp_path: Path
             await consumer.holds(int(events))
         final = await chaos.final_state(stack, history, product_id, activity_id,
                                         [e.event_id for e in consumer.events])
-        violations = chaos.check(history, final)
-        resumed, cut = chaos.resume_times(history)
+        violations = chaos_checker.check(history, final)
+        resumed, cut = chaos_checker.resume_times(history)
         print(f"[chaos] seed {seed}: {len(history.calls)} calls "
               f"{dict(Counter((c.rpc, c.code) for c in history.calls))}; "
               f"{len(final.orders)} orders, {len(final.feed)} events, "
@@ -142,7 +142,7 @@ def test_checker_names_each_broken_promise() -> None:
     ids = [e.event_id for e in feed]
     clean = chaos.Final(6, {1: ("a", 2, chaos.PAID), 2: ("b", 2, chaos.PENDING)}, ids, feed,
                         ids, 3)
-    assert chaos.check(history, clean) == []
+    assert chaos_checker.check(history, clean) == []
     broken = {
         "oversold": replace(clean, stock=-1),
         "unbalanced": replace(clean, stock=5),
@@ -160,12 +160,12 @@ def test_checker_names_each_broken_promise() -> None:
         "database crashed": replace(clean, crashes=["mariadbd got signal 11"]),
     }
     for what, final in broken.items():
-        assert any(what in v for v in chaos.check(history, final)), what
+        assert any(what in v for v in chaos_checker.check(history, final)), what
     odd = replace(history, calls=[*history.calls, call("Seckill", "e", 0, "FAILED_PRECONDITION")])
-    assert any("outside the documented set" in v for v in chaos.check(odd, clean))
+    assert any("outside the documented set" in v for v in chaos_checker.check(odd, clean))
     late = replace(history, calls=[*history.calls, call("Seckill", "c", 0, "UNAVAILABLE", 3.0)])
-    assert any("after its deadline" in v for v in chaos.check(late, clean))
+    assert any("after its deadline" in v for v in chaos_checker.check(late, clean))
     heal = chaos.Heal(chaos.Fault(1.0, "pause_db", "db", 1.0, 1.0), 1.0, 2.0)
     stalled = replace(history, heals=[heal], ended=20.0,
                       calls=[*history.calls, call("Seckill", "d", 0, "UNAVAILABLE", at=3.0)])
-    assert any("not resumed" in v for v in chaos.check(stalled, clean))
+    assert any("not resumed" in v for v in chaos_checker.check(stalled, clean))

@@ -5,19 +5,17 @@ with a durable consumer (examples/events_consumer.py) holding every event exactl
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from seckill.v1 import order_events_pb2, order_pb2
+from seckill.v1 import order_pb2
 
 from order_svc.relay import BATCH, HEALTH_NAME, LEASE
 from seckill_bench.suite.procfs import cpu_seconds
@@ -27,6 +25,7 @@ from seckill_stack.nats import NatsServer
 from seckill_stack.services import python_env
 from tests.helpers.factories import buy, make_activity, make_product
 from tests.helpers.flash_sale import (
+    HEALTH_INTERVAL,
     NOT_SERVING,
     SERVING,
     health_becomes,
@@ -34,6 +33,7 @@ from tests.helpers.flash_sale import (
     running_services,
     start_flash_sale,
 )
+from tests.helpers.jetstream import Consumer, Event
 from tests.helpers.polling import eventually
 from tests.helpers.processes import start_processes
 from tests.helpers.stack import (
@@ -45,54 +45,10 @@ from tests.helpers.stack import (
     start_stack,
 )
 
-Event = order_events_pb2.OrderEvent
 # The cost test's writes: RATE_BATCH events every RATE_TICK_S (900 a second), RATE_TICKS times.
 RATE_BATCH = 45
 RATE_TICK_S = 0.05
 RATE_TICKS = 200
-
-
-def example(name: str) -> Any:
-    """A module of examples/, as its readers run it (a file, not a package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-consume = example("events_consumer").consume
-
-
-class Consumer:
-    """A durable consumer in the background: the events it handled, and the repeats it
-    skipped (the relay's at-least-once, seen by a de-duplicating consumer)."""
-
-    def __init__(self, url: str, durable: str) -> None:
-        self.events: list[Event] = []
-        self.seen: set[str] = set()
-        self.repeats = 0
-        self._stop = asyncio.Event()
-        self._task = asyncio.create_task(self._run(url, durable))
-
-    async def _run(self, url: str, durable: str) -> None:
-        async def handle(event: Event) -> None:
-            self.events.append(event)
-
-        while not self._stop.is_set():  # the server may restart under it: connect again
-            try:
-                self.repeats += await consume(url, durable, handle, self.seen, stop=self._stop)
-            except Exception:
-                await asyncio.sleep(0.2)  # the broker is away: a timer, nothing to await
-
-    async def holds(self, count: int) -> None:
-        async def enough() -> bool:
-            return len(self.events) >= count
-        await eventually(enough, f"the consumer holds {count} events", timeout_s=60)
-
-    async def close(self) -> None:
-        self._stop.set()
-        await asyncio.wait_for(self._task, 10)
 
 
 async def stored_event_ids(db_url: str) -> list[str]:
@@ -330,7 +286,7 @@ async def test_a_frozen_relay_is_replaced_within_5s_and_publishes_nothing_after_
     async with running_services(db_url, tmp_path, **relay) as services, \
             start_processes("order", 1, db_url, tmp_path, name="order-standby",
                             settings=relay,
-                            SECKILL_HEALTH_INTERVAL=services.env["SECKILL_HEALTH_INTERVAL"]
+                            SECKILL_HEALTH_INTERVAL=HEALTH_INTERVAL
                             ) as extra:
         standby = extra[0]
         tap = Tap()

@@ -38,7 +38,7 @@ from seckill_cluster.cluster import Cluster
 from seckill_cluster.galera import DATABASE
 from seckill_cluster.hosts import Host
 from seckill_common.runtime.tls import ClientTLS
-from tests.faults.test_cluster import ALREADY_EXISTS, DEFINITE, OK, RETRYABLE, open_sale
+from tests.helpers.galera_sale import ALREADY_EXISTS, DEFINITE, OK, RETRYABLE, open_sale
 from tests.helpers.rpc import error_details
 from tests.helpers.stack import REPO, STORED_EVENTS
 

@@ -19,7 +19,6 @@ import grpc
 import pymysql
 import pytest
 from google.protobuf import duration_pb2
-from grpc_health.v1 import health_pb2
 from seckill.v1 import (
     activity_pb2,
     order_events_pb2,
@@ -36,14 +35,12 @@ from seckill_common.database.transaction import Transaction
 from seckill_common.runtime.server import RunningService, start_service
 from seckill_stack.silent_link import SilentLink
 from tests.helpers.factories import timestamp
-from tests.helpers.flash_sale import WAIT_S, health_becomes
+from tests.helpers.flash_sale import NOT_SERVING, SERVING, WAIT_S, health_becomes
 from tests.helpers.polling import eventually
 from tests.helpers.stack import ADMIN, Stack, query, settings_for
 
 pytestmark = pytest.mark.slow
 
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # How much later than its own deadline a caller may be answered (the event loop, the wire).
 SLACK_S = 0.5
 GONE = {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE}
