@@ -7,8 +7,6 @@ HAProxy's config and admin socket live under <root>/<app>/.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import os
 import socket
 import subprocess
@@ -114,10 +112,9 @@ class AppHosts:
 
     def _wait_serving(self, apps: list[Host]) -> None:
         addrs = [f"{app.ip}:{port}" for app in apps for port in SERVICE_PORTS.values()]
-        # Its "SERVING" line is left out (the caller reports); why not goes to stderr.
-        with contextlib.redirect_stdout(io.StringIO()):
-            code = asyncio.run(wait_serving_all(addrs, [], "", SERVICE_READY_S,
-                                                ClientTLS.from_env(self.settings)))
+        # Why not goes to stderr; the caller reports.
+        code = asyncio.run(wait_serving_all(addrs, [], "", SERVICE_READY_S,
+                                            ClientTLS.from_env(self.settings), announce=False))
         if code != 0:
             # The logs may not outlive a failed run (cluster-down removes them): quote them.
             tails = "".join(

@@ -1,5 +1,6 @@
-"""Extra service processes for a test: N processes of one service (`python -m <kind>_svc`),
-each on its own port, started together and stopped (SIGTERM, awaited) when the test leaves.
+"""Service processes for a test: N extra processes of one service (`python -m <kind>_svc`),
+each on its own port, started together and stopped (SIGTERM, awaited) when the test leaves;
+and the three services as processes on fixed ports (`ServiceSet`), for the fault tests.
 
     async with start_processes("activity", 2, stack.db_url, tmp_path, peers=stack) as extra:
         a, b = extra.activities
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,13 @@ from typing import Literal
 import grpc
 from seckill.v1 import activity_pb2_grpc, order_pb2_grpc, product_pb2_grpc
 
-from seckill_stack.services import ServiceProcess, address_setting
+from seckill_stack.services import (
+    SERVICES,
+    STOP_TIMEOUT_S,
+    ServiceProcess,
+    address_setting,
+    free_port,
+)
 from tests.helpers.stack import Stack, subprocess_env
 
 Kind = Literal["product", "order", "activity"]
@@ -113,3 +120,61 @@ async def _stop(processes: list[ServiceProcess], channels: list[grpc.aio.Channel
     codes = await asyncio.gather(*(p.stop() for p in running), return_exceptions=True)
     return {str(p.log_path.name): code if isinstance(code, int) else -1
             for p, code in zip(running, codes, strict=True)}
+
+
+class ServiceSet:
+    """The three services as processes of their own, on fixed ports, so that a restarted one
+    is found again at its address by its peers and clients; a test stops, kills, freezes and
+    restarts them by name. `env_of(name)`: a service's environment (subprocess_env's), to which
+    the three addresses are added."""
+
+    NAMES = SERVICES
+
+    def __init__(self, logs: Path, env_of: Callable[[str], dict[str, str]]) -> None:
+        self.ports = {name: free_port() for name in self.NAMES}
+        self.logs = logs
+        self.env_of = env_of
+        self.running: dict[str, ServiceProcess] = {}
+
+    @property
+    def addrs(self) -> dict[str, str]:
+        return {name: f"127.0.0.1:{port}" for name, port in self.ports.items()}
+
+    def env(self, name: str) -> dict[str, str]:
+        return {**self.env_of(name), **{address_setting(f"{n}_svc"): address
+                                        for n, address in self.addrs.items()}}
+
+    async def start(self, *names: str) -> None:
+        """Starts these services (all three by default) together; returns once each serves."""
+        for name in names or self.NAMES:
+            self.running[name] = ServiceProcess(f"{name}_svc", self.env(name),
+                                                self.logs / f"{name}.log")
+        await asyncio.gather(*(self.running[n].start() for n in names or self.NAMES))
+
+    def pid(self, name: str) -> int:
+        pid = self.running[name].pid
+        assert pid is not None
+        return pid
+
+    def send(self, name: str, sig: int) -> None:
+        process = self.running[name].process
+        assert process is not None and process.returncode is None
+        process.send_signal(sig)
+
+    async def stop(self, name: str, sig: int = signal.SIGTERM) -> int:
+        """Stops one (SIGTERM: a graceful drain) and returns its exit code."""
+        return await self.running.pop(name).stop(sig)
+
+    async def stop_all(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Stops every one still running, woken first (a test may have left one stopped) and
+        killed if it does not exit within `timeout_s`: none outlives the test."""
+        processes = [s.process for s in self.running.values() if s.process is not None]
+        for process in processes:
+            if process.returncode is None:
+                process.send_signal(signal.SIGCONT)
+        await asyncio.gather(*(self.running.pop(n).stop(timeout_s=timeout_s)
+                               for n in list(self.running)), return_exceptions=True)
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
