@@ -12,7 +12,8 @@ which ports, which settings.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from seckill_common.config import ADDRESSES
@@ -50,35 +51,36 @@ def port_number(setting: str, value: str) -> int:
     return int(value)
 
 
+@contextmanager
+def as_stack_error() -> Iterator[None]:
+    """A server that could not be installed, started or stopped: a StackError with its why."""
+    try:
+        yield
+    except (MariaDBError, NatsError) as exc:
+        raise StackError(str(exc)) from None
+
+
 def start_mariadb(db: MariaDB, detach: bool = True) -> bool:
     """Starts the private MariaDB unless it answers already (then False). `detach`: its own
     session, so a Ctrl-C reaches only us and we stop it in order."""
-    try:
+    with as_stack_error():
         return db.start(detach=detach)
-    except MariaDBError as exc:
-        raise StackError(str(exc)) from None
 
 
 def start_nats(nats: NatsServer) -> None:
-    try:
+    with as_stack_error():
         nats.start()
-    except NatsError as exc:
-        raise StackError(str(exc)) from None
 
 
 def stop_mariadb(db: MariaDB) -> bool:
     """Stops it; False when it was not running."""
-    try:
+    with as_stack_error():
         return db.stop()
-    except MariaDBError as exc:
-        raise StackError(str(exc)) from None
 
 
 def stop_nats(nats: NatsServer) -> None:
-    try:
+    with as_stack_error():
         nats.stop()
-    except NatsError as exc:
-        raise StackError(str(exc)) from None
 
 
 class Services:
