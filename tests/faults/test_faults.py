@@ -41,6 +41,7 @@ from tests.helpers.stack import ADMIN, PrivateMariaDB, create_database
 
 pytestmark = pytest.mark.slow
 
+
 async def test_activity_process_killed_mid_sale(db_url: str, tmp_path: Path) -> None:
     """SIGKILL of the activity process: its callers fail (UNAVAILABLE), a batch may have
     committed unanswered, and after a restart every order is where its user can find it."""

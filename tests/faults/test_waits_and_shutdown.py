@@ -43,6 +43,7 @@ from tests.helpers.stack import query, start_stack
 
 pytestmark = pytest.mark.slow
 
+
 @pytest.mark.parametrize("mode", ["coalesced", "per_request"])
 async def test_callers_out_of_time_leave_no_lock_wait_or_connection_behind(
     db_url: str, mode: str

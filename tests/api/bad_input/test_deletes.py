@@ -26,6 +26,7 @@ from tests.helpers.hostile_values import (
 # an INTERNAL answer that fails the test.
 pytestmark = pytest.mark.filterwarnings("error::pymysql.err.Warning")
 
+
 @property_test(300, order_id=known_ids)
 async def test_cancel_order(prober: Prober, order_id: int) -> None:
     state = await row(prober, "SELECT state FROM orders WHERE id = %s", order_id)

@@ -31,6 +31,7 @@ from tests.helpers.hostile_values import (
 # an INTERNAL answer that fails the test.
 pytestmark = pytest.mark.filterwarnings("error::pymysql.err.Warning")
 
+
 @property_test(500, order_id=known_ids)
 async def test_get_order(prober: Prober, order_id: int) -> None:
     outcome = await prober.call(method_path(ORDER, "GetOrder"),
