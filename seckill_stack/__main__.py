@@ -33,7 +33,6 @@ from seckill_stack.health import probe
 from seckill_stack.launcher import (
     DEFAULT_MARIADB_PORT,
     DEFAULT_NATS_PORT,
-    SERVICES,
     Services,
     StackError,
     port_number,
@@ -46,6 +45,7 @@ from seckill_stack.mariadb import MariaDB, alive
 from seckill_stack.nats import NatsServer
 from seckill_stack.services import (
     REPO,
+    SERVICES,
     STOP_TIMEOUT_S,
     ServiceProcess,
     address_setting,

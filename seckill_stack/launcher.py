@@ -19,14 +19,7 @@ from pathlib import Path
 from seckill_common.config import ADDRESSES
 from seckill_stack.mariadb import MariaDB, MariaDBError
 from seckill_stack.nats import NatsError, NatsServer
-from seckill_stack.services import (
-    SERVICES,
-    ServiceProcess,
-    ServiceStartError,
-    wait_until_serving,
-)
-
-__all__ = ["SERVICES", "StackError"]
+from seckill_stack.services import ServiceProcess, ServiceStartError, wait_until_serving
 
 # `make up`'s defaults: not a system server's (MariaDB 3306, NATS 4222).
 DEFAULT_MARIADB_PORT = 3307

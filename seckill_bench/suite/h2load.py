@@ -42,7 +42,8 @@ from seckill_bench.suite.h2load_client import (
     run_h2load,
 )
 from seckill_bench.suite.scenarios import Results, Row, Suite
-from seckill_bench.suite.stack import StackError, log
+from seckill_bench.suite.stack import log
+from seckill_stack.launcher import StackError
 from seckill_stack.sale import open_sale
 from seckill_stack.services import ServiceProcess
 

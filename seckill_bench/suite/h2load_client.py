@@ -18,7 +18,7 @@ import grpc
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
-from seckill_bench.suite.stack import StackError
+from seckill_stack.launcher import StackError
 from seckill_stack.packages import apt_install
 
 H2LOAD_PACKAGE = "nghttp2-client"  # Debian's package of h2load

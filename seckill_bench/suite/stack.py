@@ -25,8 +25,6 @@ from seckill_stack.mariadb import MariaDB
 from seckill_stack.nats import NatsServer
 from seckill_stack.services import REPO, free_port
 
-__all__ = ["StackError"]  # the launcher's, for the suite's modules
-
 RUN_DIR = REPO / ".run" / "bench"
 DATABASE = "seckill_bench"
 SERVING_TIMEOUT_S = 60.0
