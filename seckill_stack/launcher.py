@@ -12,6 +12,7 @@ which ports, which settings.
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +20,12 @@ from pathlib import Path
 from seckill_common.config import ADDRESSES
 from seckill_stack.mariadb import MariaDB, MariaDBError
 from seckill_stack.nats import NatsError, NatsServer
-from seckill_stack.services import ServiceProcess, ServiceStartError, wait_until_serving
+from seckill_stack.services import (
+    STOP_TIMEOUT_S,
+    ServiceProcess,
+    ServiceStartError,
+    wait_until_serving,
+)
 
 # `make up`'s defaults: not a system server's (MariaDB 3306, NATS 4222).
 DEFAULT_MARIADB_PORT = 3307
@@ -78,7 +84,11 @@ def stop_nats(nats: NatsServer) -> None:
 
 class Services:
     """The services as processes, by label (a service may run several times with different
-    settings: the bench's activity services), each logging to <log_dir>/<label>.log."""
+    settings: the bench's activity services), each logging to <log_dir>/<label>.log.
+
+    Two ways to run them: `spawn` / `wait_serving` / `stop` without an event loop, detached if
+    asked (`make up`, `make bench`); `start` / `stop_all` as children of the running event loop
+    (the tests, which kill, freeze and restart them)."""
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
@@ -133,3 +143,23 @@ class Services:
     def remove(self, label: str) -> None:
         """Stops one process and forgets it (a service of one part of a run only)."""
         self.running.pop(label).terminate()
+
+    async def start(self, labels: list[str] | None = None) -> None:
+        """Starts these processes (every one added by default) as children of this event
+        loop, together; returns once each serves (ServiceStartError otherwise)."""
+        await asyncio.gather(*(self.running[label].start()
+                               for label in labels or list(self.running)))
+
+    async def stop_all(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Stops every child still running, woken first (one may have been left stopped) and
+        killed if it does not exit within `timeout_s`: none outlives its starter."""
+        processes = [s.process for s in self.running.values() if s.process is not None]
+        for process in processes:
+            if process.returncode is None:
+                process.send_signal(signal.SIGCONT)
+        await asyncio.gather(*(self.running.pop(label).stop(timeout_s=timeout_s)
+                               for label in list(self.running)), return_exceptions=True)
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()

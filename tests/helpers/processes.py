@@ -23,6 +23,7 @@ from typing import Literal
 import grpc
 from seckill.v1 import activity_pb2_grpc, order_pb2_grpc, product_pb2_grpc
 
+from seckill_stack.launcher import Services
 from seckill_stack.services import (
     SERVICES,
     STOP_TIMEOUT_S,
@@ -126,15 +127,15 @@ class ServiceSet:
     """The three services as processes of their own, on fixed ports, so that a restarted one
     is found again at its address by its peers and clients; a test stops, kills, freezes and
     restarts them by name. `env_of(name)`: a service's environment (subprocess_env's), to which
-    the three addresses are added."""
+    the three addresses are added. The processes are the launcher's (seckill_stack.launcher)."""
 
     NAMES = SERVICES
 
     def __init__(self, logs: Path, env_of: Callable[[str], dict[str, str]]) -> None:
         self.ports = {name: free_port() for name in self.NAMES}
-        self.logs = logs
         self.env_of = env_of
-        self.running: dict[str, ServiceProcess] = {}
+        self.processes = Services(logs)
+        self.running = self.processes.running
 
     @property
     def addrs(self) -> dict[str, str]:
@@ -147,9 +148,8 @@ class ServiceSet:
     async def start(self, *names: str) -> None:
         """Starts these services (all three by default) together; returns once each serves."""
         for name in names or self.NAMES:
-            self.running[name] = ServiceProcess(f"{name}_svc", self.env(name),
-                                                self.logs / f"{name}.log")
-        await asyncio.gather(*(self.running[n].start() for n in names or self.NAMES))
+            self.processes.add(name, f"{name}_svc", self.env(name))
+        await self.processes.start(list(names or self.NAMES))
 
     def pid(self, name: str) -> int:
         pid = self.running[name].pid
@@ -166,15 +166,5 @@ class ServiceSet:
         return await self.running.pop(name).stop(sig)
 
     async def stop_all(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """Stops every one still running, woken first (a test may have left one stopped) and
-        killed if it does not exit within `timeout_s`: none outlives the test."""
-        processes = [s.process for s in self.running.values() if s.process is not None]
-        for process in processes:
-            if process.returncode is None:
-                process.send_signal(signal.SIGCONT)
-        await asyncio.gather(*(self.running.pop(n).stop(timeout_s=timeout_s)
-                               for n in list(self.running)), return_exceptions=True)
-        for process in processes:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+        """Every one still running stopped, or killed after `timeout_s`."""
+        await self.processes.stop_all(timeout_s)
