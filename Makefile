@@ -72,14 +72,14 @@ run: up
 test: venv
 	$(PY) -m pytest -q
 
-# Randomized fault schedules (docs/CHAOS.md): CHAOS_SEEDS runs of tests/test_chaos.py, seeds
+# Randomized fault schedules (docs/CHAOS.md): CHAOS_SEEDS runs of tests/faults/test_chaos.py, seeds
 # CHAOS_FIRST_SEED on, about a minute each; `make chaos CHAOS_SEEDS=1 CHAOS_FIRST_SEED=17`
 # replays seed 17's schedule. `make test` runs three fixed seeds.
 CHAOS_SEEDS ?= 20
 CHAOS_FIRST_SEED ?= 1
 chaos: venv
 	SECKILL_CHAOS_SEEDS=$(CHAOS_SEEDS) SECKILL_CHAOS_FIRST_SEED=$(CHAOS_FIRST_SEED) \
-		$(PY) -m pytest -q -s -p no:cacheprovider tests/test_chaos.py -k test_chaos_schedule
+		$(PY) -m pytest -q -s -p no:cacheprovider tests/faults/test_chaos.py -k test_chaos_schedule
 
 # npm's tools (buf) from package-lock.json into ./node_modules. --ignore-scripts: buf's
 # install script only caches the binary that its platform package already ships.
@@ -118,7 +118,7 @@ cluster-status:
 # bringing its own cluster up and down): 0 rounds may break a promise. docs/CLUSTER.md.
 GALERA_ROUNDS ?= 30
 galera-writers: venv
-	GALERA_WRITER_ROUNDS=$(GALERA_ROUNDS) $(PY) -m pytest -q -s tests/test_galera_writers.py
+	GALERA_WRITER_ROUNDS=$(GALERA_ROUNDS) $(PY) -m pytest -q -s tests/faults/test_galera_writers.py
 
 # The cluster table of BENCHMARKS.md (about 5 minutes; brings its own clusters up and down).
 bench-cluster: venv

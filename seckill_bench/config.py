@@ -8,17 +8,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+# ConfigError: a setting that cannot work, raised before any call is made (the services'
+# error of reading settings, a ValueError).
 from seckill_common.client.tls import ClientTLS
-from seckill_common.config import ClientSettings
+from seckill_common.config import ClientSettings, ConfigError
+
+__all__ = ["ConfigError"]
 
 DEFAULT_TOTAL = 200  # ghz's default when neither -n nor -z is given
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-class ConfigError(ValueError):
-    """A setting that cannot work; raised before any call is made."""
 
 
 def parse_duration(text: str) -> float:

@@ -7,8 +7,6 @@ HAProxy's config and admin socket live under <root>/<app>/.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import os
 import socket
 import subprocess
@@ -20,9 +18,10 @@ from seckill_cluster.galera import AGENT_PORT, DATABASE, DB_PORT
 from seckill_cluster.hosts import ClusterError, Host, alive_pids, spawn
 from seckill_common.client.tls import ClientTLS
 from seckill_stack.health import run as wait_serving_all
+from seckill_stack.launcher import DEFAULT_PORTS
 from seckill_stack.services import SERVICES, python_env
 
-SERVICE_PORTS = {"product": 50051, "activity": 50052, "order": 50053}
+SERVICE_PORTS = DEFAULT_PORTS
 SERVICE_READY_S = 90.0
 # The migration step waits for the database through the proxy (SECKILL_DB_STARTUP_TIMEOUT, 30 s)
 # and then applies at most every shipped migration.
@@ -113,10 +112,9 @@ class AppHosts:
 
     def _wait_serving(self, apps: list[Host]) -> None:
         addrs = [f"{app.ip}:{port}" for app in apps for port in SERVICE_PORTS.values()]
-        # Its "SERVING" line is left out (the caller reports); why not goes to stderr.
-        with contextlib.redirect_stdout(io.StringIO()):
-            code = asyncio.run(wait_serving_all(addrs, [], "", SERVICE_READY_S,
-                                                ClientTLS.from_env(self.settings)))
+        # Why not goes to stderr; the caller reports.
+        code = asyncio.run(wait_serving_all(addrs, [], "", SERVICE_READY_S,
+                                            ClientTLS.from_env(self.settings), announce=False))
         if code != 0:
             # The logs may not outlive a failed run (cluster-down removes them): quote them.
             tails = "".join(

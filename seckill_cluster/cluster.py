@@ -17,11 +17,9 @@ configs, logs, state.json) lives under `.run/cluster/`; `down` removes all of it
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shlex
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
@@ -43,6 +41,7 @@ from seckill_cluster.hosts import (
     netem_available,
     processes,
 )
+from seckill_stack.packages import apt_install
 from seckill_stack.services import REPO
 
 
@@ -77,13 +76,7 @@ def ensure_packages() -> None:
                                      ("rsync", "/usr/bin/rsync")) if not Path(path).exists()]
     if not missing:
         return
-    if os.geteuid() != 0:
-        raise ClusterError(f"missing packages {' '.join(missing)}: install them (needs root)")
-    print(f"cluster: installing {' '.join(missing)}", file=sys.stderr)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
+    apt_install(missing, "the cluster", ClusterError)
 
 
 class Cluster:

@@ -30,26 +30,31 @@ from pathlib import Path
 
 from seckill_common.config import DEFAULT_ADDRS
 from seckill_stack.health import probe
-from seckill_stack.mariadb import MariaDB, MariaDBError, alive
-from seckill_stack.nats import NatsError, NatsServer
+from seckill_stack.launcher import (
+    DEFAULT_MARIADB_PORT,
+    DEFAULT_NATS_PORT,
+    Services,
+    StackError,
+    port_number,
+    start_mariadb,
+    start_nats,
+    stop_mariadb,
+    stop_nats,
+)
+from seckill_stack.mariadb import MariaDB, alive
+from seckill_stack.nats import NatsServer
 from seckill_stack.services import (
     REPO,
     SERVICES,
     STOP_TIMEOUT_S,
     ServiceProcess,
-    ServiceStartError,
     address_setting,
     listening,
-    wait_until_serving,
 )
 
 SAVED = ("SECKILL_MYSQL_URL", "SECKILL_ADMIN_TOKEN", "SECKILL_PRODUCT_ADDR",
          "SECKILL_ACTIVITY_ADDR", "SECKILL_ORDER_ADDR", "STACK_PRIVATE_DB", "MARIADB_DIR",
          "MARIADB_PORT", "SECKILL_EVENTS_NATS_URL", "STACK_PRIVATE_NATS", "NATS_DIR", "NATS_PORT")
-
-
-class StackError(RuntimeError):
-    """Something the user must fix; the message says what."""
 
 
 def say(message: str) -> None:
@@ -79,7 +84,7 @@ class DevStack:
         settings = {address_setting(f"{s}_svc"): env.get(address_setting(f"{s}_svc"))
                     or DEFAULT_ADDRS[s] for s in SERVICES}
         db_dir = env.get("MARIADB_DIR") or str(self.run / "mariadb")
-        db_port = env.get("MARIADB_PORT") or "3307"
+        db_port = env.get("MARIADB_PORT") or str(DEFAULT_MARIADB_PORT)
         private_url = f"{self.database(db_dir, db_port).url_base}/seckill"
         # Our own URL counts as unset: a shell that sourced stack.env still gets its DB started.
         private = env.get("SECKILL_MYSQL_URL", "") in ("", private_url)
@@ -89,7 +94,7 @@ class DevStack:
             token_file.touch(mode=0o600)
             token_file.write_text(secrets.token_hex(24))
         nats_dir = env.get("NATS_DIR") or str(self.run / "nats")
-        nats_port = env.get("NATS_PORT") or "4223"
+        nats_port = env.get("NATS_PORT") or str(DEFAULT_NATS_PORT)
         private_nats = self.nats(nats_dir, nats_port).url
         own_nats = env.get("SECKILL_EVENTS_NATS_URL", "") in ("", private_nats)
         settings.update({
@@ -111,19 +116,18 @@ class DevStack:
 
     @staticmethod
     def database(db_dir: str, port: str) -> MariaDB:
-        if not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise StackError(f"MARIADB_PORT must be 1..65535, got {port!r}")
-        return MariaDB(Path(db_dir), int(port))
+        return MariaDB(Path(db_dir), port_number("MARIADB_PORT", port))
 
     @staticmethod
     def nats(nats_dir: str, port: str) -> NatsServer:
-        if not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise StackError(f"NATS_PORT must be 1..65535, got {port!r}")
-        return NatsServer(Path(nats_dir), int(port))
+        return NatsServer(Path(nats_dir), port_number("NATS_PORT", port))
 
-    def service(self, name: str, settings: dict[str, str]) -> ServiceProcess:
+    def services(self, settings: dict[str, str]) -> Services:
         env = {**self.env, **{k: v for k, v in settings.items() if k.startswith("SECKILL_")}}
-        return ServiceProcess(f"{name}_svc", env, self.run / "logs" / f"{name}.log")
+        services = Services(self.run / "logs")
+        for name in SERVICES:
+            services.add(name, f"{name}_svc", env)
+        return services
 
     def pid_file(self, name: str) -> Path:
         return self.run / "pids" / f"{name}.pid"
@@ -146,23 +150,19 @@ class DevStack:
         settings = saved if running else self.choose()
         if settings["STACK_PRIVATE_DB"] == "1":
             db = self.database(settings["MARIADB_DIR"], settings["MARIADB_PORT"])
-            try:
-                started = db.start(detach=True)
-            except MariaDBError as exc:
-                raise StackError(str(exc)) from None
+            started = start_mariadb(db)
             say(f"MariaDB {'started' if started else 'already running'} on 127.0.0.1:"
                 f"{db.port}, data in {db.datadir}")
         if settings.get("STACK_PRIVATE_NATS") == "1":
             nats = self.nats(settings["NATS_DIR"], settings["NATS_PORT"])
             answered = nats.answers()
-            try:
-                nats.start()
-            except NatsError as exc:
-                raise StackError(str(exc)) from None
+            start_nats(nats)
             say(f"NATS {'answers' if answered else 'started'} on 127.0.0.1:{nats.port}"
                 f" (JetStream), store in {nats.root}")
-        services = [self.service(name, settings) for name in SERVICES]
-        for name, service in zip(SERVICES, services, strict=True):
+        services = self.services(settings)
+        to_start = []
+        for name in SERVICES:
+            service = services[name]
             answer = asyncio.run(probe(service.address))
             if answer is not None:
                 say(f"{name} already running on {service.address} ({answer})")
@@ -171,16 +171,18 @@ class DevStack:
             if listening(service.address):
                 raise StackError(f"{service.address} ({name}) is in use by another process; "
                                  f"stop it or set {address_setting(service.module)}")
-            pid = service.spawn(detach=True)
-            self.pid_file(name).write_text(str(pid))
-            say(f"started {name} (pid {pid}) on {service.address}, log {service.log_path}")
+            to_start.append(name)
+        services.spawn(to_start, started=self.started)
         try:
-            asyncio.run(wait_until_serving(services, wait_s))
-        except ServiceStartError as exc:
+            services.wait_serving(wait_s)
+        except StackError as exc:
             raise StackError(f"the stack is not serving ({exc}); see the logs in "
                              f"{self.run / 'logs'}, then run 'make down'") from None
-        say("serving: " + ", ".join(f"{n} {s.address}" for n, s in zip(SERVICES, services,
-                                                                       strict=True)))
+        say("serving: " + ", ".join(f"{n} {services.address(n)}" for n in SERVICES))
+
+    def started(self, name: str, service: ServiceProcess) -> None:
+        self.pid_file(name).write_text(str(service.pid))
+        say(f"started {name} (pid {service.pid}) on {service.address}, log {service.log_path}")
 
     def down(self) -> None:
         settings = self.saved()
@@ -204,17 +206,11 @@ class DevStack:
         if settings.get("STACK_PRIVATE_NATS") == "1":
             nats = self.nats(settings["NATS_DIR"], settings["NATS_PORT"])
             running = nats.recorded_pid() is not None
-            try:
-                nats.stop()
-            except NatsError as exc:
-                raise StackError(str(exc)) from None
+            stop_nats(nats)
             say("NATS stopped" if running else "NATS was not running")
         if settings.get("STACK_PRIVATE_DB") == "1":
             db = self.database(settings["MARIADB_DIR"], settings["MARIADB_PORT"])
-            try:
-                say("MariaDB stopped" if db.stop() else "MariaDB was not running")
-            except MariaDBError as exc:
-                raise StackError(str(exc)) from None
+            say("MariaDB stopped" if stop_mariadb(db) else "MariaDB was not running")
         self.env_file.unlink(missing_ok=True)
 
     def status(self) -> int:

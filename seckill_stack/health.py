@@ -91,8 +91,10 @@ async def process_exit(pid: int) -> None:
 
 
 async def run(addrs: list[str], pids: list[int], service: str, timeout_s: float,
-              tls: ClientTLS | None = None) -> int:
-    """0 once every address is SERVING; 1 (and why on stderr) on timeout or a process exit."""
+              tls: ClientTLS | None = None, announce: bool = True) -> int:
+    """0 once every address is SERVING; 1 (and why on stderr) on timeout or a process exit.
+    `announce`: a "SERVING" line on stdout at the end (callers that report it themselves say
+    no: swapping sys.stdout instead would race between concurrent waits)."""
     last_seen = dict.fromkeys(addrs, "no answer (not listening yet?)")
     serving = [asyncio.create_task(wait_serving(a, service, last_seen, tls)) for a in addrs]
     watchers = {asyncio.create_task(process_exit(p)): p for p in pids}
@@ -118,7 +120,8 @@ async def run(addrs: list[str], pids: list[int], service: str, timeout_s: float,
         for task in [*serving, *watchers]:
             task.cancel()
         await asyncio.gather(*serving, *watchers, return_exceptions=True)
-    print(f"wait_serving: SERVING: {' '.join(addrs)}")
+    if announce:
+        print(f"wait_serving: SERVING: {' '.join(addrs)}")
     return 0
 
 

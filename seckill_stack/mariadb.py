@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pymysql
 
+from seckill_stack.packages import apt_install
+
 START_TIMEOUT_S = 60.0  # first start includes InnoDB's crash recovery after a SIGKILL
 STOP_TIMEOUT_S = 60.0  # a clean InnoDB shutdown
-APT_TIMEOUT_S = 600.0
 # A pid that is gone or a zombie ('Z'), or exiting ('X'), holds no port and no InnoDB lock.
 DEAD_STATES = ("Z", "X")
 
@@ -38,19 +39,6 @@ def install_server() -> None:
         return
     # A system server that apt may start alongside does not matter: ours has its own port.
     apt_install("mariadb-server", "mariadbd", MariaDBError)
-
-
-def apt_install(package: str, binary: str, error: type[Exception]) -> None:
-    """Installs Debian's `package` through apt, as root; otherwise `error` says to."""
-    if os.geteuid() != 0:
-        raise error(f"{binary} not found; install the {package} package (needs root)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    print(f"{binary}: installing {package}", flush=True)
-    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
-        done = subprocess.run(argv, env=env, capture_output=True, text=True,
-                              timeout=APT_TIMEOUT_S, check=False)
-        if done.returncode != 0:
-            raise error(f"{' '.join(argv)} failed:\n{done.stderr.strip()[-2000:]}")
 
 
 def process_state(pid: int) -> str | None:

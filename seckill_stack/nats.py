@@ -16,7 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from seckill_stack.mariadb import alive, apt_install, live_pid
+from seckill_stack.mariadb import alive, live_pid
+from seckill_stack.packages import apt_install
 
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 20.0

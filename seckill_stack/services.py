@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import os
 import random
 import signal
@@ -172,9 +171,9 @@ async def wait_until_serving(services: list[ServiceProcess], timeout_s: float) -
     """Returns once every service answers SERVING; raises ServiceStartError (with the end
     of each log) on timeout or as soon as one of the processes exits."""
     pids = [pid for pid in (s.pid for s in services) if pid is not None]
-    # Its "SERVING" line is left out (callers say what they started); why not goes to stderr.
-    with contextlib.redirect_stdout(io.StringIO()):
-        code = await wait_serving_all([s.address for s in services], pids, "", timeout_s)
+    # Why not goes to stderr; callers say what they started.
+    code = await wait_serving_all([s.address for s in services], pids, "", timeout_s,
+                                  announce=False)
     if code != 0:
         raise ServiceStartError("not serving:\n" + "\n".join(
             f"--- {s.module} ({s.log_path}):\n{s.log_tail()}" for s in services))

@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from seckill.v1 import activity_pb2, product_pb2
+from seckill.v1 import activity_pb2, activity_pb2_grpc, product_pb2
 
 from seckill_stack.nats import NatsServer
 from tests.helpers.factories import make_activity, make_product
+from tests.helpers.processes import start_processes
 from tests.helpers.stack import (
     PrivateMariaDB,
     Stack,
@@ -61,3 +62,11 @@ async def sale(stack: Stack) -> tuple[product_pb2.Product, activity_pb2.Activity
     """A product with 10 units and an activity selling it now."""
     product = await make_product(stack, stock=10)
     return product, await make_activity(stack, product.id)
+
+
+@pytest.fixture
+async def second_activity(stack: Stack, tmp_path: Path
+                          ) -> AsyncIterator[activity_pb2_grpc.ActivityServiceAsyncStub]:
+    """Another activity service process on the stack's database (shipped defaults)."""
+    async with start_processes("activity", 1, stack.db_url, tmp_path, peers=stack) as extra:
+        yield extra.activities[0]

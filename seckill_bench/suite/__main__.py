@@ -22,8 +22,9 @@ from typing import IO, Any
 
 from seckill_bench.suite.h2load import run_rows as run_h2load_rows
 from seckill_bench.suite.scenarios import Results, Settings, Suite
-from seckill_bench.suite.stack import BenchStack, StackError, log
+from seckill_bench.suite.stack import BenchStack, log
 from seckill_bench.suite.table import code_version, load_average, section, write_markdown
+from seckill_stack.launcher import StackError
 from seckill_stack.services import REPO
 
 

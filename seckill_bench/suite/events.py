@@ -25,8 +25,8 @@ import nats
 from nats.aio.msg import Msg
 from seckill.v1 import order_events_pb2
 
-from seckill_bench.suite.stack import StackError
 from seckill_stack.invariants import percentile
+from seckill_stack.launcher import StackError
 
 if TYPE_CHECKING:
     from seckill_bench.suite.scenarios import Row, Suite

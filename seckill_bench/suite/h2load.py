@@ -22,7 +22,6 @@ shipped settings except SECKILL_RATE_LIMIT_USER=0, since one body is one user):
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import functools
@@ -43,9 +42,10 @@ from seckill_bench.suite.h2load_client import (
     run_h2load,
 )
 from seckill_bench.suite.scenarios import Results, Row, Suite
-from seckill_bench.suite.stack import StackError, log
+from seckill_bench.suite.stack import log
+from seckill_stack.launcher import StackError
 from seckill_stack.sale import open_sale
-from seckill_stack.services import ServiceProcess, ServiceStartError, wait_until_serving
+from seckill_stack.services import ServiceProcess
 
 HEALTH = "/grpc.health.v1.Health/Check"
 GET_ACTIVITY = "/seckill.v1.ActivityService/GetActivity"
@@ -76,18 +76,13 @@ def activity_service(suite: Suite, workers: int, name: str) -> Iterator[ServiceP
     env = {**base, "SECKILL_PRODUCT_ADDR": stack.addr("product"),
            "SECKILL_ORDER_ADDR": stack.addr("order"), "SECKILL_ACTIVITY_ADDR": "127.0.0.1:0",
            "SECKILL_RATE_LIMIT_USER": "0"}
-    service = ServiceProcess("activity_svc", env, stack.log_dir / f"{name}.log",
-                             argv=("--workers", str(workers)))
-    service.spawn(detach=True)
+    service = stack.services.add(name, "activity_svc", env, argv=("--workers", str(workers)))
     try:
-        asyncio.run(wait_until_serving([service], SERVING_TIMEOUT_S))
-    except ServiceStartError as exc:
-        service.terminate()
-        raise StackError(str(exc)) from None
-    try:
+        stack.services.spawn()
+        stack.services.wait_serving(SERVING_TIMEOUT_S, [service])
         yield service
     finally:
-        service.terminate()
+        stack.services.remove(name)
 
 
 @dataclass

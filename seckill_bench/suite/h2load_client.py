@@ -5,7 +5,6 @@ the Python check of the gRPC answer it cannot see (the status travels in the tra
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 import subprocess
@@ -19,10 +18,10 @@ import grpc
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
-from seckill_bench.suite.stack import StackError
+from seckill_stack.launcher import StackError
+from seckill_stack.packages import apt_install
 
 H2LOAD_PACKAGE = "nghttp2-client"  # Debian's package of h2load
-APT_TIMEOUT_S = 600
 _FINISHED = re.compile(r"finished in ([\d.]+)(us|ms|s), ([\d.]+) req/s")
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 _REQUESTS = re.compile(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
@@ -34,15 +33,7 @@ def install_h2load() -> str:
     found = shutil.which("h2load")
     if found:
         return found
-    if os.geteuid() != 0:
-        raise StackError(f"h2load is not installed: apt-get install {H2LOAD_PACKAGE} (as root)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (["apt-get", "update", "-qq"],
-                 ["apt-get", "install", "-y", "-qq", H2LOAD_PACKAGE]):
-        done = subprocess.run(argv, env=env, capture_output=True, text=True,
-                              timeout=APT_TIMEOUT_S, check=False)
-        if done.returncode != 0:
-            raise StackError(f"{' '.join(argv)} failed:\n{done.stderr.strip()[-2000:]}")
+    apt_install(H2LOAD_PACKAGE, "h2load", StackError)
     found = shutil.which("h2load")
     if not found:
         raise StackError(f"{H2LOAD_PACKAGE} installed, but no h2load on PATH")

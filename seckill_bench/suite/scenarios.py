@@ -18,7 +18,8 @@ from seckill_bench.runner import BenchError, run
 from seckill_bench.suite import events, watch
 from seckill_bench.suite.cpu import CpuMeter
 from seckill_bench.suite.procfs import RssSampler, children, rss_mib
-from seckill_bench.suite.stack import ACTIVITY_MODES, BenchStack, StackError, log
+from seckill_bench.suite.stack import ACTIVITY_MODES, BenchStack, log
+from seckill_stack.launcher import StackError
 from seckill_stack.sale import open_sale
 
 SECKILL = "seckill.v1.ActivityService/Seckill"

@@ -40,9 +40,10 @@ import grpc
 from seckill.v1 import activity_pb2, activity_pb2_grpc, order_pb2, order_pb2_grpc
 
 from seckill_bench.suite.procfs import children, cpu_seconds, total_rss_kib
-from seckill_bench.suite.stack import BenchStack, StackError, log
+from seckill_bench.suite.stack import BenchStack, log
 from seckill_bench.suite.watch_clients import CHANNELS, ClientProcesses, channels
 from seckill_stack.invariants import percentile
+from seckill_stack.launcher import StackError
 from seckill_stack.sale import open_sale
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ import time
 import grpc
 from seckill.v1 import activity_pb2, activity_pb2_grpc
 
-from seckill_bench.suite.stack import StackError
+from seckill_stack.launcher import StackError
 from seckill_stack.services import REPO, python_env
 
 CHANNELS = 16  # watcher connections: SO_REUSEPORT spreads them over the workers

@@ -1,6 +1,7 @@
 """The fault harness: a flash sale under load (`FlashSale`), the services as processes of
-their own (`Services`), and a connection that holds a lock (`Holder`). tests/test_faults.py
-breaks things under it; `FlashSale.verify` holds the platform to what it told each user.
+their own (`running_services`, a ServiceSet of tests/helpers/processes.py), and a connection
+that holds a lock (`Holder`). tests/faults/test_faults.py breaks things under it;
+`FlashSale.verify` holds the platform to what it told each user.
 
 Sales are of quantities (issue 17): user n asks for 1 + n mod max_quantity units (the
 activity allows max_quantity), all or nothing; the balance is in units."""
@@ -8,7 +9,6 @@ activity allows max_quantity), all or nothing; the balance is in units."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,12 +31,11 @@ from seckill_common.client.peers import CHANNEL_OPTIONS
 from seckill_stack.invariants import SeckillCheck
 from tests.helpers.factories import timestamp
 from tests.helpers.polling import eventually
+from tests.helpers.processes import ServiceSet
 from tests.helpers.rpc import error_details
 from tests.helpers.stack import (
     ADMIN,
     STORED_EVENTS,
-    ServiceProcess,
-    free_port,
     query,
     subprocess_env,
 )
@@ -253,56 +252,16 @@ class FlashSale:
         return [a for a in self.answers if a.started < moment < a.ended]
 
 
-class Services:
-    """The three services as processes of their own, on fixed ports, so that a restarted one
-    is found again at its address by its peers and clients."""
-
-    NAMES = ("product", "order", "activity")
-
-    def __init__(self, db_url: str, logs: Path, **overrides: str) -> None:
-        self.ports = {name: free_port() for name in self.NAMES}
-        # Health follows the database within the test's time (the default pings every 1 s).
-        self.env = subprocess_env(db_url, SECKILL_HEALTH_INTERVAL="0.2", **{
-            f"SECKILL_{name.upper()}_ADDR": f"127.0.0.1:{port}"
-            for name, port in self.ports.items()}, **overrides)
-        self.logs = logs
-        self.running: dict[str, ServiceProcess] = {}
-
-    @property
-    def addrs(self) -> dict[str, str]:
-        return {name: f"127.0.0.1:{port}" for name, port in self.ports.items()}
-
-    async def start(self, *names: str) -> None:
-        for name in names or self.NAMES:
-            self.running[name] = ServiceProcess(f"{name}_svc", self.env,
-                                                self.logs / f"{name}.log")
-        await asyncio.gather(*(self.running[n].start() for n in names or self.NAMES))
-
-    def send(self, name: str, sig: int) -> None:
-        process = self.running[name].process
-        assert process is not None and process.returncode is None
-        process.send_signal(sig)
-
-    async def stop(self, name: str, sig: int = signal.SIGTERM) -> int:
-        return await self.running.pop(name).stop(sig)
-
-    async def stop_all(self) -> None:
-        processes = [s.process for s in self.running.values() if s.process is not None]
-        for process in processes:
-            if process.returncode is None:
-                process.send_signal(signal.SIGCONT)  # a test may have left one stopped
-        await asyncio.gather(*(self.stop(n) for n in list(self.running)),
-                             return_exceptions=True)
-        for process in processes:  # one that did not stop in time must not outlive the test
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+# Health follows the database within the test's time (the default pings every 1 s).
+HEALTH_INTERVAL = "0.2"
 
 
 @asynccontextmanager
 async def running_services(db_url: str, logs: Path, **overrides: str
-                           ) -> AsyncIterator[Services]:
-    services = Services(db_url, logs, **overrides)
+                           ) -> AsyncIterator[ServiceSet]:
+    """The three services as processes on `db_url` (shipped defaults but `overrides`)."""
+    env = subprocess_env(db_url, SECKILL_HEALTH_INTERVAL=HEALTH_INTERVAL, **overrides)
+    services = ServiceSet(logs, lambda name: env)
     try:
         await services.start()
         yield services
