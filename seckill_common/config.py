@@ -278,7 +278,7 @@ class Settings(SharedSettings):
     # How long the client waits for one database answer when no caller's deadline ends the
     # wait sooner (shared reads, background loops, calls without a deadline): aiomysql has no
     # read timeout, so a silent link would otherwise hang the wait for good. Capped at the
-    # statement timeout plus a margin (seckill_common.database.db.client_bound_s).
+    # statement timeout plus a margin (seckill_common.database.sessions.client_bound_s).
     db_client_timeout_s: float = Field(11.0, ge=0.1, le=3600.0, alias="SECKILL_DB_CLIENT_TIMEOUT")
     # A session idle inside an open transaction is ended by the server after this long
     # (MariaDB's idle_transaction_timeout): a frozen or cut-off process holds its locks no
