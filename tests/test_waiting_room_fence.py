@@ -28,7 +28,9 @@ TIMES = LeaseTimes(ttl_s=30.0)
 
 @pytest.fixture
 async def db(db_url: str) -> AsyncIterator[Database]:
-    settings = settings_for(db_url)
+    # The first mover waits on a row while the test takes its lease over: on a busy machine
+    # that can outlast the shipped 5 s lock wait.
+    settings = settings_for(db_url, SECKILL_DB_LOCK_WAIT_TIMEOUT="60")
     await migrations.migrate(settings)
     database = Database(await create_pool(settings), settings)
     yield database
