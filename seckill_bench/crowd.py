@@ -59,6 +59,9 @@ CALL_TIMEOUT_S = 10.0
 STREAMS_PER_CHANNEL = 100
 SPAWN_BUDGET_S = 120.0  # for a spawned process to import grpc and connect its channels
 PROGRESS_INTERVAL_S = 1.0
+# `joined` is called anyway once no buyer has had a first message for this long: a few
+# stragglers (their joins retried, or hung) do not hold the sale back for their whole budget.
+JOIN_STALL_S = 30.0
 # The answers a buyer can end with, besides a status code.
 WON, SOLD_OUT, ENDED = "won", "SOLD_OUT", "ENDED"
 _SOLD_OUT_REASONS = {"SOLD_OUT", "INSUFFICIENT_STOCK"}
@@ -140,6 +143,9 @@ class Part:
         self.result = PartResult(spec.index, stages={s: array("d") for s in STAGES})
         self.throttle = AdaptiveThrottle()
         self.first_messages = 0
+        # Buyers with a first message, or an answer without one (a join refused for good):
+        # when it reaches every buyer, the crowd has joined as far as it will.
+        self.settled = 0
         self.done = 0
         self._channels: list[grpc.aio.Channel] = []
         self._answers: Counter[str] = Counter()
@@ -190,9 +196,10 @@ class Part:
         self.result.first_states = dict(self._first)
         return self.result
 
-    def _answer(self, answer: str) -> None:
+    def _answer(self, answer: str, settles: bool = False) -> None:
         self._answers[answer] += 1
         self.done += 1
+        self.settled += settles
         if answer == SOLD_OUT:
             now = time.time()
             self.result.last_sold_out = max(self.result.last_sold_out or now, now)
@@ -214,6 +221,7 @@ class Part:
                     if first:
                         first = False
                         self.first_messages += 1
+                        self.settled += 1
                         stages["join_to_first_message"].append(time.monotonic() - t0)
                         self._first[activity_pb2.QueueState.Name(update.state)] += 1
                     if update.state == activity_pb2.ADMITTED:
@@ -225,14 +233,14 @@ class Part:
                                      else ENDED)
                         return
                 else:
-                    self._answer("stream ended without a final message")
+                    self._answer("stream ended without a final message", settles=first)
                     return
                 break
             except grpc.aio.AioRpcError as exc:
                 delay = retry_delay_s(exc)
                 wait = backoff_s(delay, attempt) if delay is not None else 0.0
                 if delay is None or attempt == RETRIES or time.monotonic() + wait > deadline:
-                    self._answer(_name(exc.code(), error_reason(exc)))
+                    self._answer(_name(exc.code(), error_reason(exc)), settles=first)
                     return
                 self._heard[_name(exc.code(), error_reason(exc))] += 1
                 await asyncio.sleep(wait)
@@ -423,9 +431,11 @@ async def start_of(config: CrowdConfig) -> float:
     return to_datetime(activity.start_time).timestamp()
 
 
-def run_crowd(config: CrowdConfig, joined: Callable[[], None] | None = None) -> CrowdReport:
-    """Runs the crowd; `joined` is called (in this process) once every buyer has had a first
-    message (QUEUED; the benchmark suite reads the servers' memory and CPU there)."""
+def run_crowd(config: CrowdConfig, joined: Callable[[int], None] | None = None
+              ) -> CrowdReport:
+    """Runs the crowd; `joined(settled)` is called (in this process) once every buyer has had
+    a first message or an answer without one, or when no more have for JOIN_STALL_S (QUEUED;
+    the benchmark suite reads the servers' memory and CPU there, then starts the sale)."""
     config.validate()
     start_at = asyncio.run(start_of(config))
     specs = [PartSpec(config, i, start_at) for i in range(config.procs)]
@@ -454,7 +464,7 @@ async def _next(inbox: Any, processes: list[Any]) -> tuple[str, int, Any]:
                                      f"{process.exitcode}") from None
 
 
-async def _run_spawned(specs: list[PartSpec], joined: Callable[[], None] | None
+async def _run_spawned(specs: list[PartSpec], joined: Callable[[int], None] | None
                        ) -> list[PartResult]:
     config = specs[0].config
     ctx = multiprocessing.get_context("spawn")
@@ -487,27 +497,33 @@ async def _run_spawned(specs: list[PartSpec], joined: Callable[[], None] | None
 
 
 async def _collect(config: CrowdConfig, inbox: Any, processes: list[Any],
-                   results: dict[int, PartResult], joined: Callable[[], None] | None) -> None:
+                   results: dict[int, PartResult], joined: Callable[[int], None] | None
+                   ) -> None:
     """The children's progress and results, until every one has sent its result."""
     firsts: dict[int, int] = {}
     dones: dict[int, int] = {}
     told = False
-    last_log = time.monotonic()
+    last_log = last_change = time.monotonic()
+    settled = 0
     while len(results) < len(processes):
         kind, index, payload = await _next(inbox, processes)
         if kind == "progress":
             firsts[index], dones[index] = payload
         elif kind == "done":
             results[index] = payload
-        if not told and sum(firsts.values()) >= config.buyers:
+        if sum(firsts.values()) != settled:
+            settled, last_change = sum(firsts.values()), time.monotonic()
+        stalled = settled > 0 and time.monotonic() - last_change >= JOIN_STALL_S
+        if not told and (settled >= config.buyers or stalled):
             told = True
-            _log(config, f"every buyer had a first message: {sum(dones.values()):,} "
-                         "answered so far")
+            _log(config, f"{settled:,} of {config.buyers:,} buyers had a first message or an "
+                         f"answer{' (no more for a while)' if stalled else ''}: "
+                         f"{sum(dones.values()):,} answered so far")
             if joined is not None:
-                await asyncio.to_thread(joined)
+                await asyncio.to_thread(joined, settled)
         if time.monotonic() - last_log >= 5.0:
             last_log = time.monotonic()
-            _log(config, f"{sum(firsts.values()):,} with a first message, "
+            _log(config, f"{sum(firsts.values()):,} with a first message or an answer, "
                          f"{sum(dones.values()):,} answered")
 
 
@@ -529,14 +545,14 @@ async def _child(spec: PartSpec, inbox: Any, go: Any) -> None:
     async def report() -> None:
         while True:
             await asyncio.sleep(PROGRESS_INTERVAL_S)
-            inbox.put(("progress", spec.index, (part.first_messages, part.done)))
+            inbox.put(("progress", spec.index, (part.settled, part.done)))
 
     reporter = asyncio.create_task(report())
     try:
         result = await part.run()
     finally:
         reporter.cancel()
-    inbox.put(("progress", spec.index, (part.first_messages, part.done)))
+    inbox.put(("progress", spec.index, (part.settled, part.done)))
     inbox.put(("done", spec.index, result))
 
 

@@ -33,11 +33,11 @@ async def test_a_queued_sale_answers_every_buyer_and_sells_the_stock(
     # The crowd joins before the start (PRE_QUEUED, shuffled at the start, then admitted);
     # on a busy machine the client processes' start-up may take a few seconds of it.
     activity = await make_activity(stack, product.id, start_s=10, waiting_room=ROOM)
-    joined: list[bool] = []
+    joined: list[int] = []
     config = CrowdConfig(QUEUED, stack.activity.address, activity.id, BUYERS, procs=2,
                          streams_per_channel=25, timeout_s=60)
-    report = await asyncio.to_thread(run_crowd, config, lambda: joined.append(True))
-    assert joined == [True]  # every buyer had a first message, and it was said once
+    report = await asyncio.to_thread(run_crowd, config, joined.append)
+    assert joined == [BUYERS]  # every buyer had a first message, and it was said once
     assert report.answers == {"won": STOCK, "SOLD_OUT": BUYERS - STOCK}, report.summary_text()
     assert report.count("RESOURCE_EXHAUSTED") == report.count("DEADLINE_EXCEEDED") == 0
     assert sum(report.first_states.values()) == BUYERS

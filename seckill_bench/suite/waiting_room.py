@@ -107,10 +107,13 @@ class Readings:
         self.cpu_waited: dict[str, float] = {}
         self.waited_s = 0.0
         self.joined_after_s = 0.0
+        self.settled = 0
         self._began = time.monotonic()
 
-    def joined(self, activity_id: int) -> None:
-        """Every buyer has had a first message: read, wait WAIT_S, read, start the sale."""
+    def joined(self, activity_id: int, settled: int) -> None:
+        """Every buyer has had a first message (or an answer, or no more come): read, wait
+        WAIT_S, read, start the sale."""
+        self.settled = settled
         self.joined_after_s = time.monotonic() - self._began
         self.rss_joined = total_rss_kib(self.workers)
         self.cpu_joined = CpuReading.of(self.stack, LABEL).seconds
@@ -131,6 +134,7 @@ class Readings:
                    for k, v in spent(self.cpu_waited, self.cpu_joined).items()}
         return {
             "joined_after_s": self.joined_after_s, "waited_s": self.waited_s,
+            "first_message_before_the_start": self.settled,
             "rss_kib": {"before": self.rss_before, "joined": self.rss_joined,
                         "waited": self.rss_waited},
             "rss_per_stream_kib": (self.rss_waited - self.rss_before) / buyers,
@@ -152,7 +156,7 @@ def queued(suite: Suite) -> Row:
     config = CrowdConfig(QUEUED, stack.addr(LABEL), activity_id, s.queue_buyers,
                          procs=s.queue_procs, user_prefix="j1-", join_rate=JOIN_RATE,
                          timeout_s=BUYER_TIMEOUT_S, progress=True)
-    report = run_crowd(config, joined=lambda: readings.joined(activity_id))
+    report = run_crowd(config, joined=lambda settled: readings.joined(activity_id, settled))
     measured = readings.summary(s.queue_buyers)
     save(suite, "j1-waiting-room", {**report.to_json(), "servers": measured})
     met = (report.answered == s.queue_buyers and report.count("RESOURCE_EXHAUSTED") == 0
@@ -164,10 +168,12 @@ def queued(suite: Suite) -> Row:
         f"{answers(report)}; every buyer answered, 0 RESOURCE_EXHAUSTED, 0 DEADLINE_EXCEEDED: "
         f"{'met' if met else 'NOT met'} (RESOURCE_EXHAUSTED {report.count('RESOURCE_EXHAUSTED'):,},"
         f" DEADLINE_EXCEEDED {report.count('DEADLINE_EXCEEDED'):,}); last unit sold to last "
-        f"SOLD_OUT heard: {'—' if gap is None else f'{gap * 1000:,.0f} ms'}; joined in "
-        f"{measured['joined_after_s']:.0f} s at {JOIN_RATE:,.0f}/s; memory per waiting stream "
-        f"{measured['rss_per_stream_kib']:.1f} KiB (activity workers' VmRSS); server CPU per "
-        f"join {per_join['activity']:.2f} ms activity + {per_join['MariaDB']:.2f} ms MariaDB; "
+        f"SOLD_OUT heard: {'—' if gap is None else f'{gap * 1000:,.0f} ms'}; "
+        f"{readings.settled:,} joined (a first message or an answer) in "
+        f"{measured['joined_after_s']:.0f} s, sent at {JOIN_RATE:,.0f}/s; memory per waiting "
+        f"stream {measured['rss_per_stream_kib']:.1f} KiB (activity workers' VmRSS); server "
+        f"CPU per join {per_join['activity']:.2f} ms activity + {per_join['MariaDB']:.2f} ms "
+        "MariaDB; "
         f"per waiting buyer {per_wait['activity']:.1f} + {per_wait['MariaDB']:.1f} us/s "
         f"(activity + MariaDB, over {measured['waited_s']:.0f} s, net of idle); "
         f"{stages(report)}")
