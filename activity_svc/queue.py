@@ -54,6 +54,8 @@ DEFAULT_MIN_INTERVAL_S = 1.0
 ROOM_KNOWN_FOR_S = 5.0
 # Tickets looked up per statement.
 LOOKUP_CHUNK = 1000
+# Waiting buyers a read wakes per turn of the event loop.
+WAKE_CHUNK = 500
 
 
 @dataclass(eq=False)
@@ -82,14 +84,24 @@ class _Line:
     places_key: tuple[object, ...] | None = None
     task: asyncio.Task[None] | None = None
 
-    def publish(self, view: LineRow) -> None:
+    async def publish(self, view: LineRow) -> None:
+        """The new read, and its waiting buyers woken WAKE_CHUNK at a time, yielding between
+        chunks: at the start tens of thousands wake at once, and each chunk's messages are
+        written before the next wakes, so the loop (its heartbeat, other calls) keeps turning."""
         self.view = view
         self.revision += 1
+        waking = list(self.next_read)
+        self.next_read.clear()
         key = _places_key(view)
         if key != self.places_key:
             self.places_key = key
-            _wake(self.changed)
-        _wake(self.next_read)
+            waking += self.changed
+            self.changed.clear()
+        for begin in range(0, len(waking), WAKE_CHUNK):
+            if begin:
+                await asyncio.sleep(0)  # the woken chunk runs first: it was scheduled before
+            for future in waking[begin:begin + WAKE_CHUNK]:
+                resolve(future)
 
     def finish(self, error: ServiceError) -> None:
         if self.end is None:
@@ -208,7 +220,7 @@ class QueueHub:
                     await asyncio.sleep(self.settings.poll_interval_s / 2)
                     continue
                 last_fresh = started
-                line.publish(view)
+                await line.publish(view)
                 due = started + self.settings.poll_interval_s
                 if view.read_time < view.start_time:  # read again at the shuffle
                     due = min(due, started + (view.start_time - view.read_time
