@@ -121,6 +121,8 @@ class PartResult:
     answers: dict[str, int] = field(default_factory=dict)  # WON, SOLD_OUT, ENDED, CODE[/REASON]
     heard: dict[str, int] = field(default_factory=dict)  # refusals retried, by CODE[/REASON]
     first_states: dict[str, int] = field(default_factory=dict)  # the first message's state
+    # Buyers whose stream ended without an answer, by status and the last state they heard.
+    ended_after: dict[str, int] = field(default_factory=dict)
     stages: dict[str, array] = field(default_factory=dict)  # STAGES -> seconds
     last_won: float | None = None  # time.time() of the last OK Seckill answer
     last_sold_out: float | None = None  # time.time() of the last SOLD_OUT heard
@@ -151,6 +153,7 @@ class Part:
         self._answers: Counter[str] = Counter()
         self._heard: Counter[str] = Counter()
         self._first: Counter[str] = Counter()
+        self._ended_after: Counter[str] = Counter()
 
     async def connect(self) -> None:
         config = self.spec.config
@@ -194,6 +197,7 @@ class Part:
         self.result.answers = dict(self._answers)
         self.result.heard = dict(self._heard)
         self.result.first_states = dict(self._first)
+        self.result.ended_after = dict(self._ended_after)
         return self.result
 
     def _answer(self, answer: str, settles: bool = False) -> None:
@@ -212,6 +216,7 @@ class Part:
         t0 = time.monotonic()
         deadline = t0 + config.timeout_s
         first = True
+        last = "no message"  # the last state heard: where a buyer ended without an answer
         admission_pass = ""
         for attempt in range(RETRIES + 1):
             call = stub.JoinQueue(request, metadata=config.metadata or None,
@@ -224,6 +229,7 @@ class Part:
                         self.settled += 1
                         stages["join_to_first_message"].append(time.monotonic() - t0)
                         self._first[activity_pb2.QueueState.Name(update.state)] += 1
+                    last = activity_pb2.QueueState.Name(update.state)
                     if update.state == activity_pb2.ADMITTED:
                         admission_pass = update.admission_pass
                         break
@@ -233,6 +239,7 @@ class Part:
                                      else ENDED)
                         return
                 else:
+                    self._ended_after[last] += 1
                     self._answer("stream ended without a final message", settles=first)
                     return
                 break
@@ -240,6 +247,7 @@ class Part:
                 delay = retry_delay_s(exc)
                 wait = backoff_s(delay, attempt) if delay is not None else 0.0
                 if delay is None or attempt == RETRIES or time.monotonic() + wait > deadline:
+                    self._ended_after[f"{exc.code().name} after {last}"] += 1
                     self._answer(_name(exc.code(), error_reason(exc)), settles=first)
                     return
                 self._heard[_name(exc.code(), error_reason(exc))] += 1
@@ -324,6 +332,7 @@ class CrowdReport:
     answers: dict[str, int]
     heard: dict[str, int]
     first_states: dict[str, int]
+    ended_after: dict[str, int]
     stages_ms: dict[str, dict[str, float]]
     last_won: float | None
     last_sold_out: float | None
@@ -337,11 +346,13 @@ class CrowdReport:
         answers: Counter[str] = Counter()
         heard: Counter[str] = Counter()
         first: Counter[str] = Counter()
+        ended: Counter[str] = Counter()
         stages: dict[str, list[float]] = {s: [] for s in STAGES}
         for part in parts:
             answers.update(part.answers)
             heard.update(part.heard)
             first.update(part.first_states)
+            ended.update(part.ended_after)
             for stage, values in part.stages.items():
                 stages[stage].extend(values)
         wons = [p.last_won for p in parts if p.last_won is not None]
@@ -349,6 +360,7 @@ class CrowdReport:
         within = (None if config.mode != DIRECT else
                   sum(1 for p in parts for s in p.answered_s if s <= 10.0))
         return cls(config, start_at, wall_s, dict(answers), dict(heard), dict(first),
+                   dict(ended),
                    {stage: quantiles_ms(values) for stage, values in stages.items() if values},
                    max(wons) if wons else None, max(sold) if sold else None,
                    sum(p.channels for p in parts), within)
@@ -375,7 +387,8 @@ class CrowdReport:
                 "channels": self.channels, "join_rate": self.config.join_rate,
                 "start_at": self.start_at, "wall_s": self.wall_s, "answered": self.answered,
                 "answers": self.answers, "heard": self.heard,
-                "first_states": self.first_states, "stages_ms": self.stages_ms,
+                "first_states": self.first_states, "ended_after": self.ended_after,
+                "stages_ms": self.stages_ms,
                 "resource_exhausted": self.count("RESOURCE_EXHAUSTED"),
                 "deadline_exceeded": self.count("DEADLINE_EXCEEDED"),
                 "sold_out_after_last_sale_s": self.sold_out_after_last_sale_s,
@@ -396,6 +409,9 @@ class CrowdReport:
         if self.first_states:
             lines.append("  first message: " + ", ".join(
                 f"{k} {v:,}" for k, v in sorted(self.first_states.items())))
+        if self.ended_after:
+            lines.append("  streams ended without an answer: " + ", ".join(
+                f"{k} {v:,}" for k, v in sorted(self.ended_after.items())))
         gap = self.sold_out_after_last_sale_s
         if gap is not None:
             lines.append(f"  last unit sold to last SOLD_OUT heard: {gap * 1000:,.0f} ms")
