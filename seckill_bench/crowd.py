@@ -4,9 +4,10 @@
 Queued: every buyer calls JoinQueue (a server stream) and reads it to its final message; at
 ADMITTED it calls Seckill with the pass. Direct: every buyer calls Seckill at the sale's start.
 Both retry as the shipped clients do (seckill_common/api/retry.py, as the seckill CLI uses it):
-a refusal with RetryInfo (RESOURCE_EXHAUSTED; UNAVAILABLE for a stream, whose place is kept)
-is tried again after its delay, jittered and doubled per try, at most RETRIES times, and calls
-pass one adaptive throttle per client process.
+a refusal with RetryInfo (RESOURCE_EXHAUSTED) is tried again after its delay, jittered and
+doubled per try, at most RETRIES times, and calls pass one adaptive throttle per client
+process; a stream ended UNAVAILABLE with RetryInfo (the place is kept) is joined again, as
+`seckill buy` does, for as long as the buyer's budget lasts.
 
 Buyers are spread over `procs` spawned client processes (the clients' CPU must not be the
 bottleneck), each with several channels: one HTTP/2 connection carries at most the server's
@@ -23,6 +24,7 @@ the Seckill answer, join to the final answer; direct: the sale's start to the an
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import multiprocessing
@@ -218,7 +220,10 @@ class Part:
         first = True
         last = "no message"  # the last state heard: where a buyer ended without an answer
         admission_pass = ""
-        for attempt in range(RETRIES + 1):
+        # Joined again for as long as the budget lasts, as `seckill buy` does: a stream the
+        # server ends UNAVAILABLE with RetryInfo keeps the buyer's place. The waits grow as
+        # any retry's (RetryInfo, jittered, doubled per try up to MAX_BACKOFF_S).
+        for attempt in itertools.count():
             call = stub.JoinQueue(request, metadata=config.metadata or None,
                                   timeout=max(0.001, deadline - time.monotonic()))
             try:
@@ -245,8 +250,8 @@ class Part:
                 break
             except grpc.aio.AioRpcError as exc:
                 delay = retry_delay_s(exc)
-                wait = backoff_s(delay, attempt) if delay is not None else 0.0
-                if delay is None or attempt == RETRIES or time.monotonic() + wait > deadline:
+                wait = backoff_s(delay, min(attempt, 10)) if delay is not None else 0.0
+                if delay is None or time.monotonic() + wait > deadline:
                     self._ended_after[f"{exc.code().name} after {last}"] += 1
                     self._answer(_name(exc.code(), error_reason(exc)), settles=first)
                     return
