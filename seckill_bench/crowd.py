@@ -63,7 +63,7 @@ SPAWN_BUDGET_S = 120.0  # for a spawned process to import grpc and connect its c
 PROGRESS_INTERVAL_S = 1.0
 # `joined` is called anyway once no buyer has had a first message for this long: a few
 # stragglers (their joins retried, or hung) do not hold the sale back for their whole budget.
-JOIN_STALL_S = 30.0
+JOIN_STALL_S = 60.0
 # The answers a buyer can end with, besides a status code.
 WON, SOLD_OUT, ENDED = "won", "SOLD_OUT", "ENDED"
 _SOLD_OUT_REASONS = {"SOLD_OUT", "INSUFFICIENT_STOCK"}
