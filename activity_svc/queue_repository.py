@@ -164,10 +164,16 @@ async def lines_to_move(tx: Transaction) -> list[int]:
 
 
 async def _count_waiting(tx: Transaction, activity_id: int) -> None:
-    await tx.execute(
-        "UPDATE queue_lines SET waiting = (SELECT COUNT(*) FROM queue_entries"
-        " WHERE state = 1 AND activity_id = %s) WHERE activity_id = %s",
-        (activity_id, activity_id))
+    # Counted by a plain SELECT (a consistent read, no locks), then written: as a subquery of
+    # the UPDATE the count would be a locking read, share-locking the waiting entries' index
+    # range and so holding back every join's INSERT into it for the move's length, every
+    # move (tens of thousands of waiting buyers make that the joins' bottleneck).
+    await tx.execute("SELECT COUNT(*) FROM queue_entries WHERE state = 1 AND activity_id = %s",
+                     (activity_id,))
+    counted = await tx.fetchone()
+    assert counted is not None
+    await tx.execute("UPDATE queue_lines SET waiting = %s WHERE activity_id = %s",
+                     (int(counted[0]), activity_id))
 
 
 @dataclass(frozen=True)
