@@ -64,7 +64,7 @@ WAIT_S = 10.0  # the crowd waits this long after its last join, before the start
 START_LEAD_S = 3.0  # the start, set this far after that window
 DIRECT_LEAD_S = 30.0  # (j2)'s start: the client processes start and connect before it
 JOIN_RATE = 500.0  # buyers joining a second (j1): 100 s for 50,000, about what 2 cores join
-BUYER_TIMEOUT_S = 300.0
+BUYER_TIMEOUT_S = 1200.0  # a pre-queue may last minutes: the joins alone take that at 50,000 here
 
 
 def sale(stack: BenchStack, name: str, stock: int, start: dt.datetime,
