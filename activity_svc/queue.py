@@ -53,6 +53,8 @@ DEFAULT_MIN_INTERVAL_S = 1.0
 ROOM_KNOWN_FOR_S = 5.0
 # Tickets looked up per statement.
 LOOKUP_CHUNK = 1000
+# Waiting buyers a read wakes per turn of the event loop.
+WAKE_CHUNK = 500
 
 
 @dataclass(eq=False)
@@ -74,23 +76,53 @@ class _Line:
     revision: int = 0
     known_round: int = -1  # the ticket round whose tickets the feed has looked up
     end: ServiceError | None = None
+    # Buyers woken when a read changes what any place depends on (_places_key), and those
+    # woken by the next read whatever it says (just joined: their first answer waits for it).
     changed: set[asyncio.Future[None]] = field(default_factory=set)
+    next_read: set[asyncio.Future[None]] = field(default_factory=set)
+    places_key: tuple[object, ...] | None = None
     task: asyncio.Task[None] | None = None
 
-    def publish(self, view: LineRow) -> None:
+    async def publish(self, view: LineRow) -> None:
+        """The new read, and its waiting buyers woken WAKE_CHUNK at a time, yielding between
+        chunks: at the start tens of thousands wake at once, and each chunk's messages are
+        written before the next wakes, so the loop (its heartbeat, other calls) keeps turning."""
         self.view = view
         self.revision += 1
-        self._wake()
+        waking = list(self.next_read)
+        self.next_read.clear()
+        key = _places_key(view)
+        if key != self.places_key:
+            self.places_key = key
+            waking += self.changed
+            self.changed.clear()
+        for begin in range(0, len(waking), WAKE_CHUNK):
+            if begin:
+                await asyncio.sleep(0)  # the woken chunk runs first: it was scheduled before
+            for future in waking[begin:begin + WAKE_CHUNK]:
+                resolve(future)
 
     def finish(self, error: ServiceError) -> None:
         if self.end is None:
             self.end = error
-            self._wake()
+            _wake(self.changed)
+            _wake(self.next_read)
 
-    def _wake(self) -> None:
-        for future in self.changed:
-            resolve(future)
-        self.changed.clear()
+
+def _places_key(view: LineRow) -> tuple[object, ...]:
+    """What every place in the line follows from (queue_line.place): a read equal in these
+    wakes nobody already told their place, so a quiet line (the pre-queue before the start,
+    a line that does not move) costs its waiting buyers nothing per read. The rate is left
+    out: it changes only the estimated wait, which alone sends no message."""
+    return (view.admitted_through, view.last_ticket, view.ticket_round, view.units_left <= 0,
+            view.start_time, view.end_time, view.read_time >= view.start_time,
+            view.read_time >= view.end_time, view.admit_expire_time)
+
+
+def _wake(futures: set[asyncio.Future[None]]) -> None:
+    for future in futures:
+        resolve(future)
+    futures.clear()
 
 
 class QueueHub:
@@ -186,7 +218,7 @@ class QueueHub:
                     await asyncio.sleep(self.settings.poll_interval_s / 2)
                     continue
                 last_fresh = started
-                line.publish(view)
+                await line.publish(view)
                 due = started + self.settings.poll_interval_s
                 if view.read_time < view.start_time:  # read again at the shuffle
                     due = min(due, started + (view.start_time - view.read_time
@@ -276,6 +308,9 @@ class QueueHub:
                 view = line.view
                 wake_at = ends_at
                 if view is not None and line.revision != seen_revision:
+                    # The read this evaluation answers: a read published while a message
+                    # below is being written is evaluated at the next turn, not skipped.
+                    revision = line.revision
                     now_place = place(
                         ticket=buyer.ticket, pre_queued=buyer.pre_queued,
                         admitted_through=view.admitted_through, last_ticket=view.last_ticket,
@@ -289,7 +324,7 @@ class QueueHub:
                                              view.read_time)
                         sent[0] += 1
                         return None
-                    stale = now_place.final and line.revision <= joined_revision
+                    stale = now_place.final and revision <= joined_revision
                     urgent = last is None or now_place.state != last.state
                     changed = not stale and (
                         urgent or now_place.position != (last and last.position))
@@ -299,25 +334,29 @@ class QueueHub:
                         sent[0] += 1
                         self.messages += 1
                         last, last_write = now_place, now
-                        seen_revision = line.revision
+                        seen_revision = revision
                         if now_place.final:
                             return None
                         continue
                     if changed:
                         wake_at = min(wake_at, last_write + interval)
                     else:
-                        seen_revision = line.revision
+                        seen_revision = revision
                 if loop.time() >= ends_at:
                     return Unavailable(f"the stream reached its lifetime ({lifetime:.0f} s); "
                                        "join again: the place is kept", retry_after_s=0.0)
                 woken = loop.create_future()
-                line.changed.add(woken)
+                # Until a read after the join has been seen, any read may answer (a final
+                # SOLD_OUT waits for one); after it, only a read that changes places.
+                waiters = (line.next_read if seen_revision <= joined_revision
+                           or seen_revision != line.revision else line.changed)
+                waiters.add(woken)
                 timer = loop.call_at(wake_at, resolve, woken)
                 try:
                     await woken
                 finally:
                     timer.cancel()
-                    line.changed.discard(woken)
+                    waiters.discard(woken)
         finally:
             line.buyers.discard(buyer)
 

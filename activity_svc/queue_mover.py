@@ -4,7 +4,9 @@ then arrivals in order), frees the slots of passes used or expired, and admits t
 line while fewer than SECKILL_QUEUE_MAX_ACTIVE admitted buyers have not bought and units are
 left for them (queue_repository.move, queue_line.admissions). Every activity process runs
 one; the others wait for the lease. Every wait is bounded: a move that outlasts the lease's
-acting time is abandoned (the next holder redoes it: a move is one transaction).
+acting time is abandoned (the next holder redoes it: a move is one transaction). Every move is
+fenced by the lease's epoch in its own transaction (queue_repository.move): a mover frozen
+mid-move whose lease was taken over commits nothing when it wakes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from activity_svc.metrics import count_move
 from seckill_common.config import QueueSettings
 from seckill_common.database import lease as leases
 from seckill_common.database.db import Database
-from seckill_common.database.lease import Lease, LeaseTimes
+from seckill_common.database.lease import Lease, LeaseLost, LeaseTimes
 from seckill_common.runtime.background import Background
 
 log = logging.getLogger(__name__)
@@ -70,10 +72,14 @@ class QueueMover:
                 began = loop.time()
                 try:
                     async with asyncio.timeout(self.times.ttl_s / 2):
-                        await self.move_all()
+                        await self.move_all(lease)
                     if failing:
                         log.info("the queue mover moves the lines again")
                     failing = False
+                except LeaseLost as exc:  # taken over (this process was frozen): stand by
+                    log.warning("the queue mover stops: %s", exc)
+                    lease.lost.set()
+                    break
                 except Exception as exc:  # the database is away, or slow: try again
                     if not failing:
                         log.warning("the queue mover could not move the lines: %r", exc)
@@ -83,12 +89,14 @@ class QueueMover:
             keeper.cancel()
             self.lease = None
 
-    async def move_all(self) -> None:
-        """One move of every open line."""
+    async def move_all(self, lease: Lease) -> None:
+        """One move of every open line, each fenced by `lease` (LeaseLost once it is not held:
+        that move and those after it are not made)."""
         for activity_id in await self._db.run(queue_repository.lines_to_move):
+            lease.check()
             moved = await self._db.run(functools.partial(
                 queue_repository.move, activity_id=activity_id,
-                max_active=self.settings.max_active))
+                max_active=self.settings.max_active, fence=lease.fence))
             self.admitted += moved.admitted
             self.used += moved.used
             count_move(activity_id, moved.admitted, moved.used, moved.expired, moved.rate)

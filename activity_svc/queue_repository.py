@@ -4,9 +4,11 @@ line, the tickets of a feed's buyers, and the mover's unit of work.
 The queue tables (migration 0006) are written by two parties only: a join inserts (or, for a
 buyer whose turn is over, replaces) its own entry; the mover, one process at a time under its
 lease, hands out tickets, admits, and marks passes used or expired, and alone writes
-`queue_lines`. The mover reads the stock, the activity and the orders without locks: it never
-makes a seckill, a cancel or an expiry wait (docs/DESIGN.md, "Locks", is untouched: its
-transaction locks only its own line row, then entries).
+`queue_lines`. Every move is fenced by the lease's epoch (`move`): a mover that lost the
+lease (frozen mid-move while another took over) commits nothing. The mover reads the stock,
+the activity and the orders without locks: it never makes a seckill, a cancel or an expiry
+wait (docs/DESIGN.md, "Locks", is untouched: its transaction locks only its own line row,
+then entries, then shares the lease's row for one round trip).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from datetime import datetime, timedelta
 
 from activity_svc import queue_line
 from seckill_common.api.errors import NotFound
+from seckill_common.database.lease import Fence, LeaseLost
 from seckill_common.database.transaction import Transaction
 
 
@@ -161,10 +164,16 @@ async def lines_to_move(tx: Transaction) -> list[int]:
 
 
 async def _count_waiting(tx: Transaction, activity_id: int) -> None:
-    await tx.execute(
-        "UPDATE queue_lines SET waiting = (SELECT COUNT(*) FROM queue_entries"
-        " WHERE state = 1 AND activity_id = %s) WHERE activity_id = %s",
-        (activity_id, activity_id))
+    # Counted by a plain SELECT (a consistent read, no locks), then written: as a subquery of
+    # the UPDATE the count would be a locking read, share-locking the waiting entries' index
+    # range and so holding back every join's INSERT into it for the move's length, every
+    # move (tens of thousands of waiting buyers make that the joins' bottleneck).
+    await tx.execute("SELECT COUNT(*) FROM queue_entries WHERE state = 1 AND activity_id = %s",
+                     (activity_id,))
+    counted = await tx.fetchone()
+    assert counted is not None
+    await tx.execute("UPDATE queue_lines SET waiting = %s WHERE activity_id = %s",
+                     (int(counted[0]), activity_id))
 
 
 @dataclass(frozen=True)
@@ -176,10 +185,31 @@ class Moved:
     rate: float  # measured admissions per second
 
 
-async def move(tx: Transaction, activity_id: int, max_active: int) -> Moved:
+async def move(tx: Transaction, activity_id: int, max_active: int, fence: Fence) -> Moved:
     """The mover's unit of work on one line (docs/WAITING_ROOM.md, "How the line moves"):
     tickets for the unticketed (the pre-queue shuffled, then arrivals in order), passes used
-    or expired, then admissions, as many as queue_line.admissions allows."""
+    or expired, then admissions, as many as queue_line.admissions allows; all of it fenced by
+    the mover's lease: LeaseLost (the transaction rolled back, nothing moved) when the lease
+    is no longer held at the holder's epoch."""
+    moved = await _move(tx, activity_id, max_active)
+    await _hold(tx, fence)
+    return moved
+
+
+async def _hold(tx: Transaction, fence: Fence) -> None:
+    """The fence, last before the commit: share-locks the lease row while it still names this
+    holder at its epoch, so any later acquisition (which must update the row) waits for this
+    commit, and every move of the next holder comes after it; raises LeaseLost when another
+    holder took it or it has expired. Taken last rather than first, so the lock is held for one
+    round trip: the holder's own renewals (which update the row) never wait for a long move."""
+    await tx.execute(fence.lock, fence.params)
+    row = await tx.fetchone()
+    if row is None or int(row[0]) <= 0:
+        raise LeaseLost(f"the lease {fence.params[0]!r} (epoch {fence.params[2]}) is no longer"
+                        " held: the move is rolled back")
+
+
+async def _move(tx: Transaction, activity_id: int, max_active: int) -> Moved:
     await tx.execute("INSERT INTO queue_lines (activity_id) VALUES (%s)"
                      " ON DUPLICATE KEY UPDATE activity_id = activity_id", (activity_id,))
     await tx.execute(

@@ -4,6 +4,12 @@
         -d '{"activity_id": 1, "user_id": "user-{{.RequestNumber}}"}' \\
         -n 20000 -c 64 --connections 4 --procs 2 127.0.0.1:50052
 
+A crowd on one sale, every buyer a coroutine (seckill_bench/crowd.py): each waits in the
+waiting room's line and buys with its pass, or each calls Seckill at the sale's start:
+
+    seckill-bench --queued-sale 7 -n 2000 --procs 2 127.0.0.1:50052
+    seckill-bench --direct-sale 8 -n 2000 --procs 2 127.0.0.1:50052
+
 Exit codes: 0 done, 1 an invariant failed, 2 the run could not be done (bad options, unknown
 method, unreachable target).
 """
@@ -15,6 +21,7 @@ import json
 import sys
 from pathlib import Path
 
+from seckill_bench import crowd
 from seckill_bench.config import BenchConfig, ConfigError, parse_duration
 from seckill_bench.runner import BenchError, run
 from seckill_common.client.tls import ClientTLS
@@ -50,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("host", help="target address, e.g. 127.0.0.1:50052, or a gRPC target "
                                 "naming several hosts (ipv4:a:p,b:p, dns:///name:p), which "
                                 "the calls take turns over (round_robin)")
-    p.add_argument("--call", required=True,
-                   help="package.Service/Method (or package.Service.Method)")
+    p.add_argument("--call",
+                   help="package.Service/Method (or package.Service.Method); required "
+                        "unless --queued-sale or --direct-sale")
     data = p.add_mutually_exclusive_group()
     data.add_argument("-d", "--data", default="{}", help="request as a JSON template")
     data.add_argument("-D", "--data-file", type=Path, help="file holding the JSON template")
@@ -83,6 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave the first N request numbers out of the statistics")
     p.add_argument("--name", default="", help="a name for the report")
     p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
+    sale = p.add_argument_group(
+        "A crowd on one sale (-n buyers, --procs, -m, TLS as above; a buyer per coroutine)")
+    modes = sale.add_mutually_exclusive_group()
+    modes.add_argument("--queued-sale", type=int, metavar="ACTIVITY_ID",
+                       help="each buyer joins the activity's waiting room (JoinQueue), waits "
+                            "for ADMITTED, then calls Seckill with the pass")
+    modes.add_argument("--direct-sale", type=int, metavar="ACTIVITY_ID",
+                       help="each buyer calls Seckill at the activity's start, retrying as "
+                            "the shipped clients do")
+    sale.add_argument("--user-prefix", default="buyer-",
+                      help="buyers' user ids: this prefix and their number (buyer-)")
+    sale.add_argument("--join-rate", type=float, default=0.0,
+                      help="buyers joining a second, in total (default 0: all at once)")
+    sale.add_argument("--streams-per-channel", type=int, default=crowd.STREAMS_PER_CHANNEL,
+                      help="buyers per channel (HTTP/2 connection) "
+                           f"({crowd.STREAMS_PER_CHANNEL})")
+    sale.add_argument("--buyer-timeout", type=_duration, default=300.0,
+                      help="a buyer's whole budget, line and retries included (300s)")
     check = p.add_argument_group("Seckill invariants (checked after a Seckill run)")
     check.add_argument("--no-check", action="store_true", help="skip the invariant check")
     check.add_argument("--order-addr",
@@ -118,8 +144,38 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     )
 
 
+def crowd_main(args: argparse.Namespace) -> int:
+    """--queued-sale / --direct-sale."""
+    queued = args.queued_sale is not None
+    try:
+        config = crowd.CrowdConfig(
+            mode=crowd.QUEUED if queued else crowd.DIRECT, host=args.host,
+            activity_id=args.queued_sale if queued else args.direct_sale,
+            buyers=args.total or 200, procs=args.procs, user_prefix=args.user_prefix,
+            join_rate=args.join_rate, streams_per_channel=args.streams_per_channel,
+            timeout_s=args.buyer_timeout, connect_timeout_s=args.connect_timeout,
+            metadata=tuple(args.metadata.items()), tls=client_tls(args),
+            progress=not args.no_progress)
+        report = crowd.run_crowd(config)
+    except (crowd.CrowdError, ConfigError, OSError) as exc:
+        print(f"seckill-bench: error: {exc}", file=sys.stderr)
+        return 2
+    text = (report.summary_text() if args.format == "summary" else
+            crowd.report_json(report, 2 if args.format == "pretty" else None) + "\n")
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.queued_sale is not None or args.direct_sale is not None:
+        return crowd_main(args)
+    if not args.call:
+        parser.error("--call is required (or --queued-sale / --direct-sale)")
     try:
         config = config_from_args(args)
         report = run(config)

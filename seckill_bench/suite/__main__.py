@@ -3,6 +3,7 @@
     python -m seckill_bench.suite [--workers N] [-c 64] [--connections 4] [--procs 2]
         [--calls 20000] [--flash-users 20000] [--flash-stock 10000] [--soak-seconds 60]
         [--rows b,q]      # --rows a,b,w: Health/Check, the flash sale, all winners (w1, w2)
+        [--queue-buyers 50000] [--queue-stock 1000] [--queue-procs 4]   # rows (j1), (j2)
 
 Writes BENCHMARKS.md's generated section, the HTML and JSON reports under benchmarks/, and the
 section on stdout. Exit 0 when every row ran and every invariant held, 1 otherwise.
@@ -47,6 +48,11 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, list[str]]:
                    help="(e) seconds of soak (60; 0 skips it)")
     p.add_argument("--warmup-calls", type=int, default=1_000,
                    help="unreported Seckill calls per activity service first (1,000; 0: none)")
+    p.add_argument("--queue-buyers", type=int, default=50_000,
+                   help="(j1), (j2): buyers, each a stream or a Seckill caller (50,000)")
+    p.add_argument("--queue-stock", type=int, default=1_000, help="(j1), (j2): stock (1,000)")
+    p.add_argument("--queue-procs", type=int, default=4,
+                   help="(j1), (j2): client processes of the crowd (4)")
     p.add_argument("--rows", default="",
                    help="only these rows, comma-separated (e.g. b,q; a,b,w for the CPU per "
                         "call of the flash sale and all winners; default all). Pass "
@@ -58,7 +64,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, list[str]]:
     raw = sys.argv[1:] if argv is None else argv
     args = p.parse_args(raw)
     for name in ("workers", "concurrency", "connections", "procs", "calls", "flash_users",
-                 "flash_stock"):
+                 "flash_stock", "queue_buyers", "queue_stock", "queue_procs"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.soak_seconds < 0 or args.warmup_calls < 0:
@@ -68,7 +74,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, list[str]]:
     settings = Settings(args.workers, args.concurrency, args.connections, args.procs,
                         args.calls, args.flash_users, args.flash_stock, args.soak_seconds,
                         args.warmup_calls, args.output.resolve(), args.reports.resolve(),
-                        frozenset(filter(None, args.rows.split(","))))
+                        frozenset(filter(None, args.rows.split(","))), args.queue_buyers,
+                        args.queue_stock, args.queue_procs)
     return settings, raw
 
 

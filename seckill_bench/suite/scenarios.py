@@ -15,7 +15,7 @@ import grpc
 from seckill_bench.config import BenchConfig
 from seckill_bench.report import Report
 from seckill_bench.runner import BenchError, run
-from seckill_bench.suite import events, watch
+from seckill_bench.suite import events, waiting_room, watch
 from seckill_bench.suite.cpu import CpuMeter
 from seckill_bench.suite.procfs import RssSampler, children, rss_mib
 from seckill_bench.suite.stack import ACTIVITY_MODES, BenchStack, log
@@ -46,6 +46,10 @@ class Settings:
     output: Path
     reports: Path
     only: frozenset[str] = frozenset()  # the rows to run (a, b, w, ...); empty: all
+    # (j1), (j2): the crowd on a small stock, through the waiting room and without it.
+    queue_buyers: int = 50_000
+    queue_stock: int = 1_000
+    queue_procs: int = 4
 
 
 @dataclass
@@ -204,6 +208,7 @@ class Suite:
         self.row("c", "flash sale, per_request", lambda: self.flash_sale("c", "per_request"))
         self.row("d", "GetActivity, the load of (a)", self.get_activity)
         watch.rows(self)  # (f): WatchActivity's watchers against GetActivity polling
+        waiting_room.rows(self)  # (j1), (j2): a crowd through the waiting room, and without
         if s.soak_seconds > 0:
             self.row("e", f"memory soak, {s.soak_seconds:g} s", self.soak)
         elif not s.only or "e" in s.only:

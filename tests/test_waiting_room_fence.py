@@ -1,0 +1,126 @@
+"""The waiting room's mover fenced by its lease's epoch (activity_svc/queue_mover.py,
+queue_repository.move) against a real MariaDB: a mover caught mid-move while its lease is taken
+over commits nothing when it goes on, a late move of the old holder is refused, and the line
+never admits more than SECKILL_QUEUE_MAX_ACTIVE."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+
+import aiomysql
+import pytest
+
+from activity_svc.queue_mover import LEASE_NAME, QueueMover
+from seckill_common.database import migrations
+from seckill_common.database.db import Database, create_pool
+from seckill_common.database.lease import Lease, LeaseLost, LeaseTimes, acquire
+from tests.helpers.polling import eventually
+from tests.helpers.stack import query, settings_for
+
+MAX_ACTIVE = 5
+BUYERS = 30
+# Long enough that the old holder's own clock still counts the lease as held: only the
+# database's fence can stop its move.
+TIMES = LeaseTimes(ttl_s=30.0)
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    # The first mover waits on a row while the test takes its lease over: on a busy machine
+    # that can outlast the shipped 5 s lock wait.
+    settings = settings_for(db_url, SECKILL_DB_LOCK_WAIT_TIMEOUT="60")
+    await migrations.migrate(settings)
+    database = Database(await create_pool(settings), settings)
+    yield database
+    await database.close()
+
+
+def connect(db_url: str) -> aiomysql.Connection:
+    base, name = db_url.rsplit("/", 1)
+    host, port = base.rsplit("@", 1)[1].split(":")
+    return aiomysql.connect(host=host, port=int(port), user="root", db=name)
+
+
+async def open_line(db_url: str) -> int:
+    """A started sale with a waiting room, stock 100, and BUYERS waiting: its id."""
+    async with connect(db_url) as conn, conn.cursor() as cur:
+        await cur.execute(
+            "INSERT INTO products (name, description, price_cents, stock, create_time,"
+            " update_time) VALUES ('p', '', 100, 100, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))")
+        product_id = cur.lastrowid
+        await cur.execute(
+            "INSERT INTO activities (product_id, name, start_time, end_time, create_time,"
+            " price_cents, payment_window_ms, waiting_room) VALUES (%s, 'a',"
+            " UTC_TIMESTAMP(6) - INTERVAL 1 MINUTE, UTC_TIMESTAMP(6) + INTERVAL 1 HOUR,"
+            " UTC_TIMESTAMP(6), 100, 900000, 1)", (product_id,))
+        activity_id = int(cur.lastrowid)
+        await cur.executemany(
+            "INSERT INTO queue_entries (activity_id, user_id, quantity, join_time, pre_queued,"
+            " shuffle_key) VALUES (%s, %s, 1, UTC_TIMESTAMP(6), 0, %s)",
+            [(activity_id, f"u{i}", secrets.randbits(63)) for i in range(BUYERS)])
+        await conn.commit()
+    return activity_id
+
+
+async def admitted(db_url: str, activity_id: int) -> tuple[int, int]:
+    """(the line's admitted_through, the entries holding a pass)."""
+    ((through,),) = await query(db_url, "SELECT COALESCE(MAX(admitted_through), 0) FROM"
+                                " queue_lines WHERE activity_id = %s", (activity_id,))
+    ((holding,),) = await query(db_url, "SELECT COUNT(*) FROM queue_entries WHERE"
+                                " activity_id = %s AND state = 2", (activity_id,))
+    return int(through), int(holding)
+
+
+async def blocked_on_a_lock(db_url: str) -> None:
+    """Until a transaction waits for a row lock (the first mover, mid-move)."""
+    async def waiting() -> bool:
+        rows = await query(db_url, "SELECT COUNT(*) FROM information_schema.INNODB_TRX"
+                                   " WHERE trx_state = 'LOCK WAIT'")
+        return bool(rows[0][0])
+    await eventually(waiting, "the first mover waits on the line's row")
+
+
+async def take(db: Database, mover: QueueMover) -> Lease:
+    taken = await acquire(db, LEASE_NAME, mover.holder, TIMES)
+    assert isinstance(taken, Lease), f"{mover.holder} did not get the lease"
+    return taken
+
+
+async def test_a_move_of_a_mover_whose_lease_was_taken_over_commits_nothing(
+        db: Database, db_url: str) -> None:
+    activity_id = await open_line(db_url)
+    settings = settings_for(db_url, SECKILL_QUEUE_MAX_ACTIVE=str(MAX_ACTIVE)).queue
+    first, second = QueueMover(db, settings), QueueMover(db, settings)
+    old = await take(db, first)
+
+    # The first mover is caught mid-move: its transaction waits on the line's row, which
+    # another session holds (as a freeze would leave it, between two statements).
+    async with connect(db_url) as holder, holder.cursor() as cur:
+        await cur.execute("INSERT INTO queue_lines (activity_id) VALUES (%s)", (activity_id,))
+        late = asyncio.create_task(first.move_all(old))
+        await blocked_on_a_lock(db_url)
+        # Meanwhile its lease lapses and the second mover takes it, at the next epoch.
+        await query(db_url, "UPDATE leases SET expires = UTC_TIMESTAMP(6) WHERE name = %s",
+                    (LEASE_NAME,))
+        new = await take(db, second)
+        assert new.epoch == old.epoch + 1
+        await holder.commit()
+    # Woken, its move reaches the fence and is rolled back: no admission from it.
+    with pytest.raises(LeaseLost):
+        await late
+    assert first.admitted == 0
+    assert await admitted(db_url, activity_id) == (0, 0)
+
+    # The new holder moves the line: up to the bound, no further.
+    await second.move_all(new)
+    assert second.admitted == MAX_ACTIVE
+    assert await admitted(db_url, activity_id) == (MAX_ACTIVE, MAX_ACTIVE)
+
+    # A later move of the old holder (its own clock still says held) is refused too.
+    with pytest.raises(LeaseLost):
+        await first.move_all(old)
+    await second.move_all(new)
+    assert first.admitted == 0
+    assert await admitted(db_url, activity_id) == (MAX_ACTIVE, MAX_ACTIVE)
