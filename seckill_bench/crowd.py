@@ -43,14 +43,14 @@ from seckill.v1 import activity_pb2, activity_pb2_grpc
 
 from seckill_bench.runner import BenchError
 from seckill_bench.worker import error_reason
-from seckill_common.api.retry import (
+from seckill_common.api.times import to_datetime
+from seckill_common.client.retry import (
     AdaptiveThrottle,
     ThrottledLocally,
     backoff_s,
     retry_delay_s,
 )
-from seckill_common.api.times import to_datetime
-from seckill_common.runtime.tls import ClientTLS
+from seckill_common.client.tls import ClientTLS
 from seckill_stack.invariants import percentile
 
 QUEUED, DIRECT = "queued", "direct"

@@ -28,7 +28,6 @@ workers the crowd's 50,000 streams are ~25,000 a process.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -43,13 +42,11 @@ from seckill.v1 import activity_pb2, activity_pb2_grpc, product_pb2, product_pb2
 from seckill_bench.crowd import DIRECT, QUEUED, CrowdConfig, CrowdReport, run_crowd
 from seckill_bench.suite.cpu import CpuReading
 from seckill_bench.suite.procfs import children, total_rss_kib
-from seckill_bench.suite.stack import SERVING_TIMEOUT_S, BenchStack, StackError, log
+from seckill_bench.suite.stack import SERVING_TIMEOUT_S, BenchStack, log
 from seckill_common.api.times import to_timestamp
 from seckill_stack.services import (
     ServiceProcess,
-    ServiceStartError,
     address_setting,
-    wait_until_serving,
 )
 
 if TYPE_CHECKING:
@@ -104,19 +101,13 @@ def queue_service(stack: BenchStack) -> Iterator[ServiceProcess]:
     module = "activity_svc"
     env = {**stack.services[BASE_LABEL].env, address_setting(module): "127.0.0.1:0",
            **QUEUE_SERVICE_ENV}
-    service = ServiceProcess(module, env, stack.log_dir / f"{LABEL}.log",
-                             argv=("--workers", str(stack.workers)))
-    service.spawn(detach=True)
-    stack.services[LABEL] = service
+    service = stack.services.add(LABEL, module, env, argv=("--workers", str(stack.workers)))
     try:
-        try:
-            asyncio.run(wait_until_serving([service], SERVING_TIMEOUT_S))
-        except ServiceStartError as exc:
-            raise StackError(str(exc)) from None
+        stack.services.spawn([LABEL])
+        stack.services.wait_serving(SERVING_TIMEOUT_S, [service])
         yield service
     finally:
-        del stack.services[LABEL]
-        service.terminate()
+        stack.services.remove(LABEL)
 
 
 def workers_of(stack: BenchStack) -> list[int]:
