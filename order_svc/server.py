@@ -6,8 +6,8 @@ from __future__ import annotations
 import grpc
 from seckill.v1 import order_events_pb2_grpc, order_pb2, order_pb2_grpc
 
-from order_svc.events import SERVICE_NAME as EVENTS_SERVICE_NAME
-from order_svc.events import OrderEventServicer, Pruner
+from order_svc.event_service import SERVICE_NAME as EVENTS_SERVICE_NAME
+from order_svc.event_service import OrderEventServicer, Pruner
 from order_svc.expiry import Expirer
 from order_svc.relay import HEALTH_NAME as RELAY_HEALTH_NAME
 from order_svc.relay import Relay

@@ -46,12 +46,12 @@ from seckill_cli.commands import (
     status,
     user_token,
 )
-from seckill_cli.events import add_arguments as events_arguments
-from seckill_cli.events import events
+from seckill_cli.follow_events import add_arguments as events_arguments
+from seckill_cli.follow_events import events
 from seckill_cli.render import Output
 from seckill_cli.simulate import simulate
-from seckill_cli.watch import add_arguments as watch_arguments
-from seckill_cli.watch import watch
+from seckill_cli.watch_sale import add_arguments as watch_arguments
+from seckill_cli.watch_sale import watch
 from seckill_common.client.tls import ClientTLS
 from seckill_common.config import ADDRESSES, ClientSettings, ConfigError
 

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.table import Table
 from seckill.v1 import activity_pb2, order_pb2, product_pb2
 
-from seckill_cli import queue, render, token
+from seckill_cli import render, token, wait_in_line
 from seckill_cli.client import SERVICES, About, Auth, CliError, Exit, Session, usage_error
 from seckill_cli.render import Output
 from seckill_common.api.pages import MAX_PAGE_SIZE
@@ -219,7 +219,7 @@ async def buy(args: argparse.Namespace, session: Session, out: Output) -> int:
                                   activity_pb2.GetActivityRequest(id=args.activity),
                                   about=About(activity_id=args.activity))
     if activity.waiting_room.enabled:  # wait in line first (docs/WAITING_ROOM.md)
-        request.admission_pass = await queue.wait_in_line(session, out, args.activity,
+        request.admission_pass = await wait_in_line.wait_in_line(session, out, args.activity,
                                                           args.user, args.quantity)
     reply = await session.call(
         "activity", "Seckill", request,

@@ -15,7 +15,7 @@ import grpc
 from seckill_bench.config import BenchConfig
 from seckill_bench.report import Report
 from seckill_bench.runner import BenchError, run
-from seckill_bench.suite import events, waiting_room, watch
+from seckill_bench.suite import relay_rows, waiting_room, watch_rows
 from seckill_bench.suite.cpu import CpuMeter
 from seckill_bench.suite.procfs import RssSampler, children, rss_mib
 from seckill_bench.suite.stack import ACTIVITY_MODES, BenchStack, log
@@ -190,13 +190,13 @@ class Suite:
         s = self.settings
         self.row("a", "Health/Check ceiling (coalesced activity svc)", self.ceiling)
         assert self.stack.nats is not None
-        with events.RelayProbe(self.stack.nats.url) as relay:
+        with relay_rows.RelayProbe(self.stack.nats.url) as relay:
             self.row("b", "flash sale, coalesced", lambda: self.flash_sale("b", "coalesced"))
             # Right after (b), on the same service: its rate is judged against (b)'s.
             self.row("q", "flash sale of 1-3 units, coalesced",
                      lambda: self.flash_sale("q", "coalesced", MAX_QUANTITY))
-            self.row("r", "the relay during (b)", lambda: events.relay_row(self, relay))
-        self.row("n", "flash sale, coalesced, events off", lambda: events.without_events(self))
+            self.row("r", "the relay during (b)", lambda: relay_rows.relay_row(self, relay))
+        self.row("n", "flash sale, coalesced, events off", lambda: relay_rows.without_events(self))
         # (w1), (w2): every call a winner, with events and without (what the outbox and the
         # relay cost an order: the order service's CPU is the relay's).
         self.row("w1", "all winners, coalesced",
@@ -207,7 +207,7 @@ class Suite:
                                           " the relay)"))
         self.row("c", "flash sale, per_request", lambda: self.flash_sale("c", "per_request"))
         self.row("d", "GetActivity, the load of (a)", self.get_activity)
-        watch.rows(self)  # (f): WatchActivity's watchers against GetActivity polling
+        watch_rows.rows(self)  # (f): WatchActivity's watchers against GetActivity polling
         waiting_room.rows(self)  # (j1), (j2): a crowd through the waiting room, and without
         if s.soak_seconds > 0:
             self.row("e", f"memory soak, {s.soak_seconds:g} s", self.soak)

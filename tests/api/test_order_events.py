@@ -17,7 +17,7 @@ from seckill.v1 import activity_pb2, order_events_pb2, order_events_pb2_grpc, or
 
 from activity_svc.seckill import EngineSettings, SeckillEngine
 from order_svc import event_store as order_events
-from order_svc.events import Pruner
+from order_svc.event_service import Pruner
 from order_svc.server import DEFINITION as ORDER
 from seckill_common.database.db import Database, create_pool
 from seckill_common.database.transaction import Transaction

@@ -34,7 +34,7 @@ def test_min_interval_has_a_default_a_floor_and_a_ceiling() -> None:
 
 
 def test_the_live_line_counts_down_by_the_given_clock() -> None:
-    from seckill_cli.watch import live_line
+    from seckill_cli.watch_sale import live_line
 
     view = activity_pb2.WatchActivityResponse(units_left=3, state=activity_pb2.OPEN)
     view.activity.id, view.activity.name = 7, "Tea rush"

@@ -20,7 +20,7 @@ sent a message a second; counted per message, so clients that fell behind do not
 1 / net CPU per poll for polling (one poll a second is one client). Target: watching >= 5x
 polling, and p99 delay <= 500 ms.
 
-    python -m seckill_bench.suite.watch [--watchers 1000,5000] [--seconds 10] [--workers 2]
+    python -m seckill_bench.suite.watch_rows [--watchers 1000,5000] [--seconds 10] [--workers 2]
 
 runs this row alone on a stack of its own (`make bench` runs it among the others).
 """
@@ -283,7 +283,7 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m seckill_bench.suite.watch",
+    p = argparse.ArgumentParser(prog="python -m seckill_bench.suite.watch_rows",
                                 description="Row (f) alone, on a stack of its own.")
     p.add_argument("--watchers", default="1000,5000",
                    help="watcher counts, comma-separated (1000,5000)")
