@@ -167,13 +167,12 @@ class Pruner:
 
 class OrderEventServicer(order_events_pb2_grpc.OrderEventServiceServicer):
     def __init__(self, database: Database, settings: EventsSettings,
-                 limits: WatchSettings) -> None:
+                 streams: WatchSettings) -> None:
         self._db = database
         self.settings = settings
-        self.limits = limits
         self.feed = EventFeed(database, settings)
-        self.slots = StreamSlots("WatchOrderEvents", limits.max_streams,
-                                 "SECKILL_WATCH_MAX_STREAMS", limits.max_lifetime_s)
+        self.slots = StreamSlots("WatchOrderEvents", streams.max_streams,
+                                 "SECKILL_WATCH_MAX_STREAMS", streams.max_lifetime_s)
 
     async def ListOrderEvents(self, request: order_events_pb2.ListOrderEventsRequest,
                               context: ServicerContext
