@@ -50,12 +50,12 @@ log = logging.getLogger(__name__)
 FRESHNESS_BOUND_S = 1.0
 # A feed ends its streams (UNAVAILABLE: join again, the place is kept) only when its line has
 # been unreadable for this long at least, and for longer than one read may take: each read is
-# bounded by the database client (Database.bound_s: the statement timeout, 10 s, plus a
-# margin), so until then the database may still answer a read that is merely slow, and ending
-# tens of thousands of streams on it would only add their rejoins (a join transaction each) to
-# the load that made it slow (make bench (j1)). QueueHub.unreadable_s = the larger of this
-# floor and the client's bound plus a poll interval: at least one whole bounded read failed
-# and its retry did not answer either.
+# bounded by the database client (Database.bound_s: SECKILL_DB_CLIENT_TIMEOUT, 11 s shipped,
+# at most the statement timeout plus a margin), so until then the database may still answer
+# a read that is merely slow, and ending tens of thousands of streams on it would only add
+# their rejoins (a join transaction each) to the load that made it slow (make bench (j1)).
+# QueueHub.unreadable_s = the larger of this floor and the client's bound plus a poll
+# interval: at least one whole bounded read failed and its retry did not answer either.
 UNREADABLE_FLOOR_S = 5.0
 # The streams such an outage ends are told to join again after a delay drawn uniformly from
 # REJOIN_MIN_S .. REJOIN_MIN_S + a window that grows with the buyers waiting here (so their
