@@ -1,13 +1,16 @@
 """A waiting room's feed and mover over a stand-in database (activity_svc/queue.py,
 activity_svc/queue_mover.py): a slow read of the line does not end its streams; a line
 unreadable for unreadable_s ends them with RetryInfo delays spread over a window, so their
-rejoins do not arrive together; an idle mover (no sale with a waiting room open) looks for
+rejoins do not arrive together; a draw handed out in chunks reaches every waiting buyer's
+ticket with a few statements per chunk; an idle mover (no sale with a waiting room open) looks for
 lines once a second, and at the move interval again as soon as one is open."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,9 +27,10 @@ from activity_svc.queue import (
     _Buyer,
 )
 from activity_svc.queue_mover import IDLE_INTERVAL_S, QueueMover
-from activity_svc.queue_repository import LineRow, Lines
+from activity_svc.queue_repository import Entry, EntryState, LineRow, Lines
 from seckill_common.api.errors import StatementTimeout, Unavailable
 from seckill_common.config import QueueSettings
+from tests.helpers.polling import eventually
 
 ACTIVITY = 7
 NOW = dt.datetime(2030, 1, 1, 12, 0, 0)
@@ -152,6 +156,75 @@ async def test_a_long_outage_ends_the_streams_with_spread_retry_delays(reads: Re
     assert len(set(delays)) > buyers // 2
     assert max(delays) - min(delays) > REJOIN_WINDOW_MIN_S / 2
     assert sum(d < REJOIN_MIN_S + REJOIN_WINDOW_MIN_S / 2 for d in delays) < buyers * 3 // 4
+
+
+async def test_a_draw_in_chunks_reaches_every_waiting_buyer_at_a_few_statements_a_chunk(
+        reads: Reads, monkeypatch: pytest.MonkeyPatch) -> None:
+    buyers, chunk = 3000, 1000
+    draw = list(range(1, buyers + 1))
+    random.shuffle(draw)
+    ticket_of = {f"u{i}": draw[i] for i in range(buyers)}
+    ticket_of[f"u{buyers}"] = buyers + 1  # an arrival after the start, who joins later
+    handed = {"last": 0, "round": 0}
+    statements = {"by_user": 0, "by_range": 0}
+
+    async def read_lines(tx: Any, ids: list[int]) -> dict[int, LineRow]:
+        row = line(0)
+        return {ACTIVITY: dataclasses.replace(row, last_ticket=handed["last"],
+                                              ticket_round=handed["round"])}
+
+    async def entries_of(tx: Any, activity_id: int, user_ids: list[str]) -> dict[str, Entry]:
+        statements["by_user"] += 1
+        return {u: Entry(u, ticket_of[u] if ticket_of[u] <= handed["last"] else None, True,
+                         EntryState.WAITING, None) for u in user_ids}
+
+    async def tickets_between(tx: Any, activity_id: int, after: int,
+                              through: int) -> dict[str, int]:
+        statements["by_range"] += 1
+        return {u: t for u, t in ticket_of.items() if after < t <= through}
+
+    monkeypatch.setattr(queue_repository, "read_lines", read_lines)
+    monkeypatch.setattr(queue_repository, "entries_of", entries_of)
+    monkeypatch.setattr(queue_repository, "tickets_between", tickets_between)
+    hub = hub_over_stand_in()
+    contexts = [Context() for _ in range(buyers + 1)]
+    tasks = [asyncio.create_task(hub._wait(
+        ACTIVITY, _Buyer(f"u{i}", ticket=None, pre_queued=True), 0.1, 600.0,
+        contexts[i], [0])) for i in range(buyers)]  # type: ignore[arg-type]
+
+    def known() -> dict[str, int | None]:
+        return {b.user_id: b.ticket for b in hub._lines[ACTIVITY].buyers}
+
+    try:
+        await all_told(contexts[:buyers])
+        assert {c.messages[0].state for c in contexts[:buyers]} == {activity_pb2.PRE_QUEUED}
+        for step in range(1, buyers // chunk + 1):
+            before = dict(statements)
+            handed["last"], handed["round"] = step * chunk, step
+            if step == 2:  # a late arrival's stream, ticketed with the last chunk
+                tasks.append(asyncio.create_task(hub._wait(
+                    ACTIVITY, _Buyer(f"u{buyers}", ticket=None, pre_queued=False), 0.1,
+                    600.0, contexts[buyers], [0])))  # type: ignore[arg-type]
+
+            async def learned(last: int = step * chunk) -> bool:
+                return sum(t is not None for t in known().values()) == last
+            await eventually(learned, f"the tickets up to {step * chunk} learned")
+            spent = {k: statements[k] - before[k] for k in statements}
+            # The first chunk: everyone looked up by user (one statement per 1,000); then
+            # the chunk's tickets by range, plus the late arrival's own look-up.
+            assert sum(spent.values()) <= (buyers // 1000 if step == 1 else 2), (step, spent)
+        handed["last"], handed["round"] = buyers + 1, buyers // chunk + 1
+
+        async def all_ticketed() -> bool:
+            return None not in known().values()
+        await eventually(all_ticketed, "the late arrival's ticket learned")
+        assert known() == ticket_of
+        assert all(c.messages[-1].position == ticket_of[f"u{i}"]
+                   for i, c in enumerate(contexts[:buyers]) if c.messages[-1].position)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await hub.close()
 
 
 class StandInLease:
