@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import random
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,7 +30,7 @@ from seckill.v1 import activity_pb2
 from activity_svc import queue_repository
 from activity_svc.passes import Passes
 from activity_svc.queue_line import Place, place
-from activity_svc.queue_repository import Entry, EntryState, LineRow
+from activity_svc.queue_repository import EntryState, LineRow
 from activity_svc.watch_view import min_interval_s
 from seckill_common.api.errors import InvalidArgument, NotFound, ServiceError, Unavailable
 from seckill_common.api.times import to_timestamp
@@ -43,9 +44,28 @@ from seckill_common.runtime.streams import StreamSlots, resolve, serve_stream
 
 log = logging.getLogger(__name__)
 
-# A sell-out, an admission or the end reaches every waiting buyer within this bound; a feed
-# that cannot read its line for this long ends its streams (UNAVAILABLE: join again).
+# A sell-out, an admission or the end reaches every waiting buyer within this bound, while the
+# database answers the feed's reads in time (a read slower than this is logged; it does not
+# end the streams: their buyers wait for the next read).
 FRESHNESS_BOUND_S = 1.0
+# A feed ends its streams (UNAVAILABLE: join again, the place is kept) only when its line has
+# been unreadable for this long at least, and for longer than one read may take: each read is
+# bounded by the database client (Database.bound_s: SECKILL_DB_CLIENT_TIMEOUT, 11 s shipped,
+# at most the statement timeout plus a margin), so until then the database may still answer
+# a read that is merely slow, and ending tens of thousands of streams on it would only add
+# their rejoins (a join transaction each) to the load that made it slow (make bench (j1)).
+# QueueHub.unreadable_s = the larger of this floor and the client's bound plus a poll
+# interval: at least one whole bounded read failed and its retry did not answer either.
+UNREADABLE_FLOOR_S = 5.0
+# The streams such an outage ends are told to join again after a delay drawn uniformly from
+# REJOIN_MIN_S .. REJOIN_MIN_S + a window that grows with the buyers waiting here (so their
+# rejoins come at about REJOINS_PER_S a second per process, from every process at once a few
+# times that), between REJOIN_WINDOW_MIN_S and REJOIN_WINDOW_MAX_S: a recovering database is
+# not met by every buyer at once.
+REJOIN_MIN_S = 1.0
+REJOINS_PER_S = 500.0
+REJOIN_WINDOW_MIN_S = 5.0
+REJOIN_WINDOW_MAX_S = 60.0
 # JoinQueueRequest.min_interval when unset (its floor and ceiling: watch_view.min_interval_s).
 DEFAULT_MIN_INTERVAL_S = 1.0
 # Whether an activity has a waiting room is known to Seckill's pass check from a read at most
@@ -75,7 +95,14 @@ class _Line:
     view: LineRow | None = None
     revision: int = 0
     known_round: int = -1  # the ticket round whose tickets the feed has looked up
+    # Every ticket up to here has been given to the buyers waiting when it was looked up;
+    # `unknown`: the ticketless buyers who came since (their tickets may be older).
+    known_ticket: int = 0
+    unknown: set[_Buyer] = field(default_factory=set)
     end: ServiceError | None = None
+    # > 0: the line was unreadable too long; each stream's RetryInfo delay is drawn from
+    # REJOIN_MIN_S .. REJOIN_MIN_S + this (`ending`).
+    rejoin_window_s: float = 0.0
     # Buyers woken when a read changes what any place depends on (_places_key), and those
     # woken by the next read whatever it says (just joined: their first answer waits for it).
     changed: set[asyncio.Future[None]] = field(default_factory=set)
@@ -102,11 +129,26 @@ class _Line:
             for future in waking[begin:begin + WAKE_CHUNK]:
                 resolve(future)
 
-    def finish(self, error: ServiceError) -> None:
+    def finish(self, error: ServiceError, rejoin_window_s: float = 0.0) -> None:
         if self.end is None:
             self.end = error
+            self.rejoin_window_s = rejoin_window_s
             _wake(self.changed)
             _wake(self.next_read)
+
+    def ending(self) -> ServiceError:
+        """What one of the line's streams ends with, once it has ended: after an outage an
+        UNAVAILABLE of its own, whose RetryInfo delay is drawn over the rejoin window."""
+        assert self.end is not None
+        if self.rejoin_window_s <= 0:
+            return self.end
+        return Unavailable(str(self.end), retry_after_s=round(
+            REJOIN_MIN_S + random.uniform(0.0, self.rejoin_window_s), 3))
+
+
+def rejoin_window_s(buyers: int) -> float:
+    """The window over which `buyers` streams ended together are told to join again."""
+    return min(REJOIN_WINDOW_MAX_S, max(REJOIN_WINDOW_MIN_S, buyers / REJOINS_PER_S))
 
 
 def _places_key(view: LineRow) -> tuple[object, ...]:
@@ -138,6 +180,8 @@ class QueueHub:
         self._room_reads: BatchLoader[int, bool] = BatchLoader(self._load_rooms)
         self.slots = StreamSlots("JoinQueue", settings.max_streams,
                                  "SECKILL_QUEUE_MAX_STREAMS", settings.max_lifetime_s)
+        # A line unreadable this long ends its streams (UNREADABLE_FLOOR_S says why).
+        self.unreadable_s = max(UNREADABLE_FLOOR_S, database.bound_s + settings.poll_interval_s)
         self.messages = 0  # sent so far (statistics)
         self.lookups = 0  # ticket lookups (statistics)
 
@@ -190,18 +234,22 @@ class QueueHub:
             line.task = asyncio.create_task(self._run(line), name=f"queue-{activity_id}")
         line.buyers.add(buyer)
         if buyer.ticket is None:
+            line.unknown.add(buyer)
             line.known_round = -1  # its ticket may come in a round already seen
         return line
 
     async def _run(self, line: _Line) -> None:
-        """Reads the line every poll interval while buyers wait on it."""
+        """Reads the line every poll interval while buyers wait on it. A slow or failed read
+        does not end the streams: the feed reads again (each read bounded by the database
+        client), and ends them only when the line has been unreadable for unreadable_s."""
         loop = asyncio.get_running_loop()
         last_fresh = loop.time()
+        late = False  # logged once per outage, not at every read
         try:
             while line.buyers and line.end is None:
                 started = loop.time()
                 try:
-                    async with asyncio.timeout_at(last_fresh + FRESHNESS_BOUND_S):
+                    async with asyncio.timeout_at(last_fresh + self.unreadable_s):
                         view = await self._reads.get(line.activity_id)
                         if view.ticket_round != line.known_round:
                             await self._learn_tickets(line, view)
@@ -209,14 +257,25 @@ class QueueHub:
                     line.finish(exc)
                     break
                 except Exception as exc:  # the database is away, or slow
-                    if loop.time() - last_fresh >= FRESHNESS_BOUND_S:
-                        line.finish(exc if isinstance(exc, ServiceError) else Unavailable(
-                            "cannot read the waiting room's line; join again"))
-                        if not isinstance(exc, ServiceError | TimeoutError):
-                            log.warning("queue read failed", exc_info=exc)
+                    if loop.time() - last_fresh >= self.unreadable_s:
+                        log.warning("the line of activity %s could not be read for %.1f s:"
+                                    " its %s streams end (join again)", line.activity_id,
+                                    self.unreadable_s, len(line.buyers))
+                        line.finish(Unavailable("cannot read the waiting room's line; join"
+                                                " again: the place is kept"),
+                                    rejoin_window_s(len(line.buyers)))
                         break
+                    if not late:
+                        log.warning("the line of activity %s could not be read: %r; its"
+                                    " buyers wait for the next read", line.activity_id, exc)
+                        late = True
                     await asyncio.sleep(self.settings.poll_interval_s / 2)
                     continue
+                if late or loop.time() - last_fresh > FRESHNESS_BOUND_S + \
+                        self.settings.poll_interval_s:
+                    log.info("the line of activity %s read %.1f s after its last read",
+                             line.activity_id, loop.time() - last_fresh)
+                    late = False
                 last_fresh = started
                 await line.publish(view)
                 due = started + self.settings.poll_interval_s
@@ -231,23 +290,48 @@ class QueueHub:
                 line.finish(Unavailable("the server is shutting down; join again"))
 
     async def _learn_tickets(self, line: _Line, view: LineRow) -> None:
-        """The tickets of this line's buyers who have none yet: one statement per chunk."""
+        """The tickets of this line's buyers who have none yet. Those who came since the last
+        look-up are looked up by user; the others can only have a ticket handed out since
+        then, so while the draw is handed out in chunks a few thousand buyers cost one read
+        of the chunk's tickets rather than a look-up of every ticketless buyer each move.
+        One statement per LOOKUP_CHUNK users or tickets."""
         round_ = view.ticket_round
-        if round_ == 0:  # no ticket handed out yet (the pre-queue before the shuffle)
-            line.known_round = 0
-            return
-        users = sorted({b.user_id for b in line.buyers if b.ticket is None})
-        found: dict[str, Entry] = {}
-        for begin in range(0, len(users), LOOKUP_CHUNK):
-            found.update(await self._db.run(functools.partial(
-                queue_repository.entries_of, activity_id=line.activity_id,
-                user_ids=users[begin:begin + LOOKUP_CHUNK])))
-            self.lookups += 1
+        fresh = {b for b in line.unknown if b.ticket is None and b in line.buyers}
+        line.unknown = set()  # those who join meanwhile are looked up next time
+        found: dict[str, int] = {}
+        if round_ > 0:  # else nobody has a ticket yet (the pre-queue before the shuffle)
+            found.update(await self._tickets_of(line, {b.user_id for b in fresh}))
+            rest = {b.user_id for b in line.buyers if b.ticket is None and b not in fresh}
+            span = view.last_ticket - line.known_ticket
+            if rest and span > 0:
+                found.update(await self._tickets_between(line, view.last_ticket)
+                             if span <= len(rest) else await self._tickets_of(line, rest))
         for buyer in line.buyers:
-            entry = found.get(buyer.user_id)
-            if buyer.ticket is None and entry is not None:
-                buyer.ticket = entry.ticket
-        line.known_round = round_
+            if buyer.ticket is None:
+                buyer.ticket = found.get(buyer.user_id)
+        line.known_ticket = max(line.known_ticket, view.last_ticket)
+        line.known_round = -1 if line.unknown else round_
+
+    async def _tickets_of(self, line: _Line, user_ids: set[str]) -> dict[str, int]:
+        users = sorted(user_ids)
+        found: dict[str, int] = {}
+        for begin in range(0, len(users), LOOKUP_CHUNK):
+            entries = await self._db.run(functools.partial(
+                queue_repository.entries_of, activity_id=line.activity_id,
+                user_ids=users[begin:begin + LOOKUP_CHUNK]))
+            self.lookups += 1
+            found.update({user: entry.ticket for user, entry in entries.items()
+                          if entry.ticket is not None})
+        return found
+
+    async def _tickets_between(self, line: _Line, through: int) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for after in range(line.known_ticket, through, LOOKUP_CHUNK):
+            found.update(await self._db.run(functools.partial(
+                queue_repository.tickets_between, activity_id=line.activity_id,
+                after=after, through=min(through, after + LOOKUP_CHUNK))))
+            self.lookups += 1
+        return found
 
     # --- streams -----------------------------------------------------------------------
 
@@ -304,7 +388,7 @@ class QueueHub:
             last_write = float("-inf")
             while True:
                 if line.end is not None:
-                    return line.end
+                    return line.ending()
                 view = line.view
                 wake_at = ends_at
                 if view is not None and line.revision != seen_revision:

@@ -265,7 +265,9 @@ class ActivityServiceServicer:
 
         The stream ends with UNAVAILABLE (RetryInfo) after its maximum lifetime
         (SECKILL_QUEUE_MAX_LIFETIME), when the server shuts down, or when the
-        line cannot be read for longer than 1 s: call again, the place is kept.
+        line cannot be read for longer than the database client's bound (over
+        11 s by default; a slow read keeps the stream open): call again after the
+        retry delay (spread over seconds when many streams end), the place is kept.
         Errors: INVALID_ARGUMENT (BadRequest) for an activity_id <= 0, a user_id
         that is not 1 to 64 printable characters, a quantity outside 0..1000 or a
         negative min_interval; NOT_FOUND (ResourceInfo) for an unknown activity;
