@@ -73,13 +73,16 @@ async def admitted(db_url: str, activity_id: int) -> tuple[int, int]:
     return int(through), int(holding)
 
 
-async def blocked_on_a_lock(db_url: str) -> None:
-    """Until a transaction waits for a row lock (the first mover, mid-move)."""
+async def blocked_on_a_lock(db_url: str, move: asyncio.Task[object]) -> None:
+    """Until a transaction waits for a row lock (the first mover, mid-move); a move that ended
+    instead fails the test with its own outcome."""
     async def waiting() -> bool:
+        if move.done():
+            raise AssertionError(f"the first mover's move ended before it waited: {move!r}")
         rows = await query(db_url, "SELECT COUNT(*) FROM information_schema.INNODB_TRX"
                                    " WHERE trx_state = 'LOCK WAIT'")
         return bool(rows[0][0])
-    await eventually(waiting, "the first mover waits on the line's row")
+    await eventually(waiting, "the first mover waits on the line's row", timeout_s=30.0)
 
 
 async def take(db: Database, mover: QueueMover) -> Lease:
@@ -100,7 +103,7 @@ async def test_a_move_of_a_mover_whose_lease_was_taken_over_commits_nothing(
     async with connect(db_url) as holder, holder.cursor() as cur:
         await cur.execute("INSERT INTO queue_lines (activity_id) VALUES (%s)", (activity_id,))
         late = asyncio.create_task(first.move_all(old))
-        await blocked_on_a_lock(db_url)
+        await blocked_on_a_lock(db_url, late)
         # Meanwhile its lease lapses and the second mover takes it, at the next epoch.
         await query(db_url, "UPDATE leases SET expires = UTC_TIMESTAMP(6) WHERE name = %s",
                     (LEASE_NAME,))
