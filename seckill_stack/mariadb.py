@@ -55,10 +55,17 @@ def alive(pid: int) -> bool:
 
 
 def live_pid(pid_file: Path) -> int | None:
-    """The pid in `pid_file` if that process is still alive (not a zombie)."""
+    """The pid in `pid_file` if that process is still alive (not a zombie) and is the server
+    that wrote it: its command line names `pid_file`. A file left by a killed server may hold
+    a pid the system has since given to another process (another stack's database): that one
+    must never be stopped in its place."""
     try:
         pid = int(pid_file.read_text().strip())
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
+        return None
+    named = os.fsencode(pid_file)
+    if not any(named in arg for arg in argv):
         return None
     return pid if alive(pid) else None
 
