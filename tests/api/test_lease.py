@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from seckill_common.database import migrations
-from seckill_common.database.db import Database, create_pool
+from seckill_common.database.db import Database
 from seckill_common.database.lease import Lease, LeaseLost, LeaseTimes, acquire
 from seckill_common.database.transaction import Transaction
-from tests.helpers.stack import query, settings_for
+from tests.helpers.database import migrated
+from tests.helpers.stack import query
 
 NAME = "tests.lease"
 TIMES = LeaseTimes(ttl_s=0.6)  # renew every 0.2 s, margin 0.1 s: the tests run in seconds
@@ -21,11 +21,8 @@ TIMES = LeaseTimes(ttl_s=0.6)  # renew every 0.2 s, margin 0.1 s: the tests run 
 
 @pytest.fixture
 async def db(db_url: str) -> AsyncIterator[Database]:
-    settings = settings_for(db_url)
-    await migrations.migrate(settings)
-    database = Database(await create_pool(settings), settings)
-    yield database
-    await database.close()
+    async with migrated(db_url) as database:
+        yield database
 
 
 async def take(db: Database, holder: str, times: LeaseTimes = TIMES) -> Lease:

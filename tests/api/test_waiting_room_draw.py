@@ -9,15 +9,14 @@ import functools
 import secrets
 from collections.abc import AsyncIterator
 
-import aiomysql
 import pytest
 
 from activity_svc import queue_repository
 from activity_svc.queue_repository import TICKET_CHUNK
-from seckill_common.database import migrations
-from seckill_common.database.db import Database, create_pool
+from seckill_common.database.db import Database
 from seckill_common.database.lease import Lease, LeaseTimes, acquire
-from tests.helpers.stack import query, settings_for
+from tests.helpers.database import connect, migrated, started_room
+from tests.helpers.stack import query
 
 PRE_QUEUED = 2 * TICKET_CHUNK + 500  # three moves' worth
 ARRIVALS = 20
@@ -26,30 +25,15 @@ MAX_ACTIVE = 5
 
 @pytest.fixture
 async def db(db_url: str) -> AsyncIterator[Database]:
-    settings = settings_for(db_url)
-    await migrations.migrate(settings)
-    database = Database(await create_pool(settings), settings)
-    yield database
-    await database.close()
+    async with migrated(db_url) as database:
+        yield database
 
 
 async def started_line(db_url: str) -> int:
     """A sale started a minute ago with PRE_QUEUED buyers who joined before it (a tenth of
     them sharing one key, so the tie-break by seq is exercised too) and ARRIVALS after."""
-    base, name = db_url.rsplit("/", 1)
-    host, port = base.rsplit("@", 1)[1].split(":")
-    async with aiomysql.connect(host=host, port=int(port), user="root", db=name) as conn, \
-            conn.cursor() as cur:
-        await cur.execute(
-            "INSERT INTO products (name, description, price_cents, stock, create_time,"
-            " update_time) VALUES ('p', '', 100, 100, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))")
-        product_id = cur.lastrowid
-        await cur.execute(
-            "INSERT INTO activities (product_id, name, start_time, end_time, create_time,"
-            " price_cents, payment_window_ms, waiting_room) VALUES (%s, 'a',"
-            " UTC_TIMESTAMP(6) - INTERVAL 1 MINUTE, UTC_TIMESTAMP(6) + INTERVAL 1 HOUR,"
-            " UTC_TIMESTAMP(6), 100, 900000, 1)", (product_id,))
-        activity_id = int(cur.lastrowid)
+    async with connect(db_url) as conn, conn.cursor() as cur:
+        activity_id = await started_room(cur)
         shared = secrets.randbits(63)
         await cur.executemany(
             "INSERT INTO queue_entries (activity_id, user_id, quantity, join_time, pre_queued,"

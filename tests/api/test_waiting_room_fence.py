@@ -9,13 +9,12 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator
 
-import aiomysql
 import pytest
 
 from activity_svc.queue_mover import LEASE_NAME, QueueMover
-from seckill_common.database import migrations
-from seckill_common.database.db import Database, create_pool
+from seckill_common.database.db import Database
 from seckill_common.database.lease import Lease, LeaseLost, LeaseTimes, acquire
+from tests.helpers.database import connect, migrated, started_room
 from tests.helpers.polling import eventually
 from tests.helpers.stack import query, settings_for
 
@@ -30,32 +29,14 @@ TIMES = LeaseTimes(ttl_s=30.0)
 async def db(db_url: str) -> AsyncIterator[Database]:
     # The first mover waits on a row while the test takes its lease over: on a busy machine
     # that can outlast the shipped 5 s lock wait.
-    settings = settings_for(db_url, SECKILL_DB_LOCK_WAIT_TIMEOUT="60")
-    await migrations.migrate(settings)
-    database = Database(await create_pool(settings), settings)
-    yield database
-    await database.close()
-
-
-def connect(db_url: str) -> aiomysql.Connection:
-    base, name = db_url.rsplit("/", 1)
-    host, port = base.rsplit("@", 1)[1].split(":")
-    return aiomysql.connect(host=host, port=int(port), user="root", db=name)
+    async with migrated(db_url, SECKILL_DB_LOCK_WAIT_TIMEOUT="60") as database:
+        yield database
 
 
 async def open_line(db_url: str) -> int:
     """A started sale with a waiting room, stock 100, and BUYERS waiting: its id."""
     async with connect(db_url) as conn, conn.cursor() as cur:
-        await cur.execute(
-            "INSERT INTO products (name, description, price_cents, stock, create_time,"
-            " update_time) VALUES ('p', '', 100, 100, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))")
-        product_id = cur.lastrowid
-        await cur.execute(
-            "INSERT INTO activities (product_id, name, start_time, end_time, create_time,"
-            " price_cents, payment_window_ms, waiting_room) VALUES (%s, 'a',"
-            " UTC_TIMESTAMP(6) - INTERVAL 1 MINUTE, UTC_TIMESTAMP(6) + INTERVAL 1 HOUR,"
-            " UTC_TIMESTAMP(6), 100, 900000, 1)", (product_id,))
-        activity_id = int(cur.lastrowid)
+        activity_id = await started_room(cur)
         await cur.executemany(
             "INSERT INTO queue_entries (activity_id, user_id, quantity, join_time, pre_queued,"
             " shuffle_key) VALUES (%s, %s, 1, UTC_TIMESTAMP(6), 0, %s)",
