@@ -10,6 +10,7 @@ import aiomysql
 
 from seckill_common.database import migrations
 from seckill_common.database.db import Database, create_pool
+from tests.helpers.stack import connect as connect  # re-exported for the SQL tests
 from tests.helpers.stack import settings_for
 
 
@@ -23,13 +24,6 @@ async def migrated(db_url: str, **overrides: str) -> AsyncIterator[Database]:
         yield database
     finally:
         await database.close()
-
-
-def connect(db_url: str) -> aiomysql.Connection:
-    """A plain aiomysql connection to the database at `db_url` (a session of a test's own)."""
-    base, name = db_url.rsplit("/", 1)
-    host, port = base.rsplit("@", 1)[1].split(":")
-    return aiomysql.connect(host=host, port=int(port), user="root", db=name)
 
 
 async def started_room(cur: aiomysql.Cursor) -> int:

@@ -8,6 +8,7 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiomysql
 import grpc
@@ -55,12 +56,18 @@ async def create_database(url_base: str) -> str:
     return f"{url_base}/{name}"
 
 
-async def query(url: str, sql: str, params: tuple = ()) -> list[tuple]:
-    """Reads rows straight from the database, to check what the API claims."""
+def connect(url: str, autocommit: bool = False) -> Any:
+    """A plain aiomysql connection (a session of the test's own) to the database at `url`;
+    awaitable, and an async context manager."""
     base, name = url.rsplit("/", 1)
     host, port = base.rsplit("@", 1)[1].split(":")
-    conn = await aiomysql.connect(host=host, port=int(port), user="root", db=name,
-                                  autocommit=True)
+    return aiomysql.connect(host=host, port=int(port), user="root", db=name,
+                            autocommit=autocommit)
+
+
+async def query(url: str, sql: str, params: tuple = ()) -> list[tuple]:
+    """Reads rows straight from the database, to check what the API claims."""
+    conn = await connect(url, autocommit=True)
     try:
         async with conn.cursor() as cur:
             await cur.execute(sql, params)
